@@ -1,0 +1,525 @@
+"""The LLMDeployment API: spec and status as pydantic models.
+
+These models are the single source of the CRD schema (`llmscale crds`), of the defaults, and of
+the validation messages. Field descriptions become `kubectl explain` text. CEL rules that span
+several fields sit next to the model they constrain (`x-kubernetes-validations`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .units import (
+    DURATION_PATTERN,
+    MONEY_PATTERN,
+    QUANTITY_PATTERN,
+    parse_duration,
+    parse_money,
+    parse_quantity,
+)
+
+# Conversion used for "words per minute": ~0.75 English words per token for Llama-family
+# tokenizers. Tokenizer-dependent; override with slo.streamSpeed.wordsPerToken.
+DEFAULT_WORDS_PER_TOKEN = 0.75
+
+# Flags that the operator sets itself; a user engine arg that sets them conflicts.
+OPERATOR_OWNED_ENGINE_FLAGS = ("--model", "--port", "--tensor-parallel-size", "--host")
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    d = {"rule": rule, "message": message}
+    if field_path:
+        d["fieldPath"] = field_path
+    return d
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=False,
+    )
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
+Money = Annotated[str, Field(pattern=MONEY_PATTERN, max_length=24)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)]
+
+
+def _check_duration(v: str | None) -> str | None:
+    if v is not None:
+        parse_duration(v)
+    return v
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration, copied to the serving pods of this variant."""
+
+    key: str | None = Field(None, max_length=253, description="Taint key the toleration applies to.")
+    operator: str | None = Field(None, pattern=r"^(Exists|Equal)$", description="Exists or Equal.")
+    value: str | None = Field(None, max_length=253, description="Taint value to match with operator Equal.")
+    effect: str | None = Field(
+        None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$", description="Taint effect to match."
+    )
+    toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound.")
+
+
+class Variant(_Model):
+    """One pod shape the operator may run: GPU type, GPUs per replica (the tensor-parallel size), CPU and memory."""
+
+    name: Name = Field(description="Unique name of the variant, e.g. 'h100x1'.")
+    accelerator: str = Field(
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Accelerator type, the key into cost.prices and the performance model: e.g. nvidia-h100, nvidia-l4, nvidia-a100.",
+    )
+    gpus_per_replica: int = Field(
+        1, ge=1, le=8, description="GPUs per serving pod; also the vLLM --tensor-parallel-size."
+    )
+    gpu_product: str | None = Field(
+        None,
+        max_length=63,
+        description="Value of the node label nvidia.com/gpu.product to schedule on (GPU Feature Discovery), e.g. NVIDIA-H100-80GB-HBM3. Defaults from the accelerator.",
+    )
+    cpu: Quantity = Field("8", description="CPU request per pod, e.g. '8' or '7500m'.")
+    memory: Quantity = Field("64Gi", description="Memory request and limit per pod, e.g. '64Gi'.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Extra node labels the pods of this variant require."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=16, description="Tolerations for the pods of this variant."
+    )
+    cold_start: Duration | None = Field(
+        None,
+        description="Expected time from pod creation to Ready (model loading). Seeds the forecast horizon until the operator has measured it.",
+    )
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, v: str) -> str:
+        parse_quantity(v)
+        return v
+
+    @field_validator("cold_start")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        return _check_duration(v)
+
+
+class ReplicaBounds(_Model):
+    """How many serving pods the operator may run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.min <= self.max", "replicas.min must be less than or equal to replicas.max")
+            ]
+        }
+    )
+    min: int = Field(1, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero when scaling.scaleToZero.enabled.")
+    max: int = Field(8, ge=1, le=1000, description="Most replicas.")
+
+    @model_validator(mode="after")
+    def _order(self) -> ReplicaBounds:
+        if self.min > self.max:
+            raise ValueError(f"replicas.min ({self.min}) must be less than or equal to replicas.max ({self.max})")
+        return self
+
+
+class LatencyTarget(_Model):
+    """A latency objective: the given percentile of requests must be at or under the target."""
+
+    target: Duration = Field(description="Latency target, e.g. '150ms'.")
+    percentile: float = Field(
+        95.0, gt=0, lt=100, description="Percentile of requests that must meet the target, in (0, 100), e.g. 95 or 99."
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def seconds(self) -> float:
+        return parse_duration(self.target)
+
+
+class StreamSpeed(_Model):
+    """Per-stream output speed, as readers feel it. Translated to an inter-token latency target."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.tokensPerSecond) != has(self.wordsPerMinute)",
+                    "set exactly one of streamSpeed.tokensPerSecond and streamSpeed.wordsPerMinute",
+                )
+            ]
+        }
+    )
+    tokens_per_second: float | None = Field(None, gt=0, le=1000, description="Output tokens per second per stream.")
+    words_per_minute: float | None = Field(None, gt=0, le=60000, description="Words per minute per stream, e.g. 250-1000.")
+    words_per_token: float = Field(
+        DEFAULT_WORDS_PER_TOKEN, gt=0, le=4, description="Words per token of the model's tokenizer (about 0.75 for English)."
+    )
+    percentile: float = Field(95.0, gt=0, lt=100, description="Percentile of token gaps that must meet the speed.")
+
+    @model_validator(mode="after")
+    def _one(self) -> StreamSpeed:
+        if (self.tokens_per_second is None) == (self.words_per_minute is None):
+            raise ValueError("set exactly one of streamSpeed.tokensPerSecond and streamSpeed.wordsPerMinute")
+        return self
+
+    @property
+    def inter_token_seconds(self) -> float:
+        tps = self.tokens_per_second
+        if tps is None:
+            assert self.words_per_minute is not None
+            tps = self.words_per_minute / 60.0 / self.words_per_token
+        return 1.0 / tps
+
+
+class SLO(_Model):
+    """Latency objectives. TTFT and inter-token latency are read from vLLM's histograms."""
+
+    ttft: LatencyTarget | None = Field(
+        default_factory=lambda: LatencyTarget(target="150ms", percentile=95),
+        description="Time to first token (vllm:time_to_first_token_seconds).",
+    )
+    inter_token_latency: LatencyTarget | None = Field(
+        None, description="Gap between output tokens (vllm:inter_token_latency_seconds)."
+    )
+    stream_speed: StreamSpeed | None = Field(
+        None, description="Per-stream speed in tokens/s or words/min; an alternative to interTokenLatency."
+    )
+    e2e_latency: LatencyTarget | None = Field(
+        None, description="Whole-request latency (vllm:e2e_request_latency_seconds)."
+    )
+
+    @model_validator(mode="after")
+    def _itl_once(self) -> SLO:
+        if self.inter_token_latency is not None and self.stream_speed is not None:
+            raise ValueError("set slo.interTokenLatency or slo.streamSpeed, not both")
+        return self
+
+    def itl_target(self) -> LatencyTarget | None:
+        """The inter-token objective, whether written as latency or as stream speed."""
+        if self.inter_token_latency is not None:
+            return self.inter_token_latency
+        if self.stream_speed is not None:
+            ms = self.stream_speed.inter_token_seconds * 1000
+            return LatencyTarget(target=f"{ms:.1f}ms", percentile=self.stream_speed.percentile)
+        return None
+
+
+class Cost(_Model):
+    """Hard ceilings on what the deployment may spend. Never exceeded, including during rollouts."""
+
+    max_gpus: int | None = Field(None, ge=1, le=100000, alias="maxGPUs", description="Most GPUs in use at any instant.")
+    max_hourly_cost: Money | None = Field(
+        None, description="Most spend per hour, in the currency of prices, e.g. '40.00'."
+    )
+    prices: dict[str, Money] = Field(
+        default_factory=dict,
+        description="Price per GPU-hour by accelerator, e.g. {nvidia-h100: '4.00'}. Every variant's accelerator must be priced when maxHourlyCost is set.",
+    )
+
+    @field_validator("max_hourly_cost")
+    @classmethod
+    def _money(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_money(v)
+        return v
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, p in v.items():
+            try:
+                parse_money(p)
+            except ValueError as e:
+                raise ValueError(f"prices[{k}]: {e}") from None
+        return v
+
+    def price(self, accelerator: str) -> Decimal | None:
+        p = self.prices.get(accelerator)
+        return parse_money(p) if p is not None else None
+
+    @property
+    def hourly_ceiling(self) -> Decimal | None:
+        return parse_money(self.max_hourly_cost) if self.max_hourly_cost is not None else None
+
+
+class ScalingMode(StrEnum):
+    AUTO = "Auto"
+    RECOMMEND = "Recommend"
+    PAUSED = "Paused"
+
+
+class ScaleBehavior(_Model):
+    """How fast the operator may move in one direction."""
+
+    stabilization_window: Duration = Field(
+        "0s", description="Act on the most conservative recommendation seen over this window (HPA semantics)."
+    )
+    max_step: int = Field(4, ge=1, le=1000, description="Most replicas added or removed in one decision.")
+
+    @field_validator("stabilization_window")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class ScaleToZero(_Model):
+    """Release every GPU after a period of proven idleness (request counters at zero, not missing series)."""
+
+    enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0).")
+    idle_for: Duration = Field("15m", description="How long request counters must stay at zero first.")
+
+    @field_validator("idle_for")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class Scaling(_Model):
+    """When and how the operator changes replicas."""
+
+    mode: ScalingMode = Field(
+        ScalingMode.AUTO,
+        description="Auto: decide and act. Recommend: decide and report in status and Events, change nothing. Paused: change nothing (manualReplicas, if set, is applied).",
+    )
+    interval: Duration = Field("15s", description="Time between scaling decisions.")
+    tolerance: float = Field(
+        0.1, ge=0, le=1, description="Relative dead band around the target: no change while demand is within it."
+    )
+    scale_up: ScaleBehavior = Field(
+        default_factory=lambda: ScaleBehavior(stabilization_window="0s", max_step=4),
+        description="Behaviour when adding replicas.",
+    )
+    scale_down: ScaleBehavior = Field(
+        default_factory=lambda: ScaleBehavior(stabilization_window="300s", max_step=1),
+        description="Behaviour when removing replicas.",
+    )
+    scale_to_zero: ScaleToZero = Field(default_factory=ScaleToZero, description="Scale to zero when idle.")
+    manual_replicas: int | None = Field(
+        None, ge=0, le=1000, description="Replica count applied in Paused mode; the target of `kubectl scale`."
+    )
+    target_utilization: float = Field(
+        0.8, gt=0, le=1, description="Share of a replica's SLO capacity to plan for; headroom absorbs forecast error."
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError(f"scaling.interval {v!r} is shorter than 1s")
+        return v
+
+
+class MetricsSource(_Model):
+    """Where and how the operator reads metrics."""
+
+    prometheus_url: str | None = Field(
+        None, alias="prometheusURL", max_length=512, pattern=r"^https?://", description="Prometheus base URL; else the operator-wide default."
+    )
+    rate_window: Duration = Field("1m", description="Window of rate() and histogram_quantile() over vLLM counters.")
+    queries: dict[str, str] = Field(
+        default_factory=dict,
+        description="PromQL overrides by signal name (ttftP95, interTokenLatencyP95, requestsWaiting, requestsRunning, kvCacheUsage, requestRate, gpuUtilization). Use {namespace} and {name} placeholders.",
+    )
+
+    @field_validator("rate_window")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class Serving(_Model):
+    """How the vLLM server container runs."""
+
+    port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible server and its /metrics.")
+    served_model_name: str | None = Field(None, max_length=253, description="--served-model-name; defaults to model.")
+    startup_timeout: Duration = Field(
+        "30m", description="How long the startup probe allows for model loading before the pod is restarted."
+    )
+    drain_timeout: Duration = Field(
+        "120s",
+        description="Time a removed replica gets to finish streaming responses (pre-stop drain and termination grace).",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the server.")
+
+    @field_validator("startup_timeout", "drain_timeout")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class LLMDeploymentSpec(_Model):
+    """What to serve, on which pod shapes, against which latency objectives and inside which ceilings."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+                    "variant names must be unique",
+                    ".variants",
+                ),
+                _cel(
+                    "!has(self.cost) || !has(self.cost.maxHourlyCost) || "
+                    "self.variants.all(v, has(self.cost.prices) && v.accelerator in self.cost.prices)",
+                    "cost.maxHourlyCost is set, so every variant's accelerator needs a price in cost.prices",
+                    ".cost",
+                ),
+                _cel(
+                    "!has(self.cost) || !has(self.cost.maxGPUs) || "
+                    "self.variants.exists(v, v.gpusPerReplica <= self.cost.maxGPUs)",
+                    "cost.maxGPUs is smaller than the GPUs of every variant: no replica could ever run",
+                    ".cost",
+                ),
+            ]
+        }
+    )
+
+    model: str = Field(min_length=1, max_length=253, description="Model to serve, e.g. meta-llama/Llama-3.1-8B-Instruct.")
+    image: str = Field(
+        "vllm/vllm-openai:v0.11.0", min_length=1, max_length=512, description="Server image (vLLM OpenAI-compatible server)."
+    )
+    engine_args: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra vLLM engine arguments, e.g. ['--max-model-len=8192']. The operator sets --model, --port and --tensor-parallel-size itself.",
+    )
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds, description="Replica bounds.")
+    variants: list[Variant] = Field(
+        min_length=1, max_length=16, description="Pod shapes, in order of preference. The first is used until the operator chooses."
+    )
+    slo: SLO = Field(default_factory=SLO, description="Latency objectives.")
+    cost: Cost = Field(default_factory=Cost, description="GPU and money ceilings, and prices.")
+    scaling: Scaling = Field(default_factory=Scaling, description="Scaling behaviour.")
+    metrics: MetricsSource = Field(default_factory=MetricsSource, description="Metric source.")
+    serving: Serving = Field(default_factory=Serving, description="Server container settings.")
+
+    @model_validator(mode="after")
+    def _cross(self) -> LLMDeploymentSpec:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dup)}")
+        if self.cost.max_hourly_cost is not None:
+            missing = sorted({v.accelerator for v in self.variants if v.accelerator not in self.cost.prices})
+            if missing:
+                raise ValueError(
+                    f"cost.maxHourlyCost is set, so every variant's accelerator needs a price in cost.prices; missing: {', '.join(missing)}"
+                )
+        if self.cost.max_gpus is not None and all(v.gpus_per_replica > self.cost.max_gpus for v in self.variants):
+            raise ValueError("cost.maxGPUs is smaller than the GPUs of every variant: no replica could ever run")
+        return self
+
+    def variant(self, name: str | None) -> Variant:
+        """The named variant, or the first (preferred) one."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        return self.variants[0]
+
+
+# ---- status -------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    type: str
+    status: str
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Observed(_Model):
+    """What the operator last read from Prometheus (aggregated over the deployment's pods)."""
+
+    ttft_p95: float | None = Field(None, description="TTFT percentile (the SLO's) in seconds.")
+    inter_token_latency_p95: float | None = None
+    e2e_latency_p95: float | None = None
+    ttft_attainment: float | None = Field(None, description="Share of requests within the TTFT target (0-1).")
+    itl_attainment: float | None = None
+    requests_waiting: float | None = None
+    requests_running: float | None = None
+    kv_cache_usage: float | None = None
+    gpu_utilization: float | None = None
+    request_rate: float | None = None
+    prompt_tokens_rate: float | None = None
+    generation_tokens_rate: float | None = None
+    sampled_at: str | None = None
+
+
+class DecisionRecord(_Model):
+    time: str
+    action: str
+    from_replicas: int = Field(alias="from")
+    to_replicas: int = Field(alias="to")
+    variant: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+
+
+class LLMDeploymentStatus(_Model):
+    model_config = ConfigDict(extra="allow")
+    observed_generation: int | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    starting_replicas: int | None = None
+    desired_replicas: int | None = None
+    variant: str | None = None
+    gpus: int | None = None
+    hourly_cost: str | None = None
+    selector: str | None = None
+    slo_met: str | None = Field(None, alias="sloMet")
+    observed: Observed | None = None
+    last_decision: DecisionRecord | None = None
+    cold_start_seconds: dict[str, float] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class LLMDeployment(_Model):
+    """An LLM inference server that llmscale runs and autoscales."""
+
+    model_config = ConfigDict(extra="allow")
+    api_version: str = "llmscale.io/v1alpha1"
+    kind: str = "LLMDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LLMDeploymentSpec
+    status: LLMDeploymentStatus | None = None
+
+
+def parse_spec(spec: dict[str, Any]) -> LLMDeploymentSpec:
+    """Parse a raw spec (as the API server stores it) into the model; raises pydantic.ValidationError."""
+    return LLMDeploymentSpec.model_validate(spec)
+
+
+def explain_errors(err: Exception) -> str:
+    """One readable line per pydantic error: 'spec.cost.maxHourlyCost: <message>'."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        msg = e["msg"].removeprefix("Value error, ")
+        out.append(f"spec.{loc}: {msg}" if loc else f"spec: {msg}")
+    return "; ".join(out)

@@ -1,0 +1,99 @@
+"""Closed-form steady-state capacity of one replica at an SLO.
+
+With arrival rate lam, mean prompt I and mean output O, Little's law gives the decode batch
+B = lam * O * tau and the prefill tokens per step P = lam * I * tau, where tau is the step time,
+itself a function of B and P. We solve that fixed point and search the largest lam whose step
+time keeps the inter-token target, whose KV cache holds the batch, and whose first token
+(queue-free chunked prefill plus one step of waiting) keeps the TTFT target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .hardware import ServerProfile
+
+
+@dataclass(frozen=True)
+class Capacity:
+    requests_per_s: float  # sustainable arrival rate at the SLO (0 when infeasible)
+    step_s_at_capacity: float
+    batch_at_capacity: float
+    limited_by: str  # "itl", "ttft", "kv-cache", "max-num-seqs", "throughput" or "infeasible: ..."
+
+
+def step_time_at(profile: ServerProfile, lam: float, mean_in: float, mean_out: float) -> tuple[float, float] | None:
+    """(step seconds, batch) in steady state at arrival rate lam, or None when the server saturates."""
+    tau = profile.step_seconds(1, mean_in, 0)
+    for _ in range(200):
+        b = lam * mean_out * tau
+        p = lam * mean_in * tau
+        if p > profile.max_batched_tokens or b > profile.max_num_seqs:
+            return None
+        nxt = profile.step_seconds(max(1, round(b)), b * (mean_in + mean_out / 2), int(p), mean_in / 2)
+        if abs(nxt - tau) < 1e-7:
+            return nxt, b
+        if nxt > 50:
+            return None
+        tau = nxt
+    # Oscillation or slow growth means the knee: treat as saturated.
+    return None
+
+
+def replica_capacity(
+    profile: ServerProfile,
+    mean_in: float,
+    mean_out: float,
+    itl_target_s: float | None,
+    ttft_target_s: float | None,
+    prompt_tail_factor: float = 3.0,
+) -> Capacity:
+    """Largest arrival rate one replica sustains within the targets (bisection on lam)."""
+    mean_in = max(1.0, mean_in)
+    mean_out = max(1.0, mean_out)
+    if not profile.fits:
+        return Capacity(0.0, math.inf, 0, "infeasible: model does not fit in GPU memory")
+    floor_itl = profile.unloaded_itl(mean_in + mean_out / 2)
+    if itl_target_s is not None and floor_itl > itl_target_s:
+        return Capacity(0.0, floor_itl, 0, f"infeasible: unloaded inter-token latency {floor_itl * 1000:.0f}ms")
+    tail_prompt = int(mean_in * prompt_tail_factor)
+    if ttft_target_s is not None:
+        floor_ttft = profile.unloaded_ttft(int(mean_in))
+        if floor_ttft > ttft_target_s:
+            return Capacity(0.0, math.inf, 0, f"infeasible: unloaded TTFT {floor_ttft * 1000:.0f}ms for a mean prompt")
+
+    def ok(lam: float) -> tuple[bool, str]:
+        st = step_time_at(profile, lam, mean_in, mean_out)
+        if st is None:
+            return False, "throughput"
+        tau, b = st
+        if itl_target_s is not None and tau > itl_target_s:
+            return False, "itl"
+        if b * (mean_in + mean_out) > profile.kv_capacity_tokens * 0.9:
+            return False, "kv-cache"
+        if b > profile.max_num_seqs * 0.9:
+            return False, "max-num-seqs"
+        if ttft_target_s is not None:
+            # A tail prompt's chunked prefill, each chunk sharing the step with the decode batch.
+            chunks = max(1, math.ceil(tail_prompt / profile.max_batched_tokens))
+            ttft = tau + chunks * profile.step_seconds(max(1, round(b)), b * mean_in, min(tail_prompt, profile.max_batched_tokens), tail_prompt / 2)
+            if ttft > ttft_target_s:
+                return False, "ttft"
+        return True, ""
+
+    lo, hi = 0.0, 1.0
+    while ok(hi)[0] and hi < 1e5:
+        lo, hi = hi, hi * 2
+    reason = ok(hi)[1]
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        good, why = ok(mid)
+        if good:
+            lo = mid
+        else:
+            hi, reason = mid, why
+    st = step_time_at(profile, lo, mean_in, mean_out) or (math.inf, 0.0)
+    if lo < 1e-6:
+        return Capacity(0.0, st[0], 0.0, f"infeasible: {reason or 'throughput'} target unreachable even at low load")
+    return Capacity(lo, st[0], st[1], reason or "throughput")

@@ -1,0 +1,148 @@
+"""GPU and model facts, and the per-step cost model of a vLLM server built from them.
+
+A decode step reads every weight once and the KV cache of every running sequence, and does
+2 x params FLOPs per token in the batch; prefill is compute-bound. Efficiencies were fitted by
+hand to the points in shared/vllm-calibration.md (vLLM blog v0.6.0 on H100/A100, NIM on H100):
+tests/perf/test_calibration.py states the tolerance and checks it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    product_label: str  # nvidia.com/gpu.product as GPU Feature Discovery writes it
+    memory_gb: float
+    hbm_tb_s: float
+    bf16_tflops: float  # dense
+
+
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in (
+        GPU("nvidia-h100", "NVIDIA-H100-80GB-HBM3", 80, 3.35, 989),
+        GPU("nvidia-h200", "NVIDIA-H200", 141, 4.8, 989),
+        GPU("nvidia-a100", "NVIDIA-A100-SXM4-80GB", 80, 2.0, 312),
+        GPU("nvidia-a100-40gb", "NVIDIA-A100-SXM4-40GB", 40, 1.55, 312),
+        GPU("nvidia-l40s", "NVIDIA-L40S", 48, 0.864, 362),
+        GPU("nvidia-l4", "NVIDIA-L4", 24, 0.3, 121),
+        GPU("nvidia-a10g", "NVIDIA-A10G", 24, 0.6, 125),
+    )
+}
+
+
+def gpu_for(accelerator: str) -> GPU:
+    """The GPU facts for an accelerator name; unknown names get H100-like facts (said in the reason)."""
+    if accelerator in GPUS:
+        return GPUS[accelerator]
+    for name, g in GPUS.items():
+        if name in accelerator or accelerator.replace("nvidia-", "") in name:
+            return g
+    return GPU(accelerator, accelerator, 80, 3.35, 989)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    params_b: float  # billions of parameters
+    layers: int
+    hidden: int
+    kv_bytes_per_token: int  # K and V, all layers, bf16
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params_b * 1e9 * 2  # bf16
+
+
+_KNOWN = {
+    8: ModelProfile("8B", 8.0, 32, 4096, 2 * 32 * 8 * 128 * 2),
+    7: ModelProfile("7B", 7.6, 28, 3584, 2 * 28 * 4 * 128 * 2),
+    13: ModelProfile("13B", 13.0, 40, 5120, 2 * 40 * 40 * 128 * 2),
+    70: ModelProfile("70B", 70.6, 80, 8192, 2 * 80 * 8 * 128 * 2),
+}
+
+
+def model_profile(model: str) -> ModelProfile:
+    """Size facts from the model name ('meta-llama/Llama-3.1-8B-Instruct' -> 8B); 8B when unknown."""
+    m = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", model.split("/")[-1])
+    size = float(m.group(1)) if m else 8.0
+    best = min(_KNOWN, key=lambda k: abs(math.log(k / size)))
+    p = _KNOWN[best]
+    if abs(best - size) / size < 0.15:
+        return ModelProfile(model, p.params_b, p.layers, p.hidden, p.kv_bytes_per_token)
+    scale = size / p.params_b
+    return ModelProfile(model, size, p.layers, p.hidden, int(p.kv_bytes_per_token * scale**0.6))
+
+
+# Fitted efficiencies (see module docstring).
+BW_EFFICIENCY = 0.75
+COMPUTE_EFFICIENCY = 0.65
+STEP_OVERHEAD_S = 0.0015
+TP_COMM_PER_GPU = 0.08
+# Per running sequence per step: attention kernels, sampling and scheduler work that does not
+# batch away; scaled by depth and inversely by compute. Fitted to the mid-load TPOT points.
+SEQ_OVERHEAD_S = 50e-6  # extra time per step per additional tensor-parallel GPU (all-reduce)
+GPU_MEMORY_UTILIZATION = 0.9
+ACTIVATION_RESERVE_GB = 2.0
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """One vLLM replica: a model on `tp` GPUs of one type, with vLLM's scheduler limits."""
+
+    model: ModelProfile
+    gpu: GPU
+    tp: int
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        free = self.gpu.memory_gb * self.tp * GPU_MEMORY_UTILIZATION - self.model.weight_bytes / 1e9
+        free -= ACTIVATION_RESERVE_GB * self.tp
+        return max(0, int(free * 1e9 / self.model.kv_bytes_per_token))
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_capacity_tokens > 2048
+
+    def step_seconds(self, decode_seqs: int, context_tokens: float, prefill_tokens: int, prefill_ctx: float = 0.0) -> float:
+        """Duration of one engine step.
+
+        decode_seqs sequences emit one token each while reading context_tokens of KV cache in all;
+        prefill_tokens prompt tokens are processed, attending to prefill_ctx tokens on average.
+        """
+        bw = self.gpu.hbm_tb_s * 1e12 * BW_EFFICIENCY * self.tp
+        flops = self.gpu.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY * self.tp
+        weights = self.model.weight_bytes / bw
+        kv = context_tokens * self.model.kv_bytes_per_token / bw
+        tokens = decode_seqs + prefill_tokens
+        linear = 2 * self.model.params_b * 1e9 * tokens / flops
+        attn = 4 * self.model.layers * self.model.hidden * prefill_tokens * prefill_ctx / flops
+        # Memory reads and compute overlap: the step costs the larger of the two.
+        body = max(weights + kv, linear + attn) + 0.15 * min(weights + kv, linear + attn)
+        comm = 1 + TP_COMM_PER_GPU * (self.tp - 1)
+        body += decode_seqs * SEQ_OVERHEAD_S * (self.model.layers / 32) * (989 / self.gpu.bf16_tflops) ** 0.5
+        return STEP_OVERHEAD_S * (1 + 0.25 * (self.tp - 1)) + body * comm
+
+    def unloaded_itl(self, context_tokens: float = 1024) -> float:
+        """Inter-token latency of a single stream on an idle replica: the floor no scaling can beat."""
+        return self.step_seconds(1, context_tokens, 0)
+
+    def unloaded_ttft(self, prompt_tokens: int) -> float:
+        """TTFT of one request on an idle replica (chunked prefill)."""
+        t, done = 0.0, 0
+        while done < prompt_tokens:
+            chunk = min(self.max_batched_tokens, prompt_tokens - done)
+            t += self.step_seconds(0, 0, chunk, done + chunk / 2)
+            done += chunk
+        return t
+
+
+def server_profile(model: str, accelerator: str, gpus: int) -> ServerProfile:
+    return ServerProfile(model_profile(model), gpu_for(accelerator), gpus)
