@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.models import LLMDeploymentSpec, Variant
-from ..perf.capacity import replica_capacity
+from ..perf.capacity import simulated_capacity
 from ..perf.hardware import server_profile
 from .types import Signals
 
@@ -37,8 +37,14 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
     mean_in, mean_out = token_mix(signals)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
-    cap = replica_capacity(
-        profile, mean_in, mean_out, itl.seconds if itl else None, ttft.seconds if ttft else None
+    cap = simulated_capacity(
+        profile,
+        mean_in,
+        mean_out,
+        itl.seconds if itl else None,
+        ttft.seconds if ttft else None,
+        itl_pct=itl.percentile if itl else 95.0,
+        ttft_pct=ttft.percentile if ttft else 95.0,
     )
     return VariantCapacity(variant, cap.requests_per_s * correction, cap.limited_by, profile.unloaded_itl(mean_in + mean_out / 2))
 

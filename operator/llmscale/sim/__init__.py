@@ -1,0 +1,1 @@
+"""The twin (`llmscale simulate`): traces, baselines and a virtual-time fleet that runs the real policy."""

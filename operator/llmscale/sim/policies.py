@@ -1,0 +1,184 @@
+"""Policies the twin can run: llmscale's own core and honest baselines at their documented defaults.
+
+- llmscale      the operator's decision core (llmscale.policy.decide), history carried between calls
+- hpa-gpu-util  Kubernetes HPA on DCGM GPU utilisation: target 70 %, 15 s sync, 10 % tolerance,
+                300 s scale-down stabilization, default scale-up rate (max of 4 pods or 100 % per 15 s)
+- keda-queue    KEDA Prometheus trigger on vllm:num_requests_waiting (threshold 5 per replica,
+                AverageValue), 30 s polling; the HPA it creates keeps 300 s scale-down stabilization
+- static-peak   enough replicas for the trace's peak minute, all the time, pre-warmed
+- oracle        knows the future: sizes every window for the load it will see, launched one cold start
+                ahead, with the same capacity model; a lower bound on cost for the SLO
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..api.models import LLMDeploymentSpec
+from ..perf.capacity import simulated_capacity
+from ..perf.hardware import server_profile
+from ..policy import History, decide
+from ..policy.ceilings import ceiling_replicas
+from .traffic import Trace
+from .twin import Policy, Target, View
+
+
+def _clamp(spec: LLMDeploymentSpec, variant_name: str, n: int) -> Target:
+    limit, _ = ceiling_replicas(spec, spec.variant(variant_name))
+    lo = spec.replicas.min
+    return Target(max(lo, min(n, limit)) if limit >= lo else limit, variant_name, capped=n > limit)
+
+
+def _trace_capacity(spec: LLMDeploymentSpec, trace: Trace, variant_name: str) -> float:
+    v = spec.variant(variant_name)
+    arr = trace.arrivals or []
+    mean_in = sum(a.input_tokens for a in arr) / len(arr) if arr else 1024
+    mean_out = sum(a.output_tokens for a in arr) / len(arr) if arr else 256
+    itl = spec.slo.itl_target()
+    ttft = spec.slo.ttft
+    cap = simulated_capacity(server_profile(spec.model, v.accelerator, v.gpus_per_replica), mean_in, mean_out,
+                             itl.seconds if itl else None, ttft.seconds if ttft else None,
+                             itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
+    return cap.requests_per_s
+
+
+class LLMScalePolicy(Policy):
+    name = "llmscale"
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.variant: str | None = None
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        self.variant = spec.variants[0].name
+        return Target(max(1, spec.replicas.min), self.variant)
+
+    def decide(self, view: View) -> Target:
+        d = decide(view.spec, view.workload, view.signals, self.history, view.now)
+        self.history = d.history
+        capped = any(r.code.value.startswith("BudgetLimited") for r in d.reasons)
+        if not d.apply:
+            return Target(view.workload.replicas, view.workload.variant or view.spec.variants[0].name, capped)
+        return Target(d.to_replicas, d.variant, capped)
+
+
+class HPAGPUUtilPolicy(Policy):
+    """The Kubernetes HPA algorithm (pkg/controller/podautoscaler) on an external GPU-util metric."""
+
+    name = "hpa-gpu-util"
+    target_util = 0.70
+    tolerance = 0.10
+    down_window_s = 300.0
+
+    def __init__(self) -> None:
+        self.recs: list[tuple[float, int]] = []
+        self.variant = ""
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return 15.0
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        self.variant = spec.variants[0].name
+        return Target(max(1, spec.replicas.min), self.variant)
+
+    def decide(self, view: View) -> Target:
+        w, s = view.workload, view.signals
+        current = w.replicas
+        util = s.gpu_utilization
+        if util is None or w.ready == 0:
+            return Target(current, self.variant)
+        ratio = util / self.target_util
+        desired = current if abs(ratio - 1) <= self.tolerance else math.ceil(w.ready * ratio)
+        self.recs = [(t, r) for t, r in self.recs if view.now - t <= self.down_window_s] + [(view.now, desired)]
+        if desired < current:
+            desired = min(current, max(r for _, r in self.recs))
+        if desired > current:
+            desired = min(desired, max(current + 4, 2 * current))
+        return _clamp(view.spec, self.variant, desired)
+
+
+class KEDAQueuePolicy(Policy):
+    """KEDA's Prometheus scaler on the vLLM queue (AverageValue target), through the HPA it creates."""
+
+    name = "keda-queue"
+    threshold = 5.0
+    tolerance = 0.10
+    down_window_s = 300.0
+
+    def __init__(self) -> None:
+        self.recs: list[tuple[float, int]] = []
+        self.variant = ""
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return 30.0
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        self.variant = spec.variants[0].name
+        return Target(max(1, spec.replicas.min), self.variant)
+
+    def decide(self, view: View) -> Target:
+        w, s = view.workload, view.signals
+        current = w.replicas
+        if s.requests_waiting is None:
+            return Target(current, self.variant)  # KEDA fallback is off by default: keep
+        desired = math.ceil(s.requests_waiting / self.threshold)
+        if current > 0 and abs(s.requests_waiting / (self.threshold * current) - 1) <= self.tolerance:
+            desired = current
+        self.recs = [(t, r) for t, r in self.recs if view.now - t <= self.down_window_s] + [(view.now, desired)]
+        if desired < current:
+            desired = min(current, max(r for _, r in self.recs))
+        if desired > current:
+            desired = min(desired, max(current + 4, 2 * current))
+        return _clamp(view.spec, self.variant, max(1, desired))
+
+
+class StaticPeakPolicy(Policy):
+    name = "static-peak"
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        v = spec.variants[0].name
+        cap = _trace_capacity(spec, trace, v)
+        n = math.ceil(trace.peak_rate(60.0) / cap) if cap > 0 else spec.replicas.max
+        self.target = _clamp(spec, v, max(1, n))
+        return self.target
+
+    def decide(self, view: View) -> Target:
+        return self.target
+
+
+class OraclePolicy(Policy):
+    """Sizes each moment for the peak 30 s rate it will see before a pod started now could be Ready."""
+
+    name = "oracle"
+    headroom = 1.0
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        self.variant = spec.variants[0].name
+        self.cap = _trace_capacity(spec, trace, self.variant) or 1e-9
+        self.lead = cold_start.get(self.variant, 90.0) + 15.0
+        self.spec = spec
+        bins: dict[int, int] = {}
+        for a in trace.arrivals:
+            bins[int(a.t // 30)] = bins.get(int(a.t // 30), 0) + 1
+        self.rate = bins
+        return self._need(0.0)
+
+    def _need(self, now: float) -> Target:
+        first, last = int(now // 30), int((now + self.lead + 30) // 30)
+        peak = max((self.rate.get(b, 0) for b in range(first, last + 1)), default=0) / 30.0
+        return _clamp(self.spec, self.variant, max(1, math.ceil(peak * self.headroom / self.cap)))
+
+    def decide(self, view: View) -> Target:
+        return self._need(view.now)
+
+
+POLICIES = {
+    p.name: p
+    for p in (LLMScalePolicy, HPAGPUUtilPolicy, KEDAQueuePolicy, StaticPeakPolicy, OraclePolicy)
+}
+
+
+def make_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return POLICIES[name]()

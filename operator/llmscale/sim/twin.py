@@ -1,0 +1,404 @@
+"""The twin: a virtual-time fleet of simulated vLLM replicas driven by a trace and a policy.
+
+Pods start (cold start), become Ready, take traffic from a least-outstanding-requests router,
+drain when removed, and hold GPUs from creation until drained; a finite GPU pool per
+accelerator leaves pods Pending when it runs out. Every request is accounted for.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..api.models import LLMDeploymentSpec, Variant
+from ..api.units import parse_duration
+from ..perf import Engine, Request, server_profile
+from ..perf.engine import Finished
+from ..policy.ceilings import ceiling_replicas
+from ..policy.types import Signals, Workload
+from .promstore import PromStore, Sample
+from .traffic import Trace
+
+SCRAPE_INTERVAL_S = 15.0
+TIMELINE_BIN_S = 15.0
+
+
+@dataclass
+class Pod:
+    id: int
+    variant: Variant
+    created: float
+    ready_at: float | None = None  # set when scheduled: created (or GPUs freed) + cold start
+    ready: bool = False
+    draining: bool = False
+    engine: Engine | None = None
+    last_counts: tuple[float, ...] = ()
+    last_ttft: list[int] = field(default_factory=list)
+    last_itl: list[int] = field(default_factory=list)
+
+    @property
+    def gpus(self) -> int:
+        return self.variant.gpus_per_replica
+
+
+@dataclass(frozen=True)
+class Target:
+    replicas: int
+    variant: str
+    capped: bool = False  # the policy wanted more than a ceiling allowed
+
+
+@dataclass
+class View:
+    """What a policy sees at a decision: the same inputs the operator gathers."""
+
+    spec: LLMDeploymentSpec
+    workload: Workload
+    signals: Signals
+    now: float
+
+
+class Policy:
+    name = "policy"
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return parse_duration(spec.scaling.interval)
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        return Target(max(1, spec.replicas.min), spec.variants[0].name)
+
+    def decide(self, view: View) -> Target:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass
+class RunResult:
+    policy: str
+    trace: str
+    requests: int
+    ttft_attainment: float
+    itl_attainment: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    ttft_p99_s: float
+    itl_p95_s: float
+    gpu_hours: float
+    cost: float | None
+    scale_actions: int
+    ceiling_s: float
+    rejected: int
+    timeline: list[dict] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _pct(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return math.nan
+    i = min(len(sorted_vals) - 1, max(0, math.ceil(q * len(sorted_vals)) - 1))
+    return sorted_vals[i]
+
+
+class Twin:
+    def __init__(
+        self,
+        spec: LLMDeploymentSpec,
+        trace: Trace,
+        policy: Policy,
+        cold_start_s: dict[str, float] | None = None,
+        gpu_pool: dict[str, int] | None = None,
+        progress: Callable[[float], None] | None = None,
+    ):
+        self.spec = spec
+        self.trace = trace
+        self.policy = policy
+        self.cold = {v.name: cold_start_s.get(v.name, 90.0) if cold_start_s else (parse_duration(v.cold_start) if v.cold_start else 90.0) for v in spec.variants}
+        for v in spec.variants:
+            if v.cold_start and (not cold_start_s or v.name not in cold_start_s):
+                self.cold[v.name] = parse_duration(v.cold_start)
+        self.pool = dict(gpu_pool) if gpu_pool else {}
+        self.progress = progress
+        self.pods: list[Pod] = []
+        self.next_pod = 0
+        self.gateway: deque[Request] = deque()
+        self.finished: list[Finished] = []
+        self.prom = PromStore()
+        self.totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # requests, prompt, generation, busy GPU-s, ready GPU-s
+        self.ttft_tot = [0] * 23
+        self.itl_tot = [0] * 20
+        self.gpu_seconds = 0.0
+        self.cost = 0.0
+        self.priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
+        self.actions = 0
+        self.ceiling_s = 0.0
+        self.target = Target(0, spec.variants[0].name)
+        self.timeline: list[dict] = []
+
+    # ---- pods -----------------------------------------------------------------------------
+    def _free_gpus(self, accelerator: str) -> float:
+        if accelerator not in self.pool:
+            return math.inf
+        used = sum(p.gpus for p in self.pods if p.variant.accelerator == accelerator and p.ready_at is not None)
+        return self.pool[accelerator] - used
+
+    def _schedule_pending(self, now: float) -> None:
+        for p in self.pods:
+            if p.ready_at is None and not p.draining and self._free_gpus(p.variant.accelerator) >= p.gpus:
+                p.ready_at = now + self.cold[p.variant.name]
+
+    def _add_pod(self, variant: Variant, now: float) -> None:
+        self.pods.append(Pod(self.next_pod, variant, now))
+        self.next_pod += 1
+
+    def _remove_pod(self, pod: Pod, now: float) -> None:
+        if not pod.ready or pod.engine is None:
+            self.pods.remove(pod)  # not serving yet: delete at once
+            return
+        pod.draining = True
+        pod.ready = False
+
+    def _apply(self, target: Target, now: float) -> None:
+        spec = self.spec
+        variant = spec.variant(target.variant)
+        live = [p for p in self.pods if not p.draining]
+        same = [p for p in live if p.variant.name == variant.name]
+        other = [p for p in live if p.variant.name != variant.name]
+        if len(same) < target.replicas:
+            # Make before break: new-shape pods start while old ones serve, inside the ceilings.
+            limit, _ = ceiling_replicas(spec, variant)
+            for _ in range(target.replicas - len(same)):
+                if not self._fits(variant):
+                    break
+                self._add_pod(variant, now)
+        elif len(same) > target.replicas:
+            # Remove the least loaded first: unready pods, then those with the fewest in-flight requests.
+            order = sorted(same, key=lambda p: (p.ready, p.engine.outstanding if p.engine else 0))
+            for p in order[: len(same) - target.replicas]:
+                self._remove_pod(p, now)
+        # Retire old-shape pods as new-shape pods become ready.
+        ready_new = sum(1 for p in self.pods if p.variant.name == variant.name and p.ready)
+        if other:
+            keep = max(0, target.replicas - ready_new)
+            order = sorted(other, key=lambda p: (p.ready, p.engine.outstanding if p.engine else 0))
+            for p in order[: max(0, len(other) - keep)]:
+                self._remove_pod(p, now)
+            # If the ceilings left no room to surge, free one old pod first (maxUnavailable: 1).
+            if len([p for p in self.pods if p.variant.name == variant.name and not p.draining]) == 0 and target.replicas > 0:
+                old_ready = [p for p in self.pods if p.variant.name != variant.name and not p.draining]
+                if old_ready and not self._fits(variant):
+                    self._remove_pod(min(old_ready, key=lambda p: p.engine.outstanding if p.engine else 0), now)
+        self._schedule_pending(now)
+
+    def _fits(self, variant: Variant) -> bool:
+        """Would one more pod of this variant keep every ceiling (counting draining pods)?"""
+        spec = self.spec
+        gpus = sum(p.gpus for p in self.pods) + variant.gpus_per_replica
+        if spec.cost.max_gpus is not None and gpus > spec.cost.max_gpus:
+            return False
+        ceiling = spec.cost.hourly_ceiling
+        if ceiling is not None:
+            cost = sum(float(spec.cost.price(p.variant.accelerator) or 0) * p.gpus for p in self.pods)
+            cost += float(spec.cost.price(variant.accelerator) or 0) * variant.gpus_per_replica
+            if cost > float(ceiling) + 1e-9:
+                return False
+        return True
+
+    def _workload(self) -> Workload:
+        live = [p for p in self.pods if not p.draining]
+        current = self.target.variant
+        return Workload(
+            variant=current,
+            replicas=len(live),
+            ready=sum(1 for p in live if p.ready),
+            starting=sum(1 for p in live if not p.ready and p.ready_at is not None),
+            pending_unschedulable=sum(1 for p in live if p.ready_at is None),
+            cold_start_s=dict(self.cold),
+        )
+
+    # ---- traffic ----------------------------------------------------------------------------
+    def _route(self, req: Request) -> None:
+        ready = [p for p in self.pods if p.ready and p.engine is not None]
+        if not ready:
+            self.gateway.append(req)
+            return
+        best = min(ready, key=lambda p: (p.engine.outstanding, p.id))  # type: ignore[union-attr]
+        best.engine.submit(req)  # type: ignore[union-attr]
+
+    def _advance(self, t: float) -> None:
+        for p in self.pods:
+            if p.engine is not None:
+                p.engine.advance(t)
+                if p.engine.finished:
+                    self.finished.extend(p.engine.drain_finished())
+        done = [p for p in self.pods if p.draining and p.engine is not None and p.engine.outstanding == 0]
+        for p in done:
+            self._collect(p)
+            self.pods.remove(p)
+
+    def _collect(self, p: Pod) -> None:
+        """Fold a pod's counters since its last scrape into the fleet totals (Prometheus keeps
+        the series of a deleted pod until it goes stale, so its increase is still counted)."""
+        e = p.engine
+        if e is None:
+            return
+        c = e.counters
+        now_counts = (c.success, c.prompt_tokens, c.generation_tokens, c.busy_s * p.gpus)
+        prev = p.last_counts or (0.0, 0.0, 0.0, 0.0)
+        for i in range(4):
+            self.totals[i] += now_counts[i] - prev[i]
+        p.last_counts = now_counts
+        tt, it = c.ttft.counts, c.itl.counts
+        pt = p.last_ttft or [0] * len(tt)
+        pi = p.last_itl or [0] * len(it)
+        for i in range(len(tt)):
+            self.ttft_tot[i] += tt[i] - pt[i]
+        for i in range(len(it)):
+            self.itl_tot[i] += it[i] - pi[i]
+        p.last_ttft, p.last_itl = list(tt), list(it)
+
+    def _scrape(self, now: float, dt_since: float) -> None:
+        waiting = float(len(self.gateway))
+        running = 0.0
+        kv, n_ready = 0.0, 0
+        for p in self.pods:
+            if p.engine is None:
+                continue
+            self._collect(p)
+            waiting += p.engine.num_waiting
+            running += p.engine.num_running
+            if p.ready:
+                kv += p.engine.kv_usage
+                n_ready += 1
+                self.totals[4] += dt_since * p.gpus
+        cum = lambda xs: [sum(xs[: i + 1]) for i in range(len(xs))]  # noqa: E731
+        self.prom.add(Sample(now, self.totals[0], self.totals[1], self.totals[2], self.totals[3], self.totals[4],
+                             cum(self.ttft_tot), cum(self.itl_tot), waiting, running, kv / n_ready if n_ready else None))
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        spec = self.spec
+        arrivals = self.trace.arrivals
+        end = (arrivals[-1].t if arrivals else 0.0) + 1.0
+        interval = self.policy.interval(spec)
+        self.target = self.policy.start(spec, self.trace, self.cold)
+        # Pre-warm the starting fleet (it exists before the trace begins).
+        variant = spec.variant(self.target.variant)
+        for _ in range(self.target.replicas):
+            self._add_pod(variant, -self.cold[variant.name])
+        self._schedule_pending(-self.cold[variant.name])
+        for p in self.pods:
+            if p.ready_at is not None:
+                p.ready_at = 0.0
+        ttft_t = (spec.slo.ttft.seconds, spec.slo.ttft.percentile) if spec.slo.ttft else None
+        itl = spec.slo.itl_target()
+        itl_t = (itl.seconds, itl.percentile) if itl else None
+        window = parse_duration(spec.metrics.rate_window)
+
+        i, t = 0, 0.0
+        next_tick, next_scrape, next_bin = interval, SCRAPE_INTERVAL_S, 0.0
+        last_scrape = 0.0
+        bin_arrivals = 0
+        prog_next = 0.0
+        while i < len(arrivals) or any(p.engine and p.engine.outstanding for p in self.pods) or self.gateway:
+            ready_times = [p.ready_at for p in self.pods if p.ready_at is not None and not p.ready and not p.draining]
+            nt = min(
+                arrivals[i].t if i < len(arrivals) else math.inf,
+                next_tick if i < len(arrivals) else math.inf,
+                next_scrape,
+                min(ready_times) if ready_times else math.inf,
+                next_bin,
+            )
+            if nt == math.inf or nt > end + 3600:
+                break
+            # GPU time and money accrue for every scheduled pod (starting, ready or draining).
+            dt = nt - t
+            if dt > 0:
+                for p in self.pods:
+                    if p.ready_at is not None:
+                        self.gpu_seconds += dt * p.gpus
+                        self.cost += dt / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
+                if self.target.capped:
+                    self.ceiling_s += dt
+            self._advance(nt)
+            t = nt
+            for p in self.pods:
+                if not p.ready and not p.draining and p.ready_at is not None and p.ready_at <= t:
+                    p.ready = True
+                    p.engine = Engine(server_profile(spec.model, p.variant.accelerator, p.variant.gpus_per_replica), start=t)
+                    self._apply(self.target, t)  # may retire old-shape pods now
+            while self.gateway and any(p.ready for p in self.pods):
+                self._route(self.gateway.popleft())
+            if t >= next_bin:
+                live = [p for p in self.pods if not p.draining]
+                self.timeline.append({
+                    "t": t,
+                    "rate": bin_arrivals / TIMELINE_BIN_S if t > 0 else 0.0,
+                    "ready": {v.name: sum(1 for p in live if p.ready and p.variant.name == v.name) for v in spec.variants},
+                    "pods": len(live),
+                    "gpus": sum(p.gpus for p in self.pods if p.ready_at is not None),
+                    "target": self.target.replicas,
+                })
+                bin_arrivals = 0
+                next_bin += TIMELINE_BIN_S
+            if t >= next_scrape:
+                self._scrape(t, t - last_scrape)
+                last_scrape = t
+                next_scrape += SCRAPE_INTERVAL_S
+            if i < len(arrivals) and t >= next_tick:
+                view = View(spec, self._workload(), self.prom.signals(t, window, ttft_t, itl_t), t)
+                new = self.policy.decide(view)
+                if new.replicas != self.target.replicas or new.variant != self.target.variant:
+                    self.actions += 1
+                self.target = new
+                self._apply(new, t)
+                next_tick += interval
+            while i < len(arrivals) and arrivals[i].t <= t:
+                a = arrivals[i]
+                self._route(Request(i, a.t, a.input_tokens, a.output_tokens))
+                bin_arrivals += 1
+                i += 1
+            if self.progress and t >= prog_next:
+                self.progress(min(1.0, t / end))
+                prog_next = t + end / 50
+        if self.progress:
+            self.progress(1.0)
+        return self._result(ttft_t, itl_t)
+
+    def _result(self, ttft_t: tuple[float, float] | None, itl_t: tuple[float, float] | None) -> RunResult:
+        done = self.finished
+        n = len(self.trace.arrivals)
+        served = [f for f in done if not f.rejected]
+        ttfts = sorted(f.ttft_s for f in served)
+        itls = sorted(f.itl_s for f in served if f.output_tokens > 1)
+        # Requests never finished (the run ended) or rejected count as misses.
+        ttft_ok = sum(1 for f in served if ttft_t is None or f.ttft_s <= ttft_t[0])
+        itl_ok = sum(1 for f in served if itl_t is None or f.output_tokens <= 1 or f.itl_s <= itl_t[0])
+        # Per-bin TTFT p95 of the requests that arrived in the bin, for the plot.
+        by_bin: dict[int, list[float]] = {}
+        for f in served:
+            by_bin.setdefault(int(f.arrival // TIMELINE_BIN_S), []).append(f.ttft_s)
+        for row in self.timeline:
+            vals = sorted(by_bin.get(int(row["t"] // TIMELINE_BIN_S) - 1, []))
+            row["ttft_p95"] = _pct(vals, 0.95) if vals else None
+        return RunResult(
+            policy=self.policy.name,
+            trace=self.trace.name,
+            requests=n,
+            ttft_attainment=ttft_ok / n if n else 1.0,
+            itl_attainment=itl_ok / n if n else 1.0,
+            ttft_p50_s=_pct(ttfts, 0.50),
+            ttft_p95_s=_pct(ttfts, 0.95),
+            ttft_p99_s=_pct(ttfts, 0.99),
+            itl_p95_s=_pct(itls, 0.95),
+            gpu_hours=self.gpu_seconds / 3600,
+            cost=self.cost if self.priced else None,
+            scale_actions=self.actions,
+            ceiling_s=self.ceiling_s,
+            rejected=sum(1 for f in done if f.rejected),
+            timeline=self.timeline,
+        )
