@@ -1,0 +1,280 @@
+"""The `llmscale` command: run | simulate | explain | crds | fleet-sim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+
+
+class CLIError(Exception):
+    """A bad flag or file: printed as one line, exit code 2."""
+
+
+def _load_deployment(path: str | None) -> tuple[dict[str, Any], Any]:
+    from pydantic import ValidationError
+
+    from .api.models import explain_errors, parse_spec
+
+    if path is None:
+        text = resources.files("llmscale").joinpath("data/default-deployment.yaml").read_text()
+        where = "the bundled example"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise CLIError(f"{path}: no such file")
+        text, where = p.read_text(), path
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CLIError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "LLMDeployment" or "spec" not in doc:
+        raise CLIError(f"{where}: not an LLMDeployment (expected kind: LLMDeployment with a spec)")
+    try:
+        return doc, parse_spec(doc["spec"])
+    except ValidationError as e:
+        raise CLIError(f"{where}: {explain_errors(e)}") from None
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from .api.crd import crd_yaml
+
+    text = crd_yaml()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim.policies import POLICIES, make_policy
+    from .sim.report import Progress, plot, table
+    from .sim.traffic import TraceError, load_trace, scenario
+    from .sim.twin import Twin
+
+    doc, spec = _load_deployment(args.deployment)
+    try:
+        if args.trace and args.scenario:
+            raise CLIError("give --trace or --scenario, not both")
+        if args.trace:
+            trace = load_trace(args.trace)
+        elif args.scenario:
+            trace = scenario(args.scenario, rate=args.scenario_rate, duration=args.duration, seed=args.seed)
+        else:
+            trace = load_trace(str(resources.files("llmscale").joinpath("data/azure-code-15min.csv")))
+            if args.rate_scale is None:
+                args.rate_scale = 4.0
+        trace = trace.scaled(args.rate_scale or 1.0, args.speedup, seed=args.seed)
+    except TraceError as e:
+        raise CLIError(str(e)) from None
+    if not trace.arrivals:
+        raise CLIError(f"{trace.name}: no requests to simulate")
+    policies = args.policy or list(POLICIES)
+    for p in policies:
+        if p not in POLICIES:
+            raise CLIError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+    show = not args.json and (sys.stderr.isatty() or args.progress)
+    if not args.json:
+        bad = f", {trace.bad_rows} bad rows skipped" if trace.bad_rows else ""
+        print(f"trace {trace.name}: {len(trace.arrivals)} requests over {trace.duration / 60:.1f} min, "
+              f"mean {trace.mean_rate:.2f} req/s, peak minute {trace.peak_rate():.2f} req/s{bad}", file=sys.stderr)
+        for ex in trace.bad_examples:
+            print(f"  bad row: {ex}", file=sys.stderr)
+    results = []
+    for name in policies:
+        t0 = time.monotonic()
+        r = Twin(spec, trace, make_policy(name), progress=Progress(name, show)).run()
+        results.append(r)
+        if not args.json and not show:
+            print(f"  {name}: simulated in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"trace": trace.name, "deployment": doc.get("metadata", {}).get("name"),
+                          "results": [r.as_json() for r in results]}))
+        return 0
+    ttft = spec.slo.ttft
+    itl = spec.slo.itl_target()
+    print(f"\nSLO: TTFT p{ttft.percentile:g} <= {ttft.target}" if ttft else "\nSLO: none on TTFT", end="")
+    print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "")
+    print("attainment = share of requests within the target\n")
+    print(table(results, baseline="oracle" if "oracle" in policies else None))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"trace": trace.name, "results": [r.as_json() for r in results]}, indent=2))
+        png = plot(results, ttft.seconds if ttft else None, out / "simulate.png", f"{trace.name}: {spec.model}")
+        if png:
+            print(f"\nplot: {png}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .controller.operator import run
+    from .settings import OperatorSettings
+
+    overrides = {k: v for k, v in {
+        "prometheus_url": args.prometheus_url,
+        "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
+        "namespaces": args.namespace or None,
+        "peering": args.peering,
+    }.items() if v is not None}
+    run(OperatorSettings(**overrides), kubeconfig=args.kubeconfig, verbose=args.verbose)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from pydantic import ValidationError
+
+    from .api.crd import PLURAL
+    from .api.models import explain_errors, parse_spec
+    from .controller.kube import Kube, observe_workload
+    from .metrics.prometheus import PrometheusReader, PrometheusSettings
+    from .policy import History, decide
+    from .settings import OperatorSettings
+
+    try:
+        config.load_kube_config(config_file=args.kubeconfig)
+    except Exception as e:
+        raise CLIError(f"cannot load a kubeconfig: {e}") from None
+    api = client.CustomObjectsApi()
+    try:
+        obj = api.get_namespaced_custom_object("llmscale.io", "v1alpha1", args.namespace, PLURAL, args.name)
+    except ApiException as e:
+        raise CLIError(f"LLMDeployment {args.namespace}/{args.name}: {e.reason} ({e.status})") from None
+    try:
+        spec = parse_spec(obj["spec"])
+    except ValidationError as e:
+        raise CLIError(f"LLMDeployment {args.namespace}/{args.name} is invalid: {explain_errors(e)}") from None
+    kube = Kube()
+    status = obj.get("status") or {}
+    dep = kube.deployment(args.namespace, args.name)
+    pods = kube.pods(args.namespace, args.name)
+    workload = observe_workload(dep, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
+                                kube.competing_autoscaler(args.namespace, args.name))
+    url = args.prometheus_url or spec.metrics.prometheus_url or OperatorSettings().prometheus_url
+    now = time.time()
+    key = (args.namespace, args.name)
+    if url:
+        signals = PrometheusReader(PrometheusSettings(url=url)).read({key: spec}, now)[key]
+    else:
+        from .policy.types import Signals
+
+        signals = Signals.unreachable("no Prometheus URL: pass --prometheus-url or set LLMSCALE_PROMETHEUS_URL")
+    d = decide(spec, workload, signals, History.from_dict(status.get("history")), now)
+    fmt = lambda v, scale=1.0, unit="": "unknown" if v is None else f"{v * scale:.3g}{unit}"  # noqa: E731
+    print(f"LLMDeployment {args.namespace}/{args.name}  model {spec.model}  mode {spec.scaling.mode.value}")
+    print(f"\nworkload: variant {workload.variant or '-'}, {workload.replicas} replicas, {workload.ready} ready, "
+          f"{workload.starting} starting, {workload.pending_unschedulable} unschedulable"
+          + (f"; competing autoscaler: {workload.competing_autoscaler}" if workload.competing_autoscaler else ""))
+    if workload.cold_start_s:
+        print("cold start measured: " + ", ".join(f"{k} {v:.0f}s" for k, v in workload.cold_start_s.items()))
+    print("\nsignals" + (f" (UNAVAILABLE: {signals.unavailable})" if signals.unavailable else f" from {url}:"))
+    if not signals.unavailable:
+        ttft, itl = spec.slo.ttft, spec.slo.itl_target()
+        print(f"  TTFT p{ttft.percentile:g}: {fmt(signals.ttft_quantile, 1000, 'ms')} (target {ttft.target}), "
+              f"attainment {fmt(signals.ttft_attainment, 100, '%')}" if ttft else "  TTFT: no target")
+        if itl:
+            print(f"  inter-token p{itl.percentile:g}: {fmt(signals.itl_quantile, 1000, 'ms')} (target {itl.target}), "
+                  f"attainment {fmt(signals.itl_attainment, 100, '%')}")
+        print(f"  requests/s {fmt(signals.request_rate)}, waiting {fmt(signals.requests_waiting)}, running "
+              f"{fmt(signals.requests_running)}, KV cache {fmt(signals.kv_cache_usage, 100, '%')}, GPU util "
+              f"{fmt(signals.gpu_utilization, 100, '%')}")
+        for k, why in sorted(signals.unknown.items()):
+            print(f"  unknown {k}: {why}")
+        for w in signals.warnings:
+            print(f"  warning: {w}")
+    e = d.estimate
+    print(f"\nestimate: {fmt(e.capacity_per_replica)} req/s per replica ({e.capacity_limited_by or '-'}), forecast "
+          f"{fmt(e.forecast_rate)} req/s over {fmt(e.horizon_s, 1, 's')}, ceiling {e.ceiling_replicas} replicas")
+    print(f"\ndecision now: {d.action} {d.from_replicas} -> {d.to_replicas} ({d.variant})"
+          + ("" if d.apply else "  [not applied: " + ("mode " + spec.scaling.mode.value if spec.scaling.mode.value != "Auto" else "hold") + "]"))
+    for r in d.reasons:
+        print(f"  - {r.code.value}: {r.message}")
+    last = status.get("lastDecision")
+    if last:
+        print(f"\nlast decision by the operator at {last.get('time')}: {last.get('action')} {last.get('from')} -> {last.get('to')}")
+    return 0
+
+
+def cmd_fleet_sim(args: argparse.Namespace) -> int:
+    import logging
+
+    from .sim.fleet import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args.kubeconfig, args.port)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmscale", description="Autoscale vLLM-style GPU inference servers on Kubernetes.")
+    p.add_argument("--version", action="version", version=f"llmscale {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the operator (kopf)")
+    r.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    r.add_argument("--prometheus-url", help="default Prometheus URL (env LLMSCALE_PROMETHEUS_URL)")
+    r.add_argument("--metrics-port", type=int, help="port of the operator's /metrics (default 8080, 0 disables)")
+    r.add_argument("--health-port", type=int, help="port of /healthz (default 8081, 0 disables)")
+    r.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
+    r.add_argument("--peering", help="kopf peering name: run several replicas, one active")
+    r.add_argument("--verbose", "-v", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("simulate", help="replay a trace through the policy and baselines in virtual time (the twin)")
+    s.add_argument("--trace", help="Azure CSV, Mooncake JSONL or ServeGen rate CSV (default: bundled 15-min Azure slice)")
+    s.add_argument("--scenario", help="synthetic load: constant, step, ramp, diurnal, burst")
+    s.add_argument("--scenario-rate", type=float, default=5.0, help="base request rate of the scenario (req/s)")
+    s.add_argument("--duration", type=float, default=1800.0, help="scenario length in seconds")
+    s.add_argument("--deployment", help="LLMDeployment YAML to simulate (default: bundled example)")
+    s.add_argument("--policy", action="append", help="policy to run (repeatable; default all)")
+    s.add_argument("--rate-scale", type=float, default=None, help="multiply the arrival rate, keeping shape and token mix")
+    s.add_argument("--speedup", type=float, default=1.0, help="compress the trace's time by this factor")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="directory for results.json and simulate.png")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    s.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
+    s.set_defaults(func=cmd_simulate)
+
+    e = sub.add_parser("explain", help="print the inputs, the decision the policy would make now, and why")
+    e.add_argument("name")
+    e.add_argument("--namespace", "-n", default="default")
+    e.add_argument("--kubeconfig")
+    e.add_argument("--prometheus-url")
+    e.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("crds", help="print the LLMDeployment CustomResourceDefinition")
+    c.add_argument("--output", "-o", help="write to this file instead of stdout")
+    c.set_defaults(func=cmd_crds)
+
+    f = sub.add_parser("fleet-sim", help="serve simulated vLLM/DCGM metrics for the pods of a (test) cluster")
+    f.add_argument("--kubeconfig")
+    f.add_argument("--port", type=int, default=18000)
+    f.set_defaults(func=cmd_fleet_sim)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"llmscale: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Kubernetes side: render the owned workload, apply it, write status and Events (kopf handlers)."""

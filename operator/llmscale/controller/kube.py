@@ -1,0 +1,121 @@
+"""Kubernetes reads and writes of the operator (kubernetes client): apply owned objects with
+server-side apply, observe the serving workload, find competing autoscalers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..policy.types import Workload
+from .render import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_VARIANT
+
+log = logging.getLogger("llmscale.kube")
+APPLY = "application/apply-patch+yaml"
+
+
+class Kube:
+    def __init__(self) -> None:
+        self.apps = client.AppsV1Api()
+        self.core = client.CoreV1Api()
+        self.autoscaling = client.AutoscalingV2Api()
+        self.custom = client.CustomObjectsApi()
+
+    # ---- writes --------------------------------------------------------------------------------
+    def apply(self, obj: dict[str, Any]) -> None:
+        md = obj["metadata"]
+        kind = obj["kind"]
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
+                                                  force=True, _content_type=APPLY)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
+                                               force=True, _content_type=APPLY)
+        else:  # pragma: no cover - only the two kinds above are owned
+            raise ValueError(f"cannot apply {kind}")
+
+    def set_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:
+        """Mark a pod cheap (or dear) to delete: the ReplicaSet removes the lowest cost first."""
+        body = {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": str(cost)}}}
+        try:
+            self.core.patch_namespaced_pod(pod, namespace, body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    # ---- reads ---------------------------------------------------------------------------------
+    def deployment(self, namespace: str, name: str) -> Any | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def pods(self, namespace: str, name: str) -> list[Any]:
+        return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
+
+    def competing_autoscaler(self, namespace: str, name: str) -> str | None:
+        """An HPA or KEDA ScaledObject that targets our Deployment or the LLMDeployment itself."""
+        try:
+            for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
+                ref = h.spec.scale_target_ref
+                if ref.name == name and ref.kind in ("Deployment", "LLMDeployment"):
+                    return f"HorizontalPodAutoscaler {h.metadata.name}"
+        except ApiException as e:
+            if e.status not in (403, 404):
+                raise
+        try:
+            objs = self.custom.list_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects")
+            for o in objs.get("items", []):
+                ref = o.get("spec", {}).get("scaleTargetRef", {})
+                if ref.get("name") == name and ref.get("kind", "Deployment") in ("Deployment", "LLMDeployment"):
+                    return f"KEDA ScaledObject {o['metadata']['name']}"
+        except ApiException as e:
+            if e.status not in (403, 404):
+                raise
+        return None
+
+
+def _ready_time(pod: Any) -> dt.datetime | None:
+    for c in pod.status.conditions or []:
+        if c.type == "Ready" and c.status == "True":
+            return c.last_transition_time
+    return None
+
+
+def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, float], competing: str | None) -> Workload:
+    """The Workload the policy sees, and updated cold-start measurements (creation -> Ready per variant)."""
+    if dep is None:
+        return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing)
+    live = [p for p in pods if p.metadata.deletion_timestamp is None]
+    ready = [p for p in live if _ready_time(p) is not None]
+    unschedulable = sum(
+        1 for p in live
+        if any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable" for c in (p.status.conditions or []))
+    )
+    measured = dict(cold_start)
+    for p in ready:
+        t_ready = _ready_time(p)
+        created = p.metadata.creation_timestamp
+        variant = (p.metadata.labels or {}).get(LABEL_VARIANT)
+        if t_ready and created and variant:
+            secs = (t_ready - created).total_seconds()
+            if secs >= 0:
+                # Exponentially weighted, leaning to the slow side: the forecast horizon should cover most starts.
+                prev = measured.get(variant)
+                measured[variant] = round(secs if prev is None else max(0.8 * prev + 0.2 * secs, min(prev, secs)), 1)
+    variant = (dep.spec.template.metadata.labels or {}).get(LABEL_VARIANT)
+    replicas = dep.spec.replicas or 0
+    return Workload(
+        variant=variant,
+        replicas=replicas,
+        ready=len(ready),
+        starting=max(0, len(live) - len(ready) - unschedulable),
+        pending_unschedulable=unschedulable,
+        cold_start_s=measured,
+        competing_autoscaler=competing,
+    )

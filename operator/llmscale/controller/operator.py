@@ -1,0 +1,81 @@
+"""Start the operator: configure kopf once, connect the clients, serve metrics, run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from ..metrics.prometheus import PrometheusReader, PrometheusSettings
+from ..settings import OperatorSettings
+from . import handlers  # noqa: F401  (registers the handlers)
+from .handlers import Runtime
+from .kube import Kube
+
+log = logging.getLogger("llmscale")
+
+
+def _configure(settings: kopf.OperatorSettings, opts: OperatorSettings) -> None:
+    # Handler progress and the diff base live in status, under our own key: the CR's metadata and
+    # spec stay exactly as the user (or GitOps) wrote them.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
+    settings.persistence.finalizer = "llmscale.io/finalizer"
+    # Events for every handler failure, with the operator's name as the source.
+    settings.posting.level = logging.INFO
+    # Reconnect watches regularly so a silently dropped stream cannot stall scaling.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Peering (HA): one active replica; the others stand by.
+    settings.peering.standalone = opts.peering is None
+    if opts.peering:
+        settings.peering.name = opts.peering
+        settings.peering.mandatory = True
+    settings.execution.max_workers = 8
+
+
+def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> None:
+    from kubernetes import config
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    Runtime.kube = Kube()
+    if opts.prometheus_url:
+        Runtime.reader = PrometheusReader(PrometheusSettings(
+            url=opts.prometheus_url,
+            bearer_token_file=opts.prometheus_bearer_token_file,
+            ca_bundle=opts.prometheus_ca_bundle,
+            verify_tls=not opts.prometheus_insecure_skip_verify,
+            timeout_s=opts.prometheus_timeout_s,
+        ))
+    else:
+        log.warning("no --prometheus-url: LLMDeployments without spec.metrics.prometheusURL will hold with MetricsAvailable=False")
+        Runtime.reader = PrometheusReader(PrometheusSettings(url="http://prometheus-not-configured.invalid"))
+    if opts.metrics_port:
+        start_http_server(opts.metrics_port)
+        log.info("operator metrics on :%d/metrics", opts.metrics_port)
+
+    @kopf.on.startup()
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        _configure(settings, opts)
+
+    if kubeconfig:
+        import os
+
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same cluster
+    asyncio.run(kopf.operator(
+        clusterwide=not opts.namespaces,
+        namespaces=opts.namespaces or None,
+        standalone=opts.peering is None,
+        peering_name=opts.peering,
+        liveness_endpoint=f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None,
+    ))

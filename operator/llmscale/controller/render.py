@@ -1,0 +1,190 @@
+"""Render the objects an LLMDeployment owns: a Deployment of vLLM server pods and a Service.
+
+Pure: spec + decision in, manifests out. Applied with server-side apply under the operator's
+own field manager, so fields that others own (an admission webhook's, a user's labels) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..api.models import OPERATOR_OWNED_ENGINE_FLAGS, LLMDeploymentSpec, Variant
+from ..api.units import parse_duration
+from ..perf.hardware import gpu_for
+
+FIELD_MANAGER = "llmscale"
+LABEL_DEPLOYMENT = "llmscale.io/deployment"
+LABEL_VARIANT = "llmscale.io/variant"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+class RenderError(ValueError):
+    """The spec is valid for the schema but cannot be turned into a workload (e.g. conflicting engine args)."""
+
+
+def engine_arg_conflicts(spec: LLMDeploymentSpec) -> list[str]:
+    """Engine args that set a flag the operator owns (--model, --port, --tensor-parallel-size, --host)."""
+    bad = []
+    for arg in spec.engine_args:
+        flag = arg.split("=", 1)[0].strip()
+        if flag in OPERATOR_OWNED_ENGINE_FLAGS or flag == "-tp":
+            bad.append(arg)
+    return bad
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: name}
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    md = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", "llmscale.io/v1alpha1"),
+        "kind": body.get("kind", "LLMDeployment"),
+        "name": md["name"],
+        "uid": md["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _container(spec: LLMDeploymentSpec, variant: Variant) -> dict[str, Any]:
+    port = spec.serving.port
+    args = [
+        f"--model={spec.model}",
+        f"--port={port}",
+        "--host=0.0.0.0",
+        f"--tensor-parallel-size={variant.gpus_per_replica}",
+    ]
+    if spec.serving.served_model_name:
+        args.append(f"--served-model-name={spec.serving.served_model_name}")
+    args += list(spec.engine_args)
+    startup_s = parse_duration(spec.serving.startup_timeout)
+    drain_s = parse_duration(spec.serving.drain_timeout)
+    env = [{"name": k, "value": v} for k, v in sorted(spec.serving.env.items())]
+    return {
+        "name": "vllm",
+        "image": spec.image,
+        "command": ["vllm", "serve"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": variant.cpu, "memory": variant.memory, "nvidia.com/gpu": str(variant.gpus_per_replica)},
+            "limits": {"memory": variant.memory, "nvidia.com/gpu": str(variant.gpus_per_replica)},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        # Model loading takes minutes: the startup probe holds liveness off until /health answers.
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": max(1, math.ceil(startup_s / 10)),
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
+        # Stop taking new work, then let streaming responses finish before SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": int(min(drain_s, 600))}}},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+
+
+def render_deployment(body: dict[str, Any], spec: LLMDeploymentSpec, variant: Variant, replicas: int,
+                      max_surge: int = 1) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    product = variant.gpu_product or gpu_for(variant.accelerator).product_label
+    labels = {
+        "app.kubernetes.io/name": "vllm",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "llmscale",
+        LABEL_DEPLOYMENT: name,
+        LABEL_VARIANT: variant.name,
+    }
+    drain_s = parse_duration(spec.serving.drain_timeout)
+    node_selector = {GPU_PRODUCT_LABEL: product, **variant.node_selector}
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in variant.tolerations]
+    tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    pod_spec: dict[str, Any] = {
+        "containers": [_container(spec, variant)],
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "terminationGracePeriodSeconds": int(drain_s) + 30,
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(name)},
+            # Make before break: a replaced pod (new variant) starts before an old one stops,
+            # as far as the GPU and cost ceilings leave room (max_surge), else one at a time.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": 0 if max_surge > 0 else 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "llmscale.io/model": spec.model,
+                        "llmscale.io/accelerator": variant.accelerator,
+                        "llmscale.io/gpus": str(variant.gpus_per_replica),
+                        "llmscale.io/served-model-name": spec.serving.served_model_name or spec.model,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(spec.serving.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(body: dict[str, Any], spec: LLMDeploymentSpec) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {"app.kubernetes.io/managed-by": "llmscale", LABEL_DEPLOYMENT: name},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "selector": selector_labels(name),
+            "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def surge_within_ceilings(spec: LLMDeploymentSpec, variant: Variant, replicas: int) -> int:
+    """How many extra pods a rolling update may add without crossing maxGPUs or maxHourlyCost."""
+    room = 1 << 30
+    if spec.cost.max_gpus is not None:
+        room = min(room, (spec.cost.max_gpus - replicas * variant.gpus_per_replica) // variant.gpus_per_replica)
+    price = spec.cost.price(variant.accelerator)
+    ceiling = spec.cost.hourly_ceiling
+    if ceiling is not None and price is not None and price > 0:
+        unit = price * variant.gpus_per_replica
+        room = min(room, int((ceiling - unit * replicas) // unit))
+    return max(0, min(room, max(1, replicas // 4 or 1)))

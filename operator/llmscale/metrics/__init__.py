@@ -1,0 +1,1 @@
+"""Reading metrics: PromQL for vLLM and DCGM, batched across deployments, into typed Signals."""

@@ -1,0 +1,44 @@
+"""PromQL templates. One query per signal per control cycle for all deployments, grouped by
+(namespace, llmd); `llmd` is the target label the chart's PodMonitor copies from the pod label
+llmscale.io/deployment. Per-CR overrides (spec.metrics.queries) use {namespace} and {name}."""
+
+from __future__ import annotations
+
+GROUP = "namespace, llmd"
+
+# Each takes the rate window, e.g. "1m". Bucket queries keep `le` so that any percentile and any
+# attainment target can be computed from one result.
+BATCH: dict[str, str] = {
+    "ttftBuckets": f"sum by ({GROUP}, le) (rate(vllm:time_to_first_token_seconds_bucket[{{w}}]))",
+    "itlBuckets": f"sum by ({GROUP}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}]))",
+    "e2eBuckets": f"sum by ({GROUP}, le) (rate(vllm:e2e_request_latency_seconds_bucket[{{w}}]))",
+    "requestRate": f"sum by ({GROUP}) (rate(vllm:request_success_total[{{w}}]))",
+    "promptTokensRate": f"sum by ({GROUP}) (rate(vllm:prompt_tokens_total[{{w}}]))",
+    "generationTokensRate": f"sum by ({GROUP}) (rate(vllm:generation_tokens_total[{{w}}]))",
+    "requestsWaiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
+    "requestsRunning": f"sum by ({GROUP}) (vllm:num_requests_running)",
+    "kvCacheUsage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc)",
+    "gpuUtilization": f"avg by ({GROUP}) (DCGM_FI_DEV_GPU_UTIL) / 100",
+    "gatewayPending": f"sum by ({GROUP}) (llmscale_gateway_requests_pending)",
+    # In-flight work per pod, for choosing which replicas to remove (pod-deletion-cost).
+    "podLoad": f"sum by ({GROUP}, pod) (vllm:num_requests_running) + sum by ({GROUP}, pod) (vllm:num_requests_waiting)",
+    # The newest sample time per deployment: older than two intervals means stale.
+    "freshness": f"max by ({GROUP}) (timestamp(vllm:num_requests_running))",
+}
+
+# Signals a per-CR override may replace (value queries returning one number).
+OVERRIDABLE = (
+    "requestRate",
+    "promptTokensRate",
+    "generationTokensRate",
+    "requestsWaiting",
+    "requestsRunning",
+    "kvCacheUsage",
+    "gpuUtilization",
+    "ttftQuantile",
+    "interTokenLatencyQuantile",
+)
+
+
+def render(template: str, window: str) -> str:
+    return template.replace("{w}", window)

@@ -1,0 +1,171 @@
+"""Turn raw PromQL results into one Signals per deployment: pure, with staleness and NaN handling."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from ..api.models import LLMDeploymentSpec
+from ..perf import buckets
+from ..policy.types import Signals
+from .histogram import attainment, between_edges, histogram_quantile
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
+    """A Prometheus instant-vector sample's value, or None with the reason it is unusable."""
+    try:
+        raw = sample["value"][1]
+        v = float(raw)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None, "malformed sample"
+    if math.isnan(v):
+        return None, "NaN"
+    if math.isinf(v):
+        return None, "Inf"
+    if v < 0:
+        return None, f"negative value {v:g}"
+    return v, None
+
+
+def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for s in result:
+        m = s.get("metric", {})
+        if "namespace" in m and "llmd" in m:
+            out[(m["namespace"], m["llmd"])].append(s)
+    return out
+
+
+def _buckets(samples: list[dict[str, Any]], edges: tuple[float, ...]) -> list[float] | None:
+    """Cumulative per-second bucket rates ordered by le, +Inf last; None if incomplete."""
+    by_le: dict[float, float] = {}
+    for s in samples:
+        le = s.get("metric", {}).get("le")
+        v, _ = _value(s)
+        if le is None or v is None:
+            continue
+        by_le[math.inf if le == "+Inf" else float(le)] = v
+    if math.inf not in by_le:
+        return None
+    les = sorted(k for k in by_le if k != math.inf)
+    if not les:
+        return None
+    # Tolerate exporters with other edges: use what the series say.
+    return [by_le[le] for le in les] + [by_le[math.inf]]
+
+
+def _edges(samples: list[dict[str, Any]]) -> tuple[float, ...]:
+    les = sorted({float(s["metric"]["le"]) for s in samples if s.get("metric", {}).get("le") not in (None, "+Inf")})
+    return tuple(les)
+
+
+def build_signals(
+    spec: LLMDeploymentSpec,
+    key: Key,
+    results: dict[str, dict[Key, list[dict[str, Any]]]],
+    now: float,
+    stale_after_s: float,
+    overrides: dict[str, float | None] | None = None,
+) -> Signals:
+    """Signals for one deployment from the batched results (signal -> deployment -> samples)."""
+    unknown: dict[str, str] = {}
+    warnings: list[str] = []
+    vals: dict[str, float | None] = {}
+
+    fresh = results.get("freshness", {}).get(key)
+    stale = False
+    if fresh:
+        ts, why = _value(fresh[0])
+        if ts is None:
+            unknown["freshness"] = why or "unusable"
+        elif now - ts > stale_after_s:
+            stale = True
+    for name in ("requestRate", "promptTokensRate", "generationTokensRate", "requestsWaiting", "requestsRunning",
+                 "kvCacheUsage", "gpuUtilization", "gatewayPending"):
+        samples = results.get(name, {}).get(key)
+        if not samples:
+            vals[name] = None
+            if name not in ("gatewayPending", "gpuUtilization"):
+                unknown[name] = "no series for this deployment"
+            continue
+        v, why = _value(samples[0])
+        if v is None:
+            unknown[name] = f"ignored: {why}"
+        elif stale and name != "gatewayPending":
+            unknown[name] = f"stale: newest sample older than {stale_after_s:.0f}s"
+            v = None
+        vals[name] = v
+    if overrides:
+        for name, v in overrides.items():
+            vals[name] = v
+            if v is None:
+                unknown[name] = "override query returned no usable value"
+            else:
+                unknown.pop(name, None)
+
+    def latency(bucket_key: str, target: float | None, pct: float | None, label: str) -> tuple[float | None, float | None]:
+        samples = results.get(bucket_key, {}).get(key)
+        if not samples or target is None or pct is None:
+            return None, None
+        if stale:
+            unknown[label] = "stale"
+            return None, None
+        cum = _buckets(samples, ())
+        edges = _edges(samples)
+        if cum is None or len(cum) != len(edges) + 1:
+            unknown[label] = "incomplete histogram"
+            return None, None
+        if cum[-1] <= 0:
+            return None, None  # no requests finished in the window: no latency evidence either way
+        q = histogram_quantile(pct / 100, edges, cum)
+        att, interpolated = attainment(target, edges, cum)
+        if interpolated:
+            around = between_edges(target, edges)
+            if around:
+                warnings.append(
+                    f"{label} target {target * 1000:g}ms falls between histogram buckets "
+                    f"{around[0] * 1000:g}ms and {around[1] * 1000:g}ms: attainment and percentile are interpolated"
+                )
+        return q, att
+
+    ttft = spec.slo.ttft
+    itl = spec.slo.itl_target()
+    ttft_q, ttft_att = latency("ttftBuckets", ttft.seconds if ttft else None, ttft.percentile if ttft else None, "ttft")
+    itl_q, itl_att = latency("itlBuckets", itl.seconds if itl else None, itl.percentile if itl else None, "interTokenLatency")
+    e2e = spec.slo.e2e_latency
+    e2e_q, _ = latency("e2eBuckets", e2e.seconds if e2e else None, e2e.percentile if e2e else None, "e2eLatency")
+    if overrides:
+        ttft_q = overrides.get("ttftQuantile", ttft_q)
+        itl_q = overrides.get("interTokenLatencyQuantile", itl_q)
+
+    waiting = vals.get("requestsWaiting")
+    pending = vals.get("gatewayPending")
+    if pending is not None:
+        waiting = (waiting or 0.0) + pending
+        unknown.pop("requestsWaiting", None)
+        if vals.get("requestRate") is None and pending == 0 and "requestRate" in unknown and not stale:
+            pass
+    return Signals(
+        ttft_quantile=ttft_q,
+        itl_quantile=itl_q,
+        e2e_quantile=e2e_q,
+        ttft_attainment=ttft_att,
+        itl_attainment=itl_att,
+        requests_waiting=waiting,
+        requests_running=vals.get("requestsRunning"),
+        kv_cache_usage=vals.get("kvCacheUsage"),
+        gpu_utilization=vals.get("gpuUtilization"),
+        request_rate=vals.get("requestRate"),
+        prompt_tokens_rate=vals.get("promptTokensRate"),
+        generation_tokens_rate=vals.get("generationTokensRate"),
+        sampled_at=now,
+        unknown=unknown,
+        warnings=tuple(dict.fromkeys(warnings)),
+    )
+
+
+__all__ = ["Key", "build_signals", "buckets", "index_by_deployment"]

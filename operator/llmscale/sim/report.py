@@ -1,0 +1,102 @@
+"""People-facing output of the twin: a table and a PNG plot."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from .twin import RunResult
+
+COLUMNS = [
+    ("policy", "policy", "{}"),
+    ("requests", "requests", "{:d}"),
+    ("TTFT ok", "ttft_attainment", "{:.2%}"),
+    ("ITL ok", "itl_attainment", "{:.2%}"),
+    ("TTFT p50", "ttft_p50_s", "{:.3f}s"),
+    ("TTFT p95", "ttft_p95_s", "{:.3f}s"),
+    ("TTFT p99", "ttft_p99_s", "{:.3f}s"),
+    ("GPU-h", "gpu_hours", "{:.2f}"),
+    ("cost", "cost", "{:.2f}"),
+    ("actions", "scale_actions", "{:d}"),
+    ("at ceiling", "ceiling_s", "{:.0f}s"),
+]
+
+
+def _cell(fmt: str, v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def table(results: list[RunResult], baseline: str | None = None) -> str:
+    heads = [c[0] for c in COLUMNS]
+    rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in COLUMNS] for r in results]
+    if baseline:
+        base = next((r for r in results if r.policy == baseline), None)
+        heads.append(f"GPU-h / {baseline}")
+        for r, row in zip(results, rows, strict=True):
+            row.append(f"{r.gpu_hours / base.gpu_hours:.2f}x" if base and base.gpu_hours > 0 else "-")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths, strict=True)))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for row in rows:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(out)
+
+
+def plot(results: list[RunResult], ttft_target: float | None, path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'llmscale[plot]')", file=sys.stderr)
+        return None
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
+    first = results[0].timeline
+    t = [row["t"] / 60 for row in first]
+    axes[0].plot(t, [row["rate"] for row in first], color="black", lw=1)
+    axes[0].set_ylabel("requests/s")
+    axes[0].set_title(title)
+    for r in results:
+        tl = r.timeline
+        axes[1].step([row["t"] / 60 for row in tl], [sum(row["ready"].values()) for row in tl], where="post", label=r.policy, lw=1.2)
+        axes[2].plot([row["t"] / 60 for row in tl], [row["ttft_p95"] if row["ttft_p95"] is not None else math.nan for row in tl],
+                     label=r.policy, lw=1)
+    axes[1].set_ylabel("ready replicas")
+    axes[1].legend(loc="upper left", fontsize=8, ncol=3)
+    if ttft_target:
+        axes[2].axhline(ttft_target, color="red", ls="--", lw=1, label="TTFT target")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("TTFT p95 (s), per 15 s")
+    axes[2].set_xlabel("minutes")
+    axes[2].legend(loc="upper left", fontsize=8, ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class Progress:
+    """A one-line progress bar on stderr (only on a terminal or when forced)."""
+
+    def __init__(self, label: str, enabled: bool):
+        self.label = label
+        self.enabled = enabled
+        self.last = -1
+
+    def __call__(self, frac: float) -> None:
+        if not self.enabled:
+            return
+        pct = int(frac * 100)
+        if pct == self.last:
+            return
+        self.last = pct
+        bar = "#" * (pct // 4) + "." * (25 - pct // 4)
+        sys.stderr.write(f"\r  {self.label:<28} [{bar}] {pct:3d}%")
+        if frac >= 1:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
