@@ -3,7 +3,12 @@
 # @READY_DELAY_MS@ is filled in by e2e/cluster from LLMSCALE_READY_DELAY.
 kind: KwokConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
-options: {}
+options:
+  # Set explicitly: the standalone controller did not default these in a first run here.
+  podPlayStageParallelism: 4
+  nodePlayStageParallelism: 4
+  nodeLeaseParallelism: 4
+  podsOnNodeSyncParallelism: 1
 ---
 # A new fake node reports Ready, keeps the GPU capacity it was created with, and gets an IP.
 apiVersion: kwok.x-k8s.io/v1alpha1

@@ -133,6 +133,14 @@ def status_schema() -> dict[str, Any]:
     # The operator may add fields in newer versions; an older CRD must not prune them away.
     s["x-kubernetes-preserve-unknown-fields"] = True
     s["properties"]["ttftDisplay"] = {"type": "string", "description": "TTFT at the SLO percentile, formatted for kubectl get."}
+    # Free-form objects the operator owns: the policy's memory (so a restart resumes exactly), its
+    # estimates, and kopf's handler bookkeeping. Their subtrees must survive pruning.
+    for key, text in (("history", "The policy's memory between decisions: recommendations, rate samples, marks."),
+                      ("estimate", "What the policy believed at the last decision: capacity, forecast, ceiling."),
+                      ("kopf", "Handler bookkeeping of the operator framework.")):
+        s["properties"][key] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "description": text}
+    s["properties"]["warnings"] = {"type": "array", "items": {"type": "string"},
+                                   "description": "Measurement caveats, e.g. an SLO target between histogram buckets."}
     for c in s["properties"]["conditions"].get("items", {}).get("properties", {}).values():
         c.pop("default", None)
     s["properties"]["conditions"]["x-kubernetes-list-type"] = "map"

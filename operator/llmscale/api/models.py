@@ -474,6 +474,7 @@ class DecisionRecord(_Model):
     from_replicas: int = Field(alias="from")
     to_replicas: int = Field(alias="to")
     variant: str | None = None
+    applied: bool | None = Field(None, description="False when the decision was only reported (Recommend mode, hold, competing autoscaler).")
     reasons: list[str] = Field(default_factory=list)
 
 

@@ -61,7 +61,10 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         log.warning("no --prometheus-url: LLMDeployments without spec.metrics.prometheusURL will hold with MetricsAvailable=False")
         Runtime.reader = PrometheusReader(PrometheusSettings(url="http://prometheus-not-configured.invalid"))
     if opts.metrics_port:
-        start_http_server(opts.metrics_port)
+        try:
+            start_http_server(opts.metrics_port)
+        except OSError as e:
+            raise SystemExit(f"llmscale: cannot serve metrics on port {opts.metrics_port}: {e.strerror} (use --metrics-port)") from None
         log.info("operator metrics on :%d/metrics", opts.metrics_port)
 
     @kopf.on.startup()
@@ -74,7 +77,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same cluster
     asyncio.run(kopf.operator(
         clusterwide=not opts.namespaces,
-        namespaces=opts.namespaces or None,
+        namespaces=opts.namespaces,
         standalone=opts.peering is None,
         peering_name=opts.peering,
         liveness_endpoint=f"http://0.0.0.0:{opts.health_port}/healthz" if opts.health_port else None,

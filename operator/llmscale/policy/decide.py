@@ -204,9 +204,17 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         reasons.append(Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, {waiting:.0f} waiting"))
 
     # 7. tolerance ----------------------------------------------------------------------------
-    if current > 0 and desired != current and not breached and abs(desired - current) / current <= sc.tolerance:
-        reasons.append(Reason(Code.WITHIN_TOLERANCE, f"{desired} is within {sc.tolerance:.0%} of {current}"))
-        desired = current
+    # HPA-style dead band on the usage ratio: demand within +-tolerance of what the current
+    # replicas are planned to carry changes nothing (rounding at a boundary must not flap).
+    if current > 0 and desired != current and not breached and feedback is None and not idle:
+        if forecast is not None and cap.feasible:
+            ratio = forecast / (current * cap.per_replica * sc.target_utilization)
+            if abs(ratio - 1) <= sc.tolerance:
+                reasons.append(Reason(Code.WITHIN_TOLERANCE, f"demand at {ratio:.2f}x the plan for {current} replicas (tolerance {sc.tolerance:.0%})"))
+                desired = current
+        elif abs(desired - current) / current <= sc.tolerance:
+            reasons.append(Reason(Code.WITHIN_TOLERANCE, f"{desired} is within {sc.tolerance:.0%} of {current}"))
+            desired = current
 
     # 8. unknown metrics never scale down -------------------------------------------------------
     if desired < current and (unknown_critical or rate is None):
