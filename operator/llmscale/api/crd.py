@@ -87,8 +87,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node.pop(drop, None)
     if node.get("default", 0) is None:
         node.pop("default")
-    if node.get("additionalProperties") is False:
-        node.pop("additionalProperties")
+    if node.get("additionalProperties") is False or (node.get("additionalProperties") is True and "properties" in node):
+        node.pop("additionalProperties")  # structural schemas forbid properties beside additionalProperties
     for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(node.get(key), int | float) and not isinstance(node.get(key), bool):
             node[bound] = node[key]

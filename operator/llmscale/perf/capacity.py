@@ -141,7 +141,7 @@ def simulated_capacity(
 def _simulated(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
                itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float) -> Capacity:
     closed = replica_capacity(profile, mean_in, mean_out, itl_t, ttft_t)
-    if closed.requests_per_s <= 0 and closed.limited_by.startswith("infeasible: model"):
+    if closed.requests_per_s <= 0 and closed.limited_by.startswith("infeasible"):
         return closed
     rng = random.Random(12345)
     n = 2000

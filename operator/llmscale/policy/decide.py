@@ -107,6 +107,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         )
     else:
         conditions["MetricsAvailable"] = ("True", "MetricsRead", "all signals read")
+    if unknown_critical:
+        reasons.append(Reason(Code.METRICS_UNKNOWN, f"{', '.join(unknown_critical)} unknown ({'; '.join(signals.unknown[k] for k in unknown_critical)}): scale-down disabled"))
 
     # 2. capacity -----------------------------------------------------------------------------
     hist = history
@@ -154,7 +156,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     feedback: int | None = None
     breached = breach_ratio is not None and breach_ratio > 1.0
     base = max(ready, 1)
-    if breached and breach_ratio is not None:
+    # An SLO no replica can meet even unloaded is reported (SLOFeasible=False), not chased with replicas.
+    if breached and breach_ratio is not None and cap.feasible:
         feedback = math.ceil(base * min(breach_ratio, PANIC_RATIO) - 1e-9)
         feedback = max(feedback, base + 1)
         if ttft_t and signals.ttft_quantile is not None and signals.ttft_quantile > ttft_t:
@@ -219,7 +222,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 8. unknown metrics never scale down -------------------------------------------------------
     if desired < current and (unknown_critical or rate is None):
         missing = ", ".join(unknown_critical) or "requestRate"
-        reasons.append(Reason(Code.METRICS_UNKNOWN, f"not scaling down to {desired}: {missing} unknown"))
+        if not unknown_critical:
+            reasons.append(Reason(Code.METRICS_UNKNOWN, f"not scaling down to {desired}: {missing} unknown"))
         desired = current
 
     # 9. stabilization and step limits --------------------------------------------------------
@@ -231,12 +235,17 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         reasons.append(Reason(Code.PANIC, f"scale-down to {desired} suspended until the burst passes"))
         desired = current
     desired_st, held = stabilize(desired, current, recs, now, up_w, down_w)
+    # A window not yet covered by history (a new deployment, a lost status) proves nothing about
+    # the recent past: do not scale down until it is.
+    observing_since = hist.observing_since if hist.observing_since is not None else now
+    if desired_st < current and down_w > 0 and observing_since > now - down_w + interval / 2:
+        desired_st, held = current, "down"
     if held == "up":
         reasons.append(Reason(Code.SCALE_UP_STABILIZED, f"held at {desired_st} (lowest recommendation in {sc.scale_up.stabilization_window})"))
     elif held == "down":
         reasons.append(Reason(Code.SCALE_DOWN_STABILIZED, f"held at {desired_st} (highest recommendation in {sc.scale_down.stabilization_window})"))
     desired = desired_st
-    hist = History(**{**hist.__dict__, "recommendations": recs + ((now, raw_desired),)})
+    hist = History(**{**hist.__dict__, "recommendations": recs + ((now, raw_desired),), "observing_since": observing_since})
     if current > 0 or desired > 1:
         stepped, lim = limit_step(desired, current, sc.scale_up.max_step, sc.scale_down.max_step)
         if lim == "up":

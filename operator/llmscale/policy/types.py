@@ -52,15 +52,20 @@ class Signals:
 
     @property
     def mean_input_tokens(self) -> float | None:
-        if self.request_rate and self.prompt_tokens_rate is not None and self.request_rate > 0:
-            return self.prompt_tokens_rate / self.request_rate
-        return None
+        return _per_request(self.prompt_tokens_rate, self.request_rate)
 
     @property
     def mean_output_tokens(self) -> float | None:
-        if self.request_rate and self.generation_tokens_rate is not None and self.request_rate > 0:
-            return self.generation_tokens_rate / self.request_rate
+        return _per_request(self.generation_tokens_rate, self.request_rate)
+
+
+def _per_request(tokens_rate: float | None, request_rate: float | None) -> float | None:
+    """Tokens per request from two rates; None when the ratio is not meaningful (too few requests,
+    or a value no model context could hold)."""
+    if tokens_rate is None or request_rate is None or request_rate < 1e-3:
         return None
+    v = tokens_rate / request_rate
+    return v if 1.0 <= v <= 2_000_000 and math.isfinite(v) else None
 
 
 def finite_or_none(v: Any) -> float | None:
@@ -96,6 +101,7 @@ class History:
     capacity_correction: float = 1.0
     variant_candidate: str | None = None
     variant_candidate_since: float | None = None
+    observing_since: float | None = None  # first decision: the windows are covered only after this
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +113,7 @@ class History:
             "capacityCorrection": round(self.capacity_correction, 6),
             "variantCandidate": self.variant_candidate,
             "variantCandidateSince": self.variant_candidate_since,
+            "observingSince": self.observing_since,
         }
 
     @staticmethod
@@ -123,6 +130,7 @@ class History:
                 capacity_correction=float(d.get("capacityCorrection", 1.0)),
                 variant_candidate=d.get("variantCandidate"),
                 variant_candidate_since=d.get("variantCandidateSince"),
+                observing_since=d.get("observingSince"),
             )
         except (TypeError, ValueError):
             return History()  # a hand-edited or corrupt status must not crash the operator

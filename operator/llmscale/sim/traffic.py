@@ -201,6 +201,8 @@ def load_trace(path: str | Path, **servegen: object) -> Trace:
         head = f.read(512)
     try:
         text = head.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
     except UnicodeDecodeError:
         raise TraceError(f"{p}: not a text trace (binary content)") from None
     first = text.lstrip().splitlines()[0] if text.strip() else ""

@@ -365,6 +365,15 @@ class Twin:
             if self.progress and t >= prog_next:
                 self.progress(min(1.0, t / end))
                 prog_next = t + end / 50
+        # The loop steps to the next scrape or bin after the last request finished: give back the
+        # GPU time (and money) accrued past the true end of the run (the fleet is fixed by then).
+        finish = max([f.arrival + f.e2e_s for f in self.finished if not f.rejected] + [arrivals[-1].t if arrivals else 0.0])
+        if t > finish:
+            tail = t - finish
+            for p in self.pods:
+                if p.ready_at is not None:
+                    self.gpu_seconds -= tail * p.gpus
+                    self.cost -= tail / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
         if self.progress:
             self.progress(1.0)
         return self._result(ttft_t, itl_t)

@@ -1,0 +1,109 @@
+"""Validation of LLMDeployment specs: table-driven, with the message a user would read."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llmscale.api import explain_errors, parse_spec
+from llmscale.api.units import format_duration, parse_duration, parse_money, parse_quantity
+from tests.conftest import spec_dict
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("150ms", 0.15), ("15s", 15), ("5m", 300), ("1h30m", 5400), ("0.5s", 0.5), ("2h", 7200)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "15", "5 minutes", "-1s", "1d", "s"])
+def test_bad_durations_say_what_is_allowed(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration: write a number with a unit"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.15, "150ms"), (15, "15s"), (300, "5m"), (7200, "2h"), (90, "90s")])
+def test_format_duration_round_trips(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("text", "value"), [("64Gi", 64 * 2**30), ("500m", 0.5), ("8", 8), ("1.5k", 1500)])
+def test_quantities(text: str, value: float) -> None:
+    assert float(parse_quantity(text)) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["64GB", "lots", "-1", "1e3"])
+def test_bad_quantities(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a Kubernetes quantity"):
+        parse_quantity(text)
+
+
+def test_money() -> None:
+    assert str(parse_money("40.00")) == "40.00"
+    with pytest.raises(ValueError, match="is not an amount"):
+        parse_money("$40")
+
+
+def test_defaults_are_filled() -> None:
+    s = parse_spec({"model": "m", "variants": [{"name": "a", "accelerator": "nvidia-h100"}]})
+    assert s.replicas.min == 1 and s.replicas.max == 8
+    assert s.scaling.mode.value == "Auto" and s.scaling.interval == "15s"
+    assert s.scaling.scale_down.stabilization_window == "300s" and s.scaling.scale_down.max_step == 1
+    assert s.slo.ttft is not None and s.slo.ttft.seconds == pytest.approx(0.15)
+    assert s.variants[0].gpus_per_replica == 1
+
+
+def test_stream_speed_translates_to_inter_token_target() -> None:
+    s = parse_spec(spec_dict(slo={"streamSpeed": {"wordsPerMinute": 600}}))
+    itl = s.slo.itl_target()
+    assert itl is not None
+    # 600 words/min = 10 words/s = 13.3 tokens/s at 0.75 words/token -> 75 ms between tokens
+    assert itl.seconds == pytest.approx(0.075, rel=1e-3)
+    s2 = parse_spec(spec_dict(slo={"streamSpeed": {"tokensPerSecond": 20}}))
+    assert s2.slo.itl_target().seconds == pytest.approx(0.05)  # type: ignore[union-attr]
+
+
+BAD = [
+    ("min above max", {"replicas": {"min": 5, "max": 2}}, "replicas.min (5) must be less than or equal to replicas.max (2)"),
+    ("duplicate variants", {"variants": [{"name": "a", "accelerator": "nvidia-h100"}, {"name": "a", "accelerator": "nvidia-l4"}]},
+     "variant names must be unique; repeated: a"),
+    ("unpriced variant", {"variants": [{"name": "a", "accelerator": "nvidia-a10g"}]},
+     "every variant's accelerator needs a price in cost.prices; missing: nvidia-a10g"),
+    ("percentile 100", {"slo": {"ttft": {"target": "150ms", "percentile": 100}}}, "spec.slo.ttft.percentile"),
+    ("percentile 0", {"slo": {"ttft": {"target": "150ms", "percentile": 0}}}, "spec.slo.ttft.percentile"),
+    ("unknown mode", {"scaling": {"mode": "Sometimes"}}, "spec.scaling.mode"),
+    ("bad interval", {"scaling": {"interval": "5 minutes"}}, "spec.scaling.interval"),
+    ("interval too short", {"scaling": {"interval": "500ms"}}, "shorter than 1s"),
+    ("unknown field", {"bogus": 1}, "spec.bogus: Extra inputs are not permitted"),
+    ("no variants", {"variants": []}, "spec.variants"),
+    ("both speed units", {"slo": {"streamSpeed": {"tokensPerSecond": 10, "wordsPerMinute": 600}}}, "set exactly one"),
+    ("itl twice", {"slo": {"interTokenLatency": {"target": "50ms"}, "streamSpeed": {"tokensPerSecond": 10}}}, "not both"),
+    ("gpus too many", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 16}]}, "gpusPerReplica"),
+    ("maxGPUs below every variant", {"cost": {"maxGPUs": 2}, "variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 4}]},
+     "no replica could ever run"),
+    ("bad memory", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "memory": "64GB"}]}, "memory"),
+    ("bad price", {"cost": {"prices": {"nvidia-h100": "four"}}}, "prices"),
+]
+
+
+@pytest.mark.parametrize(("case", "override", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_specs_are_refused_with_a_message_that_says_what_to_fix(case: str, override: dict, message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_spec(spec_dict(**override))
+    assert message in explain_errors(err.value), explain_errors(err.value)
+
+
+def test_examples_parse() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "examples").glob("*.yaml")) + [root / "operator/llmscale/data/default-deployment.yaml"]
+    assert len(files) >= 3
+    for f in files:
+        doc = yaml.safe_load(f.read_text())
+        parse_spec(doc["spec"])

@@ -1,0 +1,68 @@
+"""From recorded Prometheus responses (taken from the test bed) to typed Signals."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.metrics.snapshot import build_signals, index_by_deployment
+from tests.conftest import spec_dict
+
+RECORDED = json.loads((Path(__file__).parent / "recorded/batch-llama-8b.json").read_text())
+KEY = ("default", "llama-8b")
+
+
+def _results(raw: dict) -> dict:
+    return {k: index_by_deployment(v) for k, v in raw.items() if isinstance(v, list)}
+
+
+def test_recorded_batch_gives_every_signal() -> None:
+    spec = parse_spec(spec_dict(slo={"ttft": {"target": "250ms"}, "interTokenLatency": {"target": "75ms"}}))
+    s = build_signals(spec, KEY, _results(RECORDED), RECORDED["_recorded_at"], 60.0)
+    assert not s.unknown, s.unknown
+    for v in (s.ttft_quantile, s.itl_quantile, s.request_rate, s.requests_running, s.kv_cache_usage, s.gpu_utilization):
+        assert v is not None and v >= 0
+    assert 0 <= s.ttft_attainment <= 1  # type: ignore[operator]
+    assert s.mean_input_tokens is not None and 100 < s.mean_input_tokens < 10_000
+    assert not s.warnings  # 250 ms is a bucket edge
+
+
+def test_target_between_buckets_warns() -> None:
+    spec = parse_spec(spec_dict(slo={"ttft": {"target": "150ms"}}))
+    s = build_signals(spec, KEY, _results(RECORDED), RECORDED["_recorded_at"], 60.0)
+    assert any("between histogram buckets 100ms and 250ms" in w for w in s.warnings)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "+Inf", "-Inf", "-3", "garbage"])
+def test_bad_values_are_ignored_with_a_reason(bad: str) -> None:
+    raw = copy.deepcopy(RECORDED)
+    raw["requestRate"][0]["value"][1] = bad
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, KEY, _results(raw), RECORDED["_recorded_at"], 60.0)
+    assert s.request_rate is None
+    assert s.unknown["requestRate"].startswith("ignored:")
+
+
+def test_stale_series_are_unknown() -> None:
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, KEY, _results(RECORDED), RECORDED["_recorded_at"] + 600, 60.0)
+    assert s.request_rate is None and "stale" in s.unknown["requestRate"]
+    assert s.ttft_quantile is None
+
+
+def test_absent_series_are_unknown_not_zero() -> None:
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, ("default", "other"), _results(RECORDED), RECORDED["_recorded_at"], 60.0)
+    assert s.request_rate is None and s.unknown["requestRate"] == "no series for this deployment"
+
+
+def test_zero_traffic_is_evidence_of_idleness() -> None:
+    raw = copy.deepcopy(RECORDED)
+    raw["requestRate"][0]["value"][1] = "0"
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, KEY, _results(raw), RECORDED["_recorded_at"], 60.0)
+    assert s.request_rate == 0.0 and "requestRate" not in s.unknown

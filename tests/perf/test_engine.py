@@ -1,0 +1,59 @@
+"""The engine simulator against hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmscale.perf import Engine, Request, server_profile
+from llmscale.perf.capacity import replica_capacity, simulated_capacity
+
+PROFILE = server_profile("Llama-3.1-8B", "nvidia-h100", 1)
+
+
+def test_one_request_on_an_idle_replica() -> None:
+    e = Engine(PROFILE)
+    e.submit(Request(0, 0.0, 100, 10))
+    e.advance(100.0)
+    (f,) = e.drain_finished()
+    prefill = PROFILE.step_seconds(0, 0, 100, 50)
+    assert f.ttft_s == pytest.approx(prefill)
+    # Nine decode steps at batch 1 follow the first token, advanced as one macro step whose
+    # context is taken at its mid-point (100 prompt tokens + 4.5 generated).
+    assert f.e2e_s == pytest.approx(prefill + 9 * PROFILE.step_seconds(1, 104.5, 0), rel=1e-9)
+    assert f.itl_s == pytest.approx((f.e2e_s - f.ttft_s) / 9)
+    assert e.counters.success == 1 and e.counters.prompt_tokens == 100 and e.counters.generation_tokens == 10
+    assert e.counters.ttft.count == 1 and e.counters.itl.count == 9
+
+
+def test_two_simultaneous_requests_share_the_prefill_step() -> None:
+    e = Engine(PROFILE)
+    e.submit(Request(0, 0.0, 100, 1))
+    e.submit(Request(1, 0.0, 100, 1))
+    e.advance(10.0)
+    a, b = e.drain_finished()
+    assert a.ttft_s == pytest.approx(b.ttft_s) == pytest.approx(PROFILE.step_seconds(0, 0, 200, 50))
+
+
+def test_a_prompt_larger_than_the_kv_cache_is_rejected() -> None:
+    e = Engine(server_profile("Llama-3.1-8B", "nvidia-l4", 1))
+    e.submit(Request(0, 0.0, 10_000_000, 10))
+    e.advance(1.0)
+    (f,) = e.drain_finished()
+    assert f.rejected and e.counters.aborted == 1
+
+
+def test_queueing_beyond_max_num_seqs() -> None:
+    e = Engine(PROFILE)
+    for i in range(PROFILE.max_num_seqs + 10):
+        e.submit(Request(i, 0.0, 10, 1000))
+    e.advance(0.01)
+    assert e.num_waiting == 10 and e.num_running == PROFILE.max_num_seqs
+
+
+def test_capacity_orders_gpus_sensibly() -> None:
+    h100 = simulated_capacity(PROFILE, 1000, 200, 0.1, 1.0)
+    a100 = simulated_capacity(server_profile("Llama-3.1-8B", "nvidia-a100", 1), 1000, 200, 0.1, 1.0)
+    assert h100.requests_per_s > a100.requests_per_s > 0
+    l4 = replica_capacity(server_profile("Llama-3.1-8B", "nvidia-l4", 1), 1000, 200, 0.03, None)
+    assert l4.requests_per_s == 0 and l4.limited_by.startswith("infeasible")
+    assert not server_profile("Llama-3.1-70B", "nvidia-h100", 1).fits

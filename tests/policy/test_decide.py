@@ -1,0 +1,170 @@
+"""The decision core, table-driven with a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.policy import Code, History, Signals, Workload, decide
+from tests.conftest import spec_dict
+
+# A healthy 8B-on-H100 deployment carrying `rate` req/s of a chat-like mix.
+def healthy(rate: float, ttft: float = 0.2, itl: float = 0.03, waiting: float = 0.0, running: float = 20.0) -> Signals:
+    return Signals(
+        ttft_quantile=ttft, itl_quantile=itl, request_rate=rate, prompt_tokens_rate=rate * 1000,
+        generation_tokens_rate=rate * 200, requests_waiting=waiting, requests_running=running,
+        kv_cache_usage=0.2, gpu_utilization=0.9, sampled_at=0.0,
+    )
+
+
+@dataclass
+class Case:
+    name: str
+    workload: Workload
+    signals: Signals
+    expect_to: int | str  # a number, or "<", ">", "=" relative to current
+    expect_codes: tuple[Code, ...] = ()
+    spec: dict[str, Any] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    expect_apply: bool | None = None
+    now: float = 10_000.0
+
+
+CASES = [
+    Case("steady load keeps replicas", Workload("h100x1", 2, 2), healthy(20.0), 2),
+    Case("no history yet: no scale-down", Workload("h100x1", 4, 4), healthy(2.0), 4, (Code.SCALE_DOWN_STABILIZED,)),
+    Case("TTFT breach scales up now", Workload("h100x1", 2, 2), healthy(12.0, ttft=1.2), ">", (Code.SLO_BREACH_TTFT,)),
+    Case("ITL breach scales up now", Workload("h100x1", 2, 2), healthy(12.0, itl=0.25), ">", (Code.SLO_BREACH_ITL,)),
+    Case("queue growing scales up", Workload("h100x1", 2, 2), healthy(12.0, waiting=40, running=40), ">", (Code.QUEUE_GROWING,)),
+    Case("more load than capacity plans up", Workload("h100x1", 1, 1), healthy(60.0), ">", (Code.CAPACITY_PLAN,)),
+    Case("big burst: rate limited to maxStep", Workload("h100x1", 1, 1), healthy(200.0, ttft=5.0), 5, (Code.RATE_LIMITED_UP,)),
+    Case("low load: scale-down held by the window", Workload("h100x1", 6, 6), healthy(2.0), 6, (Code.SCALE_DOWN_STABILIZED,),
+         history=History(recommendations=((9_900.0, 6),))),
+    Case("low load after the window: one step down", Workload("h100x1", 6, 6), healthy(2.0), 5, (Code.RATE_LIMITED_DOWN,),
+         history=History(recommendations=((9_000.0, 6),), observing_since=1_000.0)),
+    Case("Prometheus down: hold", Workload("h100x1", 3, 3), Signals.unreachable("connection refused"), 3,
+         (Code.METRICS_UNAVAILABLE,), expect_apply=False),
+    Case("unknown request rate: no scale-down", Workload("h100x1", 6, 6),
+         Signals(ttft_quantile=0.1, unknown={"requestRate": "no series"}), 6, (Code.METRICS_UNKNOWN,)),
+    Case("maxGPUs caps the scale-up", Workload("h100x1", 4, 4), healthy(500.0, ttft=3.0), 8, (Code.BUDGET_GPUS,),
+         spec={"replicas": {"min": 1, "max": 16}, "scaling": {"scaleUp": {"maxStep": 100}}, "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4"}}}),
+    Case("maxHourlyCost caps the scale-up", Workload("h100x1", 4, 4), healthy(500.0, ttft=3.0), 5, (Code.BUDGET_COST,),
+         spec={"scaling": {"scaleUp": {"maxStep": 100}}, "cost": {"maxHourlyCost": "20", "prices": {"nvidia-h100": "4"}}}),
+    Case("cost ceiling lowered below spend: down to the ceiling", Workload("h100x1", 6, 6), healthy(60.0), 3, (Code.BUDGET_COST,),
+         spec={"scaling": {"scaleDown": {"maxStep": 10, "stabilizationWindow": "0s"}}, "cost": {"maxHourlyCost": "12", "prices": {"nvidia-h100": "4"}}}),
+    Case("below min is raised", Workload("h100x1", 1, 1), healthy(0.5), 2, (Code.AT_MIN,), spec={"replicas": {"min": 2, "max": 8}}),
+    Case("idle, scale to zero enabled, idle long enough", Workload("h100x1", 1, 1), healthy(0.0, running=0), 0, (Code.SCALE_TO_ZERO,),
+         spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True, "idleFor": "10m"}}},
+         history=History(idle_since=9_000.0, recommendations=((9_000.0, 0),), observing_since=1_000.0)),
+    Case("idle, not for long enough: keep one", Workload("h100x1", 1, 1), healthy(0.0, running=0), 1, (Code.IDLE,),
+         spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True, "idleFor": "10m"}}},
+         history=History(idle_since=9_900.0)),
+    Case("missing series at zero traffic is not idleness", Workload("h100x1", 1, 1),
+         Signals(unknown={"requestRate": "no series", "requestsWaiting": "no series"}), 1, (Code.METRICS_UNKNOWN,),
+         spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True, "idleFor": "1m"}}},
+         history=History(idle_since=1_000.0)),
+    Case("demand at zero starts one", Workload("h100x1", 0, 0), Signals(requests_waiting=3.0, unknown={"requestRate": "no series"}), 1,
+         (Code.SCALE_FROM_ZERO,), spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True}}}),
+    Case("Recommend mode reports, does not apply", Workload("h100x1", 2, 2), healthy(12.0, ttft=1.5), ">", (Code.RECOMMEND_ONLY,),
+         spec={"scaling": {"mode": "Recommend"}}, expect_apply=False),
+    Case("Paused changes nothing", Workload("h100x1", 2, 2), healthy(50.0, ttft=3.0), 2, (Code.PAUSED,),
+         spec={"scaling": {"mode": "Paused"}}, expect_apply=False),
+    Case("Paused applies manualReplicas inside the ceilings", Workload("h100x1", 2, 2), healthy(5.0), 8, (Code.PAUSED, Code.BUDGET_GPUS),
+         spec={"replicas": {"min": 1, "max": 16}, "scaling": {"mode": "Paused", "manualReplicas": 12}}, expect_apply=True),
+    Case("infeasible SLO is reported, not chased", Workload("l4x1", 2, 2), healthy(1.0, itl=0.09), "=", (),
+         spec={"variants": [{"name": "l4x1", "accelerator": "nvidia-l4"}], "slo": {"interTokenLatency": {"target": "20ms"}}}),
+    Case("replicas still loading count as capacity", Workload("h100x1", 4, 2, starting=2), healthy(12.0, ttft=0.6), 4,
+         (Code.COLD_START,)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_decide(case: Case) -> None:
+    spec = parse_spec(spec_dict(**case.spec))
+    d = decide(spec, case.workload, case.signals, case.history, case.now)
+    cur = case.workload.replicas
+    if case.expect_to == ">":
+        assert d.to_replicas > cur, d.reasons
+    elif case.expect_to == "<":
+        assert d.to_replicas < cur, d.reasons
+    elif case.expect_to == "=":
+        assert d.to_replicas == cur, d.reasons
+    else:
+        assert d.to_replicas == case.expect_to, d.reasons
+    for code in case.expect_codes:
+        assert code in d.codes, (code, d.reasons)
+    if case.expect_apply is not None:
+        assert d.apply is case.expect_apply
+    assert d.reasons, "every decision carries its reasons"
+
+
+def test_infeasible_slo_sets_the_condition() -> None:
+    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}],
+                                slo={"interTokenLatency": {"target": "20ms"}}))
+    d = decide(spec, Workload("l4x1", 2, 2), healthy(1.0, itl=0.09), History(), 0.0)
+    status, reason, message = d.conditions["SLOFeasible"]
+    assert status == "False" and reason == "SLOInfeasible" and "inter-token" in message
+
+
+def test_budget_limited_condition() -> None:
+    spec = parse_spec(spec_dict(cost={"maxGPUs": 3, "prices": {"nvidia-h100": "4"}}, scaling={"scaleUp": {"maxStep": 10}}))
+    d = decide(spec, Workload("h100x1", 3, 3), healthy(200.0, ttft=4.0), History(), 0.0)
+    assert d.to_replicas == 3
+    assert d.conditions["BudgetLimited"][0] == "True"
+
+
+def test_metrics_unavailable_condition_and_history_kept() -> None:
+    spec = parse_spec(spec_dict())
+    h = History(recommendations=((1.0, 3),), capacity_correction=0.8)
+    d = decide(spec, Workload("h100x1", 3, 3), Signals.unreachable("timeout"), h, 5.0)
+    assert d.conditions["MetricsAvailable"][0] == "False"
+    assert d.history == h
+
+
+def test_scale_down_waits_for_the_stabilization_window_with_a_fake_clock() -> None:
+    """Load drops at t=300; no replica is released below the busy recommendation until 300 s later."""
+    spec = parse_spec(spec_dict(scaling={"interval": "15s"}))
+    h, replicas = History(), 6
+    busy_recs = []
+    for t in range(0, 300, 15):
+        d = decide(spec, Workload("h100x1", replicas, replicas), healthy(60.0), h, float(t))
+        h, replicas = d.history, d.to_replicas
+        busy_recs.append(h.recommendations[-1][1])
+    busy = max(busy_recs)
+    during, after = [], []
+    for t in range(300, 1500, 15):
+        d = decide(spec, Workload("h100x1", replicas, replicas), healthy(2.0), h, float(t))
+        h, replicas = d.history, d.to_replicas
+        (during if t < 300 + 300 - 15 else after).append(replicas)
+    assert min(during) >= busy, (during, busy)
+    assert after[-1] < busy and after[-1] >= 1
+
+
+def test_history_round_trips_through_status() -> None:
+    h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
+                panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
+                observing_since=1.0)
+    assert History.from_dict(h.to_dict()) == h
+    assert History.from_dict({"recommendations": "garbage"}) == History()
+    assert History.from_dict(None) == History()
+
+
+def test_variant_switch_to_the_cheaper_shape_after_hysteresis() -> None:
+    """At low load an L4 serves the SLO for a fifth of the price: switch, but only after holding a while."""
+    spec = parse_spec(spec_dict(
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4x1", "accelerator": "nvidia-l4"}],
+        slo={"ttft": {"target": "2s"}, "interTokenLatency": {"target": "150ms"}},
+        cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"scaleDown": {"stabilizationWindow": "120s"}},
+    ))
+    sig = Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=0.3, prompt_tokens_rate=0.3 * 300,
+                  generation_tokens_rate=0.3 * 100, requests_waiting=0, requests_running=1)
+    h = History()
+    d = decide(spec, Workload("h100x1", 1, 1), sig, h, 0.0)
+    assert d.variant == "h100x1"  # candidate noted, not yet switched
+    assert d.history.variant_candidate == "l4x1"
+    d2 = decide(spec, Workload("h100x1", 1, 1), sig, d.history, 200.0)
+    assert d2.variant == "l4x1" and Code.VARIANT_SWITCH in d2.codes

@@ -1,0 +1,85 @@
+"""The twin: deterministic, its accounting checked by hand, and the oracle is never beaten."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.perf import server_profile
+from llmscale.sim.policies import make_policy
+from llmscale.sim.traffic import Arrival, Trace, scenario
+from llmscale.sim.twin import Policy, Target, Twin, View
+from tests.conftest import spec_dict
+
+SPEC = parse_spec(spec_dict(
+    replicas={"min": 1, "max": 16},
+    variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+    slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+    cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00"}},
+))
+
+
+class Fixed(Policy):
+    name = "fixed"
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, spec, trace, cold_start):  # type: ignore[no-untyped-def]
+        return Target(self.n, spec.variants[0].name)
+
+    def decide(self, view: View) -> Target:
+        return Target(self.n, view.spec.variants[0].name)
+
+
+def test_one_request_one_replica_by_hand() -> None:
+    trace = Trace("one", [Arrival(0.0, 100, 10), Arrival(100.0, 100, 10)])
+    r = Twin(SPEC, trace, Fixed(1)).run()
+    prof = server_profile(SPEC.model, "nvidia-h100", 1)
+    assert r.requests == 2 and r.ttft_attainment == 1.0
+    assert r.ttft_p50_s == pytest.approx(prof.step_seconds(0, 0, 100, 50))
+    # One replica, pre-warmed, for the length of the trace (plus the last request's few ms).
+    assert r.gpu_hours == pytest.approx(100.0 / 3600, rel=0.01)
+    assert r.cost == pytest.approx(4.0 * r.gpu_hours)
+    assert r.scale_actions == 0
+
+
+def test_gpu_hours_count_every_replica() -> None:
+    trace = Trace("two", [Arrival(0.0, 100, 10), Arrival(360.0, 100, 10)])
+    r = Twin(SPEC, trace, Fixed(3)).run()
+    assert r.gpu_hours == pytest.approx(3 * 360.0 / 3600, rel=0.01)
+
+
+def test_overload_misses_the_slo() -> None:
+    trace = scenario("constant", rate=60, duration=120, seed=1)
+    r = Twin(SPEC, trace, Fixed(1)).run()
+    assert r.ttft_attainment < 0.5
+
+
+def test_deterministic_for_a_seed() -> None:
+    trace = scenario("burst", rate=8, duration=600, seed=3)
+    a = Twin(SPEC, trace, make_policy("llmscale")).run().as_json()
+    b = Twin(SPEC, trace, make_policy("llmscale")).run().as_json()
+    assert a == b
+
+
+def test_oracle_is_never_beaten_on_cost_at_equal_attainment() -> None:
+    trace = scenario("step", rate=8, duration=900, seed=5)
+    results = {p: Twin(SPEC, trace, make_policy(p)).run() for p in ("oracle", "llmscale", "hpa-gpu-util", "keda-queue", "static-peak")}
+    oracle = results["oracle"]
+    assert oracle.ttft_attainment >= 0.99
+    for name, r in results.items():
+        if name != "oracle" and r.ttft_attainment >= oracle.ttft_attainment:
+            assert r.gpu_hours >= oracle.gpu_hours * 0.999, (name, r.gpu_hours, oracle.gpu_hours)
+
+
+def test_ceilings_hold_in_the_twin() -> None:
+    spec = parse_spec(spec_dict(
+        replicas={"min": 1, "max": 16},
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "30s"}],
+        cost={"maxGPUs": 3, "prices": {"nvidia-h100": "4.00"}},
+    ))
+    trace = scenario("constant", rate=80, duration=300, seed=1)
+    r = Twin(spec, trace, make_policy("llmscale")).run()
+    assert max(row["gpus"] for row in r.timeline) <= 3
+    assert r.ceiling_s > 0

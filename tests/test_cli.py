@@ -1,0 +1,66 @@
+"""The command line: bad flags and files give one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmscale.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmscale.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "--trace", "/nope.csv"], "no such file"),
+        (["simulate", "--scenario", "tsunami"], "unknown scenario"),
+        (["simulate", "--policy", "magic"], "unknown policy"),
+        (["simulate", "--deployment", "/nope.yaml"], "no such file"),
+        (["simulate", "--scenario", "step", "--rate-scale", "-1"], "must be positive"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_invalid_deployment_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text("kind: LLMDeployment\nspec:\n  model: m\n  variants: []\n")
+    assert main(["simulate", "--deployment", str(f)]) == 2
+    assert "spec.variants" in capsys.readouterr().err
+    f.write_text("kind: [unclosed\n")
+    assert main(["simulate", "--deployment", str(f)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_crds_prints_the_crd() -> None:
+    r = run("crds")
+    assert r.returncode == 0 and "kind: CustomResourceDefinition" in r.stdout
+
+
+def test_simulate_json_schema() -> None:
+    r = run("simulate", "--scenario", "step", "--duration", "300", "--scenario-rate", "3", "--json",
+            "--policy", "llmscale", "--policy", "static-peak")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["trace"] == "scenario-step"
+    assert [x["policy"] for x in out["results"]] == ["llmscale", "static-peak"]
+    for x in out["results"]:
+        assert {"requests", "ttft_attainment", "itl_attainment", "ttft_p95_s", "gpu_hours", "cost", "scale_actions"} <= set(x)
+        assert 0 <= x["ttft_attainment"] <= 1
+
+
+def test_simulate_writes_a_plot(tmp_path: Path) -> None:
+    r = run("simulate", "--scenario", "burst", "--duration", "300", "--out", str(tmp_path), "--policy", "llmscale")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "simulate.png").stat().st_size > 10_000
+    assert "TTFT ok" in r.stdout
