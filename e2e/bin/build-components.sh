@@ -122,11 +122,11 @@ for t in "${targets[@]}"; do
     k8s) build_k8s ;;
     etcd) build_etcd ;;
     kwok) build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
-    helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36" \
             build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     prometheus) install_prometheus ;;
     all) install_prometheus; build_etcd; build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-         LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+         LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36" \
            build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
          build_k8s ;;
     *) say "unknown component '$t' (choose: k8s etcd kwok helm prometheus all)"; exit 2 ;;

@@ -149,7 +149,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot load a kubeconfig: {e}") from None
     api = client.CustomObjectsApi()
     try:
-        obj = api.get_namespaced_custom_object("llmscale.io", "v1alpha1", args.namespace, PLURAL, args.name)
+        obj: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
+            "llmscale.io", "v1alpha1", args.namespace, PLURAL, args.name)
     except ApiException as e:
         raise CLIError(f"LLMDeployment {args.namespace}/{args.name}: {e.reason} ({e.status})") from None
     try:
@@ -194,9 +195,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  unknown {k}: {why}")
         for w in signals.warnings:
             print(f"  warning: {w}")
-    e = d.estimate
-    print(f"\nestimate: {fmt(e.capacity_per_replica)} req/s per replica ({e.capacity_limited_by or '-'}), forecast "
-          f"{fmt(e.forecast_rate)} req/s over {fmt(e.horizon_s, 1, 's')}, ceiling {e.ceiling_replicas} replicas")
+    est = d.estimate
+    print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
+          f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
     print(f"\ndecision now: {d.action} {d.from_replicas} -> {d.to_replicas} ({d.variant})"
           + ("" if d.apply else "  [not applied: " + ("mode " + spec.scaling.mode.value if spec.scaling.mode.value != "Auto" else "hold") + "]"))
     for r in d.reasons:

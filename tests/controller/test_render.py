@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from llmscale.api import parse_spec
-from llmscale.controller.render import engine_arg_conflicts, render_deployment, render_service, surge_within_ceilings
+from llmscale.controller.render import (
+    engine_arg_conflicts,
+    render_deployment,
+    render_service,
+    surge_within_ceilings,
+)
 from llmscale.controller.status import merge_conditions
 from tests.conftest import spec_dict
 

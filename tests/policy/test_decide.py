@@ -11,6 +11,7 @@ from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Signals, Workload, decide
 from tests.conftest import spec_dict
 
+
 # A healthy 8B-on-H100 deployment carrying `rate` req/s of a chat-like mix.
 def healthy(rate: float, ttft: float = 0.2, itl: float = 0.03, waiting: float = 0.0, running: float = 20.0) -> Signals:
     return Signals(

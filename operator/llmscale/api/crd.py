@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .. import GROUP, VERSION
+from llmscale import GROUP, VERSION
+
 from .models import LLMDeploymentSpec, LLMDeploymentStatus
 
 PLURAL = "llmdeployments"

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict
 
 from .units import (
     DURATION_PATTERN,
@@ -31,8 +32,8 @@ DEFAULT_WORDS_PER_TOKEN = 0.75
 OPERATOR_OWNED_ENGINE_FLAGS = ("--model", "--port", "--tensor-parallel-size", "--host")
 
 
-def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    d = {"rule": rule, "message": message}
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    d: JsonDict = {"rule": rule, "message": message}
     if field_path:
         d["fieldPath"] = field_path
     return d

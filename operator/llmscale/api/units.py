@@ -17,21 +17,21 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 _QUANTITY_FULL = re.compile(QUANTITY_PATTERN)
-_SUFFIX = {
-    "": 1,
+_SUFFIX: dict[str, Decimal] = {
+    "": Decimal(1),
     "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
 }
 
 MONEY_PATTERN = r"^[0-9]+(\.[0-9]{1,4})?$"
@@ -67,7 +67,7 @@ def parse_quantity(text: str | int | float) -> Decimal:
             f"{text!r} is not a Kubernetes quantity: write a number with an optional suffix "
             "(m, k, M, G, Ki, Mi, Gi, Ti), e.g. '500m', '8', '64Gi'"
         )
-    return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(3) or ""])
+    return Decimal(m.group(1)) * _SUFFIX[m.group(3) or ""]
 
 
 def parse_money(text: str | int | float) -> Decimal:

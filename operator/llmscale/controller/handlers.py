@@ -16,14 +16,15 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from .. import GROUP, VERSION
-from ..api.crd import PLURAL
-from ..api.models import LLMDeploymentSpec, ScalingMode, explain_errors, parse_spec
-from ..api.units import parse_duration
-from ..metrics.prometheus import PrometheusReader
-from ..policy import History, decide
-from ..policy.ceilings import ceiling_replicas, hourly_cost
-from ..policy.types import Signals
+from llmscale import GROUP, VERSION
+from llmscale.api.crd import PLURAL
+from llmscale.api.models import LLMDeploymentSpec, ScalingMode, explain_errors, parse_spec
+from llmscale.api.units import parse_duration
+from llmscale.metrics.prometheus import PrometheusReader
+from llmscale.policy import History, decide
+from llmscale.policy.ceilings import ceiling_replicas, hourly_cost
+from llmscale.policy.types import Signals
+
 from . import opmetrics as m
 from .kube import Kube, observe_workload
 from .render import engine_arg_conflicts, render_deployment, render_service, surge_within_ceilings
@@ -98,7 +99,8 @@ def _apply_workload(body: Any, spec: LLMDeploymentSpec, variant_name: str, repli
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
+def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None  # LLMDeployment is namespaced
     started = time.monotonic()
     st = dict(status or {})
     spec = _parse(body, patch, st)
@@ -107,7 +109,7 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     dep = Runtime.kube.deployment(namespace, name)
     variant = st.get("variant") or (dep.spec.template.metadata.labels or {}).get("llmscale.io/variant") if dep else st.get("variant")
     variant = spec.variant(variant).name
-    limit, _ = ceiling_replicas(spec, spec.variant(variant))
+    limit, _why = ceiling_replicas(spec, spec.variant(variant))
     if dep is not None and dep.spec.replicas is not None:
         replicas = dep.spec.replicas  # the timer owns the count once the workload exists
     elif spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is not None:
@@ -128,7 +130,7 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
              "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}
     if competing:
         conds["CompetingAutoscaler"] = ("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale reports but does not set replicas")
-    new, _ = merge_conditions(st.get("conditions"), conds, time.time(), body["metadata"].get("generation"))
+    new, _changes = merge_conditions(st.get("conditions"), conds, time.time(), body["metadata"].get("generation"))
     patch.status.update({
         "observedGeneration": body["metadata"].get("generation"),
         "variant": v.name,
@@ -142,13 +144,15 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str, **_: Any) -> None:
+def forget(name: str, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None
     Runtime.forget((namespace, name))  # owned objects go by ownerReference garbage collection
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5.0, initial_delay=1.0, sharp=False)
-def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str,
-              memo: kopf.Memo, **_: Any) -> None:
+def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None,
+              memo: Any, **_: Any) -> None:
+    assert namespace is not None
     started = time.monotonic()
     st = dict(status or {})
     try:

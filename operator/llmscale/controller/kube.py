@@ -10,7 +10,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..policy.types import Workload
+from llmscale.policy.types import Workload
+
 from .render import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_VARIANT
 
 log = logging.getLogger("llmscale.kube")
@@ -64,12 +65,13 @@ class Kube:
             for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
                 ref = h.spec.scale_target_ref
                 if ref.name == name and ref.kind in ("Deployment", "LLMDeployment"):
-                    return f"HorizontalPodAutoscaler {h.metadata.name}"
+                    return f"HorizontalPodAutoscaler {h.metadata.name if h.metadata else name}"
         except ApiException as e:
             if e.status not in (403, 404):
                 raise
         try:
-            objs = self.custom.list_namespaced_custom_object("keda.sh", "v1alpha1", namespace, "scaledobjects")
+            objs: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+                "keda.sh", "v1alpha1", namespace, "scaledobjects")
             for o in objs.get("items", []):
                 ref = o.get("spec", {}).get("scaleTargetRef", {})
                 if ref.get("name") == name and ref.get("kind", "Deployment") in ("Deployment", "LLMDeployment"):

@@ -9,8 +9,9 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from ..metrics.prometheus import PrometheusReader, PrometheusSettings
-from ..settings import OperatorSettings
+from llmscale.metrics.prometheus import PrometheusReader, PrometheusSettings
+from llmscale.settings import OperatorSettings
+
 from . import handlers  # noqa: F401  (registers the handlers)
 from .handlers import Runtime
 from .kube import Kube

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..api.models import OPERATOR_OWNED_ENGINE_FLAGS, LLMDeploymentSpec, Variant
-from ..api.units import parse_duration
-from ..perf.hardware import gpu_for
+from llmscale.api.models import OPERATOR_OWNED_ENGINE_FLAGS, LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
+from llmscale.perf.hardware import gpu_for
 
 FIELD_MANAGER = "llmscale"
 LABEL_DEPLOYMENT = "llmscale.io/deployment"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from ..policy.types import Decision, Signals, Workload
+from llmscale.policy.types import Decision, Signals, Workload
 
 
 def iso(ts: float) -> str:
@@ -26,7 +26,7 @@ def merge_conditions(existing: list[dict[str, Any]] | None, updates: dict[str, t
                 "observedGeneration": generation}
         if old is None or old.get("status") != status:
             cond["lastTransitionTime"] = iso(now)
-            changes.append((ctype, old.get("status") if old else "", status, reason))
+            changes.append((ctype, str(old.get("status") or "") if old else "", status, reason))
         else:
             cond["lastTransitionTime"] = old.get("lastTransitionTime") or iso(now)
         by_type[ctype] = {k: v for k, v in cond.items() if v is not None}

@@ -15,9 +15,10 @@ from typing import Any
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from prometheus_client import Counter
 
-from ..api.models import LLMDeploymentSpec
-from ..api.units import parse_duration
-from ..policy.types import Signals
+from llmscale.api.models import LLMDeploymentSpec
+from llmscale.api.units import parse_duration
+from llmscale.policy.types import Signals
+
 from . import queries
 from .snapshot import Key, build_signals, index_by_deployment
 

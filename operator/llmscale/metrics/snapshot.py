@@ -7,9 +7,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from ..api.models import LLMDeploymentSpec
-from ..perf import buckets
-from ..policy.types import Signals
+from llmscale.api.models import LLMDeploymentSpec
+from llmscale.perf import buckets
+from llmscale.policy.types import Signals
+
 from .histogram import attainment, between_edges, histogram_quantile
 
 Key = tuple[str, str]  # (namespace, name)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.models import LLMDeploymentSpec, Variant
-from ..perf.capacity import simulated_capacity
-from ..perf.hardware import server_profile
+from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.perf.capacity import simulated_capacity
+from llmscale.perf.hardware import server_profile
+
 from .types import Signals
 
 # Token mix assumed before any traffic has been seen (chat-like).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ..api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 
 
 def hourly_cost(spec: LLMDeploymentSpec, variant: Variant, replicas: int) -> Decimal | None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
-from ..api.models import LLMDeploymentSpec, ScalingMode
-from ..api.units import parse_duration
+from llmscale.api.models import LLMDeploymentSpec, ScalingMode
+from llmscale.api.units import parse_duration
+
 from .capacity import refine_correction, variant_capacity
 from .ceilings import ceiling_replicas, hourly_cost
 from .forecast import DEFAULT_COLD_START_S, trend_forecast
@@ -254,6 +255,10 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
             reasons.append(Reason(Code.RATE_LIMITED_DOWN, f"{desired} capped at {stepped} by scaleDown.maxStep {sc.scale_down.max_step}"))
         if not (lim == "down" and desired == 0 and Code.SCALE_TO_ZERO in [r.code for r in reasons]):
             desired = stepped
+
+    if desired > current and workload.pending_unschedulable > 0:
+        reasons.append(Reason(Code.GPUS_UNAVAILABLE, f"{workload.pending_unschedulable} pods Pending without free GPUs: not adding more"))
+        desired = current
 
     # 10. bounds and ceilings -----------------------------------------------------------------
     target_variant = variant

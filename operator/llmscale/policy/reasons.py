@@ -51,6 +51,8 @@ class Code(StrEnum):
     """Demand seen while at zero replicas: start one."""
     COLD_START = "ColdStartInFlight"
     """Replicas are still loading the model; counted as capacity on its way."""
+    GPUS_UNAVAILABLE = "GPUsUnavailable"
+    """Pods are Pending for lack of free GPUs: adding more would not add capacity, so scale-up holds."""
     SLO_INFEASIBLE = "SLOInfeasible"
     """No replica of the variant can meet the SLO even unloaded; scaling out would not help."""
     VARIANT_SWITCH = "VariantSwitch"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..api.models import LLMDeploymentSpec
+from llmscale.api.models import LLMDeploymentSpec
+
 from .capacity import VariantCapacity
 from .ceilings import ceiling_replicas
 

@@ -33,7 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..perf import Engine, Request, buckets, server_profile
+from llmscale.perf import Engine, Request, buckets, server_profile
+
 from .traffic import SCENARIOS, Trace, TraceError, load_trace, scenario
 
 log = logging.getLogger("llmscale.fleet")

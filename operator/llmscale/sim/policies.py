@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 
-from ..api.models import LLMDeploymentSpec
-from ..perf.capacity import simulated_capacity
-from ..perf.hardware import server_profile
-from ..policy import History, decide
-from ..policy.ceilings import ceiling_replicas
+from llmscale.api.models import LLMDeploymentSpec
+from llmscale.perf.capacity import simulated_capacity
+from llmscale.perf.hardware import server_profile
+from llmscale.policy import History, decide
+from llmscale.policy.ceilings import ceiling_replicas
+
 from .traffic import Trace
 from .twin import Policy, Target, View
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..metrics.histogram import attainment, histogram_quantile
-from ..perf import buckets
-from ..policy.types import Signals
+from llmscale.metrics.histogram import attainment, histogram_quantile
+from llmscale.perf import buckets
+from llmscale.policy.types import Signals
 
 
 @dataclass

@@ -82,7 +82,9 @@ def _bad(trace_bad: list[str], line_no: int, why: str) -> None:
 
 
 def load_azure_csv(path: Path) -> Trace:
-    arrivals, bad, examples = [], 0, []
+    arrivals: list[Arrival] = []
+    bad = 0
+    examples: list[str] = []
     t0: datetime | None = None
     try:
         with path.open(newline="") as f:
@@ -113,7 +115,9 @@ def load_azure_csv(path: Path) -> Trace:
 
 
 def load_mooncake_jsonl(path: Path) -> Trace:
-    arrivals, bad, examples = [], 0, []
+    arrivals: list[Arrival] = []
+    bad = 0
+    examples: list[str] = []
     try:
         with path.open() as f:
             for n, line in enumerate(f, start=1):
@@ -147,7 +151,8 @@ def load_servegen_rates(path: Path, model: str = "m-large", days: float = 1.0, m
     lengths are sampled from token_source (a real trace) or a chat-like default.
     """
     rates: list[tuple[float, float]] = []
-    bad, examples = 0, []
+    bad = 0
+    examples: list[str] = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "total_rate_rps" not in reader.fieldnames:

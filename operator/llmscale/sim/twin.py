@@ -7,18 +7,18 @@ accelerator leaves pods Pending when it runs out. Every request is accounted for
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..api.models import LLMDeploymentSpec, Variant
-from ..api.units import parse_duration
-from ..perf import Engine, Request, server_profile
-from ..perf.engine import Finished
-from ..policy.ceilings import ceiling_replicas
-from ..policy.types import Signals, Workload
+from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
+from llmscale.perf import Engine, Request, server_profile
+from llmscale.perf.engine import Finished
+from llmscale.policy.ceilings import ceiling_replicas
+from llmscale.policy.types import Signals, Workload
+
 from .promstore import PromStore, Sample
 from .traffic import Trace
 

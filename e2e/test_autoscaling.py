@@ -1,0 +1,130 @@
+"""Autoscaling on the test bed, the operator running as a process: step up, step down after the
+window, GPUs exhausted, Prometheus down and back, a cost ceiling lowered under the spend."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import yaml
+
+from .conftest import CLUSTER, STATE, Bed, wait_for
+
+
+def _doc(namespace: str, **spec: Any) -> str:
+    base: dict[str, Any] = {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "replicas": {"min": 1, "max": 8},
+        "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
+        "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+        "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4.00"}},
+        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": "30s", "maxStep": 1}},
+        "metrics": {"rateWindow": "20s"},
+    }
+    base.update(spec)
+    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+                           "metadata": {"name": "chat", "namespace": namespace}, "spec": base})
+
+
+def _status(bed: Bed, ns: str) -> dict[str, Any]:
+    return bed.llmd(ns, "chat").get("status", {})
+
+
+def _cond(bed: Bed, ns: str, ctype: str) -> dict[str, Any]:
+    return next((c for c in _status(bed, ns).get("conditions", []) if c["type"] == ctype), {})
+
+
+def _replicas(bed: Bed, ns: str) -> int:
+    return bed.apps.read_namespaced_deployment("chat", ns).spec.replicas
+
+
+def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed, operator: object, namespace: str) -> None:
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace))
+    wait_for("one Ready replica", lambda: _status(bed, namespace).get("readyReplicas") == 1, 90)
+    bed.traffic(namespace, "chat", rate=3, meanInput=1000, meanOutput=200)
+    wait_for("SLO met at light load", lambda: _status(bed, namespace).get("sloMet") == "Met", 90)
+    assert _replicas(bed, namespace) == 1
+
+    # Step up x12: the operator must add replicas and bring TTFT p95 back under 250 ms.
+    bed.traffic(namespace, "chat", rate=36, meanInput=1000, meanOutput=200)
+    wait_for("a scale-up", lambda: _replicas(bed, namespace) >= 3, 60)
+    decision = _status(bed, namespace)["lastDecision"]
+    assert decision["action"] == "ScaleUp" and decision["reasons"], decision
+
+    def recovered() -> bool:
+        s = _status(bed, namespace)
+        ttft = (s.get("observed") or {}).get("ttftP95")
+        return s.get("readyReplicas", 0) >= 3 and ttft is not None and ttft <= 0.25 and s.get("sloMet") == "Met"
+
+    wait_for("TTFT p95 back under the SLO", recovered, 150, 2)
+    assert _replicas(bed, namespace) <= 8  # within replicas.max and maxGPUs
+
+    # Step down: no replica goes before the 30 s scale-down window has passed.
+    high = _replicas(bed, namespace)
+    dropped_at = time.time()
+    bed.traffic(namespace, "chat", rate=2, meanInput=1000, meanOutput=200)
+    while time.time() - dropped_at < 28:
+        assert _replicas(bed, namespace) >= high, "scaled down inside the stabilization window"
+        time.sleep(2)
+    wait_for("a scale-down after the window", lambda: _replicas(bed, namespace) < high, 150, 2)
+    assert _status(bed, namespace)["lastDecision"]["action"] == "ScaleDown"
+
+
+def test_gpus_exhausted_leave_pods_pending_without_runaway(bed: Bed, operator: object, namespace: str) -> None:
+    # 8-GPU pods on 4 H100 nodes: at most 4 fit, the demand asks for many more.
+    bed.kubectl("apply", "-f", "-", input=_doc(
+        namespace, replicas={"min": 1, "max": 12},
+        variants=[{"name": "h100x8", "accelerator": "nvidia-h100", "gpusPerReplica": 8, "coldStart": "5s"}],
+        cost={"maxGPUs": 96, "prices": {"nvidia-h100": "4.00"}},
+        scaling={"interval": "3s", "scaleUp": {"maxStep": 8}, "scaleDown": {"stabilizationWindow": "60s"}}))
+    wait_for("one Ready replica", lambda: _status(bed, namespace).get("readyReplicas") == 1, 90)
+    bed.traffic(namespace, "chat", rate=150, meanInput=1000, meanOutput=200)
+
+    def pending() -> dict[str, Any] | None:
+        c = _cond(bed, namespace, "Progressing")
+        return c if c.get("reason") == "PodsUnschedulable" else None
+
+    cond = wait_for("Progressing=PodsUnschedulable", pending, 120, 2)
+    assert "unschedulable" in cond["message"]
+    # No runaway: once pods wait for GPUs, the count holds (and never passes replicas.max).
+    held = _replicas(bed, namespace)
+    time.sleep(15)
+    assert _replicas(bed, namespace) == held <= 12
+    reasons = " ".join(_status(bed, namespace)["lastDecision"]["reasons"])
+    assert "GPUsUnavailable" in reasons or "BudgetLimited" in reasons or "AtMaxReplicas" in reasons, reasons
+    bed.traffic(namespace, "chat", rate=0)
+
+
+def test_prometheus_down_holds_and_resumes(bed: Bed, operator: object, namespace: str) -> None:
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 1, "max": 8}))
+    bed.traffic(namespace, "chat", rate=20, meanInput=1000, meanOutput=200)
+    wait_for("metrics available", lambda: _cond(bed, namespace, "MetricsAvailable").get("status") == "True", 90)
+    wait_for("two or more replicas", lambda: _replicas(bed, namespace) >= 2, 90)
+    pid = int((STATE / "pids" / "prometheus.pid").read_text())
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    try:
+        cond = wait_for("MetricsAvailable=False", lambda: (c := _cond(bed, namespace, "MetricsAvailable")).get("status") == "False" and c, 60)
+        assert cond["reason"] == "MetricsUnavailable"
+        before = _replicas(bed, namespace)
+        bed.traffic(namespace, "chat", rate=1)  # the load falls, but nobody can see it: hold
+        time.sleep(12)
+        assert _replicas(bed, namespace) == before
+        assert _status(bed, namespace)["lastDecision"]["applied"] is False
+    finally:
+        r = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+    wait_for("MetricsAvailable=True again", lambda: _cond(bed, namespace, "MetricsAvailable").get("status") == "True", 90)
+
+
+def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object, namespace: str) -> None:
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 3, "max": 8}))
+    wait_for("three replicas", lambda: _status(bed, namespace).get("readyReplicas") == 3, 90)
+    bed.traffic(namespace, "chat", rate=10, meanInput=1000, meanOutput=200)
+    # 3 x H100 at 4.00 = 12.00/h; lower the ceiling to 8.00/h.
+    bed.kubectl("patch", "llmd", "chat", "-n", namespace, "--type=merge",
+                "-p", '{"spec": {"cost": {"maxHourlyCost": "8.00"}}}')
+    wait_for("two replicas", lambda: _replicas(bed, namespace) == 2, 60)
+    s = _status(bed, namespace)
+    assert any("BudgetLimitedCost" in r for r in s["lastDecision"]["reasons"]), s["lastDecision"]
+    assert float(s["hourlyCost"]) <= 8.0

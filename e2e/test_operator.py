@@ -1,0 +1,102 @@
+"""The operator against a real API server: owned objects, columns, cascade, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .conftest import ROOT, Bed, wait_for
+
+EXAMPLE = yaml.safe_load((ROOT / "examples/llama-8b-h100.yaml").read_text())
+
+
+def _apply(bed: Bed, namespace: str, doc: dict, check: bool = True):  # type: ignore[no-untyped-def]
+    doc = {**doc, "metadata": {**doc["metadata"], "namespace": namespace}}
+    return bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=check)
+
+
+def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator: object, namespace: str) -> None:
+    _apply(bed, namespace, EXAMPLE)
+    dep = wait_for("the owned Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace), 60)
+    c = dep.spec.template.spec.containers[0]
+    assert c.resources.limits["nvidia.com/gpu"] == "1"
+    assert "--tensor-parallel-size=1" in c.args and "--model=meta-llama/Llama-3.1-8B-Instruct" in c.args
+    assert c.readiness_probe.http_get.path == "/health" and c.startup_probe.failure_threshold >= 180
+    assert dep.spec.template.spec.node_selector["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    assert dep.metadata.owner_references[0].kind == "LLMDeployment"
+    svc = wait_for("the owned Service", lambda: bed.core.read_namespaced_service("llama-8b", namespace), 30)
+    assert svc.spec.ports[0].port == 8000
+    # Status fills in; kubectl get shows the columns.
+    wait_for("readyReplicas 1", lambda: bed.llmd(namespace, "llama-8b").get("status", {}).get("readyReplicas") == 1, 90)
+    out = bed.kubectl("get", "llmd", "-n", namespace).stdout
+    header = out.splitlines()[0].split()
+    assert header == ["NAME", "MODEL", "VARIANT", "REPLICAS", "READY", "TTFT-P95", "COST/H", "SLO", "AGE"], out
+    assert "h100x1" in out and "4.00" in out
+    spec_before = EXAMPLE["spec"]
+    assert bed.llmd(namespace, "llama-8b")["spec"]["model"] == spec_before["model"]  # the spec is the user's
+    # Deleting the LLMDeployment removes what it owns.
+    bed.kubectl("delete", "llmd", "llama-8b", "-n", namespace)
+
+    def gone() -> bool:
+        try:
+            bed.apps.read_namespaced_deployment("llama-8b", namespace)
+            return False
+        except Exception as e:
+            return getattr(e, "status", None) == 404
+
+    wait_for("the Deployment to be garbage-collected", gone, 60)
+
+
+def test_malformed_cr_is_refused_with_a_message(bed: Bed, crd: None, namespace: str) -> None:
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "replicas": {"min": 5, "max": 2}}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and "replicas.min must be less than or equal to replicas.max" in r.stderr
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "variants": [{"name": "a", "accelerator": "nvidia-h100"},
+                                                               {"name": "a", "accelerator": "nvidia-h100"}]}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and "variant names must be unique" in r.stderr
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "variants": [{"name": "a", "accelerator": "nvidia-a10g"}]}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and "every variant's accelerator needs a price" in r.stderr
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "replicaz": 3}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and 'unknown field "spec.replicaz"' in r.stderr
+
+
+def test_engine_arg_conflict_is_a_condition_and_an_event(bed: Bed, operator: object, namespace: str) -> None:
+    doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "engineArgs": ["--tensor-parallel-size=2"]}}
+    _apply(bed, namespace, doc)
+
+    def ready_false() -> dict | None:
+        conds = bed.llmd(namespace, "llama-8b").get("status", {}).get("conditions", [])
+        return next((c for c in conds if c["type"] == "Ready" and c["status"] == "False"), None)
+
+    cond = wait_for("Ready=False", ready_false, 60)
+    assert cond["reason"] == "EngineArgConflict" and "--tensor-parallel-size=2" in cond["message"]
+    events = wait_for("a Warning Event", lambda: [e for e in bed.core.list_namespaced_event(namespace).items
+                                                  if e.reason == "EngineArgConflict" and e.type == "Warning"], 30)
+    assert events
+    # Nothing half-applied.
+    assert not bed.apps.list_namespaced_deployment(namespace).items
+
+
+def test_kubectl_scale_sets_manual_replicas_in_paused_mode(bed: Bed, operator: object, namespace: str) -> None:
+    doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "scaling": {"mode": "Paused", "interval": "2s"}}}
+    _apply(bed, namespace, doc)
+    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace), 60)
+    bed.kubectl("scale", "llmd", "llama-8b", "-n", namespace, "--replicas=3")
+    wait_for("3 replicas", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace).spec.replicas == 3, 60)
+    assert bed.llmd(namespace, "llama-8b")["spec"]["scaling"]["manualReplicas"] == 3
+
+
+def test_chart_renders(bed: Bed) -> None:
+    helm = Path.home() / ".cache/llmscale/helm-v3.21.4/helm"
+    import subprocess
+
+    r = subprocess.run([str(helm), "template", "llmscale", str(ROOT / "charts/llmscale"), "--include-crds", "--kube-version", "1.36.3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout) if d]
+    for kind in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"):
+        assert kind in kinds, kinds

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (`make test`, run by CI): lint, then unit + property + e2e tests on a test bed
+# that this script brings up (or reuses) and, if it started it, brings down again.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=${LLMSCALE_VENV:-$ROOT/.venv}
+export PATH="$VENV/bin:$PATH" PYTHON="$VENV/bin/python"
+
+echo "== lint (ruff, mypy)"
+ruff check operator tests e2e bench || exit 1
+mypy || exit 1
+
+started_bed=0
+if ! e2e/cluster status >/dev/null 2>&1; then
+  echo "== starting the test bed"
+  e2e/cluster up || { echo "the test bed did not come up; see e2e/.state/logs/"; exit 1; }
+  started_bed=1
+fi
+cleanup() { [ $started_bed = 1 ] && e2e/cluster down >/dev/null 2>&1; }
+trap cleanup EXIT
+
+echo "== tests (unit, property, e2e)"
+LLMSCALE_E2E=1 pytest -q -p no:cacheprovider tests e2e "$@"
+rc=$?
+if [ $rc = 5 ]; then echo "no tests were collected"; exit 1; fi
+exit $rc
