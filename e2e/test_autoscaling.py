@@ -125,6 +125,10 @@ def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object,
     bed.kubectl("patch", "llmd", "chat", "-n", namespace, "--type=merge",
                 "-p", '{"spec": {"cost": {"maxHourlyCost": "8.00"}}}')
     wait_for("two replicas", lambda: _replicas(bed, namespace) == 2, 60)
-    s = _status(bed, namespace)
-    assert any("BudgetLimitedCost" in r for r in s["lastDecision"]["reasons"]), s["lastDecision"]
+    def explained() -> dict[str, Any] | None:
+        st = _status(bed, namespace)
+        return st if any("BudgetLimitedCost" in r for r in st.get("lastDecision", {}).get("reasons", [])) else None
+
+    s = wait_for("the decision to say why", explained, 30)
     assert float(s["hourlyCost"]) <= 8.0
+    assert _cond(bed, namespace, "BudgetLimited")["status"] == "True"

@@ -116,7 +116,9 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
         replicas = spec.scaling.manual_replicas
     else:
         replicas = spec.replicas.min
-    replicas = min(replicas, limit)
+    if replicas > limit:
+        kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {_why} (was {replicas})")
+        replicas = limit
     competing = Runtime.kube.competing_autoscaler(namespace, name)
     try:
         _apply_workload(body, spec, variant, replicas, include_replicas=competing is None)

@@ -38,6 +38,32 @@ def _configure(settings: kopf.OperatorSettings, opts: OperatorSettings) -> None:
     settings.execution.max_workers = 8
 
 
+def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    scheme = token = None
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    if auth:
+        scheme, _, token = auth.partition(" ") if " " in auth else ("Bearer", "", auth)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
 def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> None:
     from kubernetes import config
 
@@ -72,10 +98,10 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings, opts)
 
-    if kubeconfig:
-        import os
-
-        os.environ["KUBECONFIG"] = kubeconfig  # kopf's own login reads the same cluster
+    @kopf.on.login()
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf talks to the same cluster as our client, with the same credentials.
+        return _connection_info(kubeconfig)
     asyncio.run(kopf.operator(
         clusterwide=not opts.namespaces,
         namespaces=opts.namespaces,
