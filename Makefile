@@ -33,6 +33,7 @@ test: setup
 crds:
 	@$(PY) -m llmscale.cli crds -o crds/llmdeployments.llmscale.io.yaml
 	@cp crds/llmdeployments.llmscale.io.yaml charts/llmscale/crds/
+	@$(PY) -m llmscale.cli api-reference -o docs/api-reference.md
 
 bed-up: setup
 	@e2e/cluster up

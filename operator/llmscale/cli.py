@@ -55,6 +55,17 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_reference(args: argparse.Namespace) -> int:
+    from .api.reference import reference_markdown
+
+    text = reference_markdown()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.policies import POLICIES, make_policy
     from .sim.report import Progress, plot, table
@@ -258,6 +269,10 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("crds", help="print the LLMDeployment CustomResourceDefinition")
     c.add_argument("--output", "-o", help="write to this file instead of stdout")
     c.set_defaults(func=cmd_crds)
+
+    a = sub.add_parser("api-reference", help="print the API reference (Markdown) generated from the models")
+    a.add_argument("--output", "-o", help="write to this file instead of stdout")
+    a.set_defaults(func=cmd_api_reference)
 
     f = sub.add_parser("fleet-sim", help="serve simulated vLLM/DCGM metrics for the pods of a (test) cluster")
     f.add_argument("--kubeconfig")

@@ -29,6 +29,20 @@ class VariantCapacity:
         return self.per_replica > 0
 
 
+def max_model_len(spec: LLMDeploymentSpec) -> int | None:
+    """--max-model-len from the engine args: vLLM refuses longer prompts, which bounds the tail."""
+    for i, arg in enumerate(spec.engine_args):
+        flag, _, value = arg.partition("=")
+        if flag.strip() == "--max-model-len":
+            if not value and i + 1 < len(spec.engine_args):
+                value = spec.engine_args[i + 1]
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def token_mix(signals: Signals) -> tuple[float, float]:
     return (signals.mean_input_tokens or DEFAULT_MEAN_INPUT, signals.mean_output_tokens or DEFAULT_MEAN_OUTPUT)
 
@@ -46,6 +60,7 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
         ttft.seconds if ttft else None,
         itl_pct=itl.percentile if itl else 95.0,
         ttft_pct=ttft.percentile if ttft else 95.0,
+        max_prompt=max_model_len(spec),
     )
     return VariantCapacity(variant, cap.requests_per_s * correction, cap.limited_by, profile.unloaded_itl(mean_in + mean_out / 2))
 
