@@ -318,7 +318,7 @@ class Scaling(_Model):
         None, ge=0, le=1000, description="Replica count applied in Paused mode; the target of `kubectl scale`."
     )
     target_utilization: float = Field(
-        0.8, gt=0, le=1, description="Share of a replica's SLO capacity to plan for; headroom absorbs forecast error."
+        0.6, gt=0, le=1, description="Share of a replica's SLO capacity to plan for; headroom absorbs bursts and forecast error."
     )
 
     @field_validator("interval")

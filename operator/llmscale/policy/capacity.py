@@ -43,13 +43,25 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return None
 
 
-def token_mix(signals: Signals) -> tuple[float, float]:
-    return (signals.mean_input_tokens or DEFAULT_MEAN_INPUT, signals.mean_output_tokens or DEFAULT_MEAN_OUTPUT)
+MIX_SMOOTHING = 0.2  # weight of the newest token mix in the moving average
 
 
-def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float) -> VariantCapacity:
+def token_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float, float]:
+    """The token mix to plan for: an exponential moving average of what the counters show, so one
+    window of long prompts does not swing the capacity estimate."""
+    def ewma(prev: float | None, new: float | None, default: float) -> float:
+        if new is None:
+            return prev if prev is not None else default
+        return new if prev is None else prev + MIX_SMOOTHING * (new - prev)
+
+    return (ewma(prev_in, signals.mean_input_tokens, DEFAULT_MEAN_INPUT),
+            ewma(prev_out, signals.mean_output_tokens, DEFAULT_MEAN_OUTPUT))
+
+
+def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
+                     mix: tuple[float, float] | None = None) -> VariantCapacity:
     profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
-    mean_in, mean_out = token_mix(signals)
+    mean_in, mean_out = mix or token_mix(signals)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
     cap = simulated_capacity(
@@ -65,17 +77,19 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
     return VariantCapacity(variant, cap.requests_per_s * correction, cap.limited_by, profile.unloaded_itl(mean_in + mean_out / 2))
 
 
-def refine_correction(correction: float, per_ready_rate: float | None, seed_capacity: float, breach_ratio: float | None) -> float:
-    """Nudge the capacity correction towards what the replicas demonstrably do.
+def refine_correction(correction: float, attainment: float | None, target_share: float, breach_ratio: float | None,
+                      settled: bool = True) -> float:
+    """Learn how far the seeded capacity is from what the replicas really do, from the SLO itself.
 
-    Over target at a load below the estimate: the estimate was too generous, so shrink it to
-    the load actually carried. Comfortably under target above the estimate: grow it slowly.
+    An integral controller on the error budget: while fewer requests than the SLO's percentile
+    meet the target, each decision trims the capacity estimate by 20% (so more replicas are
+    planned); while the SLO is met with room to spare, it grows back by 2%. Nothing is learnt
+    while replicas are starting (their backlog says nothing about capacity).
     """
-    if per_ready_rate is None or seed_capacity <= 0 or breach_ratio is None:
+    if attainment is None or not settled:
         return correction
-    est = seed_capacity * correction
-    if breach_ratio > 1.0 and per_ready_rate < est:
-        correction = max(correction * 0.7, per_ready_rate / seed_capacity * 0.95)
-    elif breach_ratio < 0.7 and per_ready_rate > est:
-        correction = min(correction * 1.1, per_ready_rate / seed_capacity)
+    if attainment < target_share:
+        correction *= 0.8
+    elif breach_ratio is not None and breach_ratio < 0.8:
+        correction *= 1.02
     return min(CORRECTION_MAX, max(CORRECTION_MIN, correction))

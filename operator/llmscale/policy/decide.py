@@ -24,9 +24,9 @@ import math
 from llmscale.api.models import LLMDeploymentSpec, ScalingMode
 from llmscale.api.units import parse_duration
 
-from .capacity import refine_correction, variant_capacity
+from .capacity import refine_correction, token_mix, variant_capacity
 from .ceilings import ceiling_replicas, hourly_cost
-from .forecast import DEFAULT_COLD_START_S, trend_forecast
+from .forecast import DEFAULT_COLD_START_S, recent_peak, trend_forecast
 from .reasons import Code, Reason
 from .stabilization import limit_step, stabilize
 from .types import Decision, Estimate, History, Signals, Workload
@@ -124,11 +124,14 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     breach_ratio = max(ratios) if ratios else None
     rate = signals.request_rate
     ready = workload.ready
-    per_ready = rate / ready if rate is not None and ready > 0 else None
+    rate / ready if rate is not None and ready > 0 else None
 
-    seed = variant_capacity(spec, variant, signals, 1.0)
-    correction = refine_correction(hist.capacity_correction, per_ready, seed.per_replica, breach_ratio)
-    cap = variant_capacity(spec, variant, signals, correction)
+    settled = workload.starting == 0 and workload.pending_unschedulable == 0 and workload.ready == workload.replicas
+    target_share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
+    correction = refine_correction(hist.capacity_correction, signals.ttft_attainment, target_share, breach_ratio, settled)
+    mix = token_mix(signals, hist.mean_input, hist.mean_output)
+    hist = History(**{**hist.__dict__, "mean_input": mix[0], "mean_output": mix[1]})
+    cap = variant_capacity(spec, variant, signals, correction, mix)
     if not cap.feasible:
         conditions["SLOFeasible"] = ("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
     else:
@@ -143,6 +146,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     if rate is not None:
         samples = tuple([(t, v) for t, v in samples if now - t <= max(600.0, 2 * horizon)][-MAX_RATE_SAMPLES + 1 :] + [(now, rate)])
     forecast = trend_forecast(samples, now, horizon)
+    peak = recent_peak(samples, now, horizon)
+    if forecast is not None and peak is not None and peak > forecast:
+        forecast = peak
     if forecast is not None and signals.requests_waiting:
         forecast += signals.requests_waiting / max(horizon, 1.0)  # drain today's queue within the horizon
 
@@ -167,7 +173,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
             reasons.append(Reason(Code.SLO_BREACH_ITL, f"inter-token p{itl.percentile:g} {_fmt(signals.itl_quantile, 'ms', 1000, 0)} > target {itl_t * 1000:.0f}ms"))  # type: ignore[union-attr]
     waiting = signals.requests_waiting or 0.0
     running = signals.requests_running or 0.0
-    if ready > 0 and waiting > max(1.0, 0.1 * running):
+    # A sustained queue of about one request per replica means vLLM is out of KV cache or sequence
+    # slots; one or two waiting requests between steps are normal with long prompts.
+    if ready > 0 and waiting > max(1.0, float(ready), 0.25 * running):
         q = math.ceil(base * (running + waiting) / max(running, 1.0) - 1e-9)
         q = max(q, base + 1)
         feedback = max(feedback or 0, q)
@@ -282,7 +290,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     if len(spec.variants) > 1 and forecast is not None and forecast > 0:
         plans = []
         for v in spec.variants:
-            c = variant_capacity(spec, v, signals, correction if v.name == variant.name else 1.0)
+            c = variant_capacity(spec, v, signals, correction if v.name == variant.name else 1.0, mix)
             p = plan_for(spec, c, forecast, sc.target_utilization)
             if p is not None:
                 plans.append(p)

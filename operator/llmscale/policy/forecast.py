@@ -28,3 +28,10 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
         return current
     # Damp the extrapolation: a trend seen over a short window is weak evidence.
     return current + 0.5 * slope * horizon_s
+
+
+def recent_peak(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
+    """The highest rate seen within one cold-start horizon: a burst that came once may come again
+    before new capacity could be Ready, so capacity is not released under it."""
+    recent = [v for t, v in samples if now - t <= horizon_s]
+    return max(recent) if recent else None

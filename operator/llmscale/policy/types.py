@@ -102,6 +102,8 @@ class History:
     variant_candidate: str | None = None
     variant_candidate_since: float | None = None
     observing_since: float | None = None  # first decision: the windows are covered only after this
+    mean_input: float | None = None  # smoothed token mix (EWMA): capacity is sensitive to it
+    mean_output: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +116,8 @@ class History:
             "variantCandidate": self.variant_candidate,
             "variantCandidateSince": self.variant_candidate_since,
             "observingSince": self.observing_since,
+            "meanInput": None if self.mean_input is None else round(self.mean_input, 2),
+            "meanOutput": None if self.mean_output is None else round(self.mean_output, 2),
         }
 
     @staticmethod
@@ -131,6 +135,8 @@ class History:
                 variant_candidate=d.get("variantCandidate"),
                 variant_candidate_since=d.get("variantCandidateSince"),
                 observing_since=d.get("observingSince"),
+                mean_input=d.get("meanInput"),
+                mean_output=d.get("meanOutput"),
             )
         except (TypeError, ValueError):
             return History()  # a hand-edited or corrupt status must not crash the operator

@@ -5,9 +5,10 @@
                 300 s scale-down stabilization, default scale-up rate (max of 4 pods or 100 % per 15 s)
 - keda-queue    KEDA Prometheus trigger on vllm:num_requests_waiting (threshold 5 per replica,
                 AverageValue), 30 s polling; the HPA it creates keeps 300 s scale-down stabilization
-- static-peak   enough replicas for the trace's peak minute, all the time, pre-warmed
-- oracle        knows the future: sizes every window for the load it will see, launched one cold start
-                ahead, with the same capacity model; a lower bound on cost for the SLO
+- static-peak   the fewest constant replicas that meet the SLO over the trace (found offline), pre-warmed
+- oracle        knows the future: sizes every moment for the load it will see before a pod started
+                now is Ready, with the smallest headroom that meets the SLO (found offline over the
+                trace); the lower bound of cost for the SLO
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from llmscale.policy import History, decide
 from llmscale.policy.ceilings import ceiling_replicas
 
 from .traffic import Trace
-from .twin import Policy, Target, View
+from .twin import Policy, RunResult, Target, Twin, View
 
 
 def _clamp(spec: LLMDeploymentSpec, variant_name: str, n: int) -> Target:
@@ -52,7 +53,7 @@ class LLMScalePolicy(Policy):
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         self.variant = spec.variants[0].name
-        return Target(max(1, spec.replicas.min), self.variant)
+        return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
     def decide(self, view: View) -> Target:
         d = decide(view.spec, view.workload, view.signals, self.history, view.now)
@@ -80,7 +81,7 @@ class HPAGPUUtilPolicy(Policy):
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         self.variant = spec.variants[0].name
-        return Target(max(1, spec.replicas.min), self.variant)
+        return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
     def decide(self, view: View) -> Target:
         w, s = view.workload, view.signals
@@ -115,7 +116,7 @@ class KEDAQueuePolicy(Policy):
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         self.variant = spec.variants[0].name
-        return Target(max(1, spec.replicas.min), self.variant)
+        return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
     def decide(self, view: View) -> Target:
         w, s = view.workload, view.signals
@@ -133,14 +134,44 @@ class KEDAQueuePolicy(Policy):
         return _clamp(view.spec, self.variant, max(1, desired))
 
 
+def _slo_met(spec: LLMDeploymentSpec, r: RunResult) -> bool:
+    """The run meets the SLO as written: the percentile's share of requests within each target."""
+    ttft, itl = spec.slo.ttft, spec.slo.itl_target()
+    return (ttft is None or r.ttft_attainment >= ttft.percentile / 100) and (itl is None or r.itl_attainment >= itl.percentile / 100)
+
+
+class _Fixed(Policy):
+    name = "fixed"
+
+    def __init__(self, n: int, variant: str):
+        self.target = Target(n, variant)
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        return self.target
+
+    def decide(self, view: View) -> Target:
+        return self.target
+
+
 class StaticPeakPolicy(Policy):
+    """The fewest constant replicas that meet the SLO over the whole trace, found offline (pre-warmed)."""
+
     name = "static-peak"
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         v = spec.variants[0].name
-        cap = _trace_capacity(spec, trace, v)
-        n = math.ceil(trace.peak_rate(60.0) / cap) if cap > 0 else spec.replicas.max
-        self.target = _clamp(spec, v, max(1, n))
+        limit, _ = ceiling_replicas(spec, spec.variant(v))
+        lo, hi = max(1, spec.replicas.min), max(1, limit)
+        if not _slo_met(spec, Twin(spec, trace, _Fixed(hi, v), cold_start).run()):
+            self.target = _clamp(spec, v, hi + 1)  # even the ceiling misses: run at it, report capped
+            return self.target
+        while lo < hi:  # attainment grows with replicas: bisect for the smallest that meets the SLO
+            mid = (lo + hi) // 2
+            if _slo_met(spec, Twin(spec, trace, _Fixed(mid, v), cold_start).run()):
+                hi = mid
+            else:
+                lo = mid + 1
+        self.target = _clamp(spec, v, hi)
         return self.target
 
     def decide(self, view: View) -> Target:
@@ -148,10 +179,14 @@ class StaticPeakPolicy(Policy):
 
 
 class OraclePolicy(Policy):
-    """Sizes each moment for the peak 30 s rate it will see before a pod started now could be Ready."""
+    """Knows the future: at each moment, replicas for the peak 30 s rate it will see before a pod
+    started now could be Ready, with the smallest capacity headroom (found offline over the whole
+    trace) that meets the SLO. The lower bound of cost for the SLO among look-ahead policies."""
 
     name = "oracle"
-    headroom = 1.0
+
+    def __init__(self, headroom: float | None = None):
+        self.headroom = headroom
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         self.variant = spec.variants[0].name
@@ -162,12 +197,23 @@ class OraclePolicy(Policy):
         for a in trace.arrivals:
             bins[int(a.t // 30)] = bins.get(int(a.t // 30), 0) + 1
         self.rate = bins
+        if self.headroom is None:
+            lo, hi = 0.3, 1.0
+            while hi < 64 and not _slo_met(spec, Twin(spec, trace, OraclePolicy(hi), cold_start).run()):
+                lo, hi = hi, hi * 2
+            for _ in range(7):
+                mid = (lo + hi) / 2
+                if _slo_met(spec, Twin(spec, trace, OraclePolicy(mid), cold_start).run()):
+                    hi = mid
+                else:
+                    lo = mid
+            self.headroom = hi
         return self._need(0.0)
 
     def _need(self, now: float) -> Target:
         first, last = int(now // 30), int((now + self.lead + 30) // 30)
         peak = max((self.rate.get(b, 0) for b in range(first, last + 1)), default=0) / 30.0
-        return _clamp(self.spec, self.variant, max(1, math.ceil(peak * self.headroom / self.cap)))
+        return _clamp(self.spec, self.variant, max(1, math.ceil(peak * (self.headroom or 1.0) / self.cap)))
 
     def decide(self, view: View) -> Target:
         return self._need(view.now)

@@ -63,6 +63,7 @@ class View:
 
 class Policy:
     name = "policy"
+    initial: int | None = None  # the warm fleet the twin hands adaptive policies at t=0
 
     def interval(self, spec: LLMDeploymentSpec) -> float:
         return parse_duration(spec.scaling.interval)
@@ -97,6 +98,27 @@ class RunResult:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
 
 
+def warm_start(spec: LLMDeploymentSpec, trace: Trace) -> int:
+    """Replicas for the trace's first minute at the SLO: every adaptive policy starts from the
+    same warm fleet, as it would when it takes over a running service."""
+    from llmscale.perf.capacity import simulated_capacity
+    from llmscale.perf.hardware import server_profile
+
+    v = spec.variants[0]
+    first = [a for a in trace.arrivals if a.t < 60.0]
+    if not first:
+        return max(1, spec.replicas.min)
+    mean_in = sum(a.input_tokens for a in first) / len(first)
+    mean_out = sum(a.output_tokens for a in first) / len(first)
+    itl, ttft = spec.slo.itl_target(), spec.slo.ttft
+    cap = simulated_capacity(server_profile(spec.model, v.accelerator, v.gpus_per_replica), mean_in, mean_out,
+                             itl.seconds if itl else None, ttft.seconds if ttft else None,
+                             itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
+    limit, _ = ceiling_replicas(spec, v)
+    n = math.ceil(len(first) / 60.0 / cap.requests_per_s) if cap.requests_per_s > 0 else limit
+    return max(1, spec.replicas.min, min(n, limit))
+
+
 def _pct(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
         return math.nan
@@ -117,10 +139,12 @@ class Twin:
         self.spec = spec
         self.trace = trace
         self.policy = policy
-        self.cold = {v.name: cold_start_s.get(v.name, 90.0) if cold_start_s else (parse_duration(v.cold_start) if v.cold_start else 90.0) for v in spec.variants}
+        self.cold = {}
         for v in spec.variants:
-            if v.cold_start and (not cold_start_s or v.name not in cold_start_s):
-                self.cold[v.name] = parse_duration(v.cold_start)
+            if cold_start_s and v.name in cold_start_s:
+                self.cold[v.name] = cold_start_s[v.name]
+            else:
+                self.cold[v.name] = parse_duration(v.cold_start) if v.cold_start else 90.0
         self.pool = dict(gpu_pool) if gpu_pool else {}
         self.progress = progress
         self.pods: list[Pod] = []
@@ -285,6 +309,8 @@ class Twin:
         arrivals = self.trace.arrivals
         end = (arrivals[-1].t if arrivals else 0.0) + 1.0
         interval = self.policy.interval(spec)
+        if self.policy.initial is None:
+            self.policy.initial = warm_start(spec, self.trace)
         self.target = self.policy.start(spec, self.trace, self.cold)
         # Pre-warm the starting fleet (it exists before the trace begins).
         variant = spec.variant(self.target.variant)
