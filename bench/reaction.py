@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds/llmdeployments.llmscale.io.yaml"))
     kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmscale.io")
-    subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", "delete", "ns", NS, "--wait=true"], capture_output=True)
+    subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", "delete", "ns", NS, "--wait=true", "--timeout=60s"],
+                   capture_output=True)
     kubectl("create", "ns", NS)
     log = open(STATE / "logs" / "operator-bench.log", "wb")
     op = subprocess.Popen([sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "kubeconfig"),
@@ -120,14 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("llmscale-ls", "llmscale-hpa"):
             traffic(name, args.step_from)
         print(f"warming up at {args.step_from:g} req/s for 60 s ...", file=sys.stderr)
+        # Both start from the same single warm replica: the HPA rule runs from the step on (on
+        # DCGM duty cycle it would otherwise climb during the warm-up, since one request keeps a
+        # GPU "100% utilised").
         recs: list[tuple[float, int]] = []
-        warm_end = time.time() + 60
-        next_hpa = time.time()
-        while time.time() < warm_end:
-            if time.time() >= next_hpa:
-                hpa_step(prom, "llmscale-hpa", recs)
-                next_hpa += 15
-            time.sleep(1)
+        time.sleep(60)
         start = {n: replicas(n) for n in ("llmscale-ls", "llmscale-hpa")}
         step_at = time.time()
         for name in start:
@@ -178,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 traffic(name, 0)
             except OSError:
                 pass
+        # Delete while the operator still runs: it releases its finalizers on the way out.
+        subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", "delete", "ns", NS, "--wait=true", "--timeout=60s"],
+                       capture_output=True)
         op.terminate()
         op.wait(20)
-        subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", "delete", "ns", NS, "--wait=false"], capture_output=True)
     return 0
 
 

@@ -132,3 +132,20 @@ def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object,
     s = wait_for("the decision to say why", explained, 30)
     assert float(s["hourlyCost"]) <= 8.0
     assert _cond(bed, namespace, "BudgetLimited")["status"] == "True"
+
+
+def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, namespace: str) -> None:
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace))
+    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("chat", namespace), 60)
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "chat-hpa", "namespace": namespace},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"}, "minReplicas": 1, "maxReplicas": 4,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
+    bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(hpa))
+    cond = wait_for("CompetingAutoscaler=True", lambda: (c := _cond(bed, namespace, "CompetingAutoscaler")).get("status") == "True" and c, 60)
+    assert "HorizontalPodAutoscaler chat-hpa" in cond["message"]
+    bed.traffic(namespace, "chat", rate=40, meanInput=1000, meanOutput=200)
+    time.sleep(20)
+    # llmscale would scale up, but reports instead of acting.
+    assert _replicas(bed, namespace) == 1
+    assert _status(bed, namespace)["lastDecision"]["applied"] is False
+    bed.traffic(namespace, "chat", rate=0)

@@ -150,7 +150,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     if forecast is not None and peak is not None and peak > forecast:
         forecast = peak
     if forecast is not None and signals.requests_waiting:
-        forecast += signals.requests_waiting / max(horizon, 1.0)  # drain today's queue within the horizon
+        # Drain today's queue within the horizon, but never plan on draining faster than in two
+        # minutes: a burst's backlog is transient and would otherwise overshoot to the ceiling.
+        forecast += signals.requests_waiting / max(horizon, 120.0)
 
     # 4. plan ---------------------------------------------------------------------------------
     planned: int | None = None
