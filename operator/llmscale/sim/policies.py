@@ -64,74 +64,71 @@ class LLMScalePolicy(Policy):
         return Target(d.to_replicas, d.variant, capped)
 
 
-class HPAGPUUtilPolicy(Policy):
-    """The Kubernetes HPA algorithm (pkg/controller/podautoscaler) on an external GPU-util metric."""
+class _HPAAlgorithm(Policy):
+    """The Kubernetes HPA algorithm (pkg/controller/podautoscaler) at its defaults: a 10 % tolerance
+    on the usage ratio, 300 s scale-down stabilization (highest recommendation wins), and scale-up
+    limited to max(4 pods, 100 %) per sync. Subclasses say what the desired count is."""
 
-    name = "hpa-gpu-util"
-    target_util = 0.70
     tolerance = 0.10
     down_window_s = 300.0
+    sync_s = 15.0
 
     def __init__(self) -> None:
         self.recs: list[tuple[float, int]] = []
         self.variant = ""
 
     def interval(self, spec: LLMDeploymentSpec) -> float:
-        return 15.0
+        return self.sync_s
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         self.variant = spec.variants[0].name
         return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
-    def decide(self, view: View) -> Target:
-        w, s = view.workload, view.signals
-        current = w.replicas
-        util = s.gpu_utilization
-        if util is None or w.ready == 0:
-            return Target(current, self.variant)
-        ratio = util / self.target_util
-        desired = current if abs(ratio - 1) <= self.tolerance else math.ceil(w.ready * ratio)
-        self.recs = [(t, r) for t, r in self.recs if view.now - t <= self.down_window_s] + [(view.now, desired)]
-        if desired < current:
-            desired = min(current, max(r for _, r in self.recs))
-        if desired > current:
-            desired = min(desired, max(current + 4, 2 * current))
-        return _clamp(view.spec, self.variant, desired)
-
-
-class KEDAQueuePolicy(Policy):
-    """KEDA's Prometheus scaler on the vLLM queue (AverageValue target), through the HPA it creates."""
-
-    name = "keda-queue"
-    threshold = 5.0
-    tolerance = 0.10
-    down_window_s = 300.0
-
-    def __init__(self) -> None:
-        self.recs: list[tuple[float, int]] = []
-        self.variant = ""
-
-    def interval(self, spec: LLMDeploymentSpec) -> float:
-        return 30.0
-
-    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
-        self.variant = spec.variants[0].name
-        return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
+    def desired(self, view: View) -> int | None:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def decide(self, view: View) -> Target:
-        w, s = view.workload, view.signals
-        current = w.replicas
-        if s.requests_waiting is None:
-            return Target(current, self.variant)  # KEDA fallback is off by default: keep
-        desired = math.ceil(s.requests_waiting / self.threshold)
-        if current > 0 and abs(s.requests_waiting / (self.threshold * current) - 1) <= self.tolerance:
-            desired = current
+        current = view.workload.replicas
+        desired = self.desired(view)
+        if desired is None:
+            return Target(current, self.variant)  # no metric: the HPA keeps the count
         self.recs = [(t, r) for t, r in self.recs if view.now - t <= self.down_window_s] + [(view.now, desired)]
         if desired < current:
             desired = min(current, max(r for _, r in self.recs))
         if desired > current:
             desired = min(desired, max(current + 4, 2 * current))
         return _clamp(view.spec, self.variant, max(1, desired))
+
+
+class HPAGPUUtilPolicy(_HPAAlgorithm):
+    """HPA on DCGM GPU utilisation (an external metric through an adapter), target 70 %."""
+
+    name = "hpa-gpu-util"
+    target_util = 0.70
+
+    def desired(self, view: View) -> int | None:
+        w, util = view.workload, view.signals.gpu_utilization
+        if util is None or w.ready == 0:
+            return None
+        ratio = util / self.target_util
+        return w.replicas if abs(ratio - 1) <= self.tolerance else math.ceil(w.ready * ratio)
+
+
+class KEDAQueuePolicy(_HPAAlgorithm):
+    """KEDA's Prometheus scaler on vllm:num_requests_waiting (AverageValue threshold 5 per replica,
+    30 s polling), through the HPA it creates."""
+
+    name = "keda-queue"
+    threshold = 5.0
+    sync_s = 30.0
+
+    def desired(self, view: View) -> int | None:
+        current, waiting = view.workload.replicas, view.signals.requests_waiting
+        if waiting is None:
+            return None  # KEDA's fallback is off by default
+        if current > 0 and abs(waiting / (self.threshold * current) - 1) <= self.tolerance:
+            return current
+        return math.ceil(waiting / self.threshold)
 
 
 def _slo_met(spec: LLMDeploymentSpec, r: RunResult) -> bool:
