@@ -78,18 +78,21 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
 
 
 def refine_correction(correction: float, attainment: float | None, target_share: float, breach_ratio: float | None,
-                      settled: bool = True) -> float:
+                      settled: bool = True, per_ready_rate: float | None = None, seed_capacity: float = 0.0) -> float:
     """Learn how far the seeded capacity is from what the replicas really do, from the SLO itself.
 
     An integral controller on the error budget: while fewer requests than the SLO's percentile
     meet the target, each decision trims the capacity estimate by 20% (so more replicas are
-    planned); while the SLO is met with room to spare, it grows back by 2%. Nothing is learnt
-    while replicas are starting (their backlog says nothing about capacity).
+    planned). It grows back by 2% per decision only on evidence gathered at load: the SLO met with
+    room to spare while each Ready replica carries at least 70% of what the estimate says it can
+    (meeting the SLO at light load proves nothing about capacity). Nothing is learnt while replicas
+    are starting (their backlog says nothing about capacity).
     """
     if attainment is None or not settled:
         return correction
     if attainment < target_share:
         correction *= 0.8
-    elif breach_ratio is not None and breach_ratio < 0.8:
+    elif (breach_ratio is not None and breach_ratio < 0.8 and per_ready_rate is not None and seed_capacity > 0
+          and per_ready_rate >= 0.7 * seed_capacity * correction):
         correction *= 1.02
     return min(CORRECTION_MAX, max(CORRECTION_MIN, correction))

@@ -124,12 +124,14 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     breach_ratio = max(ratios) if ratios else None
     rate = signals.request_rate
     ready = workload.ready
-    rate / ready if rate is not None and ready > 0 else None
+    per_ready = rate / ready if rate is not None and ready > 0 else None
 
     settled = workload.starting == 0 and workload.pending_unschedulable == 0 and workload.ready == workload.replicas
     target_share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
-    correction = refine_correction(hist.capacity_correction, signals.ttft_attainment, target_share, breach_ratio, settled)
     mix = token_mix(signals, hist.mean_input, hist.mean_output)
+    seed = variant_capacity(spec, variant, signals, 1.0, mix)
+    correction = refine_correction(hist.capacity_correction, signals.ttft_attainment, target_share, breach_ratio, settled,
+                                   per_ready, seed.per_replica)
     hist = History(**{**hist.__dict__, "mean_input": mix[0], "mean_output": mix[1]})
     cap = variant_capacity(spec, variant, signals, correction, mix)
     if not cap.feasible:
