@@ -4,6 +4,7 @@ window, GPUs exhausted, Prometheus down and back, a cost ceiling lowered under t
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -69,6 +70,11 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
         time.sleep(2)
     wait_for("a scale-down after the window", lambda: _replicas(bed, namespace) < high, 150, 2)
     assert _status(bed, namespace)["lastDecision"]["action"] == "ScaleDown"
+    # Graceful scale-down: the pods were ranked by in-flight work for the ReplicaSet to pick from.
+    pods = bed.core.list_namespaced_pod(namespace, label_selector="llmscale.io/deployment=chat").items
+    costs = [(p.metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost") for p in pods
+             if p.metadata.deletion_timestamp is None]
+    assert costs and all(c is not None and int(c) >= 0 for c in costs), costs
 
 
 def test_gpus_exhausted_leave_pods_pending_without_runaway(bed: Bed, operator: object, namespace: str) -> None:
@@ -132,6 +138,11 @@ def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object,
     s = wait_for("the decision to say why", explained, 30)
     assert float(s["hourlyCost"]) <= 8.0
     assert _cond(bed, namespace, "BudgetLimited")["status"] == "True"
+    # `llmscale explain` prints the inputs and the rule that fired.
+    out = subprocess.run([sys.executable, "-m", "llmscale.cli", "explain", "chat", "-n", namespace, "--kubeconfig",
+                          str(bed.kubeconfig), "--prometheus-url", bed.prom_url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "decision now:" in out.stdout and "BudgetLimitedCost" in out.stdout and "TTFT p95" in out.stdout, out.stdout
 
 
 def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, namespace: str) -> None:

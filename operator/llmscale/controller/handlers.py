@@ -65,12 +65,11 @@ class Runtime:
 
 
 def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str) -> None:
-    conds, changes = merge_conditions(status.get("conditions"), {"Ready": ("False", reason, message)}, time.time(),
-                                      body["metadata"].get("generation"))
+    conds, _changes = merge_conditions(status.get("conditions"), {"Ready": ("False", reason, message)}, time.time(),
+                                       body["metadata"].get("generation"))
     patch.status["conditions"] = conds
     patch.status["observedGeneration"] = body["metadata"].get("generation")
-    if changes or True:
-        kopf.warn(body, reason=reason, message=message)
+    kopf.warn(body, reason=reason, message=message)
 
 
 def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | None:
@@ -107,8 +106,8 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     if spec is None:
         return
     dep = Runtime.kube.deployment(namespace, name)
-    variant = st.get("variant") or (dep.spec.template.metadata.labels or {}).get("llmscale.io/variant") if dep else st.get("variant")
-    variant = spec.variant(variant).name
+    running_variant = (dep.spec.template.metadata.labels or {}).get("llmscale.io/variant") if dep else None
+    variant = spec.variant(st.get("variant") or running_variant).name
     limit, _why = ceiling_replicas(spec, spec.variant(variant))
     if dep is not None and dep.spec.replicas is not None:
         replicas = dep.spec.replicas  # the timer owns the count once the workload exists
@@ -171,29 +170,25 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     dep = kube.deployment(namespace, name)
     if dep is None:
         return  # reconcile() creates it
-    pods = kube.pods(namespace, name)
-    cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
-    competing = kube.competing_autoscaler(namespace, name) if now - last_ts >= interval else memo.get("competing")
-    memo["competing"] = competing
-    workload = observe_workload(dep, pods, cold, competing)
-    v = spec.variant(workload.variant)
-    cost = hourly_cost(spec, v, workload.replicas)
-    # Cheap refresh on every tick: replica counts for kubectl get.
-    patch.status.update({
-        "replicas": workload.replicas,
-        "readyReplicas": workload.ready,
-        "startingReplicas": workload.starting,
-        "variant": v.name,
-        "gpus": workload.replicas * v.gpus_per_replica,
-        "hourlyCost": f"{cost:.2f}" if cost is not None else None,
-        "coldStartSeconds": workload.cold_start_s or None,
-        "selector": f"llmscale.io/deployment={name}",
-    })
-    m.CURRENT.labels(namespace, name).set(workload.replicas)
-    m.READY.labels(namespace, name).set(workload.ready)
-    if now - last_ts < interval - 0.5 and last is not None:
+    deciding = last is None or now - last_ts >= interval - 0.5
+    if not deciding:
+        # Between decisions only the replica counts are refreshed (for kubectl get), from the
+        # Deployment already read: no pod list, no autoscaler lookup on this hot path.
+        v = spec.variant((dep.spec.template.metadata.labels or {}).get("llmscale.io/variant"))
+        replicas, ready = dep.spec.replicas or 0, (dep.status.ready_replicas if dep.status else 0) or 0
+        _refresh_counts(patch, spec, v, replicas, ready, namespace, name)
         return
     memo["last_decision"] = now
+    pods = kube.pods(namespace, name)
+    cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
+    competing = kube.competing_autoscaler(namespace, name)
+    workload = observe_workload(dep, pods, cold, competing)
+    v = spec.variant(workload.variant)
+    _refresh_counts(patch, spec, v, workload.replicas, workload.ready, namespace, name)
+    patch.status.update({
+        "startingReplicas": workload.starting,
+        "coldStartSeconds": workload.cold_start_s or None,
+    })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
     history = History.from_dict(st.get("history"))
@@ -253,6 +248,21 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))
+
+
+def _refresh_counts(patch: kopf.Patch, spec: LLMDeploymentSpec, v: Any, replicas: int, ready: int,
+                    namespace: str, name: str) -> None:
+    cost = hourly_cost(spec, v, replicas)
+    patch.status.update({
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "variant": v.name,
+        "gpus": replicas * v.gpus_per_replica,
+        "hourlyCost": f"{cost:.2f}" if cost is not None else None,
+        "selector": f"llmscale.io/deployment={name}",
+    })
+    m.CURRENT.labels(namespace, name).set(replicas)
+    m.READY.labels(namespace, name).set(ready)
 
 
 def signals_pod_load(namespace: str, name: str) -> dict[str, float]:

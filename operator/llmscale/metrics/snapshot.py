@@ -41,7 +41,7 @@ def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[dict
     return out
 
 
-def _buckets(samples: list[dict[str, Any]], edges: tuple[float, ...]) -> list[float] | None:
+def _buckets(samples: list[dict[str, Any]]) -> list[float] | None:
     """Cumulative per-second bucket rates ordered by le, +Inf last; None if incomplete."""
     by_le: dict[float, float] = {}
     for s in samples:
@@ -115,7 +115,7 @@ def build_signals(
         if stale:
             unknown[label] = "stale"
             return None, None
-        cum = _buckets(samples, ())
+        cum = _buckets(samples)
         edges = _edges(samples)
         if cum is None or len(cum) != len(edges) + 1:
             unknown[label] = "incomplete histogram"
@@ -148,8 +148,6 @@ def build_signals(
     if pending is not None:
         waiting = (waiting or 0.0) + pending
         unknown.pop("requestsWaiting", None)
-        if vals.get("requestRate") is None and pending == 0 and "requestRate" in unknown and not stale:
-            pass
     return Signals(
         ttft_quantile=ttft_q,
         itl_quantile=itl_q,

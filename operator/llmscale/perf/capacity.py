@@ -9,9 +9,12 @@ time keeps the inter-token target, whose KV cache holds the batch, and whose fir
 
 from __future__ import annotations
 
+import functools
 import math
+import random  # seeded below: every result is deterministic
 from dataclasses import dataclass
 
+from .engine import Engine, Request
 from .hardware import ServerProfile
 
 
@@ -105,10 +108,6 @@ def replica_capacity(
 # So the capacity the policy plans with comes from running the engine simulator itself on a
 # synthetic Poisson workload with the observed token mix, bracketed by the closed form.
 
-import functools  # noqa: E402
-import random  # noqa: E402  (seeded: the result is deterministic)
-
-from .engine import Engine, Request  # noqa: E402
 
 # Lognormal spread of prompt and output lengths. Real prompt lengths are bounded by the context
 # window, so their tail is lighter than a lognormal fitted to mean and median suggests (the Azure

@@ -154,7 +154,6 @@ class Engine:
         )
 
     def _finish_due(self) -> None:
-        c = self.counters
         while self.running and self.running[0][0] <= self.counter:
             _, rid = heapq.heappop(self.running)
             req, admitted, first, start = self.meta.pop(rid)
@@ -162,7 +161,6 @@ class Engine:
             self.sum_start_running -= start
             self.kv_reserved -= req.input_tokens + req.output_tokens
             self._complete(req, admitted, first)
-        del c
 
     def _complete(self, req: Request, admitted: float, first: float) -> None:
         c = self.counters

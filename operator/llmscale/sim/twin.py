@@ -194,7 +194,6 @@ class Twin:
         other = [p for p in live if p.variant.name != variant.name]
         if len(same) < target.replicas:
             # Make before break: new-shape pods start while old ones serve, inside the ceilings.
-            limit, _ = ceiling_replicas(spec, variant)
             for _ in range(target.replicas - len(same)):
                 if not self._fits(variant):
                     break
