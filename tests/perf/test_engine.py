@@ -57,3 +57,13 @@ def test_capacity_orders_gpus_sensibly() -> None:
     l4 = replica_capacity(server_profile("Llama-3.1-8B", "nvidia-l4", 1), 1000, 200, 0.03, None)
     assert l4.requests_per_s == 0 and l4.limited_by.startswith("infeasible")
     assert not server_profile("Llama-3.1-70B", "nvidia-h100", 1).fits
+
+
+def test_a_fleet_pools_long_prompts() -> None:
+    """Behind a least-outstanding router a replica busy with a long prefill is passed over, so with
+    long, spread prompts a replica in a fleet sustains more than it does alone; never less."""
+    alone = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99)
+    in_four = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=4)
+    assert in_four.requests_per_s > 1.2 * alone.requests_per_s > 0
+    # Fleet sizes between the simulated ones round down: pooling gains are never overstated.
+    assert simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=5) == in_four

@@ -54,7 +54,7 @@ CASES = [
          spec={"replicas": {"min": 1, "max": 16}, "scaling": {"scaleUp": {"maxStep": 100}}, "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4"}}}),
     Case("maxHourlyCost caps the scale-up", Workload("h100x1", 4, 4), healthy(500.0, ttft=3.0), 5, (Code.BUDGET_COST,),
          spec={"scaling": {"scaleUp": {"maxStep": 100}}, "cost": {"maxHourlyCost": "20", "prices": {"nvidia-h100": "4"}}}),
-    Case("cost ceiling lowered below spend: down to the ceiling", Workload("h100x1", 6, 6), healthy(60.0), 3, (Code.BUDGET_COST,),
+    Case("cost ceiling lowered below spend: down to the ceiling", Workload("h100x1", 6, 6), healthy(120.0), 3, (Code.BUDGET_COST,),
          spec={"scaling": {"scaleDown": {"maxStep": 10, "stabilizationWindow": "0s"}}, "cost": {"maxHourlyCost": "12", "prices": {"nvidia-h100": "4"}}}),
     Case("below min is raised", Workload("h100x1", 1, 1), healthy(0.5), 2, (Code.AT_MIN,), spec={"replicas": {"min": 2, "max": 8}}),
     Case("idle, scale to zero enabled, idle long enough", Workload("h100x1", 1, 1), healthy(0.0, running=0), 0, (Code.SCALE_TO_ZERO,),
@@ -79,6 +79,16 @@ CASES = [
          spec={"variants": [{"name": "l4x1", "accelerator": "nvidia-l4"}], "slo": {"interTokenLatency": {"target": "20ms"}}}),
     Case("replicas still loading count as capacity", Workload("h100x1", 4, 2, starting=2), healthy(12.0, ttft=0.6), 4,
          (Code.COLD_START,)),
+    Case("a queue seen once is a blip: look again", Workload("h100x1", 2, 2), healthy(12.0, waiting=5, running=8), "="),
+    Case("a queue seen twice scales up", Workload("h100x1", 2, 2), healthy(12.0, waiting=5, running=8), ">", (Code.QUEUE_GROWING,),
+         history=History(queued_at=10_000.0 - 15.0)),
+    Case("a queue far beyond the TTFT target acts at once", Workload("h100x1", 2, 2), healthy(12.0, waiting=30, running=8), ">",
+         (Code.QUEUE_GROWING,)),
+    Case("a p95 over target by chance is not a breach", Workload("h100x1", 2, 2),
+         Signals(ttft_quantile=0.6, ttft_attainment=0.93, itl_quantile=0.03, request_rate=3.33, prompt_tokens_rate=3330,
+                 generation_tokens_rate=666, requests_waiting=0, requests_running=4, sampled_at=0.0), "="),
+    Case("a breach from the backlog before replicas became Ready waits", Workload("h100x1", 4, 4), healthy(12.0, ttft=0.8), "=",
+         (Code.COLD_START,), history=History(ready_seen=2)),
 ]
 
 

@@ -318,7 +318,7 @@ class Scaling(_Model):
         None, ge=0, le=1000, description="Replica count applied in Paused mode; the target of `kubectl scale`."
     )
     target_utilization: float = Field(
-        0.6, gt=0, le=1, description="Share of a replica's SLO capacity to plan for; headroom absorbs bursts and forecast error."
+        0.85, gt=0, le=1, description="Share of the fleet's SLO capacity to plan for; the rest absorbs forecast error within a cold start. Capacity is already the load at which the SLO percentile is just met, so this is headroom on top of it."
     )
 
     @field_validator("interval")

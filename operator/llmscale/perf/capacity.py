@@ -107,6 +107,12 @@ def replica_capacity(
 # the spread of prompt and output lengths (a long prompt's prefill delays everyone's next token).
 # So the capacity the policy plans with comes from running the engine simulator itself on a
 # synthetic Poisson workload with the observed token mix, bracketed by the closed form.
+#
+# A fleet is more than the sum of its replicas: the router sends new requests away from a
+# replica busy with a long prefill, so the tail a lone replica shows (everyone queued behind the
+# 80k-token prompt) mostly disappears with pooling. With long, spread prompts a replica in a fleet
+# of eight sustains nearly twice what it does alone. So capacity is simulated for the fleet size
+# being planned, with the same least-outstanding-requests routing as the twin and the gateway.
 
 
 # Lognormal spread of prompt and output lengths. Real prompt lengths are bounded by the context
@@ -116,10 +122,13 @@ DEFAULT_SIGMA_IN = 0.7
 DEFAULT_SIGMA_OUT = 1.0
 
 
-def _round_sig(x: float, sig: int = 2) -> float:
-    if x <= 0:
-        return 0.0
-    return round(x, sig - 1 - int(math.floor(math.log10(abs(x)))))
+MIX_GRID = 1.05  # token means are snapped to a 5% log grid: the cache then serves nearby mixes
+
+
+def _snap(x: float) -> float:
+    if x <= 1:
+        return 1.0
+    return round(MIX_GRID ** round(math.log(x) / math.log(MIX_GRID)), 1)
 
 
 def simulated_capacity(
@@ -133,23 +142,34 @@ def simulated_capacity(
     sigma_in: float = DEFAULT_SIGMA_IN,
     sigma_out: float = DEFAULT_SIGMA_OUT,
     max_prompt: int | None = None,
+    replicas: int = 1,
 ) -> Capacity:
-    """Largest Poisson arrival rate whose simulated TTFT and ITL percentiles meet the targets."""
-    return _simulated(profile, _round_sig(max(1.0, mean_in)), _round_sig(max(1.0, mean_out)),
+    """Largest Poisson arrival rate per replica whose simulated TTFT and ITL percentiles meet the
+    targets, for a fleet of `replicas` behind a least-outstanding-requests router."""
+    return _simulated(profile, _snap(mean_in), _snap(mean_out),
                       None if itl_target_s is None else round(itl_target_s, 4),
                       None if ttft_target_s is None else round(ttft_target_s, 4),
-                      itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt)
+                      itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt, fleet_size(replicas))
+
+
+FLEET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def fleet_size(replicas: int) -> int:
+    """The simulated fleet size standing in for `replicas`: the largest size at or below it
+    (pooling gains flatten out; rounding down never overstates them)."""
+    return max([n for n in FLEET_SIZES if n <= max(1, replicas)])
 
 
 @functools.lru_cache(maxsize=4096)
 def _simulated(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
                itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
-               max_prompt: int | None = None) -> Capacity:
+               max_prompt: int | None = None, replicas: int = 1) -> Capacity:
     closed = replica_capacity(profile, mean_in, mean_out, itl_t, ttft_t)
     if closed.requests_per_s <= 0 and closed.limited_by.startswith("infeasible"):
         return closed
     rng = random.Random(12345)
-    n = 2000
+    n = max(2000, 250 * replicas)
     mu_in = math.log(mean_in) - sigma_in**2 / 2
     mu_out = math.log(mean_out) - sigma_out**2 / 2
     cap_in = max(1, min(profile.kv_capacity_tokens // 2, max_prompt or 1 << 30))  # vLLM rejects longer prompts
@@ -158,14 +178,19 @@ def _simulated(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: f
     gaps = [rng.expovariate(1.0) for _ in range(n)]
 
     def check(lam: float) -> tuple[bool, str]:
-        e = Engine(profile, record=True)
+        fleet = [Engine(profile, record=True) for _ in range(replicas)]
         t = 0.0
         for i, (a, b) in enumerate(toks):
-            t += gaps[i] / lam
-            e.advance(t)
-            e.submit(Request(i, t, a, b))
-        e.advance(t + 3600)
-        done = e.drain_finished()[n // 5 :]  # skip the warm-up fifth
+            t += gaps[i] / (lam * replicas)
+            for e in fleet:
+                e.advance(t)
+            min(fleet, key=lambda e: e.outstanding).submit(Request(i, t, a, b))
+        done = []
+        for e in fleet:
+            e.advance(t + 3600)
+            done += e.drain_finished()
+        done.sort(key=lambda f: f.id)
+        done = done[n // 5 :]  # skip the warm-up fifth
         if not done:
             return False, "throughput"
         tt = sorted(f.ttft_s for f in done)

@@ -3,6 +3,7 @@ corrected online from observed load versus observed latency."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
@@ -14,7 +15,7 @@ from .types import Signals
 # Token mix assumed before any traffic has been seen (chat-like).
 DEFAULT_MEAN_INPUT = 1024.0
 DEFAULT_MEAN_OUTPUT = 256.0
-CORRECTION_MIN, CORRECTION_MAX = 0.25, 4.0
+CORRECTION_MIN, CORRECTION_MAX = 0.1, 4.0
 
 
 @dataclass(frozen=True)
@@ -43,23 +44,31 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return None
 
 
-MIX_SMOOTHING = 0.2  # weight of the newest token mix in the moving average
+MIX_SMOOTHING = 0.05  # weight of the newest window's token mix: a time constant of ~20 decisions
 
 
 def token_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float, float]:
     """The token mix to plan for: an exponential moving average of what the counters show, so one
-    window of long prompts does not swing the capacity estimate."""
-    def ewma(prev: float | None, new: float | None, default: float) -> float:
+    window of long prompts does not swing the capacity estimate (with heavy-tailed prompts a
+    minute's mean moves by a third from one window to the next)."""
+    mean_in, mean_out = observed_mix(signals, prev_in, prev_out)
+    return (DEFAULT_MEAN_INPUT if mean_in is None else mean_in, DEFAULT_MEAN_OUTPUT if mean_out is None else mean_out)
+
+
+def observed_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float | None, float | None]:
+    """The moving average of what has been observed, None before the first observation (the
+    chat-like default must not become the starting point the average crawls away from)."""
+    def ewma(prev: float | None, new: float | None) -> float | None:
         if new is None:
-            return prev if prev is not None else default
+            return prev
         return new if prev is None else prev + MIX_SMOOTHING * (new - prev)
 
-    return (ewma(prev_in, signals.mean_input_tokens, DEFAULT_MEAN_INPUT),
-            ewma(prev_out, signals.mean_output_tokens, DEFAULT_MEAN_OUTPUT))
+    return ewma(prev_in, signals.mean_input_tokens), ewma(prev_out, signals.mean_output_tokens)
 
 
 def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                     mix: tuple[float, float] | None = None) -> VariantCapacity:
+                     mix: tuple[float, float] | None = None, replicas: int = 1) -> VariantCapacity:
+    """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps)."""
     profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
     mean_in, mean_out = mix or token_mix(signals)
     itl = spec.slo.itl_target()
@@ -73,26 +82,72 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
         itl_pct=itl.percentile if itl else 95.0,
         ttft_pct=ttft.percentile if ttft else 95.0,
         max_prompt=max_model_len(spec),
+        replicas=replicas,
     )
     return VariantCapacity(variant, cap.requests_per_s * correction, cap.limited_by, profile.unloaded_itl(mean_in + mean_out / 2))
 
 
+def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
+                 mix: tuple[float, float], demand: float, utilization: float) -> tuple[int, VariantCapacity]:
+    """The fewest replicas whose pooled capacity, at `utilization`, carries `demand` req/s, and
+    the per-replica capacity at that fleet size. Pooled capacity grows with the fleet, so the
+    count a lone replica's capacity gives is an upper bound; bisect below it."""
+    single = variant_capacity(spec, variant, signals, correction, mix, 1)
+    if not single.feasible or demand <= 0:
+        return 0, single
+    hi = max(1, math.ceil(demand / (single.per_replica * utilization) - 1e-9))
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cap = variant_capacity(spec, variant, signals, correction, mix, mid)
+        if cap.feasible and mid * cap.per_replica * utilization >= demand - 1e-9:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, variant_capacity(spec, variant, signals, correction, mix, hi)
+
+
+def misses_beyond_chance(attainment: float, target_share: float, observed: float | None) -> bool:
+    """Did more requests miss the target than the SLO allows, beyond what chance explains?
+
+    With n requests in the window and an allowance of (1 - share) * n misses, a count within two
+    standard deviations (Poisson) of the allowance is noise: at a p99 target and 200 requests a
+    minute, three misses instead of two say nothing about capacity. Without a count, any excess
+    counts.
+    """
+    if attainment >= target_share:
+        return False
+    if observed is None or observed <= 0:
+        return True
+    allowed = (1 - target_share) * observed
+    return (1 - attainment) * observed > allowed + 2 * math.sqrt(allowed) + 1
+
+
 def refine_correction(correction: float, attainment: float | None, target_share: float, breach_ratio: float | None,
-                      settled: bool = True, per_ready_rate: float | None = None, seed_capacity: float = 0.0) -> float:
+                      settled: bool = True, per_ready_rate: float | None = None, seed_capacity: float = 0.0,
+                      observed: float | None = None) -> float:
     """Learn how far the seeded capacity is from what the replicas really do, from the SLO itself.
 
-    An integral controller on the error budget: while fewer requests than the SLO's percentile
-    meet the target, each decision trims the capacity estimate by 20% (so more replicas are
-    planned). It grows back by 2% per decision only on evidence gathered at load: the SLO met with
-    room to spare while each Ready replica carries at least 70% of what the estimate says it can
-    (meeting the SLO at light load proves nothing about capacity). Nothing is learnt while replicas
-    are starting (their backlog says nothing about capacity).
+    An integral controller on the error budget. While more requests miss the target than the SLO
+    allows (beyond chance, given `observed` requests in the window) although each Ready replica
+    carried no more than the estimate says it can, the estimate was optimistic: each decision trims
+    it in proportion to the shortfall (twice the missing share, at most by half), so more replicas
+    are planned. Misses at a load above the estimate are the plan's
+    lateness, not the model's error, and teach nothing. It grows back by 2% per decision only on
+    evidence gathered at load: the SLO met with room to spare while each Ready replica carries at
+    least 70% of the estimate (meeting the SLO at light load proves nothing about capacity); and
+    the load they carried so is a lower bound the estimate is raised to at once.
+    `settled` is False while the window still holds a backlog from before the Ready set last grew:
+    then nothing is learnt.
     """
     if attainment is None or not settled:
         return correction
-    if attainment < target_share:
-        correction *= 0.8
+    estimate = seed_capacity * correction
+    if misses_beyond_chance(attainment, target_share, observed):
+        if per_ready_rate is None or seed_capacity <= 0 or per_ready_rate <= estimate:
+            correction *= max(0.5, 1 - 2 * (target_share - attainment))
     elif (breach_ratio is not None and breach_ratio < 0.8 and per_ready_rate is not None and seed_capacity > 0
-          and per_ready_rate >= 0.7 * seed_capacity * correction):
-        correction *= 1.02
+          and per_ready_rate >= 0.7 * estimate):
+        # Replicas that carried this load with room to spare sustain at least this load.
+        correction = max(correction * 1.02, per_ready_rate / seed_capacity)
     return min(CORRECTION_MAX, max(CORRECTION_MIN, correction))

@@ -104,6 +104,9 @@ class History:
     observing_since: float | None = None  # first decision: the windows are covered only after this
     mean_input: float | None = None  # smoothed token mix (EWMA): capacity is sensitive to it
     mean_output: float | None = None
+    queued_at: float | None = None  # the last decision that saw a queue: one sample may be a blip
+    ready_seen: int | None = None  # Ready replicas at the last decision
+    ready_grew_at: float | None = None  # when the Ready count last grew: older windows hold backlog
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +121,9 @@ class History:
             "observingSince": self.observing_since,
             "meanInput": None if self.mean_input is None else round(self.mean_input, 2),
             "meanOutput": None if self.mean_output is None else round(self.mean_output, 2),
+            "queuedAt": self.queued_at,
+            "readySeen": self.ready_seen,
+            "readyGrewAt": self.ready_grew_at,
         }
 
     @staticmethod
@@ -137,6 +143,9 @@ class History:
                 observing_since=d.get("observingSince"),
                 mean_input=d.get("meanInput"),
                 mean_output=d.get("meanOutput"),
+                queued_at=d.get("queuedAt"),
+                ready_seen=d.get("readySeen"),
+                ready_grew_at=d.get("readyGrewAt"),
             )
         except (TypeError, ValueError):
             return History()  # a hand-edited or corrupt status must not crash the operator

@@ -4,7 +4,6 @@ current shape cannot meet the SLO at all."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec
@@ -23,10 +22,11 @@ class VariantPlan:
     fits_ceiling: bool
 
 
-def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, demand: float, utilization: float) -> VariantPlan | None:
+def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, replicas: int) -> VariantPlan | None:
+    """What running `replicas` of a variant (the count its pooled capacity needs) costs."""
     if not cap.feasible:
         return None
-    n = max(spec.replicas.min, 1, math.ceil(demand / (cap.per_replica * utilization)))
+    n = max(spec.replicas.min, 1, replicas)
     limit, _ = ceiling_replicas(spec, cap.variant)
     price = spec.cost.price(cap.variant.accelerator)
     unit = float(price) if price is not None else 1.0

@@ -1,0 +1,53 @@
+"""The capacity step: chance-aware misses, online correction, pooled fleet sizing."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.policy import Signals
+from llmscale.policy.capacity import misses_beyond_chance, refine_correction, replicas_for, variant_capacity
+from tests.conftest import spec_dict
+
+
+@pytest.mark.parametrize(("attainment", "share", "observed", "beyond"), [
+    (0.995, 0.99, 200.0, False),   # within the SLO
+    (0.985, 0.99, 200.0, False),   # 3 misses where 2 are allowed: chance
+    (0.95, 0.99, 200.0, True),     # 10 misses where 2 are allowed
+    (0.985, 0.99, 20000.0, True),  # the same share over many requests is real
+    (0.985, 0.99, None, True),     # no count: any excess counts
+    (0.90, 0.95, 10.0, False),     # one miss in ten requests at p95
+])
+def test_misses_beyond_chance(attainment: float, share: float, observed: float | None, beyond: bool) -> None:
+    assert misses_beyond_chance(attainment, share, observed) is beyond
+
+
+@pytest.mark.parametrize(("name", "kwargs", "expect"), [
+    ("misses at a load the estimate claimed: trim in proportion", dict(attainment=0.90, per_ready_rate=5.0), 0.82),
+    ("deep misses trim by half at most", dict(attainment=0.30, per_ready_rate=5.0), 0.5),
+    ("misses above the estimate are the plan's lateness", dict(attainment=0.90, per_ready_rate=15.0), 1.0),
+    ("backlog from before the Ready set grew teaches nothing", dict(attainment=0.5, per_ready_rate=5.0, settled=False), 1.0),
+    ("met at light load proves nothing", dict(attainment=1.0, breach_ratio=0.3, per_ready_rate=2.0), 1.0),
+    ("met at load grows by 2%", dict(attainment=1.0, breach_ratio=0.5, per_ready_rate=8.0), 1.02),
+    ("met well above the estimate: raised to what was carried", dict(attainment=1.0, breach_ratio=0.5, per_ready_rate=14.0), 1.4),
+    ("near the target is no evidence either way", dict(attainment=1.0, breach_ratio=0.9, per_ready_rate=14.0), 1.0),
+])
+def test_refine_correction(name: str, kwargs: dict, expect: float) -> None:
+    args = dict(correction=1.0, attainment=1.0, target_share=0.99, breach_ratio=1.2, settled=True, seed_capacity=10.0,
+                observed=None)
+    args.update(kwargs)
+    assert refine_correction(**args) == pytest.approx(expect)  # type: ignore[arg-type]
+
+
+def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
+    spec = parse_spec(spec_dict(slo={"ttft": {"target": "10s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}}))
+    v, mix, u = spec.variants[0], (12000.0, 350.0), 0.85
+    for demand in (0.5, 3.0, 9.0):
+        n, cap = replicas_for(spec, v, Signals(), 1.0, mix, demand, u)
+        assert n * cap.per_replica * u >= demand
+        if n > 1:
+            fewer = variant_capacity(spec, v, Signals(), 1.0, mix, n - 1)
+            assert (n - 1) * fewer.per_replica * u < demand
+        alone = variant_capacity(spec, v, Signals(), 1.0, mix, 1)
+        assert n <= -(-demand // (alone.per_replica * u))  # never more than lone replicas would need
+    assert replicas_for(spec, v, Signals(), 1.0, mix, 0.0, u)[0] == 0
