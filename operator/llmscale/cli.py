@@ -44,26 +44,25 @@ def _load_deployment(path: str | None) -> tuple[dict[str, Any], Any]:
         raise CLIError(f"{where}: {explain_errors(e)}") from None
 
 
-def cmd_crds(args: argparse.Namespace) -> int:
-    from .api.crd import crd_yaml
-
-    text = crd_yaml()
-    if args.output:
-        Path(args.output).write_text(text)
+def _emit(text: str, output: str | None) -> int:
+    """Write a generated document to --output, or to stdout."""
+    if output:
+        Path(output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from .api.crd import crd_yaml
+
+    return _emit(crd_yaml(), args.output)
 
 
 def cmd_api_reference(args: argparse.Namespace) -> int:
     from .api.reference import reference_markdown
 
-    text = reference_markdown()
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(reference_markdown(), args.output)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

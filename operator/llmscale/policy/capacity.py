@@ -51,7 +51,11 @@ def token_mix(signals: Signals, prev_in: float | None = None, prev_out: float | 
     """The token mix to plan for: an exponential moving average of what the counters show, so one
     window of long prompts does not swing the capacity estimate (with heavy-tailed prompts a
     minute's mean moves by a third from one window to the next)."""
-    mean_in, mean_out = observed_mix(signals, prev_in, prev_out)
+    return with_defaults(*observed_mix(signals, prev_in, prev_out))
+
+
+def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float, float]:
+    """The mix to plan for: what was observed, the chat-like default where nothing was yet."""
     return (DEFAULT_MEAN_INPUT if mean_in is None else mean_in, DEFAULT_MEAN_OUTPUT if mean_out is None else mean_out)
 
 

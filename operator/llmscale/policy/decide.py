@@ -29,8 +29,8 @@ from .capacity import (
     observed_mix,
     refine_correction,
     replicas_for,
-    token_mix,
     variant_capacity,
+    with_defaults,
 )
 from .ceilings import ceiling_replicas, hourly_cost
 from .forecast import DEFAULT_COLD_START_S, recent_peak, trend_forecast
@@ -137,14 +137,15 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # replicas were started for: it says nothing about what today's replicas sustain.
     grew_at = now if hist.ready_seen is not None and ready > hist.ready_seen else hist.ready_grew_at
     hist = History(**{**hist.__dict__, "ready_seen": ready, "ready_grew_at": grew_at})
-    settled = grew_at is None or now - grew_at > parse_duration(spec.metrics.rate_window)
+    window_s = parse_duration(spec.metrics.rate_window)
+    settled = grew_at is None or now - grew_at > window_s
     target_share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
-    mix = token_mix(signals, hist.mean_input, hist.mean_output)
+    observed_in, observed_out = observed_mix(signals, hist.mean_input, hist.mean_output)
+    mix = with_defaults(observed_in, observed_out)
     seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1))
     correction = refine_correction(hist.capacity_correction, signals.ttft_attainment, target_share, breach_ratio, settled,
                                    per_ready, seed.per_replica,
-                                   rate * parse_duration(spec.metrics.rate_window) if rate is not None else None)
-    observed_in, observed_out = observed_mix(signals, hist.mean_input, hist.mean_output)
+                                   rate * window_s if rate is not None else None)
     hist = History(**{**hist.__dict__, "mean_input": observed_in, "mean_output": observed_out})
     # Capacity per replica in today's fleet (pooling makes it depend on the fleet's size).
     cap = variant_capacity(spec, variant, signals, correction, mix, max(current, 1))
@@ -181,7 +182,6 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     feedback: int | None = None
     # A window's p99 is its second-worst request at 200 requests a minute: a quantile over target
     # is acted on only when more requests missed than the SLO allows, beyond chance.
-    window_s = parse_duration(spec.metrics.rate_window)
     ttft_missed = bool(ttft_t and signals.ttft_quantile is not None and signals.ttft_quantile > ttft_t and (
         signals.ttft_attainment is None or misses_beyond_chance(signals.ttft_attainment, target_share, None if rate is None else rate * window_s)))
     itl_missed = bool(itl_t and itl and signals.itl_quantile is not None and signals.itl_quantile > itl_t and (
