@@ -16,12 +16,13 @@ from typing import Any
 from llmscale.api import parse_spec
 from llmscale.sim.policies import POLICIES, make_policy
 from llmscale.sim.report import Progress, plot
-from llmscale.sim.traffic import Trace, load_trace
+from llmscale.sim.traffic import Trace, load_trace, on_off, scenario
 from llmscale.sim.twin import RunResult, Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces"
 HOLDOUT = ROOT.parent / "holdout" / "traces"
+ONOFF_SEEDS = (11, 12, 13, 14)
 
 
 def deployment(ttft: str, ttft_pct: float, itl: str, max_replicas: int, cold: str = "90s") -> dict[str, Any]:
@@ -56,6 +57,13 @@ def cases() -> list[Case]:
              "ServeGen m-large day shape, 24 h compressed 12x, chat token mix from the Azure trace",
              load={"model": "m-large", "days": 1.0, "mean_rate": 0.5}, speedup=12.0),
     ]
+    # A seeded family of on/off traffic, never tuned on: burst heights, lengths, lulls and cold
+    # starts drawn at random (llmscale.sim.traffic.on_off).
+    for seed in ONOFF_SEEDS:
+        shape = on_off(seed)
+        out.append(Case(f"onoff-{seed}", Path(f"scenario:onoff:{seed}"), 1.0,
+                        deployment("1s", 99, "100ms", 32, f"{shape.cold_start_s:.0f}s"),
+                        f"synthetic on/off, seed {seed}: {len(shape.bursts)} bursts, cold start {shape.cold_start_s:.0f}s"))
     if HOLDOUT.is_dir():
         for f in sorted(HOLDOUT.iterdir()):
             if f.suffix in (".csv", ".jsonl"):
@@ -64,6 +72,8 @@ def cases() -> list[Case]:
 
 
 def load(case: Case) -> Trace:
+    if str(case.file).startswith("scenario:onoff:"):
+        return scenario("onoff", rate=10.0, duration=2400.0, seed=int(str(case.file).rsplit(":", 1)[1]))
     if case.load:
         tokens = load_trace(SHARED / "AzureLLMInferenceTrace_code.csv") if (SHARED / "AzureLLMInferenceTrace_code.csv").exists() else None
         trace = load_trace(case.file, token_source=tokens, **case.load)

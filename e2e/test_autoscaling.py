@@ -55,7 +55,7 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
 
     def recovered() -> bool:
         s = _status(bed, namespace)
-        ttft = (s.get("observed") or {}).get("ttftP95")
+        ttft = (s.get("observed") or {}).get("ttftQuantile")
         return s.get("readyReplicas", 0) >= 3 and ttft is not None and ttft <= 0.25 and s.get("sloMet") == "Met"
 
     wait_for("TTFT p95 back under the SLO", recovered, 150, 2)

@@ -171,7 +171,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     status = obj.get("status") or {}
     dep = kube.deployment(args.namespace, args.name)
     pods = kube.pods(args.namespace, args.name)
-    workload = observe_workload(dep, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
+    workload, _ = observe_workload(dep, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
                                 kube.competing_autoscaler(args.namespace, args.name))
     url = args.prometheus_url or spec.metrics.prometheus_url or OperatorSettings().prometheus_url
     now = time.time()

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
-from llmscale.perf import Engine, Request, server_profile
-from llmscale.perf.capacity import replica_capacity, simulated_capacity
+from llmscale.perf import Engine, Request, buckets, server_profile
+from llmscale.perf.capacity import (
+    DEFAULT_SIGMA_IN,
+    DEFAULT_SIGMA_OUT,
+    _simulated,
+    _snap,
+    replica_capacity,
+    simulated_capacity,
+)
+from llmscale.perf.histogram import histogram_quantile
 
 PROFILE = server_profile("Llama-3.1-8B", "nvidia-h100", 1)
 
@@ -65,5 +76,34 @@ def test_a_fleet_pools_long_prompts() -> None:
     alone = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99)
     in_four = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=4)
     assert in_four.requests_per_s > 1.2 * alone.requests_per_s > 0
-    # Fleet sizes between the simulated ones round down: pooling gains are never overstated.
-    assert simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=5) == in_four
+    # Fleet sizes between the simulated ones are read between them, close to a direct simulation.
+    in_eight = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=8)
+    in_sixteen = simulated_capacity(PROFILE, 12000, 350, 0.1, 10.0, ttft_pct=99, replicas=16)
+    assert in_four.requests_per_s <= in_eight.requests_per_s <= in_sixteen.requests_per_s
+    closed = replica_capacity(PROFILE, _snap(12000), _snap(350), 0.1, 10.0)
+    direct = _simulated(PROFILE, closed, _snap(12000), _snap(350), 0.1, 10.0, 95.0, 99.0, DEFAULT_SIGMA_IN, DEFAULT_SIGMA_OUT,
+                        None, 8, 0.0)
+    assert abs(in_eight.requests_per_s - direct.requests_per_s) <= 0.12 * direct.requests_per_s, (in_eight, direct)
+
+
+def test_planned_capacity_holds_every_target_as_vllm_measures_it() -> None:
+    """At the load the plan puts on a fleet (targetUtilization of its capacity), an independent run of the fleet meets the TTFT target and the
+    inter-token target as vLLM's histogram counts it (one observation per gap, prefill steps included)."""
+    cap = simulated_capacity(PROFILE, 1000, 200, 0.1, 0.25, itl_pct=95, ttft_pct=95, replicas=2)
+    rng = random.Random(7)
+    fleet = [Engine(PROFILE) for _ in range(2)]
+    t, done = 0.0, []
+    for i in range(4000):
+        t += rng.expovariate(2 * cap.requests_per_s * 0.85)  # the default targetUtilization
+        for e in fleet:
+            e.advance(t)
+        inp = max(1, int(rng.lognormvariate(math.log(1000) - 0.245, 0.7)))
+        out = max(1, int(rng.lognormvariate(math.log(200) - 0.5, 1.0)))
+        min(fleet, key=lambda e: e.outstanding).submit(Request(i, t, inp, out))
+    for e in fleet:
+        e.advance(t + 600)
+        done += e.drain_finished()
+    total = [sum(c) for c in zip(*(e.counters.itl.cumulative() for e in fleet), strict=True)]
+    assert histogram_quantile(0.95, buckets.ITL, total) <= 0.1 * 1.1
+    ttfts = sorted(f.ttft_s for f in done)
+    assert ttfts[int(0.95 * len(ttfts))] <= 0.25 * 1.1

@@ -30,7 +30,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Variant", "type": "string", "jsonPath": ".status.variant"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-    {"name": "TTFT-p95", "type": "string", "jsonPath": ".status.ttftDisplay", "description": "Observed TTFT at the SLO percentile."},
+    {"name": "TTFT", "type": "string", "jsonPath": ".status.ttftDisplay", "description": "Observed TTFT at the SLO's percentile (shown after the value)."},
     {"name": "Cost/h", "type": "string", "jsonPath": ".status.hourlyCost"},
     {"name": "SLO", "type": "string", "jsonPath": ".status.sloMet"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -133,7 +133,7 @@ def status_schema() -> dict[str, Any]:
     s = _schema_of(LLMDeploymentStatus)
     # The operator may add fields in newer versions; an older CRD must not prune them away.
     s["x-kubernetes-preserve-unknown-fields"] = True
-    s["properties"]["ttftDisplay"] = {"type": "string", "description": "TTFT at the SLO percentile, formatted for kubectl get."}
+    s["properties"]["ttftDisplay"] = {"type": "string", "description": "TTFT at the SLO's percentile with that percentile, e.g. '226ms@p99', for kubectl get."}
     # Free-form objects the operator owns: the policy's memory (so a restart resumes exactly), its
     # estimates, and kopf's handler bookkeeping. Their subtrees must survive pruning.
     for key, text in (("history", "The policy's memory between decisions: recommendations, rate samples, marks."),

@@ -338,7 +338,7 @@ class MetricsSource(_Model):
     rate_window: Duration = Field("1m", description="Window of rate() and histogram_quantile() over vLLM counters.")
     queries: dict[str, str] = Field(
         default_factory=dict,
-        description="PromQL overrides by signal name (ttftP95, interTokenLatencyP95, requestsWaiting, requestsRunning, kvCacheUsage, requestRate, gpuUtilization). Use {namespace} and {name} placeholders.",
+        description="PromQL overrides by signal name (ttftQuantile, interTokenLatencyQuantile, requestsWaiting, requestsRunning, kvCacheUsage, requestRate, promptTokensRate, generationTokensRate, gpuUtilization). Use {namespace} and {name} placeholders.",
     )
 
     @field_validator("rate_window")
@@ -454,9 +454,12 @@ class Condition(_Model):
 class Observed(_Model):
     """What the operator last read from Prometheus (aggregated over the deployment's pods)."""
 
-    ttft_p95: float | None = Field(None, description="TTFT percentile (the SLO's) in seconds.")
-    inter_token_latency_p95: float | None = None
-    e2e_latency_p95: float | None = None
+    ttft_quantile: float | None = Field(None, description="TTFT at the SLO's percentile (ttftPercentile), in seconds.")
+    ttft_percentile: float | None = Field(None, description="The percentile ttftQuantile is taken at (the TTFT SLO's).")
+    inter_token_latency_quantile: float | None = Field(
+        None, description="Inter-token latency at the SLO's percentile (interTokenLatencyPercentile), in seconds.")
+    inter_token_latency_percentile: float | None = None
+    e2e_latency_quantile: float | None = Field(None, description="End-to-end latency at the e2eLatency SLO's percentile, in seconds.")
     ttft_attainment: float | None = Field(None, description="Share of requests within the TTFT target (0-1).")
     itl_attainment: float | None = None
     requests_waiting: float | None = None
@@ -493,7 +496,8 @@ class LLMDeploymentStatus(_Model):
     slo_met: str | None = Field(None, alias="sloMet")
     observed: Observed | None = None
     last_decision: DecisionRecord | None = None
-    cold_start_seconds: dict[str, float] | None = None
+    cold_start_seconds: dict[str, float] | None = Field(None, description="Measured cold start per variant: pod creation to its first Ready.")
+    starting_pods: list[str] | None = Field(None, description="Pods seen starting at the last decision: each one's cold start is measured once, when it first becomes Ready.")
     conditions: list[Condition] = Field(default_factory=list)
 
 

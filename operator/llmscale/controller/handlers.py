@@ -182,12 +182,15 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
     competing = kube.competing_autoscaler(namespace, name)
-    workload = observe_workload(dep, pods, cold, competing)
+    seen = [str(n) for n in st.get("startingPods") or [] if isinstance(n, str)] if isinstance(st.get("startingPods"), list) else []
+    workload, starting_now = observe_workload(dep, pods, cold, competing, seen,
+                                              parse_duration(spec.serving.startup_timeout))
     v = spec.variant(workload.variant)
     _refresh_counts(patch, spec, v, workload.replicas, workload.ready, namespace, name)
     patch.status.update({
         "startingReplicas": workload.starting,
-        "coldStartSeconds": workload.cold_start_s or None,
+        "coldStartSeconds": dict(workload.cold_start_s) or None,
+        "startingPods": starting_now or None,
     })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
@@ -209,7 +212,7 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
             raise kopf.TemporaryError(f"scale failed: {e}", delay=10) from e
 
     # Report.
-    conds = dict(d.conditions)
+    conds: dict[str, tuple[str, str, str]] = dict(d.conditions)
     conds["Ready"] = ("True" if workload.ready > 0 or d.to_replicas == 0 else "False",
                       "ReplicasReady" if workload.ready > 0 else ("ScaledToZero" if d.to_replicas == 0 else "NoReadyReplicas"),
                       f"{workload.ready}/{workload.replicas} replicas Ready")
@@ -221,7 +224,7 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     conds["CompetingAutoscaler"] = (("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale only recommends")
                                     if competing else ("False", "NoCompetingAutoscaler", ""))
     new_conds, changes = merge_conditions(st.get("conditions"), conds, now, body["metadata"].get("generation"))
-    patch.status.update(decision_status(d, signals, workload, now))
+    patch.status.update(decision_status(d, signals, workload, now, spec))
     patch.status["conditions"] = new_conds
     patch.status["observedGeneration"] = body["metadata"].get("generation")
     reasons = "; ".join(str(r) for r in d.reasons)

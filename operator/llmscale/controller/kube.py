@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+from collections.abc import Collection
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from llmscale.policy.types import Workload
+from llmscale.policy.types import PodCounts, Workload
 
 from .render import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_VARIANT
 
@@ -89,35 +91,59 @@ def _ready_time(pod: Any) -> dt.datetime | None:
     return None
 
 
-def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, float], competing: str | None) -> Workload:
-    """The Workload the policy sees, and updated cold-start measurements (creation -> Ready per variant)."""
+def _unschedulable(pod: Any) -> bool:
+    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable" for c in (pod.status.conditions or []))
+
+
+def fold_cold_start(previous: float | None, seconds: float) -> float:
+    """Exponentially weighted, leaning to the slow side: the forecast horizon should cover most starts."""
+    return round(seconds if previous is None else max(0.8 * previous + 0.2 * seconds, min(previous, seconds)), 1)
+
+
+def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, float], competing: str | None,
+                     seen_starting: Collection[str] = (), startup_timeout_s: float = math.inf) -> tuple[Workload, list[str]]:
+    """The Workload the policy sees, and the names of the pods starting now (to be passed back as
+    `seen_starting` at the next decision).
+
+    The cold start is measured once per pod, from creation to its first Ready: only a pod seen
+    starting at the previous decision and Ready now is measured, and only within the startup
+    timeout (a later Ready transition is a readiness blip, not a start).
+    """
     if dep is None:
-        return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing)
-    live = [p for p in pods if p.metadata.deletion_timestamp is None]
-    ready = [p for p in live if _ready_time(p) is not None]
-    unschedulable = sum(
-        1 for p in live
-        if any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable" for c in (p.status.conditions or []))
-    )
+        return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing), []
     measured = dict(cold_start)
-    for p in ready:
+    by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
+    starting_now: list[str] = []
+    for p in pods:
+        variant = (p.metadata.labels or {}).get(LABEL_VARIANT) or ""
+        counts = by_variant.setdefault(variant, [0, 0, 0, 0])
+        if p.metadata.deletion_timestamp is not None:
+            counts[2] += 1
+            continue
         t_ready = _ready_time(p)
-        created = p.metadata.creation_timestamp
-        variant = (p.metadata.labels or {}).get(LABEL_VARIANT)
-        if t_ready and created and variant:
-            secs = (t_ready - created).total_seconds()
-            if secs >= 0:
-                # Exponentially weighted, leaning to the slow side: the forecast horizon should cover most starts.
-                prev = measured.get(variant)
-                measured[variant] = round(secs if prev is None else max(0.8 * prev + 0.2 * secs, min(prev, secs)), 1)
+        if t_ready is not None:
+            counts[1] += 1
+            created = p.metadata.creation_timestamp
+            if p.metadata.name in seen_starting and created and variant:
+                secs = (t_ready - created).total_seconds()
+                if 0 <= secs <= startup_timeout_s:
+                    measured[variant] = fold_cold_start(measured.get(variant), secs)
+        elif _unschedulable(p):
+            counts[3] += 1
+        else:
+            counts[0] += 1
+            starting_now.append(p.metadata.name)
     variant = (dep.spec.template.metadata.labels or {}).get(LABEL_VARIANT)
-    replicas = dep.spec.replicas or 0
+    pods_by_variant = {v: PodCounts(*c) for v, c in by_variant.items()}
+    mine = pods_by_variant.get(variant or "", PodCounts())
     return Workload(
         variant=variant,
-        replicas=replicas,
-        ready=len(ready),
-        starting=max(0, len(live) - len(ready) - unschedulable),
-        pending_unschedulable=unschedulable,
+        replicas=dep.spec.replicas or 0,
+        ready=mine.ready,
+        starting=mine.starting,
+        pending_unschedulable=mine.unschedulable,
         cold_start_s=measured,
         competing_autoscaler=competing,
-    )
+        terminating=sum(c.terminating for c in pods_by_variant.values()),
+        pods=pods_by_variant,
+    ), sorted(starting_now)

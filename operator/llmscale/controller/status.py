@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
+from llmscale.api.models import LLMDeploymentSpec
 from llmscale.policy.types import Decision, Signals, Workload
 
 
@@ -12,7 +14,7 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_conditions(existing: list[dict[str, Any]] | None, updates: dict[str, tuple[str, str, str]], now: float,
+def merge_conditions(existing: list[dict[str, Any]] | None, updates: Mapping[str, tuple[str, str, str]], now: float,
                      generation: int | None) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str]]]:
     """New conditions list and the changes [(type, old status, new status, reason)] for Events.
 
@@ -34,11 +36,14 @@ def merge_conditions(existing: list[dict[str, Any]] | None, updates: dict[str, t
     return sorted(by_type.values(), key=lambda c: (order.index(c["type"]) if c["type"] in order else 99, c["type"])), changes
 
 
-def observed(signals: Signals) -> dict[str, Any]:
+def observed(signals: Signals, spec: LLMDeploymentSpec) -> dict[str, Any]:
+    itl = spec.slo.itl_target()
     o = {
-        "ttftP95": signals.ttft_quantile,
-        "interTokenLatencyP95": signals.itl_quantile,
-        "e2eLatencyP95": signals.e2e_quantile,
+        "ttftQuantile": signals.ttft_quantile,
+        "ttftPercentile": spec.slo.ttft.percentile if spec.slo.ttft else None,
+        "interTokenLatencyQuantile": signals.itl_quantile,
+        "interTokenLatencyPercentile": itl.percentile if itl else None,
+        "e2eLatencyQuantile": signals.e2e_quantile,
         "ttftAttainment": signals.ttft_attainment,
         "itlAttainment": signals.itl_attainment,
         "requestsWaiting": signals.requests_waiting,
@@ -53,13 +58,14 @@ def observed(signals: Signals) -> dict[str, Any]:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in o.items()}
 
 
-def ttft_display(signals: Signals) -> str:
-    if signals.ttft_quantile is None:
+def ttft_display(signals: Signals, spec: LLMDeploymentSpec) -> str:
+    """TTFT for `kubectl get`, with the percentile it is taken at: "226ms@p99"."""
+    if signals.ttft_quantile is None or spec.slo.ttft is None:
         return "-"
-    return f"{signals.ttft_quantile * 1000:.0f}ms"
+    return f"{signals.ttft_quantile * 1000:.0f}ms@p{spec.slo.ttft.percentile:g}"
 
 
-def decision_status(decision: Decision, signals: Signals, workload: Workload, now: float) -> dict[str, Any]:
+def decision_status(decision: Decision, signals: Signals, workload: Workload, now: float, spec: LLMDeploymentSpec) -> dict[str, Any]:
     """The status fields a decision sets (the caller adds conditions)."""
     slo = {"True": "Met", "False": "Breached"}.get(decision.conditions.get("SLOMet", ("Unknown",))[0], "Unknown")
     est = decision.estimate
@@ -67,8 +73,8 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
         "desiredReplicas": decision.to_replicas,
         "startingReplicas": workload.starting,
         "sloMet": slo,
-        "ttftDisplay": ttft_display(signals),
-        "observed": observed(signals),
+        "ttftDisplay": ttft_display(signals, spec),
+        "observed": observed(signals, spec),
         "estimate": {
             "capacityPerReplica": None if est.capacity_per_replica is None else round(est.capacity_per_replica, 4),
             "capacityLimitedBy": est.capacity_limited_by,
@@ -78,7 +84,7 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
         },
         "lastDecision": {
             "time": iso(now),
-            "action": decision.action,
+            "action": decision.action.value,
             "from": decision.from_replicas,
             "to": decision.to_replicas,
             "variant": decision.variant,

@@ -9,9 +9,8 @@ from typing import Any
 
 from llmscale.api.models import LLMDeploymentSpec
 from llmscale.perf import buckets
+from llmscale.perf.histogram import attainment, between_edges, histogram_quantile
 from llmscale.policy.types import Signals
-
-from .histogram import attainment, between_edges, histogram_quantile
 
 Key = tuple[str, str]  # (namespace, name)
 

@@ -14,8 +14,10 @@ import math
 import random  # seeded below: every result is deterministic
 from dataclasses import dataclass
 
+from . import buckets
 from .engine import Engine, Request
 from .hardware import ServerProfile
+from .histogram import histogram_quantile
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,13 @@ def replica_capacity(
 # A fleet is more than the sum of its replicas: the router sends new requests away from a
 # replica busy with a long prefill, so the tail a lone replica shows (everyone queued behind the
 # 80k-token prompt) mostly disappears with pooling. With long, spread prompts a replica in a fleet
-# of eight sustains nearly twice what it does alone. So capacity is simulated for the fleet size
-# being planned, with the same least-outstanding-requests routing as the twin and the gateway.
+# of eight sustains nearly twice what it does alone. So capacity is simulated for fleets of 1, 4
+# and 16 replicas behind the same least-outstanding-requests router as the twin and the gateway,
+# and read between them on a log scale of the fleet size.
+#
+# Inter-token latency is checked as vLLM's histogram reports it, one observation per gap (a step
+# that carries a prefill chunk is a long gap for every running stream), and as each request's mean
+# gap: the plan must hold the target the operator will measure.
 
 
 # Lognormal spread of prompt and output lengths. Real prompt lengths are bounded by the context
@@ -121,8 +128,8 @@ def replica_capacity(
 DEFAULT_SIGMA_IN = 0.7
 DEFAULT_SIGMA_OUT = 1.0
 
-
-MIX_GRID = 1.05  # token means are snapped to a 5% log grid: the cache then serves nearby mixes
+MIX_GRID = 1.08  # token means are snapped to an 8% log grid: the cache then serves nearby mixes
+POOL_ANCHORS = (1, 4, 16)  # fleet sizes simulated; others are read between them
 
 
 def _snap(x: float) -> float:
@@ -146,28 +153,58 @@ def simulated_capacity(
 ) -> Capacity:
     """Largest Poisson arrival rate per replica whose simulated TTFT and ITL percentiles meet the
     targets, for a fleet of `replicas` behind a least-outstanding-requests router."""
-    return _simulated(profile, _snap(mean_in), _snap(mean_out),
-                      None if itl_target_s is None else round(itl_target_s, 4),
-                      None if ttft_target_s is None else round(ttft_target_s, 4),
-                      itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt, fleet_size(replicas))
+    curve = _pool_curve(profile, _snap(mean_in), _snap(mean_out),
+                        None if itl_target_s is None else round(itl_target_s, 4),
+                        None if ttft_target_s is None else round(ttft_target_s, 4),
+                        itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt)
+    return at_fleet_size(curve, replicas)
 
 
-FLEET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
+def at_fleet_size(curve: tuple[tuple[int, Capacity], ...], replicas: int) -> Capacity:
+    """Per-replica capacity for `replicas`, linear in log(fleet size) between simulated anchors and
+    flat beyond the largest (pooling gains flatten out)."""
+    n = max(1, replicas)
+    lo_n, lo = curve[0]
+    for hi_n, hi in curve[1:]:
+        if n <= hi_n:
+            if lo.requests_per_s <= 0 or hi.requests_per_s <= 0:
+                return lo
+            w = math.log(n / lo_n) / math.log(hi_n / lo_n)
+            rate = lo.requests_per_s + w * (hi.requests_per_s - lo.requests_per_s)
+            return Capacity(rate, lo.step_s_at_capacity, lo.batch_at_capacity, lo.limited_by if w < 0.5 else hi.limited_by)
+        lo_n, lo = hi_n, hi
+    return lo
 
 
-def fleet_size(replicas: int) -> int:
-    """The simulated fleet size standing in for `replicas`: the largest size at or below it
-    (pooling gains flatten out; rounding down never overstates them)."""
-    return max([n for n in FLEET_SIZES if n <= max(1, replicas)])
-
-
-@functools.lru_cache(maxsize=4096)
-def _simulated(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
-               itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
-               max_prompt: int | None = None, replicas: int = 1) -> Capacity:
+@functools.lru_cache(maxsize=2048)
+def _pool_curve(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
+                itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
+                max_prompt: int | None = None) -> tuple[tuple[int, Capacity], ...]:
     closed = replica_capacity(profile, mean_in, mean_out, itl_t, ttft_t)
     if closed.requests_per_s <= 0 and closed.limited_by.startswith("infeasible"):
-        return closed
+        return ((1, closed),)
+    out: list[tuple[int, Capacity]] = []
+    floor = 0.0
+    for n in POOL_ANCHORS:
+        cap = _simulated(profile, closed, mean_in, mean_out, itl_t, ttft_t, itl_pct, ttft_pct, sigma_in, sigma_out,
+                         max_prompt, n, floor)
+        out.append((n, cap))
+        floor = cap.requests_per_s  # pooling never lowers what a replica sustains: start the search there
+    return tuple(out)
+
+
+def _gap_quantile(fleet: list[Engine], pct: float) -> float | None:
+    """The inter-token latency quantile as vLLM's histogram gives it (one observation per gap)."""
+    total = [0] * (len(buckets.ITL) + 1)
+    for e in fleet:
+        for i, c in enumerate(e.counters.itl.cumulative()):
+            total[i] += c
+    return histogram_quantile(pct / 100, buckets.ITL, total)
+
+
+def _simulated(profile: ServerProfile, closed: Capacity, mean_in: float, mean_out: float, itl_t: float | None,
+               ttft_t: float | None, itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
+               max_prompt: int | None, replicas: int, floor: float) -> Capacity:
     rng = random.Random(12345)
     n = max(2000, 250 * replicas)
     mu_in = math.log(mean_in) - sigma_in**2 / 2
@@ -196,28 +233,35 @@ def _simulated(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: f
         tt = sorted(f.ttft_s for f in done)
         if ttft_t is not None and tt[min(len(tt) - 1, int(ttft_pct / 100 * len(tt)))] > ttft_t:
             return False, "ttft"
-        it = sorted(f.itl_s for f in done if f.output_tokens > 1)
-        if itl_t is not None and it and it[min(len(it) - 1, int(itl_pct / 100 * len(it)))] > itl_t:
-            return False, "itl"
+        if itl_t is not None:
+            it = sorted(f.itl_s for f in done if f.output_tokens > 1)
+            if it and it[min(len(it) - 1, int(itl_pct / 100 * len(it)))] > itl_t:
+                return False, "itl"
+            gap = _gap_quantile(fleet, itl_pct)
+            if gap is not None and gap > itl_t:
+                return False, "itl"
         return True, ""
 
-    hi = max(closed.requests_per_s * 1.3, 0.05)
     lo = 0.0
     reason = "throughput"
+    if floor > 0 and check(floor)[0]:
+        lo, hi = floor, floor * 1.5
+    else:
+        hi = max(closed.requests_per_s * 1.3, 0.05)
     ok, why = check(hi)
     while ok and hi < 1e4:
         lo, hi = hi, hi * 2
         ok, why = check(hi)
     reason = why or reason
     for _ in range(9):
+        if lo > 0 and hi - lo < 0.03 * hi:
+            break
         mid = (lo + hi) / 2 if lo > 0 else hi / 4
         ok, why = check(mid)
         if ok:
             lo = mid
         else:
             hi, reason = mid, why
-        if lo > 0 and hi - lo < 0.03 * hi:
-            break
     if lo <= 0:
         return Capacity(0.0, math.inf, 0.0, f"infeasible: {reason} target unreachable even at low load")
     return Capacity(lo, closed.step_s_at_capacity, closed.batch_at_capacity, reason)

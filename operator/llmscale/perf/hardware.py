@@ -134,6 +134,11 @@ class ServerProfile:
         """Inter-token latency of a single stream on an idle replica: the floor no scaling can beat."""
         return self.step_seconds(1, context_tokens, 0)
 
+    def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens per second one replica prefills when it does nothing else (full chunks)."""
+        chunk = self.max_batched_tokens
+        return chunk / self.step_seconds(0, 0, chunk, chunk / 2)
+
     def unloaded_ttft(self, prompt_tokens: int) -> float:
         """TTFT of one request on an idle replica (chunked prefill)."""
         t, done = 0.0, 0

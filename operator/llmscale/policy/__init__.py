@@ -2,6 +2,7 @@
 
 from .decide import decide
 from .reasons import Code, Reason
-from .types import Decision, Estimate, History, Signals, Workload
+from .types import Action, Condition, Decision, Estimate, History, PodCounts, Proposal, Signals, Workload
 
-__all__ = ["Code", "Decision", "Estimate", "History", "Reason", "Signals", "Workload", "decide"]
+__all__ = ["Action", "Code", "Condition", "Decision", "Estimate", "History", "PodCounts", "Proposal", "Reason", "Signals", "Workload",
+           "decide"]

@@ -7,10 +7,12 @@ import math
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import simulated_capacity
 from llmscale.perf.hardware import server_profile
 
-from .types import Signals
+from .reasons import Code, Reason
+from .types import Condition, History, Signals, Workload
 
 # Token mix assumed before any traffic has been seen (chat-like).
 DEFAULT_MEAN_INPUT = 1024.0
@@ -44,14 +46,7 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return None
 
 
-MIX_SMOOTHING = 0.05  # weight of the newest window's token mix: a time constant of ~20 decisions
-
-
-def token_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float, float]:
-    """The token mix to plan for: an exponential moving average of what the counters show, so one
-    window of long prompts does not swing the capacity estimate (with heavy-tailed prompts a
-    minute's mean moves by a third from one window to the next)."""
-    return with_defaults(*observed_mix(signals, prev_in, prev_out))
+MIX_SMOOTHING = 0.2  # weight of a new rate window's token mix: a time constant of ~5 windows
 
 
 def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float, float]:
@@ -60,8 +55,10 @@ def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float,
 
 
 def observed_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float | None, float | None]:
-    """The moving average of what has been observed, None before the first observation (the
-    chat-like default must not become the starting point the average crawls away from)."""
+    """The moving average of what has been observed, so one window of long prompts does not swing
+    the capacity estimate (with heavy-tailed prompts a minute's mean moves by a third from one
+    window to the next); None before the first observation (the chat-like default must not become
+    the starting point the average crawls away from). Call it once per rate window."""
     def ewma(prev: float | None, new: float | None) -> float | None:
         if new is None:
             return prev
@@ -74,7 +71,7 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
                      mix: tuple[float, float] | None = None, replicas: int = 1) -> VariantCapacity:
     """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps)."""
     profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
-    mean_in, mean_out = mix or token_mix(signals)
+    mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
     cap = simulated_capacity(
@@ -155,3 +152,74 @@ def refine_correction(correction: float, attainment: float | None, target_share:
         # Replicas that carried this load with room to spare sustain at least this load.
         correction = max(correction * 1.02, per_ready_rate / seed_capacity)
     return min(CORRECTION_MAX, max(CORRECTION_MIN, correction))
+
+
+RAMP_FACTOR = 2.0  # a load that more than doubled within the window is a ramp
+
+
+def steady_load(samples: tuple[tuple[float, float], ...], rate: float | None, now: float, window_s: float) -> bool:
+    """Was the load not climbing steeply over the rate window? Misses in a window where the load
+    ramped up are the plan being late (the window's average hides the load at its end, which may
+    be twice the average), not the estimate's error."""
+    if rate is None:
+        return False
+    seen = [v for t, v in samples if now - t < window_s]
+    return not seen or rate <= RAMP_FACTOR * min(seen)
+
+
+@dataclass(frozen=True)
+class CapacityStep:
+    """Step 2's output: what one replica sustains at the SLO in today's fleet, and what was learnt."""
+
+    current: VariantCapacity  # per replica, in a fleet of today's size, after correction
+    correction: float
+    mix: tuple[float, float]  # token mix to plan for (mean prompt, mean output)
+    settled: bool  # False while the window still holds the backlog from before the Ready set grew
+    feasible: Condition
+    history: History
+    reasons: tuple[Reason, ...] = ()
+
+
+def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
+             now: float, breach_ratio: float | None) -> CapacityStep:
+    """Step 2: capacity per replica at the SLO, seeded by the performance model and corrected by what
+    the replicas really do. A rate window teaches the correction and the token mix once: a later
+    decision whose window overlaps it learns nothing new from it."""
+    window_s = parse_duration(spec.metrics.rate_window)
+    ready = workload.ready
+    rate = signals.request_rate
+    # Latency in a window that began before the Ready set last grew includes the backlog the new
+    # replicas were started for: it says nothing about what today's replicas sustain.
+    grew_at = now if history.ready_seen is not None and ready > history.ready_seen else history.ready_grew_at
+    settled = grew_at is None or now - grew_at > window_s
+    hist = history.with_(ready_seen=ready, ready_grew_at=grew_at)
+
+    mean_in, mean_out = hist.mean_input, hist.mean_output
+    if hist.mix_at is None or now - hist.mix_at >= window_s:
+        mean_in, mean_out = observed_mix(signals, mean_in, mean_out)
+        if (mean_in, mean_out) != (hist.mean_input, hist.mean_output):
+            hist = hist.with_(mean_input=mean_in, mean_output=mean_out, mix_at=now)
+    mix = with_defaults(mean_in, mean_out)
+
+    correction = hist.capacity_correction
+    reasons: tuple[Reason, ...] = ()
+    fresh = hist.learned_at is None or now - hist.learned_at >= window_s
+    if fresh and settled and signals.ttft_attainment is not None and steady_load(hist.rate_samples, rate, now, window_s):
+        share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
+        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1))
+        per_ready = rate / ready if rate is not None and ready > 0 else None
+        learned = refine_correction(correction, signals.ttft_attainment, share, breach_ratio, True, per_ready,
+                                    seed.per_replica, rate * window_s if rate is not None else None)
+        if learned != correction:
+            reasons = (Reason(Code.CAPACITY_LEARNED, f"capacity estimate x{correction:.2f} -> x{learned:.2f} from the last "
+                              f"{spec.metrics.rate_window} (TTFT attainment {signals.ttft_attainment:.1%})"),)
+        correction = learned
+        hist = hist.with_(capacity_correction=correction, learned_at=now)
+
+    cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1))
+    if cap.feasible:
+        feasible = Condition("True", "SLOFeasible", f"variant {variant.name} sustains {cap.per_replica:.2f} req/s per replica "
+                                                   f"({cap.limited_by}-bound)")
+    else:
+        feasible = Condition("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
+    return CapacityStep(cap, correction, mix, settled, feasible, hist, reasons)

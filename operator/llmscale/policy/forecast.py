@@ -1,15 +1,56 @@
-"""Step: the load to plan for, over the cold-start horizon (pods take minutes to load weights)."""
+"""Step 3: the load to plan for over the cold-start horizon (pods take minutes to load weights).
+
+Three things are planned for, whichever is highest:
+- the current rate plus a damped upward trend;
+- the recent peak, held for one cold start (a burst that came may come again before new capacity
+  could be Ready) and, once bursts have been seen to come back, for as long as the quiet spells
+  between them usually last (the burst memory): capacity released in a lull would be needed again
+  before it could be Ready. Quiet spells much longer than that release it early;
+- today's queue, drained within the horizon.
+An unknown request rate is not replaced by a stored sample: unknown means hold.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
+
+from .reasons import Code, Reason
+from .types import History, Signals, Workload
+
 DEFAULT_COLD_START_S = 120.0
+SAMPLES_KEPT_S = 1800.0  # the burst memory looks back this far
+MAX_SAMPLES = 120
+QUIET_SHARE = 0.5  # a lull: load under half the held peak
+MAX_GAPS = 12  # quiet spells remembered
+GAP_QUANTILE = 0.9  # hold through nine lulls in ten
+LONG_GAP_S = 900.0  # lulls usually longer than this release capacity after one cold start
+FIRST_HOLD_S = 300.0  # before any lull has been seen to end: hold the peak this long (HPA's default window)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    rate: float | None  # requests/s to plan for; None when the current rate is unknown
+    horizon_s: float  # cold start + one interval: the time a decision taken now needs to take effect
+    hold_s: float  # how long a peak is held
+    history: History
+    reasons: tuple[Reason, ...] = ()
+
+
+def cold_start_s(spec: LLMDeploymentSpec, variant: Variant, workload: Workload) -> float:
+    measured = workload.cold_start_s.get(variant.name)
+    if measured:
+        return measured
+    return parse_duration(variant.cold_start) if variant.cold_start else DEFAULT_COLD_START_S
 
 
 def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
     """Current rate plus the upward trend over the horizon (least squares over recent samples).
 
-    Only upward trends are extrapolated: a falling trend is left to the scale-down
-    stabilization window, since under-forecasting costs SLO and over-forecasting costs money.
+    Only upward trends are extrapolated: a falling trend is left to the burst memory and the
+    scale-down window, since under-forecasting costs SLO and over-forecasting costs money.
     """
     if not samples:
         return None
@@ -30,8 +71,62 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     return current + 0.5 * slope * horizon_s
 
 
-def recent_peak(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
-    """The highest rate seen within one cold-start horizon: a burst that came once may come again
-    before new capacity could be Ready, so capacity is not released under it."""
-    recent = [v for t, v in samples if now - t <= horizon_s]
+def recent_peak(samples: tuple[tuple[float, float], ...], now: float, hold_s: float) -> float | None:
+    """The highest rate seen within `hold_s`."""
+    recent = [v for t, v in samples if now - t <= hold_s]
     return max(recent) if recent else None
+
+
+def quantile(values: tuple[float, ...], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def hold_time(gaps: tuple[float, ...], horizon_s: float) -> float:
+    """How long to hold a peak: one horizon, plus the lull that bursts usually come back within.
+    Before any lull has ended, HPA's five minutes; when lulls are usually long, one horizon only."""
+    if len(gaps) < 2:
+        return max(horizon_s, FIRST_HOLD_S)
+    gap = quantile(gaps, GAP_QUANTILE)
+    if gap > LONG_GAP_S:
+        return horizon_s
+    return horizon_s + gap
+
+
+def _keep(samples: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
+    recent = [(t, v) for t, v in samples if now - t <= SAMPLES_KEPT_S]
+    while len(recent) > MAX_SAMPLES:  # thin the older half: the newest samples matter most
+        half = len(recent) // 2
+        recent = recent[:half:2] + recent[half:]
+    return tuple(recent)
+
+
+def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
+             now: float) -> Forecast:
+    interval = parse_duration(spec.scaling.interval)
+    horizon = cold_start_s(spec, variant, workload) + interval
+    hold = hold_time(history.burst_gaps, horizon)
+    rate = signals.request_rate
+    if rate is None:
+        return Forecast(None, horizon, hold, history)
+    samples = _keep(history.rate_samples + ((now, rate),), now)
+    trend = trend_forecast(samples, now, horizon) or rate
+    peak = recent_peak(samples, now, hold) or rate
+    # The burst memory: the length of each lull, counted once, when the load comes back.
+    quiet = rate < QUIET_SHARE * peak
+    hist = history.with_(rate_samples=samples)
+    if quiet and history.quiet_since is None:
+        hist = hist.with_(quiet_since=now)
+    elif not quiet and history.quiet_since is not None:
+        gap = now - history.quiet_since
+        hist = hist.with_(quiet_since=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:])
+    value = max(trend, peak)
+    reasons: tuple[Reason, ...] = ()
+    if peak > max(trend, rate) * 1.05 and peak > 0:
+        reasons = (Reason(Code.BURST_MEMORY, f"holding capacity for the {peak:.2f} req/s peak of the last {hold:.0f}s "
+                          f"(now {rate:.2f} req/s)"),)
+    if signals.requests_waiting:
+        # Drain today's queue within the horizon, but never plan on draining faster than in two
+        # minutes: a burst's backlog is transient and would otherwise overshoot to the ceiling.
+        value += signals.requests_waiting / max(horizon, 120.0)
+    return Forecast(value, horizon, hold, hist, reasons)

@@ -1,6 +1,22 @@
-"""Step: stabilization windows (HPA semantics) and per-decision step limits."""
+"""Step 9: stabilization windows (HPA semantics), the panic hold, step limits, and no scale-up
+while pods wait for GPUs.
+
+A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
+every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
+are recorded inside the bounds and ceilings, so a spike that wanted more than the ceiling holds the
+ceiling no longer than any other recommendation would.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
+
+from .ceilings import within_bounds
+from .reasons import Code, Reason
+from .types import History, Proposal, Workload
 
 
 def stabilize(
@@ -31,3 +47,43 @@ def limit_step(desired: int, current: int, max_up: int, max_down: int) -> tuple[
     if desired < current - max_down:
         return current - max_down, "down"
     return desired, None
+
+
+@dataclass(frozen=True)
+class Stabilized:
+    proposal: Proposal
+    history: History
+
+
+def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, proposal: Proposal, to_zero: bool,
+                  history: History, now: float) -> Stabilized:
+    sc = spec.scaling
+    current = workload.replicas
+    interval = parse_duration(sc.interval)
+    up_w = parse_duration(sc.scale_up.stabilization_window)
+    down_w = parse_duration(sc.scale_down.stabilization_window)
+    recs = tuple((t, r) for t, r in history.recommendations if now - t <= max(up_w, down_w))
+    recommendation = within_bounds(spec, variant, proposal.replicas, to_zero)
+    out = proposal
+    if history.panic_until is not None and now < history.panic_until and out.replicas < current:
+        out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
+    held_to, held = stabilize(out.replicas, current, recs, now, up_w, down_w)
+    # A window not yet covered by history (a new deployment, a lost status) proves nothing about
+    # the recent past: do not scale down until it is.
+    observing_since = history.observing_since if history.observing_since is not None else now
+    if held_to < current and down_w > 0 and observing_since > now - down_w + interval / 2:
+        held_to, held = current, "down"
+    if held == "up":
+        out = out.to(held_to, Reason(Code.SCALE_UP_STABILIZED, f"held at {held_to} (lowest recommendation in {sc.scale_up.stabilization_window})"))
+    elif held == "down":
+        out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to} (highest recommendation in {sc.scale_down.stabilization_window})"))
+    hist = history.with_(recommendations=recs + ((now, recommendation),), observing_since=observing_since)
+    if current > 0 or out.replicas > 1:
+        stepped, lim = limit_step(out.replicas, current, sc.scale_up.max_step, sc.scale_down.max_step)
+        if lim == "up":
+            out = out.to(stepped, Reason(Code.RATE_LIMITED_UP, f"{out.replicas} capped at {stepped} by scaleUp.maxStep {sc.scale_up.max_step}"))
+        elif lim == "down" and not (out.replicas == 0 and to_zero):
+            out = out.to(stepped, Reason(Code.RATE_LIMITED_DOWN, f"{out.replicas} capped at {stepped} by scaleDown.maxStep {sc.scale_down.max_step}"))
+    if out.replicas > current and workload.pending_unschedulable > 0:
+        out = out.to(current, Reason(Code.GPUS_UNAVAILABLE, f"{workload.pending_unschedulable} pods Pending without free GPUs: not adding more"))
+    return Stabilized(out, hist)

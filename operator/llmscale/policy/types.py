@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from .reasons import Code, Reason
 
@@ -77,78 +79,233 @@ def finite_or_none(v: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class PodCounts:
+    """The pods of one variant by phase. Every phase but `unschedulable` holds GPUs (and costs)."""
+
+    starting: int = 0  # scheduled, not yet Ready (loading the model)
+    ready: int = 0
+    terminating: int = 0  # draining after a scale-down: still holds its GPUs
+    unschedulable: int = 0  # Pending for lack of free GPUs: holds none
+
+    @property
+    def holding_gpus(self) -> int:
+        return self.starting + self.ready + self.terminating
+
+
+@dataclass(frozen=True)
 class Workload:
-    """The serving workload as the API server reports it."""
+    """The serving workload as the API server reports it.
+
+    `replicas`, `ready`, `starting` and `pending_unschedulable` describe the variant being run;
+    `pods` counts every variant's pods by phase (a switch runs two shapes at once), so that ceilings
+    can be held over everything that holds a GPU.
+    """
 
     variant: str | None
     replicas: int  # desired replicas of the owned Deployment (what is being paid for)
     ready: int
     starting: int = 0  # created, not yet Ready (cold start in flight)
     pending_unschedulable: int = 0
-    cold_start_s: dict[str, float] = field(default_factory=dict)  # measured creation->Ready per variant
+    cold_start_s: Mapping[str, float] = field(default_factory=dict)  # measured creation->first Ready per variant
     competing_autoscaler: str | None = None
+    terminating: int = 0
+    pods: Mapping[str, PodCounts] = field(default_factory=dict)
+
+    def counts(self, variant: str) -> PodCounts:
+        """Pods of `variant` by phase (from `pods`, else from the totals when it is the running one)."""
+        if variant in self.pods:
+            return self.pods[variant]
+        if variant == self.variant:
+            return PodCounts(self.starting, self.ready, self.terminating, self.pending_unschedulable)
+        return PodCounts()
+
+
+class Action(StrEnum):
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    SWITCH_VARIANT = "SwitchVariant"
+    NO_CHANGE = "NoChange"
+
+
+class Condition(NamedTuple):
+    """A status condition the decision sets: ("True" | "False" | "Unknown", reason, message)."""
+
+    status: str
+    reason: str
+    message: str
+
+
+# ---- history ------------------------------------------------------------------------------------
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError("not finite")
+    return f
+
+
+def _opt_int(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or int(v) != v or v < 0:
+        raise ValueError("not a count")
+    return int(v)
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    raise ValueError("not a string")
+
+
+def _pairs(kind: Callable[[Any], Any]) -> Callable[[Any], tuple[tuple[float, Any], ...]]:
+    def parse(v: Any) -> tuple[tuple[float, Any], ...]:
+        if not isinstance(v, list | tuple):
+            raise ValueError("not a list")
+        out = []
+        for item in v:
+            t, x = item
+            t = float(t)
+            x = kind(x)
+            if not math.isfinite(t) or (isinstance(x, float) and not math.isfinite(x)):
+                raise ValueError("not finite")
+            out.append((t, x))
+        return tuple(out)
+
+    return parse
+
+
+def _correction(v: Any) -> float:
+    f = float(v)
+    if not math.isfinite(f) or f <= 0:
+        raise ValueError("not a positive number")
+    return f
+
+
+def _gaps(v: Any) -> tuple[float, ...]:
+    if not isinstance(v, list | tuple):
+        raise ValueError("not a list")
+    out = tuple(float(x) for x in v)
+    if any(not math.isfinite(x) or x < 0 for x in out):
+        raise ValueError("not a duration")
+    return out
 
 
 @dataclass(frozen=True)
 class History:
-    """What the policy remembers between decisions; persisted in status so restarts resume exactly."""
+    """What the policy remembers between decisions; persisted in status so restarts resume exactly.
 
-    recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas) within the longest window
-    rate_samples: tuple[tuple[float, float], ...] = ()  # (time, request rate) for the trend
+    Evidence counts once: `learned_at` and `mix_at` mark the last rate window that taught the
+    capacity estimate and the token mix, so the overlapping windows of later decisions teach nothing
+    until the window has moved past them.
+    """
+
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, replicas within bounds) in the longest window
+    rate_samples: tuple[tuple[float, float], ...] = ()  # (time, request rate) for the trend and the burst memory
     last_scale_at: float | None = None
     idle_since: float | None = None
     panic_until: float | None = None
     capacity_correction: float = 1.0
+    learned_at: float | None = None  # when a rate window last taught the capacity estimate
     variant_candidate: str | None = None
     variant_candidate_since: float | None = None
     observing_since: float | None = None  # first decision: the windows are covered only after this
-    mean_input: float | None = None  # smoothed token mix (EWMA): capacity is sensitive to it
+    mean_input: float | None = None  # smoothed token mix: capacity is sensitive to it
     mean_output: float | None = None
+    mix_at: float | None = None  # when a rate window last taught the token mix
     queued_at: float | None = None  # the last decision that saw a queue: one sample may be a blip
     ready_seen: int | None = None  # Ready replicas at the last decision
     ready_grew_at: float | None = None  # when the Ready count last grew: older windows hold backlog
+    burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
+    quiet_since: float | None = None  # the load fell well below the recent peak at this time
+
+    def with_(self, **changes: Any) -> History:
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "recommendations": [[round(t, 3), r] for t, r in self.recommendations],
-            "rateSamples": [[round(t, 3), round(v, 6)] for t, v in self.rate_samples],
-            "lastScaleAt": self.last_scale_at,
-            "idleSince": self.idle_since,
-            "panicUntil": self.panic_until,
-            "capacityCorrection": round(self.capacity_correction, 6),
-            "variantCandidate": self.variant_candidate,
-            "variantCandidateSince": self.variant_candidate_since,
-            "observingSince": self.observing_since,
-            "meanInput": None if self.mean_input is None else round(self.mean_input, 2),
-            "meanOutput": None if self.mean_output is None else round(self.mean_output, 2),
-            "queuedAt": self.queued_at,
-            "readySeen": self.ready_seen,
-            "readyGrewAt": self.ready_grew_at,
-        }
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            key = _KEYS[f.name]
+            if f.name == "recommendations":
+                out[key] = [[round(t, 3), r] for t, r in v]
+            elif f.name == "rate_samples":
+                out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
+            elif f.name == "burst_gaps":
+                out[key] = [round(x, 1) for x in v]
+            elif isinstance(v, float):
+                out[key] = round(v, 6)
+            else:
+                out[key] = v
+        return out
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | None) -> History:
-        if not d:
+    def from_dict(d: Any) -> History:
+        """The history kept in status, field by field: a field that does not parse (hand-edited,
+        corrupt, from another version) falls back to its default alone; the rest, above all the
+        learned capacity, is kept."""
+        if not isinstance(d, dict):
             return History()
-        try:
-            return History(
-                recommendations=tuple((float(t), int(r)) for t, r in d.get("recommendations", [])),
-                rate_samples=tuple((float(t), float(v)) for t, v in d.get("rateSamples", [])),
-                last_scale_at=d.get("lastScaleAt"),
-                idle_since=d.get("idleSince"),
-                panic_until=d.get("panicUntil"),
-                capacity_correction=float(d.get("capacityCorrection", 1.0)),
-                variant_candidate=d.get("variantCandidate"),
-                variant_candidate_since=d.get("variantCandidateSince"),
-                observing_since=d.get("observingSince"),
-                mean_input=d.get("meanInput"),
-                mean_output=d.get("meanOutput"),
-                queued_at=d.get("queuedAt"),
-                ready_seen=d.get("readySeen"),
-                ready_grew_at=d.get("readyGrewAt"),
-            )
-        except (TypeError, ValueError):
-            return History()  # a hand-edited or corrupt status must not crash the operator
+        kept: dict[str, Any] = {}
+        for name, parse in _PARSERS.items():
+            key = _KEYS[name]
+            if key not in d:
+                continue
+            try:
+                kept[name] = parse(d[key])
+            except (TypeError, ValueError):
+                continue
+        return History(**kept)
+
+    @staticmethod
+    def invalid_fields(d: Any) -> list[str]:
+        """The status keys of `d` that `from_dict` dropped (for a reason in the decision)."""
+        if not isinstance(d, dict):
+            return [] if d is None else ["history"]
+        bad = []
+        for name, parse in _PARSERS.items():
+            key = _KEYS[name]
+            if key in d:
+                try:
+                    parse(d[key])
+                except (TypeError, ValueError):
+                    bad.append(key)
+        return bad
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+_KEYS = {f.name: _camel(f.name) for f in fields(History)}
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "recommendations": _pairs(_opt_int),
+    "rate_samples": _pairs(lambda x: float(x)),
+    "last_scale_at": _opt_float,
+    "idle_since": _opt_float,
+    "panic_until": _opt_float,
+    "capacity_correction": _correction,
+    "learned_at": _opt_float,
+    "variant_candidate": _opt_str,
+    "variant_candidate_since": _opt_float,
+    "observing_since": _opt_float,
+    "mean_input": _opt_float,
+    "mean_output": _opt_float,
+    "mix_at": _opt_float,
+    "queued_at": _opt_float,
+    "ready_seen": _opt_int,
+    "ready_grew_at": _opt_float,
+    "burst_gaps": _gaps,
+    "quiet_since": _opt_float,
+}
+assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
+
+
+# ---- output -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -166,14 +323,14 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # ScaleUp | ScaleDown | Hold | NoChange
+    action: Action
     from_replicas: int
     to_replicas: int
     variant: str
     reasons: tuple[Reason, ...]
     history: History
     estimate: Estimate
-    conditions: dict[str, tuple[str, str, str]]  # type -> ("True"|"False"|"Unknown", reason, message)
+    conditions: dict[str, Condition]
     apply: bool  # False in Recommend/Paused (apart from manual replicas) and on hold
     gpus: int = 0
     hourly_cost: float | None = None
@@ -182,5 +339,24 @@ class Decision:
     def codes(self) -> list[Code]:
         return [r.code for r in self.reasons]
 
+    @property
+    def replicas_by_variant(self) -> dict[str, int]:
+        """The target as replicas per variant (one variant today; a switch may hold two)."""
+        return {self.variant: self.to_replicas}
+
     def with_(self, **kw: Any) -> Decision:
         return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The replica count a step proposes, with the reasons given so far (steps return new ones)."""
+
+    replicas: int
+    reasons: tuple[Reason, ...] = ()
+
+    def to(self, replicas: int, *reasons: Reason) -> Proposal:
+        return Proposal(replicas, self.reasons + reasons)
+
+    def note(self, *reasons: Reason) -> Proposal:
+        return Proposal(self.replicas, self.reasons + reasons)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from llmscale.metrics.histogram import attainment, histogram_quantile
 from llmscale.perf import buckets
+from llmscale.perf.histogram import attainment, histogram_quantile
 from llmscale.policy.types import Signals
 
 

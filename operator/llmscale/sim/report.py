@@ -13,6 +13,7 @@ COLUMNS = [
     ("requests", "requests", "{:d}"),
     ("TTFT ok", "ttft_attainment", "{:.2%}"),
     ("ITL ok", "itl_attainment", "{:.2%}"),
+    ("joint ok", "joint_attainment", "{:.2%}"),
     ("TTFT p50", "ttft_p50_s", "{:.3f}s"),
     ("TTFT p95", "ttft_p95_s", "{:.3f}s"),
     ("TTFT p99", "ttft_p99_s", "{:.3f}s"),

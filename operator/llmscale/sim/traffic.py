@@ -240,12 +240,46 @@ def _poisson(rate: RateFn, duration: float, peak: float, mean_in: int, mean_out:
     return Trace(name, arrivals)
 
 
-SCENARIOS = ("constant", "step", "ramp", "diurnal", "burst")
+SCENARIOS = ("constant", "step", "ramp", "diurnal", "burst", "onoff")
+
+
+@dataclass(frozen=True)
+class OnOff:
+    """A seeded on/off load: bursts of random height and length between lulls of random length."""
+
+    seed: int
+    base: float  # req/s between bursts
+    bursts: tuple[tuple[float, float, float], ...]  # (start s, length s, req/s)
+    cold_start_s: float  # drawn too: the same burst pattern is harder with slower starts
+
+    def rate(self, t: float) -> float:
+        for start, length, r in self.bursts:
+            if start <= t < start + length:
+                return r
+        return self.base
+
+
+def on_off(seed: int, duration: float = 2400.0, scale: float = 1.0) -> OnOff:
+    """Burst heights 8-48 req/s, lengths 30-240 s, lulls 30-900 s (log-uniform: many short, some
+    long), a base of 0-2 req/s and a cold start of 30-180 s, all drawn from `seed`."""
+    rng = random.Random(seed)
+    base = rng.uniform(0.0, 2.0) * scale
+    bursts, t = [], rng.uniform(0.0, 120.0)
+    while t < duration:
+        length = rng.uniform(30.0, 240.0)
+        bursts.append((t, length, rng.uniform(8.0, 48.0) * scale))
+        t += length + math.exp(rng.uniform(math.log(30.0), math.log(900.0)))
+    return OnOff(seed, base, tuple(bursts), rng.choice((30.0, 60.0, 90.0, 120.0, 180.0)))
 
 
 def scenario(name: str, rate: float = 10.0, duration: float = 1800.0, mean_in: int = 1024, mean_out: int = 256,
              seed: int = 0) -> Trace:
-    """Synthetic load shapes: constant, step (x3 at a third), ramp (0.2x -> 2x), diurnal, burst (x5 for 60s)."""
+    """Synthetic load shapes: constant, step (x3 at a third), ramp (0.2x -> 2x), diurnal, burst (x5 for 60s),
+    onoff (seeded random bursts and lulls, `rate` scaling heights of about 8-48 req/s at rate 10)."""
+    if name == "onoff":
+        shape = on_off(seed, duration, rate / 10.0)
+        peak = max([r for _, _, r in shape.bursts] + [shape.base, 1e-9])
+        return _poisson(shape.rate, duration, peak, mean_in, mean_out, seed, f"scenario-onoff-{seed}")
     shapes: dict[str, tuple[RateFn, float]] = {
         "constant": (lambda t: rate, rate),
         "step": (lambda t: rate * (3.0 if duration / 3 <= t < 2 * duration / 3 else 1.0), 3 * rate),

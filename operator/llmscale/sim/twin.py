@@ -17,7 +17,7 @@ from llmscale.api.units import parse_duration
 from llmscale.perf import Engine, Request, server_profile
 from llmscale.perf.engine import Finished
 from llmscale.policy.ceilings import ceiling_replicas
-from llmscale.policy.types import Signals, Workload
+from llmscale.policy.types import PodCounts, Signals, Workload
 
 from .promstore import PromStore, Sample
 from .traffic import Trace
@@ -82,6 +82,7 @@ class RunResult:
     requests: int
     ttft_attainment: float
     itl_attainment: float
+    joint_attainment: float  # requests within every SLO target (TTFT and inter-token) at once
     ttft_p50_s: float
     ttft_p95_s: float
     ttft_p99_s: float
@@ -232,15 +233,29 @@ class Twin:
         return True
 
     def _workload(self) -> Workload:
-        live = [p for p in self.pods if not p.draining]
+        counts: dict[str, list[int]] = {}
+        for p in self.pods:
+            c = counts.setdefault(p.variant.name, [0, 0, 0, 0])
+            if p.draining:
+                c[2] += 1
+            elif p.ready:
+                c[1] += 1
+            elif p.ready_at is not None:
+                c[0] += 1
+            else:
+                c[3] += 1
+        pods = {v: PodCounts(*c) for v, c in counts.items()}
         current = self.target.variant
+        mine = pods.get(current, PodCounts())
         return Workload(
             variant=current,
-            replicas=len(live),
-            ready=sum(1 for p in live if p.ready),
-            starting=sum(1 for p in live if not p.ready and p.ready_at is not None),
-            pending_unschedulable=sum(1 for p in live if p.ready_at is None),
+            replicas=len([p for p in self.pods if not p.draining]),
+            ready=mine.ready,
+            starting=mine.starting,
+            pending_unschedulable=mine.unschedulable,
             cold_start_s=dict(self.cold),
+            terminating=sum(c.terminating for c in pods.values()),
+            pods=pods,
         )
 
     # ---- traffic ----------------------------------------------------------------------------
@@ -411,7 +426,11 @@ class Twin:
         itls = sorted(f.itl_s for f in served if f.output_tokens > 1)
         # Requests never finished (the run ended) or rejected count as misses.
         ttft_ok = sum(1 for f in served if ttft_t is None or f.ttft_s <= ttft_t[0])
-        itl_ok = sum(1 for f in served if itl_t is None or f.output_tokens <= 1 or f.itl_s <= itl_t[0])
+        def itl_met(f: Finished) -> bool:
+            return itl_t is None or f.output_tokens <= 1 or f.itl_s <= itl_t[0]
+
+        itl_ok = sum(1 for f in served if itl_met(f))
+        joint_ok = sum(1 for f in served if (ttft_t is None or f.ttft_s <= ttft_t[0]) and itl_met(f))
         # Per-bin TTFT p95 of the requests that arrived in the bin, for the plot.
         by_bin: dict[int, list[float]] = {}
         for f in served:
@@ -425,6 +444,7 @@ class Twin:
             requests=n,
             ttft_attainment=ttft_ok / n if n else 1.0,
             itl_attainment=itl_ok / n if n else 1.0,
+            joint_attainment=joint_ok / n if n else 1.0,
             ttft_p50_s=_pct(ttfts, 0.50),
             ttft_p95_s=_pct(ttfts, 0.95),
             ttft_p99_s=_pct(ttfts, 0.99),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmscale.metrics.histogram import attainment, between_edges, histogram_quantile
 from llmscale.perf import buckets
+from llmscale.perf.histogram import attainment, between_edges, histogram_quantile
 
 EDGES = (0.1, 0.25, 0.5)
 

@@ -1,0 +1,127 @@
+"""Step 5: SLO feedback. Correct now when requests miss their targets beyond chance or a queue
+builds, whatever the plan says; the plan catches up through the capacity correction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.units import parse_duration
+from llmscale.perf.hardware import server_profile
+
+from .capacity import CapacityStep, misses_beyond_chance
+from .reasons import Code, Reason
+from .types import Condition, History, Proposal, Signals, Workload
+
+PANIC_RATIO = 2.0  # latency at twice the target (or demand at twice capacity) is a burst
+PANIC_HOLD_S = 60.0
+
+
+@dataclass(frozen=True)
+class Feedback:
+    proposal: Proposal
+    replicas: int | None  # what the feedback alone asks for; None when it is silent
+    breached: bool
+    slo_met: Condition
+    history: History
+
+
+def breach_ratio(spec: LLMDeploymentSpec, signals: Signals) -> float | None:
+    """The worst observed latency quantile over its target (TTFT, inter-token), None with no data."""
+    ratios = []
+    if spec.slo.ttft and signals.ttft_quantile is not None:
+        ratios.append(signals.ttft_quantile / spec.slo.ttft.seconds)
+    itl = spec.slo.itl_target()
+    if itl and signals.itl_quantile is not None:
+        ratios.append(signals.itl_quantile / itl.seconds)
+    return max(ratios) if ratios else None
+
+
+def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, ready: int, mean_input: float) -> float:
+    """Seconds of TTFT today's queue costs: the waiting prompts' prefill on the Ready replicas, or,
+    when requests wait for a free slot, the time the completions take to make room (Little's law).
+    With no completion in the window the slot wait is unknown and only the prefill counts."""
+    waiting = signals.requests_waiting or 0.0
+    if waiting <= 0:
+        return 0.0
+    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    prefill = waiting * mean_input / (max(ready, 1) * profile.prefill_tokens_per_s())
+    rate = signals.request_rate
+    slots = waiting / rate if rate is not None and rate > 0 else 0.0
+    return max(prefill, slots)
+
+
+def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, cap: CapacityStep,
+             proposal: Proposal, history: History, now: float) -> Feedback:
+    interval = parse_duration(spec.scaling.interval)
+    window_s = parse_duration(spec.metrics.rate_window)
+    ttft, itl = spec.slo.ttft, spec.slo.itl_target()
+    rate = signals.request_rate
+    ratio = breach_ratio(spec, signals)
+    # A window's p99 is its second-worst request at 200 requests a minute: a quantile over target
+    # is acted on only when more requests missed than the SLO allows, beyond chance.
+    ttft_missed = bool(ttft and signals.ttft_quantile is not None and signals.ttft_quantile > ttft.seconds and (
+        signals.ttft_attainment is None or misses_beyond_chance(
+            signals.ttft_attainment, ttft.percentile / 100, None if rate is None else rate * window_s)))
+    gen = signals.generation_tokens_rate
+    itl_missed = bool(itl and signals.itl_quantile is not None and signals.itl_quantile > itl.seconds and (
+        signals.itl_attainment is None or misses_beyond_chance(
+            signals.itl_attainment, itl.percentile / 100, None if gen is None else gen * window_s)))
+    breached = ratio is not None and ratio > 1.0 and (ttft_missed or itl_missed)
+    ready, base = workload.ready, max(workload.ready, 1)
+    reasons: list[Reason] = []
+    wanted: int | None = None
+    if breached and ratio is not None and cap.current.feasible:
+        if not cap.settled:
+            reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target, but the window still holds the backlog "
+                                                   "from before the Ready replicas last grew"))
+        else:
+            # An SLO no replica can meet even unloaded is reported (SLOFeasible=False), not chased.
+            wanted = max(math.ceil(base * min(ratio, PANIC_RATIO) - 1e-9), base + 1)
+            if ttft_missed and ttft:
+                reasons.append(Reason(Code.SLO_BREACH_TTFT, f"TTFT p{ttft.percentile:g} {signals.ttft_quantile * 1000:.0f}ms "  # type: ignore[operator]
+                                                            f"> target {ttft.seconds * 1000:.0f}ms"))
+            if itl_missed and itl:
+                reasons.append(Reason(Code.SLO_BREACH_ITL, f"inter-token p{itl.percentile:g} {signals.itl_quantile * 1000:.0f}ms "  # type: ignore[operator]
+                                                           f"> target {itl.seconds * 1000:.0f}ms"))
+
+    # The queue: vLLM's waiting gauge is one scrape, so a queue is acted on when the previous
+    # decision saw one too, or when it costs more than twice the TTFT target at once.
+    waiting = signals.requests_waiting or 0.0
+    running = signals.requests_running or 0.0
+    delay = queue_delay_s(spec, variant, signals, ready, cap.mix[0])
+    queued = ready > 0 and waiting > max(1.0, float(ready), 0.25 * running) and (ttft is None or delay > 0.5 * ttft.seconds)
+    persistent = history.queued_at is not None and now - history.queued_at <= 1.5 * interval
+    hist = history.with_(queued_at=now if queued else None)
+    if queued and (persistent or ttft is None or delay > 2 * ttft.seconds):
+        # Replicas for today's concurrency; with nothing running the queue says nothing of its size.
+        q = math.ceil(base * (running + waiting) / running - 1e-9) if running >= 1 else base + 1
+        wanted = max(wanted or 0, q, base + 1)
+        reasons.append(Reason(Code.QUEUE_GROWING, f"{waiting:.0f} requests waiting ({delay:.2f}s of TTFT), {running:.0f} running "
+                                                  f"on {ready} ready replicas"))
+    out = proposal
+    if out.replicas < workload.replicas and (queued or (waiting >= 1 and not rate)):
+        # A queue that costs TTFT, or requests waiting while none completed in the window (the rate
+        # then says nothing of the load): no time to release capacity.
+        out = out.to(workload.replicas, Reason(Code.QUEUE_GROWING, f"{waiting:.0f} requests waiting: not scaling down"))
+    if wanted is not None:
+        if wanted > out.replicas:
+            out = out.to(wanted)
+        if workload.starting > 0 and out.replicas <= workload.replicas:
+            reasons.append(Reason(Code.COLD_START, f"{workload.starting} replicas still loading count as capacity on its way"))
+        if (breached and (ratio or 0) >= PANIC_RATIO) or wanted >= PANIC_RATIO * base:
+            hold = max(PANIC_HOLD_S, 2 * interval)
+            hist = hist.with_(panic_until=now + hold)
+            reasons.append(Reason(Code.PANIC, f"burst: scale-down suspended for {hold:.0f}s"))
+    out = out.note(*reasons)
+
+    if ratio is None:
+        met = Condition("Unknown", "NoLatencyData", "no latency observations in the rate window")
+    elif breached:
+        met = Condition("False", "SLOBreached", f"latency at {ratio:.2f}x target")
+    elif ratio > 1.0:
+        met = Condition("True", "SLOMet", f"latency at {ratio:.2f}x target, but no more misses than the SLO allows plus chance")
+    else:
+        met = Condition("True", "SLOMet", f"latency at {ratio:.2f}x target")
+    return Feedback(out, wanted, breached, met, hist)

@@ -1,0 +1,45 @@
+"""Step 6: idleness. Zero on the request counters is evidence (missing series are not): after
+scaling.scaleToZero.idleFor of it, and only when scale-to-zero is enabled, release every replica.
+Demand while at zero starts one replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmscale.api.models import LLMDeploymentSpec
+from llmscale.api.units import parse_duration
+
+from .reasons import Code, Reason
+from .types import History, Proposal, Signals, Workload
+
+
+@dataclass(frozen=True)
+class Idleness:
+    proposal: Proposal
+    idle: bool
+    to_zero: bool  # scale-to-zero decided: the floor may be 0
+    history: History
+
+
+def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, proposal: Proposal, history: History,
+             now: float) -> Idleness:
+    rate, waiting = signals.request_rate, signals.requests_waiting or 0.0
+    idle = rate is not None and rate == 0.0 and waiting == 0.0 and "requestRate" not in signals.unknown
+    since = (history.idle_since if history.idle_since is not None else now) if idle else None
+    hist = history.with_(idle_since=since)
+    out, to_zero = proposal, False
+    if idle:
+        # The plan already sizes for zero load (and for what the burst memory holds): idleness
+        # itself only opens the door to zero.
+        out = out.note(Reason(Code.IDLE, "request counters at zero"))
+        stz = spec.scaling.scale_to_zero
+        if stz.enabled and spec.replicas.min == 0 and since is not None:
+            idle_for = now - since
+            if idle_for >= parse_duration(stz.idle_for):
+                out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {idle_for:.0f}s >= {stz.idle_for}")), True
+            elif workload.replicas == 0:
+                out, to_zero = out.to(0), True  # already at zero: stay there until demand comes
+    if workload.replicas == 0 and ((rate or 0) > 0 or waiting > 0):
+        out = out.to(max(out.replicas, 1),
+                     Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, {waiting:.0f} waiting"))
+    return Idleness(out, idle, to_zero, hist)

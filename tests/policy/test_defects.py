@@ -1,0 +1,133 @@
+"""The defects a review of the decision core found (issue 9), one test each. Every test here failed
+on the core before its fix (see the issue's closing note for the values main produced)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any
+
+from llmscale.api import parse_spec
+from llmscale.controller.kube import observe_workload
+from llmscale.policy import Code, History, Signals, Workload, decide
+from tests.conftest import spec_dict
+
+NOW = 10_000.0
+
+
+def missing(rate: float, attainment: float) -> Signals:
+    """A window in which requests missed TTFT at a load far below what the estimate calls safe."""
+    return Signals(ttft_quantile=0.9, itl_quantile=0.03, ttft_attainment=attainment, request_rate=rate,
+                   prompt_tokens_rate=rate * 1000, generation_tokens_rate=rate * 200, requests_waiting=0,
+                   requests_running=8, sampled_at=0)
+
+
+def test_one_window_of_misses_trims_the_capacity_estimate_once() -> None:
+    """15 s decisions over a 60 s rate window see the same misses four times; they count once.
+    (main: 1.0 -> 0.7 -> 0.49 -> 0.34 -> 0.24 within one window.)"""
+    spec = parse_spec(spec_dict())
+    h = History(observing_since=0.0)
+    seen = []
+    for t in (1000.0, 1015.0, 1030.0, 1045.0):
+        d = decide(spec, Workload("h100x1", 2, 2), missing(4.0, 0.80), h, t)
+        h = d.history
+        seen.append(round(h.capacity_correction, 3))
+    assert seen == [0.7, 0.7, 0.7, 0.7]
+    assert h.learned_at == 1000.0
+    # The next window (60 s later) is new evidence and teaches again.
+    d = decide(spec, Workload("h100x1", 2, 2), missing(4.0, 0.80), h, 1060.0)
+    assert d.history.capacity_correction < 0.7 and d.history.learned_at == 1060.0
+    assert Code.CAPACITY_LEARNED in d.codes
+
+
+def test_the_token_mix_is_learnt_once_per_window() -> None:
+    spec = parse_spec(spec_dict())
+    h = History(observing_since=0.0)
+    d = decide(spec, Workload("h100x1", 2, 2), missing(4.0, 0.99), h, 1000.0)
+    assert d.history.mean_input == 1000.0 and d.history.mix_at == 1000.0
+    long = Signals(**{**missing(4.0, 0.99).__dict__, "prompt_tokens_rate": 4.0 * 3000})
+    d2 = decide(spec, Workload("h100x1", 2, 2), long, d.history, 1015.0)
+    assert d2.history.mean_input == 1000.0  # the overlapping window teaches nothing new
+    d3 = decide(spec, Workload("h100x1", 2, 2), long, d2.history, 1060.0)
+    assert d3.history.mean_input == 1000.0 + 0.2 * 2000.0
+
+
+def _pod(name: str, created: dt.datetime, ready_at: dt.datetime | None, variant: str = "h100x1") -> Any:
+    conds = [SimpleNamespace(type="PodScheduled", status="True", reason=None, last_transition_time=created)]
+    if ready_at is not None:
+        conds.append(SimpleNamespace(type="Ready", status="True", reason=None, last_transition_time=ready_at))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, labels={"llmscale.io/variant": variant}, creation_timestamp=created,
+                                 deletion_timestamp=None, annotations={}),
+        status=SimpleNamespace(conditions=conds))
+
+
+DEP = SimpleNamespace(spec=SimpleNamespace(replicas=2, template=SimpleNamespace(metadata=SimpleNamespace(
+    labels={"llmscale.io/variant": "h100x1"}))))
+
+
+def test_a_readiness_blip_on_an_old_pod_is_not_a_cold_start() -> None:
+    """The Ready condition's last transition on a two-hour-old pod is a blip, not its start.
+    (main: 90 s -> 1,512 s after one decision.)"""
+    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+    old = _pod("old", t0, t0 + dt.timedelta(hours=2))  # blipped and came back just now
+    w, starting = observe_workload(DEP, [old], {"h100x1": 90.0}, None, seen_starting=(), startup_timeout_s=600)
+    assert w.cold_start_s == {"h100x1": 90.0} and starting == []
+
+
+def test_the_cold_start_is_measured_once_per_pod_creation_to_first_ready() -> None:
+    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+    loading = _pod("new", t0, None)
+    w, starting = observe_workload(DEP, [loading], {"h100x1": 90.0}, None, seen_starting=(), startup_timeout_s=600)
+    assert starting == ["new"] and w.starting == 1 and w.cold_start_s == {"h100x1": 90.0}
+    ready = _pod("new", t0, t0 + dt.timedelta(seconds=140))
+    w, starting = observe_workload(DEP, [ready], w.cold_start_s, None, seen_starting=starting, startup_timeout_s=600)
+    assert w.cold_start_s == {"h100x1": 100.0} and starting == []  # 0.8 x 90 + 0.2 x 140
+    # The next decision sees the same Ready pod: it is not folded again.
+    w, _ = observe_workload(DEP, [ready], w.cold_start_s, None, seen_starting=starting, startup_timeout_s=600)
+    assert w.cold_start_s == {"h100x1": 100.0}
+
+
+def test_an_unknown_request_rate_is_not_replaced_by_a_stored_sample() -> None:
+    """main: planned 4 replicas for a 60 req/s sample stored 500 s earlier."""
+    spec = parse_spec(spec_dict())
+    h = History(rate_samples=((9_500.0, 60.0), (9_515.0, 60.0)), observing_since=0.0)
+    s = Signals(ttft_quantile=0.1, requests_waiting=0, requests_running=2, unknown={"requestRate": "no series"})
+    d = decide(spec, Workload("h100x1", 2, 2), s, h, NOW)
+    assert d.to_replicas == 2
+    assert d.estimate.forecast_rate is None and d.estimate.planned_replicas is None
+    assert d.codes == [Code.METRICS_UNKNOWN]
+    assert d.history.rate_samples == h.rate_samples  # nothing new learnt, nothing forgotten
+
+
+def test_a_queue_with_no_completions_neither_panics_nor_releases() -> None:
+    """2 Ready, 3 waiting, 0 running, rate 0: main computed an infinite delay and went to 6."""
+    spec = parse_spec(spec_dict())
+    s = Signals(request_rate=0.0, prompt_tokens_rate=0.0, generation_tokens_rate=0.0, requests_waiting=3.0,
+                requests_running=0.0, sampled_at=0)
+    d = decide(spec, Workload("h100x1", 2, 2), s, History(observing_since=0.0), NOW)
+    assert d.to_replicas == 2
+    assert Code.PANIC not in d.codes and d.history.panic_until is None
+    assert d.estimate.feedback_replicas is None
+
+
+def test_the_scale_down_window_remembers_recommendations_within_the_ceilings() -> None:
+    """A spike that wanted 40 replicas under maxGPUs 4 is remembered as 4 (main kept 8 = the raw count)."""
+    spec = parse_spec(spec_dict(cost={"maxGPUs": 4, "prices": {"nvidia-h100": "4"}}, scaling={"scaleUp": {"maxStep": 100}}))
+    s = Signals(ttft_quantile=3.0, itl_quantile=0.03, request_rate=200, prompt_tokens_rate=200_000,
+                generation_tokens_rate=40_000, requests_waiting=0, requests_running=50)
+    d = decide(spec, Workload("h100x1", 4, 4), s, History(), 1000.0)
+    assert d.to_replicas == 4 and d.history.recommendations == ((1000.0, 4),)
+
+
+def test_min_zero_without_scale_to_zero_keeps_one_replica() -> None:
+    """main: replicas.min 0 with scaleToZero disabled released the last replica on idleness."""
+    spec = parse_spec(spec_dict(replicas={"min": 0, "max": 4}))
+    idle = Signals(request_rate=0.0, prompt_tokens_rate=0.0, generation_tokens_rate=0.0, requests_waiting=0.0,
+                   requests_running=0.0)
+    h = History(observing_since=0.0, idle_since=0.0, recommendations=((NOW - 400, 1),))
+    d = decide(spec, Workload("h100x1", 1, 1), idle, h, NOW)
+    assert d.to_replicas == 1 and Code.IDLE in d.codes
+    # At 0 (set by hand) with no demand, it comes back to 1: 0 is a one-way door without a demand signal.
+    d0 = decide(spec, Workload("h100x1", 0, 0), idle, h, NOW)
+    assert d0.to_replicas == 1 and Code.IDLE in d0.codes
