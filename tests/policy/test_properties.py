@@ -32,7 +32,7 @@ specs = st.builds(
         variants=[{"name": "v", "accelerator": "nvidia-h100", "gpusPerReplica": gpus}],
         cost={"maxGPUs": max(max_gpus, gpus), "maxHourlyCost": f"{max_cost:.2f}", "prices": {"nvidia-h100": f"{price:.2f}"}},
         scaling={"mode": mode, "scaleUp": {"maxStep": up}, "scaleDown": {"maxStep": down, "stabilizationWindow": "0s"},
-                 "scaleToZero": {"enabled": stz}},
+                 "scaleToZero": {"enabled": stz, "demand": {"inferencePool": "chat"}}},
     ),
     st.integers(0, 4), st.integers(1, 20), st.sampled_from([1, 2, 4, 8]), st.integers(1, 64),
     st.floats(0, 200), st.floats(0.5, 10), st.integers(1, 10), st.integers(1, 10),

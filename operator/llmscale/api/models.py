@@ -281,17 +281,70 @@ class ScaleBehavior(_Model):
         return v
 
 
-class ScaleToZero(_Model):
-    """Release every GPU after a period of proven idleness (request counters at zero, not missing series)."""
+class DemandSignal(_Model):
+    """Where demand shows while there are no replicas: the gateway in front of the pods holds the
+    requests and counts them. Give exactly one of inferencePool and query."""
 
-    enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0).")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("has(self.inferencePool) != has(self.query)", "give exactly one of inferencePool and query"),
+            ]
+        }
+    )
+
+    inference_pool: str | None = Field(
+        None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the Gateway API Inference Extension InferencePool (llm-d's router) in this namespace whose "
+                    "Endpoint Picker holds requests while the pool has no endpoints. Needs the EPP's flow control "
+                    "(featureGates: [flowControl], and a request TTL above the cold start); read from "
+                    "inference_extension_flow_control_queue_size{namespace, inference_pool}.",
+    )
+    query: str | None = Field(
+        None, max_length=2048,
+        description="PromQL returning the number of requests waiting for this deployment at the gateway, for other "
+                    "gateways (Knative activator, KEDA HTTP add-on); {namespace} and {name} are replaced. See the README.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DemandSignal:
+        if (self.inference_pool is None) == (self.query is None):
+            raise ValueError("give exactly one of inferencePool and query")
+        return self
+
+
+class ScaleToZero(_Model):
+    """Release every GPU after a period of proven idleness (request counters at zero, not missing series).
+
+    Zero replicas is a one-way door unless something reports demand while there are none: a
+    gateway that holds requests. So scale-to-zero needs `demand`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!self.enabled || has(self.demand)",
+                     "scaleToZero.enabled needs scaleToZero.demand: the gateway signal that brings the deployment back "
+                     "from zero (inferencePool or query)"),
+            ]
+        }
+    )
+
+    enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0 and demand).")
     idle_for: Duration = Field("15m", description="How long request counters must stay at zero first.")
+    demand: DemandSignal | None = Field(None, description="The gateway's count of requests held while there are no replicas.")
 
     @field_validator("idle_for")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _needs_demand(self) -> ScaleToZero:
+        if self.enabled and self.demand is None:
+            raise ValueError("scaleToZero.enabled needs scaleToZero.demand: the gateway signal that brings the deployment "
+                             "back from zero (inferencePool or query)")
+        return self
 
 
 class Scaling(_Model):

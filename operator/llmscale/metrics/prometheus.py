@@ -20,7 +20,7 @@ from llmscale.api.units import parse_duration
 from llmscale.policy.types import Signals
 
 from . import queries
-from .snapshot import Key, build_signals, index_by_deployment
+from .snapshot import Key, build_signals, index_by_deployment, index_by_pool
 
 log = logging.getLogger("llmscale.metrics")
 
@@ -35,6 +35,11 @@ class PrometheusSettings:
     ca_bundle: str | None = None
     verify_tls: bool = True
     timeout_s: float = 5.0
+
+
+def _pool(spec: LLMDeploymentSpec) -> str | None:
+    demand = spec.scaling.scale_to_zero.demand
+    return demand.inference_pool if demand is not None else None
 
 
 class PrometheusReader:
@@ -72,9 +77,13 @@ class PrometheusReader:
         for (url, window), keys in groups.items():
             results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
             failure: str | None = None
+            pools = {(key[0], pool): key for key in keys if (pool := _pool(deployments[key]))}
             for name, template in queries.BATCH.items():
+                if name == "gatewayPending" and not pools:
+                    continue  # nobody scales to zero behind an InferencePool here
                 try:
-                    results[name] = index_by_deployment(self._query(url, queries.render(template, window), name))
+                    raw = self._query(url, queries.render(template, window), name)
+                    results[name] = (index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw))
                 except (PrometheusApiClientException, OSError, ValueError) as e:
                     QUERY_ERRORS.labels(name).inc()
                     failure = f"Prometheus at {url} could not be read ({type(e).__name__}: {str(e)[:160]})"
@@ -92,10 +101,23 @@ class PrometheusReader:
                 if failure:
                     out[key] = Signals.unreachable(failure)
                     continue
+                demand = spec.scaling.scale_to_zero.demand
+                if demand is not None and demand.query:
+                    results.setdefault("gatewayPending", {})[key] = self._demand(url, demand.query, key)
                 stale_after = 2 * max(parse_duration(spec.scaling.interval), 15.0)
                 overrides = self._overrides(url, spec, key) if spec.metrics.queries else None
                 out[key] = build_signals(spec, key, results, now, stale_after, overrides)
         return out
+
+    def _demand(self, url: str, promql: str, key: Key) -> list[dict[str, Any]]:
+        """A deployment's own demand query (scaleToZero.demand.query), as samples of the batch."""
+        q = promql.replace("{namespace}", key[0]).replace("{name}", key[1])
+        try:
+            return self._query(url, q, "demand")
+        except Exception as e:
+            QUERY_ERRORS.labels("demand").inc()
+            log.warning("demand query for %s/%s failed: %s", *key, type(e).__name__)
+            return []
 
     def _overrides(self, url: str, spec: LLMDeploymentSpec, key: Key) -> dict[str, float | None]:
         """Per-CR query overrides: one query each, the first sample's value."""

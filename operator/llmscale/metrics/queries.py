@@ -19,7 +19,9 @@ BATCH: dict[str, str] = {
     "requestsRunning": f"sum by ({GROUP}) (vllm:num_requests_running)",
     "kvCacheUsage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc)",
     "gpuUtilization": f"avg by ({GROUP}) (DCGM_FI_DEV_GPU_UTIL) / 100",
-    "gatewayPending": f"sum by ({GROUP}) (llmscale_gateway_requests_pending)",
+    # Requests the Gateway API Inference Extension's Endpoint Picker holds (flow control), per pool:
+    # the demand that brings a deployment back from zero (scaling.scaleToZero.demand.inferencePool).
+    "gatewayPending": "sum by (namespace, inference_pool) (inference_extension_flow_control_queue_size)",
     # In-flight work per pod, for choosing which replicas to remove (pod-deletion-cost).
     "podLoad": f"sum by ({GROUP}, pod) (vllm:num_requests_running) + sum by ({GROUP}, pod) (vllm:num_requests_waiting)",
     # The newest sample time per deployment: older than two intervals means stale.

@@ -40,6 +40,17 @@ def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[dict
     return out
 
 
+def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str], Key]) -> dict[Key, list[dict[str, Any]]]:
+    """Samples grouped by (namespace, inference_pool), handed to the deployment that names the pool."""
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for s in result:
+        m = s.get("metric", {})
+        key = pools.get((m.get("namespace", ""), m.get("inference_pool", "")))
+        if key is not None:
+            out[key].append(s)
+    return out
+
+
 def _buckets(samples: list[dict[str, Any]]) -> list[float] | None:
     """Cumulative per-second bucket rates ordered by le, +Inf last; None if incomplete."""
     by_le: dict[float, float] = {}
@@ -166,4 +177,4 @@ def build_signals(
     )
 
 
-__all__ = ["Key", "build_signals", "buckets", "index_by_deployment"]
+__all__ = ["Key", "build_signals", "buckets", "index_by_deployment", "index_by_pool"]

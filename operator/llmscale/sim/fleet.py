@@ -253,11 +253,15 @@ def _families(pods: list[SimPod], gateway: dict, arrived: dict) -> list[Any]:
             d_util.add_metric(dv, util)
             d_fb.add_metric(dv, fb)
             d_active.add_metric(dv, min(1.0, e.num_running / max(1, prof.max_num_seqs) * 4))
-    g_pending = GaugeMetricFamily("llmscale_gateway_requests_pending", "Requests held at the gateway: no Ready replica yet.",
-                                  labels=["namespace", "llmd"])
+    # The gateway holds requests while a deployment has no Ready replica, and reports them as the
+    # Gateway API Inference Extension's Endpoint Picker does with flow control on (one pool per
+    # LLMDeployment, named after it; the namespace label is what a scrape of the EPP adds).
+    g_pending = GaugeMetricFamily("inference_extension_flow_control_queue_size",
+                                  "Requests held in the flow-control queue (no endpoint yet).",
+                                  labels=["namespace", "inference_pool", "model_name", "target_model_name", "fairness_id", "priority"])
     c_arr = CounterMetricFamily("llmscale_gateway_requests", "Requests that arrived at the gateway.", labels=["namespace", "llmd"])
     for (ns, dep), q in gateway.items():
-        g_pending.add_metric([ns, dep], len(q))
+        g_pending.add_metric([ns, dep, "", "", "default", "0"], len(q))
     for (ns, dep), n in arrived.items():
         c_arr.add_metric([ns, dep], n)
     return [g_run, g_wait, g_kv, c_prompt, c_gen, c_succ, c_pre, h_ttft, h_itl, h_e2e, h_q, d_util, d_fb, d_active, g_pending, c_arr]

@@ -1,0 +1,273 @@
+"""Each step of the decision core on its own, table-driven with a fake clock: every case states the
+step's whole output (proposal with its reasons, conditions, the history it hands on)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.policy import Code, Condition, History, Proposal, Reason, Signals, Workload
+from llmscale.policy.availability import Availability, availability
+from llmscale.policy.capacity import CapacityStep, VariantCapacity
+from llmscale.policy.ceilings import Bounded, ceilings
+from llmscale.policy.feedback import Feedback, feedback
+from llmscale.policy.forecast import Forecast, forecast, hold_time
+from llmscale.policy.idleness import Idleness, idleness
+from llmscale.policy.mode import mode
+from llmscale.policy.stabilization import Stabilized, stabilization
+from llmscale.policy.tolerance import tolerance
+from llmscale.policy.types import Action, Decision, Estimate
+from llmscale.policy.unknowns import unknowns
+from tests.conftest import spec_dict
+
+NOW = 10_000.0
+SPEC = parse_spec(spec_dict())
+V = SPEC.variants[0]
+
+
+def spec(**kw: Any) -> Any:
+    return parse_spec(spec_dict(**kw))
+
+
+def sig(rate: float | None = 10.0, **kw: Any) -> Signals:
+    base: dict[str, Any] = {"request_rate": rate, "prompt_tokens_rate": None if rate is None else rate * 1000,
+                            "generation_tokens_rate": None if rate is None else rate * 200, "requests_waiting": 0.0,
+                            "requests_running": 4.0}
+    base.update(kw)
+    return Signals(**base)
+
+
+def cap_step(per_replica: float = 10.0, settled: bool = True) -> CapacityStep:
+    return CapacityStep(VariantCapacity(V, per_replica, "ttft", 0.01), 1.0, (1000.0, 200.0), settled,
+                        Condition("True", "SLOFeasible", ""), History())
+
+
+# ---- 1. availability --------------------------------------------------------------------------------
+
+AVAILABILITY = [
+    ("all signals read", SPEC, sig(), Availability(None, True, Condition("True", "MetricsRead", "all signals read"))),
+    ("Prometheus unreachable: hold, final", SPEC, Signals.unreachable("timeout"),
+     Availability(Proposal(3, (Reason(Code.METRICS_UNAVAILABLE, "holding at 3 replicas: timeout"),)), False,
+                  Condition("False", "MetricsUnavailable", "timeout"))),
+    ("a critical signal unknown", SPEC, sig(None, unknown={"requestRate": "no series"}),
+     Availability(None, True, Condition("False", "MetricsUnknown", "requestRate: no series"), ("requestRate",),
+                  (Reason(Code.METRICS_UNKNOWN, "requestRate unknown (no series): scale-down disabled"),))),
+    ("a secondary signal unknown", SPEC, sig(unknown={"kvCacheUsage": "NaN"}),
+     Availability(None, True, Condition("True", "MetricsUnknown", "kvCacheUsage: NaN"))),
+    ("Paused", spec(scaling={"mode": "Paused"}), sig(),
+     Availability(Proposal(3, (Reason(Code.PAUSED, "scaling.mode is Paused"),)), False, None)),
+    ("Paused with manualReplicas over maxGPUs", spec(replicas={"min": 1, "max": 16}, scaling={"mode": "Paused", "manualReplicas": 12}), sig(),
+     Availability(Proposal(8, (Reason(Code.BUDGET_GPUS, "manualReplicas 12 capped at 8 by cost.maxGPUs"),
+                               Reason(Code.PAUSED, "scaling.mode is Paused; manualReplicas 8"))), True, None)),
+]
+
+
+@pytest.mark.parametrize(("spec_", "signals", "expect"), [c[1:] for c in AVAILABILITY], ids=[c[0] for c in AVAILABILITY])
+def test_availability(spec_: Any, signals: Signals, expect: Availability) -> None:
+    assert availability(spec_, V, Workload("h100x1", 3, 3), signals) == expect
+
+
+# ---- 3. forecast ------------------------------------------------------------------------------------
+
+FORECAST = [
+    ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
+     Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),)))),
+    ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0))))),
+    ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
+     History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 2.00 req/s)"),))),
+    ("the load comes back: the lull's length is remembered once", sig(25.0),
+     History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,)),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 25.00 req/s)"),))),
+    ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
+     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),)))),
+]
+
+
+@pytest.mark.parametrize(("signals", "history", "expect"), [c[1:] for c in FORECAST], ids=[c[0] for c in FORECAST])
+def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
+    assert forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW) == expect
+
+
+@pytest.mark.parametrize(("gaps", "expect"), [
+    ((), 300.0),  # nothing learnt: HPA's five minutes
+    ((120.0,), 300.0),
+    ((60.0, 120.0, 180.0), 105.0 + 180.0),  # one horizon plus the lull bursts come back within
+    ((1000.0, 1200.0, 2000.0), 105.0),  # lulls usually long: release after one horizon
+])
+def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
+    assert hold_time(gaps, 105.0) == expect
+
+
+# ---- 5. feedback ------------------------------------------------------------------------------------
+
+EMPTY = History()
+
+
+def _fb(signals: Signals, workload: Workload, history: History = EMPTY, settled: bool = True, proposal: int = 2) -> Feedback:
+    return feedback(SPEC, V, workload, signals, cap_step(settled=settled), Proposal(proposal), history, NOW)
+
+
+def test_feedback_on_a_ttft_breach_beyond_chance() -> None:
+    got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 2, 2))
+    assert got == Feedback(
+        Proposal(4, (Reason(Code.SLO_BREACH_TTFT, "TTFT p95 1000ms > target 500ms"), Reason(Code.PANIC, "burst: scale-down suspended for 60s"))),
+        4, True, Condition("False", "SLOBreached", "latency at 2.00x target"), History(panic_until=NOW + 60))
+
+
+def test_feedback_ignores_a_quantile_over_target_by_chance() -> None:
+    got = _fb(sig(3.0, ttft_quantile=0.6, ttft_attainment=0.93, itl_quantile=0.03), Workload("h100x1", 2, 2))
+    assert got == Feedback(Proposal(2), None, False,
+                           Condition("True", "SLOMet", "latency at 1.20x target, but no more misses than the SLO allows plus chance"),
+                           History())
+
+
+def test_feedback_waits_while_the_window_holds_the_old_backlog() -> None:
+    got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 4, 4), settled=False)
+    assert got.replicas is None and got.proposal.replicas == 2 and got.breached
+    assert [r.code for r in got.proposal.reasons] == [Code.COLD_START]
+
+
+def test_feedback_a_queue_seen_twice_adds_replicas_for_the_concurrency() -> None:
+    seen = History(queued_at=NOW - 15)
+    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 2, 2), seen)
+    assert got.replicas == 4 and got.proposal.replicas == 4 and got.history == History(queued_at=NOW, panic_until=NOW + 60)
+    assert [r.code for r in got.proposal.reasons] == [Code.QUEUE_GROWING, Code.PANIC]
+
+
+def test_feedback_a_queue_seen_once_is_looked_at_again() -> None:
+    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 2, 2))
+    assert got == Feedback(Proposal(2), None, False, Condition("True", "SLOMet", "latency at 0.40x target"), History(queued_at=NOW))
+
+
+def test_feedback_a_costly_queue_holds_the_count() -> None:
+    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 3, 3),
+              proposal=1)
+    assert got.proposal == Proposal(3, (Reason(Code.QUEUE_GROWING, "5 requests waiting: not scaling down"),))
+
+
+# ---- 6. idleness ------------------------------------------------------------------------------------
+
+STZ = spec(replicas={"min": 0, "max": 4}, scaling={"scaleToZero": {"enabled": True, "idleFor": "10m", "demand": {"inferencePool": "chat"}}})
+IDLE = sig(0.0, requests_running=0.0)
+IDLENESS = [
+    ("busy: nothing changes", SPEC, Workload("h100x1", 2, 2), sig(), History(), Idleness(Proposal(2), False, False, History())),
+    ("idle: the plan stands, the clock starts", SPEC, Workload("h100x1", 2, 2), IDLE, History(),
+     Idleness(Proposal(2, (Reason(Code.IDLE, "request counters at zero"),)), True, False, History(idle_since=NOW))),
+    ("idle long enough with scale-to-zero", STZ, Workload("h100x1", 1, 1), IDLE, History(idle_since=NOW - 600),
+     Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"), Reason(Code.SCALE_TO_ZERO, "idle for 600s >= 10m"))),
+              True, True, History(idle_since=NOW - 600))),
+    ("at zero, still idle: stay", STZ, Workload("h100x1", 0, 0), IDLE, History(idle_since=NOW - 60),
+     Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"),)), True, True, History(idle_since=NOW - 60))),
+    ("demand at zero starts one", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=3.0, unknown={"requestRate": "no series"}),
+     History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting"),)), False, False, History())),
+]
+
+
+@pytest.mark.parametrize(("spec_", "workload", "signals", "history", "expect"), [c[1:] for c in IDLENESS], ids=[c[0] for c in IDLENESS])
+def test_idleness(spec_: Any, workload: Workload, signals: Signals, history: History, expect: Idleness) -> None:
+    proposal = Proposal(workload.replicas if workload.replicas else 0)
+    assert idleness(spec_, workload, signals, proposal, history, NOW) == expect
+
+
+# ---- 7. tolerance, 8. unknowns --------------------------------------------------------------------------
+
+def test_tolerance_holds_within_the_band_only() -> None:
+    fc = Forecast(42.0, 105.0, 300.0, History())  # 42 / (5 x 10 x 0.85) = 0.99
+    assert tolerance(SPEC, 5, cap_step(), fc, Proposal(6), False) == Proposal(
+        5, (Reason(Code.WITHIN_TOLERANCE, "demand at 0.99x the plan for 5 replicas (tolerance 10%)"),))
+    far = Forecast(60.0, 105.0, 300.0, History())
+    assert tolerance(SPEC, 5, cap_step(), far, Proposal(8), False) == Proposal(8)
+    assert tolerance(SPEC, 5, cap_step(), fc, Proposal(6), True) == Proposal(6)  # feedback is never damped
+
+
+def test_unknowns_never_scale_down() -> None:
+    assert unknowns(4, sig(None), (), Proposal(2)) == Proposal(4, (Reason(Code.METRICS_UNKNOWN, "not scaling down to 2: requestRate unknown"),))
+    assert unknowns(4, sig(None, unknown={"requestRate": "x"}), ("requestRate",), Proposal(2)) == Proposal(4)
+    assert unknowns(4, sig(None), (), Proposal(6)) == Proposal(6)
+    assert unknowns(4, sig(3.0), (), Proposal(2)) == Proposal(2)
+
+
+# ---- 9. stabilization -------------------------------------------------------------------------------
+
+def _stab(proposal: int, current: int, history: History, sp: Any = SPEC, pending: int = 0) -> Stabilized:
+    return stabilization(sp, V, Workload("h100x1", current, current, pending_unschedulable=pending), Proposal(proposal), False, history, NOW)
+
+
+def test_stabilization_holds_a_scale_down_to_the_window_high() -> None:
+    h = History(recommendations=((NOW - 100, 6),), observing_since=0.0)
+    assert _stab(2, 6, h) == Stabilized(
+        Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 6 (highest recommendation in 300s)"),)),
+        History(recommendations=((NOW - 100, 6), (NOW, 2)), observing_since=0.0))
+
+
+def test_stabilization_steps_down_one_after_the_window() -> None:
+    h = History(recommendations=((NOW - 400, 6),), observing_since=0.0)
+    assert _stab(2, 6, h) == Stabilized(
+        Proposal(5, (Reason(Code.RATE_LIMITED_DOWN, "2 capped at 5 by scaleDown.maxStep 1"),)),
+        History(recommendations=((NOW, 2),), observing_since=0.0))
+
+
+def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> None:
+    got = _stab(40, 2, History(observing_since=0.0))
+    assert got == Stabilized(Proposal(6, (Reason(Code.RATE_LIMITED_UP, "40 capped at 6 by scaleUp.maxStep 4"),)),
+                             History(recommendations=((NOW, 8),), observing_since=0.0))
+
+
+def test_stabilization_adds_nothing_while_pods_wait_for_gpus() -> None:
+    got = _stab(5, 3, History(observing_since=0.0), pending=1)
+    assert got.proposal == Proposal(3, (Reason(Code.GPUS_UNAVAILABLE, "1 pods Pending without free GPUs: not adding more"),))
+
+
+def test_stabilization_panic_suspends_scale_down() -> None:
+    got = _stab(2, 6, History(panic_until=NOW + 30, observing_since=0.0, recommendations=((NOW - 400, 2),)))
+    assert got.proposal == Proposal(6, (Reason(Code.PANIC, "scale-down to 2 suspended until the burst passes"),))
+
+
+# ---- 10. ceilings -----------------------------------------------------------------------------------
+
+CEILINGS = [
+    ("within bounds", SPEC, 3, Bounded(Proposal(3), 8, Condition("False", "WithinBudget", ""))),
+    ("over maxGPUs", spec(replicas={"min": 1, "max": 16}), 12,
+     Bounded(Proposal(8, (Reason(Code.BUDGET_GPUS, "12 capped at 8 by cost.maxGPUs"),)), 8,
+             Condition("True", "BudgetLimited", "the SLO needs more than 8 replicas of h100x1; capped by cost.maxGPUs"))),
+    ("over maxHourlyCost", spec(cost={"maxHourlyCost": "20", "prices": {"nvidia-h100": "4"}}), 7,
+     Bounded(Proposal(5, (Reason(Code.BUDGET_COST, "7 capped at 5 by cost.maxHourlyCost"),)), 5,
+             Condition("True", "BudgetLimited", "the SLO needs more than 5 replicas of h100x1; capped by cost.maxHourlyCost"))),
+    ("over replicas.max is not a budget limit", spec(replicas={"min": 1, "max": 4}), 6,
+     Bounded(Proposal(4, (Reason(Code.AT_MAX, "6 capped at 4 by replicas.max"),)), 4, Condition("False", "WithinBudget", ""))),
+    ("min 0 without scale-to-zero keeps one", spec(replicas={"min": 0, "max": 4}), 0,
+     Bounded(Proposal(1, (Reason(Code.AT_MIN, "raised to 1 (replicas.min is 0 but scaling.scaleToZero is not enabled)"),)), 4,
+             Condition("False", "WithinBudget", ""))),
+    ("the ceiling beats replicas.min", spec(replicas={"min": 6, "max": 8}, cost={"maxGPUs": 4, "prices": {"nvidia-h100": "4"}}), 6,
+     Bounded(Proposal(4, (Reason(Code.BUDGET_GPUS, "6 capped at 4 by cost.maxGPUs"),)), 4,
+             Condition("True", "BudgetLimited", "the SLO needs more than 4 replicas of h100x1; capped by cost.maxGPUs"))),
+]
+
+
+@pytest.mark.parametrize(("spec_", "replicas", "expect"), [c[1:] for c in CEILINGS], ids=[c[0] for c in CEILINGS])
+def test_ceilings(spec_: Any, replicas: int, expect: Bounded) -> None:
+    assert ceilings(spec_, spec_.variants[0], Proposal(replicas), False) == expect
+
+
+# ---- 12. mode ---------------------------------------------------------------------------------------
+
+def test_mode_recommend_reports_and_does_not_apply() -> None:
+    sp = spec(scaling={"mode": "Recommend"})
+    d = mode(sp, 2, V, V, Proposal(4, (Reason(Code.CAPACITY_PLAN, "x"),)), True, History(), Estimate(), {}, NOW)
+    assert d == Decision(Action.SCALE_UP, 2, 4, "h100x1",
+                         (Reason(Code.CAPACITY_PLAN, "x"), Reason(Code.RECOMMEND_ONLY, "would ScaleUp 2 -> 4; not applied")),
+                         History(), Estimate(), {}, False, 4, 16.0)
+
+
+def test_mode_auto_applies_and_remembers_when() -> None:
+    d = mode(SPEC, 2, V, V, Proposal(2), True, History(), Estimate(), {}, NOW)
+    assert d == Decision(Action.NO_CHANGE, 2, 2, "h100x1", (Reason(Code.NO_CHANGE, "2 replicas are what the policy wants"),),
+                         History(), Estimate(), {}, True, 2, 8.0)
+    d = mode(SPEC, 2, V, V, Proposal(3), True, History(), Estimate(), {}, NOW)
+    assert d.action == Action.SCALE_UP and d.history == History(last_scale_at=NOW) and d.apply
