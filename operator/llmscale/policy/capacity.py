@@ -154,6 +154,20 @@ def refine_correction(correction: float, attainment: float | None, target_share:
     return min(CORRECTION_MAX, max(CORRECTION_MIN, correction))
 
 
+MIX_MOVE = 1.1  # the mix capacity is planned for moves only when the observed mix moved this factor
+
+
+def planning_mix(observed: tuple[float, float], planned: tuple[float, float] | None) -> tuple[float, float]:
+    """The token mix to plan capacity for: the observed (smoothed) mix, but kept where it was until
+    it moves by more than 10%. Capacity hardly changes within that, and each new mix costs a fleet
+    simulation."""
+    if planned is None:
+        return observed
+    if all(1 / MIX_MOVE <= o / p <= MIX_MOVE for o, p in zip(observed, planned, strict=True)):
+        return planned
+    return observed
+
+
 RAMP_FACTOR = 2.0  # a load that more than doubled within the window is a ramp
 
 
@@ -199,7 +213,8 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         mean_in, mean_out = observed_mix(signals, mean_in, mean_out)
         if (mean_in, mean_out) != (hist.mean_input, hist.mean_output):
             hist = hist.with_(mean_input=mean_in, mean_output=mean_out, mix_at=now)
-    mix = with_defaults(mean_in, mean_out)
+    mix = planning_mix(with_defaults(mean_in, mean_out), hist.planned_mix)
+    hist = hist.with_(planned_mix=mix)
 
     correction = hist.capacity_correction
     reasons: tuple[Reason, ...] = ()

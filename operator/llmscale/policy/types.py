@@ -178,6 +178,10 @@ def _pairs(kind: Callable[[Any], Any]) -> Callable[[Any], tuple[tuple[float, Any
     return parse
 
 
+def _invalid() -> Any:
+    raise ValueError("invalid")
+
+
 def _correction(v: Any) -> float:
     f = float(v)
     if not math.isfinite(f) or f <= 0:
@@ -216,6 +220,7 @@ class History:
     mean_input: float | None = None  # smoothed token mix: capacity is sensitive to it
     mean_output: float | None = None
     mix_at: float | None = None  # when a rate window last taught the token mix
+    planned_mix: tuple[float, float] | None = None  # the mix capacity is planned for (moves in 10% steps)
     queued_at: float | None = None  # the last decision that saw a queue: one sample may be a blip
     ready_seen: int | None = None  # Ready replicas at the last decision
     ready_grew_at: float | None = None  # when the Ready count last grew: older windows hold backlog
@@ -234,6 +239,8 @@ class History:
                 out[key] = [[round(t, 3), r] for t, r in v]
             elif f.name == "rate_samples":
                 out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
+            elif f.name == "planned_mix":
+                out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
             elif f.name == "burst_gaps":
                 out[key] = [round(x, 1) for x in v]
             elif isinstance(v, float):
@@ -296,6 +303,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "mean_input": _opt_float,
     "mean_output": _opt_float,
     "mix_at": _opt_float,
+    "planned_mix": lambda v: None if v is None else (float(v[0]), float(v[1])) if len(v) == 2 and all(
+        math.isfinite(float(x)) and float(x) > 0 for x in v) else _invalid(),
     "queued_at": _opt_float,
     "ready_seen": _opt_int,
     "ready_grew_at": _opt_float,
