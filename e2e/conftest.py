@@ -22,6 +22,8 @@ CLUSTER = ROOT / "e2e" / "cluster"
 STATE = Path(os.environ.get("LLMSCALE_STATE", ROOT / "e2e" / ".state"))
 PROM_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_PROM_PORT', '19090')}"
 FLEET_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_FLEET_PORT', '18000')}"
+OPERATOR_TOKEN = STATE / "operator-prometheus-token"
+OPERATOR_LOG = STATE / "logs" / "operator-e2e.log"
 KUBECTL = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) / f"kubernetes-{os.environ.get('KUBE_VERSION', 'v1.36.3')}" / "kubectl"
 
 
@@ -83,12 +85,14 @@ def crd(bed: Bed) -> None:
 
 @pytest.fixture(scope="session")
 def operator(bed: Bed, crd: None) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a normal process against the bed."""
+    """The operator as a normal process against the bed, with a bearer token for its Prometheus (the
+    bed's Prometheus ignores it; the security tests check that it goes nowhere else)."""
     log = open(STATE / "logs" / "operator-e2e.log", "wb")
+    OPERATOR_TOKEN.write_text(f"e2e-operator-token-{uuid.uuid4().hex}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", bed.prom_url,
          "--metrics-port", "18080", "--health-port", "18081"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN)},
     )
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -141,6 +141,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(endpoints: Any, spec: Any) -> str:
+    target = endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url)
+    return target if isinstance(target, str) else f"{target.label} ({target.url})"
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
@@ -149,7 +154,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .api.crd import PLURAL
     from .api.models import explain_errors, parse_spec
     from .controller.kube import Kube, observe_workload
-    from .metrics.prometheus import PrometheusReader, PrometheusSettings
+    from .metrics.endpoints import EndpointError
+    from .metrics.prometheus import PrometheusReader
     from .policy import History, decide
     from .settings import OperatorSettings
 
@@ -173,15 +179,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     pods = kube.pods(args.namespace, args.name)
     workload, _ = observe_workload(dep, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
                                 kube.competing_autoscaler(args.namespace, args.name))
-    url = args.prometheus_url or spec.metrics.prometheus_url or OperatorSettings().prometheus_url
+    # The same endpoints and allow-list as the operator: explain sends no credential anywhere else.
+    settings = OperatorSettings(**({"prometheus_url": args.prometheus_url} if args.prometheus_url else {}))
+    try:
+        endpoints = settings.endpoints()
+    except EndpointError as e:
+        raise CLIError(str(e)) from None
     now = time.time()
     key = (args.namespace, args.name)
-    if url:
-        signals = PrometheusReader(PrometheusSettings(url=url)).read({key: spec}, now)[key]
-    else:
-        from .policy.types import Signals
-
-        signals = Signals.unreachable("no Prometheus URL: pass --prometheus-url or set LLMSCALE_PROMETHEUS_URL")
+    signals = PrometheusReader(endpoints).read({key: spec}, now)[key]
     d = decide(spec, workload, signals, History.from_dict(status.get("history")), now)
     fmt = lambda v, scale=1.0, unit="": "unknown" if v is None else f"{v * scale:.3g}{unit}"  # noqa: E731
     print(f"LLMDeployment {args.namespace}/{args.name}  model {spec.model}  mode {spec.scaling.mode.value}")
@@ -190,7 +196,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
           + (f"; competing autoscaler: {workload.competing_autoscaler}" if workload.competing_autoscaler else ""))
     if workload.cold_start_s:
         print("cold start measured: " + ", ".join(f"{k} {v:.0f}s" for k, v in workload.cold_start_s.items()))
-    print("\nsignals" + (f" (UNAVAILABLE: {signals.unavailable})" if signals.unavailable else f" from {url}:"))
+    print("\nsignals" + (f" (UNAVAILABLE: {signals.unavailable})" if signals.unavailable else f" from {_where(endpoints, spec)}:"))
     if not signals.unavailable:
         ttft, itl = spec.slo.ttft, spec.slo.itl_target()
         print(f"  TTFT p{ttft.percentile:g}: {fmt(signals.ttft_quantile, 1000, 'ms')} (target {ttft.target}), "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmscale.metrics.endpoints import DEFAULT, Endpoint, Endpoints, load_config
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMSCALE_", extra="ignore")
@@ -13,7 +15,21 @@ class OperatorSettings(BaseSettings):
     prometheus_bearer_token_file: str | None = Field(None, description="File with a bearer token for Prometheus.")
     prometheus_ca_bundle: str | None = Field(None, description="CA bundle to verify Prometheus' TLS certificate.")
     prometheus_insecure_skip_verify: bool = Field(False, description="Skip TLS verification (not recommended).")
-    prometheus_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Prometheus query, seconds.")
+    prometheus_timeout_s: float = Field(5.0, gt=0, le=60, description="Timeout of one Prometheus query, seconds.")
+    prometheus_endpoints_file: str | None = Field(
+        None, description="YAML file of further named Prometheus endpoints with their credentials, allowedURLs and "
+                          "allowQueryOverrides (the chart renders it); see metrics/endpoints.py.")
+
+    def endpoints(self) -> Endpoints:
+        """The endpoints the operator may read: `default` from the prometheus_* settings, the rest
+        from the endpoints file. Raises EndpointError on a file that cannot be used."""
+        default = None
+        if self.prometheus_url:
+            default = Endpoint(name=DEFAULT, url=self.prometheus_url, bearer_token_file=self.prometheus_bearer_token_file,
+                               ca_file=self.prometheus_ca_bundle, insecure_skip_verify=self.prometheus_insecure_skip_verify,
+                               timeout_seconds=self.prometheus_timeout_s)
+        config = load_config(self.prometheus_endpoints_file) if self.prometheus_endpoints_file else None
+        return Endpoints.build(default, config)
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics; 0 disables.")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the liveness endpoint /healthz; 0 disables.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty watches the cluster.")

@@ -95,13 +95,13 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
 
 
 @pytest.mark.parametrize(("gaps", "expect"), [
-    ((), 300.0),  # nothing learnt: HPA's five minutes
+    ((), 300.0),  # nothing learnt: the scale-down window
     ((120.0,), 300.0),
     ((60.0, 120.0, 180.0), 105.0 + 180.0),  # one horizon plus the lull bursts come back within
     ((1000.0, 1200.0, 2000.0), 105.0),  # lulls usually long: release after one horizon
 ])
 def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
-    assert hold_time(gaps, 105.0) == expect
+    assert hold_time(gaps, 105.0, 300.0) == expect
 
 
 # ---- 5. feedback ------------------------------------------------------------------------------------
@@ -162,10 +162,20 @@ IDLENESS = [
     ("idle long enough with scale-to-zero", STZ, Workload("h100x1", 1, 1), IDLE, History(idle_since=NOW - 600),
      Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"), Reason(Code.SCALE_TO_ZERO, "idle for 600s >= 10m"))),
               True, True, History(idle_since=NOW - 600))),
-    ("at zero, still idle: stay", STZ, Workload("h100x1", 0, 0), IDLE, History(idle_since=NOW - 60),
-     Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"),)), True, True, History(idle_since=NOW - 60))),
+    ("at zero, no demand at the gateway: stay", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=0.0, unknown={"requestRate": "no series"}),
+     History(), Idleness(Proposal(0, (Reason(Code.IDLE, "at zero, no request waiting at the gateway"),)), False, True, History())),
+    ("at zero, the demand signal unknown: hold at zero", STZ, Workload("h100x1", 0, 0),
+     sig(None, requests_waiting=None, unknown={"requestRate": "no series", "gatewayDemand": "no series"}), History(),
+     Idleness(Proposal(0, (Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero"),)),
+              False, True, History())),
     ("demand at zero starts one", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=3.0, unknown={"requestRate": "no series"}),
-     History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting"),)), False, False, History())),
+     History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting at the gateway"),)),
+                         False, False, History())),
+    ("idle long enough, but the door back is not proven: stay at one", STZ, Workload("h100x1", 1, 1),
+     sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), History(idle_since=NOW - 600),
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(
+         Code.METRICS_UNKNOWN, "not scaling to zero: the gateway's demand signal is unknown (no series)"))),
+              True, False, History(idle_since=NOW - 600))),
 ]
 
 

@@ -385,8 +385,15 @@ class Scaling(_Model):
 class MetricsSource(_Model):
     """Where and how the operator reads metrics."""
 
+    prometheus: str | None = Field(
+        None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Name of a Prometheus endpoint the platform team configured for the operator (with its credential); "
+                    "else the endpoint named 'default'.",
+    )
     prometheus_url: str | None = Field(
-        None, alias="prometheusURL", max_length=512, pattern=r"^https?://", description="Prometheus base URL; else the operator-wide default."
+        None, alias="prometheusURL", max_length=512, pattern=r"^https?://",
+        description="A Prometheus base URL; read only if it is on the operator's allow-list (scheme, host, port and path "
+                    "compared exactly), and with a credential only if it is a configured endpoint's URL.",
     )
     rate_window: Duration = Field("1m", description="Window of rate() and histogram_quantile() over vLLM counters.")
     queries: dict[str, str] = Field(

@@ -9,7 +9,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from llmscale.metrics.prometheus import PrometheusReader, PrometheusSettings
+from llmscale.metrics.endpoints import DEFAULT, EndpointError
+from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.settings import OperatorSettings
 
 from . import handlers  # noqa: F401  (registers the handlers)
@@ -76,17 +77,13 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         except config.ConfigException:
             config.load_kube_config()
     Runtime.kube = Kube()
-    if opts.prometheus_url:
-        Runtime.reader = PrometheusReader(PrometheusSettings(
-            url=opts.prometheus_url,
-            bearer_token_file=opts.prometheus_bearer_token_file,
-            ca_bundle=opts.prometheus_ca_bundle,
-            verify_tls=not opts.prometheus_insecure_skip_verify,
-            timeout_s=opts.prometheus_timeout_s,
-        ))
-    else:
-        log.warning("no --prometheus-url: LLMDeployments without spec.metrics.prometheusURL will hold with MetricsAvailable=False")
-        Runtime.reader = PrometheusReader(PrometheusSettings(url="http://prometheus-not-configured.invalid"))
+    try:
+        endpoints = opts.endpoints()
+    except EndpointError as e:
+        raise SystemExit(f"llmscale: {e}") from None
+    if DEFAULT not in endpoints.by_name:
+        log.warning("no --prometheus-url: LLMDeployments that select no endpoint will hold with MetricsAvailable=False")
+    Runtime.reader = PrometheusReader(endpoints)
     if opts.metrics_port:
         try:
             start_http_server(opts.metrics_port)

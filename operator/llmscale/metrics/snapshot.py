@@ -158,6 +158,8 @@ def build_signals(
     if pending is not None:
         waiting = (waiting or 0.0) + pending
         unknown.pop("requestsWaiting", None)
+    elif spec.scaling.scale_to_zero.demand is not None and "gatewayDemand" not in unknown:
+        unknown["gatewayDemand"] = "no series for the gateway's demand signal (scaleToZero.demand)"
     return Signals(
         ttft_quantile=ttft_q,
         itl_quantile=itl_q,

@@ -27,7 +27,6 @@ QUIET_SHARE = 0.5  # a lull: load under half the held peak
 MAX_GAPS = 12  # quiet spells remembered
 GAP_QUANTILE = 0.9  # hold through nine lulls in ten
 LONG_GAP_S = 900.0  # lulls usually longer than this release capacity after one cold start
-FIRST_HOLD_S = 300.0  # before any lull has been seen to end: hold the peak this long (HPA's default window)
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,12 @@ def quantile(values: tuple[float, ...], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def hold_time(gaps: tuple[float, ...], horizon_s: float) -> float:
+def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float) -> float:
     """How long to hold a peak: one horizon, plus the lull that bursts usually come back within.
-    Before any lull has ended, HPA's five minutes; when lulls are usually long, one horizon only."""
+    Before two lulls have ended, `first_hold_s` (the scale-down window); when lulls are usually
+    long, one horizon only."""
     if len(gaps) < 2:
-        return max(horizon_s, FIRST_HOLD_S)
+        return max(horizon_s, first_hold_s)
     gap = quantile(gaps, GAP_QUANTILE)
     if gap > LONG_GAP_S:
         return horizon_s
@@ -105,7 +105,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
              now: float) -> Forecast:
     interval = parse_duration(spec.scaling.interval)
     horizon = cold_start_s(spec, variant, workload) + interval
-    hold = hold_time(history.burst_gaps, horizon)
+    hold = hold_time(history.burst_gaps, horizon, parse_duration(spec.scaling.scale_down.stabilization_window))
     rate = signals.request_rate
     if rate is None:
         return Forecast(None, horizon, hold, history)

@@ -27,18 +27,28 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     idle = rate is not None and rate == 0.0 and waiting == 0.0 and "requestRate" not in signals.unknown
     since = (history.idle_since if history.idle_since is not None else now) if idle else None
     hist = history.with_(idle_since=since)
+    stz = spec.scaling.scale_to_zero
+    may_zero = stz.enabled and spec.replicas.min == 0
+    # The door back from zero is the gateway's demand signal: it must have been read to close it.
+    demand_known = "gatewayDemand" not in signals.unknown and "requestsWaiting" not in signals.unknown
     out, to_zero = proposal, False
+    if workload.replicas == 0 and may_zero:
+        if (rate or 0) > 0 or waiting > 0:
+            return Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, "
+                                                                      f"{waiting:.0f} waiting at the gateway"),)), False, False, hist)
+        why = (Reason(Code.IDLE, "at zero, no request waiting at the gateway") if demand_known else
+               Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero"))
+        return Idleness(Proposal(0, (*proposal.reasons, why)), idle, True, hist)
     if idle:
         # The plan already sizes for zero load (and for what the burst memory holds): idleness
         # itself only opens the door to zero.
         out = out.note(Reason(Code.IDLE, "request counters at zero"))
-        stz = spec.scaling.scale_to_zero
-        if stz.enabled and spec.replicas.min == 0 and since is not None:
-            idle_for = now - since
-            if idle_for >= parse_duration(stz.idle_for):
-                out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {idle_for:.0f}s >= {stz.idle_for}")), True
-            elif workload.replicas == 0:
-                out, to_zero = out.to(0), True  # already at zero: stay there until demand comes
+        if may_zero and since is not None and now - since >= parse_duration(stz.idle_for):
+            if demand_known:
+                out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {now - since:.0f}s >= {stz.idle_for}")), True
+            else:
+                out = out.note(Reason(Code.METRICS_UNKNOWN, "not scaling to zero: the gateway's demand signal is unknown "
+                                                            f"({signals.unknown.get('gatewayDemand', 'no series')})"))
     if workload.replicas == 0 and ((rate or 0) > 0 or waiting > 0):
         out = out.to(max(out.replicas, 1),
                      Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, {waiting:.0f} waiting"))

@@ -1,0 +1,204 @@
+"""Prometheus endpoints and their credentials, as the platform team configures them.
+
+The threat: anyone who may create an LLMDeployment can write any URL into it. So a credential
+belongs to one configured endpoint and goes nowhere else:
+- endpoints (URL + bearer token or basic auth from files, CA bundle, TLS verification on) are set
+  in the operator's configuration (the chart), each under a name; a CR selects one by name
+  (`spec.metrics.prometheus`);
+- a CR may name a URL (`spec.metrics.prometheusURL`) only if it is on the allow-list (a configured
+  endpoint's URL, or `allowedURLs`), compared by scheme, host, port and path exactly; an allowed
+  URL that is not a configured endpoint is read without any credential;
+- redirects are never followed (a 3xx is a failed read), so a credential cannot be bounced on;
+- token and password files are re-read when they change (rotation needs no restart);
+- what a remote server says never reaches status or Events: a failed read is reported by the
+  endpoint's name and an HTTP status code or an error class, never by the response's text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from requests.auth import AuthBase
+
+DEFAULT = "default"
+
+
+class EndpointError(ValueError):
+    """An endpoints file that cannot be used (the CLI prints it as one line)."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class BasicAuthFiles(_Config):
+    username_file: str
+    password_file: str
+
+
+class Endpoint(_Config):
+    """One Prometheus the operator may read, with the credential that belongs to it alone."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    url: str = Field(pattern=r"^https?://", max_length=512)
+    bearer_token_file: str | None = None
+    basic_auth: BasicAuthFiles | None = None
+    ca_file: str | None = None
+    insecure_skip_verify: bool = False
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("an endpoint URL carries no user, password, query or fragment (use the credential files)")
+        return v
+
+
+class EndpointsConfig(_Config):
+    """The operator's endpoints file (the chart renders it from prometheus.* values)."""
+
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    allowed_urls: list[str] = Field(default_factory=list, alias="allowedURLs")
+    allow_query_overrides: bool = False
+
+
+def origin(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path) of a URL: what an allow-list entry must match exactly."""
+    p = urlsplit(url)
+    port = p.port or (443 if p.scheme == "https" else 80)
+    return p.scheme.lower(), (p.hostname or "").lower(), port, p.path.rstrip("/")
+
+
+class _FileSecret:
+    """A secret read from a file, read again whenever the file changes (rotation without restart)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._value = ""
+
+    def get(self) -> str:
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._value = Path(self.path).read_text().strip()
+            self._stamp = stamp
+        return self._value
+
+
+class _Auth(AuthBase):
+    def __init__(self, token: _FileSecret | None, user: _FileSecret | None, password: _FileSecret | None):
+        self.token, self.user, self.password = token, user, password
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        if self.token is not None:
+            r.headers["Authorization"] = f"Bearer {self.token.get()}"
+        elif self.user is not None and self.password is not None:
+            requests.auth.HTTPBasicAuth(self.user.get(), self.password.get())(r)
+        return r
+
+
+def session_for(endpoint: Endpoint | None) -> requests.Session:
+    """A session that carries `endpoint`'s credential (none for a bare allowed URL) and follows
+    no redirect."""
+    s = requests.Session()
+    s.max_redirects = 0  # a 3xx raises TooManyRedirects: a credential is never sent on
+    s.trust_env = False  # no proxy or netrc credentials from the environment
+    if endpoint is None:
+        return s
+    basic = endpoint.basic_auth
+    s.auth = _Auth(_FileSecret(endpoint.bearer_token_file) if endpoint.bearer_token_file else None,
+                   _FileSecret(basic.username_file) if basic else None,
+                   _FileSecret(basic.password_file) if basic else None)
+    if endpoint.insecure_skip_verify:
+        s.verify = False
+    elif endpoint.ca_file:
+        s.verify = endpoint.ca_file
+    return s
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one deployment's metrics are read: a URL, and the endpoint whose credential it may use."""
+
+    url: str
+    endpoint: Endpoint | None  # None: an allowed URL read without credential
+    label: str  # how status and Events name it (never the remote server's words)
+
+
+@dataclass
+class Endpoints:
+    by_name: dict[str, Endpoint] = field(default_factory=dict)
+    allowed: set[tuple[str, str, int, str]] = field(default_factory=set)
+    allow_query_overrides: bool = False
+
+    @staticmethod
+    def build(default: Endpoint | None, config: EndpointsConfig | None = None) -> Endpoints:
+        eps = Endpoints()
+        for ep in ([default] if default else []) + (config.endpoints if config else []):
+            if ep.name in eps.by_name:
+                raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
+            eps.by_name[ep.name] = ep
+            eps.allowed.add(origin(ep.url))
+        if config:
+            eps.allowed.update(origin(u) for u in config.allowed_urls)
+            eps.allow_query_overrides = config.allow_query_overrides
+        return eps
+
+    def resolve(self, name: str | None, url: str | None) -> Target | str:
+        """The target a CR's metrics settings select, or why it may not be read (in our words)."""
+        if name is not None:
+            ep = self.by_name.get(name)
+            if ep is None:
+                return f"spec.metrics.prometheus {name!r} is not an endpoint configured for the operator"
+            return Target(ep.url, ep, f"Prometheus {name!r}")
+        if url is not None:
+            want = origin(url)
+            if want not in self.allowed:
+                return ("spec.metrics.prometheusURL is not on the operator's allow-list (prometheus.allowedURLs in the "
+                        "chart); select a configured endpoint with spec.metrics.prometheus instead")
+            for ep in self.by_name.values():
+                if origin(ep.url) == want:
+                    return Target(ep.url, ep, f"Prometheus {ep.name!r}")
+            return Target(url, None, "the Prometheus at spec.metrics.prometheusURL")
+        ep = self.by_name.get(DEFAULT)
+        if ep is None:
+            return "no Prometheus configured (--prometheus-url, the chart's prometheus.url, or spec.metrics.prometheus)"
+        return Target(ep.url, ep, f"Prometheus {DEFAULT!r}")
+
+
+def load_config(path: str) -> EndpointsConfig:
+    try:
+        raw: Any = yaml.safe_load(Path(path).read_text()) or {}
+        return EndpointsConfig.model_validate(raw)
+    except OSError as e:
+        raise EndpointError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise EndpointError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise EndpointError(f"{path}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+
+
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+def describe_failure(e: BaseException) -> str:
+    """A failed read in our words: an HTTP status or the error's class, never the server's text."""
+    m = _STATUS.search(str(e))
+    if m:
+        return f"HTTP {m.group(1)}"
+    if isinstance(e, requests.TooManyRedirects):
+        return "redirected (redirects are not followed)"
+    return type(e).__name__

@@ -1,0 +1,171 @@
+"""A credential goes only to the endpoint it was configured for (issue 11), checked against real
+HTTP servers on loopback that record what reaches them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.metrics.endpoints import Endpoint, EndpointError, Endpoints, EndpointsConfig, load_config
+from llmscale.metrics.prometheus import PrometheusReader
+from tests.conftest import spec_dict
+
+EMPTY = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+SECRET_BODY = "internal-hostname-and-stack-trace-SECRET"
+
+
+class Recorder:
+    """A tiny HTTP server: answers like Prometheus (or fails, or redirects) and records every request."""
+
+    def __init__(self, mode: str = "prom", location: str = ""):
+        self.mode, self.location = mode, location
+        self.requests: list[dict[str, str]] = []
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                rec.requests.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+                if rec.mode == "error":
+                    body = SECRET_BODY.encode()
+                    self.send_response(500)
+                elif rec.mode == "redirect":
+                    body = b""
+                    self.send_response(302)
+                    self.send_header("Location", rec.location + self.path)
+                else:
+                    body = EMPTY
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def tokens(self) -> list[str | None]:
+        return [r.get("authorization") for r in self.requests]
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Recorder, Recorder]]:
+    good, evil = Recorder(), Recorder()
+    yield good, evil
+    good.close()
+    evil.close()
+
+
+def _token(tmp_path: Path, value: str = "s3cret-token") -> str:
+    p = tmp_path / "token"
+    p.write_text(value + "\n")
+    return str(p)
+
+
+def _read(endpoints: Endpoints, **metrics: Any) -> Any:
+    spec = parse_spec(spec_dict(metrics=metrics))
+    key = ("team-a", "chat")
+    return PrometheusReader(endpoints).read({key: spec}, 1000.0)[key]
+
+
+def test_a_cr_pointing_at_its_own_server_gets_no_credential(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, evil = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=_token(tmp_path)))
+    s = _read(eps, prometheusURL=evil.url)
+    assert evil.requests == []  # never contacted at all
+    assert s.unavailable and "allow-list" in s.unavailable
+    s = _read(eps)  # the configured endpoint gets its token
+    assert good.tokens and all(t == "Bearer s3cret-token" for t in good.tokens)
+    assert s.unavailable is None
+
+
+def test_an_allowed_url_is_read_without_the_credential(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, evil = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=_token(tmp_path)),
+                          EndpointsConfig(allowed_urls=[evil.url + "/"]))
+    s = _read(eps, prometheusURL=evil.url)
+    assert s.unavailable is None
+    assert evil.requests and all(t is None for t in evil.tokens)
+    assert good.requests == []
+
+
+def test_the_allow_list_compares_scheme_host_and_port_exactly(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, evil = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=_token(tmp_path)))
+    port = good.url.rsplit(":", 1)[1]
+    for near in (f"https://127.0.0.1:{port}", f"http://localhost:{port}", evil.url, good.url + "/other"):
+        assert isinstance(eps.resolve(None, near), str), near
+
+
+def test_a_named_endpoint_is_selected_and_an_unknown_name_refused(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, evil = servers
+    eps = Endpoints.build(None, EndpointsConfig(endpoints=[Endpoint(name="team-a", url=good.url, bearer_token_file=_token(tmp_path))]))
+    assert _read(eps, prometheus="team-a").unavailable is None and good.tokens[0] == "Bearer s3cret-token"
+    s = _read(eps, prometheus="team-b")
+    assert s.unavailable and "team-b" in s.unavailable and evil.requests == []
+
+
+def test_a_redirect_is_not_followed(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, evil = servers
+    good.mode, good.location = "redirect", evil.url
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=_token(tmp_path)))
+    s = _read(eps)
+    assert evil.requests == []
+    assert s.unavailable == "Prometheus 'default' could not be read (redirected (redirects are not followed))"
+
+
+def test_remote_error_text_never_reaches_the_status(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, _ = servers
+    good.mode = "error"
+    eps = Endpoints.build(Endpoint(name="default", url=good.url))
+    s = _read(eps)
+    assert s.unavailable == "Prometheus 'default' could not be read (HTTP 500)"
+    assert SECRET_BODY not in repr(s)
+
+
+def test_a_rotated_token_is_used_without_a_restart(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, _ = servers
+    path = _token(tmp_path, "first")
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=path)))
+    spec = parse_spec(spec_dict())
+    reader.read({("a", "b"): spec}, 1.0)
+    Path(path).write_text("second-and-longer\n")
+    reader.read({("a", "b"): spec}, 2.0)
+    assert good.tokens[0] == "Bearer first" and good.tokens[-1] == "Bearer second-and-longer"
+
+
+def test_per_cr_promql_runs_only_where_the_platform_allows_it(servers: tuple[Recorder, Recorder]) -> None:
+    good, _ = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url))
+    s = _read(eps, queries={"requestRate": 'sum(rate(vllm:request_success_total{namespace="team-b"}[1m]))'})
+    assert "team-b" not in json.dumps(good.requests)  # the other tenant's query never ran
+    assert "allowQueryOverrides" in s.unknown["requestRate"]
+    allowed = Endpoints.build(Endpoint(name="default", url=good.url), EndpointsConfig(allow_query_overrides=True))
+    _read(allowed, queries={"requestRate": 'sum(rate(vllm:request_success_total{namespace="team-b"}[1m]))'})
+    assert "team-b" in json.dumps(good.requests)
+
+
+def test_an_endpoints_file_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "endpoints.yaml"
+    bad.write_text("endpoints:\n- {name: a, url: ftp://x}\n")
+    with pytest.raises(EndpointError, match=r"endpoints\.0\.url"):
+        load_config(str(bad))
+    bad.write_text("endpoints:\n- {name: a, url: 'http://user:pw@x:9090'}\n")
+    with pytest.raises(EndpointError, match="no user, password"):
+        load_config(str(bad))
+    with pytest.raises(EndpointError, match="configured twice"):
+        Endpoints.build(Endpoint(name="default", url="http://a"), EndpointsConfig(endpoints=[Endpoint(name="default", url="http://b")]))
