@@ -10,7 +10,7 @@ import pytest
 from llmscale.api import parse_spec
 from llmscale.policy import Code, Condition, History, Proposal, Reason, Signals, Workload
 from llmscale.policy.availability import Availability, availability
-from llmscale.policy.capacity import CapacityStep, VariantCapacity
+from llmscale.policy.capacity import CapacityStep, VariantCapacity, capacity, variant_capacity
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
 from llmscale.policy.forecast import Forecast, forecast, hold_time
@@ -281,3 +281,44 @@ def test_mode_auto_applies_and_remembers_when() -> None:
                          History(), Estimate(), {}, True, 2, 8.0)
     d = mode(SPEC, 2, V, V, Proposal(3), True, History(), Estimate(), {}, NOW)
     assert d.action == Action.SCALE_UP and d.history == History(last_scale_at=NOW) and d.apply
+
+
+# ---- 2. capacity ------------------------------------------------------------------------------------
+
+def _cap(workload: Workload, signals: Signals, history: History, breach: float | None = 1.8) -> CapacityStep:
+    return capacity(SPEC, V, workload, signals, history, NOW, breach)
+
+
+MISSING = sig(4.0, ttft_quantile=0.9, ttft_attainment=0.8, itl_quantile=0.03)
+
+
+def test_capacity_learns_from_a_steady_window_once() -> None:
+    h = History(rate_samples=((NOW - 30, 4.0), (NOW - 15, 4.0)))
+    got = _cap(Workload("h100x1", 2, 2), MISSING, h)
+    mix = (1000.0, 200.0)
+    corr = max(0.5, 1 - 2 * (0.95 - 0.8))  # twice the missing share
+    expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_at=NOW, planned_mix=mix,
+                          capacity_correction=corr, learned_at=NOW)
+    assert got == CapacityStep(variant_capacity(SPEC, V, MISSING, corr, mix, 2), corr, mix, True,
+                               got.feasible, expect_hist,
+                               (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),))
+    assert got.feasible.status == "True"
+    again = capacity(SPEC, V, Workload("h100x1", 2, 2), MISSING, got.history, NOW + 15, 1.8)
+    assert again.correction == corr and again.reasons == () and again.history.learned_at == NOW
+
+
+def test_capacity_learns_nothing_from_a_ramp_or_an_old_backlog() -> None:
+    ramp = History(rate_samples=((NOW - 30, 1.0), (NOW - 15, 2.0)))
+    got = _cap(Workload("h100x1", 2, 2), MISSING, ramp)
+    assert got.correction == 1.0 and got.history.learned_at is None and got.reasons == ()
+    grew = History(ready_seen=1, rate_samples=((NOW - 15, 4.0),))
+    got = _cap(Workload("h100x1", 2, 2), MISSING, grew)
+    assert not got.settled and got.correction == 1.0 and got.history.ready_grew_at == NOW
+
+
+def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:
+    h = History(mean_input=1000.0, mean_output=200.0, mix_at=NOW - 120, planned_mix=(1000.0, 200.0))
+    near = sig(4.0, prompt_tokens_rate=4.0 * 1200)  # EWMA moves to 1040: within 10%, the plan keeps 1000
+    assert _cap(Workload("h100x1", 2, 2), near, h, None).mix == (1000.0, 200.0)
+    far = sig(4.0, prompt_tokens_rate=4.0 * 3000)  # EWMA moves to 1400
+    assert _cap(Workload("h100x1", 2, 2), far, h, None).mix == (1400.0, 200.0)
