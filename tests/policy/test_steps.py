@@ -97,7 +97,8 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
 @pytest.mark.parametrize(("gaps", "expect"), [
     ((), 300.0),  # nothing learnt: the scale-down window
     ((120.0,), 300.0),
-    ((60.0, 120.0, 180.0), 105.0 + 180.0),  # one horizon plus the lull bursts come back within
+    ((60.0, 120.0, 180.0), 105.0 + 180.0),  # one horizon plus the lull nine in ten bursts came back within
+    ((100.0, 2000.0, 3000.0), 105.0),  # lulls usually (median) long: release after one horizon
     ((1000.0, 1200.0, 2000.0), 105.0),  # lulls usually long: release after one horizon
 ])
 def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:

@@ -219,7 +219,11 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     correction = hist.capacity_correction
     reasons: tuple[Reason, ...] = ()
     fresh = hist.learned_at is None or now - hist.learned_at >= window_s
-    if fresh and settled and signals.ttft_attainment is not None and steady_load(hist.rate_samples, rate, now, window_s):
+    # With requests queued, the counters show what the replicas completed, not what arrived: the
+    # load was above what they carry, so misses say the plan was late, not that the estimate is wrong.
+    backlog = (signals.requests_waiting or 0.0) > max(1.0, float(ready))
+    if (fresh and settled and not backlog and signals.ttft_attainment is not None
+            and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
         seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1))
         per_ready = rate / ready if rate is not None and ready > 0 else None

@@ -5,7 +5,8 @@ Three things are planned for, whichever is highest:
 - the recent peak, held for one cold start (a burst that came may come again before new capacity
   could be Ready) and, once bursts have been seen to come back, for as long as the quiet spells
   between them usually last (the burst memory): capacity released in a lull would be needed again
-  before it could be Ready. Quiet spells much longer than that release it early;
+  before it could be Ready. When lulls are usually longer than 15 minutes, capacity is released
+  after one cold start;
 - today's queue, drained within the horizon.
 An unknown request rate is not replaced by a stored sample: unknown means hold.
 """
@@ -26,7 +27,7 @@ MAX_SAMPLES = 120
 QUIET_SHARE = 0.5  # a lull: load under half the held peak
 MAX_GAPS = 12  # quiet spells remembered
 GAP_QUANTILE = 0.9  # hold through nine lulls in ten
-LONG_GAP_S = 900.0  # lulls usually longer than this release capacity after one cold start
+LONG_GAP_S = 900.0  # lulls usually (median) longer than this release capacity after one cold start
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,19 @@ def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float) ->
     long, one horizon only."""
     if len(gaps) < 2:
         return max(horizon_s, first_hold_s)
-    gap = quantile(gaps, GAP_QUANTILE)
-    if gap > LONG_GAP_S:
+    if quantile(gaps, 0.5) > LONG_GAP_S:
         return horizon_s
-    return horizon_s + gap
+    return horizon_s + quantile(gaps, GAP_QUANTILE)
 
 
 def _keep(samples: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
     recent = [(t, v) for t, v in samples if now - t <= SAMPLES_KEPT_S]
-    while len(recent) > MAX_SAMPLES:  # thin the older half: the newest samples matter most
-        half = len(recent) // 2
-        recent = recent[:half:2] + recent[half:]
+    while len(recent) > MAX_SAMPLES:
+        # Thin the older half by pairs, keeping each pair's peak (at the later time, so a held peak
+        # is never forgotten early): the burst memory lives on peaks.
+        half = len(recent) // 2 // 2 * 2
+        old = [(recent[i + 1][0], max(recent[i][1], recent[i + 1][1])) for i in range(0, half, 2)]
+        recent = old + recent[half:]
     return tuple(recent)
 
 
