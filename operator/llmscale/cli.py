@@ -141,8 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _where(endpoints: Any, spec: Any) -> str:
-    target = endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url)
+def _where(endpoints: Any, spec: Any, namespace: str) -> str:
+    target = endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, namespace)
     return target if isinstance(target, str) else f"{target.label} ({target.url})"
 
 
@@ -196,7 +196,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
           + (f"; competing autoscaler: {workload.competing_autoscaler}" if workload.competing_autoscaler else ""))
     if workload.cold_start_s:
         print("cold start measured: " + ", ".join(f"{k} {v:.0f}s" for k, v in workload.cold_start_s.items()))
-    print("\nsignals" + (f" (UNAVAILABLE: {signals.unavailable})" if signals.unavailable else f" from {_where(endpoints, spec)}:"))
+    print("\nsignals" + (f" (UNAVAILABLE: {signals.unavailable})" if signals.unavailable else f" from {_where(endpoints, spec, args.namespace)}:"))
     if not signals.unavailable:
         ttft, itl = spec.slo.ttft, spec.slo.itl_target()
         print(f"  TTFT p{ttft.percentile:g}: {fmt(signals.ttft_quantile, 1000, 'ms')} (target {ttft.target}), "

@@ -25,7 +25,7 @@ class Recorder:
     """A tiny HTTP server: answers like Prometheus (or fails, or redirects) and records every request."""
 
     def __init__(self, mode: str = "prom", location: str = ""):
-        self.mode, self.location = mode, location
+        self.mode, self.location, self.body = mode, location, EMPTY
         self.requests: list[dict[str, str]] = []
         rec = self
 
@@ -40,7 +40,7 @@ class Recorder:
                     self.send_response(302)
                     self.send_header("Location", rec.location + self.path)
                 else:
-                    body = EMPTY
+                    body = rec.body
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -111,6 +111,31 @@ def test_the_allow_list_compares_scheme_host_and_port_exactly(servers: tuple[Rec
         assert isinstance(eps.resolve(None, near), str), near
 
 
+def test_urls_that_parsers_read_differently_are_refused(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    """A backslash or userinfo can make the allow-list see one host and the HTTP client another."""
+    good, evil = servers
+    allowed = "http://thanos.monitoring.svc:10902"
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, bearer_token_file=_token(tmp_path)),
+                          EndpointsConfig(allowed_urls=[allowed]))
+    evil_hostport = evil.url.removeprefix("http://")
+    for trick in (f"http://{evil_hostport}\\@thanos.monitoring.svc:10902", f"http://{evil_hostport}@thanos.monitoring.svc:10902",
+                  f"{allowed}#@{evil_hostport}", f"{allowed}?x=@{evil_hostport}", f"http://user:pw@{good.url.removeprefix('http://')}"):
+        assert isinstance(eps.resolve(None, trick), str), trick
+    assert evil.requests == [] and good.requests == []
+    # What is allowed is requested as the platform team wrote it, not as the CR spelt it.
+    target = eps.resolve(None, "HTTP://Thanos.Monitoring.SVC:10902/")
+    assert not isinstance(target, str) and target.url == allowed and target.endpoint is None
+
+
+def test_an_endpoint_serves_only_its_namespaces(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    good, _ = servers
+    eps = Endpoints.build(None, EndpointsConfig(endpoints=[Endpoint(name="team-a", url=good.url, namespaces=["team-a"],
+                                                                    bearer_token_file=_token(tmp_path))]))
+    assert not isinstance(eps.resolve("team-a", None, "team-a"), str)
+    assert isinstance(eps.resolve("team-a", None, "team-b"), str)
+    assert isinstance(eps.resolve(None, good.url, "team-b"), str)  # its URL is no back door either
+
+
 def test_a_named_endpoint_is_selected_and_an_unknown_name_refused(servers: tuple[Recorder, Recorder], tmp_path: Path) -> None:
     good, evil = servers
     eps = Endpoints.build(None, EndpointsConfig(endpoints=[Endpoint(name="team-a", url=good.url, bearer_token_file=_token(tmp_path))]))
@@ -159,13 +184,33 @@ def test_per_cr_promql_runs_only_where_the_platform_allows_it(servers: tuple[Rec
     assert "team-b" in json.dumps(good.requests)
 
 
+def test_a_demand_query_runs_only_where_the_platform_allows_it(servers: tuple[Recorder, Recorder]) -> None:
+    good, _ = servers
+    spec = parse_spec(spec_dict(replicas={"min": 0, "max": 2}, scaling={"scaleToZero": {
+        "enabled": True, "demand": {"query": 'sum(interceptor_request_concurrency{route_namespace="team-b"})'}}}))
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    s = reader.read({("team-a", "chat"): spec}, 1.0)[("team-a", "chat")]
+    assert "team-b" not in json.dumps(good.requests) and "allowQueryOverrides" in s.unknown["gatewayDemand"]
+
+
+def test_an_answer_that_is_not_prometheus_fails_only_its_endpoint(servers: tuple[Recorder, Recorder]) -> None:
+    good, evil = servers
+    evil.body = b'{"data": {}}'
+    eps = Endpoints.build(Endpoint(name="default", url=good.url),
+                          EndpointsConfig(endpoints=[Endpoint(name="odd", url=evil.url)]))
+    spec_odd = parse_spec(spec_dict(metrics={"prometheus": "odd"}))
+    out = PrometheusReader(eps).read({("a", "odd"): spec_odd, ("b", "fine"): parse_spec(spec_dict())}, 1.0)
+    assert out[("a", "odd")].unavailable == "Prometheus 'odd' gave an answer that is not a Prometheus query result (KeyError)"
+    assert out[("b", "fine")].unavailable is None
+
+
 def test_an_endpoints_file_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "endpoints.yaml"
     bad.write_text("endpoints:\n- {name: a, url: ftp://x}\n")
     with pytest.raises(EndpointError, match=r"endpoints\.0\.url"):
         load_config(str(bad))
     bad.write_text("endpoints:\n- {name: a, url: 'http://user:pw@x:9090'}\n")
-    with pytest.raises(EndpointError, match="no user, password"):
+    with pytest.raises(EndpointError, match="carries a user"):
         load_config(str(bad))
     with pytest.raises(EndpointError, match="configured twice"):
         Endpoints.build(Endpoint(name="default", url="http://a"), EndpointsConfig(endpoints=[Endpoint(name="default", url="http://b")]))

@@ -66,26 +66,44 @@ DEP = SimpleNamespace(spec=SimpleNamespace(replicas=2, template=SimpleNamespace(
     labels={"llmscale.io/variant": "h100x1"}))))
 
 
+T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+
+
+def _look(pods: list[Any], cold: dict[str, float], seen: list[str], last_look: dt.datetime | None) -> tuple[Any, list[str]]:
+    return observe_workload(DEP, pods, cold, None, seen, None if last_look is None else last_look.timestamp(), 600)
+
+
 def test_a_readiness_blip_on_an_old_pod_is_not_a_cold_start() -> None:
-    """The Ready condition's last transition on a two-hour-old pod is a blip, not its start.
-    (main: 90 s -> 1,512 s after one decision.)"""
-    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
-    old = _pod("old", t0, t0 + dt.timedelta(hours=2))  # blipped and came back just now
-    w, starting = observe_workload(DEP, [old], {"h100x1": 90.0}, None, seen_starting=(), startup_timeout_s=600)
-    assert w.cold_start_s == {"h100x1": 90.0} and starting == []
+    """main folded the Ready condition's last transition on a two-hour-old pod: 90 s -> 1,512 s."""
+    # Seen Ready before, blipped and came back just now (after the last look):
+    blipped = _pod("old", T0, T0 + dt.timedelta(hours=2))
+    w, seen = _look([blipped], {"h100x1": 90.0}, ["old"], T0 + dt.timedelta(hours=2) - dt.timedelta(seconds=5))
+    assert w.cold_start_s == {"h100x1": 90.0} and seen == ["old"]
+    # Caught not Ready at one look (still remembered as seen Ready), Ready at the next: not a start either.
+    young = _pod("young", T0, T0 + dt.timedelta(minutes=25))
+    _, seen = _look([_pod("young", T0, None)], {"h100x1": 90.0}, ["young"], T0 + dt.timedelta(minutes=24))
+    assert seen == ["young"]
+    w, _ = _look([young], {"h100x1": 90.0}, seen, T0 + dt.timedelta(minutes=24, seconds=50))
+    assert w.cold_start_s == {"h100x1": 90.0}
 
 
 def test_the_cold_start_is_measured_once_per_pod_creation_to_first_ready() -> None:
-    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
-    loading = _pod("new", t0, None)
-    w, starting = observe_workload(DEP, [loading], {"h100x1": 90.0}, None, seen_starting=(), startup_timeout_s=600)
-    assert starting == ["new"] and w.starting == 1 and w.cold_start_s == {"h100x1": 90.0}
-    ready = _pod("new", t0, t0 + dt.timedelta(seconds=140))
-    w, starting = observe_workload(DEP, [ready], w.cold_start_s, None, seen_starting=starting, startup_timeout_s=600)
-    assert w.cold_start_s == {"h100x1": 100.0} and starting == []  # 0.8 x 90 + 0.2 x 140
-    # The next decision sees the same Ready pod: it is not folded again.
-    w, _ = observe_workload(DEP, [ready], w.cold_start_s, None, seen_starting=starting, startup_timeout_s=600)
+    loading = _pod("new", T0, None)
+    w, seen = _look([loading], {"h100x1": 90.0}, [], T0 - dt.timedelta(seconds=10))
+    assert seen == [] and w.starting == 1 and w.cold_start_s == {"h100x1": 90.0}
+    ready = _pod("new", T0, T0 + dt.timedelta(seconds=140))
+    w, seen = _look([ready], w.cold_start_s, seen, T0 + dt.timedelta(seconds=130))
+    assert w.cold_start_s == {"h100x1": 100.0} and seen == ["new"]  # 0.8 x 90 + 0.2 x 140
+    # The next look sees the same Ready pod: it is not folded again.
+    w, _ = _look([ready], w.cold_start_s, seen, T0 + dt.timedelta(seconds=145))
     assert w.cold_start_s == {"h100x1": 100.0}
+    # A pod created and Ready between two looks is measured too (fast starts count).
+    quick = _pod("quick", T0 + dt.timedelta(seconds=150), T0 + dt.timedelta(seconds=155))
+    w, _ = _look([ready, quick], w.cold_start_s, ["new"], T0 + dt.timedelta(seconds=149))
+    assert w.cold_start_s == {"h100x1": 81.0}  # max(0.8 x 100 + 0.2 x 5, min(100, 5))
+    # After a restart with no memory, nothing is measured at the first look.
+    w, _ = _look([ready], {"h100x1": 90.0}, [], None)
+    assert w.cold_start_s == {"h100x1": 90.0}
 
 
 def test_an_unknown_request_rate_is_not_replaced_by_a_stored_sample() -> None:

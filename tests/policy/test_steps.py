@@ -16,10 +16,12 @@ from llmscale.policy.feedback import Feedback, feedback
 from llmscale.policy.forecast import Forecast, forecast, hold_time
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
+from llmscale.policy.plan import Plan, plan
 from llmscale.policy.stabilization import Stabilized, stabilization
 from llmscale.policy.tolerance import tolerance
 from llmscale.policy.types import Action, Decision, Estimate
 from llmscale.policy.unknowns import unknowns
+from llmscale.policy.variant import Shape, variant
 from tests.conftest import spec_dict
 
 NOW = 10_000.0
@@ -78,12 +80,16 @@ FORECAST = [
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0))))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
+                                          lull_peak=30.0),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
-     History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120),
+     History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
      Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,)),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 25.00 req/s)"),))),
+    ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
+     History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
+     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
      Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),)))),
 ]
@@ -273,13 +279,13 @@ def test_mode_recommend_reports_and_does_not_apply() -> None:
     d = mode(sp, 2, V, V, Proposal(4, (Reason(Code.CAPACITY_PLAN, "x"),)), True, History(), Estimate(), {}, NOW)
     assert d == Decision(Action.SCALE_UP, 2, 4, "h100x1",
                          (Reason(Code.CAPACITY_PLAN, "x"), Reason(Code.RECOMMEND_ONLY, "would ScaleUp 2 -> 4; not applied")),
-                         History(), Estimate(), {}, False, 4, 16.0)
+                         History(), Estimate(), {}, False, 4, 16.0, {"h100x1": 4})
 
 
 def test_mode_auto_applies_and_remembers_when() -> None:
     d = mode(SPEC, 2, V, V, Proposal(2), True, History(), Estimate(), {}, NOW)
     assert d == Decision(Action.NO_CHANGE, 2, 2, "h100x1", (Reason(Code.NO_CHANGE, "2 replicas are what the policy wants"),),
-                         History(), Estimate(), {}, True, 2, 8.0)
+                         History(), Estimate(), {}, True, 2, 8.0, {"h100x1": 2})
     d = mode(SPEC, 2, V, V, Proposal(3), True, History(), Estimate(), {}, NOW)
     assert d.action == Action.SCALE_UP and d.history == History(last_scale_at=NOW) and d.apply
 
@@ -300,10 +306,10 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
     corr = max(0.5, 1 - 2 * (0.95 - 0.8))  # twice the missing share
     expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_at=NOW, planned_mix=mix,
                           capacity_correction=corr, learned_at=NOW)
-    assert got == CapacityStep(variant_capacity(SPEC, V, MISSING, corr, mix, 2), corr, mix, True,
-                               got.feasible, expect_hist,
+    cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
+    feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
+    assert got == CapacityStep(cap, corr, mix, True, feasible, expect_hist,
                                (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),))
-    assert got.feasible.status == "True"
     again = capacity(SPEC, V, Workload("h100x1", 2, 2), MISSING, got.history, NOW + 15, 1.8)
     assert again.correction == corr and again.reasons == () and again.history.learned_at == NOW
 
@@ -323,3 +329,43 @@ def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:
     assert _cap(Workload("h100x1", 2, 2), near, h, None).mix == (1000.0, 200.0)
     far = sig(4.0, prompt_tokens_rate=4.0 * 3000)  # EWMA moves to 1400
     assert _cap(Workload("h100x1", 2, 2), far, h, None).mix == (1400.0, 200.0)
+
+
+# ---- 4. plan ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("demand", [5.0, 40.0, 120.0])
+def test_plan_is_the_fewest_pooled_replicas_that_carry_the_forecast(demand: float) -> None:
+    got = plan(SPEC, V, sig(demand), cap_step(), Forecast(demand, 105.0, 300.0, History()), 3)
+    n = got.planned
+    assert n is not None and got.proposal.replicas == n
+    util = SPEC.scaling.target_utilization
+    assert n * variant_capacity(SPEC, V, sig(demand), 1.0, (1000.0, 200.0), n).per_replica * util >= demand
+    assert n == 1 or (n - 1) * variant_capacity(SPEC, V, sig(demand), 1.0, (1000.0, 200.0), n - 1).per_replica * util < demand
+    assert [r.code for r in got.proposal.reasons] == [Code.CAPACITY_PLAN]
+
+
+def test_plan_holds_when_there_is_nothing_to_plan_for() -> None:
+    assert plan(SPEC, V, sig(None), cap_step(), Forecast(None, 105.0, 300.0, History()), 3) == Plan(Proposal(3), None)
+    assert plan(SPEC, V, sig(5.0), cap_step(per_replica=0.0), Forecast(5.0, 105.0, 300.0, History()), 3) == Plan(Proposal(3), None)
+
+
+# ---- 11. variant ------------------------------------------------------------------------------------
+
+def test_a_switch_from_a_shape_that_cannot_meet_the_slo_keeps_the_gpu_ceiling_over_replicas_min() -> None:
+    """main decided 4 x h100x2 = 8 GPUs under maxGPUs 6 (replicas.min beat the ceiling)."""
+    sp = spec(replicas={"min": 4, "max": 8},
+              variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2}],
+              slo={"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "30ms"}},
+              cost={"maxGPUs": 6, "prices": {"nvidia-h100": "4", "nvidia-l4": "0.8"}})
+    l4 = sp.variants[0]
+    got = variant(sp, l4, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(4), History(), NOW)
+    assert got.variant.name == "h100x2" and got.proposal.replicas == 3
+    assert [r.code for r in got.proposal.reasons] == [Code.VARIANT_SWITCH]
+
+
+def test_no_switch_with_a_single_shape_or_no_forecast() -> None:
+    assert variant(SPEC, V, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
+        Shape(V, Proposal(2), History())
+    two = spec(variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4x1", "accelerator": "nvidia-l4"}])
+    assert variant(two, two.variants[0], sig(None), cap_step(), Forecast(None, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
+        Shape(two.variants[0], Proposal(2), History())

@@ -391,7 +391,7 @@ class MetricsSource(_Model):
                     "else the endpoint named 'default'.",
     )
     prometheus_url: str | None = Field(
-        None, alias="prometheusURL", max_length=512, pattern=r"^https?://",
+        None, alias="prometheusURL", max_length=512, pattern=r"^https?://[^@\\\s?#]+$",
         description="A Prometheus base URL; read only if it is on the operator's allow-list (scheme, host, port and path "
                     "compared exactly), and with a credential only if it is a configured endpoint's URL.",
     )
@@ -519,7 +519,7 @@ class Observed(_Model):
     inter_token_latency_quantile: float | None = Field(
         None, description="Inter-token latency at the SLO's percentile (interTokenLatencyPercentile), in seconds.")
     inter_token_latency_percentile: float | None = None
-    e2e_latency_quantile: float | None = Field(None, description="End-to-end latency at the e2eLatency SLO's percentile, in seconds.")
+    e2e_latency_quantile: float | None = Field(None, alias="e2eLatencyQuantile", description="End-to-end latency at the e2eLatency SLO's percentile, in seconds.")
     ttft_attainment: float | None = Field(None, description="Share of requests within the TTFT target (0-1).")
     itl_attainment: float | None = None
     requests_waiting: float | None = None
@@ -557,7 +557,7 @@ class LLMDeploymentStatus(_Model):
     observed: Observed | None = None
     last_decision: DecisionRecord | None = None
     cold_start_seconds: dict[str, float] | None = Field(None, description="Measured cold start per variant: pod creation to its first Ready.")
-    starting_pods: list[str] | None = Field(None, description="Pods seen starting at the last decision: each one's cold start is measured once, when it first becomes Ready.")
+    ready_pods: list[str] | None = Field(None, description="Live pods the operator has seen Ready: a pod's cold start is measured once, at its first Ready.")
     conditions: list[Condition] = Field(default_factory=list)
 
 

@@ -8,6 +8,7 @@ The operator never writes the LLMDeployment's spec.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -182,15 +183,15 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
     competing = kube.competing_autoscaler(namespace, name)
-    seen = [str(n) for n in st.get("startingPods") or [] if isinstance(n, str)] if isinstance(st.get("startingPods"), list) else []
-    workload, starting_now = observe_workload(dep, pods, cold, competing, seen,
-                                              parse_duration(spec.serving.startup_timeout))
+    seen = [n for n in st.get("readyPods") or [] if isinstance(n, str)] if isinstance(st.get("readyPods"), list) else []
+    workload, ready_pods = observe_workload(dep, pods, cold, competing, seen, _epoch(last),
+                                            parse_duration(spec.serving.startup_timeout))
     v = spec.variant(workload.variant)
     _refresh_counts(patch, spec, v, workload.replicas, workload.ready, namespace, name)
     patch.status.update({
         "startingReplicas": workload.starting,
         "coldStartSeconds": dict(workload.cold_start_s) or None,
-        "startingPods": starting_now or None,
+        "readyPods": ready_pods or None,
     })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
@@ -251,6 +252,14 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))
+
+
+def _epoch(iso_time: Any) -> float | None:
+    """The time of the last decision from status (None when absent or unreadable)."""
+    try:
+        return dt.datetime.strptime(str(iso_time), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _refresh_counts(patch: kopf.Patch, spec: LLMDeploymentSpec, v: Any, replicas: int, ready: int,

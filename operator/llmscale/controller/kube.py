@@ -101,19 +101,21 @@ def fold_cold_start(previous: float | None, seconds: float) -> float:
 
 
 def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, float], competing: str | None,
-                     seen_starting: Collection[str] = (), startup_timeout_s: float = math.inf) -> tuple[Workload, list[str]]:
-    """The Workload the policy sees, and the names of the pods starting now (to be passed back as
-    `seen_starting` at the next decision).
+                     seen_ready: Collection[str] = (), last_look: float | None = None,
+                     startup_timeout_s: float = math.inf) -> tuple[Workload, list[str]]:
+    """The Workload the policy sees, and the live pods the operator has seen Ready (to be passed back
+    as `seen_ready` at the next decision, with `last_look` the time of this one).
 
-    The cold start is measured once per pod, from creation to its first Ready: only a pod seen
-    starting at the previous decision and Ready now is measured, and only within the startup
-    timeout (a later Ready transition is a readiness blip, not a start).
+    The cold start is measured once per pod, from creation to its first Ready: only a pod never
+    seen Ready before whose Ready condition turned True since the last look, within the startup
+    timeout, is measured. A readiness blip of a pod seen Ready before is not a start.
     """
     if dep is None:
         return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing), []
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
-    starting_now: list[str] = []
+    live = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
+    seen = {n for n in seen_ready if n in live}
     for p in pods:
         variant = (p.metadata.labels or {}).get(LABEL_VARIANT) or ""
         counts = by_variant.setdefault(variant, [0, 0, 0, 0])
@@ -124,15 +126,16 @@ def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, flo
         if t_ready is not None:
             counts[1] += 1
             created = p.metadata.creation_timestamp
-            if p.metadata.name in seen_starting and created and variant:
+            name = p.metadata.name
+            if name not in seen and last_look is not None and created and variant and t_ready.timestamp() > last_look:
                 secs = (t_ready - created).total_seconds()
                 if 0 <= secs <= startup_timeout_s:
                     measured[variant] = fold_cold_start(measured.get(variant), secs)
+            seen.add(name)
         elif _unschedulable(p):
             counts[3] += 1
         else:
             counts[0] += 1
-            starting_now.append(p.metadata.name)
     variant = (dep.spec.template.metadata.labels or {}).get(LABEL_VARIANT)
     pods_by_variant = {v: PodCounts(*c) for v, c in by_variant.items()}
     mine = pods_by_variant.get(variant or "", PodCounts())
@@ -146,4 +149,4 @@ def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, flo
         competing_autoscaler=competing,
         terminating=sum(c.terminating for c in pods_by_variant.values()),
         pods=pods_by_variant,
-    ), sorted(starting_now)
+    ), sorted(seen)

@@ -56,12 +56,15 @@ class Endpoint(_Config):
     insecure_skip_verify: bool = False
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
+    namespaces: list[str] | None = Field(
+        None, description="Namespaces whose LLMDeployments may select this endpoint; unset: every namespace.")
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError("an endpoint URL carries no user, password, query or fragment (use the credential files)")
+        why = plain_url_problem(v)
+        if why:
+            raise ValueError(f"an endpoint URL {why} (credentials go in the credential files)")
         return v
 
 
@@ -71,6 +74,24 @@ class EndpointsConfig(_Config):
     endpoints: list[Endpoint] = Field(default_factory=list)
     allowed_urls: list[str] = Field(default_factory=list, alias="allowedURLs")
     allow_query_overrides: bool = False
+
+
+def plain_url_problem(url: str) -> str | None:
+    """Why `url` is not a plain scheme://host[:port][/path], or None. Anything that URL parsers may
+    read differently (userinfo, backslashes, whitespace, queries, fragments) is refused, so the
+    host an allow-list compares is the host a request goes to."""
+    if any(c in url for c in "@\\ \t\r\n") or not url.isprintable():
+        return "carries a user, a backslash, whitespace or a control character"
+    try:
+        p = urlsplit(url)
+        p.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "has an invalid port"
+    if p.scheme not in ("http", "https") or not p.hostname:
+        return "is not http(s)://host"
+    if p.query or p.fragment:
+        return "carries a query or a fragment"
+    return None
 
 
 def origin(url: str) -> tuple[str, str, int, str]:
@@ -140,7 +161,7 @@ class Target:
 @dataclass
 class Endpoints:
     by_name: dict[str, Endpoint] = field(default_factory=dict)
-    allowed: set[tuple[str, str, int, str]] = field(default_factory=set)
+    allowed: dict[tuple[str, str, int, str], str] = field(default_factory=dict)  # allowedURLs: origin -> URL as configured
     allow_query_overrides: bool = False
 
     @staticmethod
@@ -150,32 +171,44 @@ class Endpoints:
             if ep.name in eps.by_name:
                 raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
             eps.by_name[ep.name] = ep
-            eps.allowed.add(origin(ep.url))
         if config:
-            eps.allowed.update(origin(u) for u in config.allowed_urls)
+            for u in config.allowed_urls:
+                why = plain_url_problem(u)
+                if why:
+                    raise EndpointError(f"allowedURLs entry {u!r} {why}")
+                eps.allowed.setdefault(origin(u), u)
             eps.allow_query_overrides = config.allow_query_overrides
         return eps
 
-    def resolve(self, name: str | None, url: str | None) -> Target | str:
-        """The target a CR's metrics settings select, or why it may not be read (in our words)."""
+    def resolve(self, name: str | None, url: str | None, namespace: str | None = None) -> Target | str:
+        """The target a CR's metrics settings select, or why it may not be read (in our words).
+        A request always goes to the URL as the platform team wrote it, never to the CR's string."""
         if name is not None:
             ep = self.by_name.get(name)
-            if ep is None:
-                return f"spec.metrics.prometheus {name!r} is not an endpoint configured for the operator"
+            if ep is None or not self._serves(ep, namespace):
+                return f"spec.metrics.prometheus {name!r} is not an endpoint configured for this namespace"
             return Target(ep.url, ep, f"Prometheus {name!r}")
         if url is not None:
+            refused = ("spec.metrics.prometheusURL is not on the operator's allow-list (prometheus.allowedURLs in the "
+                       "chart); select a configured endpoint with spec.metrics.prometheus instead")
+            if plain_url_problem(url):
+                return refused
             want = origin(url)
-            if want not in self.allowed:
-                return ("spec.metrics.prometheusURL is not on the operator's allow-list (prometheus.allowedURLs in the "
-                        "chart); select a configured endpoint with spec.metrics.prometheus instead")
             for ep in self.by_name.values():
-                if origin(ep.url) == want:
+                if origin(ep.url) == want and self._serves(ep, namespace):
                     return Target(ep.url, ep, f"Prometheus {ep.name!r}")
-            return Target(url, None, "the Prometheus at spec.metrics.prometheusURL")
+            allowed = self.allowed.get(want)
+            if allowed is None:
+                return refused
+            return Target(allowed, None, "the Prometheus at spec.metrics.prometheusURL")
         ep = self.by_name.get(DEFAULT)
-        if ep is None:
-            return "no Prometheus configured (--prometheus-url, the chart's prometheus.url, or spec.metrics.prometheus)"
+        if ep is None or not self._serves(ep, namespace):
+            return "no Prometheus configured for this namespace (the chart's prometheus.url, or spec.metrics.prometheus)"
         return Target(ep.url, ep, f"Prometheus {DEFAULT!r}")
+
+    @staticmethod
+    def _serves(ep: Endpoint, namespace: str | None) -> bool:
+        return ep.namespaces is None or (namespace is not None and namespace in ep.namespaces)
 
 
 def load_config(path: str) -> EndpointsConfig:

@@ -79,7 +79,7 @@ class PrometheusReader:
         groups: dict[tuple[Target, str], list[Key]] = {}
         out: dict[Key, Signals] = {}
         for key, spec in deployments.items():
-            target = self.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url)
+            target = self.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, key[0])
             if isinstance(target, str):
                 out[key] = Signals.unreachable(target)  # never contacted: not an endpoint the operator may read
                 continue
@@ -87,7 +87,10 @@ class PrometheusReader:
         for (target, window), keys in groups.items():
             results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
             failure: str | None = None
-            pools = {(key[0], pool): key for key in keys if (pool := _pool(deployments[key]))}
+            pools: dict[tuple[str, str], list[Key]] = {}
+            for key in keys:
+                if pool := _pool(deployments[key]):
+                    pools.setdefault((key[0], pool), []).append(key)
             for name, template in queries.BATCH.items():
                 if name == "gatewayPending" and not pools:
                     continue  # nobody scales to zero behind an InferencePool here
@@ -96,6 +99,11 @@ class PrometheusReader:
                 except (PrometheusApiClientException, requests.RequestException, OSError, ValueError) as e:
                     QUERY_ERRORS.labels(name).inc()
                     failure = f"{target.label} could not be read ({describe_failure(e)})"
+                    break
+                except Exception as e:  # an answer that is not Prometheus' shape: this endpoint only
+                    QUERY_ERRORS.labels(name).inc()
+                    log.warning("%s: unexpected answer to %s (%s)", target.label, name, type(e).__name__)
+                    failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
                 results[name] = index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw)
             for key, samples in results.get("podLoad", {}).items():

@@ -21,7 +21,9 @@ BATCH: dict[str, str] = {
     "gpuUtilization": f"avg by ({GROUP}) (DCGM_FI_DEV_GPU_UTIL) / 100",
     # Requests the Gateway API Inference Extension's Endpoint Picker holds (flow control), per pool:
     # the demand that brings a deployment back from zero (scaling.scaleToZero.demand.inferencePool).
-    "gatewayPending": "sum by (namespace, inference_pool) (inference_extension_flow_control_queue_size)",
+    # llm-d's router exports the same gauge under a second name too: take either, never their sum.
+    "gatewayPending": "max by (namespace, inference_pool) (sum by (namespace, inference_pool, __name__) "
+                      '({__name__=~"inference_extension_flow_control_queue_size|llm_d_epp_flow_control_queue_size"}))',
     # In-flight work per pod, for choosing which replicas to remove (pod-deletion-cost).
     "podLoad": f"sum by ({GROUP}, pod) (vllm:num_requests_running) + sum by ({GROUP}, pod) (vllm:num_requests_waiting)",
     # The newest sample time per deployment: older than two intervals means stale.

@@ -40,13 +40,12 @@ def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[dict
     return out
 
 
-def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str], Key]) -> dict[Key, list[dict[str, Any]]]:
-    """Samples grouped by (namespace, inference_pool), handed to the deployment that names the pool."""
+def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str], list[Key]]) -> dict[Key, list[dict[str, Any]]]:
+    """Samples grouped by (namespace, inference_pool), handed to every deployment that names the pool."""
     out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for s in result:
         m = s.get("metric", {})
-        key = pools.get((m.get("namespace", ""), m.get("inference_pool", "")))
-        if key is not None:
+        for key in pools.get((m.get("namespace", ""), m.get("inference_pool", "")), []):
             out[key].append(s)
     return out
 

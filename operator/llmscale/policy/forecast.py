@@ -115,14 +115,15 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     samples = _keep(history.rate_samples + ((now, rate),), now)
     trend = trend_forecast(samples, now, horizon) or rate
     peak = recent_peak(samples, now, hold) or rate
-    # The burst memory: the length of each lull, counted once, when the load comes back.
-    quiet = rate < QUIET_SHARE * peak
+    # The burst memory: the length of each lull, counted once, when the load comes back to the
+    # peak the lull fell from (not when that peak drops out of the hold: a lull outlasts it).
     hist = history.with_(rate_samples=samples)
-    if quiet and history.quiet_since is None:
-        hist = hist.with_(quiet_since=now)
-    elif not quiet and history.quiet_since is not None:
+    if history.quiet_since is None:
+        if rate < QUIET_SHARE * peak:
+            hist = hist.with_(quiet_since=now, lull_peak=peak)
+    elif rate >= QUIET_SHARE * (history.lull_peak or 0.0):
         gap = now - history.quiet_since
-        hist = hist.with_(quiet_since=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:])
+        hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:])
     value = max(trend, peak)
     reasons: tuple[Reason, ...] = ()
     if peak > max(trend, rate) * 1.05 and peak > 0:

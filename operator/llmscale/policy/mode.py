@@ -37,4 +37,5 @@ def mode(spec: LLMDeploymentSpec, current: int, running: Variant, target: Varian
         apply=apply,
         gpus=proposal.replicas * target.gpus_per_replica,
         hourly_cost=float(cost) if cost is not None else None,
+        replicas_by_variant={target.name: proposal.replicas},
     )

@@ -67,12 +67,15 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     out = proposal
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
-    held_to, held = stabilize(out.replicas, current, recs, now, up_w, down_w)
-    # A window not yet covered by history (a new deployment, a lost status) proves nothing about
-    # the recent past: do not scale down until it is.
     observing_since = history.observing_since if history.observing_since is not None else now
-    if held_to < current and down_w > 0 and observing_since > now - down_w + interval / 2:
-        held_to, held = current, "down"
+    if to_zero and out.replicas == 0:
+        held_to, held = 0, None  # scaleToZero.idleFor is this step's own stabilization
+    else:
+        held_to, held = stabilize(out.replicas, current, recs, now, up_w, down_w)
+        # A window not yet covered by history (a new deployment, a lost status) proves nothing about
+        # the recent past: do not scale down until it is.
+        if held_to < current and down_w > 0 and observing_since > now - down_w + interval / 2:
+            held_to, held = current, "down"
     if held == "up":
         out = out.to(held_to, Reason(Code.SCALE_UP_STABILIZED, f"held at {held_to} (lowest recommendation in {sc.scale_up.stabilization_window})"))
     elif held == "down":

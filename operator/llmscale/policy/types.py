@@ -155,6 +155,12 @@ def _opt_int(v: Any) -> int | None:
     return int(v)
 
 
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v < 0:
+        raise ValueError("not a count")
+    return int(v)
+
+
 def _opt_str(v: Any) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -226,6 +232,7 @@ class History:
     ready_grew_at: float | None = None  # when the Ready count last grew: older windows hold backlog
     burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
+    lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
 
     def with_(self, **changes: Any) -> History:
         return replace(self, **changes)
@@ -290,7 +297,7 @@ def _camel(name: str) -> str:
 
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "recommendations": _pairs(_opt_int),
+    "recommendations": _pairs(_count),
     "rate_samples": _pairs(lambda x: float(x)),
     "last_scale_at": _opt_float,
     "idle_since": _opt_float,
@@ -310,6 +317,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ready_grew_at": _opt_float,
     "burst_gaps": _gaps,
     "quiet_since": _opt_float,
+    "lull_peak": _opt_float,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 
@@ -343,15 +351,12 @@ class Decision:
     apply: bool  # False in Recommend/Paused (apart from manual replicas) and on hold
     gpus: int = 0
     hourly_cost: float | None = None
+    # The target as replicas per variant: one entry today; a make-before-break switch holds two.
+    replicas_by_variant: dict[str, int] = field(default_factory=dict)
 
     @property
     def codes(self) -> list[Code]:
         return [r.code for r in self.reasons]
-
-    @property
-    def replicas_by_variant(self) -> dict[str, int]:
-        """The target as replicas per variant (one variant today; a switch may hold two)."""
-        return {self.variant: self.to_replicas}
 
     def with_(self, **kw: Any) -> Decision:
         return replace(self, **kw)
