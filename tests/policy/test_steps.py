@@ -140,11 +140,20 @@ def test_feedback_waits_while_the_window_holds_the_old_backlog() -> None:
     assert [r.code for r in got.proposal.reasons] == [Code.COLD_START]
 
 
-def test_feedback_a_queue_seen_twice_adds_replicas_for_the_concurrency() -> None:
+def test_feedback_a_queue_seen_twice_adds_one_replica_past_the_ready_ones() -> None:
     seen = History(queued_at=NOW - 15)
     got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 2, 2), seen)
-    assert got.replicas == 4 and got.proposal.replicas == 4 and got.history == History(queued_at=NOW, panic_until=NOW + 60)
-    assert [r.code for r in got.proposal.reasons] == [Code.QUEUE_GROWING, Code.PANIC]
+    assert got == Feedback(
+        Proposal(3, (Reason(Code.QUEUE_GROWING, "5 requests waiting (0.42s of TTFT), 8 running on 2 ready replicas"),)),
+        3, False, Condition("True", "SLOMet", "latency at 0.40x target"), History(queued_at=NOW))
+
+
+def test_feedback_a_queue_while_replicas_load_counts_them() -> None:
+    seen = History(queued_at=NOW - 15)
+    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2),
+              Workload("h100x1", 4, 2, starting=2), seen)
+    assert got.proposal.replicas == 4 and got.replicas == 3  # held (a queue), nothing added (two are loading)
+    assert [r.code for r in got.proposal.reasons] == [Code.QUEUE_GROWING, Code.QUEUE_GROWING, Code.COLD_START]
 
 
 def test_feedback_a_queue_seen_once_is_looked_at_again() -> None:

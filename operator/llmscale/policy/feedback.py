@@ -95,9 +95,10 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     persistent = history.queued_at is not None and now - history.queued_at <= 1.5 * interval
     hist = history.with_(queued_at=now if queued else None)
     if queued and (persistent or ttft is None or delay > 2 * ttft.seconds):
-        # Replicas for today's concurrency; with nothing running the queue says nothing of its size.
-        q = math.ceil(base * (running + waiting) / running - 1e-9) if running >= 1 else base + 1
-        wanted = max(wanted or 0, q, base + 1)
+        # Act now, one replica past the Ready ones; how many more the backlog needs is the plan's
+        # (it drains the queue within the horizon), and replicas still loading count toward it:
+        # sizing by today's concurrency would start a replica per max-num-seqs of backlog.
+        wanted = max(wanted or 0, base + 1)
         reasons.append(Reason(Code.QUEUE_GROWING, f"{waiting:.0f} requests waiting ({delay:.2f}s of TTFT), {running:.0f} running "
                                                   f"on {ready} ready replicas"))
     out = proposal
