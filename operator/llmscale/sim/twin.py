@@ -449,7 +449,7 @@ class Twin:
             ttft_attainment=ttft_ok / n if n else 1.0,
             itl_attainment=itl_ok / n if n else 1.0,
             joint_attainment=joint_ok / n if n else 1.0,
-            settled_ttft_attainment=late_ok / len(late) if late else math.nan,
+            settled_ttft_attainment=late_ok / len(late) if late else 1.0,
             ttft_p50_s=_pct(ttfts, 0.50),
             ttft_p95_s=_pct(ttfts, 0.95),
             ttft_p99_s=_pct(ttfts, 0.99),
