@@ -94,7 +94,8 @@ def test_gpus_exhausted_leave_pods_pending_without_runaway(bed: Bed, operator: o
         cost={"maxGPUs": 96, "prices": {"nvidia-h100": "4.00"}},
         scaling={"interval": "3s", "scaleUp": {"maxStep": 8}, "scaleDown": {"stabilizationWindow": "60s"}}))
     wait_for("one Ready replica", lambda: _status(bed, namespace).get("readyReplicas") == 1, 90)
-    bed.traffic(namespace, "chat", rate=150, meanInput=1000, meanOutput=200)
+    # 8-GPU replicas carry ~65 req/s each: 300 req/s needs 6 of them where only 4 fit.
+    bed.traffic(namespace, "chat", rate=300, meanInput=1000, meanOutput=200)
 
     def pending() -> dict[str, Any] | None:
         c = _cond(bed, namespace, "Progressing")

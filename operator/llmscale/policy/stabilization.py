@@ -87,6 +87,8 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
             out = out.to(stepped, Reason(Code.RATE_LIMITED_UP, f"{out.replicas} capped at {stepped} by scaleUp.maxStep {sc.scale_up.max_step}"))
         elif lim == "down" and not (out.replicas == 0 and to_zero):
             out = out.to(stepped, Reason(Code.RATE_LIMITED_DOWN, f"{out.replicas} capped at {stepped} by scaleDown.maxStep {sc.scale_down.max_step}"))
-    if out.replicas > current and workload.pending_unschedulable > 0:
-        out = out.to(current, Reason(Code.GPUS_UNAVAILABLE, f"{workload.pending_unschedulable} pods Pending without free GPUs: not adding more"))
+    if workload.pending_unschedulable > 0 and out.replicas >= current:
+        # Say so whenever pods wait for GPUs, and add none while they do.
+        more = ": not adding more" if out.replicas > current else ""
+        out = out.to(current, Reason(Code.GPUS_UNAVAILABLE, f"{workload.pending_unschedulable} pods Pending without free GPUs{more}"))
     return Stabilized(out, hist)
