@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from llmscale.api import parse_spec
 from llmscale.metrics.endpoints import Endpoint, EndpointError, Endpoints, EndpointsConfig, load_config
@@ -121,7 +122,12 @@ def test_urls_that_parsers_read_differently_are_refused(servers: tuple[Recorder,
     for trick in (f"http://{evil_hostport}\\@thanos.monitoring.svc:10902", f"http://{evil_hostport}@thanos.monitoring.svc:10902",
                   f"{allowed}#@{evil_hostport}", f"{allowed}?x=@{evil_hostport}", f"http://user:pw@{good.url.removeprefix('http://')}"):
         assert isinstance(eps.resolve(None, trick), str), trick
-    assert evil.requests == [] and good.requests == []
+        try:
+            s = _read(eps, prometheusURL=trick)
+        except ValidationError:
+            continue  # refused by the schema already (kubectl apply says so)
+        assert s.unavailable is not None
+    assert evil.requests == [] and good.requests == []  # the reader sent nothing anywhere
     # What is allowed is requested as the platform team wrote it, not as the CR spelt it.
     target = eps.resolve(None, "HTTP://Thanos.Monitoring.SVC:10902/")
     assert not isinstance(target, str) and target.url == allowed and target.endpoint is None
@@ -214,3 +220,16 @@ def test_an_endpoints_file_that_cannot_be_used_is_one_line(tmp_path: Path) -> No
         load_config(str(bad))
     with pytest.raises(EndpointError, match="configured twice"):
         Endpoints.build(Endpoint(name="default", url="http://a"), EndpointsConfig(endpoints=[Endpoint(name="default", url="http://b")]))
+
+
+def test_a_malformed_series_holds_only_its_own_deployment(servers: tuple[Recorder, Recorder]) -> None:
+    """A non-numeric `le` in one deployment's TTFT buckets: that deployment holds, its neighbour is read."""
+    good, _ = servers
+    bad = {"metric": {"namespace": "a", "llmd": "bad", "le": "fast"}, "value": [1.0, "3"]}
+    inf = {"metric": {"namespace": "a", "llmd": "bad", "le": "+Inf"}, "value": [1.0, "3"]}
+    rate = {"metric": {"namespace": "a", "llmd": "fine"}, "value": [1.0, "2.5"]}
+    good.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [bad, inf, rate]}}).encode()
+    out = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url))).read(
+        {("a", "bad"): parse_spec(spec_dict()), ("a", "fine"): parse_spec(spec_dict())}, 1.0)
+    assert out[("a", "bad")].unavailable == "Prometheus 'default' returned a malformed series for this deployment (ValueError)"
+    assert out[("a", "fine")].unavailable is None and out[("a", "fine")].request_rate == 2.5

@@ -107,3 +107,11 @@ def test_planned_capacity_holds_every_target_as_vllm_measures_it() -> None:
     assert histogram_quantile(0.95, buckets.ITL, total) <= 0.1 * 1.1
     ttfts = sorted(f.ttft_s for f in done)
     assert ttfts[int(0.95 * len(ttfts))] <= 0.25 * 1.1
+
+
+def test_a_pooled_fleet_never_beats_what_a_replica_pushes_through() -> None:
+    """A simulated fleet of 16 runs for seconds of arrivals only; it claimed 32 req/s per replica
+    where a replica pushes through 20 at most."""
+    bound = replica_capacity(PROFILE, _snap(1024), _snap(256), None, None)  # the mix as the cache snaps it
+    for n in (1, 4, 16):
+        assert simulated_capacity(PROFILE, 1024, 256, 0.1, 1.0, 95, 99, replicas=n).requests_per_s <= bound.requests_per_s

@@ -105,6 +105,7 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
     ((120.0,), 300.0),
     ((60.0, 120.0, 180.0), 105.0 + 180.0),  # one horizon plus the lull nine in ten bursts came back within
     ((100.0, 2000.0, 3000.0), 105.0),  # lulls usually (median) long: release after one horizon
+    ((100.0, 200.0, 28_800.0), 105.0 + 900.0),  # one very long lull holds no longer than 15 minutes
     ((1000.0, 1200.0, 2000.0), 105.0),  # lulls usually long: release after one horizon
 ])
 def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
@@ -248,6 +249,18 @@ def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> No
 def test_stabilization_adds_nothing_while_pods_wait_for_gpus() -> None:
     got = _stab(5, 3, History(observing_since=0.0), pending=1)
     assert got.proposal == Proposal(3, (Reason(Code.GPUS_UNAVAILABLE, "1 pods Pending without free GPUs: not adding more"),))
+
+
+def test_stabilization_says_so_while_pods_wait_for_gpus_even_when_holding() -> None:
+    got = _stab(3, 3, History(observing_since=0.0), pending=2)
+    assert got.proposal == Proposal(3, (Reason(Code.GPUS_UNAVAILABLE, "2 pods Pending without free GPUs"),))
+
+
+def test_scale_to_zero_is_not_held_by_the_scale_down_window() -> None:
+    """idleFor is the stabilization of a scale to zero: recommendations of 1 a minute ago do not hold it."""
+    h = History(recommendations=((NOW - 60, 1),), observing_since=NOW - 100)
+    got = stabilization(STZ, V, Workload("h100x1", 1, 1), Proposal(0), True, h, NOW)
+    assert got == Stabilized(Proposal(0), History(recommendations=((NOW - 60, 1), (NOW, 0)), observing_since=NOW - 100))
 
 
 def test_stabilization_panic_suspends_scale_down() -> None:

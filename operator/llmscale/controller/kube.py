@@ -127,7 +127,7 @@ def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, flo
             counts[1] += 1
             created = p.metadata.creation_timestamp
             name = p.metadata.name
-            if name not in seen and last_look is not None and created and variant and t_ready.timestamp() > last_look:
+            if name not in seen and last_look is not None and created and variant and t_ready.timestamp() >= last_look:
                 secs = (t_ready - created).total_seconds()
                 if 0 <= secs <= startup_timeout_s:
                     measured[variant] = fold_cold_start(measured.get(variant), secs)

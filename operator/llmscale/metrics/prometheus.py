@@ -23,7 +23,8 @@ from llmscale.policy.types import Signals
 
 from . import queries
 from .endpoints import Endpoints, Target, describe_failure, session_for
-from .snapshot import Key, build_signals, index_by_deployment, index_by_pool
+from .snapshot import Key, build_signals, index_by_deployment, index_by_pool, sample_value
+
 
 log = logging.getLogger("llmscale.metrics")
 
@@ -96,6 +97,7 @@ class PrometheusReader:
                     continue  # nobody scales to zero behind an InferencePool here
                 try:
                     raw = self._query(target, queries.render(template, window), name)
+                    results[name] = index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw)
                 except (PrometheusApiClientException, requests.RequestException, OSError, ValueError) as e:
                     QUERY_ERRORS.labels(name).inc()
                     failure = f"{target.label} could not be read ({describe_failure(e)})"
@@ -105,11 +107,10 @@ class PrometheusReader:
                     log.warning("%s: unexpected answer to %s (%s)", target.label, name, type(e).__name__)
                     failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
-                results[name] = index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw)
             for key, samples in results.get("podLoad", {}).items():
-                self.pod_load[key] = {
-                    s["metric"]["pod"]: float(s["value"][1]) for s in samples if "pod" in s.get("metric", {})
-                }
+                # A pod whose load cannot be read is left out: the scale-down treats it as busy.
+                self.pod_load[key] = {s["metric"]["pod"]: v for s in samples
+                                      if isinstance(s.get("metric", {}).get("pod"), str) and (v := sample_value(s)[0]) is not None}
             for key in keys:
                 spec = deployments[key]
                 if failure:
@@ -121,7 +122,13 @@ class PrometheusReader:
                 stale_after = 2 * max(parse_duration(spec.scaling.interval), 15.0)
                 allowed = self.endpoints.allow_query_overrides
                 overrides = self._overrides(target, spec, key) if spec.metrics.queries and allowed else None
-                signals = build_signals(spec, key, results, now, stale_after, overrides)
+                try:
+                    signals = build_signals(spec, key, results, now, stale_after, overrides)
+                except Exception as e:  # a malformed series (e.g. a non-numeric le) holds its own deployment only
+                    log.warning("%s/%s: malformed series from %s (%s)", *key, target.label, type(e).__name__)
+                    out[key] = Signals.unreachable(f"{target.label} returned a malformed series for this deployment "
+                                                   f"({type(e).__name__})")
+                    continue
                 refused = _refused_queries(spec) if not allowed else {}
                 if refused:
                     signals = replace(signals, unknown={**signals.unknown, **refused})

@@ -15,7 +15,7 @@ from llmscale.policy.types import Signals
 Key = tuple[str, str]  # (namespace, name)
 
 
-def _value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
+def sample_value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
     """A Prometheus instant-vector sample's value, or None with the reason it is unusable."""
     try:
         raw = sample["value"][1]
@@ -55,7 +55,7 @@ def _buckets(samples: list[dict[str, Any]]) -> list[float] | None:
     by_le: dict[float, float] = {}
     for s in samples:
         le = s.get("metric", {}).get("le")
-        v, _ = _value(s)
+        v, _ = sample_value(s)
         if le is None or v is None:
             continue
         by_le[math.inf if le == "+Inf" else float(le)] = v
@@ -89,7 +89,7 @@ def build_signals(
     fresh = results.get("freshness", {}).get(key)
     stale = False
     if fresh:
-        ts, why = _value(fresh[0])
+        ts, why = sample_value(fresh[0])
         if ts is None:
             unknown["freshness"] = why or "unusable"
         elif now - ts > stale_after_s:
@@ -102,7 +102,7 @@ def build_signals(
             if name not in ("gatewayPending", "gpuUtilization"):
                 unknown[name] = "no series for this deployment"
             continue
-        v, why = _value(samples[0])
+        v, why = sample_value(samples[0])
         if v is None:
             unknown[name] = f"ignored: {why}"
         elif stale and name != "gatewayPending":

@@ -186,14 +186,14 @@ def _pool_curve(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: 
     # Pooling shortens the tail; it cannot raise what a replica pushes through at all. A simulated
     # fleet of many replicas runs for only seconds of arrivals, too short to show an overload
     # building, so its result is held under the replica's throughput bound.
-    bound = replica_capacity(profile, mean_in, mean_out, None, None).requests_per_s
+    bound = replica_capacity(profile, mean_in, mean_out, None, None)
     out: list[tuple[int, Capacity]] = []
     floor = 0.0
     for n in POOL_ANCHORS:
         cap = _simulated(profile, closed, mean_in, mean_out, itl_t, ttft_t, itl_pct, ttft_pct, sigma_in, sigma_out,
                          max_prompt, n, floor)
-        if bound > 0 and cap.requests_per_s > bound:
-            cap = Capacity(bound, cap.step_s_at_capacity, cap.batch_at_capacity, "throughput")
+        if bound.requests_per_s > 0 and cap.requests_per_s > bound.requests_per_s:
+            cap = bound
         out.append((n, cap))
         floor = cap.requests_per_s  # pooling never lowers what a replica sustains: start the search there
     return tuple(out)

@@ -90,7 +90,7 @@ def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float) ->
         return max(horizon_s, first_hold_s)
     if quantile(gaps, 0.5) > LONG_GAP_S:
         return horizon_s
-    return horizon_s + quantile(gaps, GAP_QUANTILE)
+    return horizon_s + min(quantile(gaps, GAP_QUANTILE), LONG_GAP_S)
 
 
 def _keep(samples: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:

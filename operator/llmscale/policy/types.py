@@ -150,13 +150,13 @@ def _opt_float(v: Any) -> float | None:
 def _opt_int(v: Any) -> int | None:
     if v is None:
         return None
-    if isinstance(v, bool) or int(v) != v or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v < 0:
         raise ValueError("not a count")
     return int(v)
 
 
 def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or int(v) != v or v < 0:
         raise ValueError("not a count")
     return int(v)
 
