@@ -25,7 +25,6 @@ from . import queries
 from .endpoints import Endpoints, Target, describe_failure, session_for
 from .snapshot import Key, build_signals, index_by_deployment, index_by_pool, sample_value
 
-
 log = logging.getLogger("llmscale.metrics")
 
 QUERY_ERRORS = Counter("llmscale_prometheus_query_errors", "Prometheus queries that failed.", ["signal"])
