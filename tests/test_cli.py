@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,21 @@ def test_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.Cap
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("env", "args", "message"), [
+    ({}, ["run", "--kubeconfig", "/nope/kubeconfig"], "no usable Kubernetes configuration"),
+    ({"LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": "/nope/endpoints.yaml"}, ["run", "--kubeconfig", "KUBECONFIG"], "No such file"),
+])
+def test_run_refuses_bad_configuration_in_one_line(env: dict[str, str], args: list[str], message: str, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                          "current-context: x\n")
+    r = subprocess.run([sys.executable, "-m", "llmscale.cli", *[str(kubeconfig) if a == "KUBECONFIG" else a for a in args]],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_invalid_deployment_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,13 +69,16 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     from kubernetes import config
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+    try:
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+    except (config.ConfigException, OSError) as e:
+        raise SystemExit(f"llmscale: no usable Kubernetes configuration ({str(e).splitlines()[0][:200]})") from None
     Runtime.kube = Kube()
     try:
         endpoints = opts.endpoints()
