@@ -131,10 +131,10 @@ def refine_correction(correction: float, attainment: float | None, target_share:
 
     An integral controller on the error budget. While more requests miss the target than the SLO
     allows (beyond chance, given `observed` requests in the window) although each Ready replica
-    carried no more than the estimate says it can, the estimate was optimistic: each decision trims
+    carried no more than the estimate says it can, the estimate was optimistic: the window trims
     it in proportion to the shortfall (twice the missing share, at most by half), so more replicas
     are planned. Misses at a load above the estimate are the plan's
-    lateness, not the model's error, and teach nothing. It grows back by 2% per decision only on
+    lateness, not the model's error, and teach nothing. It grows back by 2% per window only on
     evidence gathered at load: the SLO met with room to spare while each Ready replica carries at
     least 70% of the estimate (meeting the SLO at light load proves nothing about capacity); and
     the load they carried so is a lower bound the estimate is raised to at once.

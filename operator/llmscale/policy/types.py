@@ -111,14 +111,6 @@ class Workload:
     terminating: int = 0
     pods: Mapping[str, PodCounts] = field(default_factory=dict)
 
-    def counts(self, variant: str) -> PodCounts:
-        """Pods of `variant` by phase (from `pods`, else from the totals when it is the running one)."""
-        if variant in self.pods:
-            return self.pods[variant]
-        if variant == self.variant:
-            return PodCounts(self.starting, self.ready, self.terminating, self.pending_unschedulable)
-        return PodCounts()
-
 
 class Action(StrEnum):
     SCALE_UP = "ScaleUp"
@@ -273,21 +265,6 @@ class History:
             except (TypeError, ValueError):
                 continue
         return History(**kept)
-
-    @staticmethod
-    def invalid_fields(d: Any) -> list[str]:
-        """The status keys of `d` that `from_dict` dropped (for a reason in the decision)."""
-        if not isinstance(d, dict):
-            return [] if d is None else ["history"]
-        bad = []
-        for name, parse in _PARSERS.items():
-            key = _KEYS[name]
-            if key in d:
-                try:
-                    parse(d[key])
-                except (TypeError, ValueError):
-                    bad.append(key)
-        return bad
 
 
 def _camel(name: str) -> str:
