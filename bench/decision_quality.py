@@ -116,12 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, spec.slo.ttft.seconds if spec.slo.ttft else None, out / f"{case.name}.png", f"{case.name}: {case.note}")
         (out / f"{case.name}.json").write_text(json.dumps([r.as_json() for r in results], indent=1))
 
-    heads = ["trace", "policy", "TTFT ok", "ITL ok", "joint ok", "TTFT ok >=10m", "TTFT p99", "GPU-h", "vs static", "vs oracle", "cost", "actions", "goal"]
+    heads = ["trace", "policy", "TTFT ok", "ITL ok", "joint ok", "TTFT ok >=10m", "TTFT p99", "GPU-h", "vs static", "vs oracle",
+             "vs lookahead", "cost", "actions", "goal"]
     rows = []
     for case, r in all_rows:
         oracle = next((x for c, x in all_rows if c is case and x.policy == "oracle"), None)
         static = next((x for c, x in all_rows if c is case and x.policy == "static-peak"), None)
+        ahead = next((x for c, x in all_rows if c is case and x.policy == "oracle-lookahead"), None)
         ratio = r.gpu_hours / oracle.gpu_hours if oracle and oracle.gpu_hours > 0 else float("nan")
+        vs_ahead = r.gpu_hours / ahead.gpu_hours if ahead and ahead.gpu_hours > 0 else float("nan")
         vs_static = r.gpu_hours / static.gpu_hours if static and static.gpu_hours > 0 else float("nan")
         goal = "-"
         if r.policy == "llmscale":
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             goal = "met" if not missed else "MISSED: " + ", ".join(missed)
         rows.append([case.name, r.policy, f"{r.ttft_attainment:.2%}", f"{r.itl_attainment:.2%}", f"{r.joint_attainment:.2%}",
                      f"{r.settled_ttft_attainment:.2%}",
-                     f"{r.ttft_p99_s:.2f}s", f"{r.gpu_hours:.2f}", f"{vs_static:.2f}x", f"{ratio:.2f}x",
+                     f"{r.ttft_p99_s:.2f}s", f"{r.gpu_hours:.2f}", f"{vs_static:.2f}x", f"{ratio:.2f}x", f"{vs_ahead:.2f}x",
                      f"{r.cost:.2f}" if r.cost is not None else "-", str(r.scale_actions), goal])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     print()
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = rs.get("llmscale")
         if not ours:
             continue
-        rivals = [r for p, r in rs.items() if p not in ("llmscale", "oracle") and r.ttft_attainment >= ours.ttft_attainment]
+        rivals = [r for p, r in rs.items() if p not in ("llmscale", "oracle", "oracle-lookahead")
+                  and r.ttft_attainment >= ours.ttft_attainment]
         cheaper = [r.policy for r in rivals if r.gpu_hours < ours.gpu_hours]
         print(f"{case.name}: baselines at or above llmscale's attainment: {', '.join(r.policy for r in rivals) or 'none'}; "
               f"cheaper than llmscale among them: {', '.join(cheaper) or 'none'}")

@@ -75,5 +75,17 @@ class PromStore:
         )
 
 
+    def quantiles(self, now: float, window_s: float, q: float) -> tuple[float | None, float | None]:
+        """histogram_quantile(q) of TTFT and of inter-token latency over the window, None without
+        requests in it."""
+        recent = [s for s in self.samples if now - window_s <= s.t <= now]
+        if len(recent) < 2:
+            return None, None
+        first, last = recent[0], recent[-1]
+        ttft_c = [b - a for a, b in zip(first.ttft, last.ttft, strict=True)]
+        itl_c = [b - a for a, b in zip(first.itl, last.itl, strict=True)]
+        return histogram_quantile(q, buckets.TTFT, ttft_c), histogram_quantile(q, buckets.ITL, itl_c)
+
+
 def is_finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)

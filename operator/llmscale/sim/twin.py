@@ -60,6 +60,11 @@ class View:
     workload: Workload
     signals: Signals
     now: float
+    # For baselines whose real systems read more than the operator does: the requests in flight
+    # right now (Knative's queue-proxy reports concurrency every second), and the scraped series
+    # (other percentiles than the SLO's, e.g. llm-d's p90).
+    concurrency: float = 0.0
+    prom: PromStore | None = None
 
 
 class Policy:
@@ -260,6 +265,11 @@ class Twin:
             pods=pods,
         )
 
+    def _concurrency(self) -> float:
+        """Requests in flight now: held at the gateway, waiting in a replica or running."""
+        inflight = sum(p.engine.outstanding for p in self.pods if p.engine is not None)
+        return float(len(self.gateway) + inflight)
+
     # ---- traffic ----------------------------------------------------------------------------
     def _route(self, req: Request) -> None:
         ready = [p for p in self.pods if p.ready and p.engine is not None]
@@ -392,7 +402,8 @@ class Twin:
                 last_scrape = t
                 next_scrape += SCRAPE_INTERVAL_S
             if i < len(arrivals) and t >= next_tick:
-                view = View(spec, self._workload(), self.prom.signals(t, window, ttft_t, itl_t), t)
+                view = View(spec, self._workload(), self.prom.signals(t, window, ttft_t, itl_t), t,
+                            self._concurrency(), self.prom)
                 new = self.policy.decide(view)
                 if new.replicas != self.target.replicas or new.variant != self.target.variant:
                     self.actions += 1

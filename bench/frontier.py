@@ -1,0 +1,187 @@
+"""Tuned, not defaults only: every policy's attainment-vs-GPU-hours frontier on every trace.
+
+Each policy's headroom knob (HPA's utilisation target, KEDA's threshold, KPA's target
+concurrency, llm-d's thresholds, Dynamo's load factor, llmscale's targetUtilization, replicas
+added to static-peak) is swept over the same grid of factors around its documented default; the
+oracle's frontier comes from its price of a miss. Prints, per trace, every point and which are on
+the policy's frontier, and the cheapest setting of each policy that meets the SLO; one PNG per
+trace (defaults marked).
+
+    python -m bench.frontier [--trace NAME ...] [--policy NAME ...] [--jobs 2] [--out bench/out/frontier]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bench.decision_quality import SHARED, Case, cases, load
+from llmscale.api import parse_spec
+from llmscale.sim.baselines import slo_met
+from llmscale.sim.oracle import frontier as oracle_frontier
+from llmscale.sim.policies import POLICIES, make_policy
+from llmscale.sim.twin import RunResult, Twin
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5)  # the same grid for every policy: knob = default x factor
+STATIC_STEPS = (-1, 0, 1, 2)  # static-peak: replicas over the offline sizing
+AT_MOST_ONE = {"hpa-gpu-util", "llmscale"}  # utilisation targets: capped at 100 %
+LLMSCALE_DEFAULT = 0.85
+TUNED = ("llmscale", "hpa-gpu-util", "keda-queue", "kpa", "llmd-slo", "dynamo-load", "static-peak")
+
+
+def knob_values(policy: str) -> list[tuple[float, bool]]:
+    """(knob, is the default) for the grid."""
+    if policy == "static-peak":
+        return [(float(s), s == 0) for s in STATIC_STEPS]
+    cls = POLICIES[policy]
+    default = LLMSCALE_DEFAULT if policy == "llmscale" else float(cls.default_knob)  # type: ignore[attr-defined]
+    out: list[tuple[float, bool]] = []
+    for f in FACTORS:
+        v = default * f
+        if policy in AT_MOST_ONE:
+            v = min(1.0, v)
+        if all(abs(v - x) > 1e-9 for x, _ in out):
+            out.append((round(v, 4), f == 1.0))
+    return out
+
+
+@dataclass
+class Point:
+    trace: str
+    policy: str
+    knob: float | None
+    default: bool
+    ttft: float
+    joint: float
+    gpu_hours: float
+    meets_slo: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return self.__dict__
+
+
+@cache
+def _case(name: str) -> tuple[Case, Any]:
+    case = next(c for c in cases() if c.name == name)
+    return case, load(case)
+
+
+def run_point(task: tuple[str, str, float, bool]) -> Point:
+    trace_name, policy, knob, default = task
+    case, trace = _case(trace_name)
+    spec = parse_spec(case.spec)
+    r = Twin(spec, trace, make_policy(policy, knob)).run()
+    return Point(trace_name, policy, knob, default, r.ttft_attainment, r.joint_attainment, r.gpu_hours, slo_met(spec, r))
+
+
+def run_oracle(trace_name: str) -> list[Point]:
+    case, trace = _case(trace_name)
+    spec = parse_spec(case.spec)
+    out: list[RunResult] = oracle_frontier(spec, trace)
+    return [Point(trace_name, "oracle", float(r.policy.split("@")[1]), False, r.ttft_attainment, r.joint_attainment,
+                  r.gpu_hours, slo_met(spec, r)) for r in out]
+
+
+def pareto(points: list[Point]) -> list[Point]:
+    """The points no other point beats on both attainment and GPU-hours."""
+    return [p for p in points
+            if not any(q is not p and q.ttft >= p.ttft and q.gpu_hours <= p.gpu_hours
+                       and (q.ttft > p.ttft or q.gpu_hours < p.gpu_hours) for q in points)]
+
+
+def plot(trace: str, points: list[Point], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - plotting is optional
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for policy in [*TUNED, "oracle"]:
+        pts = [p for p in points if p.policy == policy]
+        if not pts:
+            continue
+        front = sorted(pareto(pts), key=lambda p: p.gpu_hours)
+        line = ax.plot([p.gpu_hours for p in front], [100 * p.ttft for p in front], marker="o", ms=4, lw=1.2, label=policy)[0]
+        ax.scatter([p.gpu_hours for p in pts], [100 * p.ttft for p in pts], s=10, color=line.get_color(), alpha=0.5)
+        for p in pts:
+            if p.default:
+                ax.plot([p.gpu_hours], [100 * p.ttft], marker="*", ms=14, color=line.get_color(), mec="black")
+    ax.axhline(99, color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("GPU-hours (log)")
+    ax.set_ylabel("TTFT attainment (%)")
+    ax.set_ylim(max(0, min(100 * p.ttft for p in points) - 2), 100.5)
+    ax.set_title(f"{trace}: each policy over its knob (line = its frontier, star = default)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", action="append", help="only these traces")
+    ap.add_argument("--policy", action="append", help=f"only these policies (from {', '.join(TUNED)}, oracle)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "frontier"))
+    args = ap.parse_args(argv)
+    if not SHARED.is_dir():
+        print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
+        return 2
+    names = [c.name for c in cases() if not args.trace or c.name in args.trace]
+    policies = args.policy or [*TUNED, "oracle"]
+    bad = [p for p in policies if p not in TUNED and p != "oracle"]
+    if bad:
+        print(f"bench: unknown policy {bad[0]!r}; choose from {', '.join(TUNED)}, oracle", file=sys.stderr)
+        return 2
+    tasks = [(n, p, k, d) for n in names for p in policies if p != "oracle" for k, d in knob_values(p)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    points: list[Point] = []
+    with multiprocessing.get_context("fork").Pool(max(1, args.jobs)) as pool:
+        oracle_jobs = [pool.apply_async(run_oracle, (n,)) for n in names] if "oracle" in policies else []
+        for i, pt in enumerate(pool.imap_unordered(run_point, tasks), 1):
+            points.append(pt)
+            print(f"\r[{i}/{len(tasks)}] {pt.trace} {pt.policy} {pt.knob:g}  ({time.monotonic() - t0:.0f}s)".ljust(70),
+                  end="", file=sys.stderr, flush=True)
+        for job in oracle_jobs:
+            points.extend(job.get())
+    print(file=sys.stderr)
+
+    summary = []
+    for n in names:
+        pts = [p for p in points if p.trace == n]
+        print(f"\n{n}")
+        print(f"  {'policy':<13} {'knob':>8}  {'TTFT ok':>8}  {'joint ok':>8}  {'GPU-h':>6}  {'SLO':>4}  frontier")
+        front = {id(p) for pol in policies for p in pareto([q for q in pts if q.policy == pol])}
+        for p in sorted(pts, key=lambda p: (policies.index(p.policy) if p.policy in policies else 99, p.gpu_hours)):
+            mark = ("*" if p.default else "") + ("F" if id(p) in front else "")
+            print(f"  {p.policy:<13} {p.knob if p.knob is not None else 0:>8.4g}  {p.ttft:>8.2%}  {p.joint:>8.2%}  "
+                  f"{p.gpu_hours:>6.2f}  {'yes' if p.meets_slo else 'no':>4}  {mark}")
+        print("  cheapest setting that meets the SLO (TTFT and inter-token percentiles as written):")
+        for pol in policies:
+            ok = [p for p in pts if p.policy == pol and p.meets_slo]
+            best = min(ok, key=lambda p: p.gpu_hours) if ok else None
+            summary.append({"trace": n, "policy": pol, "best": best.as_json() if best else None})
+            print(f"    {pol:<13} " + (f"knob {best.knob:g}: {best.gpu_hours:.2f} GPU-h at {best.ttft:.2%} TTFT" if best
+                                        else "no setting on the grid meets it"))
+        plot(n, pts, out / f"{n}.png")
+    (out / "points.json").write_text(json.dumps([p.as_json() for p in points], indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n* = default setting, F = on that policy's frontier. Plots and JSON: {out}/ ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The autoscalers a platform team would otherwise run, each from its documented algorithm and
+defaults (the source is named in each docstring), so that the twin compares llmscale with them on
+the same traffic, the same replicas and the same cold starts.
+
+Every baseline exposes one headroom knob (`knob`, default = the documented default): the number a
+user would turn to trade GPU-hours for attainment. `bench/frontier.py` sweeps it.
+
+Where a real system reads a signal the twin does not have, the docstring says what stands in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from llmscale.api.models import LLMDeploymentSpec
+from llmscale.policy.ceilings import ceiling_replicas
+
+from .traffic import Trace
+from .twin import Policy, RunResult, Target, Twin, View
+
+
+def clamp(spec: LLMDeploymentSpec, variant_name: str, n: int) -> Target:
+    """Within replicas.min and the ceilings (maxGPUs, maxHourlyCost): every policy gets the same
+    budget cap (Dynamo's max_gpu_budget, the HPA's maxReplicas)."""
+    limit, _ = ceiling_replicas(spec, spec.variant(variant_name))
+    lo = spec.replicas.min
+    return Target(max(lo, min(n, limit)) if limit >= lo else limit, variant_name, capped=n > limit)
+
+
+class Baseline(Policy):
+    """A policy with one headroom knob."""
+
+    knob_name = "knob"
+    default_knob = 1.0
+
+    def __init__(self, knob: float | None = None) -> None:
+        self.knob = self.default_knob if knob is None else knob
+        self.variant = ""
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        self.variant = spec.variants[0].name
+        return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
+
+
+class HPAAlgorithm(Baseline):
+    """The Kubernetes HPA algorithm (kubernetes/kubernetes pkg/controller/podautoscaler, defaults of
+    autoscaling/v2 `behavior`): a 10 % tolerance on the usage ratio, 300 s scale-down stabilization
+    (the highest recommendation of the window wins), scale-up limited to max(4 pods, 100 %) per
+    15 s sync. Subclasses say what the desired count is."""
+
+    tolerance = 0.10
+    down_window_s = 300.0
+    sync_s = 15.0
+
+    def __init__(self, knob: float | None = None) -> None:
+        super().__init__(knob)
+        self.recs: list[tuple[float, int]] = []
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return self.sync_s
+
+    def desired(self, view: View) -> int | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def decide(self, view: View) -> Target:
+        current = view.workload.replicas
+        desired = self.desired(view)
+        if desired is None:
+            return Target(current, self.variant)  # no metric: the HPA keeps the count
+        self.recs = [(t, r) for t, r in self.recs if view.now - t <= self.down_window_s] + [(view.now, desired)]
+        if desired < current:
+            desired = min(current, max(r for _, r in self.recs))
+        if desired > current:
+            desired = min(desired, max(current + 4, 2 * current))
+        return clamp(view.spec, self.variant, max(1, desired))
+
+
+class HPAGPUUtilPolicy(HPAAlgorithm):
+    """HPA on DCGM GPU utilisation (`DCGM_FI_DEV_GPU_UTIL` through an adapter), target 70 %: the
+    rule of the GKE and NVIDIA guides. Knob: the utilisation target."""
+
+    name = "hpa-gpu-util"
+    knob_name = "target utilisation"
+    default_knob = 0.70
+
+    def desired(self, view: View) -> int | None:
+        w, util = view.workload, view.signals.gpu_utilization
+        if util is None or w.ready == 0:
+            return None
+        ratio = util / self.knob
+        return w.replicas if abs(ratio - 1) <= self.tolerance else math.ceil(w.ready * ratio)
+
+
+class KEDAQueuePolicy(HPAAlgorithm):
+    """KEDA's Prometheus scaler on `vllm:num_requests_waiting` (AverageValue threshold 5 per
+    replica, 30 s polling: the vLLM production-stack and KServe tutorials), through the HPA it
+    creates. Knob: the threshold."""
+
+    name = "keda-queue"
+    knob_name = "waiting per replica"
+    default_knob = 5.0
+    sync_s = 30.0
+
+    def desired(self, view: View) -> int | None:
+        current, waiting = view.workload.replicas, view.signals.requests_waiting
+        if waiting is None:
+            return None  # KEDA's fallback is off by default
+        if current > 0 and abs(waiting / (self.knob * current) - 1) <= self.tolerance:
+            return current
+        return math.ceil(waiting / self.knob)
+
+
+class KPAPolicy(Baseline):
+    """Knative's KPA (knative/serving pkg/autoscaler/scaling/autoscaler.go; `config-autoscaler`
+    defaults): target concurrency per pod 100 x 70 % = 70; a 60 s stable and a 6 s panic window
+    over the observed concurrency, ticked every 2 s; desired = ceil(average / target) for each
+    window, clamped to [ready / 2, ready x 1000]; panic when the panic window's desired count is
+    at least 200 % of the Ready pods, held for one stable window after the last such tick, and no
+    scale-down while panicking. Knative's queue-proxy reports concurrency every second: the twin
+    gives the requests in flight at each tick. The activator (requests buffered at zero) is not
+    modelled; replicas.min is 1. Knob: the target concurrency per pod."""
+
+    name = "kpa"
+    knob_name = "target concurrency"
+    default_knob = 70.0
+    stable_s = 60.0
+    panic_s = 6.0
+    tick_s = 2.0
+    panic_threshold = 2.0
+    max_up_rate = 1000.0
+    max_down_rate = 2.0
+
+    def __init__(self, knob: float | None = None) -> None:
+        super().__init__(knob)
+        self.seen: deque[tuple[float, float]] = deque()
+        self.panic_since: float | None = None
+        self.max_panic = 0
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return self.tick_s
+
+    def decide(self, view: View) -> Target:
+        now = view.now
+        self.seen.append((now, view.concurrency))
+        while self.seen and now - self.seen[0][0] > self.stable_s:
+            self.seen.popleft()
+        stable = sum(c for _, c in self.seen) / len(self.seen)
+        recent = [c for t, c in self.seen if now - t < self.panic_s]
+        panic = sum(recent) / len(recent)
+        ready = max(1, view.workload.ready)
+        lo, hi = math.floor(ready / self.max_down_rate), math.ceil(ready * self.max_up_rate)
+        want_stable = min(hi, max(lo, math.ceil(stable / self.knob)))
+        want_panic = min(hi, max(lo, math.ceil(panic / self.knob)))
+        if want_panic / ready >= self.panic_threshold:
+            self.panic_since = now  # enter, or extend, panic
+        elif self.panic_since is not None and now - self.panic_since >= self.stable_s:
+            self.panic_since, self.max_panic = None, 0
+        if self.panic_since is not None:
+            desired = max(want_panic, self.max_panic, view.workload.replicas)  # never down in panic
+            self.max_panic = desired
+        else:
+            desired = want_stable
+        return clamp(view.spec, self.variant, max(1, desired))
+
+
+class LLMDSLOPolicy(Baseline):
+    """llm-d's SLO-aware autoscaling path (llm-d/llm-d guides/workload-autoscaling/
+    README.slo-aware.md): KEDA driven by the router's latency signal
+    s = min(2.0, max(p90 TTFT / TTFT target, p90 TPOT / TPOT target)), averaged over 45 s; scale up
+    while s > 0.55 to ceil(ready x s / 0.55) (the demand multiplied by ready / provisioned
+    replicas, so pods still starting are not asked for twice), down while s < 0.40 to
+    ceil(replicas x s / 0.40); HPA behaviour up by max(100 %, 4 pods) per 60 s, down by 1 pod per
+    120 s, after the HPA's default 300 s scale-down stabilization. llm-d's router predicts each
+    request's p90 latency; the twin observes it from the vLLM histograms over the last minute (a
+    lagging stand-in). The token-backlog signal of the same guide is not modelled. Knob: a factor on
+    both thresholds (lower = more headroom)."""
+
+    name = "llmd-slo"
+    knob_name = "threshold factor"
+    default_knob = 1.0
+    up_at, down_at = 0.55, 0.40
+    average_s = 45.0
+    sync_s = 15.0
+    up_period_s, down_period_s = 60.0, 120.0
+    down_window_s = 300.0
+
+    def __init__(self, knob: float | None = None) -> None:
+        super().__init__(knob)
+        self.samples: deque[tuple[float, float]] = deque()
+        self.ups: list[tuple[float, int]] = []  # (time, replicas before) of each scale-up
+        self.last_down: float | None = None
+        self.recs: list[tuple[float, int]] = []
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return self.sync_s
+
+    def signal(self, view: View) -> float | None:
+        if view.prom is None:
+            return None
+        ttft90, itl90 = view.prom.quantiles(view.now, 60.0, 0.90)
+        slo, ratios = view.spec.slo, []
+        if slo.ttft and ttft90 is not None:
+            ratios.append(ttft90 / slo.ttft.seconds)
+        itl = slo.itl_target()
+        if itl and itl90 is not None:
+            ratios.append(itl90 / itl.seconds)
+        return min(2.0, max(ratios)) if ratios else None
+
+    def decide(self, view: View) -> Target:
+        now, w = view.now, view.workload
+        current = w.replicas
+        s = self.signal(view)
+        if s is not None:
+            self.samples.append((now, s))
+        while self.samples and now - self.samples[0][0] > self.average_s:
+            self.samples.popleft()
+        if not self.samples:
+            return Target(current, self.variant)  # no metric: hold
+        avg = sum(v for _, v in self.samples) / len(self.samples)
+        up, down = self.up_at * self.knob, self.down_at * self.knob
+        if avg > up:
+            desired = max(current, math.ceil(max(1, w.ready) * avg / up))
+        elif avg < down:
+            desired = max(1, math.ceil(current * avg / down))
+        else:
+            desired = current
+        self.recs = [(t, r) for t, r in self.recs if now - t <= self.down_window_s] + [(now, desired)]
+        if desired < current:
+            desired = min(current, max(r for _, r in self.recs))
+            if self.last_down is not None and now - self.last_down < self.down_period_s:
+                desired = current
+            else:
+                desired = max(desired, current - 1)
+                if desired < current:
+                    self.last_down = now
+        elif desired > current:
+            self.ups = [(t, r) for t, r in self.ups if now - t < self.up_period_s]
+            base = min([r for _, r in self.ups] + [current])
+            desired = min(desired, max(2 * base, base + 4))
+            if desired > current:
+                self.ups.append((now, current))
+        return clamp(view.spec, self.variant, max(1, desired))
+
+
+class DynamoLoadPolicy(Baseline):
+    """NVIDIA Dynamo's load-based planner (ai-dynamo/dynamo docs/components/planner/README.md):
+    every 5 s, an online linear regression of latency on the load per worker, the most load per
+    worker whose predicted latency meets both targets, replicas = ceil(load / that), at least
+    `load_min_observations` (5) observations first, scale-down only when the load fits in fewer
+    workers at `load_scaling_down_sensitivity` (80 %), no decision while a previous scaling is in
+    progress, the GPU budget as a cap. Dynamo regresses per-iteration engine metrics and targets
+    averages; the twin regresses the median TTFT and inter-token latency of the last minute on the
+    requests in flight per Ready replica averaged over the same minute (latency and load from the
+    same span of time). Knob: a factor on the load per worker it allows (lower =
+    more headroom)."""
+
+    name = "dynamo-load"
+    knob_name = "load factor"
+    default_knob = 1.0
+    tick_s = 5.0
+    min_observations = 5
+    down_sensitivity = 0.80
+    kept = 120  # observations in the regression (10 minutes)
+
+    def __init__(self, knob: float | None = None) -> None:
+        super().__init__(knob)
+        self.obs: deque[tuple[float, float, float]] = deque(maxlen=self.kept)  # (load per worker, ttft, itl)
+        self.loads: deque[tuple[float, float]] = deque()  # (time, in flight per Ready replica)
+
+    def interval(self, spec: LLMDeploymentSpec) -> float:
+        return self.tick_s
+
+    @staticmethod
+    def fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        var = sum((x - mx) ** 2 for x in xs)
+        if var <= 1e-12:
+            return None
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+        return my - b * mx, b
+
+    def max_load(self, view: View) -> float | None:
+        """The load per worker at which the fitted latency reaches the first target."""
+        slo = view.spec.slo
+        itl = slo.itl_target()
+        xs = [o[0] for o in self.obs]
+        limits = []
+        for i, target in ((1, slo.ttft.seconds if slo.ttft else None), (2, itl.seconds if itl else None)):
+            if target is None:
+                continue
+            line = self.fit(xs, [o[i] for o in self.obs])
+            if line is None or line[1] <= 0:
+                continue  # latency does not grow with load in what was seen: no limit learnt
+            limits.append((target - line[0]) / line[1])
+        return max(0.0, min(limits)) if limits else None
+
+    def decide(self, view: View) -> Target:
+        w = view.workload
+        current = w.replicas
+        if w.ready > 0:
+            self.loads.append((view.now, view.concurrency / w.ready))
+        while self.loads and view.now - self.loads[0][0] > 60.0:
+            self.loads.popleft()
+        if view.prom is not None and self.loads:
+            ttft50, itl50 = view.prom.quantiles(view.now, 60.0, 0.5)
+            if ttft50 is not None and itl50 is not None:
+                self.obs.append((sum(x for _, x in self.loads) / len(self.loads), ttft50, itl50))
+        if len(self.obs) < self.min_observations or w.starting > 0:
+            return Target(current, self.variant)
+        limit = self.max_load(view)
+        if limit is None or limit <= 0:
+            return Target(current, self.variant)
+        per_worker = limit * self.knob
+        up = math.ceil(view.concurrency / per_worker - 1e-9)
+        if up > current:
+            return clamp(view.spec, self.variant, up)
+        down = math.ceil(view.concurrency / (per_worker * self.down_sensitivity) - 1e-9)
+        return clamp(view.spec, self.variant, max(1, min(current, down)))
+
+
+def slo_met(spec: LLMDeploymentSpec, r: RunResult) -> bool:
+    """The run meets the SLO as written: the percentile's share of requests within each target."""
+    ttft, itl = spec.slo.ttft, spec.slo.itl_target()
+    return (ttft is None or r.ttft_attainment >= ttft.percentile / 100) and (itl is None or r.itl_attainment >= itl.percentile / 100)
+
+
+class Fixed(Policy):
+    name = "fixed"
+
+    def __init__(self, n: int, variant: str):
+        self.target = Target(n, variant)
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        return self.target
+
+    def decide(self, view: View) -> Target:
+        return self.target
+
+
+class StaticPeakPolicy(Baseline):
+    """The fewest constant replicas that meet the SLO over the whole trace, found offline and
+    pre-warmed: what a team that sized its pool in hindsight runs. Knob: replicas added (or taken)."""
+
+    name = "static-peak"
+    knob_name = "replicas over the sizing"
+    default_knob = 0.0
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        v = spec.variants[0].name
+        limit, _ = ceiling_replicas(spec, spec.variant(v))
+        lo, hi = max(1, spec.replicas.min), max(1, limit)
+        if not slo_met(spec, Twin(spec, trace, Fixed(hi, v), cold_start).run()):
+            self.target = clamp(spec, v, hi + 1)  # even the ceiling misses: run at it, report capped
+            return self.target
+        while lo < hi:  # attainment grows with replicas: bisect for the smallest that meets the SLO
+            mid = (lo + hi) // 2
+            if slo_met(spec, Twin(spec, trace, Fixed(mid, v), cold_start).run()):
+                hi = mid
+            else:
+                lo = mid + 1
+        self.target = clamp(spec, v, max(1, hi + round(self.knob)))
+        return self.target
+
+    def decide(self, view: View) -> Target:
+        return self.target

@@ -1,0 +1,204 @@
+"""The baselines reproduce their systems' documented behaviour, decision by decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmscale.api import parse_spec
+from llmscale.perf import buckets
+from llmscale.policy.types import Signals, Workload
+from llmscale.sim.baselines import (
+    DynamoLoadPolicy,
+    HPAGPUUtilPolicy,
+    KEDAQueuePolicy,
+    KPAPolicy,
+    LLMDSLOPolicy,
+)
+from llmscale.sim.policies import POLICIES, make_policy
+from llmscale.sim.promstore import PromStore, Sample
+from llmscale.sim.twin import View
+from tests.conftest import spec_dict
+
+SPEC = parse_spec(spec_dict(
+    replicas={"min": 1, "max": 64},
+    variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+    slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+    cost={"maxGPUs": 64, "prices": {"nvidia-h100": "4.00"}},
+))
+
+
+def view(now: float, replicas: int, ready: int | None = None, starting: int = 0, concurrency: float = 0.0,
+         signals: Signals | None = None, prom: PromStore | None = None) -> View:
+    w = Workload("h100x1", replicas, replicas if ready is None else ready, starting=starting)
+    return View(SPEC, w, signals or Signals(), now, concurrency, prom)
+
+
+def started(policy):  # type: ignore[no-untyped-def]
+    policy.start(SPEC, None, {})
+    return policy
+
+
+def test_every_named_policy_is_registered() -> None:
+    assert set(POLICIES) == {"llmscale", "hpa-gpu-util", "keda-queue", "kpa", "llmd-slo", "dynamo-load", "static-peak",
+                             "oracle-lookahead", "oracle"}
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope")
+
+
+# ---- HPA ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("util, expect", [
+    (0.75, 4),   # ratio 1.07: within the 10 % tolerance, no change
+    (0.63, 4),   # ratio 0.90: at the tolerance edge, no change
+    (0.84, 5),   # ratio 1.2 -> ceil(4 x 1.2)
+    (1.00, 6),   # ratio 1.43 -> ceil(5.7)
+])
+def test_hpa_tolerance_and_ratio(util: float, expect: int) -> None:
+    p = started(HPAGPUUtilPolicy())
+    assert p.decide(view(15, 4, signals=Signals(gpu_utilization=util))).replicas == expect
+
+
+def test_hpa_scale_down_waits_for_the_highest_recommendation_of_300s() -> None:
+    p = started(HPAGPUUtilPolicy())
+    assert p.decide(view(0, 4, signals=Signals(gpu_utilization=1.0))).replicas == 6
+    assert p.decide(view(15, 6, signals=Signals(gpu_utilization=0.1))).replicas == 6  # 6 recorded at 0
+    assert p.decide(view(300, 6, signals=Signals(gpu_utilization=0.1))).replicas == 6
+    assert p.decide(view(301, 6, signals=Signals(gpu_utilization=0.1))).replicas == 1
+
+
+def test_hpa_scale_up_at_most_doubles_or_adds_four() -> None:
+    p = started(HPAGPUUtilPolicy())
+    assert p.decide(view(0, 2, signals=Signals(gpu_utilization=7.0))).replicas == 6   # 2 + 4
+    assert p.decide(view(15, 10, signals=Signals(gpu_utilization=7.0))).replicas == 20  # 2 x 10
+
+
+def test_keda_queue_threshold_per_replica_and_no_fallback() -> None:
+    p = started(KEDAQueuePolicy())
+    assert p.decide(view(0, 2, signals=Signals(requests_waiting=31))).replicas == 6  # ceil(31 / 5), 2 + 4 cap
+    assert p.decide(view(30, 2, signals=Signals())).replicas == 2  # metric missing: hold
+
+
+# ---- Knative KPA -------------------------------------------------------------------------------
+
+def test_kpa_stable_mode_targets_the_60s_average() -> None:
+    p = started(KPAPolicy())
+    for t in range(0, 62, 2):
+        out = p.decide(view(t, 2, concurrency=140.0))
+    assert out.replicas == 2  # 140 / 70
+    assert p.panic_since is None
+
+
+def test_kpa_enters_panic_at_200_percent_and_never_scales_down_in_it() -> None:
+    p = started(KPAPolicy())
+    for t in range(0, 60, 2):
+        p.decide(view(t, 2, concurrency=70.0))
+    # A burst to 290 in flight. The 6 s window averages the last three ticks:
+    # t=60: (70 + 70 + 290) / 3 -> ceil(143 / 70) = 3 < 2 x 2 Ready: no panic, the 60 s average says 2.
+    assert p.decide(view(60, 2, concurrency=290.0)).replicas == 2 and p.panic_since is None
+    # t=62: (70 + 290 + 290) / 3 -> 4 = 200 % of 2 Ready: panic, scale to 4 at once.
+    assert p.decide(view(62, 2, concurrency=290.0)).replicas == 4 and p.panic_since == 62
+    # t=64: 290 -> 5 (still >= 200 %: the panic is extended).
+    assert p.decide(view(64, 4, ready=2, concurrency=290.0)).replicas == 5 and p.panic_since == 64
+    # The burst ends: never down while panicking, for one stable window after the last panic tick.
+    for t in range(66, 124, 2):
+        assert p.decide(view(t, 5, ready=5, concurrency=10.0)).replicas == 5
+    out = p.decide(view(124, 5, ready=5, concurrency=10.0))
+    assert p.panic_since is None and out.replicas == 2  # stable mode: ceil(avg / 70) = 1, at most halved per tick
+
+
+def test_kpa_below_the_threshold_stays_stable() -> None:
+    p = started(KPAPolicy())
+    for t in range(0, 60, 2):
+        p.decide(view(t, 2, concurrency=70.0))
+    for t in range(60, 70, 2):
+        out = p.decide(view(t, 2, concurrency=200.0))  # ceil(200 / 70) = 3 < 2 x 2: never panics
+    assert p.panic_since is None
+    assert out.replicas == 2  # the 60 s average: (25 x 70 + 5 x 200) / 30 = 92 -> 2
+
+
+# ---- llm-d SLO-aware -------------------------------------------------------------------------
+
+class ScriptedLLMD(LLMDSLOPolicy):
+    """The decision logic with the latency signal given (its computation is tested below)."""
+
+    def __init__(self, values: dict[float, float]) -> None:
+        super().__init__()
+        self.values = values
+
+    def signal(self, view: View) -> float | None:
+        return self.values.get(view.now)
+
+
+def test_llmd_scales_up_above_055_with_ready_over_provisioned() -> None:
+    p = started(ScriptedLLMD({0: 1.1}))
+    # 4 provisioned, 2 Ready: demand ceil(2 x 1.1 / 0.55) = 4, already provisioned -> no change.
+    assert p.decide(view(0, 4, ready=2)).replicas == 4
+    p = started(ScriptedLLMD({0: 1.1}))
+    assert p.decide(view(0, 4, ready=4)).replicas == 8
+
+
+def test_llmd_holds_in_the_band_and_caps_the_signal_at_2() -> None:
+    p = started(ScriptedLLMD({0: 0.5, 15: 0.45, 30: 0.41}))
+    assert [p.decide(view(t, 3)).replicas for t in (0, 15, 30)] == [3, 3, 3]
+    q = started(ScriptedLLMD({0: 9.0}))
+    q.values[0] = min(2.0, 9.0)  # the signal is capped at 2.0 by construction (see signal())
+    assert q.decide(view(0, 2)).replicas == 6  # max(2 x 2, 2 + 4) = 6 < ceil(2 x 2 / 0.55) = 8
+
+
+def test_llmd_scale_down_one_pod_per_120s_after_the_window() -> None:
+    p = started(ScriptedLLMD({t: 0.1 for t in range(0, 1000, 15)}))
+    got = []
+    replicas = 6
+    for t in range(0, 700, 15):
+        replicas = p.decide(view(t, replicas)).replicas
+        got.append((t, replicas))
+    downs = [t for (t, r), (_, prev) in zip(got, [(-15, 6), *got], strict=False) if r < prev]
+    assert got[0][1] == 5  # one pod at most per 120 s
+    assert downs[0] == 0 and all(b - a >= 120 for a, b in zip(downs, downs[1:], strict=False))
+    assert len(downs) == 5 and got[-1][1] == 1
+
+
+def test_llmd_signal_is_the_worse_p90_ratio_capped_at_2() -> None:
+    prom = PromStore()
+    zero_t, zero_i = [0.0] * len(buckets.TTFT), [0.0] * len(buckets.ITL)
+    prom.add(Sample(0, 0, 0, 0, 0, 0, zero_t, zero_i, 0, 0, None))
+    # 100 requests: TTFT all in the bucket up to 0.5 s, ITL all in the bucket up to 0.075 s.
+    ttft = [100.0 if e >= 0.5 else 0.0 for e in buckets.TTFT]
+    itl = [100.0 if e >= 0.075 else 0.0 for e in buckets.ITL]
+    prom.add(Sample(30, 100, 0, 0, 0, 0, ttft, itl, 0, 0, None))
+    p = started(LLMDSLOPolicy())
+    s = p.signal(view(30, 2, prom=prom))
+    t90, i90 = prom.quantiles(30, 60, 0.9)
+    assert s == pytest.approx(max(t90 / 1.0, i90 / 0.1))
+    assert 0.55 < s <= 2.0
+
+
+# ---- Dynamo load planner -----------------------------------------------------------------------
+
+def test_dynamo_fits_latency_on_load_and_sizes_to_the_target() -> None:
+    p = started(DynamoLoadPolicy())
+    # Latency = 0.1 s + 0.01 s per request in flight per worker (TTFT), ITL = 10 ms + 1 ms per request.
+    for x in (10.0, 20.0, 30.0, 40.0, 50.0):
+        p.obs.append((x, 0.1 + 0.01 * x, 0.01 + 0.001 * x))
+    # TTFT reaches 1 s at 90 per worker, ITL 100 ms at 90 per worker: 450 in flight -> 5 workers.
+    assert p.max_load(view(0, 2)) == pytest.approx(90.0)
+    assert p.decide(view(0, 2, concurrency=450.0)).replicas == 5
+    # Down only when the load fits at 80 %: 300 in flight / (90 x 0.8) -> 5 workers, kept.
+    assert p.decide(view(5, 5, concurrency=300.0)).replicas == 5
+    assert p.decide(view(10, 5, concurrency=200.0)).replicas == 3
+
+
+def test_dynamo_waits_for_observations_and_for_scaling_in_progress() -> None:
+    p = started(DynamoLoadPolicy())
+    assert p.decide(view(0, 2, concurrency=900.0)).replicas == 2  # fewer than 5 observations
+    for x in (10.0, 20.0, 30.0, 40.0, 50.0):
+        p.obs.append((x, 0.1 + 0.01 * x, 0.01 + 0.001 * x))
+    assert p.decide(view(5, 4, ready=2, starting=2, concurrency=900.0)).replicas == 4  # scaling in progress
+
+
+def test_knobs_trade_headroom() -> None:
+    lo, hi = started(KPAPolicy(35.0)), started(KPAPolicy(140.0))
+    for t in range(0, 62, 2):
+        a = lo.decide(view(t, 4, concurrency=280.0))
+        b = hi.decide(view(t, 4, concurrency=280.0))
+    assert (a.replicas, b.replicas) == (8, 2)
