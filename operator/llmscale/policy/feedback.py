@@ -76,6 +76,11 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         if not cap.settled:
             reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target, but the window still holds the backlog "
                                                    "from before the Ready replicas last grew"))
+        elif workload.starting > 0:
+            # The latency of requests queued while replicas load says only that they are late: it is
+            # no new evidence, and escalating on it at every interval of a cold start would double
+            # the fleet again and again. The plan sizes the load and the backlog.
+            reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target while {workload.starting} replicas load"))
         else:
             # An SLO no replica can meet even unloaded is reported (SLOFeasible=False), not chased.
             wanted = max(math.ceil(base * min(ratio, PANIC_RATIO) - 1e-9), base + 1)
