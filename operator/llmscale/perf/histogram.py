@@ -11,11 +11,24 @@ import math
 from collections.abc import Sequence
 
 
+def monotonic(cumulative: Sequence[float]) -> list[float]:
+    """Bucket counts made non-decreasing, as Prometheus does before a quantile: rates of buckets
+    scraped a moment apart, or across a counter reset, can leave a bucket below the one before it,
+    which would put a rank in no bucket at all. A dip is raised to the count before it."""
+    out: list[float] = []
+    top = 0.0
+    for c in cumulative:
+        top = max(top, c)
+        out.append(top)
+    return out
+
+
 def histogram_quantile(q: float, edges: Sequence[float], cumulative: Sequence[float]) -> float | None:
     """Prometheus histogram_quantile: linear interpolation inside the bucket holding rank q.
 
     edges are the finite upper bounds; cumulative has one more entry (+Inf). None when empty.
     """
+    cumulative = monotonic(cumulative)
     if not cumulative or cumulative[-1] <= 0 or not 0 <= q <= 1:
         return None
     total = cumulative[-1]
@@ -34,6 +47,7 @@ def histogram_quantile(q: float, edges: Sequence[float], cumulative: Sequence[fl
 def attainment(target: float, edges: Sequence[float], cumulative: Sequence[float]) -> tuple[float | None, bool]:
     """Share of observations at or under target, and whether target falls between bucket edges
     (then the share inside that bucket is interpolated linearly, and is an estimate)."""
+    cumulative = monotonic(cumulative)
     if not cumulative or cumulative[-1] <= 0:
         return None, False
     total = cumulative[-1]
