@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
@@ -15,14 +16,16 @@ from typing import Any
 
 from llmscale.api import parse_spec
 from llmscale.sim.policies import POLICIES, make_policy
-from llmscale.sim.report import Progress, plot
+from llmscale.sim.report import plot
 from llmscale.sim.traffic import Trace, load_trace, on_off, scenario
 from llmscale.sim.twin import RunResult, Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces"
 HOLDOUT = ROOT.parent / "holdout" / "traces"
-ONOFF_SEEDS = (11, 12, 13, 14)
+# Seeds 11-14 were in the bench when the forecast was first tuned; 15-22 were added later, to accept
+# or reject changes on traffic the earlier tuning never saw (see bench/README.md).
+ONOFF_SEEDS = tuple(range(11, 23))
 
 
 def deployment(ttft: str, ttft_pct: float, itl: str, max_replicas: int, cold: str = "90s") -> dict[str, Any]:
@@ -82,6 +85,12 @@ def load(case: Case) -> Trace:
     return trace.scaled(case.rate_scale, case.speedup, seed=1)
 
 
+def _run(task: tuple[str, str]) -> tuple[tuple[str, str], RunResult]:
+    name, policy = task
+    case = next(c for c in cases() if c.name == name)
+    return task, Twin(parse_spec(case.spec), load(case), make_policy(policy)).run()
+
+
 def fmt_row(cols: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) if i < 2 or i == len(cols) - 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
 
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", action="append", help="run only these cases (azure-code, mooncake, servegen-day, holdout-...)")
     ap.add_argument("--policy", action="append", help="run only these policies")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     args = ap.parse_args(argv)
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
@@ -99,20 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     policies = args.policy or list(POLICIES)
     all_rows: list[tuple[Case, RunResult]] = []
-    for case in cases():
-        if args.trace and case.name not in args.trace:
-            continue
+    chosen = [c for c in cases() if not args.trace or c.name in args.trace]
+    for case in chosen:
         trace = load(case)
-        spec = parse_spec(case.spec)
         print(f"{case.name}: {len(trace.arrivals)} requests, {trace.duration / 60:.0f} min, mean {trace.mean_rate:.2f} req/s, "
               f"peak minute {trace.peak_rate():.2f} req/s; {case.note}", file=sys.stderr)
-        results = []
-        for p in policies:
-            t0 = time.monotonic()
-            r = Twin(spec, trace, make_policy(p), progress=Progress(f"{case.name}/{p}", sys.stderr.isatty())).run()
-            print(f"  {p:<13} simulated in {time.monotonic() - t0:5.1f}s", file=sys.stderr)
-            results.append(r)
-            all_rows.append((case, r))
+    tasks = [(case.name, p) for case in chosen for p in policies]
+    t0 = time.monotonic()
+    done: dict[tuple[str, str], RunResult] = {}
+    with multiprocessing.get_context("fork").Pool(max(1, args.jobs)) as pool:
+        for i, (key, r) in enumerate(pool.imap_unordered(_run, tasks), 1):
+            done[key] = r
+            print(f"  [{i}/{len(tasks)}] {key[0]}/{key[1]} done ({time.monotonic() - t0:.0f}s)", file=sys.stderr)
+    for case in chosen:
+        results = [done[(case.name, p)] for p in policies]
+        all_rows.extend((case, r) for r in results)
+        spec = parse_spec(case.spec)
         plot(results, spec.slo.ttft.seconds if spec.slo.ttft else None, out / f"{case.name}.png", f"{case.name}: {case.note}")
         (out / f"{case.name}.json").write_text(json.dumps([r.as_json() for r in results], indent=1))
 
