@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHON := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: setup demo demo-cluster test unit e2e lint crds bed-up bed-down bench clean
+.PHONY: setup demo demo-cluster test unit e2e lint crds bed-up bed-down bench frontier clean
 
 setup:
 	@scripts/setup.sh
@@ -44,6 +44,11 @@ bed-down:
 bench:
 	@scripts/setup.sh python
 	@$(PY) -m bench.decision_quality
+
+# Every policy over its headroom knob: attainment-vs-GPU-hours frontiers, one PNG per trace (~20 min).
+frontier:
+	@scripts/setup.sh python
+	@$(PY) -m bench.frontier
 
 clean: bed-down
 	rm -rf out bench/out .pytest_cache .mypy_cache .ruff_cache

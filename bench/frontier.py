@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.decision_quality import SHARED, Case, cases, load
 from llmscale.api import parse_spec
+from llmscale.api.models import Scaling
 from llmscale.sim.baselines import slo_met
 from llmscale.sim.oracle import frontier as oracle_frontier
 from llmscale.sim.policies import POLICIES, make_policy
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FACTORS = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5)  # the same grid for every policy: knob = default x factor
 STATIC_STEPS = (-1, 0, 1, 2)  # static-peak: replicas over the offline sizing
 AT_MOST_ONE = {"hpa-gpu-util", "llmscale"}  # utilisation targets: capped at 100 %
-LLMSCALE_DEFAULT = 0.85
+LLMSCALE_DEFAULT = Scaling().target_utilization
 TUNED = ("llmscale", "hpa-gpu-util", "keda-queue", "kpa", "llmd-slo", "dynamo-load", "static-peak")
 
 

@@ -13,7 +13,7 @@ from llmscale.policy.availability import Availability, availability
 from llmscale.policy.capacity import CapacityStep, VariantCapacity, capacity, variant_capacity
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
-from llmscale.policy.forecast import Forecast, forecast, hold_time, trend_forecast
+from llmscale.policy.forecast import Forecast, forecast, hold_time
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
 from llmscale.policy.plan import Plan, plan
@@ -73,67 +73,31 @@ def test_availability(spec_: Any, signals: Signals, expect: Availability) -> Non
 
 # ---- 3. forecast ------------------------------------------------------------------------------------
 
-IN4 = ((NOW, 4.0),)  # sig() has 0 waiting + 4 running: the in-flight count is remembered for one window
-
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
      Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),)))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), inflight_samples=IN4))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0))))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
      Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                          lull_peak=30.0, inflight_samples=IN4),
+                                          lull_peak=30.0),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          inflight_samples=IN4),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,)),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
-     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
-                                         inflight_samples=IN4))),
+     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
-     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), inflight_samples=((NOW, 64.0),)))),
-    # Arrivals, not completions: a burst onset while one replica is swamped. 4.7 req/s complete, the
-    # requests in flight grew from 8 to 1,000 over the 60 s window: 4.7 + 992 / 60 = 21.23 req/s arrive
-    # (remembered as the load), and the 744 waiting are drained over two minutes: + 6.2 req/s.
-    ("a backlog building: the arrivals are completions plus the growth in flight", sig(4.7, requests_waiting=744.0, requests_running=256.0),
-     History(inflight_samples=((NOW - 75, 3.0), (NOW - 60, 8.0), (NOW - 45, 200.0))),
-     Forecast(27.433333, 105.0, 300.0, History(rate_samples=((NOW, 21.233333),),
-                                             inflight_samples=((NOW - 75, 3.0), (NOW - 60, 8.0), (NOW - 45, 200.0), (NOW, 1000.0))))),
-    # A backlog draining: 43 req/s complete while in flight falls from 800 to 0, 29.67 req/s arrive;
-    # the burst memory keeps 29.67, not the drain's 43 (which it would hold through the next lull).
-    ("a backlog draining is not remembered as a peak", sig(43.0, requests_waiting=0.0, requests_running=0.0),
-     History(inflight_samples=((NOW - 60, 800.0),)),
-     Forecast(29.666667, 105.0, 300.0, History(rate_samples=((NOW, 29.666667),), inflight_samples=((NOW - 60, 800.0), (NOW, 0.0))))),
-    ("no in-flight count from one window ago: the completion rate", sig(12.0, requests_waiting=0.0, requests_running=100.0),
-     History(inflight_samples=((NOW - 30, 500.0),)),
-     Forecast(12.0, 105.0, 300.0, History(rate_samples=((NOW, 12.0),), inflight_samples=((NOW - 30, 500.0), (NOW, 100.0))))),
+     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),)))),
 ]
-
-
-def _rounded(f: Forecast) -> Forecast:
-    h = f.history.with_(rate_samples=tuple((t, round(v, 6)) for t, v in f.history.rate_samples))
-    return Forecast(None if f.rate is None else round(f.rate, 6), f.horizon_s, f.hold_s, h, f.reasons)
 
 
 @pytest.mark.parametrize(("signals", "history", "expect"), [c[1:] for c in FORECAST], ids=[c[0] for c in FORECAST])
 def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
-    assert _rounded(forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW)) == expect
-
-
-@pytest.mark.parametrize(("samples", "expect"), [
-    # A ramp: every pair has the same slope (4 req/s per 15 s); extrapolated, damped, over the horizon.
-    (((NOW - 60, 5.0), (NOW - 45, 9.0), (NOW - 30, 13.0), (NOW - 15, 17.0), (NOW, 21.0)), 21.0 + 0.5 * 4 / 15 * 105),
-    # Flat with one spike: least squares would call it a trend (+9.7 req/s); the median slope is none.
-    (((NOW - 60, 10.0), (NOW - 45, 10.0), (NOW - 30, 40.0), (NOW - 15, 10.0), (NOW, 10.0)), 10.0),
-    # Falling: never extrapolated down.
-    (((NOW - 30, 30.0), (NOW - 15, 20.0), (NOW, 10.0)), 10.0),
-])
-def test_trend_is_the_median_slope(samples: tuple[tuple[float, float], ...], expect: float) -> None:
-    assert trend_forecast(samples, NOW, 105.0) == pytest.approx(expect)
+    assert forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW) == expect
 
 
 @pytest.mark.parametrize(("gaps", "expect"), [
@@ -181,10 +145,22 @@ def test_feedback_does_not_escalate_a_breach_while_replicas_load() -> None:
     # The latency of requests that queued while replicas load is no new evidence: doubling the
     # Ready count at every interval of the cold start ran 16 Ready replicas up to 29 for a burst
     # that needed 5 (onoff-14 in the twin).
-    got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 4, 2, starting=2), proposal=4)
+    scaled = History(last_scale_at=NOW - 30)
+    got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 4, 2, starting=2),
+              scaled, proposal=4)
     assert got == Feedback(
         Proposal(4, (Reason(Code.COLD_START, "latency at 2.00x target while 2 replicas load"),)),
-        None, True, Condition("False", "SLOBreached", "latency at 2.00x target"), History())
+        None, True, Condition("False", "SLOBreached", "latency at 2.00x target"), scaled)
+
+
+def test_feedback_escalates_again_when_a_starting_pod_is_not_on_its_way() -> None:
+    # Scaled 10 minutes ago, cold start 90 s: a pod still not Ready is stuck (crash loop, image
+    # pull), so the breach counts: twice the Ready replicas.
+    scaled = History(last_scale_at=NOW - 600)
+    got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 4, 2, starting=2),
+              scaled, proposal=4)
+    assert got.replicas == 4 and got.proposal.replicas == 4
+    assert [r.code for r in got.proposal.reasons] == [Code.SLO_BREACH_TTFT, Code.COLD_START, Code.PANIC]
 
 
 def test_feedback_a_queue_seen_twice_adds_one_replica_past_the_ready_ones() -> None:

@@ -99,11 +99,24 @@ def test_kpa_enters_panic_at_200_percent_and_never_scales_down_in_it() -> None:
     assert p.decide(view(62, 2, concurrency=290.0)).replicas == 4 and p.panic_since == 62
     # t=64: 290 -> 5 (still >= 200 %: the panic is extended).
     assert p.decide(view(64, 4, ready=2, concurrency=290.0)).replicas == 5 and p.panic_since == 64
-    # The burst ends: never down while panicking, for one stable window after the last panic tick.
-    for t in range(66, 124, 2):
+    # The burst ends: never down while panicking, until more than one stable window (60 s) has
+    # passed since the last tick over the threshold (t=64).
+    for t in range(66, 126, 2):
         assert p.decide(view(t, 5, ready=5, concurrency=10.0)).replicas == 5
-    out = p.decide(view(124, 5, ready=5, concurrency=10.0))
+    assert p.panic_since == 64
+    out = p.decide(view(126, 5, ready=5, concurrency=10.0))
     assert p.panic_since is None and out.replicas == 2  # stable mode: ceil(avg / 70) = 1, at most halved per tick
+
+
+def test_kpa_in_panic_takes_the_larger_window_and_the_panic_high() -> None:
+    p = started(KPAPolicy())
+    for t in range(0, 60, 2):
+        p.decide(view(t, 2, concurrency=70.0))
+    for t in (60, 62, 64):
+        p.decide(view(t, 2, concurrency=290.0))
+    assert p.max_panic == 5
+    # The 6 s window falls to 1 pod's worth; the 60 s average (about 96) asks 2; the panic high is 5.
+    assert p.decide(view(70, 5, ready=5, concurrency=10.0)).replicas == 5
 
 
 def test_kpa_below_the_threshold_stays_stable() -> None:
@@ -137,6 +150,34 @@ def test_llmd_scales_up_above_055_with_ready_over_provisioned() -> None:
     assert p.decide(view(0, 4, ready=4)).replicas == 8
 
 
+@pytest.mark.parametrize(("signal", "expect"), [
+    (0.56, 5),   # over 0.55: ceil(4 x 0.56 / 0.55) = ceil(4.07) = 5
+    (0.55, 4),   # at 0.55: in the band, hold
+    (0.41, 4),   # at 0.41: in the band, hold
+    (0.40, 4),   # at 0.40: in the band (down only below it)
+    (0.39, 4),   # under 0.40: ceil(4 x 0.39 / 0.40) = ceil(3.9) = 4, no change
+    (0.20, 3),   # under 0.40: ceil(4 x 0.2 / 0.4) = 2, at most one pod down: 3
+])
+def test_llmd_thresholds_at_their_edges(signal: float, expect: int) -> None:
+    p = started(ScriptedLLMD({0: signal}))
+    assert p.decide(view(0, 4)).replicas == expect
+
+
+def test_llmd_scale_up_rate_is_per_60s_from_the_count_at_its_start() -> None:
+    p = started(ScriptedLLMD({0: 2.0, 15: 2.0, 60: 2.0}))
+    assert p.decide(view(0, 2)).replicas == 6    # max(2 x 2, 2 + 4)
+    assert p.decide(view(15, 6)).replicas == 6   # within 60 s of starting from 2: no further
+    assert p.decide(view(60, 6)).replicas == 12  # a new period: max(2 x 6, 6 + 4)
+
+
+def test_llmd_scale_down_waits_for_the_300s_high() -> None:
+    p = started(ScriptedLLMD({0: 0.5, 15: 0.1, 300: 0.1, 301: 0.1}))
+    assert p.decide(view(0, 4)).replicas == 4     # in the band: 4 recorded
+    assert p.decide(view(15, 4)).replicas == 4    # low, but 4 was recommended within 300 s
+    assert p.decide(view(300, 4)).replicas == 4
+    assert p.decide(view(301, 4)).replicas == 3   # the 4 left the window: one pod down
+
+
 def test_llmd_holds_in_the_band_and_caps_the_signal_at_2() -> None:
     p = started(ScriptedLLMD({0: 0.5, 15: 0.45, 30: 0.41}))
     assert [p.decide(view(t, 3)).replicas for t in (0, 15, 30)] == [3, 3, 3]
@@ -156,6 +197,18 @@ def test_llmd_scale_down_one_pod_per_120s_after_the_window() -> None:
     assert got[0][1] == 5  # one pod at most per 120 s
     assert downs[0] == 0 and all(b - a >= 120 for a, b in zip(downs, downs[1:], strict=False))
     assert len(downs) == 5 and got[-1][1] == 1
+
+
+def test_llmd_signal_is_capped_at_2_and_reads_no_requests_as_0() -> None:
+    prom = PromStore()
+    zero_t, zero_i = [0.0] * len(buckets.TTFT), [0.0] * len(buckets.ITL)
+    prom.add(Sample(0, 0, 0, 0, 0, 0, zero_t, zero_i, 0, 0, None))
+    prom.add(Sample(15, 0, 0, 0, 0, 0, zero_t, zero_i, 0, 0, None))
+    p = started(LLMDSLOPolicy())
+    assert p.signal(view(15, 2, prom=prom)) == 0.0  # an empty window: KEDA reads 0
+    # 100 requests, every TTFT in the +Inf bucket (p90 reads as the top edge, tens of seconds).
+    prom.add(Sample(30, 100, 0, 0, 0, 0, [0.0] * (len(buckets.TTFT) - 1) + [100.0], zero_i, 0, 0, None))
+    assert p.signal(view(30, 2, prom=prom)) == 2.0
 
 
 def test_llmd_signal_is_the_worse_p90_ratio_capped_at_2() -> None:

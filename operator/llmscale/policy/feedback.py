@@ -11,6 +11,7 @@ from llmscale.api.units import parse_duration
 from llmscale.perf.hardware import server_profile
 
 from .capacity import CapacityStep, misses_beyond_chance
+from .forecast import cold_start_s
 from .reasons import Code, Reason
 from .types import Condition, History, Proposal, Signals, Workload
 
@@ -76,10 +77,13 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         if not cap.settled:
             reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target, but the window still holds the backlog "
                                                    "from before the Ready replicas last grew"))
-        elif workload.starting > 0:
+        elif workload.starting > 0 and history.last_scale_at is not None and \
+                now - history.last_scale_at <= cold_start_s(spec, variant, workload) + interval:
             # The latency of requests queued while replicas load says only that they are late: it is
             # no new evidence, and escalating on it at every interval of a cold start would double
-            # the fleet again and again. The plan sizes the load and the backlog.
+            # the fleet again and again. The plan sizes the load and the backlog. A pod that has not
+            # become Ready within a cold start of the last scale (crash-looping, stuck pulling) is
+            # not on its way: then the breach counts again.
             reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target while {workload.starting} replicas load"))
         else:
             # An SLO no replica can meet even unloaded is reported (SLOFeasible=False), not chased.

@@ -8,10 +8,6 @@ Three things are planned for, whichever is highest:
   before it could be Ready. When lulls are usually longer than 15 minutes, capacity is released
   after one cold start;
 - today's queue, drained within the horizon.
-The load is the arrival rate, not the completion rate vLLM counts: while a backlog drains the
-replicas complete more requests than arrive (a burst of 27 req/s drained at 43 req/s would be
-remembered, and held, as a 43 req/s peak), and while it builds they complete fewer. Arrivals over
-the rate window are completions plus the growth of the requests in flight over the same window.
 An unknown request rate is not replaced by a stored sample: unknown means hold.
 """
 
@@ -50,35 +46,11 @@ def cold_start_s(spec: LLMDeploymentSpec, variant: Variant, workload: Workload) 
     return parse_duration(variant.cold_start) if variant.cold_start else DEFAULT_COLD_START_S
 
 
-def inflight(signals: Signals) -> float | None:
-    """Requests in the replicas (waiting + running), None when either gauge is unknown."""
-    if signals.requests_waiting is None or signals.requests_running is None:
-        return None
-    return signals.requests_waiting + signals.requests_running
-
-
-def arrival_rate(completions: float, inflight_now: float | None, past: tuple[tuple[float, float], ...], now: float,
-                 window_s: float, interval_s: float) -> float:
-    """Requests arriving per second over the rate window: the completion rate plus the growth rate
-    of the requests in flight since about one window ago (the stored count nearest to it, within
-    half an interval). Without one, the completion rate as it is."""
-    if inflight_now is None:
-        return completions
-    then = [(abs(now - t - window_s), t, x) for t, x in past if now > t and abs(now - t - window_s) <= interval_s / 2 + 1e-6]
-    if not then:
-        return completions
-    _, t0, before = min(then)
-    return max(0.0, completions + (inflight_now - before) / (now - t0))
-
-
 def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
-    """Current rate plus the upward trend over the horizon.
+    """Current rate plus the upward trend over the horizon (least squares over recent samples).
 
-    The slope is the median of the pairwise slopes over recent samples (Theil-Sen), not least
-    squares: one sample far off the line (a spike of a few seconds, a scrape that caught a burst
-    edge) moves a least-squares slope a lot and a median hardly at all. Only upward trends are
-    extrapolated: a falling trend is left to the burst memory and the scale-down window, since
-    under-forecasting costs SLO and over-forecasting costs money.
+    Only upward trends are extrapolated: a falling trend is left to the burst memory and the
+    scale-down window, since under-forecasting costs SLO and over-forecasting costs money.
     """
     if not samples:
         return None
@@ -86,10 +58,13 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     recent = [(t, v) for t, v in samples if now - t <= max(120.0, horizon_s)]
     if len(recent) < 3:
         return current
-    slopes = sorted((v2 - v1) / (t2 - t1) for i, (t1, v1) in enumerate(recent) for t2, v2 in recent[i + 1:] if t2 > t1)
-    if not slopes:
+    n = len(recent)
+    mt = sum(t for t, _ in recent) / n
+    mv = sum(v for _, v in recent) / n
+    var = sum((t - mt) ** 2 for t, _ in recent)
+    if var <= 0:
         return current
-    slope = slopes[len(slopes) // 2]
+    slope = sum((t - mt) * (v - mv) for t, v in recent) / var
     if slope <= 0:
         return current
     # Damp the extrapolation: a trend seen over a short window is weak evidence.
@@ -134,20 +109,15 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     interval = parse_duration(spec.scaling.interval)
     horizon = cold_start_s(spec, variant, workload) + interval
     hold = hold_time(history.burst_gaps, horizon, parse_duration(spec.scaling.scale_down.stabilization_window))
-    completions = signals.request_rate
-    if completions is None:
+    rate = signals.request_rate
+    if rate is None:
         return Forecast(None, horizon, hold, history)
-    window = parse_duration(spec.metrics.rate_window)
-    now_inflight = inflight(signals)
-    rate = arrival_rate(completions, now_inflight, history.inflight_samples, now, window, interval)
-    kept = tuple((t, x) for t, x in history.inflight_samples if now - t <= window + interval)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     trend = trend_forecast(samples, now, horizon) or rate
     peak = recent_peak(samples, now, hold) or rate
     # The burst memory: the length of each lull, counted once, when the load comes back to the
     # peak the lull fell from (not when that peak drops out of the hold: a lull outlasts it).
-    hist = history.with_(rate_samples=samples,
-                         inflight_samples=kept + ((now, now_inflight),) if now_inflight is not None else kept)
+    hist = history.with_(rate_samples=samples)
     if history.quiet_since is None:
         if rate < QUIET_SHARE * peak:
             hist = hist.with_(quiet_since=now, lull_peak=peak)

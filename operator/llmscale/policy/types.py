@@ -225,7 +225,6 @@ class History:
     burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
-    inflight_samples: tuple[tuple[float, float], ...] = ()  # (time, requests waiting + running), one window back
 
     def with_(self, **changes: Any) -> History:
         return replace(self, **changes)
@@ -237,7 +236,7 @@ class History:
             key = _KEYS[f.name]
             if f.name == "recommendations":
                 out[key] = [[round(t, 3), r] for t, r in v]
-            elif f.name in ("rate_samples", "inflight_samples"):
+            elif f.name == "rate_samples":
                 out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
             elif f.name == "planned_mix":
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
@@ -296,7 +295,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_gaps": _gaps,
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
-    "inflight_samples": _pairs(lambda x: float(x)),
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

@@ -118,7 +118,9 @@ class KPAPolicy(Baseline):
     window, clamped to [ready / 2, ready x 1000]; panic when the panic window's desired count is
     at least 200 % of the Ready pods, held for one stable window after the last such tick, and no
     scale-down while panicking. Knative's queue-proxy reports concurrency every second: the twin
-    gives the requests in flight at each tick. The activator (requests buffered at zero) is not
+    gives the requests in flight at each tick. In panic the count is the larger of the two windows'
+    and never below the most asked for in this panic; panic ends once a stable window has passed
+    since the last tick over the threshold. The activator (requests buffered at zero) is not
     modelled; replicas.min is 1. Knob: the target concurrency per pod."""
 
     name = "kpa"
@@ -154,10 +156,12 @@ class KPAPolicy(Baseline):
         want_panic = min(hi, max(lo, math.ceil(panic / self.knob)))
         if want_panic / ready >= self.panic_threshold:
             self.panic_since = now  # enter, or extend, panic
-        elif self.panic_since is not None and now - self.panic_since >= self.stable_s:
+        elif self.panic_since is not None and now - self.panic_since > self.stable_s:
             self.panic_since, self.max_panic = None, 0
         if self.panic_since is not None:
-            desired = max(want_panic, self.max_panic, view.workload.replicas)  # never down in panic
+            # Knative: the larger of the two windows' counts, and never below the most asked for in
+            # this panic (no scale-down while panicking).
+            desired = max(want_stable, want_panic, self.max_panic)
             self.max_panic = desired
         else:
             desired = want_stable
@@ -173,8 +177,10 @@ class LLMDSLOPolicy(Baseline):
     ceil(replicas x s / 0.40); HPA behaviour up by max(100 %, 4 pods) per 60 s, down by 1 pod per
     120 s, after the HPA's default 300 s scale-down stabilization. llm-d's router predicts each
     request's p90 latency; the twin observes it from the vLLM histograms over the last minute (a
-    lagging stand-in). The token-backlog signal of the same guide is not modelled. Knob: a factor on
-    both thresholds (lower = more headroom)."""
+    lagging stand-in); a window without requests reads as 0 (KEDA's `ignoreNullValues`, on by
+    default). The 300 s scale-down stabilization is the HPA's default, which the guide's
+    ScaledObject does not override as far as the anchors record. The token-backlog signal of the
+    same guide is not modelled. Knob: a factor on both thresholds (lower = more headroom)."""
 
     name = "llmd-slo"
     knob_name = "threshold factor"
@@ -199,6 +205,8 @@ class LLMDSLOPolicy(Baseline):
         if view.prom is None:
             return None
         ttft90, itl90 = view.prom.quantiles(view.now, 60.0, 0.90)
+        if ttft90 is None and itl90 is None:
+            return 0.0  # no requests in the window: KEDA's Prometheus scaler reads an empty result as 0
         slo, ratios = view.spec.slo, []
         if slo.ttft and ttft90 is not None:
             ratios.append(ttft90 / slo.ttft.seconds)

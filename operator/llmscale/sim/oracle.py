@@ -11,18 +11,23 @@ sum_j max(r_j .. r_j+L) and the misses sum_k max(0, a_k - F(r_k) h step).
 - `oracle-lookahead` orders, at every step, what the load of the next cold start needs with no
   miss at all (n_j = max need over j .. j+L). It sees one cold start ahead and never trades a
   miss for money.
-- `oracle` sees the whole trace and spends the SLO's miss allowance where it saves the most GPU
-  time: it minimises cost + lambda x misses exactly, level by level (a replica level m covers a set
-  of steps; its cost is the length of the union of their cold-start windows, a one-dimensional
-  dynamic programme), for a sweep of lambda; the frontier is GPU-hours against attainment. The
-  decomposition by level is exact when the marginal capacity of a replica does not grow with the
-  fleet; pooling makes it grow a little, and then the plan is rebuilt from the highest level each
-  step is covered at (valid, possibly not optimal).
+- `oracle` sees the whole trace and tries to spend the SLO's miss allowance where it saves the
+  most GPU time: it minimises cost + lambda x misses level by level (a replica level m covers a
+  set of steps; its cost is the length of the union of their cold-start windows, a
+  one-dimensional dynamic programme), for a sweep of lambda and of the headroom. The per-level
+  programme is the exact optimum of this model only when a replica's marginal capacity does not
+  grow with the fleet (checked against brute force); pooling makes it grow, and then the plan is
+  rebuilt from the highest level each step is covered at (valid, not proven optimal).
+
+Limits, plainly: the model counts a step's shortfall as that step's misses, while the twin
+queues them first-in-first-out into the steps after, so a plan that spends the allowance in the
+model often misses more in the replay; then the search keeps the lookahead plan, and `oracle`
+equals `oracle-lookahead`. So neither is a proven lower bound of the twin: they are the cheapest
+plans found that replay within the SLO, and a policy that beats them is a search to improve.
 
 Both are replayed in the twin, and the attainment reported is the twin's, not the model's. The
 headroom h and lambda are chosen offline so that the replay meets the SLO as written (`oracle` at
-the SLO's level is the cheapest replayed plan that does). A policy that beats `oracle` is an
-oracle bug to fix.
+the SLO's level is the cheapest replayed plan that does).
 """
 
 from __future__ import annotations
@@ -170,8 +175,17 @@ def _replay(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float], name:
     return Twin(spec, trace, Schedule(name, plan, step), cold).run()
 
 
+_CALIBRATED: dict[tuple[str, int, str, float], float] = {}
+
+
 def calibrate_headroom(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float], p: Problem) -> float:
-    """The least headroom whose no-miss lookahead plan, replayed, meets the SLO (bisection)."""
+    """The least headroom (0.5 .. 16) whose no-miss lookahead plan, replayed, meets the SLO
+    (bisection; cached per trace and deployment, since both oracles need it). When even 16x
+    misses, 16 is returned and the replay reports the shortfall."""
+    key = (trace.name, len(trace.arrivals), spec.model_dump_json(), p.lead)
+    if key in _CALIBRATED:
+        return _CALIBRATED[key]
+
     def ok(h: float) -> bool:
         return slo_met(spec, _replay(spec, trace, cold, "probe", lookahead_plan(p, h), p.step_s))
 
@@ -179,6 +193,7 @@ def calibrate_headroom(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, fl
     while hi < 16 and not ok(hi):
         lo, hi = hi, hi * 2
     if hi == 1.0 and ok(lo):
+        _CALIBRATED[key] = lo
         return lo
     for _ in range(5):
         mid = (lo + hi) / 2
@@ -186,6 +201,7 @@ def calibrate_headroom(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, fl
             hi = mid
         else:
             lo = mid
+    _CALIBRATED[key] = hi
     return hi
 
 
@@ -219,23 +235,31 @@ class OracleLookaheadPolicy(_Offline):
 
 
 class OraclePolicy(_Offline):
-    """Sees the whole trace: the cheapest plan (cost + lambda x misses, exact per level) whose
-    replay meets the SLO, from the lookahead plan's headroom down through the miss allowance."""
+    """Sees the whole trace: the cheapest plan found whose replay meets the SLO. It searches the
+    price of a miss at the lookahead's headroom and at 25 % and 50 % more (more headroom in the
+    model leaves room in the replay to spend the miss allowance), and keeps the lookahead plan when
+    nothing cheaper replays within the SLO."""
 
     name = "oracle"
-    prices = (1e6, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # GPU-steps a missed request is worth
+    prices = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # GPU-steps a missed request is worth
+    headroom_steps = (1.0, 1.25, 1.5)
 
     def plan(self, spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float], p: Problem) -> list[int]:
-        h = calibrate_headroom(spec, trace, cold, p)
-        best = lookahead_plan(p, h)
-        for price in self.prices:
-            candidate = optimal_plan(p, h, price)
-            if plan_cost(candidate) >= plan_cost(best):
-                continue
-            if slo_met(spec, _replay(spec, trace, cold, "probe", candidate, p.step_s)):
-                best = candidate
-            else:
-                break  # cheaper plans miss more: the replay says where the allowance ends
+        h0 = calibrate_headroom(spec, trace, cold, p)
+        best = lookahead_plan(p, h0)
+        tried: set[tuple[int, ...]] = {tuple(best)}
+        for step in self.headroom_steps:
+            for price in self.prices:
+                candidate = optimal_plan(p, h0 * step, price)
+                if tuple(candidate) in tried:
+                    continue
+                tried.add(tuple(candidate))
+                if plan_cost(candidate) >= plan_cost(best):
+                    continue
+                if slo_met(spec, _replay(spec, trace, cold, "probe", candidate, p.step_s)):
+                    best = candidate
+                else:
+                    break  # cheaper plans at this headroom miss more: the replay says where the allowance ends
         return best
 
 

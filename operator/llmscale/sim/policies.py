@@ -74,4 +74,8 @@ def make_policy(name: str, knob: float | None = None) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     cls = POLICIES[name]
-    return cls(knob) if knob is not None else cls()  # type: ignore[call-arg]
+    if knob is None:
+        return cls()
+    if not hasattr(cls, "knob_name"):
+        raise ValueError(f"policy {name!r} has no headroom knob")
+    return cls(knob)  # type: ignore[call-arg]
