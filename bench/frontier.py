@@ -98,6 +98,36 @@ def pareto(points: list[Point]) -> list[Point]:
                        and (q.ttft > p.ttft or q.gpu_hours < p.gpu_hours) for q in points)]
 
 
+LEVELS = (0.95, 0.96, 0.97, 0.98, 0.99)
+
+
+def levels_report(names: list[str], points: list[Point]) -> list[str]:
+    """Issue 10's test: at every attainment level >= 95 %, does llmscale's frontier need fewer
+    GPU-hours than every baseline's? One line per trace and level: llmscale's cheapest setting at
+    or above the level, and the cheapest baseline's (the oracles excluded)."""
+    out = [f"  {'trace':<13} {'level':>5}  {'llmscale GPU-h':>14}  {'best baseline':<26}  {'best adaptive (no hindsight)':<28}  verdict"]
+    for n in names:
+        pts = [p for p in points if p.trace == n]
+        for level in LEVELS:
+            ours = [p.gpu_hours for p in pts if p.policy == "llmscale" and p.ttft >= level]
+            theirs = [(p.gpu_hours, p.policy) for p in pts if p.policy not in ("llmscale", "oracle") and p.ttft >= level]
+            mine = min(ours) if ours else None
+            best = min(theirs) if theirs else None
+            adaptive = min((x for x in theirs if x[1] != "static-peak"), default=None)
+            if mine is None and best is None:
+                verdict = "nobody reaches it"
+            elif mine is None:
+                verdict = "llmscale does not reach it"
+            elif best is None or mine < best[0]:
+                verdict = "llmscale cheapest"
+            else:
+                verdict = f"llmscale {mine / best[0]:.2f}x the best"
+            out.append(f"  {n:<13} {level:>5.0%}  {'-' if mine is None else f'{mine:.2f}':>14}  "
+                       f"{'-' if best is None else f'{best[1]} {best[0]:.2f}':<26}  "
+                       f"{'-' if adaptive is None else f'{adaptive[1]} {adaptive[0]:.2f}':<28}  {verdict}")
+    return out
+
+
 def plot(trace: str, points: list[Point], path: Path) -> None:
     try:
         import matplotlib
@@ -135,7 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", action="append", help=f"only these policies (from {', '.join(TUNED)}, oracle)")
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "frontier"))
+    ap.add_argument("--report", action="store_true", help="print the levels report from the last run's points.json")
     args = ap.parse_args(argv)
+    if args.report:
+        saved_file = Path(args.out) / "points.json"
+        if not saved_file.is_file():
+            print(f"bench: {saved_file} not found: run python -m bench.frontier first", file=sys.stderr)
+            return 2
+        saved = [Point(**d) for d in json.loads(saved_file.read_text())]
+        names = list(dict.fromkeys(p.trace for p in saved))
+        print("\n".join(levels_report(names, saved)))
+        return 0
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2
@@ -178,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {pol:<13} " + (f"knob {best.knob:g}: {best.gpu_hours:.2f} GPU-h at {best.ttft:.2%} TTFT" if best
                                         else "no setting on the grid meets it"))
         plot(n, pts, out / f"{n}.png")
+    print("\nAt each attainment level, llmscale's cheapest setting against the cheapest baseline's:")
+    print("\n".join(levels_report(names, points)))
     (out / "points.json").write_text(json.dumps([p.as_json() for p in points], indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n* = default setting, F = on that policy's frontier. Plots and JSON: {out}/ ({time.monotonic() - t0:.0f}s)")
