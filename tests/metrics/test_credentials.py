@@ -233,3 +233,55 @@ def test_a_malformed_series_holds_only_its_own_deployment(servers: tuple[Recorde
         {("a", "bad"): parse_spec(spec_dict()), ("a", "fine"): parse_spec(spec_dict())}, 1.0)
     assert out[("a", "bad")].unavailable == "Prometheus 'default' returned a malformed series for this deployment (ValueError)"
     assert out[("a", "fine")].unavailable is None and out[("a", "fine")].request_rate == 2.5
+
+
+def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) -> None:
+    """Issue 11: reads ran under one process-wide lock, so one slow Prometheus stalled every
+    deployment's timer. Now each endpoint has its own batch and lock: while `slow` hangs in a read,
+    a deployment on `fast` is answered."""
+    from llmscale.controller.handlers import Runtime
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Hanging(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            inner = self.server.RequestHandlerClass
+
+            class Handler(inner):  # type: ignore[misc, valid-type]
+                def do_GET(self) -> None:  # noqa: N802
+                    entered.set()
+                    release.wait(30)
+                    super().do_GET()
+
+            self.server.RequestHandlerClass = Handler
+
+    slow, fast = Hanging(), Recorder()
+    try:
+        eps = Endpoints.build(Endpoint(name="default", url=slow.url),
+                              EndpointsConfig(endpoints=[Endpoint(name="fast", url=fast.url)]))
+        Runtime.reader = PrometheusReader(eps)
+        Runtime._specs.clear()
+        Runtime._signals.clear()
+        Runtime._read_at.clear()
+        Runtime._source.clear()
+        a, b = ("team-a", "slow-chat"), ("team-b", "fast-chat")
+        spec_a = parse_spec(spec_dict())
+        spec_b = parse_spec(spec_dict(metrics={"prometheus": "fast"}))
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(a=Runtime.signals(a, spec_a, 0.0)), daemon=True)
+        t.start()
+        assert entered.wait(10), "the slow endpoint was never asked"
+        got = Runtime.signals(b, spec_b, 0.0)  # answered while the slow read is still in flight
+        assert got.unavailable is None and fast.requests
+        assert not release.is_set() and t.is_alive()
+        assert all(r["path"].startswith("/api/v1/query") for r in fast.requests)
+        release.set()
+        t.join(30)
+        assert "a" in result
+    finally:
+        release.set()
+        Runtime.reader = None
+        slow.close()
+        fast.close()

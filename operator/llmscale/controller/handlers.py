@@ -35,34 +35,61 @@ log = logging.getLogger("llmscale.controller")
 
 
 class Runtime:
-    """Process-wide state of the shell: clients, the metrics reader and the batched snapshot cache."""
+    """Process-wide state of the shell: clients, the metrics reader and the batched snapshot cache.
+
+    One batched read serves every LLMDeployment on the same Prometheus endpoint, and each endpoint
+    has its own lock: a slow or dead Prometheus holds up only the deployments that read from it
+    (the reader's timeout and single retry bound how long), never those on another endpoint.
+    """
 
     kube: Kube
     reader: PrometheusReader | None = None
     tick_s: float = 5.0
-    _lock = threading.Lock()
+    _guard = threading.Lock()  # the dicts below; never held during a read
+    _locks: dict[str, threading.Lock] = {}  # one per endpoint: one read in flight each
     _specs: dict[tuple[str, str], LLMDeploymentSpec] = {}
     _signals: dict[tuple[str, str], Signals] = {}
-    _read_at: float = 0.0
+    _read_at: dict[str, float] = {}
+    _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
+
+    @classmethod
+    def endpoint_of(cls, key: tuple[str, str], spec: LLMDeploymentSpec) -> str:
+        """Which batch a deployment's read belongs to: its endpoint's URL (or the refusal, read
+        without any request)."""
+        assert cls.reader is not None
+        target = cls.reader.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, key[0])
+        return f"refused: {target}" if isinstance(target, str) else target.url
 
     @classmethod
     def signals(cls, key: tuple[str, str], spec: LLMDeploymentSpec, max_age_s: float) -> Signals:
-        """One batched Prometheus read serves every LLMDeployment whose timer fires within max_age_s."""
-        with cls._lock:
+        """The deployment's signals from its endpoint's batched read, read again when older than max_age_s."""
+        if cls.reader is None:
+            return Signals.unreachable("no Prometheus URL configured (--prometheus-url or spec.metrics.prometheusURL)")
+        endpoint = cls.endpoint_of(key, spec)
+        with cls._guard:
             cls._specs[key] = spec
+            lock = cls._locks.setdefault(endpoint, threading.Lock())
+        with lock:
             now = time.time()
-            if cls.reader is None:
-                return Signals.unreachable("no Prometheus URL configured (--prometheus-url or spec.metrics.prometheusURL)")
-            if now - cls._read_at > max_age_s or key not in cls._signals:
-                cls._signals = cls.reader.read(dict(cls._specs), now)
-                cls._read_at = now
-            return cls._signals.get(key) or Signals.unreachable("no snapshot")
+            with cls._guard:
+                stale = (now - cls._read_at.get(endpoint, 0.0) > max_age_s or key not in cls._signals
+                         or cls._source.get(key) != endpoint)
+                batch = {k: s for k, s in cls._specs.items() if cls.endpoint_of(k, s) == endpoint} if stale else {}
+            if batch:
+                got = cls.reader.read(batch, now)
+                with cls._guard:
+                    cls._signals.update(got)
+                    cls._source.update(dict.fromkeys(got, endpoint))
+                    cls._read_at[endpoint] = now
+            with cls._guard:
+                return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
     @classmethod
     def forget(cls, key: tuple[str, str]) -> None:
-        with cls._lock:
+        with cls._guard:
             cls._specs.pop(key, None)
             cls._signals.pop(key, None)
+            cls._source.pop(key, None)
 
 
 def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str) -> None:
