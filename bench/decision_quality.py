@@ -110,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     policies = args.policy or list(POLICIES)
     all_rows: list[tuple[Case, RunResult]] = []
     chosen = [c for c in cases() if not args.trace or c.name in args.trace]
+    unknown = [t for t in args.trace or [] if t not in {c.name for c in cases()}]
+    if unknown:
+        print(f"bench: unknown trace {unknown[0]!r}; choose from {', '.join(c.name for c in cases())}", file=sys.stderr)
+        return 2
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        print(f"bench: unknown policy {bad[0]!r}; choose from {', '.join(POLICIES)}", file=sys.stderr)
+        return 2
     for case in chosen:
         trace = load(case)
         print(f"{case.name}: {len(trace.arrivals)} requests, {trace.duration / 60:.0f} min, mean {trace.mean_rate:.2f} req/s, "

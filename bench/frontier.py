@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2
     names = [c.name for c in cases() if not args.trace or c.name in args.trace]
+    unknown = [t for t in args.trace or [] if t not in {c.name for c in cases()}]
+    if unknown:
+        print(f"bench: unknown trace {unknown[0]!r}; choose from {', '.join(c.name for c in cases())}", file=sys.stderr)
+        return 2
     policies = args.policy or [*TUNED, "oracle"]
     bad = [p for p in policies if p not in TUNED and p != "oracle"]
     if bad:
