@@ -18,11 +18,10 @@ import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bench.decision_quality import SHARED, Case, cases, load
+from bench.decision_quality import SHARED, case_and_trace, cases
 from llmscale.api import parse_spec
 from llmscale.api.models import Scaling
 from llmscale.sim.baselines import slo_met
@@ -69,22 +68,16 @@ class Point:
         return self.__dict__
 
 
-@cache
-def _case(name: str) -> tuple[Case, Any]:
-    case = next(c for c in cases() if c.name == name)
-    return case, load(case)
-
-
 def run_point(task: tuple[str, str, float, bool]) -> Point:
     trace_name, policy, knob, default = task
-    case, trace = _case(trace_name)
+    case, trace = case_and_trace(trace_name)
     spec = parse_spec(case.spec)
     r = Twin(spec, trace, make_policy(policy, knob)).run()
     return Point(trace_name, policy, knob, default, r.ttft_attainment, r.joint_attainment, r.gpu_hours, slo_met(spec, r))
 
 
 def run_oracle(trace_name: str) -> list[Point]:
-    case, trace = _case(trace_name)
+    case, trace = case_and_trace(trace_name)
     spec = parse_spec(case.spec)
     out: list[RunResult] = oracle_frontier(spec, trace)
     return [Point(trace_name, "oracle", float(r.policy.split("@")[1]), False, r.ttft_attainment, r.joint_attainment,

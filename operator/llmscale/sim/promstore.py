@@ -48,8 +48,7 @@ class PromStore:
                            sampled_at=last.t, unknown={"requestRate": "fewer than two samples in the rate window"})
         first = recent[0]
         dt = last.t - first.t
-        ttft_c = [b - a for a, b in zip(first.ttft, last.ttft, strict=True)]
-        itl_c = [b - a for a, b in zip(first.itl, last.itl, strict=True)]
+        ttft_c, itl_c = _bucket_increase(first, last)
         ttft_q = ttft_att = itl_q = itl_att = None
         if ttft_target:
             ttft_q = histogram_quantile(ttft_target[1] / 100, buckets.TTFT, ttft_c)
@@ -78,13 +77,22 @@ class PromStore:
     def quantiles(self, now: float, window_s: float, q: float) -> tuple[float | None, float | None]:
         """histogram_quantile(q) of TTFT and of inter-token latency over the window, None without
         requests in it."""
-        recent = [s for s in self.samples if now - window_s <= s.t <= now]
-        if len(recent) < 2:
+        span = self._span(now, window_s)
+        if span is None:
             return None, None
-        first, last = recent[0], recent[-1]
-        ttft_c = [b - a for a, b in zip(first.ttft, last.ttft, strict=True)]
-        itl_c = [b - a for a, b in zip(first.itl, last.itl, strict=True)]
+        ttft_c, itl_c = _bucket_increase(*span)
         return histogram_quantile(q, buckets.TTFT, ttft_c), histogram_quantile(q, buckets.ITL, itl_c)
+
+    def _span(self, now: float, window_s: float) -> tuple[Sample, Sample] | None:
+        """The first and last scrape in the window, None with fewer than two."""
+        recent = [s for s in self.samples if now - window_s <= s.t <= now]
+        return (recent[0], recent[-1]) if len(recent) >= 2 else None
+
+
+def _bucket_increase(first: Sample, last: Sample) -> tuple[list[float], list[float]]:
+    """increase() of every TTFT and inter-token bucket between two scrapes."""
+    return ([b - a for a, b in zip(first.ttft, last.ttft, strict=True)],
+            [b - a for a, b in zip(first.itl, last.itl, strict=True)])
 
 
 def is_finite(x: float | None) -> bool:
