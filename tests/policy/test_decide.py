@@ -157,9 +157,12 @@ def test_scale_down_waits_for_the_stabilization_window_with_a_fake_clock() -> No
 def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
-                observing_since=1.0)
+                observing_since=1.0, backlog_at=4.0, queue_seen=(5.0, 12.0, 30.0))
     assert History.from_dict(h.to_dict()) == h
     assert History.from_dict({"recommendations": "garbage"}) == History()
+    # A field that does not parse falls back alone: the rest is kept.
+    assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, "x"]}) == h.with_(queue_seen=None)
+    assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, -2.0, 3.0]}) == h.with_(queue_seen=None)
     assert History.from_dict(None) == History()
 
 

@@ -13,7 +13,7 @@ from llmscale.policy.availability import Availability, availability
 from llmscale.policy.capacity import CapacityStep, VariantCapacity, capacity, variant_capacity
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
-from llmscale.policy.forecast import Forecast, forecast, hold_time
+from llmscale.policy.forecast import Forecast, budget_exceeded, forecast, held_share, hold_time
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
 from llmscale.policy.plan import Plan, plan
@@ -41,8 +41,8 @@ def sig(rate: float | None = 10.0, **kw: Any) -> Signals:
     return Signals(**base)
 
 
-def cap_step(per_replica: float = 10.0, settled: bool = True) -> CapacityStep:
-    return CapacityStep(VariantCapacity(V, per_replica, "ttft", 0.01), 1.0, (1000.0, 200.0), settled,
+def cap_step(per_replica: float = 10.0, settled: bool = True, backlog_in_window: bool = False) -> CapacityStep:
+    return CapacityStep(VariantCapacity(V, per_replica, "ttft", 0.01), 1.0, (1000.0, 200.0), settled, backlog_in_window,
                         Condition("True", "SLOFeasible", ""), History())
 
 
@@ -73,25 +73,58 @@ def test_availability(spec_: Any, signals: Signals, expect: Availability) -> Non
 
 # ---- 3. forecast ------------------------------------------------------------------------------------
 
+SEEN = (NOW, 0.0, 4.0)  # what sig() shows of the queue: 0 waiting, 4 running
+
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
-     Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),)))),
+     Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_seen=SEEN))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0))))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
      Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                          lull_peak=30.0),
+                                          lull_peak=30.0, queue_seen=SEEN),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,)),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
+                                          queue_seen=SEEN),
               (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
-     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0))),
+     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
+                                         queue_seen=SEEN))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
-     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),)))),
+     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 60.0, 4.0)))),
+    # 4 -> 304 in flight in 15 s at 10 completions/s: 20 more arriving per second than completing.
+    ("a queue building: the arrivals are the completions plus what the requests in flight grew by",
+     sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
+     Forecast(30.0 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, 30.0),), queue_seen=(NOW, 150.0, 154.0)),
+              arrivals=30.0)),
+    # sqrt(2 x 10 x 15 + 1) = 17.3: a change of 30 in flight is within twice that, so no evidence.
+    ("the requests in flight move within chance: the completions stand for the arrivals",
+     sig(10.0, requests_running=34.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 34.0)), arrivals=10.0)),
+    # The queue shrank 400 -> 100 while 20/s completed: 0 arrive; the plan keeps the completions and
+    # adds nothing to drain a queue the Ready replicas already drain.
+    ("a backlog draining: the completions, nothing added for the queue",
+     sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_seen=(NOW - 15, 400.0, 100.0)),
+     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0)), arrivals=0.0,
+              draining=True)),
+    ("gauges seen more than a rate window ago: no arrivals", sig(10.0, requests_running=400.0),
+     History(queue_seen=(NOW - 120, 0.0, 4.0)),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 400.0)))),
+    # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
+    # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
+    # burst memory, as much of it as keeps the misses in the budget: h = 105 - 1,320 / 40 = 72 s,
+    # 40 x h / (0.5 + h).
+    ("bursts came back and one more would overspend the error budget: the peak is held for half an hour",
+     sig(2.0), History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0)), burst_gaps=(200.0,), quiet_since=NOW - 900,
+                       lull_peak=40.0),
+     Forecast(40.0 * 72.0 / 72.5, 105.0, 1800.0,
+              History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
+                      quiet_since=NOW - 900, lull_peak=40.0, queue_seen=SEEN),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 39.72 req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 
 
@@ -110,6 +143,29 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
 ])
 def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
     assert hold_time(gaps, 105.0, 300.0) == expect
+    # A returning burst that would overspend the error budget holds the peak for the burst memory,
+    # once bursts have been seen to come back at all.
+    assert hold_time(gaps, 105.0, 300.0, over_budget=True) == (1800.0 if gaps else expect)
+
+
+@pytest.mark.parametrize(("peak", "ttft", "budget", "expect"), [
+    (40.0, 1.0, 180.0, (105.0 - 4.5) / (1.0 + 105.0 - 4.5)),  # a 1 s target: nearly the whole peak (0.99)
+    (5.5, 10.0, 61.0, (105.0 - 61.0 / 5.5) / (10.0 + 105.0 - 61.0 / 5.5)),  # a 10 s target absorbs a queue (0.90)
+    (10.0, 1.0, 2000.0, 0.0),  # the budget absorbs a whole horizon of misses: nothing need be held
+    (0.0, 1.0, 10.0, 1.0),
+])
+def test_held_share(peak: float, ttft: float, budget: float, expect: float) -> None:
+    assert held_share(peak, 105.0, ttft, budget) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("samples", "peak", "share", "expect"), [
+    (((0.0, 10.0), (15.0, 10.0)), 10.0, 0.01, True),  # 10 x 105 = 1,050 > 1% of 18,000 = 180
+    (((0.0, 10.0), (15.0, 10.0)), 10.0, 0.1, False),  # 1,050 < 10% of 18,000 = 1,800
+    (((0.0, 100.0),), 11.0, 0.01, False),  # 1,155 < 1% of 180,000: a small peak on a large volume
+    ((), 10.0, 0.01, False),  # nothing seen: nothing to hold
+])
+def test_budget_exceeded(samples: tuple[tuple[float, float], ...], peak: float, share: float, expect: bool) -> None:
+    assert budget_exceeded(samples, peak, 105.0, share) is expect
 
 
 # ---- 5. feedback ------------------------------------------------------------------------------------
@@ -117,8 +173,10 @@ def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
 EMPTY = History()
 
 
-def _fb(signals: Signals, workload: Workload, history: History = EMPTY, settled: bool = True, proposal: int = 2) -> Feedback:
-    return feedback(SPEC, V, workload, signals, cap_step(settled=settled), Proposal(proposal), history, NOW)
+def _fb(signals: Signals, workload: Workload, history: History = EMPTY, settled: bool = True, proposal: int = 2,
+        draining: bool = False, backlog_in_window: bool = False) -> Feedback:
+    return feedback(SPEC, V, workload, signals, cap_step(settled=settled, backlog_in_window=backlog_in_window),
+                    Proposal(proposal), history, NOW, draining)
 
 
 def test_feedback_on_a_ttft_breach_beyond_chance() -> None:
@@ -139,6 +197,33 @@ def test_feedback_waits_while_the_window_holds_the_old_backlog() -> None:
     got = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03), Workload("h100x1", 4, 4), settled=False)
     assert got.replicas is None and got.proposal.replicas == 2 and got.breached
     assert [r.code for r in got.proposal.reasons] == [Code.COLD_START]
+
+
+BREACH = sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03)
+
+
+def test_feedback_does_not_escalate_on_a_backlog_the_ready_replicas_drain() -> None:
+    # A backlog stuck in one pod while replicas were added: its requests miss for minutes after
+    # the fleet carries the load. Escalating on them ran onoff-14 from 16 Ready replicas to 20.
+    draining = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03, requests_waiting=300.0),
+                   Workload("h100x1", 4, 4), draining=True, proposal=4)
+    gone = _fb(BREACH, Workload("h100x1", 4, 4), backlog_in_window=True, proposal=4)
+    for got, hist in ((draining, History(queued_at=NOW)), (gone, History())):  # a queue is still noted as seen
+        assert got == Feedback(
+            Proposal(4, (Reason(Code.COLD_START, "latency at 2.00x target from a backlog the Ready replicas drained or are draining"),)),
+            None, True, Condition("False", "SLOBreached", "latency at 2.00x target"), hist)
+    # A queue that is still there and not shrinking is evidence again, backlog in the window or not.
+    building = _fb(sig(10.0, ttft_quantile=1.0, ttft_attainment=0.5, itl_quantile=0.03, requests_waiting=300.0,
+                       requests_running=40.0), Workload("h100x1", 4, 4), backlog_in_window=True, proposal=4)
+    assert building.replicas == 8 and building.proposal.replicas == 8
+
+
+def test_feedback_adds_no_replica_for_a_queue_that_shrinks() -> None:
+    seen = History(queued_at=NOW - 15)
+    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2),
+              Workload("h100x1", 2, 2), seen, draining=True)
+    assert got == Feedback(Proposal(2), None, False, Condition("True", "SLOMet", "latency at 0.40x target"),
+                           History(queued_at=NOW))
 
 
 def test_feedback_does_not_escalate_a_breach_while_replicas_load() -> None:
@@ -352,7 +437,7 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
                           capacity_correction=corr, learned_at=NOW)
     cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
-    assert got == CapacityStep(cap, corr, mix, True, feasible, expect_hist,
+    assert got == CapacityStep(cap, corr, mix, True, False, feasible, expect_hist,
                                (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),))
     again = capacity(SPEC, V, Workload("h100x1", 2, 2), MISSING, got.history, NOW + 15, 1.8)
     assert again.correction == corr and again.reasons == () and again.history.learned_at == NOW
@@ -365,6 +450,24 @@ def test_capacity_learns_nothing_from_a_ramp_or_an_old_backlog() -> None:
     grew = History(ready_seen=1, rate_samples=((NOW - 15, 4.0),))
     got = _cap(Workload("h100x1", 2, 2), MISSING, grew)
     assert not got.settled and got.correction == 1.0 and got.history.ready_grew_at == NOW
+
+
+@pytest.mark.parametrize(("backlog_at", "learns"), [
+    (NOW - 15, False),  # the window holds requests that waited in the backlog
+    (NOW - 75, False),  # 60 s window + one 15 s interval: its last requests completed after that decision
+    (NOW - 76, True),  # the window has moved past the backlog
+    (None, True),
+])
+def test_capacity_learns_nothing_while_the_window_holds_a_backlog(backlog_at: float | None, learns: bool) -> None:
+    """Misses of requests that waited in a backlog (stuck in one pod while others were added) say the
+    plan was late, not that the estimate is wrong; a window holds them until it has moved past the
+    last decision that saw the queue, one interval later."""
+    h = History(rate_samples=((NOW - 30, 4.0), (NOW - 15, 4.0)), backlog_at=backlog_at)
+    got = _cap(Workload("h100x1", 2, 2), MISSING, h)
+    assert got.backlog_in_window is not learns
+    assert (got.correction < 1.0) is learns and (got.history.learned_at == NOW) is learns
+    queued = _cap(Workload("h100x1", 2, 2), sig(4.0, ttft_quantile=0.9, ttft_attainment=0.8, requests_waiting=3.0), h)
+    assert queued.history.backlog_at == NOW and queued.backlog_in_window and queued.correction == 1.0
 
 
 def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:

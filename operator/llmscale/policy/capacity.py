@@ -189,6 +189,7 @@ class CapacityStep:
     correction: float
     mix: tuple[float, float]  # token mix to plan for (mean prompt, mean output)
     settled: bool  # False while the window still holds the backlog from before the Ready set grew
+    backlog_in_window: bool  # a decision within the rate window saw requests waiting: its latency holds them
     feasible: Condition
     history: History
     reasons: tuple[Reason, ...] = ()
@@ -208,6 +209,15 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     settled = grew_at is None or now - grew_at > window_s
     hist = history.with_(ready_seen=ready, ready_grew_at=grew_at)
 
+    # With requests queued, the counters show what the replicas completed, not what arrived: the
+    # load was above what they carry, so misses say the plan was late, not that the estimate is
+    # wrong; and the latency of the windows that still hold those requests says the same.
+    backlog = (signals.requests_waiting or 0.0) > max(1.0, float(ready))
+    if backlog:
+        hist = hist.with_(backlog_at=now)
+    # Requests of that backlog complete until the next decision: the window holds them one interval longer.
+    backlog_in_window = hist.backlog_at is not None and now - hist.backlog_at <= window_s + parse_duration(spec.scaling.interval)
+
     mean_in, mean_out = hist.mean_input, hist.mean_output
     if hist.mix_at is None or now - hist.mix_at >= window_s:
         mean_in, mean_out = observed_mix(signals, mean_in, mean_out)
@@ -219,10 +229,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     correction = hist.capacity_correction
     reasons: tuple[Reason, ...] = ()
     fresh = hist.learned_at is None or now - hist.learned_at >= window_s
-    # With requests queued, the counters show what the replicas completed, not what arrived: the
-    # load was above what they carry, so misses say the plan was late, not that the estimate is wrong.
-    backlog = (signals.requests_waiting or 0.0) > max(1.0, float(ready))
-    if (fresh and settled and not backlog and signals.ttft_attainment is not None
+    if (fresh and settled and not backlog_in_window and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
         seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1))
@@ -241,4 +248,4 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
                                                    f"({cap.limited_by}-bound)")
     else:
         feasible = Condition("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
-    return CapacityStep(cap, correction, mix, settled, feasible, hist, reasons)
+    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons)

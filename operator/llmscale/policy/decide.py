@@ -39,7 +39,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     planned = plan(spec, running, signals, cap, fc, current)
     # 5. SLO misses beyond chance and a lasting queue correct now.
     fb = feedback(spec, running, workload, signals, cap, planned.proposal.note(*gate.reasons, *cap.reasons, *fc.reasons),
-                  fc.history, now)
+                  fc.history, now, fc.draining)
     # 6. Idle: down to the floor, to zero only when enabled and idle for long enough.
     idle = idleness(spec, workload, signals, fb.proposal, fb.history, now)
     # 7. Within tolerance of the plan for today's replicas: no change.

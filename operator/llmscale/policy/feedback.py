@@ -54,7 +54,9 @@ def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, r
 
 
 def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, cap: CapacityStep,
-             proposal: Proposal, history: History, now: float) -> Feedback:
+             proposal: Proposal, history: History, now: float, draining: bool = False) -> Feedback:
+    """`draining`: the waiting queue shrank since the last decision, so today's replicas carry the
+    load and the latency measures the backlog they were started for: no new evidence."""
     interval = parse_duration(spec.scaling.interval)
     window_s = parse_duration(spec.metrics.rate_window)
     ttft, itl = spec.slo.ttft, spec.slo.itl_target()
@@ -74,7 +76,10 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     reasons: list[Reason] = []
     wanted: int | None = None
     if breached and ratio is not None and cap.current.feasible:
-        if not cap.settled:
+        if draining or (cap.backlog_in_window and (signals.requests_waiting or 0.0) <= max(1.0, float(ready))):
+            reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target from a backlog the Ready replicas "
+                                                   "drained or are draining"))
+        elif not cap.settled:
             reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target, but the window still holds the backlog "
                                                    "from before the Ready replicas last grew"))
         elif workload.starting > 0 and history.last_scale_at is not None and \
@@ -103,7 +108,7 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     queued = ready > 0 and waiting > max(1.0, float(ready), 0.25 * running) and (ttft is None or delay > 0.5 * ttft.seconds)
     persistent = history.queued_at is not None and now - history.queued_at <= 1.5 * interval
     hist = history.with_(queued_at=now if queued else None)
-    if queued and (persistent or ttft is None or delay > 2 * ttft.seconds):
+    if queued and not draining and (persistent or ttft is None or delay > 2 * ttft.seconds):
         # Act now, one replica past the Ready ones; how many more the backlog needs is the plan's
         # (it drains the queue within the horizon), and replicas still loading count toward it:
         # sizing by today's concurrency would start a replica per max-num-seqs of backlog.

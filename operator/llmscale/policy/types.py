@@ -225,6 +225,8 @@ class History:
     burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
+    backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
+    queue_seen: tuple[float, float, float] | None = None  # (time, requests waiting, running) at the last decision
 
     def with_(self, **changes: Any) -> History:
         return replace(self, **changes)
@@ -238,6 +240,8 @@ class History:
                 out[key] = [[round(t, 3), r] for t, r in v]
             elif f.name == "rate_samples":
                 out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
+            elif f.name == "queue_seen":
+                out[key] = None if v is None else [round(v[0], 3), round(v[1], 1), round(v[2], 1)]
             elif f.name == "planned_mix":
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
             elif f.name == "burst_gaps":
@@ -295,6 +299,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_gaps": _gaps,
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
+    "backlog_at": _opt_float,
+    "queue_seen": lambda v: None if v is None else (float(v[0]), float(v[1]), float(v[2])) if len(v) == 3 and all(
+        math.isfinite(float(x)) and float(x) >= 0 for x in v) else _invalid(),
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 
