@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -100,3 +101,37 @@ def test_chart_renders(bed: Bed) -> None:
     kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout) if d]
     for kind in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"):
         assert kind in kinds, kinds
+
+
+def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, operator: object, namespace: str) -> None:
+    """Faults lose nothing: a field of status.history that does not parse (hand-edited, corrupt,
+    another version) falls back to its default alone; what was learnt (the capacity correction)
+    is kept, and a Warning Event names the field, never its value."""
+    doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "scaling": {"interval": "2s"}}}
+    _apply(bed, namespace, doc)
+    wait_for("a history in status", lambda: bed.llmd(namespace, "llama-8b").get("status", {}).get("history"), 90)
+
+    def reported() -> list:
+        return [e for e in bed.core.list_namespaced_event(namespace).items
+                if e.reason == "HistoryFieldsReset" and e.type == "Warning"]
+
+    # The operator rewrites status every decision: corrupt it again until a decision has read it
+    # (bounded: a few intervals).
+    for _ in range(10):
+        patch = {"status": {"history": {"capacityCorrection": 0.42, "queueSeen": "<script>garbage</script>"}}}
+        bed.kubectl("patch", "llmd", "llama-8b", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(patch))
+        try:
+            events = wait_for("a HistoryFieldsReset Event", reported, 6)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no HistoryFieldsReset Event after 10 corruptions")
+    assert "queueSeen" in events[0].message and "garbage" not in events[0].message
+    def rewritten() -> dict | None:
+        h = bed.llmd(namespace, "llama-8b")["status"]["history"]
+        return h if h.get("queueSeen") != "<script>garbage</script>" else None
+
+    history = wait_for("the history rewritten", rewritten, 30)
+    assert history["capacityCorrection"] == 0.42  # the learned capacity survived its neighbour's corruption

@@ -66,3 +66,15 @@ def test_zero_traffic_is_evidence_of_idleness() -> None:
     spec = parse_spec(spec_dict())
     s = build_signals(spec, KEY, _results(raw), RECORDED["_recorded_at"], 60.0)
     assert s.request_rate == 0.0 and "requestRate" not in s.unknown
+
+
+def test_sampled_at_is_the_scrape_of_the_gauges_not_the_read() -> None:
+    """The arrival estimate measures the queue's growth between scrapes: a read 3 s after a scrape
+    and one 12 s later see the same sample, which is 0 s of growth, not 9."""
+    spec = parse_spec(spec_dict())
+    scraped = float(RECORDED["freshness"][0]["value"][1])
+    for read_at in (scraped + 3, scraped + 12):
+        assert build_signals(spec, KEY, _results(RECORDED), read_at, 60.0).sampled_at == scraped
+    raw = copy.deepcopy(RECORDED)
+    raw["freshness"] = []  # no timestamp: the read's time stands in
+    assert build_signals(spec, KEY, _results(raw), scraped + 3, 60.0).sampled_at == scraped + 3

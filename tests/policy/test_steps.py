@@ -13,7 +13,7 @@ from llmscale.policy.availability import Availability, availability
 from llmscale.policy.capacity import CapacityStep, VariantCapacity, capacity, variant_capacity
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
-from llmscale.policy.forecast import Forecast, budget_exceeded, forecast, held_share, hold_time
+from llmscale.policy.forecast import Forecast, arrival_rate, budget_exceeded, forecast, held_share, hold_time
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
 from llmscale.policy.plan import Plan, plan
@@ -99,21 +99,30 @@ FORECAST = [
     # 4 -> 304 in flight in 15 s at 10 completions/s: 20 more arriving per second than completing.
     ("a queue building: the arrivals are the completions plus what the requests in flight grew by",
      sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
-     Forecast(30.0 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, 30.0),), queue_seen=(NOW, 150.0, 154.0)),
-              arrivals=30.0)),
+     Forecast(30.0 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, 30.0),), queue_seen=(NOW, 150.0, 154.0),
+                                                         queue_before=(NOW - 15, 0.0, 4.0)), arrivals=30.0)),
     # sqrt(2 x 10 x 15 + 1) = 17.3: a change of 30 in flight is within twice that, so no evidence.
     ("the requests in flight move within chance: the completions stand for the arrivals",
      sig(10.0, requests_running=34.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 34.0)), arrivals=10.0)),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 34.0),
+                                         queue_before=(NOW - 15, 0.0, 4.0)), arrivals=10.0)),
     # The queue shrank 400 -> 100 while 20/s completed: 0 arrive; the plan keeps the completions and
     # adds nothing to drain a queue the Ready replicas already drain.
     ("a backlog draining: the completions, nothing added for the queue",
      sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_seen=(NOW - 15, 400.0, 100.0)),
-     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0)), arrivals=0.0,
-              draining=True)),
+     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
+                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=0.0, draining=True)),
+    # Prometheus scraped less often than the operator decides: the next decision sees the same
+    # scrape, measures between the same two, and reaches the same verdict (not "unknown").
+    ("the same scrape again: the same arrivals and the same drain",
+     sig(20.0, requests_waiting=100.0, requests_running=100.0),
+     History(queue_seen=(NOW, 100.0, 100.0), queue_before=(NOW - 15, 400.0, 100.0)),
+     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
+                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=0.0, draining=True)),
     ("gauges seen more than a rate window ago: no arrivals", sig(10.0, requests_running=400.0),
      History(queue_seen=(NOW - 120, 0.0, 4.0)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 400.0)))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 400.0),
+                                         queue_before=(NOW - 120, 0.0, 4.0)))),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
     # burst memory, as much of it as keeps the misses in the budget: h = 105 - 1,320 / 40 = 72 s,
@@ -131,6 +140,27 @@ FORECAST = [
 @pytest.mark.parametrize(("signals", "history", "expect"), [c[1:] for c in FORECAST], ids=[c[0] for c in FORECAST])
 def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
     assert forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW) == expect
+
+
+@pytest.mark.parametrize(("seen", "now_waiting", "now_running", "expect"), [
+    # (time, waiting, running) seen 15 s before; Ready 3, horizon 105 s, 20 completions/s
+    ((NOW - 15, 400.0, 100.0), 100.0, 100.0, (0.0, True)),  # shrank 300 in 15 s: gone in 5 s
+    ((NOW - 15, 300.0, 100.0), 300.0, 100.0, (20.0, False)),  # the same queue: no drain
+    ((NOW - 15, 300.0, 100.0), 290.0, 100.0, (20.0, False)),  # 10 fewer is within chance (2 x sqrt(301))
+    # 50 fewer in 15 s (beyond chance, 2 x sqrt(301)): 75 s to clear 250; 50 fewer in flight is beyond
+    # chance too (2 x sqrt(2 x 20 x 15 + 1) = 49): 20 - 50 / 15 arrive
+    ((NOW - 15, 300.0, 100.0), 250.0, 100.0, (20.0 - 50.0 / 15, True)),
+    ((NOW - 15, 3.0, 100.0), 0.0, 100.0, (20.0, False)),  # 3 waiting on 3 replicas was no backlog
+    ((NOW - 15, 2000.0, 100.0), 1900.0, 100.0, (13.333333333333334, False)),  # 100 per 15 s: 285 s to clear, past the horizon
+    ((NOW, 300.0, 100.0), 100.0, 100.0, (None, False)),  # the same scrape: nothing measured
+    ((NOW - 46, 400.0, 100.0), 100.0, 100.0, (None, False)),  # older than three intervals: unknown, not old evidence
+])
+def test_arrival_rate_and_draining(seen: tuple[float, float, float], now_waiting: float, now_running: float,
+                                   expect: tuple[float | None, bool]) -> None:
+    signals = sig(20.0, requests_waiting=now_waiting, requests_running=now_running)
+    got = arrival_rate(20.0, signals, seen, NOW, 45.0, 3, 105.0)
+    assert got[1] is expect[1]
+    assert got[0] == (pytest.approx(expect[0]) if expect[0] is not None else None)
 
 
 @pytest.mark.parametrize(("gaps", "expect"), [
@@ -156,6 +186,19 @@ def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
 ])
 def test_held_share(peak: float, ttft: float, budget: float, expect: float) -> None:
     assert held_share(peak, 105.0, ttft, budget) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("peak", "ttft", "budget"), [(40.0, 1.0, 180.0), (5.5, 10.0, 61.0), (20.0, 0.5, 900.0)])
+def test_held_share_spends_exactly_the_budget_on_a_returning_peak(peak: float, ttft: float, budget: float) -> None:
+    """What it is for: with C = peak x share held, a returning peak queues until the delay passes the
+    target (ttft x C / (P - C) s) and misses every request after that until new replicas are Ready
+    (the 105 s horizon): exactly the budget; any less held spends more."""
+    def misses(c: float) -> float:
+        return peak * max(0.0, 105.0 - ttft * c / (peak - c))
+
+    c = peak * held_share(peak, 105.0, ttft, budget)
+    assert misses(c) == pytest.approx(budget)
+    assert misses(0.98 * c) > budget
 
 
 @pytest.mark.parametrize(("samples", "peak", "share", "expect"), [

@@ -529,7 +529,8 @@ class Observed(_Model):
     request_rate: float | None = None
     prompt_tokens_rate: float | None = None
     generation_tokens_rate: float | None = None
-    sampled_at: str | None = None
+    sampled_at: str | None = Field(None, description="When Prometheus scraped the queue gauges these values come from "
+                                   "(the operator's read time when Prometheus gives no timestamp).")
 
 
 class DecisionRecord(_Model):

@@ -222,7 +222,12 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
-    history = History.from_dict(st.get("history"))
+    history, dropped = History.parse(st.get("history"))
+    if dropped:
+        # Only our own field names: the values may be anything someone wrote into status.
+        kopf.warn(body, reason="HistoryFieldsReset",
+                  message=f"status.history fields unreadable, reset to their defaults: {', '.join(dropped)}"[:1000])
+        log.warning("%s/%s: status.history fields reset: %s", namespace, name, ", ".join(dropped))
     d = decide(spec, workload, signals, history, now)
 
     if competing:

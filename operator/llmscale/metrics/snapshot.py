@@ -88,12 +88,17 @@ def build_signals(
 
     fresh = results.get("freshness", {}).get(key)
     stale = False
+    scraped_at: float | None = None
     if fresh:
         ts, why = sample_value(fresh[0])
         if ts is None:
             unknown["freshness"] = why or "unusable"
         elif now - ts > stale_after_s:
             stale = True
+        else:
+            # Prometheus's clock, even if a little ahead of ours: only differences between scrapes
+            # are used (the growth of the queue), never the gap to our clock.
+            scraped_at = ts
     for name in ("requestRate", "promptTokensRate", "generationTokensRate", "requestsWaiting", "requestsRunning",
                  "kvCacheUsage", "gpuUtilization", "gatewayPending"):
         samples = results.get(name, {}).get(key)
@@ -172,7 +177,7 @@ def build_signals(
         request_rate=vals.get("requestRate"),
         prompt_tokens_rate=vals.get("promptTokensRate"),
         generation_tokens_rate=vals.get("generationTokensRate"),
-        sampled_at=now,
+        sampled_at=scraped_at if scraped_at is not None else now,  # the gauges' scrape, which growth is measured between
         unknown=unknown,
         warnings=tuple(dict.fromkeys(warnings)),
     )

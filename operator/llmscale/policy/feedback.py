@@ -55,7 +55,7 @@ def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, r
 
 def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, cap: CapacityStep,
              proposal: Proposal, history: History, now: float, draining: bool = False) -> Feedback:
-    """`draining`: the waiting queue shrank since the last decision, so today's replicas carry the
+    """`draining`: a backlog is draining (forecast.arrival_rate), so today's replicas carry the
     load and the latency measures the backlog they were started for: no new evidence."""
     interval = parse_duration(spec.scaling.interval)
     window_s = parse_duration(spec.metrics.rate_window)
@@ -76,7 +76,8 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     reasons: list[Reason] = []
     wanted: int | None = None
     if breached and ratio is not None and cap.current.feasible:
-        if draining or (cap.backlog_in_window and (signals.requests_waiting or 0.0) <= max(1.0, float(ready))):
+        if draining or (cap.backlog_in_window and signals.requests_waiting is not None
+                        and signals.requests_waiting <= max(1.0, float(ready))):
             reasons.append(Reason(Code.COLD_START, f"latency at {ratio:.2f}x target from a backlog the Ready replicas "
                                                    "drained or are draining"))
         elif not cap.settled:

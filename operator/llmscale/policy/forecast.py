@@ -2,17 +2,20 @@
 
 Three things are planned for, whichever is highest:
 - the current rate plus a damped upward trend;
-- the recent peak, held for one cold start (a burst that came may come again before new capacity
-  could be Ready) and, once bursts have been seen to come back, for as long as the quiet spells
-  between them usually last (the burst memory): capacity released in a lull would be needed again
-  before it could be Ready. When lulls are usually longer than 15 minutes, capacity is released
-  after one cold start;
+- the recent peak (the burst memory), held for one cold start (a burst that came may come again
+  before new capacity could be Ready); once bursts have been seen to come back, for half an hour
+  when a returning burst would spend more than the SLO's error budget (with a p99 target and any
+  realistic cold start, nearly always), else for as long as the quiet spells between bursts
+  usually last (capacity released in a lull would be needed again before it could be Ready), or
+  one cold start when lulls are usually longer than 15 minutes;
 - today's queue, drained within the horizon, unless the replicas already drain it.
 The load is what arrives, not only what vLLM counts as completed: while a queue builds, the replicas
 complete fewer requests than arrive (at a burst's onset the completion rate says 4 req/s of a
-36 req/s burst), and the difference is what the requests in flight (waiting + running) grew by since
-the last decision. While a backlog drains the completions exceed the arrivals: the plan keeps the
-higher of the two until the backlog is gone.
+36 req/s burst), and the difference is what the requests in flight (waiting + running) grew by
+between two scrapes. While a backlog drains the completions exceed the arrivals; the load is the
+higher of the two, and the burst memory remembers it (so a drain's pace is held as a peak: it
+over-holds after a first burst, and recording arrivals alone lost more on bursts that came back
+higher, see bench/README.md).
 An unknown request rate is not replaced by a stored sample: unknown means hold.
 """
 
@@ -34,6 +37,8 @@ QUIET_SHARE = 0.5  # a lull: load under half the held peak
 MAX_GAPS = 12  # quiet spells remembered
 GAP_QUANTILE = 0.9  # hold through nine lulls in ten
 LONG_GAP_S = 900.0  # lulls usually (median) longer than this release capacity after one cold start
+MAX_QUEUE_AGE_INTERVALS = 3  # the queue gauges are compared with a scrape at most this many intervals older
+SAME_SCRAPE_S = 0.01  # status keeps times to the millisecond
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,8 @@ class Forecast:
     hold_s: float  # how long a peak is held
     history: History
     reasons: tuple[Reason, ...] = ()
-    arrivals: float | None = None  # requests/s arriving since the last decision; None when unknown
-    draining: bool = False  # the waiting queue shrank since the last decision: the replicas carry the load
+    arrivals: float | None = None  # requests/s arriving between the last two scrapes of the queue; None when unknown
+    draining: bool = False  # a backlog is draining (see arrival_rate): the Ready replicas carry the load
 
 
 def cold_start_s(spec: LLMDeploymentSpec, variant: Variant, workload: Workload) -> float:
@@ -54,27 +59,33 @@ def cold_start_s(spec: LLMDeploymentSpec, variant: Variant, workload: Workload) 
     return parse_duration(variant.cold_start) if variant.cold_start else DEFAULT_COLD_START_S
 
 
-def arrival_rate(completions: float, signals: Signals, seen: tuple[float, float, float] | None, now: float,
-                 max_age_s: float) -> tuple[float | None, bool]:
-    """Requests arriving per second since the last decision (completions plus the growth of the
-    requests in flight), and whether the waiting queue shrank since then. (None, False) without
-    both gauges now and at a decision at most `max_age_s` ago.
+def arrival_rate(completions: float, signals: Signals, seen: tuple[float, float, float] | None, at: float,
+                 max_age_s: float, ready: int, horizon_s: float) -> tuple[float | None, bool]:
+    """Requests arriving per second between two scrapes of the queue gauges (completions plus the
+    growth of the requests in flight), and whether a backlog is draining. `at` is when the gauges
+    were scraped now, `seen` (time, waiting, running) what an earlier decision saw. (None, False)
+    without both gauges now and a different scrape at most `max_age_s` earlier.
 
     A growth within chance is no evidence: arrivals and completions are each Poisson-like, so over
     dt the count in flight moves by about sqrt(2 x rate x dt) with a steady load; a change within
     twice that leaves the completion rate as the arrival rate (the burst memory keeps the highest
-    sample for half an hour, and would keep the noise).
+    sample for half an hour, and would keep the noise). A backlog drains when there was one (more
+    waiting than one per Ready replica), it shrank beyond chance, and at that pace it is gone
+    within the horizon: a queue that dips by a few requests, or would take longer than new
+    replicas to clear, is still a shortage.
     """
     waiting, running = signals.requests_waiting, signals.requests_running
-    if waiting is None or running is None or seen is None or not 0 < now - seen[0] <= max_age_s:
+    if waiting is None or running is None or seen is None or not 0 < at - seen[0] <= max_age_s:
         return None, False
     t0, waiting0, running0 = seen
-    dt = now - t0
+    dt = at - t0
     change = waiting + running - waiting0 - running0
-    drained = waiting < waiting0
-    if abs(change) <= 2 * math.sqrt(2 * completions * dt + 1):
-        return completions, drained
-    return max(0.0, completions + change / dt), drained
+    shrink = waiting0 - waiting
+    draining = (waiting0 > max(1.0, float(ready)) and shrink > 2 * math.sqrt(waiting0 + 1)
+                and waiting / (shrink / dt) <= horizon_s)
+    if abs(change) <= 2 * math.sqrt(2 * max(0.0, completions) * dt + 1):
+        return completions, draining
+    return max(0.0, completions + change / dt), draining
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -159,9 +170,9 @@ def held_share(peak: float, horizon_s: float, ttft_target_s: float, budget: floa
 def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float, over_budget: bool = False) -> float:
     """How long to hold a peak. Once bursts have been seen to come back (a lull ended), and a
     returning burst would spend more than the error budget (`over_budget`), for the whole burst
-    memory: capacity is released only once the peak is half an hour old. Otherwise one horizon, plus the lull that bursts usually come back within; before
-    two lulls have ended, `first_hold_s` (the scale-down window); when lulls are usually long, one
-    horizon only."""
+    memory: capacity is released only once the peak is half an hour old. Otherwise one horizon,
+    plus the lull that bursts usually come back within; before two lulls have ended,
+    `first_hold_s` (the scale-down window); when lulls are usually long, one horizon only."""
     if over_budget and gaps:
         return SAMPLES_KEPT_S
     if len(gaps) < 2:
@@ -188,14 +199,22 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     horizon = cold_start_s(spec, variant, workload) + interval
     completions = signals.request_rate
     waiting, running = signals.requests_waiting, signals.requests_running
-    seen = None if waiting is None or running is None else (now, waiting, running)
+    # The gauges change only when scraped: growth is measured between the last two distinct scrapes,
+    # not between decisions. A decision that sees the same scrape again (Prometheus scraping less
+    # often than the operator decides) measures between the same two, and reaches the same verdict.
+    at = signals.sampled_at if signals.sampled_at is not None else now
+    seen, before = history.queue_seen, history.queue_before
+    if waiting is not None and running is not None:
+        if seen is None or abs(seen[0] - at) > SAME_SCRAPE_S:
+            seen, before = (at, waiting, running), seen
+    queues = {"queue_seen": seen, "queue_before": before}
     first_hold = parse_duration(spec.scaling.scale_down.stabilization_window)
     if completions is None:
-        return Forecast(None, horizon, hold_time(history.burst_gaps, horizon, first_hold), history.with_(queue_seen=seen))
-    arrivals, draining = arrival_rate(completions, signals, history.queue_seen, now,
-                                      parse_duration(spec.metrics.rate_window))
+        return Forecast(None, horizon, hold_time(history.burst_gaps, horizon, first_hold), history.with_(**queues))
+    arrivals, draining = arrival_rate(completions, signals, before, at, MAX_QUEUE_AGE_INTERVALS * interval,
+                                      workload.ready, horizon)
     rate = completions if arrivals is None else max(completions, arrivals)
-    history = history.with_(queue_seen=seen)
+    history = history.with_(**queues)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
     longest = recent_peak(samples, now, SAMPLES_KEPT_S) or rate

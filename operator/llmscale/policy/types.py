@@ -226,7 +226,8 @@ class History:
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
     backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
-    queue_seen: tuple[float, float, float] | None = None  # (time, requests waiting, running) at the last decision
+    queue_seen: tuple[float, float, float] | None = None  # (scrape time, requests waiting, running), the newest scrape seen
+    queue_before: tuple[float, float, float] | None = None  # the same, the scrape before that
 
     def with_(self, **changes: Any) -> History:
         return replace(self, **changes)
@@ -240,7 +241,7 @@ class History:
                 out[key] = [[round(t, 3), r] for t, r in v]
             elif f.name == "rate_samples":
                 out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
-            elif f.name == "queue_seen":
+            elif f.name in ("queue_seen", "queue_before"):
                 out[key] = None if v is None else [round(v[0], 3), round(v[1], 1), round(v[2], 1)]
             elif f.name == "planned_mix":
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
@@ -254,12 +255,20 @@ class History:
 
     @staticmethod
     def from_dict(d: Any) -> History:
+        """The history kept in status, field by field (see `parse`)."""
+        return History.parse(d)[0]
+
+    @staticmethod
+    def parse(d: Any) -> tuple[History, tuple[str, ...]]:
         """The history kept in status, field by field: a field that does not parse (hand-edited,
-        corrupt, from another version) falls back to its default alone; the rest, above all the
-        learned capacity, is kept."""
+        corrupt, from another version) falls back to its default alone, and is named in the second
+        value so the operator can say so; the rest, above all the learned capacity, is kept."""
+        if d is None:
+            return History(), ()
         if not isinstance(d, dict):
-            return History()
+            return History(), ("history",)
         kept: dict[str, Any] = {}
+        dropped: list[str] = []
         for name, parse in _PARSERS.items():
             key = _KEYS[name]
             if key not in d:
@@ -267,13 +276,21 @@ class History:
             try:
                 kept[name] = parse(d[key])
             except (TypeError, ValueError):
-                continue
-        return History(**kept)
+                dropped.append(key)
+        return History(**kept), tuple(dropped)
 
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+def _queue(v: Any) -> tuple[float, float, float] | None:
+    if v is None:
+        return None
+    if len(v) == 3 and all(math.isfinite(float(x)) and float(x) >= 0 for x in v):
+        return float(v[0]), float(v[1]), float(v[2])
+    return _invalid()
 
 
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
@@ -300,8 +317,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
     "backlog_at": _opt_float,
-    "queue_seen": lambda v: None if v is None else (float(v[0]), float(v[1]), float(v[2])) if len(v) == 3 and all(
-        math.isfinite(float(x)) and float(x) >= 0 for x in v) else _invalid(),
+    "queue_seen": _queue,
+    "queue_before": _queue,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

@@ -9,7 +9,7 @@ pods (least outstanding requests) and queues it while none is Ready.
 
 Control API (JSON):
   PUT  /traffic/<namespace>/<name>  {"rate": 5, "meanInput": 1024, "meanOutput": 256}
-                                    or {"scenario": "step", "rate": 5, "duration": 600}
+                                    or {"scenario": "step", "rate": 5, "duration": 600, "seed": 0}
                                     or {"trace": "/path/file.csv", "rateScale": 1, "speedup": 10}
   GET  /traffic                     current traffic per deployment
   GET  /healthz                     ok
@@ -188,7 +188,7 @@ class Fleet:
             if name_ not in SCENARIOS:
                 raise TraceError(f"unknown scenario {name_!r}; choose one of {', '.join(SCENARIOS)}")
             trace = scenario(name_, float(body.get("rate", 5)), float(body.get("duration", 600)),
-                             int(body.get("meanInput", 1024)), int(body.get("meanOutput", 256)))
+                             int(body.get("meanInput", 1024)), int(body.get("meanOutput", 256)), int(body.get("seed", 0)))
             tr = Traffic(trace=trace, trace_start=self.now(), description=f"scenario {name_}")
         else:
             rate = float(body.get("rate", 0))

@@ -143,8 +143,10 @@ class Twin:
         cold_start_s: dict[str, float] | None = None,
         gpu_pool: dict[str, int] | None = None,
         progress: Callable[[float], None] | None = None,
+        scrape_interval_s: float = SCRAPE_INTERVAL_S,
     ):
         self.spec = spec
+        self.scrape_interval_s = scrape_interval_s  # Prometheus scrape interval (the test bed scrapes every 2 s)
         self.trace = trace
         self.policy = policy
         self.cold = {}
@@ -352,7 +354,7 @@ class Twin:
         window = parse_duration(spec.metrics.rate_window)
 
         i, t = 0, 0.0
-        next_tick, next_scrape, next_bin = interval, SCRAPE_INTERVAL_S, 0.0
+        next_tick, next_scrape, next_bin = interval, self.scrape_interval_s, 0.0
         last_scrape = 0.0
         bin_arrivals = 0
         prog_next = 0.0
@@ -400,7 +402,7 @@ class Twin:
             if t >= next_scrape:
                 self._scrape(t, t - last_scrape)
                 last_scrape = t
-                next_scrape += SCRAPE_INTERVAL_S
+                next_scrape += self.scrape_interval_s
             if i < len(arrivals) and t >= next_tick:
                 view = View(spec, self._workload(), self.prom.signals(t, window, ttft_t, itl_t), t,
                             self._concurrency(), self.prom)
