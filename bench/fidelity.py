@@ -32,16 +32,13 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
 from bench.decision_quality import deployment
+from bench.reaction import FLEET, KUBECTL, PROM, ROOT, STATE  # the test bed's addresses, one place
 from llmscale.api import parse_spec
 from llmscale.sim.policies import make_policy
 from llmscale.sim.traffic import scenario
 from llmscale.sim.twin import Twin, warm_start
 
-ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / "e2e" / ".state"
 OUT = ROOT / "bench" / "out" / "fidelity"
-PROM = "http://127.0.0.1:19090"
-FLEET = "http://127.0.0.1:18000"
 NS = "bench-fidelity"
 NAME = "fidelity"
 BED_SCRAPE_S = 2.0  # e2e/cluster's Prometheus scrape interval
@@ -86,8 +83,7 @@ class Bed:
         self.prom = PrometheusConnect(url=PROM, disable_ssl=True)
 
     def kubectl(self, *args: str, stdin: str | None = None) -> None:
-        kubectl = Path.home() / ".cache/llmscale/kubernetes-v1.36.3/kubectl"
-        r = subprocess.run([str(kubectl), f"--kubeconfig={STATE / 'kubeconfig'}", *args], input=stdin, capture_output=True,
+        r = subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", *args], input=stdin, capture_output=True,
                            text=True)
         if r.returncode != 0:
             raise SystemExit(f"bench: kubectl {' '.join(args)}: {r.stderr.strip()}")
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             bed.traffic({"rate": 0})
         except OSError:
             pass
-        subprocess.run([str(Path.home() / ".cache/llmscale/kubernetes-v1.36.3/kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}",
+        subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}",
                         "delete", "ns", NS, "--wait=true", "--timeout=60s"], capture_output=True)
         op.terminate()
         op.wait(20)
