@@ -84,7 +84,7 @@ def crd(bed: Bed) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(bed: Bed, crd: None) -> Iterator[subprocess.Popen[bytes]]:
+def operator(bed: Bed, crd: None, ceilings: CeilingWatcher) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as a normal process against the bed, with a bearer token for its Prometheus (the
     bed's Prometheus ignores it; the security tests check that it goes nowhere else)."""
     log = open(STATE / "logs" / "operator-e2e.log", "wb")
@@ -137,3 +137,87 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: f
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+class CeilingWatcher:
+    """Every pod of every LLMDeployment, through a watch, priced at its own shape. A pod created
+    when what its LLMDeployment's pods hold (scheduled, Pending or terminating: the operator counts
+    them all) passes `maxGPUs` or `maxHourlyCost` is an operator action over a ceiling."""
+
+    def __init__(self, bed: Bed) -> None:
+        import threading
+
+        self.bed = bed
+        self.pods: dict[tuple[str, str], tuple[str, str, int]] = {}  # (ns, pod) -> (llmd, accelerator, gpus)
+        self.violations: list[str] = []
+        self.created = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _ceilings(self, ns: str, name: str) -> tuple[int | None, float | None, dict[str, float]]:
+        try:
+            cost = self.bed.llmd(ns, name)["spec"].get("cost", {})
+        except Exception:
+            return None, None, {}
+        ceiling = cost.get("maxHourlyCost")
+        return cost.get("maxGPUs"), float(ceiling) if ceiling else None, {k: float(v) for k, v in (cost.get("prices") or {}).items()}
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        selector = "llmscale.io/deployment"
+        rv: str | None = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:  # (re)list: what exists now is the starting point, not a creation
+                    listed = self.bed.core.list_pod_for_all_namespaces(label_selector=selector)
+                    self.pods = {}
+                    for p in listed.items:
+                        self._on("LISTED", p)
+                    rv = listed.metadata.resource_version
+                w = watch.Watch()
+                for ev in w.stream(self.bed.core.list_pod_for_all_namespaces, label_selector=selector,
+                                   resource_version=rv, timeout_seconds=10):
+                    self._on(ev["type"], ev["object"])
+                    rv = w.resource_version
+                    if self._stop.is_set():
+                        return
+            except Exception:  # the watch expired (410) or the API server restarted: list again
+                rv = None
+                time.sleep(0.5)
+
+    def _on(self, kind: str, pod: Any) -> None:
+        md = pod.metadata
+        key = (md.namespace, md.name)
+        if kind == "DELETED":
+            self.pods.pop(key, None)
+            return
+        ann = md.annotations or {}
+        if "llmscale.io/gpus" not in ann or key in self.pods:
+            return
+        llmd = (md.labels or {}).get("llmscale.io/deployment", "")
+        self.pods[key] = (llmd, ann.get("llmscale.io/accelerator", ""), int(ann["llmscale.io/gpus"]))
+        if kind != "ADDED":
+            return
+        self.created += 1
+        max_gpus, max_cost, prices = self._ceilings(md.namespace, llmd)
+        mine = [v for (ns, _), v in self.pods.items() if ns == md.namespace and v[0] == llmd]
+        gpus = sum(g for _, _, g in mine)
+        cost = sum(g * prices.get(a, 0.0) for _, a, g in mine)
+        if max_gpus is not None and gpus > max_gpus:
+            self.violations.append(f"{md.namespace}/{md.name}: {gpus} GPUs held > maxGPUs {max_gpus}")
+        if max_cost is not None and cost > max_cost + 1e-6:
+            self.violations.append(f"{md.namespace}/{md.name}: {cost:.2f}/h held > maxHourlyCost {max_cost:.2f}")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.fixture(scope="session")
+def ceilings(bed: Bed) -> Iterator[CeilingWatcher]:
+    """The ceiling watcher over the whole e2e session: the session fails on any violation."""
+    w = CeilingWatcher(bed)
+    yield w
+    w.stop()
+    assert not w.violations, f"operator actions over a ceiling: {w.violations}"

@@ -42,7 +42,7 @@ def _epoch(iso: str) -> float:
 
 
 def _replicas(bed: Bed, ns: str) -> int:
-    return bed.apps.read_namespaced_deployment("chat", ns).spec.replicas
+    return bed.apps.read_namespaced_deployment("chat-h100x1", ns).spec.replicas
 
 
 def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed, operator: object, namespace: str) -> None:
@@ -157,9 +157,9 @@ def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object,
 
 def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, namespace: str) -> None:
     bed.kubectl("apply", "-f", "-", input=_doc(namespace))
-    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("chat", namespace), 60)
+    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("chat-h100x1", namespace), 60)
     hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "chat-hpa", "namespace": namespace},
-           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat"}, "minReplicas": 1, "maxReplicas": 4,
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-h100x1"}, "minReplicas": 1, "maxReplicas": 4,
                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
     bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(hpa))
     cond = wait_for("CompetingAutoscaler=True", lambda: (c := _cond(bed, namespace, "CompetingAutoscaler")).get("status") == "True" and c, 60)

@@ -19,7 +19,7 @@ def _apply(bed: Bed, namespace: str, doc: dict, check: bool = True):  # type: ig
 
 def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator: object, namespace: str) -> None:
     _apply(bed, namespace, EXAMPLE)
-    dep = wait_for("the owned Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace), 60)
+    dep = wait_for("the owned Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
     c = dep.spec.template.spec.containers[0]
     assert c.resources.limits["nvidia.com/gpu"] == "1"
     assert "--tensor-parallel-size=1" in c.args and "--model=meta-llama/Llama-3.1-8B-Instruct" in c.args
@@ -41,7 +41,7 @@ def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator
 
     def gone() -> bool:
         try:
-            bed.apps.read_namespaced_deployment("llama-8b", namespace)
+            bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace)
             return False
         except Exception as e:
             return getattr(e, "status", None) == 404
@@ -85,9 +85,9 @@ def test_engine_arg_conflict_is_a_condition_and_an_event(bed: Bed, operator: obj
 def test_kubectl_scale_sets_manual_replicas_in_paused_mode(bed: Bed, operator: object, namespace: str) -> None:
     doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "scaling": {"mode": "Paused", "interval": "2s"}}}
     _apply(bed, namespace, doc)
-    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace), 60)
+    wait_for("the Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
     bed.kubectl("scale", "llmd", "llama-8b", "-n", namespace, "--replicas=3")
-    wait_for("3 replicas", lambda: bed.apps.read_namespaced_deployment("llama-8b", namespace).spec.replicas == 3, 60)
+    wait_for("3 replicas", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace).spec.replicas == 3, 60)
     assert bed.llmd(namespace, "llama-8b")["spec"]["scaling"]["manualReplicas"] == 3
 
 

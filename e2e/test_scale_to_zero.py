@@ -19,7 +19,7 @@ def test_scale_to_zero_and_back_on_the_gateways_demand(bed: Bed, operator: objec
         namespace, replicas={"min": 0, "max": 2},
         scaling={"interval": "3s", "scaleDown": {"stabilizationWindow": "10s", "maxStep": 1},
                  "scaleToZero": {"enabled": True, "idleFor": "15s", "demand": {"inferencePool": "chat"}}}))
-    wait_for("the Deployment at zero", lambda: bed.apps.read_namespaced_deployment("chat", namespace).spec.replicas == 0, 60)
+    wait_for("the Deployment at zero", lambda: bed.apps.read_namespaced_deployment("chat-h100x1", namespace).spec.replicas == 0, 60)
     wait_for("a decision at zero", lambda: _status(bed, namespace).get("lastDecision"), 60)
     assert _replicas(bed, namespace) == 0
 

@@ -175,9 +175,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CLIError(f"LLMDeployment {args.namespace}/{args.name} is invalid: {explain_errors(e)}") from None
     kube = Kube()
     status = obj.get("status") or {}
-    dep = kube.deployment(args.namespace, args.name)
+    deps = kube.deployments(args.namespace, args.name)
     pods = kube.pods(args.namespace, args.name)
-    workload, _ = observe_workload(dep, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
+    workload, _ = observe_workload(deps, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
                                 kube.competing_autoscaler(args.namespace, args.name))
     # The same endpoints and allow-list as the operator: explain sends no credential anywhere else.
     settings = OperatorSettings(**({"prometheus_url": args.prometheus_url} if args.prometheus_url else {}))

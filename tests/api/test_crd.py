@@ -45,7 +45,7 @@ def test_names_columns_subresources_and_rules() -> None:
     assert c["metadata"]["name"] == "llmdeployments.llmscale.io"
     assert c["spec"]["names"]["shortNames"] == ["llmd"]
     v = c["spec"]["versions"][0]
-    assert [p["name"] for p in v["additionalPrinterColumns"]] == ["Model", "Variant", "Replicas", "Ready", "TTFT", "Cost/h", "SLO", "Age"]
+    assert [p["name"] for p in v["additionalPrinterColumns"]] == ["Model", "Shape", "Replicas", "Ready", "TTFT", "Cost/h", "SLO", "Age"]
     assert v["subresources"]["status"] == {}
     assert v["subresources"]["scale"]["specReplicasPath"] == ".spec.scaling.manualReplicas"
     spec = v["schema"]["openAPIV3Schema"]["properties"]["spec"]

@@ -9,9 +9,9 @@ from llmscale.controller.render import (
     engine_arg_conflicts,
     render_deployment,
     render_service,
-    surge_within_ceilings,
 )
-from llmscale.controller.status import merge_conditions
+from llmscale.controller.status import merge_conditions, shape_status
+from llmscale.policy.types import PodCounts, Workload
 from tests.conftest import spec_dict
 
 BODY = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
@@ -44,7 +44,7 @@ def test_deployment_shape(variant: dict, gpus: str, product: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"]
     ref = d["metadata"]["ownerReferences"][0]
     assert ref["uid"] == "1234-5678" and ref["controller"] is True
-    assert d["spec"]["selector"]["matchLabels"] == {"llmscale.io/deployment": "chat"}
+    assert d["spec"]["selector"]["matchLabels"] == {"llmscale.io/deployment": "chat", "llmscale.io/variant": spec.variants[0].name}
     assert d["spec"]["template"]["metadata"]["labels"]["llmscale.io/variant"] == variant["name"]
 
 
@@ -72,11 +72,36 @@ def test_engine_arg_conflicts(args: list[str], bad: list[str]) -> None:
     assert engine_arg_conflicts(parse_spec(spec_dict(engineArgs=args))) == bad
 
 
-def test_surge_never_crosses_the_ceilings() -> None:
-    spec = parse_spec(spec_dict(cost={"maxGPUs": 8, "maxHourlyCost": "30", "prices": {"nvidia-h100": "4"}}))
-    v = spec.variants[0]
-    assert surge_within_ceilings(spec, v, 7) == 0  # 7 x 4 = 28; one more would be 32 > 30
-    assert surge_within_ceilings(spec, v, 4) == 1
+def test_one_deployment_per_shape_whose_selector_never_overlaps_another() -> None:
+    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"},
+                                          {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2}]))
+    a = render_deployment(BODY, spec, spec.variants[0], 2, {"llmscale.io/target-since": "1000"})
+    b = render_deployment(BODY, spec, spec.variants[1], 1, surge=False)
+    assert (a["metadata"]["name"], b["metadata"]["name"]) == ("chat-l4x1", "chat-h100x2")
+    assert a["spec"]["selector"]["matchLabels"] == {"llmscale.io/deployment": "chat", "llmscale.io/variant": "l4x1"}
+    assert b["spec"]["selector"]["matchLabels"] == {"llmscale.io/deployment": "chat", "llmscale.io/variant": "h100x2"}
+    assert a["metadata"]["annotations"] == {"llmscale.io/accelerator": "nvidia-l4", "llmscale.io/gpus": "1",
+                                            "llmscale.io/target-since": "1000"}
+    # A template change surges one pod only where the ceilings leave room for it.
+    assert a["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert b["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    # The Service selects every shape's pods.
+    assert render_service(BODY, spec)["spec"]["selector"] == {"llmscale.io/deployment": "chat"}
+
+
+def test_status_counts_every_pod_holding_gpus_at_its_own_price() -> None:
+    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"},
+                                          {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2}],
+                                cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = Workload(variant="h100x2", replicas=2, ready=1, desired={"l4x1": 4, "h100x2": 2},
+                 pods={"l4x1": PodCounts(ready=4, terminating=1), "h100x2": PodCounts(ready=1, starting=1)})
+    assert shape_status(spec, w, {"l4x1": 2, "h100x2": 2}) == {
+        "variant": "h100x2", "replicas": 4, "readyReplicas": 5, "gpus": 9, "hourlyCost": "20.00",
+        "shape": "l4x1->h100x2",
+        "variants": [{"name": "h100x2", "replicas": 2, "readyReplicas": 1, "gpus": 4, "role": "Target"},
+                     {"name": "l4x1", "replicas": 2, "readyReplicas": 4, "gpus": 5, "role": "Retiring"}],
+        "switch": {"from": "l4x1", "to": "h100x2", "ready": 1, "target": 2},
+    }
 
 
 def test_conditions_keep_transition_time_until_status_flips() -> None:

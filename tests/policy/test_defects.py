@@ -62,15 +62,16 @@ def _pod(name: str, created: dt.datetime, ready_at: dt.datetime | None, variant:
         status=SimpleNamespace(conditions=conds))
 
 
-DEP = SimpleNamespace(spec=SimpleNamespace(replicas=2, template=SimpleNamespace(metadata=SimpleNamespace(
-    labels={"llmscale.io/variant": "h100x1"}))))
+DEP = SimpleNamespace(metadata=SimpleNamespace(labels={"llmscale.io/variant": "h100x1"}, annotations={}),
+                      spec=SimpleNamespace(replicas=2, template=SimpleNamespace(metadata=SimpleNamespace(
+                          labels={"llmscale.io/variant": "h100x1"}))))
 
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 
 
 def _look(pods: list[Any], cold: dict[str, float], seen: list[str], last_look: dt.datetime | None) -> tuple[Any, list[str]]:
-    return observe_workload(DEP, pods, cold, None, seen, None if last_look is None else last_look.timestamp(), 600)
+    return observe_workload([DEP], pods, cold, None, seen, None if last_look is None else last_look.timestamp(), 600)
 
 
 def test_a_readiness_blip_on_an_old_pod_is_not_a_cold_start() -> None:

@@ -17,9 +17,10 @@ from llmscale.policy.forecast import Forecast, arrival_rate, budget_exceeded, fo
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
 from llmscale.policy.plan import Plan, plan
+from llmscale.policy.rollout import rollout
 from llmscale.policy.stabilization import Stabilized, stabilization
 from llmscale.policy.tolerance import tolerance
-from llmscale.policy.types import Action, Decision, Estimate
+from llmscale.policy.types import Action, Decision, Estimate, PodCounts
 from llmscale.policy.unknowns import unknowns
 from llmscale.policy.variant import Shape, variant
 from tests.conftest import spec_dict
@@ -444,21 +445,25 @@ def test_ceilings(spec_: Any, replicas: int, expect: Bounded) -> None:
     assert ceilings(spec_, spec_.variants[0], Proposal(replicas), False) == expect
 
 
-# ---- 12. mode ---------------------------------------------------------------------------------------
+# ---- 13. mode ---------------------------------------------------------------------------------------
+
+W2 = Workload(variant="h100x1", replicas=2, ready=2, pods={"h100x1": PodCounts(ready=2)})
+
 
 def test_mode_recommend_reports_and_does_not_apply() -> None:
     sp = spec(scaling={"mode": "Recommend"})
-    d = mode(sp, 2, V, V, Proposal(4, (Reason(Code.CAPACITY_PLAN, "x"),)), True, History(), Estimate(), {}, NOW)
+    d = mode(sp, W2, V, V, Proposal(4, (Reason(Code.CAPACITY_PLAN, "x"),)), True, History(), Estimate(), {}, NOW,
+             rollout(sp, W2, V, 4, {}))
     assert d == Decision(Action.SCALE_UP, 2, 4, "h100x1",
                          (Reason(Code.CAPACITY_PLAN, "x"), Reason(Code.RECOMMEND_ONLY, "would ScaleUp 2 -> 4; not applied")),
                          History(), Estimate(), {}, False, 4, 16.0, {"h100x1": 4})
 
 
 def test_mode_auto_applies_and_remembers_when() -> None:
-    d = mode(SPEC, 2, V, V, Proposal(2), True, History(), Estimate(), {}, NOW)
+    d = mode(SPEC, W2, V, V, Proposal(2), True, History(), Estimate(), {}, NOW, rollout(SPEC, W2, V, 2, {}))
     assert d == Decision(Action.NO_CHANGE, 2, 2, "h100x1", (Reason(Code.NO_CHANGE, "2 replicas are what the policy wants"),),
                          History(), Estimate(), {}, True, 2, 8.0, {"h100x1": 2})
-    d = mode(SPEC, 2, V, V, Proposal(3), True, History(), Estimate(), {}, NOW)
+    d = mode(SPEC, W2, V, V, Proposal(3), True, History(), Estimate(), {}, NOW, rollout(SPEC, W2, V, 3, {}))
     assert d.action == Action.SCALE_UP and d.history == History(last_scale_at=NOW) and d.apply
 
 
@@ -548,14 +553,28 @@ def test_a_switch_from_a_shape_that_cannot_meet_the_slo_keeps_the_gpu_ceiling_ov
               slo={"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "30ms"}},
               cost={"maxGPUs": 6, "prices": {"nvidia-h100": "4", "nvidia-l4": "0.8"}})
     l4 = sp.variants[0]
-    got = variant(sp, l4, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(4), History(), NOW)
+    w = Workload(variant="l4x1", replicas=4, ready=4, pods={"l4x1": PodCounts(ready=4)})
+    seen = History(mean_input=1000.0, mean_output=200.0)  # a token mix seen in traffic
+    got = variant(sp, w, l4, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(4), seen, NOW)
     assert got.variant.name == "h100x2" and got.proposal.replicas == 3
     assert [r.code for r in got.proposal.reasons] == [Code.VARIANT_SWITCH]
 
 
 def test_no_switch_with_a_single_shape_or_no_forecast() -> None:
-    assert variant(SPEC, V, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
-        Shape(V, Proposal(2), History())
+    assert variant(SPEC, W2, V, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
+        Shape(V, Proposal(2), History(), {})
     two = spec(variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4x1", "accelerator": "nvidia-l4"}])
-    assert variant(two, two.variants[0], sig(None), cap_step(), Forecast(None, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
-        Shape(two.variants[0], Proposal(2), History())
+    assert variant(two, W2, two.variants[0], sig(None), cap_step(), Forecast(None, 105.0, 300.0, History()), Proposal(2), History(),
+                   NOW) == Shape(two.variants[0], Proposal(2), History(), {})
+
+
+def test_no_switch_on_the_default_token_mix_before_any_traffic_taught_one() -> None:
+    """On the bed, the first decision switched L4 -> H100 on the default 1,000-token mix (where L4
+    cannot meet a 500 ms TTFT) although the traffic had 200-token prompts."""
+    sp = spec(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x1", "accelerator": "nvidia-h100"}],
+              slo={"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}})
+    w = Workload(variant="l4x1", replicas=1, ready=1, pods={"l4x1": PodCounts(ready=1)})
+    fc = Forecast(1.0, 105.0, 300.0, History())
+    assert variant(sp, w, sp.variants[0], sig(1.0), cap_step(), fc, Proposal(1), History(), NOW).variant.name == "l4x1"
+    seen = History(mean_input=1000.0, mean_output=200.0)
+    assert variant(sp, w, sp.variants[0], sig(1.0), cap_step(), fc, Proposal(1), seen, NOW).variant.name == "h100x1"

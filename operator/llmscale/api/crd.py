@@ -27,7 +27,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
-    {"name": "Variant", "type": "string", "jsonPath": ".status.variant"},
+    {"name": "Shape", "type": "string", "jsonPath": ".status.shape", "description": "The pod shape (variant), or old->new during a switch."},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "TTFT", "type": "string", "jsonPath": ".status.ttftDisplay", "description": "Observed TTFT at the SLO's percentile (shown after the value)."},

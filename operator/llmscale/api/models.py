@@ -347,6 +347,28 @@ class ScaleToZero(_Model):
         return self
 
 
+class VariantSwitch(_Model):
+    """How a change of pod shape (variant) is made: new-shape pods start while the old ones serve,
+    within the ceilings, and the old shape comes back when the new one cannot start."""
+
+    dwell: Duration = Field(
+        "15m",
+        description="Least time on one shape before the next switch, and before a shape that failed to start is tried again.",
+    )
+    unschedulable_timeout: Duration = Field(
+        "5m",
+        description="How long new-shape pods may stay Pending for lack of GPUs of their type (a cluster autoscaler may add "
+                    "nodes within minutes) before the switch is rolled back. Pods that are scheduled but not Ready get "
+                    "serving.startupTimeout.",
+    )
+
+    @field_validator("dwell", "unschedulable_timeout")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
 class Scaling(_Model):
     """When and how the operator changes replicas."""
 
@@ -369,6 +391,9 @@ class Scaling(_Model):
     scale_to_zero: ScaleToZero = Field(default_factory=ScaleToZero, description="Scale to zero when idle.")
     manual_replicas: int | None = Field(
         None, ge=0, le=1000, description="Replica count applied in Paused mode; the target of `kubectl scale`."
+    )
+    variant_switch: VariantSwitch = Field(
+        default_factory=VariantSwitch, description="Changing the pod shape: dwell time and rollback."
     )
     target_utilization: float = Field(
         0.85, gt=0, le=1, description="Share of the fleet's SLO capacity to plan for; the rest absorbs forecast error within a cold start. Capacity is already the load at which the SLO percentile is just met, so this is headroom on top of it."
@@ -543,6 +568,25 @@ class DecisionRecord(_Model):
     reasons: list[str] = Field(default_factory=list)
 
 
+class ShapeStatus(_Model):
+    """One pod shape (variant) that has a Deployment."""
+
+    name: str = Field(description="The variant.")
+    replicas: int = Field(0, description="Desired replicas of its Deployment.")
+    ready_replicas: int = Field(0, description="Ready pods.")
+    gpus: int = Field(0, description="GPUs held by its pods: starting, Ready and draining.")
+    role: str = Field("Target", description="Target (the shape switched to) or Retiring (serving until the target's pods are Ready).")
+
+
+class SwitchStatus(_Model):
+    """A change of pod shape in progress (make-before-break)."""
+
+    from_variant: str = Field(alias="from", description="The shape being retired.")
+    to_variant: str = Field(alias="to", description="The shape switched to.")
+    ready: int = Field(description="Ready pods of the new shape.")
+    target: int = Field(description="Pods of the new shape it ends with.")
+
+
 class LLMDeploymentStatus(_Model):
     model_config = ConfigDict(extra="allow")
     observed_generation: int | None = None
@@ -559,6 +603,9 @@ class LLMDeploymentStatus(_Model):
     last_decision: DecisionRecord | None = None
     cold_start_seconds: dict[str, float] | None = Field(None, description="Measured cold start per variant: pod creation to its first Ready.")
     ready_pods: list[str] | None = Field(None, description="Live pods the operator has seen Ready: a pod's cold start is measured once, at its first Ready.")
+    shape: str | None = Field(None, description="The pod shape for kubectl get: the variant, or 'old->new' during a switch.")
+    variants: list[ShapeStatus] | None = Field(None, description="Every pod shape that has a Deployment, with its replicas and GPUs.")
+    switch: SwitchStatus | None = Field(None, description="The change of pod shape in progress, if any.")
     conditions: list[Condition] = Field(default_factory=list)
 
 

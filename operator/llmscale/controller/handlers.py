@@ -23,13 +23,22 @@ from llmscale.api.models import LLMDeploymentSpec, ScalingMode, explain_errors, 
 from llmscale.api.units import parse_duration
 from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.policy import History, decide
-from llmscale.policy.ceilings import ceiling_replicas, hourly_cost
-from llmscale.policy.types import Signals
+from llmscale.policy.ceilings import ceiling_replicas
+from llmscale.policy.rollout import gpus_held
+from llmscale.policy.types import Decision, Signals, Workload
 
 from . import opmetrics as m
 from .kube import Kube, observe_workload
-from .render import engine_arg_conflicts, render_deployment, render_service, surge_within_ceilings
-from .status import decision_status, iso, merge_conditions
+from .render import (
+    ANNOTATION_SWITCH_FAILED,
+    ANNOTATION_TARGET_SINCE,
+    LABEL_VARIANT,
+    deployment_name,
+    engine_arg_conflicts,
+    render_deployment,
+    render_service,
+)
+from .status import decision_status, iso, merge_conditions, shape_status
 
 log = logging.getLogger("llmscale.controller")
 
@@ -114,62 +123,110 @@ def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | No
     return spec
 
 
-def _apply_workload(body: Any, spec: LLMDeploymentSpec, variant_name: str, replicas: int, include_replicas: bool = True) -> None:
-    variant = spec.variant(variant_name)
-    dep = render_deployment(body, spec, variant, replicas, surge_within_ceilings(spec, variant, replicas))
+def _marks(dep: Any) -> dict[str, str]:
+    """The operator's annotations on a shape's Deployment, carried over when it is applied again
+    (server-side apply would drop a field its manager stops sending)."""
+    ann = (dep.metadata.annotations or {}) if dep is not None else {}
+    return {k: v for k, v in ann.items() if k in (ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED)}
+
+
+def _room_for_one(spec: LLMDeploymentSpec, workload: Workload, desired: dict[str, int], variant: str) -> bool:
+    """Would one more pod of `variant` (a rolling update's surge) stay within both ceilings?"""
+    gpus, cost = gpus_held(spec, workload, {**desired, variant: desired.get(variant, 0) + 1})
+    ceiling = spec.cost.hourly_ceiling
+    return (spec.cost.max_gpus is None or gpus <= spec.cost.max_gpus) and (ceiling is None or cost <= float(ceiling) + 1e-9)
+
+
+def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired: dict[str, int], variant: str,
+                 replicas: int, marks: dict[str, str], include_replicas: bool = True) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if not any(v.name == variant for v in spec.variants):
+        # A shape gone from the spec: only its replicas move (to zero), then it is deleted.
+        if replicas == 0 and not workload.pods.get(variant):
+            Runtime.kube.delete_deployment(namespace, deployment_name(name, variant))
+        elif include_replicas:
+            Runtime.kube.scale(namespace, deployment_name(name, variant), replicas)
+        return
+    dep = render_deployment(body, spec, spec.variant(variant), replicas, marks,
+                            surge=_room_for_one(spec, workload, desired, variant))
     if not include_replicas:
         dep["spec"].pop("replicas")  # a competing autoscaler owns replicas: do not fight it
     Runtime.kube.apply(dep)
-    Runtime.kube.apply(render_service(body, spec))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None, **_: Any) -> None:
+    """Render every shape's Deployment from the spec, keeping the replicas the timer set (a restart
+    or a spec change never undoes a scale or a switch), and create the first shape's when none exists."""
     assert namespace is not None  # LLMDeployment is namespaced
     started = time.monotonic()
     st = dict(status or {})
     spec = _parse(body, patch, st)
     if spec is None:
         return
-    dep = Runtime.kube.deployment(namespace, name)
-    running_variant = (dep.spec.template.metadata.labels or {}).get("llmscale.io/variant") if dep else None
-    variant = spec.variant(st.get("variant") or running_variant).name
-    limit, _why = ceiling_replicas(spec, spec.variant(variant))
-    if dep is not None and dep.spec.replicas is not None:
-        replicas = dep.spec.replicas  # the timer owns the count once the workload exists
-    elif spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is not None:
-        replicas = spec.scaling.manual_replicas
-    else:
-        replicas = spec.replicas.min
-    if replicas > limit:
-        kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {_why} (was {replicas})")
-        replicas = limit
+    now = time.time()
+    deps = Runtime.kube.deployments(namespace, name)
     competing = Runtime.kube.competing_autoscaler(namespace, name)
+    workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
+    desired = dict(workload.desired)
+    by_variant = {(d.metadata.labels or {}).get(LABEL_VARIANT): d for d in deps}
     try:
-        _apply_workload(body, spec, variant, replicas, include_replicas=competing is None)
+        if not deps:
+            v = spec.variants[0]
+            limit, why = ceiling_replicas(spec, v)
+            if spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is not None:
+                replicas = spec.scaling.manual_replicas
+            else:
+                replicas = spec.replicas.min
+            if replicas > limit:
+                kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {why} (was {replicas})")
+                replicas = limit
+            desired = {v.name: replicas}
+            _apply_shape(body, spec, workload, desired, v.name, replicas, {ANNOTATION_TARGET_SINCE: f"{now:.0f}"},
+                         include_replicas=competing is None)
+        else:
+            for variant, dep in by_variant.items():
+                if variant is None or not any(x.name == variant for x in spec.variants):
+                    continue  # the timer retires a shape gone from the spec
+                replicas = dep.spec.replicas or 0
+                if variant == workload.variant:
+                    limit, why = ceiling_replicas(spec, spec.variant(variant))
+                    if replicas > limit:
+                        kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {why} (was {replicas})")
+                        replicas = desired[variant] = limit
+                _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), include_replicas=competing is None)
+        Runtime.kube.apply(render_service(dict(body), spec))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
-        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployment/Service failed: {str(e)[:300]}")
+        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service failed: {_api_error(e)}")
         raise kopf.TemporaryError(f"apply failed: {e}", delay=15) from e
-    v = spec.variant(variant)
-    cost = hourly_cost(spec, v, replicas)
-    conds = {"Ready": ("True", "Applied", f"Deployment and Service applied: {replicas} x {v.name}"),
+    conds = {"Ready": ("True", "Applied", "Deployments and Service applied: " + ", ".join(f"{n} x {v}" for v, n in desired.items())),
              "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}
     if competing:
         conds["CompetingAutoscaler"] = ("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale reports but does not set replicas")
-    new, _changes = merge_conditions(st.get("conditions"), conds, time.time(), body["metadata"].get("generation"))
+    new, _changes = merge_conditions(st.get("conditions"), conds, now, body["metadata"].get("generation"))
+    target = workload.variant or spec.variants[0].name
     patch.status.update({
         "observedGeneration": body["metadata"].get("generation"),
-        "variant": v.name,
-        "gpus": replicas * v.gpus_per_replica,
-        "hourlyCost": f"{cost:.2f}" if cost is not None else None,
+        "variant": target,
         "selector": f"llmscale.io/deployment={name}",
         "conditions": new,
+        **shape_status(spec, workload if deps else Workload(variant=target, replicas=desired[target], ready=0), desired),
     })
-    kopf.info(body, reason="Applied", message=f"Deployment {name}: {replicas} x {v.name} ({v.gpus_per_replica} x {v.accelerator})")
+    kopf.info(body, reason="Applied", message="Deployments " + ", ".join(
+        f"{deployment_name(name, v)}: {n} x {v}" for v, n in desired.items()))
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
+
+
+def _api_error(e: Exception) -> str:
+    """What failed, without the server's response body (it is not ours to copy into status)."""
+    status = getattr(e, "status", None)
+    reason = getattr(e, "reason", None)
+    if status is not None:
+        return f"HTTP {status} {str(reason or '')[:60]}".strip()
+    return type(e).__name__
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -195,26 +252,23 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     last_ts = memo.get("last_decision", 0.0)
     now = time.time()
     kube = Runtime.kube
-    dep = kube.deployment(namespace, name)
-    if dep is None:
+    deps = kube.deployments(namespace, name)
+    if not deps:
         return  # reconcile() creates it
     deciding = last is None or now - last_ts >= interval - 0.5
     if not deciding:
         # Between decisions only the replica counts are refreshed (for kubectl get), from the
-        # Deployment already read: no pod list, no autoscaler lookup on this hot path.
-        v = spec.variant((dep.spec.template.metadata.labels or {}).get("llmscale.io/variant"))
-        replicas, ready = dep.spec.replicas or 0, (dep.status.ready_replicas if dep.status else 0) or 0
-        _refresh_counts(patch, spec, v, replicas, ready, namespace, name)
+        # Deployments already read: no pod list, no autoscaler lookup on this hot path.
+        _refresh_counts(patch, sum(d.spec.replicas or 0 for d in deps),
+                        sum((d.status.ready_replicas if d.status else 0) or 0 for d in deps), namespace, name)
         return
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
     competing = kube.competing_autoscaler(namespace, name)
     seen = [n for n in st.get("readyPods") or [] if isinstance(n, str)] if isinstance(st.get("readyPods"), list) else []
-    workload, ready_pods = observe_workload(dep, pods, cold, competing, seen, _epoch(last),
+    workload, ready_pods = observe_workload(deps, pods, cold, competing, seen, _epoch(last),
                                             parse_duration(spec.serving.startup_timeout))
-    v = spec.variant(workload.variant)
-    _refresh_counts(patch, spec, v, workload.replicas, workload.ready, namespace, name)
     patch.status.update({
         "startingReplicas": workload.starting,
         "coldStartSeconds": dict(workload.cold_start_s) or None,
@@ -233,22 +287,29 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     if competing:
         d = d.with_(apply=False)
     applied = False
-    if d.apply and (d.to_replicas != workload.replicas or d.variant != v.name):
-        if d.to_replicas < workload.replicas and d.variant == v.name:
-            _mark_cheapest_victims(namespace, name, pods, signals_pod_load(namespace, name))
+    moves = (any(n != workload.desired.get(v, 0) for v, n in d.replicas_by_variant.items())
+             or d.variant != workload.variant or d.failed_variant is not None)
+    if d.apply and moves:
         try:
-            _apply_workload(body, spec, d.variant, d.to_replicas)
+            _apply_decision(body, spec, workload, d, pods, deps, now)
             applied = True
         except Exception as e:
             m.APPLY_ERRORS.labels(namespace, name).inc()
-            kopf.warn(body, reason="ScaleFailed", message=f"setting {d.to_replicas} replicas failed: {str(e)[:300]}")
+            kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
             raise kopf.TemporaryError(f"scale failed: {e}", delay=10) from e
+    shown = d.replicas_by_variant if applied else dict(workload.desired)
+    patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None))
+    m.CURRENT.labels(namespace, name).set(sum(shown.values()))
+    m.READY.labels(namespace, name).set(sum(p.ready for p in workload.pods.values()))
+    if d.failed_variant is not None and applied:
+        kopf.warn(body, reason="VariantSwitchFailed", message=f"switch to {d.failed_variant[0]} rolled back: {d.failed_variant[1]}"[:1000])
 
     # Report.
     conds: dict[str, tuple[str, str, str]] = dict(d.conditions)
-    conds["Ready"] = ("True" if workload.ready > 0 or d.to_replicas == 0 else "False",
-                      "ReplicasReady" if workload.ready > 0 else ("ScaledToZero" if d.to_replicas == 0 else "NoReadyReplicas"),
-                      f"{workload.ready}/{workload.replicas} replicas Ready")
+    serving = sum(p.ready for p in workload.pods.values())
+    conds["Ready"] = ("True" if serving > 0 or d.to_replicas == 0 else "False",
+                      "ReplicasReady" if serving > 0 else ("ScaledToZero" if d.to_replicas == 0 else "NoReadyReplicas"),
+                      f"{serving}/{sum(workload.desired.values())} replicas Ready")
     progressing = workload.starting > 0 or workload.pending_unschedulable > 0 or applied
     conds["Progressing"] = ("True" if progressing else "False",
                             "PodsUnschedulable" if workload.pending_unschedulable else ("Scaling" if progressing else "Stable"),
@@ -294,19 +355,32 @@ def _epoch(iso_time: Any) -> float | None:
         return None
 
 
-def _refresh_counts(patch: kopf.Patch, spec: LLMDeploymentSpec, v: Any, replicas: int, ready: int,
-                    namespace: str, name: str) -> None:
-    cost = hourly_cost(spec, v, replicas)
-    patch.status.update({
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "variant": v.name,
-        "gpus": replicas * v.gpus_per_replica,
-        "hourlyCost": f"{cost:.2f}" if cost is not None else None,
-        "selector": f"llmscale.io/deployment={name}",
-    })
+def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str, name: str) -> None:
+    patch.status.update({"replicas": replicas, "readyReplicas": ready, "selector": f"llmscale.io/deployment={name}"})
     m.CURRENT.labels(namespace, name).set(replicas)
     m.READY.labels(namespace, name).set(ready)
+
+
+def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: Decision, pods: list[Any], deps: list[Any],
+                    now: float) -> None:
+    """Set each shape's replicas: the target's first (make before break), then the others'. The
+    target and a failed switch are marked on the Deployments themselves, so a restart resumes."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    by_variant = {(x.metadata.labels or {}).get(LABEL_VARIANT): x for x in deps}
+    order = [d.variant] + [v for v in d.replicas_by_variant if v != d.variant]
+    load = signals_pod_load(namespace, name)
+    for variant in order:
+        n = d.replicas_by_variant.get(variant, 0)
+        marks = _marks(by_variant.get(variant))
+        if variant == d.variant and (d.variant != workload.variant or ANNOTATION_TARGET_SINCE not in marks):
+            marks[ANNOTATION_TARGET_SINCE] = f"{now:.0f}"
+        if d.failed_variant is not None and variant == d.failed_variant[0]:
+            marks[ANNOTATION_SWITCH_FAILED] = f"{now:.0f} {d.failed_variant[1]}"[:500]
+        if n == workload.desired.get(variant, 0) and marks == _marks(by_variant.get(variant)) and (variant in by_variant or n == 0):
+            continue
+        if n < workload.desired.get(variant, 0):
+            _mark_cheapest_victims(namespace, name, [p for p in pods if (p.metadata.labels or {}).get(LABEL_VARIANT) == variant], load)
+        _apply_shape(body, spec, workload, d.replicas_by_variant, variant, n, marks)
 
 
 def signals_pod_load(namespace: str, name: str) -> dict[str, float]:

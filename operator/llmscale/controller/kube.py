@@ -14,7 +14,13 @@ from kubernetes.client.exceptions import ApiException
 
 from llmscale.policy.types import PodCounts, Workload
 
-from .render import FIELD_MANAGER, LABEL_DEPLOYMENT, LABEL_VARIANT
+from .render import (
+    ANNOTATION_SWITCH_FAILED,
+    ANNOTATION_TARGET_SINCE,
+    FIELD_MANAGER,
+    LABEL_DEPLOYMENT,
+    LABEL_VARIANT,
+)
 
 log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
@@ -40,6 +46,17 @@ class Kube:
         else:  # pragma: no cover - only the two kinds above are owned
             raise ValueError(f"cannot apply {kind}")
 
+    def scale(self, namespace: str, deployment: str, replicas: int) -> None:
+        """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
+        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}})
+
+    def delete_deployment(self, namespace: str, deployment: str) -> None:
+        try:
+            self.apps.delete_namespaced_deployment(deployment, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     def set_deletion_cost(self, namespace: str, pod: str, cost: int) -> None:
         """Mark a pod cheap (or dear) to delete: the ReplicaSet removes the lowest cost first."""
         body = {"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": str(cost)}}}
@@ -58,6 +75,12 @@ class Kube:
                 return None
             raise
 
+    def deployments(self, namespace: str, name: str) -> list[Any]:
+        """The LLMDeployment's Deployments, one per pod shape (only those it controls)."""
+        items = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
+        return [d for d in items if d.metadata is not None and any(
+            o.kind == "LLMDeployment" and o.name == name and o.controller for o in (d.metadata.owner_references or []))]
+
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
 
@@ -66,7 +89,8 @@ class Kube:
         try:
             for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
                 ref = h.spec.scale_target_ref
-                if ref.name == name and ref.kind in ("Deployment", "LLMDeployment"):
+                if (ref.kind == "LLMDeployment" and ref.name == name) or (
+                        ref.kind == "Deployment" and (ref.name == name or ref.name.startswith(f"{name}-"))):
                     return f"HorizontalPodAutoscaler {h.metadata.name if h.metadata else name}"
         except ApiException as e:
             if e.status not in (403, 404):
@@ -76,7 +100,9 @@ class Kube:
                 "keda.sh", "v1alpha1", namespace, "scaledobjects")
             for o in objs.get("items", []):
                 ref = o.get("spec", {}).get("scaleTargetRef", {})
-                if ref.get("name") == name and ref.get("kind", "Deployment") in ("Deployment", "LLMDeployment"):
+                target, kind = str(ref.get("name", "")), ref.get("kind", "Deployment")
+                if (kind == "LLMDeployment" and target == name) or (
+                        kind == "Deployment" and (target == name or target.startswith(f"{name}-"))):
                     return f"KEDA ScaledObject {o['metadata']['name']}"
         except ApiException as e:
             if e.status not in (403, 404):
@@ -100,48 +126,88 @@ def fold_cold_start(previous: float | None, seconds: float) -> float:
     return round(seconds if previous is None else max(0.8 * previous + 0.2 * seconds, min(previous, seconds)), 1)
 
 
-def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, float], competing: str | None,
+def _annotation(obj: Any, key: str) -> str | None:
+    return (obj.metadata.annotations or {}).get(key)
+
+
+def _epoch_of(text: str | None) -> float | None:
+    try:
+        v = float((text or "").split(" ", 1)[0])
+    except ValueError:
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+def observe_workload(deps: list[Any], pods: list[Any], cold_start: dict[str, float], competing: str | None,
                      seen_ready: Collection[str] = (), last_look: float | None = None,
                      startup_timeout_s: float = math.inf) -> tuple[Workload, list[str]]:
     """The Workload the policy sees, and the live pods the operator has seen Ready (to be passed back
     as `seen_ready` at the next decision, with `last_look` the time of this one).
 
+    `deps` are the LLMDeployment's Deployments, one per shape. The target shape is the one marked
+    target most recently (`llmscale.io/target-since`); a switch that failed is marked on its
+    Deployment (`llmscale.io/switch-failed`). Both live on the owned objects, so a restarted
+    operator resumes a switch where it was.
+
     The cold start is measured once per pod, from creation to its first Ready: only a pod never
     seen Ready before whose Ready condition turned True since the last look, within the startup
     timeout, is measured. A readiness blip of a pod seen Ready before is not a start.
     """
-    if dep is None:
+    if not deps:
         return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing), []
+    desired: dict[str, int] = {}
+    shapes: dict[str, tuple[str, int]] = {}
+    failed: dict[str, tuple[float, str]] = {}
+    marks: dict[str, float] = {}
+    for d in deps:
+        v = (d.metadata.labels or {}).get(LABEL_VARIANT) or ""
+        desired[v] = desired.get(v, 0) + (d.spec.replicas or 0)
+        try:
+            gpus = max(1, int(_annotation(d, "llmscale.io/gpus") or 1))
+        except ValueError:
+            gpus = 1
+        shapes[v] = (_annotation(d, "llmscale.io/accelerator") or "", gpus)
+        since = _epoch_of(_annotation(d, ANNOTATION_TARGET_SINCE))
+        marks[v] = max(marks.get(v, -1.0), since if since is not None else -1.0)
+        bad = _annotation(d, ANNOTATION_SWITCH_FAILED)
+        at = _epoch_of(bad)
+        if bad and at is not None:
+            failed[v] = (at, bad.split(" ", 1)[1] if " " in bad else "")
+    # The target: the newest mark; without marks, the shape with the most replicas.
+    target = max(desired, key=lambda v: (marks[v], desired[v], v))
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
+    first: dict[str, list[float | None]] = {}  # variant -> [oldest starting, oldest unschedulable] creation times
     live = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
     seen = {n for n in seen_ready if n in live}
     for p in pods:
         variant = (p.metadata.labels or {}).get(LABEL_VARIANT) or ""
         counts = by_variant.setdefault(variant, [0, 0, 0, 0])
+        oldest = first.setdefault(variant, [None, None])
+        created = p.metadata.creation_timestamp
         if p.metadata.deletion_timestamp is not None:
             counts[2] += 1
             continue
         t_ready = _ready_time(p)
         if t_ready is not None:
             counts[1] += 1
-            created = p.metadata.creation_timestamp
             name = p.metadata.name
             if name not in seen and last_look is not None and created and variant and t_ready.timestamp() >= last_look:
                 secs = (t_ready - created).total_seconds()
                 if 0 <= secs <= startup_timeout_s:
                     measured[variant] = fold_cold_start(measured.get(variant), secs)
             seen.add(name)
-        elif _unschedulable(p):
-            counts[3] += 1
-        else:
-            counts[0] += 1
-    variant = (dep.spec.template.metadata.labels or {}).get(LABEL_VARIANT)
-    pods_by_variant = {v: PodCounts(*c) for v, c in by_variant.items()}
-    mine = pods_by_variant.get(variant or "", PodCounts())
+            continue
+        slot = 1 if _unschedulable(p) else 0
+        counts[3 if slot else 0] += 1
+        if created is not None:
+            t = created.timestamp()
+            oldest[slot] = t if oldest[slot] is None else min(oldest[slot], t)  # type: ignore[type-var]
+    pods_by_variant = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=first[v][0], waiting_since=first[v][1]) for v, c in by_variant.items()}
+    mine = pods_by_variant.get(target, PodCounts())
     return Workload(
-        variant=variant,
-        replicas=dep.spec.replicas or 0,
+        variant=target,
+        replicas=desired.get(target, 0),
         ready=mine.ready,
         starting=mine.starting,
         pending_unschedulable=mine.unschedulable,
@@ -149,4 +215,8 @@ def observe_workload(dep: Any | None, pods: list[Any], cold_start: dict[str, flo
         competing_autoscaler=competing,
         terminating=sum(c.terminating for c in pods_by_variant.values()),
         pods=pods_by_variant,
+        desired=desired,
+        shapes=shapes,
+        target_since=marks[target] if marks[target] >= 0 else None,
+        failed=failed,
     ), sorted(seen)

@@ -1,4 +1,9 @@
-"""Render the objects an LLMDeployment owns: a Deployment of vLLM server pods and a Service.
+"""Render the objects an LLMDeployment owns: one Deployment of vLLM server pods per pod shape
+(variant), `<name>-<variant>`, and one Service over all of them.
+
+One Deployment per shape keeps every pod at its own GPU count and price: a change of shape is
+the operator moving replicas from one Deployment to another, step by step (policy/rollout.py),
+never a rolling update that Kubernetes paces in pod counts.
 
 Pure: spec + decision in, manifests out. Applied with server-side apply under the operator's
 own field manager, so fields that others own (an admission webhook's, a user's labels) are kept.
@@ -16,6 +21,10 @@ from llmscale.perf.hardware import gpu_for
 FIELD_MANAGER = "llmscale"
 LABEL_DEPLOYMENT = "llmscale.io/deployment"
 LABEL_VARIANT = "llmscale.io/variant"
+# On a variant's Deployment: when it became the target shape (the newest is the target), and
+# when and why a switch to it failed. Kept on the owned objects so that a restart resumes a switch.
+ANNOTATION_TARGET_SINCE = "llmscale.io/target-since"
+ANNOTATION_SWITCH_FAILED = "llmscale.io/switch-failed"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
@@ -34,7 +43,12 @@ def engine_arg_conflicts(spec: LLMDeploymentSpec) -> list[str]:
 
 
 def selector_labels(name: str) -> dict[str, str]:
+    """The Service's selector: every shape's pods."""
     return {LABEL_DEPLOYMENT: name}
+
+
+def deployment_name(name: str, variant: str) -> str:
+    return f"{name}-{variant}"
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +114,7 @@ def _container(spec: LLMDeploymentSpec, variant: Variant) -> dict[str, Any]:
 
 
 def render_deployment(body: dict[str, Any], spec: LLMDeploymentSpec, variant: Variant, replicas: int,
-                      max_surge: int = 1) -> dict[str, Any]:
+                      annotations: dict[str, str] | None = None, surge: bool = True) -> dict[str, Any]:
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
     product = variant.gpu_product or gpu_for(variant.accelerator).product_label
@@ -126,19 +140,22 @@ def render_deployment(body: dict[str, Any], spec: LLMDeploymentSpec, variant: Va
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": name,
+            "name": deployment_name(name, variant.name),
             "namespace": namespace,
             "labels": labels,
+            "annotations": {"llmscale.io/accelerator": variant.accelerator, "llmscale.io/gpus": str(variant.gpus_per_replica),
+                            **(annotations or {})},
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": selector_labels(name)},
-            # Make before break: a replaced pod (new variant) starts before an old one stops,
-            # as far as the GPU and cost ceilings leave room (max_surge), else one at a time.
+            "selector": {"matchLabels": {**selector_labels(name), LABEL_VARIANT: variant.name}},
+            # A template change (image, engine args) replaces pods of the same shape: one new pod
+            # before an old one stops when the ceilings leave room for one more (`surge`), else
+            # one old pod stops first. Never a pod over a ceiling.
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": 0 if max_surge > 0 else 1},
+                "rollingUpdate": {"maxSurge": 1 if surge else 0, "maxUnavailable": 0 if surge else 1},
             },
             "template": {
                 "metadata": {
@@ -175,16 +192,3 @@ def render_service(body: dict[str, Any], spec: LLMDeploymentSpec) -> dict[str, A
             "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-
-
-def surge_within_ceilings(spec: LLMDeploymentSpec, variant: Variant, replicas: int) -> int:
-    """How many extra pods a rolling update may add without crossing maxGPUs or maxHourlyCost."""
-    room = 1 << 30
-    if spec.cost.max_gpus is not None:
-        room = min(room, (spec.cost.max_gpus - replicas * variant.gpus_per_replica) // variant.gpus_per_replica)
-    price = spec.cost.price(variant.accelerator)
-    ceiling = spec.cost.hourly_ceiling
-    if ceiling is not None and price is not None and price > 0:
-        unit = price * variant.gpus_per_replica
-        room = min(room, int((ceiling - unit * replicas) // unit))
-    return max(0, min(room, max(1, replicas // 4 or 1)))

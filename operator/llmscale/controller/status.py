@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmscale.api.models import LLMDeploymentSpec
-from llmscale.policy.types import Decision, Signals, Workload
+from llmscale.policy.rollout import gpus_held, held, shape_of
+from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
 
 def iso(ts: float) -> str:
@@ -93,4 +94,34 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
         },
         "warnings": list(signals.warnings),
         "history": decision.history.to_dict(),
+    }
+
+
+def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int],
+                 target: str | None = None) -> dict[str, Any]:
+    """Replicas, GPUs and cost over every shape (each pod at its own price), and the switch in
+    progress; `target` is the shape just applied (default: the one observed)."""
+    target = target or workload.variant or spec.variants[0].name
+    names = [target] + sorted(v for v in set(desired) | set(workload.pods) if v != target)
+    shapes: list[dict[str, Any]] = []
+    for v in names:
+        pods = workload.pods.get(v, PodCounts())
+        if v != target and not desired.get(v) and not pods.holding_gpus:
+            continue
+        shapes.append({"name": v, "replicas": desired.get(v, 0), "readyReplicas": pods.ready,
+                       "gpus": held(desired.get(v, 0), pods) * shape_of(spec, workload, v)[0],
+                       "role": "Target" if v == target else "Retiring"})
+    gpus, cost = gpus_held(spec, workload, desired)
+    retiring = [str(x["name"]) for x in shapes if x["role"] == "Retiring" and x["replicas"] > 0]
+    priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
+    return {
+        "variant": target,
+        "replicas": sum(desired.values()),
+        "readyReplicas": sum(p.ready for p in workload.pods.values()),
+        "gpus": gpus,
+        "hourlyCost": f"{cost:.2f}" if priced else None,
+        "shape": f"{'+'.join(retiring)}->{target}" if retiring else target,
+        "variants": shapes,
+        "switch": {"from": "+".join(retiring), "to": target, "ready": workload.pods.get(target, PodCounts()).ready,
+                   "target": desired.get(target, 0)} if retiring else None,
     }

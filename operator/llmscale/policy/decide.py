@@ -16,10 +16,12 @@ from .forecast import forecast
 from .idleness import idleness
 from .mode import mode
 from .plan import plan
+from .rollout import rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
-from .types import Decision, Estimate, History, Signals, Workload
+from .types import Condition, Decision, Estimate, History, Signals, Workload
 from .unknowns import unknowns
+from .variant import switch_failed
 from .variant import variant as choose_variant
 
 
@@ -30,7 +32,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     gate = availability(spec, running, workload, signals)
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
-        return mode(spec, current, running, running, gate.final, gate.apply, history, Estimate(), conditions, now)
+        moved = rollout(spec, workload, running, gate.final.replicas, {})
+        return mode(spec, workload, running, running, gate.final, gate.apply, history, Estimate(), conditions, now, moved)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
     # 3. The load to plan for over the cold start (trend, burst memory, queue).
@@ -50,11 +53,19 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     stable = stabilization(spec, running, workload, safe, idle.to_zero, idle.history, now)
     # 10. Bounds and ceilings: they always win.
     bounded = ceilings(spec, running, stable.proposal, idle.to_zero)
-    # 11. The pod shape (vertical), with hysteresis.
-    shape = choose_variant(spec, running, signals, cap, fc, bounded.proposal, stable.history, now)
-    # 12. Recommend reports; Auto applies.
+    # 11. The pod shape (vertical), with hysteresis, a dwell time and rollback.
+    shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now)
+    # 12. Replicas per shape now: make before break, no pod created over a ceiling.
+    demand = fc.rate / spec.scaling.target_utilization if fc.rate is not None else None
+    moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand)
+    # 13. Recommend reports; Auto applies.
     estimate = Estimate(cap.current.per_replica if cap.current.feasible else 0.0, cap.current.limited_by, fc.rate,
                         fc.horizon_s, planned.planned, fb.replicas, bounded.limit)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
-    return mode(spec, current, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now)
+    if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring):
+        conditions["BudgetLimited"] = Condition("True", "WaitingForRoom", moved.reasons[-1].message)
+    if len(spec.variants) > 1 or len(workload.desired) > 1:
+        conditions["VariantSwitchFailed"] = switch_failed(spec, workload, shape.failed, now)
+    return mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
+                moved, shape.failed)

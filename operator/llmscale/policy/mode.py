@@ -6,7 +6,8 @@ from llmscale.api.models import LLMDeploymentSpec, ScalingMode, Variant
 
 from .ceilings import hourly_cost
 from .reasons import Code, Reason
-from .types import Action, Condition, Decision, Estimate, History, Proposal
+from .rollout import Rollout
+from .types import Action, Condition, Decision, Estimate, History, Proposal, Workload
 
 
 def action(current: int, target: int, switch: bool) -> Action:
@@ -15,15 +16,23 @@ def action(current: int, target: int, switch: bool) -> Action:
     return Action.SCALE_UP if target > current else Action.SCALE_DOWN if target < current else Action.NO_CHANGE
 
 
-def mode(spec: LLMDeploymentSpec, current: int, running: Variant, target: Variant, proposal: Proposal, apply: bool,
-         history: History, estimate: Estimate, conditions: dict[str, Condition], now: float) -> Decision:
+def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: Variant, proposal: Proposal, apply: bool,
+         history: History, estimate: Estimate, conditions: dict[str, Condition], now: float, moved: Rollout,
+         failed: tuple[str, str] | None = None) -> Decision:
+    current = workload.replicas
     act = action(current, proposal.replicas, target.name != running.name)
-    reasons = proposal.reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
+    # A switch in progress moves on (old-shape pods retire, or new ones start as room frees up): an
+    # action to apply, but not a new scaling decision for the stabilization windows.
+    moving = act == Action.NO_CHANGE and any(workload.desired.get(v, 0) != n for v, n in moved.replicas_by_variant.items())
+    reasons = proposal.reasons + tuple(r for r in moved.reasons if r not in proposal.reasons)
+    reasons = reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
     if spec.scaling.mode == ScalingMode.RECOMMEND and act != Action.NO_CHANGE:
         reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {proposal.replicas}; not applied"),)
         apply = False
     if act != Action.NO_CHANGE and apply:
         history = history.with_(last_scale_at=now)
+    if moving:
+        act = Action.SWITCH_VARIANT
     cost = hourly_cost(spec, target, proposal.replicas)
     return Decision(
         action=act,
@@ -37,5 +46,6 @@ def mode(spec: LLMDeploymentSpec, current: int, running: Variant, target: Varian
         apply=apply,
         gpus=proposal.replicas * target.gpus_per_replica,
         hourly_cost=float(cost) if cost is not None else None,
-        replicas_by_variant={target.name: proposal.replicas},
+        replicas_by_variant=dict(moved.replicas_by_variant),
+        failed_variant=failed,
     )

@@ -85,20 +85,28 @@ class PodCounts:
     starting: int = 0  # scheduled, not yet Ready (loading the model)
     ready: int = 0
     terminating: int = 0  # draining after a scale-down: still holds its GPUs
-    unschedulable: int = 0  # Pending for lack of free GPUs: holds none
+    unschedulable: int = 0  # Pending for lack of free GPUs: holds none until scheduled
+    starting_since: float | None = None  # creation time of the oldest starting pod
+    waiting_since: float | None = None  # creation time of the oldest unschedulable pod
 
     @property
     def holding_gpus(self) -> int:
         return self.starting + self.ready + self.terminating
+
+    @property
+    def live(self) -> int:
+        """Pods not being deleted (what the Deployment's replicas count)."""
+        return self.starting + self.ready + self.unschedulable
 
 
 @dataclass(frozen=True)
 class Workload:
     """The serving workload as the API server reports it.
 
-    `replicas`, `ready`, `starting` and `pending_unschedulable` describe the variant being run;
-    `pods` counts every variant's pods by phase (a switch runs two shapes at once), so that ceilings
-    can be held over everything that holds a GPU.
+    Every variant runs as its own Deployment. `variant` is the target shape (the one switched to
+    last), and `replicas`, `ready`, `starting` and `pending_unschedulable` describe it; `desired`
+    and `pods` give every variant's Deployment replicas and pods by phase (a switch runs two shapes
+    at once), so that ceilings are held over everything that holds a GPU.
     """
 
     variant: str | None
@@ -110,6 +118,14 @@ class Workload:
     competing_autoscaler: str | None = None
     terminating: int = 0
     pods: Mapping[str, PodCounts] = field(default_factory=dict)
+    desired: Mapping[str, int] = field(default_factory=dict)  # replicas of each variant's Deployment
+    shapes: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # variant -> (accelerator, GPUs) as rendered
+    target_since: float | None = None  # when the target shape became the target (the dwell runs from here)
+    failed: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # variant -> (when, why) its switch failed
+
+    def __post_init__(self) -> None:
+        if not self.desired and self.variant is not None:
+            object.__setattr__(self, "desired", {self.variant: self.replicas})  # one shape, one Deployment
 
 
 class Action(StrEnum):
@@ -352,8 +368,10 @@ class Decision:
     apply: bool  # False in Recommend/Paused (apart from manual replicas) and on hold
     gpus: int = 0
     hourly_cost: float | None = None
-    # The target as replicas per variant: one entry today; a make-before-break switch holds two.
+    # Desired replicas of every variant's Deployment now: the target's, and during a
+    # make-before-break switch the old shape's pods still serving.
     replicas_by_variant: dict[str, int] = field(default_factory=dict)
+    failed_variant: tuple[str, str] | None = None  # (variant, why): a switch rolled back at this decision
 
     @property
     def codes(self) -> list[Code]:

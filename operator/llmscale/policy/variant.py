@@ -4,16 +4,17 @@ current shape cannot meet the SLO at all."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 
 from .capacity import CapacityStep, VariantCapacity, replicas_for
-from .ceilings import ceiling_replicas
+from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
-from .types import History, Proposal, Signals
+from .types import Condition, History, PodCounts, Proposal, Signals, Workload
 
 SAVING_TO_SWITCH = 0.2  # a switch must save at least this share of the hourly cost
 
@@ -51,28 +52,106 @@ class Shape:
     variant: Variant
     proposal: Proposal
     history: History
+    per_replica: dict[str, float]  # capacity at the SLO per replica, by variant (for the rollout)
+    failed: tuple[str, str] | None = None  # (variant, why) when a switch is rolled back now
 
 
-def variant(spec: LLMDeploymentSpec, current: Variant, signals: Signals, cap: CapacityStep, fc: Forecast,
-            proposal: Proposal, history: History, now: float) -> Shape:
-    if len(spec.variants) < 2 or fc.rate is None or fc.rate <= 0:
-        return Shape(current, proposal, history)
+def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float) -> str | None:
+    """Why the target shape's new pods cannot start, once they have waited too long; None otherwise.
+    Only during a switch: with no other shape serving there is nothing to go back to."""
+    name = workload.variant
+    if name is None or not any(n for v, n in workload.desired.items() if v != name):
+        return None
+    pods = workload.pods.get(name, PodCounts())
+    if pods.unschedulable and pods.waiting_since is not None and \
+            now - pods.waiting_since > parse_duration(spec.scaling.variant_switch.unschedulable_timeout):
+        v = spec.variant(name)
+        return f"Unschedulable: {pods.unschedulable} x {name} Pending for lack of free {v.accelerator} GPUs " \
+               f"for over {spec.scaling.variant_switch.unschedulable_timeout}"
+    if pods.starting and pods.starting_since is not None and now - pods.starting_since > parse_duration(spec.serving.startup_timeout):
+        return f"NotReady: {pods.starting} x {name} not Ready within serving.startupTimeout ({spec.serving.startup_timeout})"
+    return None
+
+
+def switch_failed(spec: LLMDeploymentSpec, workload: Workload, now_failed: tuple[str, str] | None, now: float) -> Condition:
+    """True while a shape that failed to start is kept out (the dwell time), naming it and why."""
+    dwell = parse_duration(spec.scaling.variant_switch.dwell)
+    if now_failed is not None:
+        return Condition("True", "VariantSwitchFailed", f"{now_failed[0]}: {now_failed[1]}")
+    recent = sorted((at, v, why) for v, (at, why) in workload.failed.items() if now - at < dwell)
+    if recent:
+        at, v, why = recent[-1]
+        return Condition("True", "VariantSwitchFailed", f"{v}: {why} (not tried again for {spec.scaling.variant_switch.dwell})")
+    return Condition("False", "NoFailedSwitch", "")
+
+
+def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: VariantPlan, old_live: int) -> bool:
+    """Can the switch go pod by pod without a gap: at every stage, k Ready new pods plus one starting
+    and the old pods the load still needs beside them (`old.replicas` carry all of it), within both
+    ceilings? (Linear in k: check the ends.)"""
+    g_new, g_old = new.capacity.variant.gpus_per_replica, old.capacity.variant.gpus_per_replica
+    p_new = float(spec.cost.price(new.capacity.variant.accelerator) or 0) * g_new
+    p_old = float(spec.cost.price(old.capacity.variant.accelerator) or 0) * g_old
+    ratio = new.capacity.per_replica / old.capacity.per_replica if old.capacity.per_replica > 0 else math.inf
+    for k in (0, max(0, new.replicas - 1)):
+        keep = old_live if math.isinf(ratio) else min(old_live, old.replicas, math.ceil((new.replicas - k) * ratio - 1e-9))
+        if spec.cost.max_gpus is not None and (k + 1) * g_new + keep * g_old > spec.cost.max_gpus:
+            return False
+        ceiling = spec.cost.hourly_ceiling
+        if ceiling is not None and (k + 1) * p_new + keep * p_old > float(ceiling) + 1e-9:
+            return False
+    return True
+
+
+def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signals: Signals, cap: CapacityStep,
+            fc: Forecast, proposal: Proposal, history: History, now: float) -> Shape:
     sc = spec.scaling
-    plans = []
-    for v in spec.variants:
-        n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else 1.0, cap.mix, fc.rate,
-                            sc.target_utilization)
-        p = plan_for(spec, c, n)
-        if p is not None:
-            plans.append(p)
-    best = best_variant(plans)
+    dwell = parse_duration(sc.variant_switch.dwell)
+    plans: list[VariantPlan] = []
+    per_replica: dict[str, float] = {}
+    # Shapes are compared only on a token mix seen in traffic: the default mix is a guess, and a
+    # switch on a guess costs two cold starts.
+    if len(spec.variants) >= 2 and fc.rate is not None and fc.rate > 0 and history.mean_input is not None:
+        for v in spec.variants:
+            n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else 1.0, cap.mix, fc.rate,
+                                sc.target_utilization)
+            per_replica[v.name] = c.per_replica
+            p = plan_for(spec, c, n)
+            if p is not None:
+                plans.append(p)
+    # Rollback: the new shape cannot start. Go back to the shape still serving most.
+    why = stuck(spec, workload, now)
+    if why is not None:
+        back = max((v for v in workload.desired if v != current.name and any(x.name == v for x in spec.variants)),
+                   key=lambda v: (workload.pods.get(v, PodCounts()).ready, workload.desired.get(v, 0)), default=None)
+        if back is not None:
+            old = spec.variant(back)
+            plan = next((p for p in plans if p.capacity.variant.name == back), None)
+            n = plan.replicas if plan is not None else max(workload.desired.get(back, 0), workload.pods.get(back, PodCounts()).ready)
+            n = within_bounds(spec, old, n)
+            reason = Reason(Code.VARIANT_SWITCH_FAILED, f"{current.name} -> {back}: {why}; keeping {n} x {back}")
+            return Shape(old, proposal.to(n, reason), history.with_(variant_candidate=None, variant_candidate_since=None),
+                         per_replica, (current.name, why))
+    if not plans:
+        return Shape(current, proposal, history, per_replica)
+    recently_failed = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
+    candidates = [p for p in plans if p.capacity.variant.name not in recently_failed or p.capacity.variant.name == current.name]
+    best = best_variant(candidates)
     cur = next((p for p in plans if p.capacity.variant.name == current.name), None)
     hist = history
     switch = False
-    if best is not None and best.capacity.variant.name != current.name:
-        if cur is None or (not cur.fits_ceiling and best.fits_ceiling):
+    settled = workload.target_since is None or now - workload.target_since >= dwell
+    mid_switch = any(n for v, n in workload.desired.items() if v != current.name)
+    if best is not None and best.capacity.variant.name != current.name and not mid_switch:
+        cannot = cur is None or (not cur.fits_ceiling and best.fits_ceiling)
+        if cur is not None and not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
+            switch = False  # no room to switch without a gap: stay (the plan says so below)
+            proposal = proposal.note(Reason(Code.WAITING_FOR_ROOM, f"{best.capacity.variant.name} would cost "
+                                            f"{best.cost:.2f}/h, but the ceilings leave no room to start it while "
+                                            f"{current.name} serves"))
+        elif cannot:
             switch = True  # the current shape cannot do the job at all: switch now
-        elif best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost:
+        elif cur is not None and best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost and settled:
             name = best.capacity.variant.name
             since = hist.variant_candidate_since if hist.variant_candidate == name else None
             since = since if since is not None else now
@@ -81,11 +160,10 @@ def variant(spec: LLMDeploymentSpec, current: Variant, signals: Signals, cap: Ca
     else:
         hist = hist.with_(variant_candidate=None, variant_candidate_since=None)
     if not switch or best is None:
-        return Shape(current, proposal, hist)
+        return Shape(current, proposal, hist, per_replica)
     target = best.capacity.variant
-    limit, _ = ceiling_replicas(spec, target)
-    n = min(limit, max(spec.replicas.min, best.replicas))  # the ceiling wins over replicas.min
-    why = Reason(Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: {best.replicas} x {target.gpus_per_replica} GPU serve "
-                                      f"{fc.rate:.2f} req/s for {best.cost:.2f}/h"
-                                      + (f" vs {cur.cost:.2f}/h" if cur else " (current shape cannot meet the SLO)"))
-    return Shape(target, proposal.to(n, why), hist.with_(variant_candidate=None, variant_candidate_since=None))
+    n = within_bounds(spec, target, best.replicas)  # the ceiling wins over replicas.min
+    why_ = Reason(Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: {best.replicas} x {target.gpus_per_replica} GPU serve "
+                                       f"{fc.rate:.2f} req/s for {best.cost:.2f}/h"
+                                       + (f" vs {cur.cost:.2f}/h" if cur else " (current shape cannot meet the SLO)"))
+    return Shape(target, proposal.to(n, why_), hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)

@@ -59,8 +59,9 @@ class LLMScalePolicy(Policy):
         self.history = d.history
         capped = any(r.code.value.startswith("BudgetLimited") for r in d.reasons)
         if not d.apply:
-            return Target(view.workload.replicas, view.workload.variant or view.spec.variants[0].name, capped)
-        return Target(d.to_replicas, d.variant, capped)
+            return Target(view.workload.replicas, view.workload.variant or view.spec.variants[0].name, capped,
+                          dict(view.workload.desired))
+        return Target(d.to_replicas, d.variant, capped, d.replicas_by_variant, d.failed_variant)
 
 
 POLICIES: dict[str, type[Policy]] = {

@@ -50,6 +50,11 @@ class Target:
     replicas: int
     variant: str
     capped: bool = False  # the policy wanted more than a ceiling allowed
+    # Replicas of each variant's Deployment, applied exactly as the operator applies them (the
+    # policy holds the ceilings); None: the twin moves `replicas` of `variant` make-before-break
+    # within the ceilings itself (the baselines, which know one shape).
+    by_variant: dict[str, int] | None = None
+    failed: tuple[str, str] | None = None  # (variant, why): the policy rolled a switch back
 
 
 @dataclass
@@ -99,6 +104,9 @@ class RunResult:
     scale_actions: int
     ceiling_s: float
     rejected: int
+    peak_gpus: int = 0  # the most GPUs held at any instant (starting, Ready and draining pods)
+    peak_hourly_cost: float | None = None  # the same in money per hour, each pod at its own variant's price
+    variants: dict[str, float] = field(default_factory=dict)  # GPU-hours per shape
     timeline: list[dict] = field(default_factory=list)
 
     def as_json(self) -> dict:
@@ -171,6 +179,13 @@ class Twin:
         self.actions = 0
         self.ceiling_s = 0.0
         self.target = Target(0, spec.variants[0].name)
+        self.desired: dict[str, int] = {}  # replicas of each variant's Deployment
+        self.target_since: float | None = None
+        self.target_variant = spec.variants[0].name
+        self.failed: dict[str, tuple[float, str]] = {}
+        self.peak_gpus = 0
+        self.peak_cost = 0.0
+        self.variant_gpu_s: dict[str, float] = {}
         self.timeline: list[dict] = []
 
     # ---- pods -----------------------------------------------------------------------------
@@ -196,7 +211,36 @@ class Twin:
         pod.draining = True
         pod.ready = False
 
+    def _set_desired(self, target: Target, now: float) -> None:
+        """Apply replicas per variant the way Deployments do: create pods up to the count, and on a
+        scale-down delete Pending pods first, then starting ones, then the least loaded."""
+        assert target.by_variant is not None
+        if target.variant != self.target_variant:
+            self.target_variant, self.target_since = target.variant, now
+        if target.failed is not None:
+            self.failed[target.failed[0]] = (now, target.failed[1])
+        for name, n in target.by_variant.items():
+            self.desired[name] = n
+            variant = self.spec.variant(name)
+            live = [p for p in self.pods if not p.draining and p.variant.name == name]
+            for _ in range(n - len(live)):
+                self._add_pod(variant, now)
+            if len(live) > n:
+                order = sorted(live, key=lambda p: (p.ready_at is not None, p.ready, p.engine.outstanding if p.engine else 0))
+                for p in order[: len(live) - n]:
+                    self._remove_pod(p, now)
+        self._schedule_pending(now)
+        self._note_held()
+
+    def _note_held(self) -> None:
+        held = [p for p in self.pods if p.ready_at is not None or p.draining]
+        self.peak_gpus = max(self.peak_gpus, sum(p.gpus for p in held))
+        self.peak_cost = max(self.peak_cost, sum(float(self.spec.cost.price(p.variant.accelerator) or 0) * p.gpus for p in held))
+
     def _apply(self, target: Target, now: float) -> None:
+        if target.by_variant is not None:
+            self._set_desired(target, now)
+            return
         spec = self.spec
         variant = spec.variant(target.variant)
         live = [p for p in self.pods if not p.draining]
@@ -226,6 +270,9 @@ class Twin:
                 if old_ready and not self._fits(variant):
                     self._remove_pod(min(old_ready, key=lambda p: p.engine.outstanding if p.engine else 0), now)
         self._schedule_pending(now)
+        self._note_held()
+        self.desired = {v.name: len([p for p in self.pods if not p.draining and p.variant.name == v.name])
+                        for v in spec.variants}
 
     def _fits(self, variant: Variant) -> bool:
         """Would one more pod of this variant keep every ceiling (counting draining pods)?"""
@@ -243,22 +290,31 @@ class Twin:
 
     def _workload(self) -> Workload:
         counts: dict[str, list[int]] = {}
+        since: dict[str, list[float | None]] = {}
         for p in self.pods:
             c = counts.setdefault(p.variant.name, [0, 0, 0, 0])
+            first = since.setdefault(p.variant.name, [None, None])
             if p.draining:
                 c[2] += 1
             elif p.ready:
                 c[1] += 1
             elif p.ready_at is not None:
                 c[0] += 1
+                first[0] = p.created if first[0] is None else min(first[0], p.created)
             else:
                 c[3] += 1
-        pods = {v: PodCounts(*c) for v, c in counts.items()}
+                first[1] = p.created if first[1] is None else min(first[1], p.created)
+        pods = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=since[v][0], waiting_since=since[v][1]) for v, c in counts.items()}
         current = self.target.variant
         mine = pods.get(current, PodCounts())
+        desired = {v: n for v, n in self.desired.items() if n or v in pods}
         return Workload(
             variant=current,
-            replicas=len([p for p in self.pods if not p.draining]),
+            replicas=self.desired.get(current, 0) if self.target.by_variant is not None
+            else len([p for p in self.pods if not p.draining]),
+            desired=desired or {current: 0},
+            target_since=self.target_since,
+            failed=dict(self.failed),
             ready=mine.ready,
             starting=mine.starting,
             pending_unschedulable=mine.unschedulable,
@@ -340,6 +396,8 @@ class Twin:
         if self.policy.initial is None:
             self.policy.initial = warm_start(spec, self.trace)
         self.target = self.policy.start(spec, self.trace, self.cold)
+        self.desired = {self.target.variant: self.target.replicas}
+        self.target_variant = self.target.variant
         # Pre-warm the starting fleet (it exists before the trace begins).
         variant = spec.variant(self.target.variant)
         for _ in range(self.target.replicas):
@@ -375,6 +433,7 @@ class Twin:
                 for p in self.pods:
                     if p.ready_at is not None:
                         self.gpu_seconds += dt * p.gpus
+                        self.variant_gpu_s[p.variant.name] = self.variant_gpu_s.get(p.variant.name, 0.0) + dt * p.gpus
                         self.cost += dt / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
                 if self.target.capped:
                     self.ceiling_s += dt
@@ -384,7 +443,8 @@ class Twin:
                 if not p.ready and not p.draining and p.ready_at is not None and p.ready_at <= t:
                     p.ready = True
                     p.engine = Engine(server_profile(spec.model, p.variant.accelerator, p.variant.gpus_per_replica), start=t)
-                    self._apply(self.target, t)  # may retire old-shape pods now
+                    if self.target.by_variant is None:
+                        self._apply(self.target, t)  # may retire old-shape pods now (the operator's rollout does this at its next decision)
             while self.gateway and any(p.ready for p in self.pods):
                 self._route(self.gateway.popleft())
             if t >= next_bin:
@@ -428,6 +488,7 @@ class Twin:
             for p in self.pods:
                 if p.ready_at is not None:
                     self.gpu_seconds -= tail * p.gpus
+                    self.variant_gpu_s[p.variant.name] -= tail * p.gpus
                     self.cost -= tail / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
         if self.progress:
             self.progress(1.0)
@@ -472,5 +533,8 @@ class Twin:
             scale_actions=self.actions,
             ceiling_s=self.ceiling_s,
             rejected=sum(1 for f in done if f.rejected),
+            peak_gpus=self.peak_gpus,
+            peak_hourly_cost=self.peak_cost if self.priced else None,
+            variants={v: round(s / 3600, 4) for v, s in self.variant_gpu_s.items()},
             timeline=self.timeline,
         )

@@ -1,0 +1,117 @@
+"""Changing the pod shape on the heterogeneous test bed (kwok H100 and L4 nodes): a switch from L4 to
+H100 pods when the load grows, made before the L4 pods break, and back after the dwell time when
+it falls; a rollback when no H100 is free. The ceiling watcher (conftest) judges every pod created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .conftest import Bed, CeilingWatcher, wait_for
+
+SHAPES = [{"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "5s"},
+          {"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}]
+
+
+def _doc(namespace: str) -> str:
+    spec: dict[str, Any] = {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "replicas": {"min": 1, "max": 10},
+        "variants": SHAPES,
+        "slo": {"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+        "cost": {"maxGPUs": 10, "maxHourlyCost": "12.00", "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": "20s", "maxStep": 2},
+                    "variantSwitch": {"dwell": "60s", "unschedulableTimeout": "20s"}},
+        "metrics": {"rateWindow": "20s"},
+    }
+    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+                           "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
+
+
+def _status(bed: Bed, ns: str) -> dict[str, Any]:
+    return bed.llmd(ns, "chat").get("status", {})
+
+
+def _cond(bed: Bed, ns: str, ctype: str) -> dict[str, Any]:
+    return next((c for c in _status(bed, ns).get("conditions", []) if c["type"] == ctype), {})
+
+
+def _replicas(bed: Bed, ns: str, variant: str) -> int | None:
+    try:
+        return int(bed.apps.read_namespaced_deployment(f"chat-{variant}", ns).spec.replicas or 0)
+    except Exception:
+        return None
+
+
+def _on_l4(bed: Bed, ns: str) -> None:
+    bed.kubectl("apply", "-f", "-", input=_doc(ns))
+    bed.traffic(ns, "chat", rate=1, meanInput=200, meanOutput=100)
+    wait_for("the L4 shape serving", lambda: _status(bed, ns).get("shape") == "l4x1" and _status(bed, ns).get("readyReplicas"), 90)
+
+
+def test_load_outgrows_l4_so_h100_takes_over_before_l4_stops_and_l4_comes_back_after_the_dwell(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    _on_l4(bed, namespace)
+    # 40 req/s: L4 pods at 0.80/h carry a few each, so more of them than maxGPUs allows; one H100
+    # pod at 4.00/h carries it all.
+    bed.traffic(namespace, "chat", rate=40, meanInput=200, meanOutput=100)
+    wait_for("the switch to h100x1", lambda: _status(bed, namespace).get("variant") == "h100x1", 120)
+    seen_both = wait_for("both shapes serving at once (make before break)",
+                         lambda: (_status(bed, namespace).get("switch") or _status(bed, namespace).get("shape") == "h100x1"), 60)
+    assert seen_both
+    wait_for("the L4 Deployment at zero once H100 pods are Ready",
+             lambda: _replicas(bed, namespace, "l4x1") == 0 and _status(bed, namespace).get("shape") == "h100x1", 120)
+    st = _status(bed, namespace)
+    assert st["variants"][0]["name"] == "h100x1" and st["variants"][0]["readyReplicas"] >= 1, st["variants"]
+    reasons = [e.reason for e in bed.core.list_namespaced_event(namespace).items]
+    assert "SwitchVariant" in reasons, reasons
+    # The load falls: back to the cheaper shape, not before the dwell time.
+    switched_at = _status(bed, namespace)["lastDecision"]["time"]
+    bed.traffic(namespace, "chat", rate=0.5, meanInput=200, meanOutput=100)
+    wait_for("back on l4x1", lambda: _status(bed, namespace).get("shape") == "l4x1" and _replicas(bed, namespace, "h100x1") == 0, 240)
+    back = bed.apps.read_namespaced_deployment("chat-l4x1", namespace).metadata.annotations["llmscale.io/target-since"]
+    h100 = bed.apps.read_namespaced_deployment("chat-h100x1", namespace).metadata.annotations["llmscale.io/target-since"]
+    assert float(back) - float(h100) >= 60, (switched_at, back, h100)
+    assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
+
+
+def _fill_h100s(bed: Bed, ns: str) -> None:
+    labels = {"app": "h100-hog"}
+    hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h100-hog", "labels": labels},
+           "spec": {"replicas": 4, "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels},
+                                 "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                                          "containers": [{"name": "hog", "image": "busybox",
+                                                          "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}}}
+    bed.apps.create_namespaced_deployment(ns, hog)
+
+    def scheduled() -> bool:
+        pods = bed.core.list_namespaced_pod(ns, label_selector="app=h100-hog").items
+        return len(pods) == 4 and all(p.spec.node_name for p in pods)
+
+    wait_for("every H100 taken by other pods", scheduled, 60)
+
+
+def test_no_free_h100_rolls_the_switch_back_with_a_condition_and_keeps_l4_serving(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    _fill_h100s(bed, namespace)
+    _on_l4(bed, namespace)
+    bed.traffic(namespace, "chat", rate=40, meanInput=200, meanOutput=100)
+    wait_for("the switch to h100x1 started", lambda: _replicas(bed, namespace, "h100x1"), 120)
+    failed = wait_for("VariantSwitchFailed", lambda: _cond(bed, namespace, "VariantSwitchFailed").get("status") == "True"
+                      and _cond(bed, namespace, "VariantSwitchFailed"), 90)
+    assert "Unschedulable" in failed["message"] and "nvidia-h100" in failed["message"], failed
+    wait_for("the H100 Deployment back at zero", lambda: _replicas(bed, namespace, "h100x1") == 0, 30)
+    st = _status(bed, namespace)
+    assert st["variant"] == "l4x1" and st["readyReplicas"] >= 1, st
+    events = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "VariantSwitchFailed"]
+    assert events and "Unschedulable" in (events[0].message or ""), events
+    ann = bed.apps.read_namespaced_deployment("chat-h100x1", namespace).metadata.annotations
+    assert ann.get("llmscale.io/switch-failed", "").split(" ", 1)[1].startswith("Unschedulable"), ann
+    # Not retried before the dwell time: the shape stays L4 for the next 20 s.
+    for _ in range(20):
+        assert _replicas(bed, namespace, "h100x1") == 0 and _status(bed, namespace).get("variant") == "l4x1"
+        __import__("time").sleep(1)
+    assert not ceilings.violations, ceilings.violations

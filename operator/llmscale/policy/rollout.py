@@ -1,0 +1,131 @@
+"""Step 13: the rollout. The replicas each variant's Deployment gets now, so that the target shape
+takes over make-before-break and no pod is created over `maxGPUs` or `maxHourlyCost`.
+
+Each variant runs as its own Deployment, so every pod keeps its own GPU count and price and the
+arithmetic stays simple:
+- a pod holds GPUs from creation until it is gone: starting, Ready, terminating (draining), and
+  Pending ones too, which take GPUs the moment they are scheduled. Each is priced at its own
+  variant. Lowering a Deployment frees nothing until its pods have drained;
+- pods of the target shape are created only in the room the ceilings leave over everything held;
+- pods of a retiring shape are kept, Ready ones only, while the target's Ready pods fall short of
+  the target: they retire as Ready new-shape capacity replaces theirs (capacity ratio from the
+  per-replica capacity at the SLO; when unknown, all of them until the target is fully Ready).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmscale.api.models import LLMDeploymentSpec, Variant
+
+from .reasons import Code, Reason
+from .types import PodCounts, Workload
+
+
+@dataclass(frozen=True)
+class Rollout:
+    replicas_by_variant: dict[str, int]  # desired replicas of each variant's Deployment, to apply now
+    reasons: tuple[Reason, ...]
+    waiting_for_room: int  # target pods wanted but not created yet: no room under the ceilings
+    retiring: dict[str, int]  # old-shape replicas kept serving until the target's are Ready
+
+
+def held(desired: int, pods: PodCounts) -> int:
+    """Pods of one variant that hold (or will at once hold) GPUs with this desired count."""
+    return max(desired, pods.live) + pods.terminating
+
+
+def shape_of(spec: LLMDeploymentSpec, workload: Workload, name: str) -> tuple[int, float]:
+    """(GPUs per pod, hourly price per pod) of a variant; a variant gone from the spec keeps the
+    shape its Deployment was rendered with."""
+    v = next((x for x in spec.variants if x.name == name), None)
+    if v is not None:
+        accelerator, gpus = v.accelerator, v.gpus_per_replica
+    else:
+        accelerator, gpus = workload.shapes.get(name, ("", 1))
+    price = spec.cost.price(accelerator) if accelerator else None
+    return gpus, float(price) * gpus if price is not None else 0.0
+
+
+def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, others_gpus: int, others_cost: float) -> int:
+    """The most non-terminating pods of the target that the ceilings allow beside what others hold."""
+    gpus, price = shape_of(spec, workload, target.name)
+    term = workload.pods.get(target.name, PodCounts()).terminating
+    allowed = 1 << 30
+    if spec.cost.max_gpus is not None:
+        allowed = min(allowed, (spec.cost.max_gpus - others_gpus) // gpus - term)
+    ceiling = spec.cost.hourly_ceiling
+    if ceiling is not None and price > 0:
+        allowed = min(allowed, math.floor((float(ceiling) - others_cost) / price + 1e-9) - term)
+    return allowed
+
+
+def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
+            per_replica: Mapping[str, float], demand: float | None = None) -> Rollout:
+    """Desired replicas per variant now, for `replicas` of `target` in the end.
+
+    `per_replica` is each variant's capacity at the SLO (requests/s per replica), for how many
+    old-shape pods one new-shape pod replaces; `demand` the capacity the forecast needs (requests/s
+    at the planned utilization): old pods beyond it are not needed even while the target is short.
+    """
+    t = target.name
+    mine = workload.pods.get(t, PodCounts())
+    others = sorted((v for v in set(workload.desired) | set(workload.pods) if v != t),
+                    key=lambda v: (-workload.pods.get(v, PodCounts()).ready, v))
+    # 1. Retiring shapes: their Ready pods serve while the target's Ready pods fall short (of the
+    # target, or of the demand when it is smaller), in target pods.
+    short = float(max(0, replicas - mine.ready))
+    cap_target = per_replica.get(t, 0.0)
+    if demand is not None and cap_target > 0:
+        short = min(short, max(0.0, demand / cap_target - mine.ready))
+    out: dict[str, int] = {}
+    retiring: dict[str, int] = {}
+    others_gpus, others_cost = 0, 0.0
+    for o in others:
+        pods = workload.pods.get(o, PodCounts())
+        cap_t, cap_o = per_replica.get(t, 0.0), per_replica.get(o, 0.0)
+        if short <= 0:
+            keep = 0
+        elif cap_t > 0 and cap_o > 0:
+            ratio = cap_t / cap_o  # old pods one new pod replaces
+            keep = min(pods.ready, math.ceil(short * ratio - 1e-9))
+            short = max(0.0, short - keep / ratio)
+        else:
+            keep = pods.ready  # no capacity ratio: every Ready old pod stays until the target is Ready
+        out[o] = keep
+        if keep:
+            retiring[o] = keep
+        gpus, price = shape_of(spec, workload, o)
+        n = held(keep, pods)  # lowering frees nothing until the pods have drained
+        others_gpus += n * gpus
+        others_cost += n * price
+    # 2. The target: pods are created only in the room under the ceilings.
+    live = mine.live
+    if replicas <= live:
+        want = replicas
+    else:
+        want = max(live, min(replicas, room_for(spec, workload, target, others_gpus, others_cost)))
+    out[t] = want
+    reasons: list[Reason] = []
+    if retiring:
+        kept = ", ".join(f"{n} x {o}" for o, n in retiring.items())
+        reasons.append(Reason(Code.VARIANT_SWITCH, f"to {t}: {mine.ready}/{replicas} Ready; {kept} kept serving until "
+                                                   "the new shape carries the load"))
+    if want < replicas:
+        reasons.append(Reason(Code.WAITING_FOR_ROOM, f"{replicas - want} x {t} wait for room under the ceilings "
+                                                     f"(pods still holding GPUs: {others_gpus} of other shapes, "
+                                                     f"{mine.terminating} x {t} draining)"))
+    return Rollout(out, tuple(reasons), replicas - want, retiring)
+
+
+def gpus_held(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int]) -> tuple[int, float]:
+    """GPUs and hourly cost held once `desired` is applied, counting every pod that holds GPUs."""
+    gpus, cost = 0, 0.0
+    for v in set(desired) | set(workload.pods):
+        n = held(desired.get(v, 0), workload.pods.get(v, PodCounts()))
+        g, p = shape_of(spec, workload, v)
+        gpus += n * g
+        cost += n * p
+    return gpus, cost

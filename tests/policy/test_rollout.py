@@ -1,0 +1,279 @@
+"""The rollout (step 13): replicas per variant now, make-before-break, never a pod over a ceiling;
+and the switch through the whole decision core against pods that take time to start and drain."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmscale.api import parse_spec
+from llmscale.policy import Code, History, Reason, Signals, Workload, decide
+from llmscale.policy.rollout import Rollout, gpus_held, rollout
+from llmscale.policy.types import PodCounts
+from llmscale.policy.variant import stuck
+from tests.conftest import spec_dict
+
+L4 = {"name": "l4x1", "accelerator": "nvidia-l4", "gpusPerReplica": 1, "coldStart": "60s"}
+H100 = {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}
+SPEC = parse_spec(spec_dict(variants=[L4, H100], replicas={"min": 1, "max": 16},
+                            cost={"maxGPUs": 10, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+L, H = SPEC.variants
+CAP = {"l4x1": 1.0, "h100x2": 4.0}  # one h100x2 pod carries what four l4x1 pods do
+
+
+def wl(target: str, desired: dict[str, int], pods: dict[str, PodCounts]) -> Workload:
+    return Workload(variant=target, replicas=desired.get(target, 0), ready=pods.get(target, PodCounts()).ready,
+                    desired=desired, pods=pods)
+
+
+CASES: list[tuple[str, Workload, Any, int, Rollout]] = [
+    ("one shape: scale up within the ceiling",
+     wl("l4x1", {"l4x1": 4}, {"l4x1": PodCounts(ready=4)}), L, 6,
+     Rollout({"l4x1": 6}, (), 0, {})),
+    ("draining pods hold their GPUs: new ones wait for the room",
+     wl("l4x1", {"l4x1": 6}, {"l4x1": PodCounts(ready=6, terminating=3)}), L, 10,
+     Rollout({"l4x1": 7}, (Reason(Code.WAITING_FOR_ROOM, "3 x l4x1 wait for room under the ceilings (pods still holding GPUs: "
+                                                         "0 of other shapes, 3 x l4x1 draining)"),), 3, {})),
+    ("switch starts: old pods all serve, new ones fill the room",
+     wl("h100x2", {"l4x1": 8, "h100x2": 0}, {"l4x1": PodCounts(ready=8)}), H, 2,
+     Rollout({"l4x1": 8, "h100x2": 1}, (
+         Reason(Code.VARIANT_SWITCH, "to h100x2: 0/2 Ready; 8 x l4x1 kept serving until the new shape carries the load"),
+         Reason(Code.WAITING_FOR_ROOM, "1 x h100x2 wait for room under the ceilings (pods still holding GPUs: 8 of other "
+                                       "shapes, 0 x h100x2 draining)")), 1, {"l4x1": 8})),
+    ("one new pod Ready: four old pods retire, but their GPUs count until drained",
+     wl("h100x2", {"l4x1": 8, "h100x2": 1}, {"l4x1": PodCounts(ready=8), "h100x2": PodCounts(ready=1)}), H, 2,
+     Rollout({"l4x1": 4, "h100x2": 1}, (
+         Reason(Code.VARIANT_SWITCH, "to h100x2: 1/2 Ready; 4 x l4x1 kept serving until the new shape carries the load"),
+         Reason(Code.WAITING_FOR_ROOM, "1 x h100x2 wait for room under the ceilings (pods still holding GPUs: 8 of other "
+                                       "shapes, 0 x h100x2 draining)")), 1, {"l4x1": 4})),
+    ("drained: the second new pod starts",
+     wl("h100x2", {"l4x1": 4, "h100x2": 1}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=1)}), H, 2,
+     Rollout({"l4x1": 4, "h100x2": 2}, (
+         Reason(Code.VARIANT_SWITCH, "to h100x2: 1/2 Ready; 4 x l4x1 kept serving until the new shape carries the load"),),
+         0, {"l4x1": 4})),
+    ("the target fully Ready: the old shape goes to zero",
+     wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=2)}), H, 2,
+     Rollout({"l4x1": 0, "h100x2": 2}, (), 0, {})),
+    ("old pods that are not Ready are never kept",
+     wl("h100x2", {"l4x1": 6, "h100x2": 2}, {"l4x1": PodCounts(ready=2, starting=2, unschedulable=2),
+                                             "h100x2": PodCounts(starting=2)}), H, 2,
+     Rollout({"l4x1": 2, "h100x2": 2}, (
+         Reason(Code.VARIANT_SWITCH, "to h100x2: 0/2 Ready; 2 x l4x1 kept serving until the new shape carries the load"),),
+         0, {"l4x1": 2})),
+]
+
+
+@pytest.mark.parametrize(("workload", "target", "replicas", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rollout(workload: Workload, target: Any, replicas: int, expect: Rollout) -> None:
+    assert rollout(SPEC, workload, target, replicas, CAP) == expect
+
+
+def test_without_a_capacity_ratio_every_ready_old_pod_stays_until_the_target_is_ready() -> None:
+    w = wl("h100x2", {"l4x1": 3, "h100x2": 2}, {"l4x1": PodCounts(ready=3), "h100x2": PodCounts(ready=1, starting=1)})
+    assert rollout(SPEC, w, H, 2, {}).replicas_by_variant == {"l4x1": 3, "h100x2": 2}
+    w = wl("h100x2", {"l4x1": 3, "h100x2": 2}, {"l4x1": PodCounts(ready=3), "h100x2": PodCounts(ready=2)})
+    assert rollout(SPEC, w, H, 2, {}).replicas_by_variant == {"l4x1": 0, "h100x2": 2}
+
+
+def test_a_cost_ceiling_counts_each_pod_at_its_own_price() -> None:
+    """Old L4 pods at 0.80/h, new H100 pods at 8.00/h (2 GPUs): 4 x L4 + 1 x H100 = 11.20 <= 12."""
+    sp = parse_spec(spec_dict(variants=[L4, H100], cost={"maxHourlyCost": "12.00", "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = wl("h100x2", {"l4x1": 4}, {"l4x1": PodCounts(ready=4)})
+    got = rollout(sp, w, sp.variants[1], 2, CAP)
+    assert got.replicas_by_variant == {"l4x1": 4, "h100x2": 1}
+    assert gpus_held(sp, w, got.replicas_by_variant) == (6, pytest.approx(11.2))
+
+
+def test_stuck_names_the_cause_only_after_the_timeout_and_only_mid_switch() -> None:
+    pods = {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(unschedulable=1, waiting_since=1000.0)}
+    w = wl("h100x2", {"l4x1": 4, "h100x2": 1}, pods)
+    assert stuck(SPEC, w, 1000.0 + 299) is None
+    assert stuck(SPEC, w, 1000.0 + 301) == "Unschedulable: 1 x h100x2 Pending for lack of free nvidia-h100 GPUs for over 5m"
+    alone = wl("h100x2", {"h100x2": 1}, {"h100x2": PodCounts(unschedulable=1, waiting_since=1000.0)})
+    assert stuck(SPEC, alone, 1000.0 + 301) is None  # nothing to go back to: pods wait for GPUs (GPUsUnavailable)
+    slow = wl("h100x2", {"l4x1": 4, "h100x2": 1}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=0.0)})
+    assert stuck(SPEC, slow, 1801.0) == "NotReady: 1 x h100x2 not Ready within serving.startupTimeout (30m)"
+
+
+# ---- properties ---------------------------------------------------------------------------------------
+
+counts = st.builds(PodCounts, starting=st.integers(0, 4), ready=st.integers(0, 8), terminating=st.integers(0, 4),
+                   unschedulable=st.integers(0, 2))
+SHAPES = [L4, H100, {"name": "a100x4", "accelerator": "nvidia-a100", "gpusPerReplica": 4, "coldStart": "120s"}]
+PRICES = {"nvidia-h100": "4.00", "nvidia-l4": "0.80", "nvidia-a100": "2.50"}
+
+
+@st.composite
+def fleets(draw: Any) -> tuple[Any, Workload, Any, int, dict[str, float]]:
+    k = draw(st.integers(2, 3))
+    sp = parse_spec(spec_dict(variants=SHAPES[:k], replicas={"min": 1, "max": 16},
+                              cost={"maxGPUs": draw(st.integers(4, 24)), "maxHourlyCost": f"{draw(st.floats(5, 60)):.2f}",
+                                    "prices": PRICES}))
+    pods = {v.name: draw(counts) for v in sp.variants if draw(st.booleans())}
+    desired = {v: max(0, p.live + draw(st.integers(-2, 2))) for v, p in pods.items()}
+    target = draw(st.sampled_from(sp.variants))
+    desired.setdefault(target.name, 0)
+    caps = {v.name: draw(st.floats(0.1, 10)) for v in sp.variants if draw(st.booleans())}
+    return sp, Workload(variant=target.name, replicas=desired[target.name], ready=pods.get(target.name, PodCounts()).ready,
+                        desired=desired, pods=pods), target, draw(st.integers(0, 16)), caps
+
+
+@settings(max_examples=400, deadline=None)
+@given(fleets())
+def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple[Any, Workload, Any, int, dict[str, float]]) -> None:
+    sp, w, target, replicas, caps = case
+    out = rollout(sp, w, target, replicas, caps).replicas_by_variant
+    creates = any(out.get(v, 0) > w.pods.get(v, PodCounts()).live for v in out)
+    if creates:
+        gpus, cost = gpus_held(sp, w, out)
+        assert gpus <= sp.cost.max_gpus  # type: ignore[operator]
+        assert cost <= float(sp.cost.max_hourly_cost) + 1e-6  # type: ignore[arg-type]
+    for v, n in out.items():
+        if v != target.name:
+            assert n <= w.pods.get(v, PodCounts()).ready  # a retiring shape keeps Ready pods only
+    # Make before break: Ready capacity kept covers the target's, or all there was.
+    mine = w.pods.get(target.name, PodCounts())
+    if all(caps.get(v, 0) > 0 for v in set(w.pods) | {target.name}):
+        before = sum(p.ready * caps[v] for v, p in w.pods.items())
+        after = min(mine.ready, out[target.name]) * caps[target.name] + sum(
+            min(n, w.pods.get(v, PodCounts()).ready) * caps[v] for v, n in out.items() if v != target.name)
+        assert after >= min(before, replicas * caps[target.name]) - 1e-6
+
+
+# ---- the whole core, over time, against pods that start and drain --------------------------------
+
+
+@dataclass
+class Pod:
+    variant: str
+    created: float
+    ready_at: float | None  # None: Pending, no free GPU of its type
+    gone_at: float | None = None  # set when deleted: draining until then
+
+
+@dataclass
+class Cluster:
+    """Deployments per variant, pods with cold starts and drains, a finite pool of GPUs per type."""
+
+    spec: Any
+    pool: dict[str, int]
+    pods: list[Pod] = field(default_factory=list)
+    desired: dict[str, int] = field(default_factory=dict)
+    target: str = ""
+    since: float | None = None
+    failed: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def shape(self, name: str) -> Any:
+        return self.spec.variant(name)
+
+    def step(self, now: float) -> None:
+        self.pods = [p for p in self.pods if p.gone_at is None or p.gone_at > now]
+        for p in self.pods:
+            v = self.shape(p.variant)
+            if p.ready_at is None and p.gone_at is None:
+                used = sum(self.shape(q.variant).gpus_per_replica for q in self.pods
+                           if q.ready_at is not None and self.shape(q.variant).accelerator == v.accelerator)
+                if used + v.gpus_per_replica <= self.pool[v.accelerator]:
+                    p.ready_at = now + float(v.cold_start[:-1])
+
+    def workload(self, now: float) -> Workload:
+        pods: dict[str, PodCounts] = {}
+        for name in {p.variant for p in self.pods} | set(self.desired):
+            mine = [p for p in self.pods if p.variant == name]
+            live = [p for p in mine if p.gone_at is None]
+            starting = [p for p in live if p.ready_at is not None and p.ready_at > now]
+            waiting = [p for p in live if p.ready_at is None]
+            pods[name] = PodCounts(
+                starting=len(starting), ready=sum(1 for p in live if p.ready_at is not None and p.ready_at <= now),
+                terminating=len(mine) - len(live), unschedulable=len(waiting),
+                starting_since=min((p.created for p in starting), default=None),
+                waiting_since=min((p.created for p in waiting), default=None))
+        t = pods.get(self.target, PodCounts())
+        return Workload(variant=self.target, replicas=self.desired.get(self.target, 0), ready=t.ready, starting=t.starting,
+                        pending_unschedulable=t.unschedulable, pods=pods, desired=dict(self.desired),
+                        target_since=self.since, failed=dict(self.failed), terminating=sum(p.terminating for p in pods.values()))
+
+    def apply(self, by_variant: dict[str, int], target: str, failed: tuple[str, str] | None, now: float) -> None:
+        if target != self.target:
+            self.target, self.since = target, now
+        if failed:
+            self.failed[failed[0]] = (now, failed[1])
+        for name, n in by_variant.items():
+            self.desired[name] = n
+            live = [p for p in self.pods if p.variant == name and p.gone_at is None]
+            for _ in range(n - len(live)):
+                self.pods.append(Pod(name, now, None))
+            # The ReplicaSet deletes Pending pods first, then starting ones, then Ready ones.
+            for p in sorted(live, key=lambda p: (p.ready_at is not None, p.ready_at is not None and p.ready_at <= now))[: max(0, len(live) - n)]:
+                p.gone_at = now if p.ready_at is None else now + 45.0  # a Ready pod drains
+        self.step(now)
+
+    def held(self) -> tuple[int, float]:
+        gpus, cost = 0, 0.0
+        for p in self.pods:
+            if p.ready_at is not None or p.gone_at is not None:
+                v = self.shape(p.variant)
+                gpus += v.gpus_per_replica
+                cost += v.gpus_per_replica * float(self.spec.cost.price(v.accelerator) or 0)
+        return gpus, cost
+
+
+def _signals(spec: Any, w: Workload, load: float, now: float) -> Signals:
+    """Latency over target when the Ready pods cannot carry the load (a crude, monotone stand-in)."""
+    ready = sum(p.ready for p in w.pods.values())
+    ok = ready > 0 and load <= ready * 2.0
+    return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
+                   prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
+                   requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
+                   ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
+                   gpu_utilization=0.5, sampled_at=now)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 3), st.integers(4, 24), st.floats(6, 60), st.lists(st.floats(0.0, 40.0), min_size=4, max_size=12),
+       st.dictionaries(st.sampled_from(["l4x1", "h100x2", "a100x4"]), st.integers(0, 6)), st.integers(0, 2),
+       st.sampled_from(["1s", "300ms"]))
+def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_gpus: int, max_cost: float, loads: list[float],
+                                                                    start: dict[str, int], h100_nodes: int, ttft: str) -> None:
+    shapes = SHAPES[:k]
+    spec = parse_spec(spec_dict(
+        variants=shapes, replicas={"min": 1, "max": 16},
+        slo={"ttft": {"target": ttft, "percentile": 95}, "interTokenLatency": {"target": "100ms", "percentile": 95}},
+        cost={"maxGPUs": max_gpus, "maxHourlyCost": f"{max_cost:.2f}", "prices": PRICES},
+        scaling={"interval": "15s", "scaleDown": {"stabilizationWindow": "60s", "maxStep": 2},
+                 "variantSwitch": {"dwell": "2m", "unschedulableTimeout": "1m"}}))
+    cluster = Cluster(spec, {"nvidia-l4": 64, "nvidia-h100": 8 * h100_nodes, "nvidia-a100": 32})
+    # Start anywhere: one shape running, or a switch already under way (pods of several shapes).
+    names = {v.name for v in spec.variants}
+    start = {v: n for v, n in start.items() if v in names} or {spec.variants[0].name: 1}
+    cluster.target = max(start, key=lambda v: (start[v], v))
+    for name, n in start.items():
+        cluster.desired[name] = n
+        cluster.pods += [Pod(name, -200.0, -100.0) for _ in range(n)]
+    # The start may be over the ceilings (a user lowered them): then only what the operator creates is judged.
+    history, now = History(), 0.0
+    for load in loads:
+        for _ in range(8):  # two minutes per load level
+            now += 15.0
+            cluster.step(now)
+            w = cluster.workload(now)
+            d = decide(spec, w, _signals(spec, w, load, now), history, now)
+            history = d.history
+            before = cluster.held()
+            if d.apply:
+                creates = any(d.replicas_by_variant.get(v, 0) > w.pods.get(v, PodCounts()).live for v in d.replicas_by_variant)
+                cluster.apply(d.replicas_by_variant, d.variant, d.failed_variant, now)
+                gpus, cost = cluster.held()
+                if creates:
+                    assert gpus <= max_gpus, (now, d.reasons, before, cluster.desired)
+                    assert cost <= float(spec.cost.max_hourly_cost) + 1e-6, (now, d.reasons, before)  # type: ignore[arg-type]
+                else:  # nothing created now; Pending pods created earlier, within the room, may be scheduled
+                    assert gpus <= max(before[0], max_gpus)
+                    assert cost <= max(before[1], float(spec.cost.max_hourly_cost)) + 1e-6  # type: ignore[arg-type]
+    # The variant ends up one shape once the load has stayed put for long enough.
+    assert math.isfinite(now)
