@@ -80,6 +80,16 @@ def test_without_a_capacity_ratio_every_ready_old_pod_stays_until_the_target_is_
     assert rollout(SPEC, w, H, 2, {}).replicas_by_variant == {"l4x1": 0, "h100x2": 2}
 
 
+def test_a_forecast_of_zero_never_retires_old_pods_before_the_new_ones_are_ready() -> None:
+    """Review: with demand 0 every L4 pod went to 0 while the H100 pods were still starting."""
+    w = wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=2)})
+    assert rollout(SPEC, w, H, 2, CAP, demand=0.0).replicas_by_variant == {"l4x1": 4, "h100x2": 2}
+    # One Ready H100 pod already carries a demand of 2 req/s (4 per pod): the L4 pods go.
+    w = wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=1, starting=1)})
+    assert rollout(SPEC, w, H, 2, CAP, demand=2.0).replicas_by_variant == {"l4x1": 0, "h100x2": 2}
+    assert rollout(SPEC, w, H, 2, CAP, demand=6.0).replicas_by_variant == {"l4x1": 2, "h100x2": 2}
+
+
 def test_a_cost_ceiling_counts_each_pod_at_its_own_price() -> None:
     """Old L4 pods at 0.80/h, new H100 pods at 8.00/h (2 GPUs): 4 x L4 + 1 x H100 = 11.20 <= 12."""
     sp = parse_spec(spec_dict(variants=[L4, H100], cost={"maxHourlyCost": "12.00", "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))

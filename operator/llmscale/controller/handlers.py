@@ -138,7 +138,7 @@ def _room_for_one(spec: LLMDeploymentSpec, workload: Workload, desired: dict[str
 
 
 def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired: dict[str, int], variant: str,
-                 replicas: int, marks: dict[str, str], include_replicas: bool = True) -> None:
+                 replicas: int, marks: dict[str, str], target: str, include_replicas: bool = True) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if not any(v.name == variant for v in spec.variants):
         # A shape gone from the spec: only its replicas move (to zero), then it is deleted.
@@ -147,8 +147,9 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
         elif include_replicas:
             Runtime.kube.scale(namespace, deployment_name(name, variant), replicas)
         return
+    # Only the target shape may surge on a template change (one pod at a time over all shapes).
     dep = render_deployment(body, spec, spec.variant(variant), replicas, marks,
-                            surge=_room_for_one(spec, workload, desired, variant))
+                            surge=variant == target and _room_for_one(spec, workload, desired, variant))
     if not include_replicas:
         dep["spec"].pop("replicas")  # a competing autoscaler owns replicas: do not fight it
     Runtime.kube.apply(dep)
@@ -168,7 +169,7 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
         return
     now = time.time()
     deps = Runtime.kube.deployments(namespace, name)
-    competing = Runtime.kube.competing_autoscaler(namespace, name)
+    competing = Runtime.kube.competing_autoscaler(namespace, name, {d.metadata.name for d in deps})
     workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
     desired = dict(workload.desired)
     by_variant = {(d.metadata.labels or {}).get(LABEL_VARIANT): d for d in deps}
@@ -185,7 +186,7 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
                 replicas = limit
             desired = {v.name: replicas}
             _apply_shape(body, spec, workload, desired, v.name, replicas, {ANNOTATION_TARGET_SINCE: f"{now:.0f}"},
-                         include_replicas=competing is None)
+                         v.name, include_replicas=competing is None)
         else:
             for variant, dep in by_variant.items():
                 if variant is None or not any(x.name == variant for x in spec.variants):
@@ -196,7 +197,8 @@ def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
                     if replicas > limit:
                         kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {why} (was {replicas})")
                         replicas = desired[variant] = limit
-                _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), include_replicas=competing is None)
+                _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), workload.variant or variant,
+                             include_replicas=competing is None)
         Runtime.kube.apply(render_service(dict(body), spec))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
@@ -265,7 +267,7 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
-    competing = kube.competing_autoscaler(namespace, name)
+    competing = kube.competing_autoscaler(namespace, name, {x.metadata.name for x in deps})
     seen = [n for n in st.get("readyPods") or [] if isinstance(n, str)] if isinstance(st.get("readyPods"), list) else []
     workload, ready_pods = observe_workload(deps, pods, cold, competing, seen, _epoch(last),
                                             parse_duration(spec.serving.startup_timeout))
@@ -380,7 +382,7 @@ def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: D
             continue
         if n < workload.desired.get(variant, 0):
             _mark_cheapest_victims(namespace, name, [p for p in pods if (p.metadata.labels or {}).get(LABEL_VARIANT) == variant], load)
-        _apply_shape(body, spec, workload, d.replicas_by_variant, variant, n, marks)
+        _apply_shape(body, spec, workload, d.replicas_by_variant, variant, n, marks, d.variant)
 
 
 def signals_pod_load(namespace: str, name: str) -> dict[str, float]:

@@ -84,13 +84,13 @@ class Kube:
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
 
-    def competing_autoscaler(self, namespace: str, name: str) -> str | None:
+    def competing_autoscaler(self, namespace: str, name: str, owned: Collection[str] = ()) -> str | None:
         """An HPA or KEDA ScaledObject that targets our Deployment or the LLMDeployment itself."""
         try:
             for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
                 ref = h.spec.scale_target_ref
                 if (ref.kind == "LLMDeployment" and ref.name == name) or (
-                        ref.kind == "Deployment" and (ref.name == name or ref.name.startswith(f"{name}-"))):
+                        ref.kind == "Deployment" and (ref.name == name or ref.name in owned)):
                     return f"HorizontalPodAutoscaler {h.metadata.name if h.metadata else name}"
         except ApiException as e:
             if e.status not in (403, 404):
@@ -102,7 +102,7 @@ class Kube:
                 ref = o.get("spec", {}).get("scaleTargetRef", {})
                 target, kind = str(ref.get("name", "")), ref.get("kind", "Deployment")
                 if (kind == "LLMDeployment" and target == name) or (
-                        kind == "Deployment" and (target == name or target.startswith(f"{name}-"))):
+                        kind == "Deployment" and (target == name or target in owned)):
                     return f"KEDA ScaledObject {o['metadata']['name']}"
         except ApiException as e:
             if e.status not in (403, 404):

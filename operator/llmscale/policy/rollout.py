@@ -78,8 +78,11 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     # target, or of the demand when it is smaller), in target pods.
     short = float(max(0, replicas - mine.ready))
     cap_target = per_replica.get(t, 0.0)
-    if demand is not None and cap_target > 0:
-        short = min(short, max(0.0, demand / cap_target - mine.ready))
+    if demand is not None and demand > 0 and cap_target > 0:
+        # Never below what replicas.min of the target would serve: a forecast of zero is no reason
+        # to stop the old pods before the new ones are Ready.
+        floor = float(max(1, spec.replicas.min) - mine.ready)
+        short = min(short, max(0.0, demand / cap_target - mine.ready, floor))
     out: dict[str, int] = {}
     retiring: dict[str, int] = {}
     others_gpus, others_cost = 0, 0.0
