@@ -42,7 +42,9 @@ def _epoch(iso: str) -> float:
 
 
 def _replicas(bed: Bed, ns: str) -> int:
-    return bed.apps.read_namespaced_deployment("chat-h100x1", ns).spec.replicas
+    """Replicas over every shape's Deployment of the LLMDeployment `chat`."""
+    deps = bed.apps.list_namespaced_deployment(ns, label_selector="llmscale.io/deployment=chat").items
+    return sum(d.spec.replicas or 0 for d in deps)
 
 
 def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed, operator: object, namespace: str) -> None:

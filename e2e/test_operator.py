@@ -32,7 +32,7 @@ def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator
     wait_for("readyReplicas 1", lambda: bed.llmd(namespace, "llama-8b").get("status", {}).get("readyReplicas") == 1, 90)
     out = bed.kubectl("get", "llmd", "-n", namespace).stdout
     header = out.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "VARIANT", "REPLICAS", "READY", "TTFT", "COST/H", "SLO", "AGE"], out
+    assert header == ["NAME", "MODEL", "SHAPE", "REPLICAS", "READY", "TTFT", "COST/H", "SLO", "AGE"], out
     assert "h100x1" in out and "4.00" in out
     spec_before = EXAMPLE["spec"]
     assert bed.llmd(namespace, "llama-8b")["spec"]["model"] == spec_before["model"]  # the spec is the user's

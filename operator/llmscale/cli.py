@@ -89,9 +89,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not trace.arrivals:
         raise CLIError(f"{trace.name}: no requests to simulate")
     policies = args.policy or list(POLICIES)
+    names = {v.name for v in spec.variants}
     for p in policies:
-        if p not in POLICIES:
-            raise CLIError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
+        if p.startswith("fixed:"):
+            if p.split(":", 1)[1] not in names:
+                raise CLIError(f"policy {p!r}: the deployment has no variant {p.split(':', 1)[1]!r} (it has {', '.join(sorted(names))})")
+        elif p not in POLICIES:
+            raise CLIError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}, fixed:<variant>")
     show = not args.json and (sys.stderr.isatty() or args.progress)
     if not args.json:
         bad = f", {trace.bad_rows} bad rows skipped" if trace.bad_rows else ""
@@ -255,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario-rate", type=float, default=5.0, help="base request rate of the scenario (req/s)")
     s.add_argument("--duration", type=float, default=1800.0, help="scenario length in seconds")
     s.add_argument("--deployment", help="LLMDeployment YAML to simulate (default: bundled example)")
-    s.add_argument("--policy", action="append", help="policy to run (repeatable; default all)")
+    s.add_argument("--policy", action="append",
+                   help="policy to run (repeatable; default all); fixed:<variant> is llmscale pinned to one pod shape")
     s.add_argument("--rate-scale", type=float, default=None, help="multiply the arrival rate, keeping shape and token mix")
     s.add_argument("--speedup", type=float, default=1.0, help="compress the trace's time by this factor")
     s.add_argument("--seed", type=int, default=0)

@@ -83,3 +83,42 @@ def test_ceilings_hold_in_the_twin() -> None:
     r = Twin(spec, trace, make_policy("llmscale")).run()
     assert max(row["gpus"] for row in r.timeline) <= 3
     assert r.ceiling_s > 0
+
+
+def test_the_twin_switches_shapes_make_before_break_inside_both_ceilings() -> None:
+    """A load that ramps past what L4 pods can carry within maxGPUs: llmscale moves to H100 pods
+    through the rollout (the same code as the operator), and the GPUs and money held at any
+    instant, counting starting and draining pods at their own prices, stay under the ceilings."""
+    spec = parse_spec(spec_dict(
+        replicas={"min": 1, "max": 16},
+        variants=[{"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "30s"},
+                  {"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+        cost={"maxGPUs": 6, "maxHourlyCost": "10.00", "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"interval": "15s", "variantSwitch": {"dwell": "5m"}},
+    ))
+    trace = scenario("ramp", rate=20, duration=900, mean_in=200, mean_out=100, seed=3)
+    r = Twin(spec, trace, make_policy("llmscale")).run()
+    assert set(r.variants) == {"l4x1", "h100x1"} and r.variants["h100x1"] > 0, r.variants
+    assert r.peak_gpus <= 6 and r.peak_hourly_cost is not None and r.peak_hourly_cost <= 10.0 + 1e-9, (r.peak_gpus, r.peak_hourly_cost)
+    assert r.ttft_attainment > 0.9, r.ttft_attainment
+
+
+def test_fixed_shape_pins_llmscale_to_one_variant_and_the_warm_fleet_takes_the_cheapest_shape() -> None:
+    from llmscale.sim.twin import warm_fleet
+
+    spec = parse_spec(spec_dict(
+        replicas={"min": 1, "max": 16},
+        variants=[{"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "30s"},
+                  {"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+        cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+    ))
+    trace = scenario("constant", rate=10, duration=300, mean_in=1000, mean_out=200, seed=2)
+    assert warm_fleet(spec, trace) == ("h100x1", 1)  # one H100 (4.00/h) against many L4 pods at 0.80/h each
+    light = scenario("constant", rate=0.5, duration=300, mean_in=200, mean_out=100, seed=2)
+    assert warm_fleet(spec, light) == ("l4x1", 1)
+    r = Twin(spec, trace, make_policy("fixed:l4x1")).run()
+    assert set(r.variants) == {"l4x1"} and r.policy == "fixed:l4x1"
+    with pytest.raises(ValueError, match="no variant 'a100x1'"):
+        Twin(spec, trace, make_policy("fixed:a100x1")).run()

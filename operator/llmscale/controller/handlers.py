@@ -60,6 +60,14 @@ class Runtime:
     _signals: dict[tuple[str, str], Signals] = {}
     _read_at: dict[str, float] = {}
     _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
+    _objects: dict[tuple[str, str], threading.Lock] = {}  # one per LLMDeployment: reconcile and the timer in turn
+
+    @classmethod
+    def object_lock(cls, key: tuple[str, str]) -> threading.Lock:
+        """kopf runs an object's timer and its change handlers concurrently: both read the owned
+        Deployments and apply replicas and marks from that read, so they take turns."""
+        with cls._guard:
+            return cls._objects.setdefault(key, threading.Lock())
 
     @classmethod
     def endpoint_of(cls, key: tuple[str, str], spec: LLMDeploymentSpec) -> str:
@@ -99,6 +107,7 @@ class Runtime:
             cls._specs.pop(key, None)
             cls._signals.pop(key, None)
             cls._source.pop(key, None)
+            cls._objects.pop(key, None)
 
 
 def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str) -> None:
@@ -159,6 +168,12 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None, **_: Any) -> None:
+    assert namespace is not None  # LLMDeployment is namespaced
+    with Runtime.object_lock((namespace, name)):
+        _reconcile(body, status, patch, name, namespace)
+
+
+def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str) -> None:
     """Render every shape's Deployment from the spec, keeping the replicas the timer set (a restart
     or a spec change never undoes a scale or a switch), and create the first shape's when none exists."""
     assert namespace is not None  # LLMDeployment is namespaced
@@ -241,6 +256,11 @@ def forget(name: str, namespace: str | None, **_: Any) -> None:
 def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None,
               memo: Any, **_: Any) -> None:
     assert namespace is not None
+    with Runtime.object_lock((namespace, name)):
+        _autoscale(body, status, patch, name, namespace, memo)
+
+
+def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str, memo: Any) -> None:
     started = time.monotonic()
     st = dict(status or {})
     try:
@@ -299,6 +319,12 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
             m.APPLY_ERRORS.labels(namespace, name).inc()
             kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
             raise kopf.TemporaryError(f"scale failed: {e}", delay=10) from e
+    # A shape gone from the spec whose pods are all gone: its Deployment goes too.
+    known = {v.name for v in spec.variants}
+    for dep in deps:
+        v = (dep.metadata.labels or {}).get(LABEL_VARIANT)
+        if v not in known and not dep.spec.replicas and not workload.pods.get(v or ""):
+            kube.delete_deployment(namespace, dep.metadata.name)
     shown = d.replicas_by_variant if applied else dict(workload.desired)
     patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None))
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))

@@ -26,13 +26,14 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
     moving = act == Action.NO_CHANGE and any(workload.desired.get(v, 0) != n for v, n in moved.replicas_by_variant.items())
     reasons = proposal.reasons + tuple(r for r in moved.reasons if r not in proposal.reasons)
     reasons = reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
+    scaling = act != Action.NO_CHANGE
+    if moving:
+        act = Action.SWITCH_VARIANT
     if spec.scaling.mode == ScalingMode.RECOMMEND and act != Action.NO_CHANGE:
         reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {proposal.replicas}; not applied"),)
         apply = False
-    if act != Action.NO_CHANGE and apply:
+    if scaling and apply:
         history = history.with_(last_scale_at=now)
-    if moving:
-        act = Action.SWITCH_VARIANT
     cost = hourly_cost(spec, target, proposal.replicas)
     return Decision(
         action=act,

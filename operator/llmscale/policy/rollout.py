@@ -112,6 +112,9 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         want = max(live, min(replicas, room_for(spec, workload, target, others_gpus, others_cost)))
     out[t] = want
     reasons: list[Reason] = []
+    released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring)
+    if released:
+        reasons.append(released)
     if retiring:
         kept = ", ".join(f"{n} x {o}" for o, n in retiring.items())
         reasons.append(Reason(Code.VARIANT_SWITCH, f"to {t}: {mine.ready}/{replicas} Ready; {kept} kept serving until "
@@ -121,6 +124,58 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
                                                      f"{mine.terminating} x {t} draining)"))
     return Rollout(out, tuple(reasons), replicas - want, retiring)
+
+
+def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
+               per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
+               retiring: dict[str, int]) -> Reason | None:
+    """Smaller steps: when no new-shape pod fits under the ceilings, nothing that drains will make
+    room for one, and the pods serving cannot carry the demand anyway, release the fewest old pods
+    that make room for one new pod (they drain first: the new pod starts at a later decision).
+    Only then is a little capacity given up before its replacement is Ready, for a pod that carries
+    more than is given up; otherwise the switch waits."""
+    t = target.name
+    mine = workload.pods.get(t, PodCounts())
+    cap_t = per_replica.get(t, 0.0)
+    if (out[t] > mine.live or replicas <= mine.live or not retiring or demand is None or demand <= 0 or cap_t <= 0
+            or mine.starting or mine.unschedulable or any(per_replica.get(o, 0.0) <= 0 for o in retiring)):
+        return None
+    serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
+    if serving >= demand:
+        return None  # the old pods carry the load: make before break, the switch waits for room
+    # What will be held once the pods being released and those draining are gone.
+    g_t, p_t = shape_of(spec, workload, t)
+    held_g, held_c = mine.live * g_t, mine.live * p_t
+    for o, n in out.items():
+        if o != t:
+            g, p = shape_of(spec, workload, o)
+            held_g += n * g
+            held_c += n * p
+    need_g = held_g + g_t - spec.cost.max_gpus if spec.cost.max_gpus is not None else 0
+    ceiling = spec.cost.hourly_ceiling
+    need_c = held_c + p_t - float(ceiling) if ceiling is not None and p_t > 0 else 0.0
+    if need_g <= 0 and need_c <= 1e-9:
+        return None  # pods draining or being released will make the room
+    # The least capacity per GPU first; never more capacity than the one new pod brings.
+    freed: dict[str, int] = {}
+    lost = 0.0
+    for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
+        g, p = shape_of(spec, workload, o)
+        while out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and lost + per_replica[o] < cap_t:
+            freed[o] = freed.get(o, 0) + 1
+            lost += per_replica[o]
+            need_g -= g
+            need_c -= p
+    if need_g > 0 or need_c > 1e-9:
+        return None  # no small step makes room for a pod that carries more than it costs in capacity
+    for o, n in freed.items():
+        out[o] -= n
+        retiring[o] -= n
+        if not retiring[o]:
+            del retiring[o]
+    what = ", ".join(f"{n} x {o}" for o, n in freed.items())
+    return Reason(Code.VARIANT_SWITCH, f"{what} released to make room for one {t} pod: the pods serving carry "
+                                       f"{serving:.1f} of the {demand:.1f} req/s needed and the ceilings leave no other room")
 
 
 def gpus_held(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int]) -> tuple[int, float]:

@@ -122,7 +122,9 @@ def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signa
     # Rollback: the new shape cannot start. Go back to the shape still serving most.
     why = stuck(spec, workload, now)
     if why is not None:
-        back = max((v for v in workload.desired if v != current.name and any(x.name == v for x in spec.variants)),
+        failed_lately = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
+        back = max((v for v in workload.desired if v != current.name and v not in failed_lately
+                    and any(x.name == v for x in spec.variants)),
                    key=lambda v: (workload.pods.get(v, PodCounts()).ready, workload.desired.get(v, 0)), default=None)
         if back is not None:
             old = spec.variant(back)
@@ -144,19 +146,27 @@ def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signa
     mid_switch = any(n for v, n in workload.desired.items() if v != current.name)
     if best is not None and best.capacity.variant.name != current.name and not mid_switch:
         cannot = cur is None or (not cur.fits_ceiling and best.fits_ceiling)
-        if cur is not None and not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
-            switch = False  # no room to switch without a gap: stay (the plan says so below)
-            proposal = proposal.note(Reason(Code.WAITING_FOR_ROOM, f"{best.capacity.variant.name} would cost "
-                                            f"{best.cost:.2f}/h, but the ceilings leave no room to start it while "
-                                            f"{current.name} serves"))
-        elif cannot:
-            switch = True  # the current shape cannot do the job at all: switch now
+        if cannot:
+            # The current shape cannot carry the load within the ceilings: switch now, in smaller
+            # steps when it must (the rollout releases old pods one new pod at a time).
+            switch = True
         elif cur is not None and best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost and settled:
+            if not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
+                # A switch for a saving goes without a gap or not at all.
+                return Shape(current, proposal.note(Reason(
+                    Code.WAITING_FOR_ROOM, f"{best.capacity.variant.name} would cost {best.cost:.2f}/h against "
+                                           f"{cur.cost:.2f}/h, but the ceilings leave no room to start it while "
+                                           f"{current.name} serves")), hist.with_(variant_candidate=None,
+                                                                                   variant_candidate_since=None), per_replica)
             name = best.capacity.variant.name
             since = hist.variant_candidate_since if hist.variant_candidate == name else None
             since = since if since is not None else now
             hist = hist.with_(variant_candidate=name, variant_candidate_since=since)
-            switch = now - since >= max(parse_duration(sc.scale_down.stabilization_window), parse_duration(sc.interval))
+            # Cheaper because the load grew past what the running pods carry: a scale-up in another
+            # shape, held like one. Cheaper at the load they carry: held like a scale-down.
+            growing = cur.replicas > max(workload.ready, 1)
+            hold = sc.scale_up.stabilization_window if growing else sc.scale_down.stabilization_window
+            switch = now - since >= max(parse_duration(hold), parse_duration(sc.interval))
     else:
         hist = hist.with_(variant_candidate=None, variant_candidate_since=None)
     if not switch or best is None:

@@ -39,7 +39,9 @@ class Baseline(Policy):
         self.variant = ""
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
-        self.variant = spec.variants[0].name
+        # The shape of the warm fleet the twin hands every adaptive policy (the cheapest for the
+        # first minute); the baselines keep it, they know one shape.
+        self.variant = self.initial_variant or spec.variants[0].name
         return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
 

@@ -9,6 +9,7 @@
 - static-peak       the fewest constant replicas that meet the SLO, found offline
 - oracle-lookahead  sees one cold start ahead, never trades a miss for money  (llmscale.sim.oracle)
 - oracle            sees the whole trace, spends the miss allowance where it saves the most
+- fixed:<variant>   llmscale pinned to one pod shape (the spec's other variants removed)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class LLMScalePolicy(Policy):
         return self.spec
 
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
-        self.variant = spec.variants[0].name
+        self.variant = self.initial_variant or spec.variants[0].name
         return Target(max(1, spec.replicas.min, self.initial or 1), self.variant)
 
     def decide(self, view: View) -> Target:
@@ -64,6 +65,31 @@ class LLMScalePolicy(Policy):
         return Target(d.to_replicas, d.variant, capped, d.replicas_by_variant, d.failed_variant)
 
 
+class FixedShapePolicy(LLMScalePolicy):
+    """llmscale pinned to one pod shape: the spec with only that variant. The baseline a
+    multi-shape spec is compared with (is choosing shapes worth it?)."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.pinned = variant
+        self.name = f"fixed:{variant}"
+
+    def _spec(self, spec: LLMDeploymentSpec) -> LLMDeploymentSpec:
+        if self.spec is None:
+            if not any(v.name == self.pinned for v in spec.variants):
+                raise ValueError(f"fixed:{self.pinned}: the deployment has no variant {self.pinned!r} "
+                                 f"(it has {', '.join(v.name for v in spec.variants)})")
+            self.spec = spec.model_copy(update={"variants": [spec.variant(self.pinned)]})
+        return self.spec
+
+    def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
+        from .twin import warm_fleet
+
+        pinned = self._spec(spec)
+        self.variant = self.pinned
+        return Target(max(1, pinned.replicas.min, warm_fleet(pinned, trace)[1]), self.pinned)
+
+
 POLICIES: dict[str, type[Policy]] = {
     p.name: p
     for p in (LLMScalePolicy, HPAGPUUtilPolicy, KEDAQueuePolicy, KPAPolicy, LLMDSLOPolicy, DynamoLoadPolicy,
@@ -72,8 +98,12 @@ POLICIES: dict[str, type[Policy]] = {
 
 
 def make_policy(name: str, knob: float | None = None) -> Policy:
+    if name.startswith("fixed:") and len(name) > len("fixed:"):
+        if knob is not None:
+            raise ValueError("fixed:<variant> takes no knob")
+        return FixedShapePolicy(name.split(":", 1)[1])
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}, fixed:<variant>")
     cls = POLICIES[name]
     if knob is None:
         return cls()

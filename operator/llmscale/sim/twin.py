@@ -75,6 +75,7 @@ class View:
 class Policy:
     name = "policy"
     initial: int | None = None  # the warm fleet the twin hands adaptive policies at t=0
+    initial_variant: str | None = None  # and its shape (the cheapest for the first minute)
 
     def interval(self, spec: LLMDeploymentSpec) -> float:
         return parse_duration(spec.scaling.interval)
@@ -117,22 +118,38 @@ class RunResult:
 def warm_start(spec: LLMDeploymentSpec, trace: Trace) -> int:
     """Replicas for the trace's first minute at the SLO: every adaptive policy starts from the
     same warm fleet, as it would when it takes over a running service."""
+    return warm_fleet(spec, trace)[1]
+
+
+def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
+    """The cheapest shape and its replicas for the trace's first minute at the SLO (the first
+    variant when none is priced or the first minute is empty)."""
     from llmscale.perf.capacity import simulated_capacity
     from llmscale.perf.hardware import server_profile
 
-    v = spec.variants[0]
     first = [a for a in trace.arrivals if a.t < 60.0]
     if not first:
-        return max(1, spec.replicas.min)
+        return spec.variants[0].name, max(1, spec.replicas.min)
     mean_in = sum(a.input_tokens for a in first) / len(first)
     mean_out = sum(a.output_tokens for a in first) / len(first)
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
-    cap = simulated_capacity(server_profile(spec.model, v.accelerator, v.gpus_per_replica), mean_in, mean_out,
-                             itl.seconds if itl else None, ttft.seconds if ttft else None,
-                             itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
-    limit, _ = ceiling_replicas(spec, v)
-    n = math.ceil(len(first) / 60.0 / cap.requests_per_s) if cap.requests_per_s > 0 else limit
-    return max(1, spec.replicas.min, min(n, limit))
+    best: tuple[float, int, str, int] | None = None
+    for i, v in enumerate(spec.variants):
+        cap = simulated_capacity(server_profile(spec.model, v.accelerator, v.gpus_per_replica), mean_in, mean_out,
+                                 itl.seconds if itl else None, ttft.seconds if ttft else None,
+                                 itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
+        limit, _ = ceiling_replicas(spec, v)
+        n = math.ceil(len(first) / 60.0 / cap.requests_per_s) if cap.requests_per_s > 0 else limit
+        n = max(1, spec.replicas.min, min(n, limit))
+        price = spec.cost.price(v.accelerator)
+        cost = n * v.gpus_per_replica * float(price) if price is not None else float(i)
+        key = (cost if cap.requests_per_s > 0 and n <= limit else math.inf, i, v.name, n)
+        if best is None or key < best:
+            best = key
+        if price is None:
+            break  # unpriced: the first shape, as listed
+    assert best is not None
+    return best[2], best[3]
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:
@@ -394,7 +411,7 @@ class Twin:
         end = (arrivals[-1].t if arrivals else 0.0) + 1.0
         interval = self.policy.interval(spec)
         if self.policy.initial is None:
-            self.policy.initial = warm_start(spec, self.trace)
+            self.policy.initial_variant, self.policy.initial = warm_fleet(spec, self.trace)
         self.target = self.policy.start(spec, self.trace, self.cold)
         self.desired = {self.target.variant: self.target.replicas}
         self.target_variant = self.target.variant

@@ -1,0 +1,58 @@
+"""What the operator reads from the owned Deployments and pods: the target shape is the one marked
+most recently, a failed switch is read back from its Deployment, pods are counted per shape and
+phase with the age of the oldest waiting one. A restarted operator sees exactly this."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any
+
+from llmscale.controller.kube import observe_workload
+from llmscale.policy.types import PodCounts
+
+T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+
+
+def _dep(variant: str, replicas: int, **annotations: str) -> Any:
+    gpus = "2" if variant.endswith("x2") else "1"
+    acc = "nvidia-h100" if variant.startswith("h100") else "nvidia-l4"
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=f"chat-{variant}", labels={"llmscale.io/variant": variant},
+                                 annotations={"llmscale.io/gpus": gpus, "llmscale.io/accelerator": acc, **annotations}),
+        spec=SimpleNamespace(replicas=replicas))
+
+
+def _pod(name: str, variant: str, created: dt.datetime, phase: str) -> Any:
+    conds = []
+    if phase == "ready":
+        conds.append(SimpleNamespace(type="Ready", status="True", reason=None, last_transition_time=created + dt.timedelta(seconds=60)))
+    elif phase == "unschedulable":
+        conds.append(SimpleNamespace(type="PodScheduled", status="False", reason="Unschedulable", last_transition_time=created))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, labels={"llmscale.io/variant": variant}, creation_timestamp=created,
+                                 deletion_timestamp=T0 if phase == "terminating" else None, annotations={}),
+        status=SimpleNamespace(conditions=conds))
+
+
+def test_mid_switch_the_newest_mark_is_the_target_and_every_shape_is_counted() -> None:
+    deps = [_dep("l4x1", 3, **{"llmscale.io/target-since": "1000"}),
+            _dep("h100x2", 2, **{"llmscale.io/target-since": "2000"})]
+    pods = [_pod("a", "l4x1", T0, "ready"), _pod("b", "l4x1", T0, "ready"), _pod("c", "l4x1", T0, "terminating"),
+            _pod("d", "h100x2", T0 + dt.timedelta(seconds=30), "starting"), _pod("e", "h100x2", T0 + dt.timedelta(seconds=10), "unschedulable")]
+    w, _ = observe_workload(deps, pods, {}, None)
+    assert (w.variant, w.replicas, w.ready, w.starting, w.pending_unschedulable, w.target_since) == ("h100x2", 2, 0, 1, 1, 2000.0)
+    assert w.desired == {"l4x1": 3, "h100x2": 2}
+    assert w.shapes == {"l4x1": ("nvidia-l4", 1), "h100x2": ("nvidia-h100", 2)}
+    assert w.pods == {"l4x1": PodCounts(ready=2, terminating=1),
+                      "h100x2": PodCounts(starting=1, unschedulable=1, starting_since=(T0 + dt.timedelta(seconds=30)).timestamp(),
+                                          waiting_since=(T0 + dt.timedelta(seconds=10)).timestamp())}
+    assert w.failed == {}
+
+
+def test_a_failed_switch_is_read_back_and_without_marks_the_biggest_shape_is_the_target() -> None:
+    deps = [_dep("l4x1", 4), _dep("h100x2", 0, **{"llmscale.io/switch-failed": "1500 Unschedulable: 1 x h100x2 Pending"}),
+            _dep("a100x4", 0, **{"llmscale.io/switch-failed": "not-a-time garbage"})]
+    w, _ = observe_workload(deps, [], {}, None)
+    assert w.variant == "l4x1" and w.target_since is None
+    assert w.failed == {"h100x2": (1500.0, "Unschedulable: 1 x h100x2 Pending")}  # an unreadable mark is ignored
