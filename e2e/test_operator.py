@@ -135,3 +135,31 @@ def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, oper
 
     history = wait_for("the history rewritten", rewritten, 30)
     assert history["capacityCorrection"] == 0.42  # the learned capacity survived its neighbour's corruption
+
+
+def test_a_deployment_from_an_earlier_version_holds_the_operator_and_says_so(bed: Bed, operator: object, namespace: str) -> None:
+    """An earlier build ran one Deployment named like the LLMDeployment: with it present, nothing is
+    applied (two Deployments of one shape would double the fleet past the ceilings) and Ready=False
+    says what to do; once it is deleted, the operator goes on."""
+    _apply(bed, namespace, EXAMPLE)
+    wait_for("the shape's Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
+    uid = bed.llmd(namespace, "llama-8b")["metadata"]["uid"]
+    labels = {"llmscale.io/deployment": "llama-8b", "llmscale.io/variant": "h100x1", "legacy": "yes"}
+    bed.apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "llama-8b", "labels": labels, "ownerReferences": [
+            {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment", "name": "llama-8b", "uid": uid, "controller": True}]},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "x", "image": "busybox"}]}}}})
+
+    def ready() -> dict:
+        return next((c for c in bed.llmd(namespace, "llama-8b").get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+    cond = wait_for("Ready=False LegacyDeployment", lambda: ready().get("reason") == "LegacyDeployment" and ready(), 60)
+    assert cond["status"] == "False" and "delete deployment/llama-8b" in cond["message"], cond
+    events = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "LegacyDeployment"]
+    # Said once, not at every 5 s tick (a handler running on a status read just before the first
+    # report landed may say it a second time).
+    assert 1 <= len(events) <= 2, events
+    bed.apps.delete_namespaced_deployment("llama-8b", namespace)
+    wait_for("Ready again", lambda: ready().get("status") == "True", 60)

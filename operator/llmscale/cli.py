@@ -218,6 +218,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     est = d.estimate
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
+    if est.shapes:
+        print("\npod shapes for the forecast (the cheapest that fits the ceilings is chosen; a switch needs a 20 % saving):")
+        for o in est.shapes:
+            need = f"{o.replicas} x {o.variant}" if o.replicas is not None else f"{o.variant}: cannot meet the SLO"
+            cost = f"{o.hourly_cost:.2f}/h" if o.hourly_cost is not None else "-"
+            print(f"  {need:28s} {cost:>10s}  {o.capacity_per_replica:.3g} req/s per replica ({o.limited_by})"
+                  + (f"  [{o.note}]" if o.note else ""))
     print(f"\ndecision now: {d.action} {d.from_replicas} -> {d.to_replicas} ({d.variant})"
           + ("" if d.apply else "  [not applied: " + ("mode " + spec.scaling.mode.value if spec.scaling.mode.value != "Auto" else "hold") + "]"))
     for r in d.reasons:

@@ -578,3 +578,15 @@ def test_no_switch_on_the_default_token_mix_before_any_traffic_taught_one() -> N
     assert variant(sp, w, sp.variants[0], sig(1.0), cap_step(), fc, Proposal(1), History(), NOW).variant.name == "l4x1"
     seen = History(mean_input=1000.0, mean_output=200.0)
     assert variant(sp, w, sp.variants[0], sig(1.0), cap_step(), fc, Proposal(1), seen, NOW).variant.name == "h100x1"
+
+
+def test_every_shape_is_reported_with_its_replicas_cost_and_why() -> None:
+    sp = spec(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x1", "accelerator": "nvidia-h100"}],
+              slo={"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}})
+    w = Workload(variant="l4x1", replicas=1, ready=1, pods={"l4x1": PodCounts(ready=1)})
+    seen = History(mean_input=1000.0, mean_output=200.0)
+    got = variant(sp, w, sp.variants[0], sig(1.0), cap_step(), Forecast(1.0, 105.0, 300.0, History()), Proposal(1), seen, NOW)
+    l4, h100 = got.options
+    assert (l4.variant, l4.replicas, l4.hourly_cost, l4.fits_ceiling, l4.note) == ("l4x1", None, None, False, "running")
+    assert l4.limited_by.startswith("infeasible")
+    assert (h100.variant, h100.replicas, h100.hourly_cost, h100.fits_ceiling, h100.note) == ("h100x1", 1, 4.0, True, "chosen")

@@ -184,6 +184,8 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         return
     now = time.time()
     deps = Runtime.kube.deployments(namespace, name)
+    if _legacy(body, patch, st, name, deps):
+        return
     competing = Runtime.kube.competing_autoscaler(namespace, name, {d.metadata.name for d in deps})
     workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
     desired = dict(workload.desired)
@@ -237,6 +239,22 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
 
 
+def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deps: list[Any]) -> bool:
+    """A Deployment named like the LLMDeployment itself is the single Deployment of an earlier
+    version (before one Deployment per shape). Both would serve the same shape and the ceilings
+    would count neither right: nothing is applied until it is gone, and the condition says so."""
+    old = [d.metadata.name for d in deps if d.metadata.name == name]
+    if not old:
+        return False
+    ready = next((c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"), {})
+    if ready.get("reason") == "LegacyDeployment":
+        return True  # said once (condition and Event); not again at every tick
+    _fail(body, patch, status, "LegacyDeployment",
+          f"Deployment {name} is from an earlier llmscale version (one Deployment for all shapes); this version runs "
+          f"one per shape ({name}-<variant>). Scale traffic away or accept a restart, then delete deployment/{name}.")
+    return True
+
+
 def _api_error(e: Exception) -> str:
     """What failed, without the server's response body (it is not ours to copy into status)."""
     status = getattr(e, "status", None)
@@ -275,8 +293,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     now = time.time()
     kube = Runtime.kube
     deps = kube.deployments(namespace, name)
-    if not deps:
-        return  # reconcile() creates it
+    if not deps or _legacy(body, patch, st, name, deps):
+        return  # reconcile() creates it, or the single Deployment of an earlier version is still there
     deciding = last is None or now - last_ts >= interval - 0.5
     if not deciding:
         # Between decisions only the replica counts are refreshed (for kubectl get), from the

@@ -82,6 +82,9 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
             "forecastRate": None if est.forecast_rate is None else round(est.forecast_rate, 4),
             "horizonSeconds": est.horizon_s,
             "ceilingReplicas": est.ceiling_replicas,
+            "shapes": [{"variant": o.variant, "replicas": o.replicas, "hourlyCost": o.hourly_cost, "fitsCeiling": o.fits_ceiling,
+                        "capacityPerReplica": o.capacity_per_replica, "limitedBy": o.limited_by, "note": o.note}
+                       for o in est.shapes] or None,
         },
         "lastDecision": {
             "time": iso(now),

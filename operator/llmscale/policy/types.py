@@ -343,6 +343,19 @@ assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 
 
 @dataclass(frozen=True)
+class ShapeOption:
+    """One pod shape as the variant step weighed it, for `llmscale explain` and status."""
+
+    variant: str
+    replicas: int | None  # for the forecast at the SLO; None when the shape cannot meet it
+    hourly_cost: float | None  # of those replicas (GPU count when unpriced)
+    fits_ceiling: bool
+    capacity_per_replica: float
+    limited_by: str
+    note: str = ""  # running / chosen / failed recently / over the ceilings
+
+
+@dataclass(frozen=True)
 class Estimate:
     """What the policy believes, shown by `llmscale explain`."""
 
@@ -353,6 +366,7 @@ class Estimate:
     planned_replicas: int | None = None
     feedback_replicas: int | None = None
     ceiling_replicas: int | None = None
+    shapes: tuple[ShapeOption, ...] = ()  # every pod shape weighed at this decision (several variants only)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ current shape cannot meet the SLO at all."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
@@ -14,7 +14,7 @@ from .capacity import CapacityStep, VariantCapacity, replicas_for
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
-from .types import Condition, History, PodCounts, Proposal, Signals, Workload
+from .types import Condition, History, PodCounts, Proposal, ShapeOption, Signals, Workload
 
 SAVING_TO_SWITCH = 0.2  # a switch must save at least this share of the hourly cost
 
@@ -54,6 +54,7 @@ class Shape:
     history: History
     per_replica: dict[str, float]  # capacity at the SLO per replica, by variant (for the rollout)
     failed: tuple[str, str] | None = None  # (variant, why) when a switch is rolled back now
+    options: tuple[ShapeOption, ...] = ()  # every shape as weighed (for explain and status)
 
 
 def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float) -> str | None:
@@ -105,9 +106,36 @@ def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: Varia
 
 def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signals: Signals, cap: CapacityStep,
             fc: Forecast, proposal: Proposal, history: History, now: float) -> Shape:
+    """Step 11, with every shape as weighed attached for `llmscale explain`."""
+    caps: dict[str, VariantCapacity] = {}
+    plans: list[VariantPlan] = []
+    shape = _variant(spec, workload, current, signals, cap, fc, proposal, history, now, caps, plans)
+    if len(spec.variants) < 2 or not caps:
+        return shape
+    dwell = parse_duration(spec.scaling.variant_switch.dwell)
+    options = []
+    for v in spec.variants:
+        c = caps.get(v.name)
+        if c is None:
+            continue
+        p = next((x for x in plans if x.capacity.variant.name == v.name), None)
+        at = workload.failed.get(v.name)
+        note = ("chosen" if v.name == shape.variant.name else "running" if v.name == current.name else "")
+        if at is not None and now - at[0] < dwell:
+            note = (note + "; " if note else "") + f"failed to start {now - at[0]:.0f}s ago: {at[1]}"
+        if p is not None and not p.fits_ceiling:
+            note = (note + "; " if note else "") + "over the ceilings"
+        options.append(ShapeOption(v.name, p.replicas if p else None, round(p.cost, 4) if p else None,
+                                   bool(p and p.fits_ceiling), round(c.per_replica, 4), c.limited_by, note))
+    return replace(shape, options=tuple(options))
+
+
+def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signals: Signals, cap: CapacityStep,
+             fc: Forecast, proposal: Proposal, history: History, now: float, caps: dict[str, VariantCapacity],
+             plans: list[VariantPlan]) -> Shape:
+    """The shape to run; fills `caps` and `plans` with every shape as weighed."""
     sc = spec.scaling
     dwell = parse_duration(sc.variant_switch.dwell)
-    plans: list[VariantPlan] = []
     per_replica: dict[str, float] = {}
     # Shapes are compared only on a token mix seen in traffic: the default mix is a guess, and a
     # switch on a guess costs two cold starts.
@@ -116,6 +144,7 @@ def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signa
             n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else 1.0, cap.mix, fc.rate,
                                 sc.target_utilization)
             per_replica[v.name] = c.per_replica
+            caps[v.name] = c
             p = plan_for(spec, c, n)
             if p is not None:
                 plans.append(p)
