@@ -4,7 +4,8 @@ per trace, in the twin. Is choosing shapes worth it, and does every switch stay 
     python -m bench.shapes [--trace NAME ...] [--jobs 2]
 
 The shared traces run an 8B model on L4, H100 and 2 x H100 (tensor parallel) pods; Mooncake's long
-prompts also run `examples/llama-70b-variants.yaml` (4 or 8 H100s per pod). Prices are the spec's
+prompts also run `examples/llama-70b-variants.yaml` (4 or 8 H100s per pod) under the Mooncake
+case's SLO (TTFT p99 <= 10 s). Prices are the spec's
 (L4 0.80/h, H100 4.00/h per GPU). "best fixed" is the cheapest pinned shape whose TTFT attainment
 is at least llmscale's; the verdict says whether choosing shapes cost less at equal or better
 attainment. peak GPUs and peak cost count every pod holding GPUs (starting, Ready, draining) at
@@ -50,8 +51,11 @@ def specs() -> dict[str, tuple[dict[str, Any], str]]:
     for c in cases():
         if c.name in ("azure-code", "mooncake", "servegen-day"):
             out[f"{c.name}/8b"] = (shaped(c.spec), c.name)
+    # The 70B example under the Mooncake case's SLO (a 500 ms TTFT cannot hold for ~12k-token
+    # prompts on any shape), where tensor parallelism shortens the prefill.
     seventy = yaml.safe_load((ROOT / "examples" / "llama-70b-variants.yaml").read_text())["spec"]
-    out["mooncake/70b"] = (seventy, "mooncake")
+    moon = next(c for c in cases() if c.name == "mooncake")
+    out["mooncake/70b"] = ({**seventy, "slo": moon.spec["slo"]}, "mooncake")
     return out
 
 

@@ -138,8 +138,9 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     mine = workload.pods.get(t, PodCounts())
     cap_t = per_replica.get(t, 0.0)
     if (out[t] > mine.live or replicas <= mine.live or not retiring or demand is None or demand <= 0 or cap_t <= 0
-            or mine.starting or mine.unschedulable or any(per_replica.get(o, 0.0) <= 0 for o in retiring)):
+            or mine.starting or mine.unschedulable or any(o not in per_replica for o in retiring)):
         return None
+    # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
     serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
     if serving >= demand:
         return None  # the old pods carry the load: make before break, the switch waits for room

@@ -141,7 +141,9 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     # switch on a guess costs two cold starts.
     if len(spec.variants) >= 2 and fc.rate is not None and fc.rate > 0 and history.mean_input is not None:
         for v in spec.variants:
-            n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else 1.0, cap.mix, fc.rate,
+            # The learned correction is mostly about the traffic (bursts, the token spread), not the
+            # shape: compare every shape under it, or a corrected shape loses to uncorrected ones.
+            n, c = replicas_for(spec, v, signals, cap.correction, cap.mix, fc.rate,
                                 sc.target_utilization)
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
@@ -173,6 +175,23 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     switch = False
     settled = workload.target_since is None or now - workload.target_since >= dwell
     mid_switch = any(n for v, n in workload.desired.items() if v != current.name)
+    # A switch stalls when nothing moves (no pod starting, waiting or draining) while old-shape pods
+    # still serve: the ceilings leave no room for the rest of the new shape and the old pods are all
+    # needed. Then the shapes already running are weighed again, the dwell aside: going back to a
+    # shape that is Ready costs nothing.
+    stalled = mid_switch and all(not (p.starting or p.unschedulable or p.terminating) for p in workload.pods.values())
+    if stalled:
+        running_now = [p for p in candidates if workload.desired.get(p.capacity.variant.name, 0) > 0]
+        going_back = best_variant(running_now)
+        if going_back is not None and going_back.capacity.variant.name != current.name and (
+                cur is None or not cur.fits_ceiling or going_back.cost < cur.cost):
+            target = going_back.capacity.variant
+            n = within_bounds(spec, target, going_back.replicas)
+            return Shape(target, proposal.to(n, Reason(
+                Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: the switch to {current.name} stalled (no room "
+                                     f"under the ceilings while {target.name} pods serve); {going_back.replicas} x {target.name} "
+                                     f"carry {fc.rate:.2f} req/s for {going_back.cost:.2f}/h")),
+                hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)
     if best is not None and best.capacity.variant.name != current.name and not mid_switch:
         cannot = cur is None or (not cur.fits_ceiling and best.fits_ceiling)
         if cannot:

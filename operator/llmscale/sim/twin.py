@@ -122,34 +122,35 @@ def warm_start(spec: LLMDeploymentSpec, trace: Trace) -> int:
 
 
 def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
-    """The cheapest shape and its replicas for the trace's first minute at the SLO (the first
-    variant when none is priced or the first minute is empty)."""
+    """The shape llmscale's own plan finds cheapest for the trace's first minute, and the replicas
+    of that shape for it at the SLO (the first variant when none is priced or the minute is empty)."""
     from llmscale.perf.capacity import simulated_capacity
     from llmscale.perf.hardware import server_profile
+    from llmscale.policy.capacity import replicas_for
+    from llmscale.policy.types import Signals
 
     first = [a for a in trace.arrivals if a.t < 60.0]
     if not first:
         return spec.variants[0].name, max(1, spec.replicas.min)
     mean_in = sum(a.input_tokens for a in first) / len(first)
     mean_out = sum(a.output_tokens for a in first) / len(first)
+    chosen = spec.variants[0]
+    if len(spec.variants) > 1 and all(spec.cost.price(v.accelerator) is not None for v in spec.variants):
+        best: tuple[float, int] | None = None
+        for i, v in enumerate(spec.variants):
+            n, cap = replicas_for(spec, v, Signals(), 1.0, (mean_in, mean_out), len(first) / 60.0, spec.scaling.target_utilization)
+            limit, _ = ceiling_replicas(spec, v)
+            cost = n * v.gpus_per_replica * float(spec.cost.price(v.accelerator) or 0)
+            key = (cost if cap.feasible and n <= limit else math.inf, i)
+            if best is None or key < best:
+                best, chosen = key, v
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
-    best: tuple[float, int, str, int] | None = None
-    for i, v in enumerate(spec.variants):
-        cap = simulated_capacity(server_profile(spec.model, v.accelerator, v.gpus_per_replica), mean_in, mean_out,
-                                 itl.seconds if itl else None, ttft.seconds if ttft else None,
-                                 itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
-        limit, _ = ceiling_replicas(spec, v)
-        n = math.ceil(len(first) / 60.0 / cap.requests_per_s) if cap.requests_per_s > 0 else limit
-        n = max(1, spec.replicas.min, min(n, limit))
-        price = spec.cost.price(v.accelerator)
-        cost = n * v.gpus_per_replica * float(price) if price is not None else float(i)
-        key = (cost if cap.requests_per_s > 0 and n <= limit else math.inf, i, v.name, n)
-        if best is None or key < best:
-            best = key
-        if price is None:
-            break  # unpriced: the first shape, as listed
-    assert best is not None
-    return best[2], best[3]
+    cap1 = simulated_capacity(server_profile(spec.model, chosen.accelerator, chosen.gpus_per_replica), mean_in, mean_out,
+                              itl.seconds if itl else None, ttft.seconds if ttft else None,
+                              itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
+    limit, _ = ceiling_replicas(spec, chosen)
+    n = math.ceil(len(first) / 60.0 / cap1.requests_per_s) if cap1.requests_per_s > 0 else limit
+    return chosen.name, max(1, spec.replicas.min, min(n, limit))
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:
