@@ -161,5 +161,12 @@ def test_a_deployment_from_an_earlier_version_holds_the_operator_and_says_so(bed
     # Said once, not at every 5 s tick (a handler running on a status read just before the first
     # report landed may say it a second time).
     assert 1 <= len(events) <= 2, events
+    # Nothing is applied while it exists: the shape's Deployment, deleted now, is not re-created.
+    bed.apps.delete_namespaced_deployment("llama-8b-h100x1", namespace)
+    import time
+
+    time.sleep(12)
+    assert [d.metadata.name for d in bed.apps.list_namespaced_deployment(namespace).items] == ["llama-8b"]
     bed.apps.delete_namespaced_deployment("llama-8b", namespace)
-    wait_for("Ready again", lambda: ready().get("status") == "True", 60)
+    wait_for("the shape's Deployment created again", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
+    wait_for("Ready again", lambda: ready().get("status") == "True", 90)

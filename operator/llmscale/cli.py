@@ -219,7 +219,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
     if est.shapes:
-        print("\npod shapes for the forecast (the cheapest that fits the ceilings is chosen; a switch needs a 20 % saving):")
+        print("\npod shapes for the forecast (the cheapest that fits the ceilings; a switch made for a saving needs 20 %):")
         for o in est.shapes:
             need = f"{o.replicas} x {o.variant}" if o.replicas is not None else f"{o.variant}: cannot meet the SLO"
             cost = f"{o.hourly_cost:.2f}/h" if o.hourly_cost is not None else "-"

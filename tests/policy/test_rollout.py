@@ -106,6 +106,32 @@ def test_smaller_steps_when_the_old_shape_cannot_carry_the_load_and_fills_the_ce
     assert rollout(SPEC, w, H, 4, CAP, demand=9.0).replicas_by_variant == {"l4x1": 9, "h100x2": 0}
 
 
+def test_making_room_never_releases_every_pod_that_answers_requests() -> None:
+    """Review: four L4 pods that cannot meet the SLO (capacity 0) were all released to make room for
+    one 4-GPU pod, leaving nothing serving for a cold start."""
+    sp = parse_spec(spec_dict(variants=[L4, {"name": "h100x4", "accelerator": "nvidia-h100", "gpusPerReplica": 4}],
+                              cost={"maxGPUs": 4, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = wl("h100x4", {"l4x1": 4, "h100x4": 0}, {"l4x1": PodCounts(ready=4)})
+    got = rollout(sp, w, sp.variants[1], 1, {"l4x1": 0.0, "h100x4": 5.0}, demand=3.0 / 0.85)
+    assert got.replicas_by_variant == {"l4x1": 4, "h100x4": 0} and got.waiting_for_room == 1
+
+
+def test_making_room_compares_the_load_itself_not_the_planned_headroom() -> None:
+    """Review: 8 L4 pods carrying 8 req/s against a load of 7 (demand 10 at 70 % utilization) were
+    cut to 4. Short of the headroom but carrying the load, at most the tolerance (10 %) of the load
+    is given up for one cold start; ten L4 pods at a load of 9.5 give up one for an H100 pod."""
+    sp = parse_spec(spec_dict(variants=[L4, H100], scaling={"targetUtilization": 0.7},
+                              cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = wl("h100x2", {"l4x1": 8, "h100x2": 0}, {"l4x1": PodCounts(ready=8)})
+    assert rollout(sp, w, sp.variants[1], 3, CAP, demand=7.0 / 0.7).replicas_by_variant == {"l4x1": 8, "h100x2": 0}
+    one = {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1}
+    sp = parse_spec(spec_dict(variants=[L4, one], scaling={"targetUtilization": 0.7},
+                              cost={"maxGPUs": 10, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = wl("h100x1", {"l4x1": 10, "h100x1": 0}, {"l4x1": PodCounts(ready=10)})
+    caps = {"l4x1": 1.0, "h100x1": 10.0}
+    assert rollout(sp, w, sp.variants[1], 2, caps, demand=9.5 / 0.7).replicas_by_variant == {"l4x1": 9, "h100x1": 0}
+
+
 def test_a_cost_ceiling_counts_each_pod_at_its_own_price() -> None:
     """Old L4 pods at 0.80/h, new H100 pods at 8.00/h (2 GPUs): 4 x L4 + 1 x H100 = 11.20 <= 12."""
     sp = parse_spec(spec_dict(variants=[L4, H100], cost={"maxHourlyCost": "12.00", "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))

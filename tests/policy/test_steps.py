@@ -590,3 +590,17 @@ def test_every_shape_is_reported_with_its_replicas_cost_and_why() -> None:
     assert (l4.variant, l4.replicas, l4.hourly_cost, l4.fits_ceiling, l4.note) == ("l4x1", None, None, False, "running")
     assert l4.limited_by.startswith("infeasible")
     assert (h100.variant, h100.replicas, h100.hourly_cost, h100.fits_ceiling, h100.note) == ("h100x1", 1, 4.0, True, "chosen")
+
+
+def test_the_end_of_a_normal_switch_is_not_a_stall_to_reverse() -> None:
+    """Review: with the new pods Ready and the old ones about to retire, a load wobble reversed the
+    switch at once (dwell and the 20 % rule bypassed). A stall needs a short target and no room."""
+    sp = spec(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x1", "accelerator": "nvidia-h100"}],
+              slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+              cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+              scaling={"variantSwitch": {"dwell": "15m"}})
+    w = Workload(variant="h100x1", replicas=1, ready=1, desired={"h100x1": 1, "l4x1": 5}, target_since=NOW - 60,
+                 pods={"h100x1": PodCounts(ready=1), "l4x1": PodCounts(ready=5)})
+    seen = History(mean_input=200.0, mean_output=100.0)
+    got = variant(sp, w, sp.variants[1], sig(2.0), cap_step(), Forecast(2.0, 105.0, 300.0, History()), Proposal(1), seen, NOW)
+    assert got.variant.name == "h100x1" and got.proposal == Proposal(1)

@@ -293,8 +293,13 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     now = time.time()
     kube = Runtime.kube
     deps = kube.deployments(namespace, name)
-    if not deps or _legacy(body, patch, st, name, deps):
-        return  # reconcile() creates it, or the single Deployment of an earlier version is still there
+    if not deps:
+        # None yet (reconcile creates the first on create and resume), or the Deployment of an
+        # earlier version was just deleted: create the first shape's now.
+        _reconcile(body, status, patch, name, namespace)
+        return
+    if _legacy(body, patch, st, name, deps):
+        return  # the single Deployment of an earlier version is still there
     deciding = last is None or now - last_ts >= interval - 0.5
     if not deciding:
         # Between decisions only the replica counts are refreshed (for kubectl get), from the

@@ -143,7 +143,11 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
     serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
     if serving >= demand:
-        return None  # the old pods carry the load: make before break, the switch waits for room
+        return None  # the pods serving carry the load with the planned headroom: the switch waits for room
+    # Short of the headroom but carrying the load: give up at most the tolerance of it for one cold
+    # start. Already short of the load itself: the SLO is missed either way, the new pod helps most.
+    load = demand * spec.scaling.target_utilization
+    keep_serving = load * (1 - spec.scaling.tolerance) if serving >= load else 0.0
     # What will be held once the pods being released and those draining are gone.
     g_t, p_t = shape_of(spec, workload, t)
     held_g, held_c = mine.live * g_t, mine.live * p_t
@@ -162,13 +166,16 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     lost = 0.0
     for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
         g, p = shape_of(spec, workload, o)
-        while out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and lost + per_replica[o] < cap_t:
+        while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and lost + per_replica[o] < cap_t
+               and serving - lost - per_replica[o] >= keep_serving):
             freed[o] = freed.get(o, 0) + 1
             lost += per_replica[o]
             need_g -= g
             need_c -= p
     if need_g > 0 or need_c > 1e-9:
         return None  # no small step makes room for a pod that carries more than it costs in capacity
+    if not mine.ready and sum(freed.values()) >= sum(retiring.values()):
+        return None  # never every pod that answers requests, even slowly, before a new one is Ready
     for o, n in freed.items():
         out[o] -= n
         retiring[o] -= n

@@ -14,6 +14,7 @@ from .capacity import CapacityStep, VariantCapacity, replicas_for
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
+from .rollout import held, room_for, shape_of
 from .types import Condition, History, PodCounts, Proposal, ShapeOption, Signals, Workload
 
 SAVING_TO_SWITCH = 0.2  # a switch must save at least this share of the hourly cost
@@ -72,6 +73,18 @@ def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float) -> str | None
     if pods.starting and pods.starting_since is not None and now - pods.starting_since > parse_duration(spec.serving.startup_timeout):
         return f"NotReady: {pods.starting} x {name} not Ready within serving.startupTimeout ({spec.serving.startup_timeout})"
     return None
+
+
+def no_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant) -> bool:
+    """No room under the ceilings for one more pod of `target` beside every pod held now."""
+    others_g, others_c = 0, 0.0
+    for v in set(workload.desired) | set(workload.pods):
+        if v != target.name:
+            g, p = shape_of(spec, workload, v)
+            n = held(workload.desired.get(v, 0), workload.pods.get(v, PodCounts()))
+            others_g += n * g
+            others_c += n * p
+    return room_for(spec, workload, target, others_g, others_c) <= workload.pods.get(target.name, PodCounts()).live
 
 
 def switch_failed(spec: LLMDeploymentSpec, workload: Workload, now_failed: tuple[str, str] | None, now: float) -> Condition:
@@ -141,9 +154,11 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     # switch on a guess costs two cold starts.
     if len(spec.variants) >= 2 and fc.rate is not None and fc.rate > 0 and history.mean_input is not None:
         for v in spec.variants:
-            # The learned correction is mostly about the traffic (bursts, the token spread), not the
-            # shape: compare every shape under it, or a corrected shape loses to uncorrected ones.
-            n, c = replicas_for(spec, v, signals, cap.correction, cap.mix, fc.rate,
+            # A correction below 1 is mostly about the traffic (bursts, the token spread), not the
+            # shape: other shapes are compared under it too, or the corrected shape loses to
+            # uncorrected ones. One above 1 was learnt on this shape's pods and stays with them.
+            n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
+                                cap.mix, fc.rate,
                                 sc.target_utilization)
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
@@ -179,7 +194,10 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     # still serve: the ceilings leave no room for the rest of the new shape and the old pods are all
     # needed. Then the shapes already running are weighed again, the dwell aside: going back to a
     # shape that is Ready costs nothing.
-    stalled = mid_switch and all(not (p.starting or p.unschedulable or p.terminating) for p in workload.pods.values())
+    mine = workload.pods.get(current.name, PodCounts())
+    still_short = mine.ready < proposal.replicas and workload.desired.get(current.name, 0) <= mine.live
+    stalled = mid_switch and still_short and no_room(spec, workload, current) and all(
+        not (p.starting or p.unschedulable or p.terminating) for p in workload.pods.values())
     if stalled:
         running_now = [p for p in candidates if workload.desired.get(p.capacity.variant.name, 0) > 0]
         going_back = best_variant(running_now)
@@ -212,7 +230,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             hist = hist.with_(variant_candidate=name, variant_candidate_since=since)
             # Cheaper because the load grew past what the running pods carry: a scale-up in another
             # shape, held like one. Cheaper at the load they carry: held like a scale-down.
-            growing = cur.replicas > max(workload.ready, 1)
+            growing = cur.replicas > max(workload.replicas, 1)
             hold = sc.scale_up.stabilization_window if growing else sc.scale_down.stabilization_window
             switch = now - since >= max(parse_duration(hold), parse_duration(sc.interval))
     else:
