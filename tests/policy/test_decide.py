@@ -157,11 +157,12 @@ def test_scale_down_waits_for_the_stabilization_window_with_a_fake_clock() -> No
 def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
-                observing_since=1.0, backlog_at=4.0, queue_seen=(5.0, 12.0, 30.0), queue_before=(3.0, 10.0, 20.0))
+                observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_seen=(5.0, 12.0, 30.0), queue_before=(3.0, 10.0, 20.0))
     assert History.from_dict(h.to_dict()) == h
     assert History.from_dict({"recommendations": "garbage"}) == History()
     # A field that does not parse falls back alone: the rest is kept.
     assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, "x"]}) == h.with_(queue_seen=None)
+    assert History.parse({**h.to_dict(), "mixRequests": -1}) == (h.with_(mix_requests=None), ("mixRequests",))
     assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, -2.0, 3.0]}) == h.with_(queue_seen=None)
     # The fields dropped are named, so the operator can report them (an Event, HistoryFieldsReset).
     assert History.parse({**h.to_dict(), "queueSeen": "x", "capacityCorrection": "NaN"}) == (
@@ -180,8 +181,9 @@ def test_variant_switch_to_the_cheaper_shape_after_hysteresis() -> None:
         cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
         scaling={"scaleDown": {"stabilizationWindow": "120s"}},
     ))
-    sig = Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=0.3, prompt_tokens_rate=0.3 * 300,
-                  generation_tokens_rate=0.3 * 100, requests_waiting=0, requests_running=1)
+    # 0.5 req/s: 30 requests in the 60 s window, enough to know the token mix the shapes are compared on.
+    sig = Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=0.5, prompt_tokens_rate=0.5 * 300,
+                  generation_tokens_rate=0.5 * 100, requests_waiting=0, requests_running=1)
     h = History()
     d = decide(spec, Workload("h100x1", 1, 1), sig, h, 0.0)
     assert d.variant == "h100x1"  # candidate noted, not yet switched

@@ -7,6 +7,8 @@ import datetime as dt
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from llmscale.api import parse_spec
 from llmscale.controller.kube import observe_workload
 from llmscale.policy import Code, History, Signals, Workload, decide
@@ -43,13 +45,36 @@ def test_one_window_of_misses_trims_the_capacity_estimate_once() -> None:
 def test_the_token_mix_is_learnt_once_per_window() -> None:
     spec = parse_spec(spec_dict())
     h = History(observing_since=0.0)
+    # 4 req/s over the 60 s window: 240 requests of 1,000 tokens.
     d = decide(spec, Workload("h100x1", 2, 2), missing(4.0, 0.99), h, 1000.0)
-    assert d.history.mean_input == 1000.0 and d.history.mix_at == 1000.0
+    assert d.history.mean_input == 1000.0 and d.history.mix_at == 1000.0 and d.history.mix_requests == 240.0
     long = Signals(**{**missing(4.0, 0.99).__dict__, "prompt_tokens_rate": 4.0 * 3000})
     d2 = decide(spec, Workload("h100x1", 2, 2), long, d.history, 1015.0)
-    assert d2.history.mean_input == 1000.0  # the overlapping window teaches nothing new
+    assert d2.history.mean_input == 1000.0 and d2.history.mix_requests == 240.0  # the overlapping window teaches nothing new
     d3 = decide(spec, Workload("h100x1", 2, 2), long, d2.history, 1060.0)
-    assert d3.history.mean_input == 1000.0 + 0.2 * 2000.0
+    assert d3.history.mean_input == pytest.approx(1000.0 + 240 / 480 * 2000.0) and d3.history.mix_requests == 480.0
+
+
+def test_one_long_prompt_does_not_size_a_burst_of_short_ones() -> None:
+    """The token mix was a moving average started from the first window's mean, whatever its size:
+    one 3,418-token request in a quiet first minute set the mix, the capacity fell 17.5 -> 3.7 req/s
+    per replica, and the 46 req/s burst of 1,000-token requests that followed planned 13 replicas
+    where 3-4 carry it (the twin's onoff-14: 4.89 GPU-hours against static-peak's 2.00; 2.91 with
+    the fix). A window's mix now weighs as many requests as it saw, and a mix is planned for
+    only once it stands for 20 requests."""
+    spec = parse_spec(spec_dict())
+    one = Signals(ttft_quantile=0.05, itl_quantile=0.02, ttft_attainment=1.0, request_rate=1 / 60,
+                  prompt_tokens_rate=3418 / 60, generation_tokens_rate=234 / 60, requests_waiting=0, requests_running=1,
+                  sampled_at=0)
+    d = decide(spec, Workload("h100x1", 1, 1), one, History(observing_since=0.0), NOW)
+    assert d.history.mean_input == 3418.0 and d.history.mix_requests == pytest.approx(1.0)
+    assert d.estimate.capacity_per_replica is not None and d.estimate.capacity_per_replica > 12, d.estimate
+    burst = Signals(ttft_quantile=0.05, itl_quantile=0.02, ttft_attainment=1.0, request_rate=46.0,
+                    prompt_tokens_rate=46.0 * 1000, generation_tokens_rate=46.0 * 256, requests_waiting=0,
+                    requests_running=40, sampled_at=15)
+    d2 = decide(spec, Workload("h100x1", 1, 1), burst, d.history, NOW + 15)
+    assert d2.estimate.capacity_per_replica is not None and d2.estimate.capacity_per_replica > 12, d2.estimate
+    assert d2.estimate.planned_replicas is not None and d2.estimate.planned_replicas <= 5, d2.estimate
 
 
 def _pod(name: str, created: dt.datetime, ready_at: dt.datetime | None, variant: str = "h100x1") -> Any:

@@ -10,7 +10,14 @@ import pytest
 from llmscale.api import parse_spec
 from llmscale.policy import Code, Condition, History, Proposal, Reason, Signals, Workload
 from llmscale.policy.availability import Availability, availability
-from llmscale.policy.capacity import CapacityStep, VariantCapacity, capacity, variant_capacity
+from llmscale.policy.capacity import (
+    CapacityStep,
+    VariantCapacity,
+    capacity,
+    observed_mix,
+    seen_mix,
+    variant_capacity,
+)
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
 from llmscale.policy.forecast import Forecast, arrival_rate, budget_exceeded, forecast, held_share, hold_time
@@ -479,9 +486,9 @@ MISSING = sig(4.0, ttft_quantile=0.9, ttft_attainment=0.8, itl_quantile=0.03)
 def test_capacity_learns_from_a_steady_window_once() -> None:
     h = History(rate_samples=((NOW - 30, 4.0), (NOW - 15, 4.0)))
     got = _cap(Workload("h100x1", 2, 2), MISSING, h)
-    mix = (1000.0, 200.0)
+    mix = (1000.0, 200.0)  # the window's 240 requests: enough to plan for
     corr = max(0.5, 1 - 2 * (0.95 - 0.8))  # twice the missing share
-    expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_at=NOW, planned_mix=mix,
+    expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_requests=240.0, mix_at=NOW, planned_mix=mix,
                           capacity_correction=corr, learned_at=NOW)
     cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
@@ -518,9 +525,26 @@ def test_capacity_learns_nothing_while_the_window_holds_a_backlog(backlog_at: fl
     assert queued.history.backlog_at == NOW and queued.backlog_in_window and queued.correction == 1.0
 
 
+@pytest.mark.parametrize(("prev", "rate", "expect"), [
+    # (mean_input, requests it stands for), req/s over the 60 s window (1,000-token prompts) -> the same after
+    ((None, 0.0), 1 / 60, (1000.0, 1.0, False)),  # one request: a mean, too few to plan for
+    ((3418.0, 1.0), 4.0, (3418.0 - 2418.0 * 240 / 241, 241.0, True)),  # a busy window outweighs it
+    ((3000.0, 100.0), 1.0, (3000.0 - 2000.0 * 60 / 160, 160.0, True)),  # filling the memory: a plain mean
+    ((3000.0, 500.0), 1.0, (3000.0 - 2000.0 * 60 / 560, 500.0, True)),  # a full memory: the window's share of it
+    ((3000.0, 500.0), 40.0, (3000.0 - 2000.0 * 0.2, 500.0, True)),  # and never more than 20 %
+    ((3000.0, 500.0), 0.0, (3000.0, 500.0, True)),  # no request, nothing learnt
+    ((3000.0, None), 1.0, (3000.0 - 2000.0 * 60 / 560, 500.0, True)),  # a status from before the count: settled
+])
+def test_the_token_mix_weighs_each_window_by_its_requests(prev: tuple[float | None, float | None], rate: float,
+                                                           expect: tuple[float, float, bool]) -> None:
+    h = History(mean_input=prev[0], mean_output=None if prev[0] is None else 200.0, mix_requests=prev[1])
+    got = observed_mix(sig(rate), 60.0, seen_mix(h))
+    assert (got.mean_input, got.requests, got.known) == (pytest.approx(expect[0]), pytest.approx(expect[1]), expect[2])
+
+
 def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:
-    h = History(mean_input=1000.0, mean_output=200.0, mix_at=NOW - 120, planned_mix=(1000.0, 200.0))
-    near = sig(4.0, prompt_tokens_rate=4.0 * 1200)  # EWMA moves to 1040: within 10%, the plan keeps 1000
+    h = History(mean_input=1000.0, mean_output=200.0, mix_requests=500.0, mix_at=NOW - 120, planned_mix=(1000.0, 200.0))
+    near = sig(4.0, prompt_tokens_rate=4.0 * 1200)  # a full memory moves 20% of the way, to 1040: the plan keeps 1000
     assert _cap(Workload("h100x1", 2, 2), near, h, None).mix == (1000.0, 200.0)
     far = sig(4.0, prompt_tokens_rate=4.0 * 3000)  # EWMA moves to 1400
     assert _cap(Workload("h100x1", 2, 2), far, h, None).mix == (1400.0, 200.0)

@@ -46,7 +46,16 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return None
 
 
-MIX_SMOOTHING = 0.2  # weight of a new rate window's token mix: a time constant of ~5 windows
+# The token mix is a mean over requests, weighted by how many each rate window saw, and planned for
+# only once it stands for MIX_MIN_REQUESTS: before that the chat-like default is planned for (one
+# 3,418-token request in a quiet first minute set the mix, and the 46 req/s burst of 1,000-token
+# requests that followed planned 4.7x the replicas it needed). Once the mean stands for
+# MIX_MEMORY_REQUESTS, a window moves it by its share of that memory, and by MIX_SMOOTHING at most:
+# the mix still follows a lasting change, while one busy window of heavy-tailed prompts does not
+# swing it.
+MIX_MIN_REQUESTS = 20.0
+MIX_MEMORY_REQUESTS = 500.0
+MIX_SMOOTHING = 0.2
 
 
 def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float, float]:
@@ -54,17 +63,44 @@ def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float,
     return (DEFAULT_MEAN_INPUT if mean_in is None else mean_in, DEFAULT_MEAN_OUTPUT if mean_out is None else mean_out)
 
 
-def observed_mix(signals: Signals, prev_in: float | None = None, prev_out: float | None = None) -> tuple[float | None, float | None]:
-    """The moving average of what has been observed, so one window of long prompts does not swing
-    the capacity estimate (with heavy-tailed prompts a minute's mean moves by a third from one
-    window to the next); None before the first observation (the chat-like default must not become
-    the starting point the average crawls away from). Call it once per rate window."""
-    def ewma(prev: float | None, new: float | None) -> float | None:
-        if new is None:
-            return prev
-        return new if prev is None else prev + MIX_SMOOTHING * (new - prev)
+@dataclass(frozen=True)
+class ObservedMix:
+    mean_input: float | None
+    mean_output: float | None
+    requests: float  # how many requests the means stand for (capped at MIX_MEMORY_REQUESTS)
 
-    return ewma(prev_in, signals.mean_input_tokens), ewma(prev_out, signals.mean_output_tokens)
+    @property
+    def known(self) -> bool:
+        """Enough requests behind the means to plan for them rather than for the default."""
+        return self.requests >= MIX_MIN_REQUESTS and (self.mean_input is not None or self.mean_output is not None)
+
+
+def seen_mix(history: History) -> ObservedMix:
+    """The token mix the history holds. A history written before the count was kept holds a
+    settled average: it stands for a full memory."""
+    requests = history.mix_requests
+    if requests is None:
+        requests = MIX_MEMORY_REQUESTS if history.mean_input is not None or history.mean_output is not None else 0.0
+    return ObservedMix(history.mean_input, history.mean_output, requests)
+
+
+def observed_mix(signals: Signals, window_s: float, prev: ObservedMix | None = None) -> ObservedMix:
+    """The request-weighted mean of the token mix seen so far, with one rate window's requests
+    added. Call it once per rate window (evidence counts once)."""
+    prev = prev or ObservedMix(None, None, 0.0)
+    n = (signals.request_rate or 0.0) * window_s
+    w_in, w_out = signals.mean_input_tokens, signals.mean_output_tokens
+    if n <= 0 or (w_in is None and w_out is None):
+        return prev
+    weight = prev.requests
+    share = n / (weight + n) if weight < MIX_MEMORY_REQUESTS else min(MIX_SMOOTHING, n / (MIX_MEMORY_REQUESTS + n))
+
+    def mean(old: float | None, new: float | None) -> float | None:
+        if new is None:
+            return old
+        return new if old is None else old + share * (new - old)
+
+    return ObservedMix(mean(prev.mean_input, w_in), mean(prev.mean_output, w_out), min(weight + n, MIX_MEMORY_REQUESTS))
 
 
 def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
@@ -218,12 +254,14 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # Requests of that backlog complete until the next decision: the window holds them one interval longer.
     backlog_in_window = hist.backlog_at is not None and now - hist.backlog_at <= window_s + parse_duration(spec.scaling.interval)
 
-    mean_in, mean_out = hist.mean_input, hist.mean_output
+    seen = seen_mix(hist)
     if hist.mix_at is None or now - hist.mix_at >= window_s:
-        mean_in, mean_out = observed_mix(signals, mean_in, mean_out)
-        if (mean_in, mean_out) != (hist.mean_input, hist.mean_output):
-            hist = hist.with_(mean_input=mean_in, mean_output=mean_out, mix_at=now)
-    mix = planning_mix(with_defaults(mean_in, mean_out), hist.planned_mix)
+        seen = observed_mix(signals, window_s, seen)
+        if seen != seen_mix(hist):
+            hist = hist.with_(mean_input=seen.mean_input, mean_output=seen.mean_output,
+                              mix_requests=round(seen.requests, 3), mix_at=now)
+    mix = planning_mix(with_defaults(seen.mean_input, seen.mean_output) if seen.known else with_defaults(None, None),
+                       hist.planned_mix)
     hist = hist.with_(planned_mix=mix)
 
     correction = hist.capacity_correction

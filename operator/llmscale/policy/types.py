@@ -169,6 +169,15 @@ def _count(v: Any) -> int:
     return int(v)
 
 
+def _opt_count_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    if not math.isfinite(f) or f < 0:
+        raise ValueError("not a count")
+    return f
+
+
 def _opt_str(v: Any) -> str | None:
     if v is None or isinstance(v, str):
         return v
@@ -234,6 +243,7 @@ class History:
     mean_input: float | None = None  # smoothed token mix: capacity is sensitive to it
     mean_output: float | None = None
     mix_at: float | None = None  # when a rate window last taught the token mix
+    mix_requests: float | None = None  # how many requests the token mix stands for (weights the next window)
     planned_mix: tuple[float, float] | None = None  # the mix capacity is planned for (moves in 10% steps)
     queued_at: float | None = None  # the last decision that saw a queue: one sample may be a blip
     ready_seen: int | None = None  # Ready replicas at the last decision
@@ -324,6 +334,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "mean_input": _opt_float,
     "mean_output": _opt_float,
     "mix_at": _opt_float,
+    "mix_requests": _opt_count_float,
     "planned_mix": lambda v: None if v is None else (float(v[0]), float(v[1])) if len(v) == 2 and all(
         math.isfinite(float(x)) and float(x) > 0 for x in v) else _invalid(),
     "queued_at": _opt_float,

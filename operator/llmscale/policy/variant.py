@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 
-from .capacity import CapacityStep, VariantCapacity, replicas_for
+from .capacity import CapacityStep, VariantCapacity, replicas_for, seen_mix
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
@@ -152,7 +152,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     per_replica: dict[str, float] = {}
     # Shapes are compared only on a token mix seen in traffic: the default mix is a guess, and a
     # switch on a guess costs two cold starts.
-    if len(spec.variants) >= 2 and fc.rate is not None and fc.rate > 0 and history.mean_input is not None:
+    if len(spec.variants) >= 2 and fc.rate is not None and fc.rate > 0 and seen_mix(history).known:
         for v in spec.variants:
             # A correction below 1 is mostly about the traffic (bursts, the token spread), not the
             # shape: other shapes are compared under it too, or the corrected shape loses to
