@@ -3,6 +3,7 @@ step's whole output (proposal with its reasons, conditions, the history it hands
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -83,21 +84,34 @@ def test_availability(spec_: Any, signals: Signals, expect: Availability) -> Non
 
 SEEN = (NOW, 0.0, 4.0)  # what sig() shows of the queue: 0 waiting, 4 running
 
+
+def beyond_chance(peak: float, window_s: float = 60.0) -> float:
+    """A held peak counts for what it exceeds chance by: two Poisson standard deviations of its window."""
+    return peak - 2 * math.sqrt(peak / window_s)
+
+
+P30, P40 = beyond_chance(30.0), beyond_chance(40.0)
+H40 = 105.0 - 1320.0 / P40  # see the last case
+
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
      Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_seen=SEEN))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
+    # 2 x sqrt(10.8 / 60) = 0.85: a window at 10.8 req/s among windows at 10 is chance, not a burst to hold.
+    ("steady with a noisy window: the peak counts for what it exceeds chance by", sig(10.0),
+     History(rate_samples=((NOW - 30, 10.8), (NOW - 15, 10.0))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.8), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                          lull_peak=30.0, queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 2.00 req/s)"),))),
+     Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
+                                         lull_peak=P30, queue_seen=SEEN),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 28.59 req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 30.00 req/s peak of the last 300s (now 25.00 req/s)"),))),
+     Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
+                                         queue_seen=SEEN),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 28.59 req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
      Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
@@ -133,15 +147,15 @@ FORECAST = [
                                          queue_before=(NOW - 120, 0.0, 4.0)))),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
-    # burst memory, as much of it as keeps the misses in the budget: h = 105 - 1,320 / 40 = 72 s,
-    # 40 x h / (0.5 + h).
+    # burst memory, as much of it as keeps the misses in the budget: of the 38.37 req/s beyond chance,
+    # h = 105 - 1,320 / 38.37 = 70.6 s, 38.37 x h / (0.5 + h).
     ("bursts came back and one more would overspend the error budget: the peak is held for half an hour",
      sig(2.0), History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0)), burst_gaps=(200.0,), quiet_since=NOW - 900,
                        lull_peak=40.0),
-     Forecast(40.0 * 72.0 / 72.5, 105.0, 1800.0,
+     Forecast(P40 * H40 / (0.5 + H40), 105.0, 1800.0,
               History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
                       quiet_since=NOW - 900, lull_peak=40.0, queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 39.72 req/s peak of the last 1800s (now 2.00 req/s)"),))),
+              (Reason(Code.BURST_MEMORY, "holding capacity for the 38.10 req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 
 

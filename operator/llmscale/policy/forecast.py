@@ -7,7 +7,9 @@ Three things are planned for, whichever is highest:
   when a returning burst would spend more than the SLO's error budget (with a p99 target and any
   realistic cold start, nearly always), else for as long as the quiet spells between bursts
   usually last (capacity released in a lull would be needed again before it could be Ready), or
-  one cold start when lulls are usually longer than 15 minutes;
+  one cold start when lulls are usually longer than 15 minutes; a peak counts for what it exceeds
+  chance by (two Poisson standard deviations of its rate window), since the highest of many
+  noisy windows of steady traffic is no burst;
 - today's queue, drained within the horizon, unless the replicas already drain it.
 The load is what arrives, not only what vLLM counts as completed: while a queue builds, the replicas
 complete fewer requests than arrive (at a burst's onset the completion rate says 4 req/s of a
@@ -222,6 +224,9 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     hold = hold_time(history.burst_gaps, horizon, first_hold, over_budget)
     trend = trend_forecast(samples, now, horizon) or rate
     peak = recent_peak(samples, now, hold) or rate
+    # The highest of many noisy windows is biased high: on steady traffic the burst memory held the
+    # chance maximum of half an hour's rate windows. A peak counts for what it exceeds chance by.
+    peak = max(rate, peak - 2 * math.sqrt(peak / parse_duration(spec.metrics.rate_window)))
     if over_budget and history.burst_gaps and spec.slo.ttft:
         # Held for the error budget: as much of the peak as keeps a returning burst's misses in it.
         peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, error_budget(samples, miss_share)))
