@@ -172,3 +172,50 @@ def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, name
     assert _replicas(bed, namespace) == 1
     assert _status(bed, namespace)["lastDecision"]["applied"] is False
     bed.traffic(namespace, "chat", rate=0)
+
+
+def _operator_counts() -> tuple[float, float]:
+    """(decisions taken, decisions whose status was not written), from the operator's own metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:18080/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+
+    def total(prefix: str) -> float:
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+    return total('llmscale_reconcile_duration_seconds_count{kind="decide"}'), total("llmscale_status_writes_skipped_total")
+
+
+def test_a_steady_deployment_writes_status_every_few_intervals_not_at_every_decision(
+        bed: Bed, operator: object, namespace: str) -> None:
+    """Status writes (issue 11): none between decisions, none when a decision changes nothing a
+    user reads; the readings (observed metrics, the estimate, the decision's time) are refreshed
+    every four intervals. Counted through a watch on the object: every write is a MODIFIED event."""
+    from kubernetes import watch
+
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 1, "max": 1}))
+    bed.traffic(namespace, "chat", rate=2, meanInput=200, meanOutput=100)
+    wait_for("one Ready replica meeting the SLO", lambda: _status(bed, namespace).get("readyReplicas") == 1
+             and _status(bed, namespace).get("sloMet") == "Met", 120)
+    time.sleep(6)  # let the first readings settle: what follows is the steady state
+    decided, skipped = _operator_counts()
+    seconds, interval = 36.0, 5.0  # spec.scaling.interval 3s, but the operator's timer ticks every 5 s
+    writes: list[str | None] = []
+    started = time.time()
+    w = watch.Watch()
+    for ev in w.stream(bed.custom.list_namespaced_custom_object, "llmscale.io", "v1alpha1", namespace, "llmdeployments",
+                       field_selector="metadata.name=chat", timeout_seconds=int(seconds)):
+        if ev["type"] == "MODIFIED":
+            writes.append((ev["object"].get("status") or {}).get("lastDecision", {}).get("time"))
+        if time.time() - started >= seconds:
+            w.stop()
+    decided_now, skipped_now = _operator_counts()
+    decisions, unwritten = decided_now - decided, skipped_now - skipped
+    # About 7 decisions in 36 s; a refresh every 4 intervals of 3 s is a write at every second
+    # decision at most, plus one for a reading a user does read (a count, a condition) moving.
+    assert decisions >= 6, (decisions, writes)
+    assert len(writes) <= decisions // 2 + 1 and unwritten >= decisions // 2 - 1, (decisions, unwritten, writes)
+    # And what status shows stays recent: the last decision written is at most a refresh old.
+    last = _status(bed, namespace)["lastDecision"]["time"]
+    assert time.time() - _epoch(last) <= 4 * interval + 6, last

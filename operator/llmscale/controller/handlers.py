@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -38,7 +39,7 @@ from .render import (
     render_deployment,
     render_service,
 )
-from .status import decision_status, iso, merge_conditions, shape_status
+from .status import decision_status, iso, merge_conditions, needs_write, shape_status, user_view
 
 log = logging.getLogger("llmscale.controller")
 
@@ -278,9 +279,36 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
         _autoscale(body, status, patch, name, namespace, memo)
 
 
+@dataclass(frozen=True)
+class OwnStatus:
+    """What the operator last computed for one LLMDeployment's status, and what it last wrote.
+
+    Status is written only when a decision changes something a user reads, or every few intervals
+    (`needs_write`); in between, the next decision continues from this memory, as long as status
+    still holds what the operator wrote (a restart, or anyone else's write, and status is read
+    again)."""
+
+    fresh: dict[str, Any]  # the status fields the next decision reads, as last computed
+    history: History  # the policy's memory, as last computed
+    written: tuple[History, ...]  # the histories of the last two writes, as status gives them back
+    written_view: dict[str, Any] | None  # user_view() of the last write
+    written_at: float | None
+
+
+# What the next decision reads from status besides the history. The rest it reads (conditions, cold
+# starts, Ready pods, warnings) is written at once whenever it changes (see user_view).
+FRESH_KEYS = ("lastDecision",)
+
+
 def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str, memo: Any) -> None:
     started = time.monotonic()
     st = dict(status or {})
+    own: OwnStatus | None = memo.get("own_status")
+    history, dropped = History.parse(st.get("history"))
+    if own is not None and not dropped and history in own.written:
+        # Status holds what this operator wrote last: its memory carries on from there.
+        st.update(own.fresh)
+        history = own.history
     try:
         spec = parse_spec(dict(body["spec"]))
     except ValidationError:
@@ -305,7 +333,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         # Between decisions only the replica counts are refreshed (for kubectl get), from the
         # Deployments already read: no pod list, no autoscaler lookup on this hot path.
         _refresh_counts(patch, sum(d.spec.replicas or 0 for d in deps),
-                        sum((d.status.ready_replicas if d.status else 0) or 0 for d in deps), namespace, name)
+                        sum((d.status.ready_replicas if d.status else 0) or 0 for d in deps), namespace, name,
+                        dict(status or {}))
         return
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
@@ -321,7 +350,6 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
-    history, dropped = History.parse(st.get("history"))
     if dropped:
         # Only our own field names: the values may be anything someone wrote into status.
         kopf.warn(body, reason="HistoryFieldsReset",
@@ -394,8 +422,28 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.BUDGET_LIMITED.labels(namespace, name).set(1 if conds.get("BudgetLimited", ("False",))[0] == "True" else 0)
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
+    _write_or_keep(patch, memo, own, st, d.history, now, interval)
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))
+
+
+def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,
+                   now: float, interval: float) -> None:
+    """Write this decision's status only when it changes something a user reads, or the last write
+    is a few intervals old; remember what was computed either way."""
+    new = {**st, **dict(patch.get("status") or {})}
+    view = user_view(new)
+    why = needs_write(own.written_view if own else None, own.written_at if own else None, view, now, interval)
+    if why is None and own is not None:
+        patch.pop("status", None)
+        m.STATUS_SKIPPED.inc()
+        written, written_view, written_at = own.written, own.written_view, own.written_at
+    else:
+        m.STATUS_WRITES.labels(why or "first").inc()
+        # As status will give it back (rounded), so the next decision recognises its own write.
+        written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
+        written_view, written_at = view, now
+    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, written_at)
 
 
 def _epoch(iso_time: Any) -> float | None:
@@ -406,10 +454,17 @@ def _epoch(iso_time: Any) -> float | None:
         return None
 
 
-def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str, name: str) -> None:
-    patch.status.update({"replicas": replicas, "readyReplicas": ready, "selector": f"llmscale.io/deployment={name}"})
+def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str, name: str,
+                    status: dict[str, Any] | None = None) -> None:
+    """The replica counts for kubectl get (and the scale subresource): written only when they moved."""
     m.CURRENT.labels(namespace, name).set(replicas)
     m.READY.labels(namespace, name).set(ready)
+    counts = {"replicas": replicas, "readyReplicas": ready, "selector": f"llmscale.io/deployment={name}"}
+    if status is not None and all(status.get(k) == v for k, v in counts.items()):
+        return
+    if status is not None:
+        m.STATUS_WRITES.labels("counts").inc()
+    patch.status.update(counts)
 
 
 def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: Decision, pods: list[Any], deps: list[Any],

@@ -128,3 +128,48 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
         "switch": {"from": "+".join(retiring), "to": target, "ready": workload.pods.get(target, PodCounts()).ready,
                    "target": desired.get(target, 0)} if retiring else None,
     }
+
+
+# Status is written when a decision changes something a user reads (or a restart needs), and
+# otherwise at most every STATUS_REFRESH_INTERVALS scaling intervals: the readings that move at
+# every decision (observed metrics, the estimate, rate samples, the decision's time) are refreshed
+# then. Between writes the operator carries its history in memory (see OwnStatus).
+STATUS_REFRESH_INTERVALS = 4
+# What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
+LEARNT = ("capacityCorrection", "burstGaps", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
+          "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince")
+USER_FIELDS = ("desiredReplicas", "startingReplicas", "sloMet", "warnings", "variant", "replicas", "readyReplicas", "gpus",
+               "hourlyCost", "shape", "variants", "switch", "observedGeneration", "coldStartSeconds", "readyPods")
+
+
+def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What a user reads in status (kubectl get and describe, Events, conditions) and what a restart
+    must not lose, without the readings that move at every decision: two statuses with the same
+    view differ only in numbers that a periodic refresh keeps recent."""
+    def part(key: str) -> Mapping[str, Any]:
+        v = status.get(key)
+        return v if isinstance(v, Mapping) else {}
+
+    last, hist, est = part("lastDecision"), part("history"), part("estimate")
+    conds = [c for c in status.get("conditions") or [] if isinstance(c, Mapping)]
+    return {
+        **{k: status.get(k) for k in USER_FIELDS},
+        "conditions": sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conds),
+        "lastDecision": (last.get("action"), last.get("from"), last.get("to"), last.get("variant"), last.get("applied"),
+                         tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
+        "learnt": {k: hist.get(k) for k in LEARNT},
+        "ceilingReplicas": est.get("ceilingReplicas"),
+    }
+
+
+def needs_write(written_view: Mapping[str, Any] | None, written_at: float | None, view: Mapping[str, Any], now: float,
+                interval_s: float) -> str | None:
+    """Why this decision's status is written ("changed", "refresh", "first"), or None: nothing a
+    user reads changed since the last write, and that write is recent."""
+    if written_view is None or written_at is None:
+        return "first"
+    if view != written_view:
+        return "changed"
+    if now - written_at >= STATUS_REFRESH_INTERVALS * interval_s - 0.5:
+        return "refresh"
+    return None

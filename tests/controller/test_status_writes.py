@@ -1,0 +1,93 @@
+"""Status writes (issue 11): a decision writes status only when it changes something a user reads
+or a restart needs, and otherwise every STATUS_REFRESH_INTERVALS intervals."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from llmscale.controller.status import STATUS_REFRESH_INTERVALS, needs_write, user_view
+
+BASE: dict[str, Any] = {
+    "desiredReplicas": 3, "startingReplicas": 0, "sloMet": "Met", "warnings": [], "variant": "h100x1", "replicas": 3,
+    "readyReplicas": 3, "gpus": 3, "hourlyCost": "12.00", "shape": "h100x1", "observedGeneration": 2,
+    "variants": [{"name": "h100x1", "replicas": 3, "readyReplicas": 3, "gpus": 3, "role": "Target"}], "switch": None,
+    "coldStartSeconds": {"h100x1": 92.0}, "readyPods": ["a", "b", "c"],
+    "conditions": [{"type": "SLOMet", "status": "True", "reason": "SLOMet", "message": "TTFT p99 226ms <= 1s",
+                    "lastTransitionTime": "2026-12-04T10:00:00Z"}],
+    "lastDecision": {"time": "2026-12-04T10:00:00Z", "action": "NoChange", "from": 3, "to": 3, "variant": "h100x1",
+                     "applied": True, "reasons": ["CapacityPlan: forecast 30.10 req/s over 105s -> 3"]},
+    "observed": {"ttftQuantile": 0.226, "requestRate": 30.1}, "ttftDisplay": "226ms@p99",
+    "estimate": {"capacityPerReplica": 12.3, "forecastRate": 30.1, "ceilingReplicas": 8},
+    "history": {"capacityCorrection": 1.0, "rateSamples": [[1.0, 30.1]], "recommendations": [[1.0, 3]], "burstGaps": []},
+}
+
+
+def changed(path: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(BASE)
+    *parents, leaf = path.split(".")
+    node: Any = out
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[int(leaf) if leaf.isdigit() else leaf] = value
+    return out
+
+
+@pytest.mark.parametrize(("path", "value", "user_reads"), [
+    # Readings that move at every decision: refreshed every few intervals, not written each time.
+    ("observed.ttftQuantile", 0.231, False),
+    ("ttftDisplay", "231ms@p99", False),
+    ("estimate.forecastRate", 31.7, False),
+    ("lastDecision.time", "2026-12-04T10:00:15Z", False),
+    ("lastDecision.reasons", ["CapacityPlan: forecast 31.70 req/s over 105s -> 3"], False),
+    ("conditions.0.message", "TTFT p99 231ms <= 1s", False),
+    ("history.rateSamples", [[1.0, 30.1], [16.0, 31.7]], False),
+    ("history.recommendations", [[1.0, 3], [16.0, 3]], False),
+    # What a user reads, or a restart must not lose: written at once.
+    ("desiredReplicas", 4, True),
+    ("readyReplicas", 2, True),
+    ("sloMet", "Breached", True),
+    ("conditions.0.status", "False", True),
+    ("conditions.0.reason", "SLOBreachTTFT", True),
+    ("lastDecision.action", "ScaleUp", True),
+    ("lastDecision.reasons", ["CapacityPlan: forecast 31.70 req/s", "BurstMemory: holding"], True),
+    ("estimate.ceilingReplicas", 6, True),
+    ("warnings", ["TTFT target between bucket edges"], True),
+    ("shape", "l4x1->h100x1", True),
+    ("coldStartSeconds", {"h100x1": 95.0}, True),
+    ("history.capacityCorrection", 0.9, True),
+    ("history.burstGaps", [120.0], True),
+])
+def test_a_decision_writes_status_only_when_it_changes_what_a_user_reads(path: str, value: Any, user_reads: bool) -> None:
+    view = user_view(BASE)
+    new = user_view(changed(path, value))
+    assert (new != view) is user_reads
+    interval = 15.0
+    assert needs_write(view, 1000.0, new, 1015.0, interval) == ("changed" if user_reads else None)
+    # Readings alone are refreshed once the last write is STATUS_REFRESH_INTERVALS intervals old.
+    later = 1000.0 + STATUS_REFRESH_INTERVALS * interval
+    assert needs_write(view, 1000.0, new, later, interval) == ("changed" if user_reads else "refresh")
+
+
+def test_the_first_decision_writes_and_a_malformed_status_has_a_view() -> None:
+    assert needs_write(None, None, user_view(BASE), 0.0, 15.0) == "first"
+    odd = {"lastDecision": "x", "history": 3, "conditions": ["y", {"type": "Ready"}], "estimate": None}
+    assert user_view(odd)["conditions"] == [("Ready", "None", "None")]
+
+
+def test_the_operator_recognises_its_own_write_after_the_round_trip_through_the_api() -> None:
+    """Between writes the next decision continues from the operator's memory only while status holds
+    the history it wrote: that history, as status gives it back (JSON, integers for whole floats),
+    must compare equal to what the operator kept."""
+    import json
+
+    from llmscale.policy import History
+
+    h = History(recommendations=((1000.123456, 3), (1015.5, 4)), rate_samples=((1000.123456, 30.123456789), (1015.0, 1.0)),
+                capacity_correction=1.0, mean_input=1234.5678901, mean_output=200.0, mix_requests=240.0,
+                planned_mix=(1234.5678, 200.0), burst_gaps=(120.04,), queue_seen=(1015.0, 0.0, 4.0), ready_seen=3)
+    kept = History.parse(h.to_dict())[0]
+    returned = json.loads(json.dumps(h.to_dict()).replace(".0,", ",").replace(".0]", "]"))  # whole floats as integers
+    assert History.parse(returned) == (kept, ())
