@@ -1,0 +1,119 @@
+"""Bad LLMDeployments against the real API server (issue 11): hypothesis draws valid and broken
+specs; each is refused with a message naming the field, or admitted and handled (a condition for
+its generation) without a traceback in the operator's log; the operator never exits, and a
+deployment beside them keeps being served."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import OPERATOR_LOG, Bed, wait_for
+
+VALID: dict[str, Any] = {
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "engineArgs": ["--max-model-len=8192"],
+    "replicas": {"min": 1, "max": 3},
+    "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1, "coldStart": "5s"}],
+    "slo": {"ttft": {"target": "500ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+    "cost": {"maxGPUs": 3, "maxHourlyCost": "12.00", "prices": {"nvidia-h100": "4.00"}},
+    "scaling": {"interval": "3s", "scaleUp": {"maxStep": 2}, "scaleDown": {"stabilizationWindow": "20s"}},
+    "metrics": {"rateWindow": "20s"},
+}
+PATHS = [("model",), ("engineArgs",), ("replicas", "min"), ("replicas", "max"), ("variants",), ("variants", 0, "name"),
+         ("variants", 0, "accelerator"), ("variants", 0, "gpusPerReplica"), ("variants", 0, "coldStart"),
+         ("slo", "ttft", "target"), ("slo", "ttft", "percentile"), ("slo", "interTokenLatency", "target"),
+         ("cost", "maxGPUs"), ("cost", "maxHourlyCost"), ("cost", "prices", "nvidia-h100"), ("scaling", "interval"),
+         ("scaling", "mode"), ("scaling", "scaleUp", "maxStep"), ("scaling", "scaleDown", "stabilizationWindow"),
+         ("metrics", "rateWindow"), ("slo",), ("cost",), ("replicas",)]
+NASTY = st.one_of(
+    st.sampled_from([None, -1, 0, 1, 2, 10**12, -0.5, 1.5, True, "", "abc", "-5s", "10zz", "0s", "1e400", "NaN",
+                     "\u221e", "x" * 300, [], {}, ["--tensor-parallel-size=2"], {"unexpected": 1}, "Auto", "Paused",
+                     "nvidia-l4", "4.00", "90s", "250ms"]),
+    st.integers(min_value=-5, max_value=40),
+    st.text(max_size=12),
+)
+
+
+def _mutate(spec: dict[str, Any], path: tuple[Any, ...], value: Any, delete: bool) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    node: Any = out
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        node.pop(path[-1], None) if isinstance(node, dict) else None
+    else:
+        node[path[-1]] = value
+    return out
+
+
+def _operator_log_from(offset: int) -> str:
+    with OPERATOR_LOG.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _handled(bed: Bed, namespace: str, name: str) -> dict[str, Any] | None:
+    """The LLMDeployment's status once the operator has handled its generation (a condition for it)."""
+    obj = bed.llmd(namespace, name)
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") == obj["metadata"]["generation"] and status.get("conditions"):
+        return status
+    return None
+
+
+def test_bad_llmdeployments_are_refused_or_handled_and_harm_nothing_else(
+        bed: Bed, operator: Any, namespace: str) -> None:
+    canary = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+              "metadata": {"name": "canary", "namespace": namespace}, "spec": VALID}
+    bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(canary))
+    bed.traffic(namespace, "canary", rate=2, meanInput=200, meanOutput=100)
+    wait_for("the canary serving", lambda: (bed.llmd(namespace, "canary").get("status") or {}).get("readyReplicas"), 90)
+    log_start = OPERATOR_LOG.stat().st_size
+    seen = {"refused": 0, "handled": 0}
+
+    @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(PATHS), value=NASTY, delete=st.booleans())
+    def one(path: tuple[Any, ...], value: Any, delete: bool) -> None:
+        spec = _mutate(VALID, path, value, delete)
+        name = f"fuzz-{seen['refused'] + seen['handled']}"
+        doc = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+               "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        r = bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+        # The field, or an object above it whose rule the value breaks (a price is a key of cost.prices).
+        names = [str(k) for k in path if isinstance(k, str)]
+        if r.returncode != 0:
+            seen["refused"] += 1
+            # Refused by the schema or the CEL rules: the message names where.
+            assert any(n in r.stderr for n in names), (path, value, delete, r.stderr)
+            assert "Traceback" not in r.stderr
+            return
+        seen["handled"] += 1
+        status = wait_for(f"{name} handled ({path}={value!r}, delete={delete})", lambda: _handled(bed, namespace, name), 30)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        if ready.get("reason") in ("InvalidSpec", "EngineArgConflict"):
+            assert any(n in ready["message"] for n in names), (path, value, ready)
+        assert operator.poll() is None, "the operator exited"
+        bed.kubectl("delete", "llmd", name, "-n", namespace, "--wait=false")
+
+    one()
+    assert seen["refused"] and seen["handled"], seen  # both sides of the admission were exercised
+    log = _operator_log_from(log_start)
+    assert "Traceback" not in log, log[-4000:]
+    assert operator.poll() is None, "the operator exited"
+    # The canary was decided all along (status refreshed at least every four 3 s intervals).
+    wait_for("a recent decision for the canary", lambda: time.time() - _epoch(
+        ((bed.llmd(namespace, "canary").get("status") or {}).get("lastDecision") or {}).get("time")) < 20, 30)
+
+
+def _epoch(iso: str | None) -> float:
+    import datetime as dt
+
+    if not iso:
+        return 0.0
+    return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
