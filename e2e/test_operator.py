@@ -170,3 +170,61 @@ def test_a_deployment_from_an_earlier_version_holds_the_operator_and_says_so(bed
     bed.apps.delete_namespaced_deployment("llama-8b", namespace)
     wait_for("the shape's Deployment created again", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
     wait_for("Ready again", lambda: ready().get("status") == "True", 90)
+
+
+def test_a_node_drain_takes_one_serving_pod_at_a_time(bed: Bed, operator: object, namespace: str) -> None:
+    """Issue 11: `kubectl drain` of the node holding every replica. The owned PodDisruptionBudget lets
+    the drain evict one serving pod at a time, the next only once its replacement is Ready
+    elsewhere: Ready replicas never drop below all but one (without it all three go at once)."""
+    import threading
+    import time
+
+    h100 = sorted(n.metadata.name for n in bed.core.list_node(label_selector="nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3").items)
+    assert len(h100) >= 2, h100
+    keep, others = h100[0], h100[1:]
+    selector = "llmscale.io/deployment=llama-8b"
+
+    def ready_pods() -> list:
+        return [p for p in bed.core.list_namespaced_pod(namespace, label_selector=selector).items
+                if not p.metadata.deletion_timestamp and any(c.type == "Ready" and c.status == "True"
+                                                             for c in p.status.conditions or [])]
+
+    try:
+        for n in others:  # every replica on one node, so that the drain has three to evict
+            bed.kubectl("cordon", n)
+        doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "replicas": {"min": 3, "max": 3},
+                                   "variants": [{**EXAMPLE["spec"]["variants"][0], "coldStart": "5s"}],
+                                   "scaling": {**EXAMPLE["spec"]["scaling"], "interval": "3s"}}}
+        _apply(bed, namespace, doc)
+        wait_for("three Ready replicas on one node", lambda: len(ready_pods()) == 3
+                 and {p.spec.node_name for p in ready_pods()} == {keep}, 120)
+        pdb = bed.kubectl("get", "pdb", "llama-8b", "-n", namespace, "-o", "json").stdout
+        assert '"maxUnavailable": 1' in pdb and '"kind": "LLMDeployment"' in pdb, pdb
+        wait_for("the budget computed (one disruption allowed)",
+                 lambda: '"disruptionsAllowed": 1' in bed.kubectl("get", "pdb", "llama-8b", "-n", namespace, "-o", "json").stdout, 60)
+        for n in others:
+            bed.kubectl("uncordon", n)
+        lowest = [3]
+        stop = threading.Event()
+
+        def watch_ready() -> None:
+            while not stop.is_set():
+                try:
+                    lowest[0] = min(lowest[0], len(ready_pods()))
+                except Exception:  # a transient API error is no observation
+                    pass
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch_ready, daemon=True)
+        watcher.start()
+        r = bed.kubectl("drain", keep, f"--pod-selector={selector}", "--ignore-daemonsets", "--delete-emptydir-data",
+                        "--timeout=150s", check=False)
+        stop.set()
+        watcher.join(5)
+        assert r.returncode == 0, r.stderr
+        assert lowest[0] >= 2, f"Ready replicas fell to {lowest[0]} during the drain"
+        wait_for("three Ready replicas on other nodes", lambda: len(ready_pods()) == 3
+                 and keep not in {p.spec.node_name for p in ready_pods()}, 120)
+    finally:
+        for n in h100:
+            bed.kubectl("uncordon", n, check=False)

@@ -8,6 +8,7 @@ from llmscale.api import parse_spec
 from llmscale.controller.render import (
     engine_arg_conflicts,
     render_deployment,
+    render_disruption_budget,
     render_service,
 )
 from llmscale.controller.status import merge_conditions, shape_status
@@ -111,3 +112,16 @@ def test_conditions_keep_transition_time_until_status_flips() -> None:
     assert ch2 == [] and c2[0]["lastTransitionTime"] == c1[0]["lastTransitionTime"] and c2[0]["message"] == "still ok"
     c3, ch3 = merge_conditions(c2, {"SLOMet": ("False", "SLOBreached", "slow")}, 3000.0, 2)
     assert ch3 == [("SLOMet", "True", "False", "SLOBreached")] and c3[0]["lastTransitionTime"] != c1[0]["lastTransitionTime"]
+
+
+def test_a_disruption_budget_lets_a_drain_take_one_serving_pod_at_a_time() -> None:
+    pdb = render_disruption_budget(BODY)
+    assert pdb == {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "chat", "namespace": BODY["metadata"]["namespace"],
+                     "labels": {"app.kubernetes.io/managed-by": "llmscale", "llmscale.io/deployment": "chat"},
+                     "ownerReferences": [pdb["metadata"]["ownerReferences"][0]]},
+        "spec": {"selector": {"matchLabels": {"llmscale.io/deployment": "chat"}}, "maxUnavailable": 1},
+    }
+    owner = pdb["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "LLMDeployment" and owner["uid"] == BODY["metadata"]["uid"] and owner["controller"] is True

@@ -37,6 +37,7 @@ from .render import (
     deployment_name,
     engine_arg_conflicts,
     render_deployment,
+    render_disruption_budget,
     render_service,
 )
 from .status import decision_status, iso, merge_conditions, needs_write, shape_status, user_view
@@ -218,9 +219,10 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                 _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), workload.variant or variant,
                              include_replicas=competing is None)
         Runtime.kube.apply(render_service(dict(body), spec))
+        Runtime.kube.apply(render_disruption_budget(dict(body)))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
-        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service failed: {_api_error(e)}")
+        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service/PodDisruptionBudget failed: {_api_error(e)}")
         raise kopf.TemporaryError(f"apply failed: {e}", delay=15) from e
     conds = {"Ready": ("True", "Applied", "Deployments and Service applied: " + ", ".join(f"{n} x {v}" for v, n in desired.items())),
              "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}

@@ -32,6 +32,7 @@ class Kube:
         self.core = client.CoreV1Api()
         self.autoscaling = client.AutoscalingV2Api()
         self.custom = client.CustomObjectsApi()
+        self.policy = client.PolicyV1Api()
 
     # ---- writes --------------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any]) -> None:
@@ -43,7 +44,10 @@ class Kube:
         elif kind == "Service":
             self.core.patch_namespaced_service(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                force=True, _content_type=APPLY)
-        else:  # pragma: no cover - only the two kinds above are owned
+        elif kind == "PodDisruptionBudget":
+            self.policy.patch_namespaced_pod_disruption_budget(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
+                                                               force=True, _content_type=APPLY)
+        else:  # pragma: no cover - only the kinds above are owned
             raise ValueError(f"cannot apply {kind}")
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:

@@ -192,3 +192,21 @@ def render_service(body: dict[str, Any], spec: LLMDeploymentSpec) -> dict[str, A
             "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def render_disruption_budget(body: dict[str, Any]) -> dict[str, Any]:
+    """A PodDisruptionBudget over every shape's pods: a node drain (or any voluntary eviction)
+    takes one serving pod at a time, and the next only once its replacement is Ready, so a drain
+    costs at most one replica for one cold start instead of every replica on the node at once."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {"app.kubernetes.io/managed-by": "llmscale", LABEL_DEPLOYMENT: name},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {"selector": {"matchLabels": selector_labels(name)}, "maxUnavailable": 1},
+    }
