@@ -56,3 +56,22 @@ def test_a_failed_switch_is_read_back_and_without_marks_the_biggest_shape_is_the
     w, _ = observe_workload(deps, [], {}, None)
     assert w.variant == "l4x1" and w.target_since is None
     assert w.failed == {"h100x2": (1500.0, "Unschedulable: 1 x h100x2 Pending")}  # an unreadable mark is ignored
+
+
+def test_replicas_set_outside_llmscale_are_named_from_the_managed_fields() -> None:
+    from types import SimpleNamespace as NS
+
+    from llmscale.controller.kube import replicas_set_outside
+
+    def dep(*entries: NS) -> NS:
+        return NS(metadata=NS(managed_fields=list(entries)))
+
+    ours = NS(manager="llmscale", operation="Apply", subresource=None,
+              fields_v1={"f:spec": {"f:replicas": {}, "f:template": {}}})
+    status = NS(manager="kube-controller-manager", operation="Update", subresource="status", fields_v1={"f:status": {}})
+    scaled = NS(manager="kubectl", operation="Update", subresource="scale", fields_v1={"f:spec": {"f:replicas": {}}})
+    labels = NS(manager="kubectl-label", operation="Update", subresource=None, fields_v1={"f:metadata": {"f:labels": {}}})
+    assert replicas_set_outside(dep(ours, status, labels)) is None
+    assert replicas_set_outside(dep(NS(manager="llmscale", operation="Apply", subresource=None,
+                                       fields_v1={"f:spec": {"f:template": {}}}), status, scaled)) == "kubectl (scale subresource)"
+    assert replicas_set_outside(dep()) is None and replicas_set_outside(NS(metadata=None)) is None

@@ -29,7 +29,7 @@ from llmscale.policy.rollout import gpus_held
 from llmscale.policy.types import Decision, Signals, Workload
 
 from . import opmetrics as m
-from .kube import Kube, observe_workload
+from .kube import Kube, observe_workload, replicas_set_outside
 from .render import (
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
@@ -398,6 +398,13 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                             if progressing else "all replicas settled")
     conds["CompetingAutoscaler"] = (("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale only recommends")
                                     if competing else ("False", "NoCompetingAutoscaler", ""))
+    # Replicas someone set by hand (kubectl scale, an edit): said once, not fought at every tick.
+    # The policy decides from the count it finds; its next change takes the field back.
+    outside = [] if competing or applied else [f"{x.metadata.name} by {who}" for x in deps if (who := replicas_set_outside(x))]
+    conds["ReplicasSetOutside"] = (
+        ("True", "ReplicasSetOutside", f"replicas of {', '.join(outside)} set outside llmscale; it decides from "
+                                       "the count it finds and sets its own at its next change") if outside
+        else ("False", "ReplicasOwned", "llmscale sets the replicas of its Deployments"))
     new_conds, changes = merge_conditions(st.get("conditions"), conds, now, body["metadata"].get("generation"))
     patch.status.update(decision_status(d, signals, workload, now, spec))
     patch.status["conditions"] = new_conds
@@ -412,7 +419,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         if ctype in ("Ready", "Progressing"):
             continue
         bad = (ctype in ("SLOMet", "MetricsAvailable", "SLOFeasible") and new == "False") or (
-            ctype in ("BudgetLimited", "CompetingAutoscaler") and new == "True")
+            ctype in ("BudgetLimited", "CompetingAutoscaler", "ReplicasSetOutside") and new == "True")
         text = f"{ctype} {old or 'unset'} -> {new}: {dict(d.conditions).get(ctype, conds.get(ctype, ('', '', '')))[2]}"
         (kopf.warn if bad else kopf.info)(body, reason=reason, message=text[:1000])
     for w in signals.warnings:

@@ -52,7 +52,8 @@ class Kube:
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
-        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}})
+        self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}},
+                                                    field_manager=FIELD_MANAGER)
 
     def delete_deployment(self, namespace: str, deployment: str) -> None:
         try:
@@ -112,6 +113,18 @@ class Kube:
             if e.status not in (403, 404):
                 raise
         return None
+
+
+def replicas_set_outside(deployment: Any) -> str | None:
+    """Who other than llmscale last set this Deployment's replicas (`kubectl scale`, an edit, a
+    GitOps tool), from its managed fields; None while llmscale owns them. Applying with force
+    takes them back, so this names a change made since llmscale's last apply."""
+    for entry in (deployment.metadata.managed_fields or []) if deployment.metadata else []:
+        fields = entry.fields_v1 or {}
+        if entry.manager != FIELD_MANAGER and "f:replicas" in (fields.get("f:spec") or {}):
+            how = f" ({entry.subresource} subresource)" if entry.subresource else ""
+            return f"{entry.manager or 'an unnamed client'}{how}"
+    return None
 
 
 def _ready_time(pod: Any) -> dt.datetime | None:
