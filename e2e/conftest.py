@@ -24,6 +24,8 @@ PROM_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_PROM_PORT', '19090')}"
 FLEET_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_FLEET_PORT', '18000')}"
 OPERATOR_TOKEN = STATE / "operator-prometheus-token"
 OPERATOR_LOG = STATE / "logs" / "operator-e2e.log"
+# Namespaces that the session's operator leaves alone: a fault test runs its own operator there.
+SOLO_PREFIX = "e2e-solo-"
 KUBECTL = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) / f"kubernetes-{os.environ.get('KUBE_VERSION', 'v1.36.3')}" / "kubectl"
 
 
@@ -91,7 +93,7 @@ def operator(bed: Bed, crd: None, ceilings: CeilingWatcher) -> Iterator[subproce
     OPERATOR_TOKEN.write_text(f"e2e-operator-token-{uuid.uuid4().hex}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", bed.prom_url,
-         "--metrics-port", "18080", "--health-port", "18081"],
+         "--metrics-port", "18080", "--health-port", "18081", "--namespace", f"!{SOLO_PREFIX}*"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN)},
     )
     deadline = time.time() + 60

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +45,17 @@ from .render import (
 from .status import decision_status, iso, merge_conditions, needs_write, shape_status, user_view
 
 log = logging.getLogger("llmscale.controller")
+
+# A deterministic crash for the fault-injection tests: LLMSCALE_FAILPOINT=after-apply makes the
+# process SIGKILL itself after applying a decision and before writing its status (a restart must
+# resume from the Deployments as applied, with nothing learnt lost).
+FAILPOINT = os.environ.get("LLMSCALE_FAILPOINT", "")
+
+
+def failpoint(name: str) -> None:
+    if FAILPOINT == name:
+        log.warning("failpoint %s: killing the operator", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Runtime:
@@ -368,6 +381,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         try:
             _apply_decision(body, spec, workload, d, pods, deps, now)
             applied = True
+            failpoint("after-apply")
         except Exception as e:
             m.APPLY_ERRORS.labels(namespace, name).inc()
             kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
