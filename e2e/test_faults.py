@@ -109,3 +109,111 @@ def test_killed_between_its_apply_and_its_status_the_operator_resumes_and_loses_
         assert not ceilings.violations, ceilings.violations
     finally:
         _stop(op)
+
+
+class PrometheusProxy:
+    """A small proxy in front of the bed's Prometheus that passes answers through, mangles them
+    (NaN, Inf, non-numeric values, bucket counts going backwards, series for only some pods), or
+    answers too slowly; loopback only."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        self.mode = "pass"
+        self.requests = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                import json as _json
+
+                proxy.requests += 1
+                if proxy.mode == "slow":
+                    time.sleep(12)  # past the reader's 5 s timeout
+                with urllib.request.urlopen(upstream + self.path, timeout=10) as r:
+                    body = r.read()
+                if proxy.mode == "garbage":
+                    doc = _json.loads(body)
+                    result = (doc.get("data") or {}).get("result") or []
+                    bad = ["NaN", "+Inf", "-Inf", "abc", "-1", "1e999"]
+                    kept = []
+                    for i, series in enumerate(result):
+                        if i % 3 == 2:
+                            continue  # series for only some pods
+                        if "value" in series:
+                            series["value"] = [series["value"][0], bad[i % len(bad)]]
+                        if "le" in series.get("metric", {}) and i % 2:
+                            series["metric"]["le"] = "not-a-number"
+                        kept.append(series)
+                    if result:
+                        doc["data"]["result"] = kept
+                    body = _json.dumps(doc).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itself(
+        bed: Bed, solo: str, ceilings: CeilingWatcher) -> None:
+    """Garbage answers make the signals unknown with a reason and slow ones make them unavailable:
+    either way no replica is released (the load fell to zero meanwhile, so a scale-down is what a
+    policy that trusted them would do), nothing is logged as a crash, and once Prometheus answers
+    well again the operator goes on by itself."""
+    proxy = PrometheusProxy(bed.prom_url)
+    log = STATE / "logs" / f"operator-{solo}.log"
+    op = subprocess.Popen(
+        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", proxy.url,
+         "--metrics-port", "0", "--health-port", "18091", "--namespace", solo],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_FAILPOINT": ""})
+
+    def cond(ctype: str) -> dict[str, Any]:
+        return next((c for c in _status(bed, solo).get("conditions", []) if c["type"] == ctype), {})
+
+    try:
+        bed.kubectl("apply", "-f", "-", input=_doc(solo))
+        bed.traffic(solo, "chat", rate=30, meanInput=1000, meanOutput=200)
+        wait_for("a scale-up through the proxy", lambda: _replicas(bed, solo) >= 2 and _status(bed, solo).get("readyReplicas", 0) >= 2, 120)
+        held = _replicas(bed, solo)
+        bed.traffic(solo, "chat", rate=0, meanInput=1000, meanOutput=200)
+        for mode, expect in (("garbage", None), ("slow", "False")):
+            proxy.mode = mode
+            before = proxy.requests
+            seen: list[int] = []
+            deadline = time.time() + 40
+            while time.time() < deadline:  # longer than the 60 s window's share the decisions see, bounded
+                seen.append(_replicas(bed, solo))
+                time.sleep(1)
+            assert proxy.requests > before, f"{mode}: the operator read nothing through the proxy"
+            assert min(seen) >= held, (mode, held, seen)
+            if expect is not None:
+                wait_for(f"MetricsAvailable={expect} while Prometheus is {mode}",
+                         lambda e=expect: cond("MetricsAvailable").get("status") == e, 60)
+            else:
+                m = cond("MetricsAvailable")
+                assert m.get("status") != "True" or m.get("reason") != "MetricsRead", m
+            assert op.poll() is None, f"the operator exited while Prometheus was {mode}"
+        proxy.mode = "pass"
+        wait_for("MetricsAvailable=True again", lambda: cond("MetricsAvailable").get("status") == "True"
+                 and cond("MetricsAvailable").get("reason") == "MetricsRead", 90)
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+        assert not ceilings.violations, ceilings.violations
+    finally:
+        _stop(op)
+        proxy.close()
