@@ -217,3 +217,40 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
     finally:
         _stop(op)
         proxy.close()
+
+
+def test_the_api_server_and_etcd_restarted_in_a_scale_up_the_operator_carries_on(
+        bed: Bed, solo: str, ceilings: CeilingWatcher) -> None:
+    """kube-apiserver and etcd killed while new replicas start, and started again: the operator
+    rides out the outage (no exit, no scale-down for want of data), and afterwards finishes the
+    scale-up and decides again from what it had."""
+    from .conftest import CLUSTER
+
+    op = _operator(bed, solo)
+    try:
+        bed.kubectl("apply", "-f", "-", input=_doc(solo))
+        bed.traffic(solo, "chat", rate=2, meanInput=1000, meanOutput=200)
+        wait_for("one Ready replica", lambda: _status(bed, solo).get("readyReplicas") == 1, 120)
+        bed.traffic(solo, "chat", rate=30, meanInput=1000, meanOutput=200)
+        wait_for("a scale-up under way", lambda: _replicas(bed, solo) >= 2, 90)
+        during = _replicas(bed, solo)
+        pids = [int((STATE / "pids" / f"{name}.pid").read_text()) for name in ("kube-apiserver", "etcd")]
+        for pid in pids:  # a crash, not a shutdown: a graceful one waits on etcd going away beside it
+            subprocess.run(["kill", "-KILL", str(pid)], check=True)
+        try:
+            # Both gone, then down a while longer.
+            wait_for("kube-apiserver and etcd stopped", lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 60, 0.2)
+            time.sleep(8)
+            assert op.poll() is None, "the operator exited while the API server was down"
+        finally:
+            r = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        restarted = time.time()
+        wait_for("a decision after the restart", lambda: _status(bed, solo).get("lastDecision", {}).get("time", "")
+                 >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(restarted)), 90)
+        wait_for("the scale-up finished", lambda: _replicas(bed, solo) >= during
+                 and _status(bed, solo).get("readyReplicas", 0) >= during, 120)
+        assert op.poll() is None
+        assert not ceilings.violations, ceilings.violations
+    finally:
+        _stop(op)
