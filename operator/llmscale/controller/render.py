@@ -176,17 +176,23 @@ def render_deployment(body: dict[str, Any], spec: LLMDeploymentSpec, variant: Va
     }
 
 
+def _named_like_it(body: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of an owned object named like the LLMDeployment (its Service, its disruption budget)."""
+    name = body["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": {"app.kubernetes.io/managed-by": "llmscale", LABEL_DEPLOYMENT: name},
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 def render_service(body: dict[str, Any], spec: LLMDeploymentSpec) -> dict[str, Any]:
     name = body["metadata"]["name"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": {"app.kubernetes.io/managed-by": "llmscale", LABEL_DEPLOYMENT: name},
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _named_like_it(body),
         "spec": {
             "selector": selector_labels(name),
             "ports": [{"name": "http", "port": spec.serving.port, "targetPort": "http", "protocol": "TCP"}],
@@ -202,11 +208,6 @@ def render_disruption_budget(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": {"app.kubernetes.io/managed-by": "llmscale", LABEL_DEPLOYMENT: name},
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _named_like_it(body),
         "spec": {"selector": {"matchLabels": selector_labels(name)}, "maxUnavailable": 1},
     }
