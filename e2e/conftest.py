@@ -24,8 +24,10 @@ PROM_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_PROM_PORT', '19090')}"
 FLEET_URL = f"http://127.0.0.1:{os.environ.get('LLMSCALE_FLEET_PORT', '18000')}"
 OPERATOR_TOKEN = STATE / "operator-prometheus-token"
 OPERATOR_LOG = STATE / "logs" / "operator-e2e.log"
-# Namespaces that the session's operator leaves alone: a fault test runs its own operator there.
+# The fault tests' namespaces, each served by a test's own operator (with no session operator:
+# scripts/test.sh runs e2e/test_faults.py in a pytest session of its own).
 SOLO_PREFIX = "e2e-solo-"
+SESSION_OPERATOR: list[subprocess.Popen[bytes]] = []  # the session's operator, once started
 KUBECTL = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) / f"kubernetes-{os.environ.get('KUBE_VERSION', 'v1.36.3')}" / "kubectl"
 
 
@@ -85,15 +87,48 @@ def crd(bed: Bed) -> None:
     bed.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmscale.io", "--timeout=60s")
 
 
+HELM = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) / "helm-v3.21.4" / "helm"
+OPERATOR_NAMESPACE = "llmscale-system"
+
+
 @pytest.fixture(scope="session")
-def operator(bed: Bed, crd: None, ceilings: CeilingWatcher) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a normal process against the bed, with a bearer token for its Prometheus (the
-    bed's Prometheus ignores it; the security tests check that it goes nowhere else)."""
+def operator_kubeconfig(bed: Bed, crd: None) -> Path:
+    """A kubeconfig for the chart's ServiceAccount under the chart's ClusterRole, as `helm install`
+    grants them: every operator of the e2e suite runs with that, never as cluster-admin, so a verb
+    the chart forgot fails a test here before it fails a user."""
+    import yaml
+
+    r = subprocess.run([str(HELM), "template", "llmscale", str(ROOT / "charts/llmscale"), "-n", OPERATOR_NAMESPACE,
+                        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
+                        "--kube-version", "1.36.3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    account = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+    bed.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    bed.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=r.stdout)
+    token = bed.kubectl("create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=24h").stdout.strip()
+    admin = yaml.safe_load(bed.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+              "users": [{"name": account, "user": {"token": token}}],
+              "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account}}],
+              "current-context": account}
+    path = STATE / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(bed: Bed, crd: None, ceilings: CeilingWatcher, operator_kubeconfig: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as a normal process against the bed, under the chart's ServiceAccount and RBAC,
+    with a bearer token for its Prometheus (the bed's Prometheus ignores it; the security tests
+    check that it goes nowhere else)."""
     log = open(STATE / "logs" / "operator-e2e.log", "wb")
     OPERATOR_TOKEN.write_text(f"e2e-operator-token-{uuid.uuid4().hex}\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", bed.prom_url,
-         "--metrics-port", "18080", "--health-port", "18081", "--namespace", f"!{SOLO_PREFIX}*"],
+        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(operator_kubeconfig), "--prometheus-url", bed.prom_url,
+         "--metrics-port", "18080", "--health-port", "18081"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN)},
     )
     deadline = time.time() + 60
@@ -107,6 +142,7 @@ def operator(bed: Bed, crd: None, ceilings: CeilingWatcher) -> Iterator[subproce
             time.sleep(0.5)
     else:
         pytest.fail("the operator did not become healthy in 60 s")
+    SESSION_OPERATOR.append(proc)
     yield proc
     proc.terminate()
     try:

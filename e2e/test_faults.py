@@ -1,5 +1,5 @@
-"""Faults on the test bed (issue 11), each with an operator of its own in a namespace the session's
-operator leaves alone: the operator SIGKILLed between applying a decision and writing its status
+"""Faults on the test bed (issue 11), each with an operator of its own (run in a pytest session of
+their own, see scripts/test.sh): the operator SIGKILLed between applying a decision and writing its status
 (a deterministic failpoint, not a lucky timing) resumes from the Deployments as applied, scales
 nothing down for want of what it had learnt, and keeps what it had learnt."""
 
@@ -11,28 +11,40 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .conftest import OPERATOR_TOKEN, SOLO_PREFIX, STATE, Bed, CeilingWatcher, wait_for
+from .conftest import OPERATOR_TOKEN, SESSION_OPERATOR, SOLO_PREFIX, STATE, Bed, CeilingWatcher, wait_for
 
 
 @pytest.fixture
-def solo(bed: Bed) -> Iterator[str]:
+def solo(bed: Bed, operator_kubeconfig: Path) -> Iterator[str]:
+    """A namespace the session's operator leaves alone, for a test's own operator (run, like every
+    e2e operator, under the chart's ServiceAccount: STATE / "operator.kubeconfig")."""
     from kubernetes import client
+
+    if any(p.poll() is None for p in SESSION_OPERATOR):
+        pytest.skip("the session's operator would serve this test's objects too: run e2e/test_faults.py in a "
+                    "pytest session of its own (scripts/test.sh does)")
 
     name = f"{SOLO_PREFIX}{uuid.uuid4().hex[:6]}"
     bed.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
+    # The test's operator is gone by now: release kopf's finalizer on what it served, or the
+    # namespace would wait for an operator that never comes back.
+    for obj in bed.custom.list_namespaced_custom_object("llmscale.io", "v1alpha1", name, "llmdeployments").get("items", []):
+        bed.kubectl("patch", "llmd", obj["metadata"]["name"], "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                    check=False)
     bed.core.delete_namespace(name)
 
 
 def _operator(bed: Bed, namespace: str, failpoint: str = "") -> subprocess.Popen[bytes]:
     log = open(STATE / "logs" / f"operator-{namespace}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", bed.prom_url,
+        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "operator.kubeconfig"), "--prometheus-url", bed.prom_url,
          "--metrics-port", "0", "--health-port", "18091", "--namespace", namespace],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "LLMSCALE_FAILPOINT": failpoint, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN)})
@@ -178,7 +190,7 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
     proxy = PrometheusProxy(bed.prom_url)
     log = STATE / "logs" / f"operator-{solo}.log"
     op = subprocess.Popen(
-        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(bed.kubeconfig), "--prometheus-url", proxy.url,
+        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "operator.kubeconfig"), "--prometheus-url", proxy.url,
          "--metrics-port", "0", "--health-port", "18091", "--namespace", solo],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_FAILPOINT": ""})
 

@@ -260,3 +260,29 @@ def test_replicas_set_by_hand_are_reported_once_and_not_fought_every_tick(bed: B
     wait_for("ReplicasSetOutside=False once llmscale set the count", lambda: cond().get("status") == "False", 30)
     said_again = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "ReplicasSetOutside"]
     assert len(said_again) == 1 and (said_again[0].count or 1) == 1, said_again  # said once, not at every tick
+
+
+def test_deleting_the_namespace_of_a_serving_deployment_completes(bed: Bed, operator: object) -> None:
+    """The operator's finalizer (kopf's, for the timer) is released when the namespace goes: the
+    timer neither re-creates the Deployments the namespace controller deleted nor holds the
+    LLMDeployment, and the namespace is gone within a minute."""
+    import uuid
+
+    from kubernetes import client
+
+    ns = f"e2e-gone-{uuid.uuid4().hex[:6]}"
+    bed.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    doc = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "variants": [{**EXAMPLE["spec"]["variants"][0], "coldStart": "5s"}],
+                               "scaling": {**EXAMPLE["spec"]["scaling"], "interval": "2s"}}}
+    _apply(bed, ns, doc)
+    wait_for("one Ready replica", lambda: bed.llmd(ns, "llama-8b").get("status", {}).get("readyReplicas") == 1, 90)
+    bed.core.delete_namespace(ns)
+
+    def gone() -> bool:
+        try:
+            bed.core.read_namespace(ns)
+            return False
+        except Exception as e:
+            return getattr(e, "status", None) == 404
+
+    wait_for("the namespace deleted", gone, 60)

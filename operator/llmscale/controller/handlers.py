@@ -316,6 +316,10 @@ FRESH_KEYS = ("lastDecision",)
 
 
 def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str, memo: Any) -> None:
+    if body["metadata"].get("deletionTimestamp"):
+        # Being deleted: its Deployments go by garbage collection (or with its namespace); creating
+        # them again would fight the deletion and keep the timer, and so the finalizer, busy.
+        return
     started = time.monotonic()
     st = dict(status or {})
     own: OwnStatus | None = memo.get("own_status")
