@@ -115,8 +115,8 @@ def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, oper
         return [e for e in bed.core.list_namespaced_event(namespace).items
                 if e.reason == "HistoryFieldsReset" and e.type == "Warning"]
 
-    # The operator rewrites status every decision: corrupt it again until a decision has read it
-    # (bounded: a few intervals).
+    # Corrupt it again until a decision has read it (bounded: a few intervals; the operator may
+    # have written over it first).
     for _ in range(10):
         patch = {"status": {"history": {"capacityCorrection": 0.42, "queueSeen": "<script>garbage</script>"}}}
         bed.kubectl("patch", "llmd", "llama-8b", "-n", namespace, "--subresource=status", "--type=merge",

@@ -43,7 +43,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     ("lastDecision.time", "2026-12-04T10:00:15Z", False),
     ("lastDecision.reasons", ["CapacityPlan: forecast 31.70 req/s over 105s -> 3"], False),
     ("conditions.0.message", "TTFT p99 231ms <= 1s", False),
-    ("history.rateSamples", [[1.0, 30.1], [16.0, 31.7]], False),
+    ("history.rateSamples", [[1.0, 30.1], [16.0, 30.3]], False),
     ("history.recommendations", [[1.0, 3], [16.0, 3]], False),
     # What a user reads, or a restart must not lose: written at once.
     ("desiredReplicas", 4, True),
@@ -91,3 +91,50 @@ def test_the_operator_recognises_its_own_write_after_the_round_trip_through_the_
     kept = History.parse(h.to_dict())[0]
     returned = json.loads(json.dumps(h.to_dict()).replace(".0,", ",").replace(".0]", "]"))  # whole floats as integers
     assert History.parse(returned) == (kept, ())
+
+
+def test_a_new_burst_peak_is_written_at_once() -> None:
+    """A restart must not forget a burst: the burst memory's peak is something a restart reads."""
+    view = user_view(BASE)
+    assert user_view(changed("history.rateSamples", [[1.0, 30.1], [16.0, 30.4]])) == view  # same two digits
+    assert user_view(changed("history.rateSamples", [[1.0, 30.1], [16.0, 45.0]])) != view
+
+
+def _decision(memo: dict, status: dict, history: Any, now: float, fields: dict) -> tuple[dict, Any]:
+    """What the timer does around a decision: continue from memory or status, compute, write or keep."""
+    import kopf
+
+    from llmscale.controller.handlers import _write_or_keep, continue_from_memory
+
+    st, _hist, dropped, own = continue_from_memory(dict(status), memo.get("own_status"))
+    patch = kopf.Patch()
+    patch.status.update({**fields, "history": history.to_dict(), "lastDecision": {"time": str(now), "action": "NoChange"}})
+    _write_or_keep(patch, memo, own, st, history, now, 15.0, ("ns", "chat"))
+    return dict(patch.get("status") or {}), dropped
+
+
+def test_the_timer_writes_what_changed_keeps_the_rest_and_reads_status_again_when_someone_else_wrote() -> None:
+    from llmscale.controller.handlers import continue_from_memory
+    from llmscale.policy import History
+
+    memo: dict = {}
+    h1 = History(rate_samples=((1.0, 10.0),))
+    out, _ = _decision(memo, {}, h1, 100.0, {"desiredReplicas": 2})
+    assert out["desiredReplicas"] == 2  # the first decision writes
+    status = {**out}
+    h2 = History(rate_samples=((1.0, 10.0), (16.0, 10.1)))
+    out, _ = _decision(memo, status, h2, 115.0, {"desiredReplicas": 2})
+    assert out == {}  # nothing a user reads changed: no write
+    assert memo["own_status"].history == h2  # but the next decision continues from h2
+    _, hist, _, own = continue_from_memory(status, memo["own_status"])
+    assert hist == h2 and own is not None
+    out, _ = _decision(memo, status, h2, 130.0, {"desiredReplicas": 3})
+    assert out["desiredReplicas"] == 3  # a change a user reads: written at once
+    status = {**out}
+    # Someone else writes status (or a restart): read again, and this decision writes whatever it holds.
+    foreign = {**status, "history": {**status["history"], "capacityCorrection": 0.42}}
+    out, dropped = _decision(memo, foreign, h2, 145.0, {"desiredReplicas": 3})
+    assert out["desiredReplicas"] == 3 and dropped == ()
+    corrupt = {**status, "history": {**status["history"], "queueSeen": "garbage"}}
+    out, dropped = _decision(memo, corrupt, h2, 160.0, {"desiredReplicas": 3})
+    assert dropped == ("queueSeen",) and out  # reported once, and written over

@@ -175,3 +175,16 @@ def test_min_zero_without_scale_to_zero_keeps_one_replica() -> None:
     # At 0 (set by hand) with no demand, it comes back to 1: 0 is a one-way door without a demand signal.
     d0 = decide(spec, Workload("h100x1", 0, 0), idle, h, NOW)
     assert d0.to_replicas == 1 and Code.IDLE in d0.codes
+
+
+def test_a_busy_window_outweighs_a_long_quiet_phase_of_long_prompts() -> None:
+    """Past the 500-request memory a window moved the mix by 20 % at most, so a burst window of
+    2,760 short requests after 600 long ones left the mix near the long prompts (2,934 tokens after
+    the first burst window, 1,634 after six): the defect above again, once a deployment had seen
+    500 requests. A window weighs as many requests as it holds against the memory's 500."""
+    from llmscale.policy.capacity import ObservedMix, observed_mix
+
+    quiet = ObservedMix(3418.0, 234.0, 500.0)
+    burst = Signals(request_rate=46.0, prompt_tokens_rate=46.0 * 1000, generation_tokens_rate=46.0 * 256)
+    after = observed_mix(burst, 60.0, quiet)
+    assert after.mean_input is not None and after.mean_input < 1400, after

@@ -85,12 +85,16 @@ def test_availability(spec_: Any, signals: Signals, expect: Availability) -> Non
 SEEN = (NOW, 0.0, 4.0)  # what sig() shows of the queue: 0 waiting, 4 running
 
 
-def beyond_chance(peak: float, window_s: float = 60.0) -> float:
-    """A held peak counts for what it exceeds chance by: two Poisson standard deviations of its window."""
-    return peak - 2 * math.sqrt(peak / window_s)
+def beyond_chance(peak: float, held: tuple[float, ...], hold_s: float, window_s: float = 60.0) -> float:
+    """A held peak counts for what it exceeds the chance maximum of the windows held by: sqrt(2 ln k)
+    Poisson spreads at the peak (sqrt(peak / window)), k = hold / window."""
+    assert peak == max(held)
+    return peak - math.sqrt(2 * math.log(max(2.0, hold_s / window_s))) * math.sqrt(peak / window_s)
 
 
-P30, P40 = beyond_chance(30.0), beyond_chance(40.0)
+P30 = beyond_chance(30.0, (30.0, 20.0, 2.0), 300.0)
+P30B = beyond_chance(30.0, (30.0, 2.0, 25.0), 300.0)
+P40 = beyond_chance(40.0, (40.0, 2.0, 2.0), 1800.0)
 H40 = 105.0 - 1320.0 / P40  # see the last case
 
 FORECAST = [
@@ -98,20 +102,21 @@ FORECAST = [
      Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_seen=SEEN))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
-    # 2 x sqrt(10.8 / 60) = 0.85: a window at 10.8 req/s among windows at 10 is chance, not a burst to hold.
+    # sqrt(2 ln 5) x sqrt(10.7 / 60) = 0.76: a window at 10.7 req/s among windows at 10 is chance,
+    # not a burst to hold.
     ("steady with a noisy window: the peak counts for what it exceeds chance by", sig(10.0),
-     History(rate_samples=((NOW - 30, 10.8), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.8), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
+     History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
      Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
                                          lull_peak=P30, queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 28.59 req/s peak of the last 300s (now 2.00 req/s)"),))),
+              (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
-     Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                         queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 28.59 req/s peak of the last 300s (now 25.00 req/s)"),))),
+     Forecast(P30B, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
+                                          queue_seen=SEEN),
+              (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30B:.2f} req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
      Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
@@ -147,15 +152,15 @@ FORECAST = [
                                          queue_before=(NOW - 120, 0.0, 4.0)))),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
-    # burst memory, as much of it as keeps the misses in the budget: of the 38.37 req/s beyond chance,
-    # h = 105 - 1,320 / 38.37 = 70.6 s, 38.37 x h / (0.5 + h).
+    # burst memory, as much of it as keeps the misses in the budget: of the peak beyond chance P40,
+    # h = 105 - 1,320 / P40 s, P40 x h / (0.5 + h).
     ("bursts came back and one more would overspend the error budget: the peak is held for half an hour",
      sig(2.0), History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0)), burst_gaps=(200.0,), quiet_since=NOW - 900,
                        lull_peak=40.0),
      Forecast(P40 * H40 / (0.5 + H40), 105.0, 1800.0,
               History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
                       quiet_since=NOW - 900, lull_peak=40.0, queue_seen=SEEN),
-              (Reason(Code.BURST_MEMORY, "holding capacity for the 38.10 req/s peak of the last 1800s (now 2.00 req/s)"),))),
+              (Reason(Code.BURST_MEMORY, f"holding capacity for the {P40 * H40 / (0.5 + H40):.2f} req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 
 
@@ -545,7 +550,7 @@ def test_capacity_learns_nothing_while_the_window_holds_a_backlog(backlog_at: fl
     ((3418.0, 1.0), 4.0, (3418.0 - 2418.0 * 240 / 241, 241.0, True)),  # a busy window outweighs it
     ((3000.0, 100.0), 1.0, (3000.0 - 2000.0 * 60 / 160, 160.0, True)),  # filling the memory: a plain mean
     ((3000.0, 500.0), 1.0, (3000.0 - 2000.0 * 60 / 560, 500.0, True)),  # a full memory: the window's share of it
-    ((3000.0, 500.0), 40.0, (3000.0 - 2000.0 * 0.2, 500.0, True)),  # and never more than 20 %
+    ((3000.0, 500.0), 40.0, (3000.0 - 2000.0 * 2400 / 2900, 500.0, True)),  # a busy window weighs most
     ((3000.0, 500.0), 0.0, (3000.0, 500.0, True)),  # no request, nothing learnt
     ((3000.0, None), 1.0, (3000.0 - 2000.0 * 60 / 560, 500.0, True)),  # a status from before the count: settled
 ])
@@ -558,10 +563,10 @@ def test_the_token_mix_weighs_each_window_by_its_requests(prev: tuple[float | No
 
 def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:
     h = History(mean_input=1000.0, mean_output=200.0, mix_requests=500.0, mix_at=NOW - 120, planned_mix=(1000.0, 200.0))
-    near = sig(4.0, prompt_tokens_rate=4.0 * 1200)  # a full memory moves 20% of the way, to 1040: the plan keeps 1000
+    near = sig(4.0, prompt_tokens_rate=4.0 * 1200)  # 240 of 740 requests: to 1065, within 10%: the plan keeps 1000
     assert _cap(Workload("h100x1", 2, 2), near, h, None).mix == (1000.0, 200.0)
-    far = sig(4.0, prompt_tokens_rate=4.0 * 3000)  # EWMA moves to 1400
-    assert _cap(Workload("h100x1", 2, 2), far, h, None).mix == (1400.0, 200.0)
+    far = sig(4.0, prompt_tokens_rate=4.0 * 3000)  # 240 of 740 requests: to 1649, past 10%: planned for
+    assert _cap(Workload("h100x1", 2, 2), far, h, None).mix == (pytest.approx(1000.0 + 2000.0 * 240 / 740), 200.0)
 
 
 # ---- 4. plan ----------------------------------------------------------------------------------------

@@ -315,6 +315,20 @@ class OwnStatus:
 FRESH_KEYS = ("lastDecision",)
 
 
+def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
+                         ) -> tuple[dict[str, Any], History, tuple[str, ...], OwnStatus | None]:
+    """(status to decide from, history, history fields that did not parse, memory to write against).
+
+    While status holds a history this operator wrote (one of its last two writes: the body kopf
+    hands over may lag one write), the operator's memory carries on from there. Anything else (a
+    restart, someone else's write, a corrupt field) and status is read again, and the memory is
+    dropped, so that this decision's status is written whatever it holds."""
+    history, dropped = History.parse(st.get("history"))
+    if own is not None and not dropped and history in own.written:
+        return {**st, **own.fresh}, own.history, (), own
+    return st, history, dropped, None
+
+
 def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str, memo: Any) -> None:
     if body["metadata"].get("deletionTimestamp"):
         # Being deleted: its Deployments go by garbage collection (or with its namespace); creating
@@ -322,12 +336,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         return
     started = time.monotonic()
     st = dict(status or {})
-    own: OwnStatus | None = memo.get("own_status")
-    history, dropped = History.parse(st.get("history"))
-    if own is not None and not dropped and history in own.written:
-        # Status holds what this operator wrote last: its memory carries on from there.
-        st.update(own.fresh)
-        history = own.history
+    st, history, dropped, own = continue_from_memory(st, memo.get("own_status"))
     try:
         spec = parse_spec(dict(body["spec"]))
     except ValidationError:
@@ -449,13 +458,13 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.BUDGET_LIMITED.labels(namespace, name).set(1 if conds.get("BudgetLimited", ("False",))[0] == "True" else 0)
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
-    _write_or_keep(patch, memo, own, st, d.history, now, interval)
+    _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))
 
 
 def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,
-                   now: float, interval: float) -> None:
+                   now: float, interval: float, key: tuple[str, str]) -> None:
     """Write this decision's status only when it changes something a user reads, or the last write
     is a few intervals old; remember what was computed either way."""
     new = {**st, **dict(patch.get("status") or {})}
@@ -463,10 +472,10 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
     why = needs_write(own.written_view if own else None, own.written_at if own else None, view, now, interval)
     if why is None and own is not None:
         patch.pop("status", None)
-        m.STATUS_SKIPPED.inc()
+        m.STATUS_SKIPPED.labels(*key).inc()
         written, written_view, written_at = own.written, own.written_view, own.written_at
     else:
-        m.STATUS_WRITES.labels(why or "first").inc()
+        m.STATUS_WRITES.labels(*key, why or "first").inc()
         # As status will give it back (rounded), so the next decision recognises its own write.
         written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
         written_view, written_at = view, now
@@ -490,7 +499,7 @@ def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str
     if status is not None and all(status.get(k) == v for k, v in counts.items()):
         return
     if status is not None:
-        m.STATUS_WRITES.labels("counts").inc()
+        m.STATUS_WRITES.labels(namespace, name, "counts").inc()
     patch.status.update(counts)
 
 

@@ -16,6 +16,7 @@ RECONCILE = Histogram("llmscale_reconcile_duration_seconds", "Time to reconcile 
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 APPLY_ERRORS = Counter("llmscale_apply_errors", "Failed applies of owned objects.", ["namespace", "llmdeployment"])
 STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first, changed (something a user reads), "
-                        "refresh (readings only, every few intervals), counts (replica counts between decisions).", ["why"])
+                        "refresh (readings only, every few intervals), counts (replica counts between decisions).",
+                        ["namespace", "llmdeployment", "why"])
 STATUS_SKIPPED = Counter("llmscale_status_writes_skipped", "Decisions whose status was not written: nothing a user "
-                         "reads changed and the last write is recent.")
+                         "reads changed and the last write is recent.", ["namespace", "llmdeployment"])

@@ -158,8 +158,17 @@ def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "lastDecision": (last.get("action"), last.get("from"), last.get("to"), last.get("variant"), last.get("applied"),
                          tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
         "learnt": {k: hist.get(k) for k in LEARNT},
+        # The burst memory's peak, to two significant digits: a restart must not forget a burst.
+        "peak": _peak(hist.get("rateSamples")),
         "ceilingReplicas": est.get("ceilingReplicas"),
     }
+
+
+def _peak(samples: Any) -> str | None:
+    try:
+        return f"{max(float(v) for _, v in samples):.2g}" if samples else None
+    except (TypeError, ValueError):
+        return None
 
 
 def needs_write(written_view: Mapping[str, Any] | None, written_at: float | None, view: Mapping[str, Any], now: float,

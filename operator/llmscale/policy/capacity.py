@@ -49,13 +49,11 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
 # The token mix is a mean over requests, weighted by how many each rate window saw, and planned for
 # only once it stands for MIX_MIN_REQUESTS: before that the chat-like default is planned for (one
 # 3,418-token request in a quiet first minute set the mix, and the 46 req/s burst of 1,000-token
-# requests that followed planned 4.7x the replicas it needed). Once the mean stands for
-# MIX_MEMORY_REQUESTS, a window moves it by its share of that memory, and by MIX_SMOOTHING at most:
-# the mix still follows a lasting change, while one busy window of heavy-tailed prompts does not
-# swing it.
+# requests that followed planned 4.7x the replicas it needed). The memory holds MIX_MEMORY_REQUESTS:
+# beyond that a window moves the mean by its share of memory and window together, so a busy window
+# (the most reliable evidence) weighs most, and the mix still follows a lasting change.
 MIX_MIN_REQUESTS = 20.0
 MIX_MEMORY_REQUESTS = 500.0
-MIX_SMOOTHING = 0.2
 
 
 def with_defaults(mean_in: float | None, mean_out: float | None) -> tuple[float, float]:
@@ -93,7 +91,7 @@ def observed_mix(signals: Signals, window_s: float, prev: ObservedMix | None = N
     if n <= 0 or (w_in is None and w_out is None):
         return prev
     weight = prev.requests
-    share = n / (weight + n) if weight < MIX_MEMORY_REQUESTS else min(MIX_SMOOTHING, n / (MIX_MEMORY_REQUESTS + n))
+    share = n / (min(weight, MIX_MEMORY_REQUESTS) + n)
 
     def mean(old: float | None, new: float | None) -> float | None:
         if new is None:

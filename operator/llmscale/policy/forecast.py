@@ -8,8 +8,8 @@ Three things are planned for, whichever is highest:
   realistic cold start, nearly always), else for as long as the quiet spells between bursts
   usually last (capacity released in a lull would be needed again before it could be Ready), or
   one cold start when lulls are usually longer than 15 minutes; a peak counts for what it exceeds
-  chance by (two Poisson standard deviations of its rate window), since the highest of many
-  noisy windows of steady traffic is no burst;
+  the chance maximum of the windows held (see chance_excess), since the highest of many noisy
+  windows of steady traffic is no burst;
 - today's queue, drained within the horizon, unless the replicas already drain it.
 The load is what arrives, not only what vLLM counts as completed: while a queue builds, the replicas
 complete fewer requests than arrive (at a burst's onset the completion rate says 4 req/s of a
@@ -127,6 +127,21 @@ def recent_peak(samples: tuple[tuple[float, float], ...], now: float, hold_s: fl
     return max(recent) if recent else None
 
 
+def chance_excess(samples: tuple[tuple[float, float], ...], now: float, hold_s: float, window_s: float) -> float:
+    """How far the highest of the rate windows within `hold_s` may lie above the load by chance.
+
+    A window's rate is a Poisson count over `window_s`, spread sqrt(rate / window); the largest of
+    k independent windows lies about sqrt(2 ln k) spreads above the rest, so on steady traffic the
+    burst memory held that chance maximum as a peak (mooncake, servegen-day, the quiet parts of
+    azure-code). The spread is taken at the peak, the multiplier from the windows the hold spans
+    (1.8 for five minutes of one-minute windows, 2.6 for half an hour)."""
+    recent = [v for t, v in samples if now - t <= hold_s]
+    if not recent or window_s <= 0:
+        return 0.0
+    k = max(2.0, hold_s / window_s)
+    return math.sqrt(2 * math.log(k)) * math.sqrt(max(max(recent), 0.0) / window_s)
+
+
 def quantile(values: tuple[float, ...], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -224,9 +239,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     hold = hold_time(history.burst_gaps, horizon, first_hold, over_budget)
     trend = trend_forecast(samples, now, horizon) or rate
     peak = recent_peak(samples, now, hold) or rate
-    # The highest of many noisy windows is biased high: on steady traffic the burst memory held the
-    # chance maximum of half an hour's rate windows. A peak counts for what it exceeds chance by.
-    peak = max(rate, peak - 2 * math.sqrt(peak / parse_duration(spec.metrics.rate_window)))
+    peak = max(rate, peak - chance_excess(samples, now, hold, parse_duration(spec.metrics.rate_window)))
     if over_budget and history.burst_gaps and spec.slo.ttft:
         # Held for the error budget: as much of the peak as keeps a returning burst's misses in it.
         peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, error_budget(samples, miss_share)))

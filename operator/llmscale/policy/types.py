@@ -223,7 +223,9 @@ def _gaps(v: Any) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class History:
-    """What the policy remembers between decisions; persisted in status so restarts resume exactly.
+    """What the policy remembers between decisions; persisted in status, so a restart resumes from
+    the last write (what was learnt and the held peak are written when they change, the samples
+    at least every few intervals).
 
     Evidence counts once: `learned_at` and `mix_at` mark the last rate window that taught the
     capacity estimate and the token mix, so the overlapping windows of later decisions teach nothing
