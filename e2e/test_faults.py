@@ -62,14 +62,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
-def _doc(namespace: str) -> str:
+def _doc(namespace: str, scale_down_window: str = "60s") -> str:
     spec: dict[str, Any] = {
         "model": "meta-llama/Llama-3.1-8B-Instruct",
         "replicas": {"min": 1, "max": 6},
         "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
         "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
         "cost": {"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}},
-        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": "60s", "maxStep": 1}},
+        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": scale_down_window, "maxStep": 1}},
         "metrics": {"rateWindow": "20s"},
     }
     return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
@@ -125,8 +125,8 @@ def test_killed_between_its_apply_and_its_status_the_operator_resumes_and_loses_
 
 class PrometheusProxy:
     """A small proxy in front of the bed's Prometheus that passes answers through, mangles them
-    (NaN, Inf, non-numeric values, bucket counts going backwards, series for only some pods), or
-    answers too slowly; loopback only."""
+    (NaN, Inf, non-numeric values and `le` labels, series for only some pods), or answers too
+    slowly; loopback only."""
 
     def __init__(self, upstream: str) -> None:
         import http.server
@@ -198,7 +198,8 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
         return next((c for c in _status(bed, solo).get("conditions", []) if c["type"] == ctype), {})
 
     try:
-        bed.kubectl("apply", "-f", "-", input=_doc(solo))
+        # A 10 s scale-down window: with good data, zero load scales down within the phases below.
+        bed.kubectl("apply", "-f", "-", input=_doc(solo, "10s"))
         bed.traffic(solo, "chat", rate=30, meanInput=1000, meanOutput=200)
         wait_for("a scale-up through the proxy", lambda: _replicas(bed, solo) >= 2 and _status(bed, solo).get("readyReplicas", 0) >= 2, 120)
         held = _replicas(bed, solo)
@@ -223,6 +224,9 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
         proxy.mode = "pass"
         wait_for("MetricsAvailable=True again", lambda: cond("MetricsAvailable").get("status") == "True"
                  and cond("MetricsAvailable").get("reason") == "MetricsRead", 90)
+        # The control: with good answers the same zero load does scale down, within the time each
+        # sick phase lasted; so holding there was the metrics' doing, not the windows'.
+        wait_for("a scale-down once the answers are good", lambda: _replicas(bed, solo) < held, 40)
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text[-3000:]
         assert not ceilings.violations, ceilings.violations

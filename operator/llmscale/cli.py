@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_port": args.health_port,
         "namespaces": args.namespace or None,
         "peering": args.peering,
+        "disruption_budget": args.disruption_budget,
     }.items() if v is not None}
     run(OperatorSettings(**overrides), kubeconfig=args.kubeconfig, verbose=args.verbose)
     return 0
@@ -257,6 +258,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--health-port", type=int, help="port of /healthz (default 8081, 0 disables)")
     r.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
     r.add_argument("--peering", help="kopf peering name: run several replicas, one active")
+    r.add_argument("--no-disruption-budget", dest="disruption_budget", action="store_false", default=None,
+                   help="own no PodDisruptionBudget per LLMDeployment (env LLMSCALE_DISRUPTION_BUDGET=false)")
     r.add_argument("--verbose", "-v", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -34,3 +34,5 @@ class OperatorSettings(BaseSettings):
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the liveness endpoint /healthz; 0 disables.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty watches the cluster.")
     peering: str | None = Field(None, description="kopf peering name for HA (one active replica); None runs standalone.")
+    disruption_budget: bool = Field(True, description="Own a PodDisruptionBudget (maxUnavailable 1) per LLMDeployment, "
+                                                      "unless another budget already covers its pods.")

@@ -121,7 +121,34 @@ def test_a_disruption_budget_lets_a_drain_take_one_serving_pod_at_a_time() -> No
         "metadata": {"name": "chat", "namespace": BODY["metadata"]["namespace"],
                      "labels": {"app.kubernetes.io/managed-by": "llmscale", "llmscale.io/deployment": "chat"},
                      "ownerReferences": [pdb["metadata"]["ownerReferences"][0]]},
-        "spec": {"selector": {"matchLabels": {"llmscale.io/deployment": "chat"}}, "maxUnavailable": 1},
+        "spec": {"selector": {"matchLabels": {"llmscale.io/deployment": "chat"}}, "maxUnavailable": 1,
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     }
     owner = pdb["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "LLMDeployment" and owner["uid"] == BODY["metadata"]["uid"] and owner["controller"] is True
+
+
+def test_no_budget_over_pods_that_another_budget_already_covers() -> None:
+    """Two budgets over one pod make every eviction of it fail: llmscale adds none where the
+    platform's (or the user's) already selects its pods, or holds its name."""
+    from types import SimpleNamespace as NS
+
+    from llmscale.controller.kube import Kube
+
+    def pdb(name: str, labels: dict | None, owner: str | None = None, exprs: list | None = None) -> NS:
+        owners = [NS(kind="LLMDeployment", name=owner)] if owner else []
+        return NS(metadata=NS(name=name, owner_references=owners),
+                  spec=NS(selector=NS(match_labels=labels, match_expressions=exprs)))
+
+    def other(*items: NS) -> str | None:
+        kube = Kube.__new__(Kube)
+        kube.policy = NS(list_namespaced_pod_disruption_budget=lambda ns: NS(items=list(items)))  # type: ignore[assignment]
+        return kube.other_disruption_budget("ns", "chat")
+
+    assert other() is None
+    assert other(pdb("chat", {"llmscale.io/deployment": "chat"}, owner="chat")) is None  # ours
+    assert other(pdb("platform-vllm", {"app.kubernetes.io/name": "vllm"})) == "platform-vllm"
+    assert other(pdb("chat", {"app": "other"})) == "chat"  # someone else's under our name: not taken over
+    assert other(pdb("other-app", {"app.kubernetes.io/name": "redis"})) is None
+    assert other(pdb("by-variant", {"llmscale.io/deployment": "chat", "llmscale.io/variant": "h100x1"})) == "by-variant"
+    assert other(pdb("exprs", None, exprs=[NS()])) is None

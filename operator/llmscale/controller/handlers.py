@@ -68,6 +68,7 @@ class Runtime:
 
     kube: Kube
     reader: PrometheusReader | None = None
+    disruption_budget: bool = True  # own a PodDisruptionBudget per LLMDeployment (--no-disruption-budget)
     tick_s: float = 5.0
     _guard = threading.Lock()  # the dicts below; never held during a read
     _locks: dict[str, threading.Lock] = {}  # one per endpoint: one read in flight each
@@ -232,11 +233,11 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                 _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), workload.variant or variant,
                              include_replicas=competing is None)
         Runtime.kube.apply(render_service(dict(body), spec))
-        Runtime.kube.apply(render_disruption_budget(dict(body)))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
-        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service/PodDisruptionBudget failed: {_api_error(e)}")
+        _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service failed: {_api_error(e)}")
         raise kopf.TemporaryError(f"apply failed: {e}", delay=15) from e
+    _disruption_budget(body, namespace, name)
     conds = {"Ready": ("True", "Applied", "Deployments and Service applied: " + ", ".join(f"{n} x {v}" for v, n in desired.items())),
              "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}
     if competing:
@@ -253,6 +254,23 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     kopf.info(body, reason="Applied", message="Deployments " + ", ".join(
         f"{deployment_name(name, v)}: {n} x {v}" for v, n in desired.items()))
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
+
+
+def _disruption_budget(body: Any, namespace: str, name: str) -> None:
+    """The owned PodDisruptionBudget, best effort: never where the platform turned it off
+    (--no-disruption-budget), never over a budget someone else has on these pods (two budgets over
+    one pod make every eviction fail), and a refusal is said in an Event, not a failed apply."""
+    if not Runtime.disruption_budget:
+        return
+    try:
+        other = Runtime.kube.other_disruption_budget(namespace, name)
+        if other is not None:
+            kopf.info(body, reason="DisruptionBudgetSkipped",
+                      message=f"PodDisruptionBudget {other} already covers these pods; llmscale adds none")
+            return
+        Runtime.kube.apply(render_disruption_budget(dict(body)))
+    except Exception as e:
+        kopf.warn(body, reason="DisruptionBudgetFailed", message=f"the PodDisruptionBudget was not applied: {_api_error(e)}")
 
 
 def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deps: list[Any]) -> bool:
@@ -425,13 +443,30 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                             if progressing else "all replicas settled")
     conds["CompetingAutoscaler"] = (("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale only recommends")
                                     if competing else ("False", "NoCompetingAutoscaler", ""))
-    # Replicas someone set by hand (kubectl scale, an edit): said once, not fought at every tick.
-    # The policy decides from the count it finds; its next change takes the field back.
-    outside = [] if competing or applied else [f"{x.metadata.name} by {who}" for x in deps if (who := replicas_set_outside(x))]
-    conds["ReplicasSetOutside"] = (
-        ("True", "ReplicasSetOutside", f"replicas of {', '.join(outside)} set outside llmscale; it decides from "
-                                       "the count it finds and sets its own at its next change") if outside
-        else ("False", "ReplicasOwned", "llmscale sets the replicas of its Deployments"))
+    # Replicas someone set by hand (kubectl scale, an edit), in Auto where llmscale sets them: said
+    # once in a Warning Event when first seen (even when this decision sets them again at once),
+    # and in a condition while the hand-set count stands. Not fought at every tick: the policy
+    # decides from the count it finds, and its next change takes the field back.
+    auto = spec.scaling.mode == ScalingMode.AUTO and not competing
+    seen_outside = {x.metadata.name: who for x in deps if auto and (who := replicas_set_outside(x))}
+    said = memo.get("outside") or {}
+    for dep_name, who in seen_outside.items():
+        if said.get(dep_name) != who:
+            now_set = d.replicas_by_variant.get(next((v for v in workload.desired if f"{name}-{v}" == dep_name), ""), None)
+            kopf.warn(body, reason="ReplicasSetOutside",
+                      message=(f"replicas of {dep_name} set by {who}, outside llmscale"
+                               + (f"; llmscale sets {now_set} now" if applied and now_set is not None else
+                                  "; llmscale decides from that count and sets its own at its next change"))[:1000])
+    memo["outside"] = seen_outside
+    standing = [f"{k} by {v}" for k, v in seen_outside.items() if not applied]
+    if not auto:
+        conds["ReplicasSetOutside"] = ("False", "NotAuto", "llmscale does not set replicas in this mode"
+                                       + (f" ({competing} does)" if competing else ""))
+    else:
+        conds["ReplicasSetOutside"] = (
+            ("True", "ReplicasSetOutside", f"replicas of {', '.join(standing)} set outside llmscale; it decides from "
+                                           "the count it finds and sets its own at its next change") if standing
+            else ("False", "ReplicasOwned", "llmscale sets the replicas of its Deployments"))
     new_conds, changes = merge_conditions(st.get("conditions"), conds, now, body["metadata"].get("generation"))
     patch.status.update(decision_status(d, signals, workload, now, spec))
     patch.status["conditions"] = new_conds
@@ -443,10 +478,10 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         if st.get("lastDecision", {}).get("to") != d.to_replicas:
             kopf.info(body, reason="Recommendation", message=f"would scale {d.from_replicas} -> {d.to_replicas}: {reasons}"[:1000])
     for ctype, old, new, reason in changes:
-        if ctype in ("Ready", "Progressing"):
+        if ctype in ("Ready", "Progressing", "ReplicasSetOutside"):  # the last has its own Event
             continue
         bad = (ctype in ("SLOMet", "MetricsAvailable", "SLOFeasible") and new == "False") or (
-            ctype in ("BudgetLimited", "CompetingAutoscaler", "ReplicasSetOutside") and new == "True")
+            ctype in ("BudgetLimited", "CompetingAutoscaler") and new == "True")
         text = f"{ctype} {old or 'unset'} -> {new}: {dict(d.conditions).get(ctype, conds.get(ctype, ('', '', '')))[2]}"
         (kopf.warn if bad else kopf.info)(body, reason=reason, message=text[:1000])
     for w in signals.warnings:

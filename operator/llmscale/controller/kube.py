@@ -89,6 +89,27 @@ class Kube:
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
 
+    def other_disruption_budget(self, namespace: str, name: str) -> str | None:
+        """A PodDisruptionBudget not owned by this LLMDeployment that selects its pods (or holds its
+        name), or None."""
+        pod_labels = {LABEL_DEPLOYMENT: name, "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name,
+                      "app.kubernetes.io/managed-by": "llmscale"}
+        for pdb in self.policy.list_namespaced_pod_disruption_budget(namespace).items:
+            meta, spec = pdb.metadata, pdb.spec
+            if meta is None:
+                continue
+            if any(o.kind == "LLMDeployment" and o.name == name for o in meta.owner_references or []):
+                continue
+            if meta.name == name:
+                return str(meta.name)
+            sel = spec.selector if spec is not None else None
+            if sel is None or sel.match_expressions:
+                continue  # expressions: not judged here (rare); an empty selector selects nothing in policy/v1
+            labels = sel.match_labels or {}
+            if labels and all(k == LABEL_VARIANT or pod_labels.get(k) == v for k, v in labels.items()):
+                return str(meta.name)
+        return None
+
     def competing_autoscaler(self, namespace: str, name: str, owned: Collection[str] = ()) -> str | None:
         """An HPA or KEDA ScaledObject that targets our Deployment or the LLMDeployment itself."""
         try:

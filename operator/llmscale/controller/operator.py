@@ -87,6 +87,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     if DEFAULT not in endpoints.by_name:
         log.warning("no --prometheus-url: LLMDeployments that select no endpoint will hold with MetricsAvailable=False")
     Runtime.reader = PrometheusReader(endpoints)
+    Runtime.disruption_budget = opts.disruption_budget
     if opts.metrics_port:
         try:
             start_http_server(opts.metrics_port)

@@ -203,11 +203,15 @@ def render_service(body: dict[str, Any], spec: LLMDeploymentSpec) -> dict[str, A
 def render_disruption_budget(body: dict[str, Any]) -> dict[str, Any]:
     """A PodDisruptionBudget over every shape's pods: a node drain (or any voluntary eviction)
     takes one serving pod at a time, and the next only once its replacement is Ready, so a drain
-    costs at most one replica for one cold start instead of every replica on the node at once."""
+    costs at most one replica for one cold start instead of every replica on the node at once (with a
+    single replica, that one: set replicas.min to 2 where a drain must not interrupt serving)."""
     name = body["metadata"]["name"]
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _named_like_it(body),
-        "spec": {"selector": {"matchLabels": selector_labels(name)}, "maxUnavailable": 1},
+        # A pod that is not Ready (waiting for GPUs, a bad rollout) may always go: it serves nothing,
+        # and holding it would block every drain.
+        "spec": {"selector": {"matchLabels": selector_labels(name)}, "maxUnavailable": 1,
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     }
