@@ -174,6 +174,33 @@ def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, name
     bed.traffic(namespace, "chat", rate=0)
 
 
+def test_handing_replicas_to_a_competing_hpa_keeps_the_count(bed: Bed, operator: object, namespace: str) -> None:
+    """Server-side apply drops a field its only manager stops sending, and a Deployment without
+    `replicas` defaults to 1: handing the field to another autoscaler must not reset the count.
+    The HPA here never writes (no CPU metrics on the bed), so llmscale stays the field's only
+    manager unless it hands it over."""
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 3, "max": 8}))
+    wait_for("3 replicas", lambda: _replicas(bed, namespace) == 3, 60)
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "chat-hpa", "namespace": namespace},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-h100x1"}, "minReplicas": 1, "maxReplicas": 8,
+                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}]}}
+    bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(hpa))
+    wait_for("CompetingAutoscaler=True", lambda: _cond(bed, namespace, "CompetingAutoscaler").get("status") == "True", 60)
+    # A spec change re-renders the Deployment, now without `replicas`.
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 3, "max": 6}))
+    generation = bed.llmd(namespace, "chat")["metadata"]["generation"]
+    wait_for("the new spec reconciled", lambda: _status(bed, namespace).get("observedGeneration") == generation, 60)
+    dep = bed.apps.read_namespaced_deployment("chat-h100x1", namespace)
+    assert dep.spec.replicas == 3
+    owners = [m.manager for m in dep.metadata.managed_fields or [] if "f:replicas" in str(m.fields_v1)]
+    assert "llmscale" not in owners, owners
+    # Once the HPA is gone, llmscale takes the field back.
+    bed.kubectl("delete", "hpa", "chat-hpa", "-n", namespace)
+    wait_for("CompetingAutoscaler=False", lambda: _cond(bed, namespace, "CompetingAutoscaler").get("status") == "False", 60)
+    bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 4, "max": 6}))
+    wait_for("llmscale sets replicas again", lambda: _replicas(bed, namespace) == 4, 60)
+
+
 def _status_writes(namespace: str) -> dict[str, float]:
     """This deployment's status writes by why, and its decisions that wrote nothing ("skipped"),
     from the operator's own metrics."""

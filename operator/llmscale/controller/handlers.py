@@ -176,7 +176,10 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
     dep = render_deployment(body, spec, spec.variant(variant), replicas, marks,
                             surge=variant == target and _room_for_one(spec, workload, desired, variant))
     if not include_replicas:
-        dep["spec"].pop("replicas")  # a competing autoscaler owns replicas: do not fight it
+        # A competing autoscaler owns replicas: do not fight it, and do not let go of the field in
+        # a way that resets the count to 1.
+        Runtime.kube.hand_over_replicas(namespace, deployment_name(name, variant))
+        dep["spec"].pop("replicas")
     Runtime.kube.apply(dep)
 
 

@@ -24,6 +24,7 @@ from .render import (
 
 log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
+HANDOVER_MANAGER = "llmscale-handover"  # holds `replicas` while a competing autoscaler takes them
 
 
 class Kube:
@@ -49,6 +50,29 @@ class Kube:
                                                                force=True, _content_type=APPLY)
         else:  # pragma: no cover - only the kinds above are owned
             raise ValueError(f"cannot apply {kind}")
+
+    def hand_over_replicas(self, namespace: str, deployment: str) -> None:
+        """Leave a Deployment's replicas to another autoscaler without resetting them. Server-side
+        apply removes a field its only manager stops sending, and a Deployment without `replicas`
+        has 1; so a second manager first claims the live count (shared ownership), as the
+        Kubernetes docs' "transferring ownership" recipe does, and only then does llmscale apply
+        without the field. Without force: a conflict means someone else already owns it."""
+        try:
+            live = self.apps.read_namespaced_deployment(deployment, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if not _owns_replicas(live, FIELD_MANAGER) or live.spec.replicas is None:
+            return
+        body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment, "namespace": namespace},
+                "spec": {"replicas": live.spec.replicas}}
+        try:
+            self.apps.patch_namespaced_deployment(deployment, namespace, body, field_manager=HANDOVER_MANAGER,
+                                                  _content_type=APPLY)
+        except ApiException as e:
+            if e.status != 409:
+                raise
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
@@ -136,13 +160,18 @@ class Kube:
         return None
 
 
+def _owns_replicas(deployment: Any, manager: str) -> bool:
+    return any(entry.manager == manager and "f:replicas" in ((entry.fields_v1 or {}).get("f:spec") or {})
+               for entry in (deployment.metadata.managed_fields or []) if deployment.metadata)
+
+
 def replicas_set_outside(deployment: Any) -> str | None:
     """Who other than llmscale last set this Deployment's replicas (`kubectl scale`, an edit, a
     GitOps tool), from its managed fields; None while llmscale owns them. Applying with force
     takes them back, so this names a change made since llmscale's last apply."""
     for entry in (deployment.metadata.managed_fields or []) if deployment.metadata else []:
         fields = entry.fields_v1 or {}
-        if entry.manager != FIELD_MANAGER and "f:replicas" in (fields.get("f:spec") or {}):
+        if entry.manager not in (FIELD_MANAGER, HANDOVER_MANAGER) and "f:replicas" in (fields.get("f:spec") or {}):
             how = f" ({entry.subresource} subresource)" if entry.subresource else ""
             return f"{entry.manager or 'an unnamed client'}{how}"
     return None
