@@ -9,36 +9,11 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from .conftest import OPERATOR_TOKEN, SESSION_OPERATOR, SOLO_PREFIX, STATE, Bed, CeilingWatcher, wait_for
-
-
-@pytest.fixture
-def solo(bed: Bed, operator_kubeconfig: Path) -> Iterator[str]:
-    """A namespace the session's operator leaves alone, for a test's own operator (run, like every
-    e2e operator, under the chart's ServiceAccount: STATE / "operator.kubeconfig")."""
-    from kubernetes import client
-
-    if any(p.poll() is None for p in SESSION_OPERATOR):
-        pytest.skip("the session's operator would serve this test's objects too: run e2e/test_faults.py in a "
-                    "pytest session of its own (scripts/test.sh does)")
-
-    name = f"{SOLO_PREFIX}{uuid.uuid4().hex[:6]}"
-    bed.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    # The test's operator is gone by now: release kopf's finalizer on what it served, or the
-    # namespace would wait for an operator that never comes back.
-    for obj in bed.custom.list_namespaced_custom_object("llmscale.io", "v1alpha1", name, "llmdeployments").get("items", []):
-        bed.kubectl("patch", "llmd", obj["metadata"]["name"], "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                    check=False)
-    bed.core.delete_namespace(name)
+from .conftest import OPERATOR_TOKEN, STATE, Bed, CeilingWatcher, wait_for
 
 
 def _operator(bed: Bed, namespace: str, failpoint: str = "") -> subprocess.Popen[bytes]:

@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "health_port": args.health_port,
         "namespaces": args.namespace or None,
         "peering": args.peering,
+        "peering_priority": args.peering_priority,
         "disruption_budget": args.disruption_budget,
     }.items() if v is not None}
     run(OperatorSettings(**overrides), kubeconfig=args.kubeconfig, verbose=args.verbose)
@@ -258,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--health-port", type=int, help="port of /healthz (default 8081, 0 disables)")
     r.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
     r.add_argument("--peering", help="kopf peering name: run several replicas, one active")
+    r.add_argument("--peering-priority", type=int, help="this replica's peering priority, 1..2^31-1 (default: random, "
+                   "so that replicas never tie; env LLMSCALE_PEERING_PRIORITY)")
     r.add_argument("--no-disruption-budget", dest="disruption_budget", action="store_false", default=None,
                    help="own no PodDisruptionBudget per LLMDeployment (env LLMSCALE_DISRUPTION_BUDGET=false)")
     r.add_argument("--verbose", "-v", action="store_true")

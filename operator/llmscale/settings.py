@@ -34,5 +34,13 @@ class OperatorSettings(BaseSettings):
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the liveness endpoint /healthz; 0 disables.")
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty watches the cluster.")
     peering: str | None = Field(None, description="kopf peering name for HA (one active replica); None runs standalone.")
+    peering_priority: int | None = Field(
+        None, ge=1, le=2**31 - 1,
+        description="kopf peering priority of this replica: the highest live one acts. None draws one at random at start: "
+                    "kopf freezes every replica when two share a priority, so identical pods must not.")
+    peering_lifetime_s: int = Field(
+        20, ge=10, le=600,
+        description="Seconds a replica's peering record stays valid without a keepalive: a standby takes over within "
+                    "about this long after the active replica dies.")
     disruption_budget: bool = Field(True, description="Own a PodDisruptionBudget (maxUnavailable 1) per LLMDeployment, "
                                                       "unless another budget already covers its pods.")

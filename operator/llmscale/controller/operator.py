@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -36,6 +37,11 @@ def _configure(settings: kopf.OperatorSettings, opts: OperatorSettings) -> None:
     if opts.peering:
         settings.peering.name = opts.peering
         settings.peering.mandatory = True
+        # kopf pauses every replica that shares the highest priority ("possibly conflicting
+        # operators"): pods of one Deployment are identical, so each draws its own.
+        settings.peering.priority = opts.peering_priority or random.SystemRandom().randint(1, 2**31 - 1)
+        settings.peering.lifetime = opts.peering_lifetime_s
+        log.info("peering %r at priority %d (lifetime %d s)", opts.peering, settings.peering.priority, settings.peering.lifetime)
     settings.execution.max_workers = 8
 
 
