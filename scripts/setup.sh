@@ -34,3 +34,4 @@ say "python: $("$VENV/bin/python" --version), llmscale $("$VENV/bin/llmscale" --
 
 [ "${1:-all}" = python ] && exit 0
 "$ROOT/e2e/bin/build-components.sh" all
+"$ROOT/scripts/build-image.sh"
