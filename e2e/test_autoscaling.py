@@ -256,3 +256,25 @@ def test_a_steady_deployment_writes_status_every_few_intervals_not_at_every_deci
     # And what status shows stays recent: the last decision written is at most a refresh old.
     last = _status(bed, namespace)["lastDecision"]["time"]
     assert time.time() - _epoch(last) <= 4 * 10 + 6, last
+
+
+def test_gitops_reapplying_the_users_manifest_after_a_scale_shows_no_drift(bed: Bed, operator: object, namespace: str) -> None:
+    """What Argo CD and Flux do: server-side apply of the user's manifest under their own field
+    manager, then a diff. The operator writes only status and its own Deployments, so after it has
+    scaled, the unchanged manifest shows no drift and re-applying it changes nothing."""
+    doc = _doc(namespace)
+    gitops = ["--server-side", "--field-manager=argocd-controller", "-f", "-"]
+    bed.kubectl("apply", *gitops, input=doc)
+    wait_for("1 replica", lambda: _replicas(bed, namespace) == 1, 60)
+    bed.traffic(namespace, "chat", rate=40, meanInput=1000, meanOutput=200)
+    try:
+        wait_for("a scale-up", lambda: _replicas(bed, namespace) >= 3, 120)
+        generation = bed.llmd(namespace, "chat")["metadata"]["generation"]
+        diff = bed.kubectl("diff", *gitops, input=doc, check=False)
+        assert diff.returncode == 0, f"drift after the operator scaled:\n{diff.stdout}{diff.stderr}"
+        scaled = _replicas(bed, namespace)
+        bed.kubectl("apply", *gitops, input=doc)
+        assert bed.llmd(namespace, "chat")["metadata"]["generation"] == generation
+        assert _replicas(bed, namespace) >= scaled  # the re-apply undid no scale
+    finally:
+        bed.traffic(namespace, "chat", rate=0)

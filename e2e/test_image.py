@@ -28,8 +28,9 @@ import yaml
 from .conftest import HELM, KUBECTL, OPERATOR_NAMESPACE, OPERATOR_TOKEN, ROOT, Bed, CeilingWatcher, wait_for
 
 PODMAN = ["podman", "--runtime", "/usr/sbin/runc"]
-# The chart's securityContext, as podman says it; no tmpfs on /tmp either (a pod has none).
-AS_THE_CHART = ["--read-only", "--read-only-tmpfs=false", "--user", "65532:65532", "--cap-drop", "ALL",
+# The chart's securityContext, as podman says it; no tmpfs on /tmp either (a pod has none), and no
+# passwd entry added for the user (a kubelet adds none).
+AS_THE_CHART = ["--read-only", "--read-only-tmpfs=false", "--passwd=false", "--user", "65532:65532", "--cap-drop", "ALL",
                 "--security-opt", "no-new-privileges", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
 

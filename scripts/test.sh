@@ -21,7 +21,7 @@ cleanup() { [ $started_bed = 1 ] && e2e/cluster down >/dev/null 2>&1; }
 trap cleanup EXIT
 
 echo "== tests (unit, property, e2e)"
-LLMSCALE_E2E=1 pytest -q -p no:cacheprovider tests e2e --ignore=e2e/test_faults.py --ignore=e2e/test_image.py "$@"
+LLMSCALE_E2E=1 pytest -q -p no:cacheprovider tests e2e --ignore=e2e/test_faults.py --ignore=e2e/test_image.py --ignore=e2e/test_helm.py "$@"
 rc=$?
 if [ $rc = 5 ]; then echo "no tests were collected"; exit 1; fi
 [ $rc = 0 ] || exit $rc
@@ -29,7 +29,7 @@ if [ $rc = 5 ]; then echo "no tests were collected"; exit 1; fi
 # Prometheus), and so does the image's test (the operator in a container): in a session of their
 # own, with no shared operator serving the same objects.
 echo "== fault-injection and image e2e"
-LLMSCALE_E2E=1 pytest -q -p no:cacheprovider e2e/test_faults.py e2e/test_image.py "$@"
+LLMSCALE_E2E=1 pytest -q -p no:cacheprovider e2e/test_faults.py e2e/test_image.py e2e/test_helm.py "$@"
 rc=$?
 if [ $rc = 5 ]; then echo "no fault tests were collected"; exit 1; fi
 exit $rc

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds (or finds cached) the real control-plane components of the local test bed:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes, via a wrapper module)
+#   kubelet (the same way) with containerd, runc and the CNI plugins from Debian: the bed's real node
 #   etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok), helm (helm.sh/helm/v3)
 # and installs Prometheus from Debian. Everything built goes to $LLMSCALE_CACHE (default
 # ~/.cache/llmscale), one directory per component and version, so only a fresh machine pays.
 # Idempotent: a component whose binaries exist is skipped.
 #
-# Usage: e2e/bin/build-components.sh [k8s|etcd|kwok|helm|prometheus|all]...
+# Usage: e2e/bin/build-components.sh [k8s|node|etcd|kwok|helm|prometheus|all]...
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
@@ -28,16 +29,17 @@ fail() {
 }
 need() { command -v "$1" >/dev/null 2>&1 || { say "missing tool '$1': $2"; exit 1; }; }
 
-build_k8s() {
-  local out="$CACHE/kubernetes-$KUBE_VERSION" log="$LOGDIR/kubernetes-$KUBE_VERSION.log"
-  if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] \
-     && [ -x "$out/kube-scheduler" ] && [ -x "$out/kubectl" ]; then
-    say "kubernetes $KUBE_VERSION: cached in $out"; return; fi
+build_k8s_bins() { # directory-name binary... (from k8s.io/kubernetes/cmd/<binary>)
+  local dir=$1; shift
+  local out="$CACHE/$dir-$KUBE_VERSION" log="$LOGDIR/$dir-$KUBE_VERSION.log" b missing=0
+  for b in "$@"; do [ -x "$out/$b" ] || missing=1; done
+  if [ $missing = 0 ]; then say "$dir $KUBE_VERSION: cached in $out"; return; fi
   need go "install Go >= 1.26 (the machine image ships it)"
-  say "kubernetes $KUBE_VERSION: building (cold: ~15-30 min on 2 cores); log $log"
-  local started=$SECONDS svers="v0.${KUBE_VERSION#v1.}" minor
+  say "$dir $KUBE_VERSION ($*): building (cold: ~3-30 min on 2 cores); log $log"
+  local started=$SECONDS svers="v0.${KUBE_VERSION#v1.}" minor tools=() pkgs=()
   minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
-  local work; work=$(mktemp -d); 
+  for b in "$@"; do tools+=("k8s.io/kubernetes/cmd/$b@$KUBE_VERSION"); pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  local work; work=$(mktemp -d)
   (
     set -euo pipefail
     cd "$work"
@@ -49,23 +51,36 @@ build_k8s() {
     for m in $(sed -n 's|.*\(k8s\.io/[^[:space:]]*\) => \./staging/src/k8s\.io/.*|\1|p' "$kmod"); do
       go mod edit -replace="$m=$m@$svers"
     done
-    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$KUBE_VERSION"
+    go get -tool "${tools[@]}"
     go mod tidy
     d=$(date -u +%Y-%m-%dT%H:%M:%SZ); ldf="-s -w"
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ldf="$ldf -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$d"
     done
     mkdir -p "$out.tmp"
-    go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$out.tmp/" \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-    "$out.tmp/kube-apiserver" --version
-  ) >"$log" 2>&1 || { rm -rf "$work" "$out.tmp"; fail "kubernetes $KUBE_VERSION build" "$log" k8s; }
+    go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldf" -o "$out.tmp/" "${pkgs[@]}"
+    "$out.tmp/$1" --version
+  ) >"$log" 2>&1 || { rm -rf "$work" "$out.tmp"; fail "$dir $KUBE_VERSION build" "$log" "$dir"; }
   rm -rf "$work" "$out"; mv "$out.tmp" "$out"
-  say "kubernetes $KUBE_VERSION: built in $((SECONDS - started)) s"
+  say "$dir $KUBE_VERSION: built in $((SECONDS - started)) s"
+}
+build_k8s() { build_k8s_bins kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl; }
+
+# The test bed's real node: a kubelet, and containerd + runc + CNI plugins from Debian.
+build_node() {
+  build_k8s_bins kubelet kubelet
+  local need_apt=() t
+  for t in containerd runc; do command -v $t >/dev/null 2>&1 || need_apt+=("$t"); done
+  [ -d /usr/lib/cni ] || need_apt+=(containernetworking-plugins)
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    local log="$LOGDIR/node-apt.log"
+    say "node: installing ${need_apt[*]} from Debian; log $log"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_apt[@]}"; } >"$log" 2>&1 \
+      || fail "apt-get install ${need_apt[*]}" "$log" node
+    # The package may start a system containerd; the bed runs its own, with its own socket.
+    { systemctl stop containerd 2>/dev/null || service containerd stop 2>/dev/null || true; } >/dev/null 2>&1
+  fi
+  say "node: $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
 }
 
 build_etcd() {
@@ -120,6 +135,7 @@ targets=("$@"); [ ${#targets[@]} -eq 0 ] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
     k8s) build_k8s ;;
+    node) build_node ;;
     etcd) build_etcd ;;
     kwok) build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
     helm) LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36" \
@@ -128,7 +144,7 @@ for t in "${targets[@]}"; do
     all) install_prometheus; build_etcd; build_go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
          LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36" \
            build_go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
-         build_k8s ;;
-    *) say "unknown component '$t' (choose: k8s etcd kwok helm prometheus all)"; exit 2 ;;
+         build_k8s; build_node ;;
+    *) say "unknown component '$t' (choose: k8s node etcd kwok helm prometheus all)"; exit 2 ;;
   esac
 done

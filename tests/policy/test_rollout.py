@@ -102,8 +102,40 @@ def test_smaller_steps_when_the_old_shape_cannot_carry_the_load_and_fills_the_ce
     assert rollout(SPEC, draining, H, 4, CAP, demand=30.0).replicas_by_variant == {"l4x1": 8, "h100x2": 0}
     drained = wl("h100x2", {"l4x1": 8, "h100x2": 0}, {"l4x1": PodCounts(ready=8)})
     assert rollout(SPEC, drained, H, 4, CAP, demand=30.0).replicas_by_variant == {"l4x1": 8, "h100x2": 1}
-    # When the L4 pods carry the load, a switch never breaks before it makes.
-    assert rollout(SPEC, w, H, 4, CAP, demand=9.0).replicas_by_variant == {"l4x1": 9, "h100x2": 0}
+    # When the L4 pods carry the load with headroom, only the headroom is given up: 9 req/s needed at
+    # 85 % utilization is a load of 7.65; the surplus L4 pod goes (what step 1 keeps) and one more
+    # (8 still carry the load) so that an H100 pod fits; never a pod that would leave less than the load.
+    got = rollout(SPEC, w, H, 4, CAP, demand=9.0)
+    assert got.replicas_by_variant == {"l4x1": 8, "h100x2": 0}
+    assert got.reasons[0] == Reason(Code.VARIANT_SWITCH, "1 x l4x1 released to make room for one h100x2 pod: the pods "
+                                                         "serving carry 9.0 of the 9.0 req/s needed and the ceilings "
+                                                         "leave no other room")
+    assert rollout(SPEC, w, H, 4, CAP, demand=9.5 / 0.85 + 0.2).replicas_by_variant == {"l4x1": 10, "h100x2": 0}
+
+
+def test_a_switch_to_save_at_the_gpu_ceiling_goes_in_small_steps_instead_of_waiting_for_ever() -> None:
+    """Issue 12 (seen in CI): ten L4 pods at maxGPUs 10 carry 6 req/s with headroom (demand 8 at
+    75 %); the cheaper H100 shape needs a GPU that they never leave. Before: WaitingForRoom for
+    ever. Now each step releases what keeps the load served, and every new pod starts in the room."""
+    sp = parse_spec(spec_dict(variants=[L4, {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1}],
+                              scaling={"targetUtilization": 0.75},
+                              cost={"maxGPUs": 10, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    caps = {"l4x1": 1.0, "h100x1": 4.0}
+    w = wl("h100x1", {"l4x1": 10, "h100x1": 0}, {"l4x1": PodCounts(ready=10)})
+    got = rollout(sp, w, sp.variants[1], 2, caps, demand=8.0)
+    assert got.replicas_by_variant == {"l4x1": 8, "h100x1": 0}  # 2 surplus over the demand; 8 carry it
+    assert got.waiting_for_room == 2
+    # Drained: the first H100 pod starts in the room, the L4 pods keep serving until it is Ready.
+    w = wl("h100x1", {"l4x1": 8, "h100x1": 0}, {"l4x1": PodCounts(ready=8)})
+    assert rollout(sp, w, sp.variants[1], 2, caps, demand=8.0).replicas_by_variant == {"l4x1": 8, "h100x1": 2}
+    # At the demand exactly (no surplus): one L4 pod goes, 9 still carry the load of 6.
+    w = wl("h100x1", {"l4x1": 8, "h100x1": 0}, {"l4x1": PodCounts(ready=8)})
+    sp8 = parse_spec(spec_dict(variants=[L4, {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1}],
+                               scaling={"targetUtilization": 0.75},
+                               cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    got = rollout(sp8, w, sp8.variants[1], 2, caps, demand=8.0)
+    assert got.replicas_by_variant == {"l4x1": 7, "h100x1": 0}
+    assert got.reasons[0].message.startswith("1 x l4x1 released to make room for one h100x1 pod")
 
 
 def test_making_room_never_releases_every_pod_that_answers_requests() -> None:

@@ -129,11 +129,12 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
 def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
                per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
                retiring: dict[str, int]) -> Reason | None:
-    """Smaller steps: when no new-shape pod fits under the ceilings, nothing that drains will make
-    room for one, and the pods serving cannot carry the demand anyway, release the fewest old pods
-    that make room for one new pod (they drain first: the new pod starts at a later decision).
-    Only then is a little capacity given up before its replacement is Ready, for a pod that carries
-    more than is given up; otherwise the switch waits."""
+    """Smaller steps: when no new-shape pod fits under the ceilings and nothing that drains will
+    make room for one, release the fewest old pods that make room for one new pod (they drain
+    first: the new pod starts at a later decision), for a pod that carries more than is given up.
+    What stays serving meanwhile: the load, when the old pods carry it with headroom (only the
+    headroom is given up); the load less the tolerance, when they carry it without; nothing
+    promised when they cannot carry it anyway. Otherwise the switch waits."""
     t = target.name
     mine = workload.pods.get(t, PodCounts())
     cap_t = per_replica.get(t, 0.0)
@@ -142,12 +143,17 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
         return None
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
     serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
-    if serving >= demand:
-        return None  # the pods serving carry the load with the planned headroom: the switch waits for room
-    # Short of the headroom but carrying the load: give up at most the tolerance of it for one cold
-    # start. Already short of the load itself: the SLO is missed either way, the new pod helps most.
     load = demand * spec.scaling.target_utilization
-    keep_serving = load * (1 - spec.scaling.tolerance) if serving >= load else 0.0
+    if serving >= demand:
+        # Carrying the load with the planned headroom (a switch to save, at a ceiling the old shape
+        # fills): give up headroom, never the load, for one cold start. Waiting for room instead
+        # waits for ever: pods that carry the load at the ceiling never leave any.
+        keep_serving = load
+    elif serving >= load:
+        # Short of the headroom but carrying the load: give up at most the tolerance of it.
+        keep_serving = load * (1 - spec.scaling.tolerance)
+    else:
+        keep_serving = 0.0  # short of the load itself: the SLO is missed either way, the new pod helps most
     # What will be held once the pods being released and those draining are gone.
     g_t, p_t = shape_of(spec, workload, t)
     held_g, held_c = mine.live * g_t, mine.live * p_t
