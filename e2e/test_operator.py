@@ -26,6 +26,11 @@ def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator
     assert c.readiness_probe.http_get.path == "/health" and c.startup_probe.failure_threshold >= 180
     assert dep.spec.template.spec.node_selector["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     assert dep.metadata.owner_references[0].kind == "LLMDeployment"
+    token = next(e for e in c.env if e.name == "HF_TOKEN")
+    assert token.value is None and token.value_from.secret_key_ref.name == "hf-token"  # referenced, never copied
+    cache = next(v for v in dep.spec.template.spec.volumes if v.name == "hf-cache")
+    assert cache.host_path.path == "/var/lib/llmscale/hf-cache"
+    assert any(m.name == "hf-cache" and m.mount_path == "/root/.cache/huggingface" for m in c.volume_mounts)
     svc = wait_for("the owned Service", lambda: bed.core.read_namespaced_service("llama-8b", namespace), 30)
     assert svc.spec.ports[0].port == 8000
     # Status fills in; kubectl get shows the columns.
@@ -60,6 +65,13 @@ def test_malformed_cr_is_refused_with_a_message(bed: Bed, crd: None, namespace: 
     bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "variants": [{"name": "a", "accelerator": "nvidia-a10g"}]}}
     r = _apply(bed, namespace, bad, check=False)
     assert r.returncode != 0 and "every variant's accelerator needs a price" in r.stderr
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "serving": {"volumes": [
+        {"name": "c", "mountPath": "/c", "hostPath": {"path": "/c"}, "persistentVolumeClaim": {"claimName": "c"}}]}}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and "set exactly one of persistentVolumeClaim and hostPath" in r.stderr, r.stderr
+    bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "serving": {"volumes": [{"name": "dshm", "mountPath": "/c", "hostPath": {"path": "/c"}}]}}}
+    r = _apply(bed, namespace, bad, check=False)
+    assert r.returncode != 0 and "volume name 'dshm' is the operator's" in r.stderr, r.stderr
     bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "replicaz": 3}}
     r = _apply(bed, namespace, bad, check=False)
     assert r.returncode != 0 and 'unknown field "spec.replicaz"' in r.stderr

@@ -86,6 +86,23 @@ BAD = [
      "no replica could ever run"),
     ("bad memory", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "memory": "64GB"}]}, "memory"),
     ("bad price", {"cost": {"prices": {"nvidia-h100": "four"}}}, "prices"),
+    ("volume with two sources", {"serving": {"volumes": [{"name": "cache", "mountPath": "/cache", "hostPath": {"path": "/m"},
+                                                          "persistentVolumeClaim": {"claimName": "c"}}]}},
+     "set exactly one of persistentVolumeClaim and hostPath"),
+    ("volume with no source", {"serving": {"volumes": [{"name": "cache", "mountPath": "/cache"}]}},
+     "set exactly one of persistentVolumeClaim and hostPath"),
+    ("the operator's volume name", {"serving": {"volumes": [{"name": "dshm", "mountPath": "/x", "hostPath": {"path": "/m"}}]}},
+     "volume name 'dshm' is the operator's"),
+    ("one mount path twice", {"serving": {"volumes": [{"name": "a", "mountPath": "/x", "hostPath": {"path": "/a"}},
+                                                      {"name": "b", "mountPath": "/x", "hostPath": {"path": "/b"}}]}},
+     "mount paths must be unique"),
+    ("relative mount path", {"serving": {"volumes": [{"name": "a", "mountPath": "x", "hostPath": {"path": "/a"}}]}},
+     "spec.serving.volumes.0.mountPath"),
+    ("a variable in env and secretEnv", {"serving": {"env": {"HF_TOKEN": "x"},
+                                                     "secretEnv": [{"name": "HF_TOKEN", "secret": "hf", "key": "token"}]}},
+     "a variable is set either in env or in secretEnv: HF_TOKEN"),
+    ("bad env name", {"serving": {"secretEnv": [{"name": "HF-TOKEN", "secret": "hf", "key": "token"}]}},
+     "spec.serving.secretEnv.0.name"),
 ]
 
 

@@ -57,6 +57,31 @@ def test_tolerations_and_node_selector_are_copied() -> None:
     assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in pod["tolerations"]
 
 
+def test_secrets_volumes_and_pull_secrets_reach_the_server_pod() -> None:
+    """Issue 13: gated models need a token from a Secret, private registries a pull secret, and a
+    model cache a volume; the token is referenced, never copied into the Deployment."""
+    spec = parse_spec(spec_dict(serving={
+        "env": {"VLLM_LOGGING_LEVEL": "INFO"},
+        "secretEnv": [{"name": "HF_TOKEN", "secret": "hf-token", "key": "token"}],
+        "imagePullSecrets": ["regcred"],
+        "volumes": [{"name": "hf-cache", "mountPath": "/root/.cache/huggingface", "persistentVolumeClaim": {"claimName": "hf-cache"}},
+                    {"name": "local", "mountPath": "/models", "readOnly": True, "hostPath": {"path": "/mnt/models", "type": "Directory"}}],
+    }))
+    pod = render_deployment(BODY, spec, spec.variants[0], 1)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["env"] == [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+                        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": False}}}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                              {"name": "hf-cache", "persistentVolumeClaim": {"claimName": "hf-cache", "readOnly": False}},
+                              {"name": "local", "hostPath": {"path": "/mnt/models", "type": "Directory"}}]
+    assert c["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"},
+                                 {"name": "hf-cache", "mountPath": "/root/.cache/huggingface", "readOnly": False},
+                                 {"name": "local", "mountPath": "/models", "readOnly": True}]
+    plain = render_deployment(BODY, parse_spec(spec_dict()), parse_spec(spec_dict()).variants[0], 1)["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in plain and len(plain["volumes"]) == 1
+
+
 def test_service() -> None:
     spec = parse_spec(spec_dict())
     s = render_service(BODY, spec)

@@ -433,8 +433,69 @@ class MetricsSource(_Model):
         return v
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"  # a DNS subdomain: Secret, PVC names
+
+
+class SecretEnv(_Model):
+    """An environment variable of the server read from a key of a Secret in the LLMDeployment's
+    namespace (e.g. HF_TOKEN for gated models)."""
+
+    name: str = Field(max_length=128, pattern=ENV_NAME, description="Environment variable name.")
+    secret: str = Field(max_length=253, pattern=OBJECT_NAME, description="Name of the Secret, in the LLMDeployment's namespace.")
+    key: str = Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within the Secret.")
+    optional: bool = Field(False, description="Start the pod even when the Secret or key is missing.")
+
+
+class PersistentVolumeClaimSource(_Model):
+    claim_name: str = Field(max_length=253, pattern=OBJECT_NAME, description="A PersistentVolumeClaim in the LLMDeployment's namespace.")
+
+
+class HostPathSource(_Model):
+    path: str = Field(max_length=1024, pattern=r"^/", description="Absolute path on the node, e.g. a local model cache.")
+    type: str | None = Field(None, pattern=r"^(DirectoryOrCreate|Directory|FileOrCreate|File)?$",
+                             description="Kubernetes hostPath type (check before mounting).")
+
+
+class ModelVolume(_Model):
+    """A volume mounted into the server container, typically a model-weight cache shared across
+    restarts so that a new replica does not download the weights again (its cold start shortens,
+    which the operator measures)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel("[has(self.persistentVolumeClaim), has(self.hostPath)].filter(x, x).size() == 1",
+                 "set exactly one of persistentVolumeClaim and hostPath")]},
+    )
+
+    name: Name = Field(description="Volume name (not 'dshm', which the operator uses for shared memory).")
+    mount_path: str = Field(max_length=1024, pattern=r"^/", description="Where the server sees it, e.g. /root/.cache/huggingface.")
+    read_only: bool = Field(False, description="Mount read-only.")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(None, description="A PersistentVolumeClaim (e.g. ReadOnlyMany shared weights).")
+    host_path: HostPathSource | None = Field(None, description="A directory on the node (a node-local cache).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelVolume:
+        if (self.persistent_volume_claim is None) == (self.host_path is None):
+            raise ValueError("set exactly one of persistentVolumeClaim and hostPath")
+        return self
+
+
 class Serving(_Model):
     """How the vLLM server container runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel("!has(self.volumes) || self.volumes.all(v, v.name != 'dshm')", "volume name 'dshm' is the operator's",
+                 ".volumes"),
+            _cel("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+                 "volume names must be unique", ".volumes"),
+            _cel("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.mountPath == v.mountPath))",
+                 "mount paths must be unique", ".volumes"),
+            _cel("!has(self.secretEnv) || !has(self.env) || self.secretEnv.all(e, !(e.name in self.env))",
+                 "a variable is set either in env or in secretEnv", ".secretEnv"),
+        ]},
+    )
 
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible server and its /metrics.")
     served_model_name: str | None = Field(None, max_length=253, description="--served-model-name; defaults to model.")
@@ -446,12 +507,34 @@ class Serving(_Model):
         description="Time a removed replica gets to finish streaming responses (pre-stop drain and termination grace).",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the server.")
+    secret_env: list[SecretEnv] = Field(
+        default_factory=list, max_length=32,
+        description="Environment variables from Secrets (e.g. HF_TOKEN for gated models); never copied into status.")
+    image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=OBJECT_NAME)]] = Field(
+        default_factory=list, max_length=8, description="Secrets the kubelet uses to pull the server image.")
+    volumes: list[ModelVolume] = Field(
+        default_factory=list, max_length=8, description="Volumes mounted into the server, e.g. a model-weight cache.")
 
     @field_validator("startup_timeout", "drain_timeout")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Serving:
+        names = [v.name for v in self.volumes]
+        if "dshm" in names:
+            raise ValueError("volume name 'dshm' is the operator's")
+        if len(set(names)) != len(names):
+            raise ValueError("volume names must be unique")
+        paths = [v.mount_path for v in self.volumes]
+        if len(set(paths)) != len(paths):
+            raise ValueError("mount paths must be unique")
+        both = sorted({e.name for e in self.secret_env} & set(self.env))
+        if both:
+            raise ValueError(f"a variable is set either in env or in secretEnv: {', '.join(both)}")
+        return self
 
 
 class LLMDeploymentSpec(_Model):

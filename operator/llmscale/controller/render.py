@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from llmscale.api.models import OPERATOR_OWNED_ENGINE_FLAGS, LLMDeploymentSpec, Variant
+from llmscale.api.models import OPERATOR_OWNED_ENGINE_FLAGS, LLMDeploymentSpec, ModelVolume, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf.hardware import gpu_for
 
@@ -63,6 +63,13 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _volume(v: ModelVolume) -> dict[str, Any]:
+    if v.persistent_volume_claim is not None:
+        return {"name": v.name, "persistentVolumeClaim": {"claimName": v.persistent_volume_claim.claim_name, "readOnly": v.read_only}}
+    assert v.host_path is not None  # the model allows exactly one source
+    return {"name": v.name, "hostPath": {"path": v.host_path.path, **({"type": v.host_path.type} if v.host_path.type else {})}}
+
+
 def _container(spec: LLMDeploymentSpec, variant: Variant) -> dict[str, Any]:
     port = spec.serving.port
     args = [
@@ -76,7 +83,9 @@ def _container(spec: LLMDeploymentSpec, variant: Variant) -> dict[str, Any]:
     args += list(spec.engine_args)
     startup_s = parse_duration(spec.serving.startup_timeout)
     drain_s = parse_duration(spec.serving.drain_timeout)
-    env = [{"name": k, "value": v} for k, v in sorted(spec.serving.env.items())]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.serving.env.items())]
+    env += [{"name": e.name, "valueFrom": {"secretKeyRef": {"name": e.secret, "key": e.key, "optional": e.optional}}}
+            for e in spec.serving.secret_env]
     return {
         "name": "vllm",
         "image": spec.image,
@@ -109,7 +118,8 @@ def _container(spec: LLMDeploymentSpec, variant: Variant) -> dict[str, Any]:
         },
         # Stop taking new work, then let streaming responses finish before SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": int(min(drain_s, 600))}}},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                         *({"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only} for v in spec.serving.volumes)],
     }
 
 
@@ -134,8 +144,10 @@ def render_deployment(body: dict[str, Any], spec: LLMDeploymentSpec, variant: Va
         "nodeSelector": node_selector,
         "tolerations": tolerations,
         "terminationGracePeriodSeconds": int(drain_s) + 30,
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}, *map(_volume, spec.serving.volumes)],
     }
+    if spec.serving.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.serving.image_pull_secrets]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
