@@ -69,6 +69,7 @@ def _values(solo: str, bed: Bed) -> list[str]:
     return ["--set", "image.repository=localhost/llmscale", "--set", "image.pullPolicy=Never", "--set", "replicaCount=1",
             "--set", "hostNetwork=true", "--set", f"apiServer.host={host}", "--set-string", f"apiServer.port={port}",
             "--set", f"prometheus.url={bed.prom_url}", "--set", "metrics.port=18085", "--set", "health.port=18086",
+            "--set", "logFormat=json",
             "--set", f"watchNamespaces={{{solo}}}", "--set", "nodeSelector.llmscale\\.io/role=system",
             "--set", "tolerations[0].key=llmscale.io/system", "--set", "tolerations[0].operator=Exists"]
 
@@ -77,6 +78,12 @@ def _operator_pod(bed: Bed) -> Any:
     pods = [p for p in bed.core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
             if not p.metadata.deletion_timestamp]
     return pods[0] if len(pods) == 1 else None
+
+
+def _log_lines(pod: Any) -> list[str]:
+    """The container's log as the kubelet wrote it (CRI format: time, stream, tag, line)."""
+    folder = ROOT / "e2e/.state/node/pod-logs" / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}" / "operator"
+    return [line.split(" ", 3)[3] for f in sorted(folder.glob("*.log")) for line in f.read_text().splitlines() if line.count(" ") >= 3]
 
 
 def _ready(pod: Any) -> bool:
@@ -120,6 +127,12 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         # The kubelet ran it as the chart asks: the container's own view of its user and root filesystem.
         status = pod.status.container_statuses[0]
         assert status.ready and status.restart_count == 0, status
+        # Namespaced mode: the operator's rights end at the namespaces it watches.
+        account = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+        for verb, where, allowed in (("patch", solo, "yes"), ("patch", "default", "no"), ("create", solo, "yes")):
+            r = bed.kubectl("auth", "can-i", verb, "deployments", "-n", where, f"--as={account}", check=False)
+            assert r.stdout.strip() == allowed, (verb, where, r.stdout, r.stderr)
+        assert bed.kubectl("auth", "can-i", "get", "secrets", "-n", solo, f"--as={account}", check=False).stdout.strip() == "no"
 
         # The closed loop, through the installed operator.
         bed.kubectl("apply", "-f", "-", input=_doc(solo))
@@ -129,6 +142,11 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
             d = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
             return (d.spec.replicas or 0) >= 3 and (d.status.ready_replicas or 0) >= 3
         wait_for("a scale-up to >= 3 Ready replicas by the installed operator", scaled, 180)
+        # logFormat=json: every line the operator wrote is one JSON object, its decisions among them.
+        import json
+        lines = _log_lines(pod)
+        records = [json.loads(line) for line in lines]
+        assert any("ScaleUp" in r.get("message", "") for r in records), lines[-20:]
         learnt = wait_for("learnt state in status", lambda: (h := bed.llmd(solo, "chat").get("status", {}).get("history", {}))
                           and h.get("plannedMix") and h.get("observingSince") and h, 90)
 

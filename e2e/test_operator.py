@@ -113,6 +113,20 @@ def test_chart_renders(bed: Bed) -> None:
     kinds = [d["kind"] for d in yaml.safe_load_all(r.stdout) if d]
     for kind in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"):
         assert kind in kinds, kinds
+    # values.schema.json refuses a typo and a bad value with the path.
+    for bad, says in ((["--set", "replicacount=2"], "additional properties 'replicacount' not allowed"),
+                      (["--set", "logFormat=xml"], "/logFormat")):
+        r = subprocess.run([str(helm), "template", "llmscale", str(ROOT / "charts/llmscale"), *bad], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and says in r.stderr, r.stderr
+    # The chart's alerts are valid PromQL and alerting rules (promtool, from the Prometheus package).
+    r = subprocess.run([str(helm), "template", "llmscale", str(ROOT / "charts/llmscale"), "--api-versions", "monitoring.coreos.com/v1",
+                        "--show-only", "templates/monitoring.yaml"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rule = next(d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "PrometheusRule")
+    rules = Path(bed.kubeconfig).parent / "chart-alerts.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS: 4 rules found" in check.stdout, check.stdout + check.stderr
 
 
 def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, operator: object, namespace: str) -> None:

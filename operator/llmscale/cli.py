@@ -141,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "namespaces": args.namespace or None,
         "peering": args.peering,
         "peering_priority": args.peering_priority,
+        "log_format": args.log_format,
         "disruption_budget": args.disruption_budget,
     }.items() if v is not None}
     run(OperatorSettings(**overrides), kubeconfig=args.kubeconfig, verbose=args.verbose)
@@ -263,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
                    "so that replicas never tie; env LLMSCALE_PEERING_PRIORITY)")
     r.add_argument("--no-disruption-budget", dest="disruption_budget", action="store_false", default=None,
                    help="own no PodDisruptionBudget per LLMDeployment (env LLMSCALE_DISRUPTION_BUDGET=false)")
+    r.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON (env LLMSCALE_LOG_FORMAT)")
     r.add_argument("--verbose", "-v", action="store_true")
     r.set_defaults(func=cmd_run)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,5 +44,6 @@ class OperatorSettings(BaseSettings):
         20, ge=10, le=600,
         description="Seconds a replica's peering record stays valid without a keepalive: a standby takes over within "
                     "about this long after the active replica dies.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or as JSON objects (one per line).")
     disruption_budget: bool = Field(True, description="Own a PodDisruptionBudget (maxUnavailable 1) per LLMDeployment, "
                                                       "unless another budget already covers its pods.")

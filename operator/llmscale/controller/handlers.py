@@ -305,6 +305,7 @@ def _api_error(e: Exception) -> str:
 def forget(name: str, namespace: str | None, **_: Any) -> None:
     assert namespace is not None
     Runtime.forget((namespace, name))  # owned objects go by ownerReference garbage collection
+    m.forget(namespace, name)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5.0, initial_delay=1.0, sharp=False)
@@ -494,6 +495,9 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         m.DECISIONS.labels(namespace, name, d.action, r.code.value).inc()
     m.DESIRED.labels(namespace, name).set(d.to_replicas)
     m.BUDGET_LIMITED.labels(namespace, name).set(1 if conds.get("BudgetLimited", ("False",))[0] == "True" else 0)
+    for c in new_conds:
+        if c.get("type") in m.SHOWN_CONDITIONS and c.get("status") in ("True", "False"):
+            m.CONDITION.labels(namespace, name, c["type"]).set(1 if c["status"] == "True" else 0)
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
     _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))

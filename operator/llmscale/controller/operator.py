@@ -74,7 +74,14 @@ def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
 def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> None:
     from kubernetes import config
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if opts.log_format == "json":
+        # kopf's JSON formatter (python-json-logger): one object per line with the object's
+        # namespace and name under "object", for log pipelines.
+        kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_refkey="object")
+        logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    else:
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig)

@@ -20,3 +20,21 @@ STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first, 
                         ["namespace", "llmdeployment", "why"])
 STATUS_SKIPPED = Counter("llmscale_status_writes_skipped", "Decisions whose status was not written: nothing a user "
                          "reads changed and the last write is recent.", ["namespace", "llmdeployment"])
+CONDITION = Gauge("llmscale_condition", "1 when the LLMDeployment's condition is True, 0 when False (as in its status).",
+                  ["namespace", "llmdeployment", "type"])
+SHOWN_CONDITIONS = ("SLOMet", "MetricsAvailable", "BudgetLimited", "SLOFeasible", "CompetingAutoscaler", "Ready")
+
+PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ERRORS, STATUS_SKIPPED)
+PER_DEPLOYMENT_MORE = (DECISIONS, STATUS_WRITES, CONDITION)  # with more labels after namespace, llmdeployment
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop every series of a deleted LLMDeployment: a fleet that churns must not grow /metrics."""
+    for metric in PER_DEPLOYMENT:
+        try:
+            metric.remove(namespace, name)
+        except KeyError:
+            pass
+    for metric in PER_DEPLOYMENT_MORE:
+        for labels in [k for k in list(metric._metrics) if k[:2] == (namespace, name)]:  # noqa: SLF001 - no public listing
+            metric.remove(*labels)
