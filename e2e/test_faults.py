@@ -100,12 +100,11 @@ def test_killed_between_its_apply_and_its_status_the_operator_resumes_and_loses_
 
 class PrometheusProxy:
     """A small proxy in front of the bed's Prometheus that passes answers through, mangles them
-    (NaN, Inf, non-numeric values and `le` labels, series for only some pods), or answers too
-    slowly; loopback only."""
+    (NaN, Inf, non-numeric values and `le` labels, series for only some pods), answers too
+    slowly, or is not there at all (connections refused); loopback only."""
 
     def __init__(self, upstream: str) -> None:
         import http.server
-        import threading
         import urllib.request
 
         self.mode = "pass"
@@ -146,10 +145,24 @@ class PrometheusProxy:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self._handler = Handler
+        self._start(0)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _start(self, port: int) -> None:
+        import http.server
+        import threading
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler)
+        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        """Not at all: nothing listens, every connection is refused."""
+        self.close()
+
+    def up(self) -> None:
+        self._start(int(self.url.rsplit(":", 1)[1]))
 
     def close(self) -> None:
         self.server.shutdown()
@@ -158,7 +171,8 @@ class PrometheusProxy:
 
 def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itself(
         bed: Bed, solo: str, ceilings: CeilingWatcher) -> None:
-    """Garbage answers make the signals unknown with a reason and slow ones make them unavailable:
+    """Garbage answers make the signals unknown with a reason; slow ones, and none at all
+    (connection refused), make them unavailable:
     either way no replica is released (the load fell to zero meanwhile, so a scale-down is what a
     policy that trusted them would do), nothing is logged as a crash, and once Prometheus answers
     well again the operator goes on by itself."""
@@ -179,15 +193,17 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
         wait_for("a scale-up through the proxy", lambda: _replicas(bed, solo) >= 2 and _status(bed, solo).get("readyReplicas", 0) >= 2, 120)
         held = _replicas(bed, solo)
         bed.traffic(solo, "chat", rate=0, meanInput=1000, meanOutput=200)
-        for mode, expect in (("garbage", None), ("slow", "False")):
+        for mode, expect in (("garbage", None), ("slow", "False"), ("refused", "False")):
             proxy.mode = mode
+            if mode == "refused":
+                proxy.down()
             before = proxy.requests
             seen: list[int] = []
             deadline = time.time() + 40
             while time.time() < deadline:  # longer than the 60 s window's share the decisions see, bounded
                 seen.append(_replicas(bed, solo))
                 time.sleep(1)
-            assert proxy.requests > before, f"{mode}: the operator read nothing through the proxy"
+            assert proxy.requests > before or mode == "refused", f"{mode}: the operator read nothing through the proxy"
             assert min(seen) >= held, (mode, held, seen)
             if expect is not None:
                 wait_for(f"MetricsAvailable={expect} while Prometheus is {mode}",
@@ -196,6 +212,8 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
                 m = cond("MetricsAvailable")
                 assert m.get("status") != "True" or m.get("reason") != "MetricsRead", m
             assert op.poll() is None, f"the operator exited while Prometheus was {mode}"
+            if mode == "refused":
+                proxy.up()
         proxy.mode = "pass"
         wait_for("MetricsAvailable=True again", lambda: cond("MetricsAvailable").get("status") == "True"
                  and cond("MetricsAvailable").get("reason") == "MetricsRead", 90)

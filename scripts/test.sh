@@ -23,6 +23,8 @@ trap cleanup EXIT
 echo "== tests (unit, property, e2e)"
 LLMSCALE_E2E=1 pytest -q -p no:cacheprovider tests e2e --ignore=e2e/test_faults.py --ignore=e2e/test_image.py --ignore=e2e/test_helm.py "$@"
 rc=$?
+# Arguments (e.g. -k NAME) go to both sessions; one of them may then select nothing.
+if [ $rc = 5 ] && [ $# -gt 0 ]; then rc=0; fi
 if [ $rc = 5 ]; then echo "no tests were collected"; exit 1; fi
 [ $rc = 0 ] || exit $rc
 # The fault tests run operators of their own (one killed by a failpoint, one behind a sick
@@ -31,5 +33,6 @@ if [ $rc = 5 ]; then echo "no tests were collected"; exit 1; fi
 echo "== fault-injection and image e2e"
 LLMSCALE_E2E=1 pytest -q -p no:cacheprovider e2e/test_faults.py e2e/test_image.py e2e/test_helm.py "$@"
 rc=$?
+if [ $rc = 5 ] && [ $# -gt 0 ]; then rc=0; fi
 if [ $rc = 5 ]; then echo "no fault tests were collected"; exit 1; fi
 exit $rc
