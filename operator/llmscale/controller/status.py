@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,20 +156,29 @@ def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **{k: status.get(k) for k in USER_FIELDS},
         "conditions": sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conds),
+        # Why a change was made is read; why nothing changed moves with the readings (a steady load's
+        # burst memory holds at one decision and not at the next) and waits for the refresh; a hold
+        # a user must see is a condition.
         "lastDecision": (last.get("action"), last.get("from"), last.get("to"), last.get("variant"), last.get("applied"),
-                         tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
+                         () if last.get("action") == "NoChange" else tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
         "learnt": {k: hist.get(k) for k in LEARNT},
-        # The burst memory's peak, to two significant digits: a restart must not forget a burst.
+        # The burst memory's peak, in 25 % steps: a restart must not forget a burst, while a steady
+        # load's peak creeping up by chance (the highest of more windows) waits for the refresh.
         "peak": _peak(hist.get("rateSamples")),
         "ceilingReplicas": est.get("ceilingReplicas"),
     }
 
 
-def _peak(samples: Any) -> str | None:
+PEAK_STEP = 1.25
+
+
+def _peak(samples: Any) -> int | None:
+    """The highest rate sample's step on a 25 % log grid (None: no samples or no load)."""
     try:
-        return f"{max(float(v) for _, v in samples):.2g}" if samples else None
+        peak = max(float(v) for _, v in samples) if samples else 0.0
     except (TypeError, ValueError):
         return None
+    return math.floor(math.log(peak) / math.log(PEAK_STEP)) if peak > 0 and math.isfinite(peak) else None
 
 
 def needs_write(written_view: Mapping[str, Any] | None, written_at: float | None, view: Mapping[str, Any], now: float,
