@@ -32,7 +32,14 @@ from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
 
 from bench.decision_quality import deployment
-from bench.reaction import FLEET, KUBECTL, PROM, ROOT, STATE  # the test bed's addresses, one place
+from bench.reaction import (  # the test bed's addresses, one place
+    FLEET,
+    KUBECTL,
+    PROM,
+    ROOT,
+    STATE,
+    crd_established,
+)
 from llmscale.api import parse_spec
 from llmscale.sim.policies import make_policy
 from llmscale.sim.traffic import scenario
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bed = Bed()
     bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds/llmdeployments.llmscale.io.yaml"))
-    bed.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmscale.io")
+    crd_established()
     (STATE / "logs").mkdir(parents=True, exist_ok=True)
     log = open(STATE / "logs" / "operator-fidelity.log", "wb")
     op = subprocess.Popen([sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "kubeconfig"),

@@ -33,6 +33,17 @@ NS = "bench-reaction"
 TTFT_TARGET = 0.25
 
 
+def crd_established(crd: str = "llmdeployments.llmscale.io", timeout_s: float = 60) -> None:
+    """Wait until the CRD is served (`kubectl wait` fails at once while a new CRD has no condition)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        jsonpath = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        if kubectl("get", "crd", crd, "-o", jsonpath).strip() == "True":
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"bench: the CRD {crd} was not Established within {timeout_s:.0f} s")
+
+
 def kubectl(*args: str, input: str | None = None) -> str:
     r = subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", *args], input=input, capture_output=True, text=True)
     if r.returncode != 0:
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: the test bed is not up; run `e2e/cluster up` first", file=sys.stderr)
         return 2
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds/llmdeployments.llmscale.io.yaml"))
-    kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmscale.io")
+    crd_established()
     subprocess.run([str(KUBECTL), f"--kubeconfig={STATE / 'kubeconfig'}", "delete", "ns", NS, "--wait=true", "--timeout=60s"],
                    capture_output=True)
     kubectl("create", "ns", NS)

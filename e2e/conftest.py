@@ -84,7 +84,17 @@ def bed() -> Bed:
 @pytest.fixture(scope="session")
 def crd(bed: Bed) -> None:
     bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds/llmdeployments.llmscale.io.yaml"))
-    bed.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmscale.io", "--timeout=60s")
+    established(bed, "llmdeployments.llmscale.io")
+
+
+def established(bed: Bed, crd: str) -> None:
+    """Wait for a CRD to be served. Not `kubectl wait`: it fails at once, instead of waiting, when
+    the API server has not yet given the new CRD any condition (seen in CI on a busy machine)."""
+    def served() -> bool:
+        r = bed.kubectl("get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type==\"Established\")].status}", check=False)
+        return r.stdout.strip() == "True"
+
+    wait_for(f"the CRD {crd} Established", served, 60, every=0.3)
 
 
 HELM = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) / "helm-v3.21.4" / "helm"

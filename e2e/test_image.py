@@ -25,7 +25,17 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import HELM, KUBECTL, OPERATOR_NAMESPACE, OPERATOR_TOKEN, ROOT, Bed, CeilingWatcher, wait_for
+from .conftest import (
+    HELM,
+    KUBECTL,
+    OPERATOR_NAMESPACE,
+    OPERATOR_TOKEN,
+    ROOT,
+    Bed,
+    CeilingWatcher,
+    established,
+    wait_for,
+)
 
 PODMAN = ["podman", "--runtime", "/usr/sbin/runc"]
 # The chart's securityContext, as podman says it; no tmpfs on /tmp either (a pod has none), and no
@@ -226,7 +236,7 @@ def test_a_standby_takes_over_when_the_active_operator_is_killed_mid_scale_up(
     within 30 s, the scale-up finishes, and the Deployment's replica count, sampled throughout,
     never goes back nor past what the policy last decided: the action is neither lost nor doubled."""
     bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "charts/llmscale/crds/kopf-peering.yaml"))
-    bed.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    established(bed, "kopfpeerings.kopf.dev")
     bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "llmscale", "namespace": solo}}))
     first, second = f"llmscale-e2e-{solo}-a", f"llmscale-e2e-{solo}-b"

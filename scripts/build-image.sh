@@ -75,6 +75,8 @@ if [ ! -f "$archive" ]; then
     --timestamp "$SOURCE_DATE_EPOCH" -t "$image" "$ctx" >"$CACHE/build-logs/image-build.log" 2>&1 \
     || die "podman build failed (log: $CACHE/build-logs/image-build.log)"
   "${PODMAN[@]}" save --quiet -o "$archive.tmp" "$image" && mv "$archive.tmp" "$archive"
+  # Keep the two newest archives (each checkout's image differs): the cache must not grow for ever.
+  ls -t "$CACHE"/image-*.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
 else
   "${PODMAN[@]}" image exists "$image" && [ "$("${PODMAN[@]}" image inspect -f '{{index .Labels "io.llmscale.inputs"}}' "$image" 2>/dev/null)" = "$inputs" ] \
     || "${PODMAN[@]}" load --quiet -i "$archive" >/dev/null

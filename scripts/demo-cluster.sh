@@ -9,7 +9,11 @@ KUBECTL=${KUBECTL:-$HOME/.cache/llmscale/kubernetes-v1.36.3/kubectl}
 export KUBECONFIG=$ROOT/e2e/.state/kubeconfig
 e2e/cluster up
 "$KUBECTL" apply --server-side --force-conflicts -f crds/llmdeployments.llmscale.io.yaml >/dev/null
-"$KUBECTL" wait --for=condition=Established crd/llmdeployments.llmscale.io >/dev/null
+# (not `kubectl wait`: it fails at once while a new CRD has no condition yet)
+for _ in $(seq 200); do
+  [ "$("$KUBECTL" get crd llmdeployments.llmscale.io -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
+  sleep 0.3
+done
 sed 's/interval: 15s/interval: 5s/; s/stabilizationWindow: 300s/stabilizationWindow: 60s/' examples/llama-8b-h100.yaml | "$KUBECTL" apply -f -
 llmscale run --kubeconfig "$KUBECONFIG" --prometheus-url http://127.0.0.1:19090 --metrics-port 18080 --health-port 18081 \
   > e2e/.state/logs/operator-demo.log 2>&1 &
