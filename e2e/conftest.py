@@ -139,7 +139,8 @@ def operator(bed: Bed, crd: None, ceilings: CeilingWatcher, operator_kubeconfig:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(operator_kubeconfig), "--prometheus-url", bed.prom_url,
          "--metrics-port", "18080", "--health-port", "18081"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN)},
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(OPERATOR_TOKEN),
+                                                   "LLMSCALE_ALLOWED_HOST_PATHS": '["/var/lib/llmscale"]'},
     )
     deadline = time.time() + 60
     while time.time() < deadline:

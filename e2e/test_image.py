@@ -4,11 +4,11 @@ read-only root filesystem with nothing writable mounted, every capability droppe
 escalation) and with in-cluster credentials: a TokenRequest token of the chart's ServiceAccount,
 the cluster CA and KUBERNETES_SERVICE_HOST, mounted where a kubelet mounts them.
 
-The bed has no kubelet that runs containers (its nodes are kwok's), so the container shares the
-host's network instead of reaching the API server through the `kubernetes` Service. What this
-proves: the image, its entry point, its in-cluster login, the chart's RBAC and its pod security
-settings; not a kubelet's mounts, probes or Service networking. The closed-loop test runs an
-operator of its own, so this file runs in the fault session (scripts/test.sh)."""
+Here podman runs it, sharing the host's network (the bed has no pod network); e2e/test_helm.py
+runs it under the bed's real kubelet. What this proves: the image, its entry point, its in-cluster
+login, the chart's RBAC, its pod security settings, and HA between two replicas (which the real
+node cannot run side by side: same host ports). The tests run operators of their own, so this file
+runs in the fault session (scripts/test.sh)."""
 
 from __future__ import annotations
 

@@ -28,9 +28,6 @@ def test_example_creates_deployment_and_service_then_cascades(bed: Bed, operator
     assert dep.metadata.owner_references[0].kind == "LLMDeployment"
     token = next(e for e in c.env if e.name == "HF_TOKEN")
     assert token.value is None and token.value_from.secret_key_ref.name == "hf-token"  # referenced, never copied
-    cache = next(v for v in dep.spec.template.spec.volumes if v.name == "hf-cache")
-    assert cache.host_path.path == "/var/lib/llmscale/hf-cache"
-    assert any(m.name == "hf-cache" and m.mount_path == "/root/.cache/huggingface" for m in c.volume_mounts)
     svc = wait_for("the owned Service", lambda: bed.core.read_namespaced_service("llama-8b", namespace), 30)
     assert svc.spec.ports[0].port == 8000
     # Status fills in; kubectl get shows the columns.
@@ -75,6 +72,32 @@ def test_malformed_cr_is_refused_with_a_message(bed: Bed, crd: None, namespace: 
     bad = {**EXAMPLE, "spec": {**EXAMPLE["spec"], "replicaz": 3}}
     r = _apply(bed, namespace, bad, check=False)
     assert r.returncode != 0 and 'unknown field "spec.replicaz"' in r.stderr
+
+
+def test_a_host_path_mounts_only_where_the_platform_team_allows(bed: Bed, operator: object, namespace: str) -> None:
+    """The operator creates the pods, so a tenant's hostPath would mount with the operator's rights:
+    only directories under the operator's allowed_host_paths (the session operator allows
+    /var/lib/llmscale) are rendered; any other is a condition and an Event, and nothing is applied."""
+    def with_volume(path: str) -> dict:
+        volume = {"name": "hf-cache", "mountPath": "/root/.cache/huggingface", "hostPath": {"path": path}}
+        return {**EXAMPLE, "spec": {**EXAMPLE["spec"], "serving": {**EXAMPLE["spec"]["serving"], "volumes": [volume]}}}
+
+    _apply(bed, namespace, with_volume("/var/lib/llmscale/hf-cache"))
+    dep = wait_for("the owned Deployment", lambda: bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace), 60)
+    cache = next(v for v in dep.spec.template.spec.volumes if v.name == "hf-cache")
+    assert cache.host_path.path == "/var/lib/llmscale/hf-cache"
+    assert any(m.name == "hf-cache" and m.mount_path == "/root/.cache/huggingface" for m in dep.spec.template.spec.containers[0].volume_mounts)
+    _apply(bed, namespace, with_volume("/var/lib/llmscale/../../etc"))
+    cond = wait_for("HostPathNotAllowed", lambda: next((c for c in bed.llmd(namespace, "llama-8b").get("status", {}).get("conditions", [])
+                                                       if c.get("reason") == "HostPathNotAllowed"), None), 60)
+    assert "/var/lib/llmscale/../../etc" in cond["message"], cond
+    _apply(bed, namespace, with_volume("/"))
+    wait_for("HostPathNotAllowed for /", lambda: "['/']" in next((c.get("message", "") for c in bed.llmd(namespace, "llama-8b")
+                                                                  .get("status", {}).get("conditions", []) if c.get("reason") == "HostPathNotAllowed"), ""), 60)
+    dep = bed.apps.read_namespaced_deployment("llama-8b-h100x1", namespace)
+    assert all(v.host_path is None or v.host_path.path == "/var/lib/llmscale/hf-cache" for v in dep.spec.template.spec.volumes)
+    reasons = [e.reason for e in bed.core.list_namespaced_event(namespace).items]
+    assert "HostPathNotAllowed" in reasons, reasons
 
 
 def test_engine_arg_conflict_is_a_condition_and_an_event(bed: Bed, operator: object, namespace: str) -> None:

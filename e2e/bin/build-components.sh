@@ -77,8 +77,11 @@ build_node() {
     say "node: installing ${need_apt[*]} from Debian; log $log"
     { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_apt[@]}"; } >"$log" 2>&1 \
       || fail "apt-get install ${need_apt[*]}" "$log" node
-    # The package may start a system containerd; the bed runs its own, with its own socket.
-    { systemctl stop containerd 2>/dev/null || service containerd stop 2>/dev/null || true; } >/dev/null 2>&1
+    # The package may start a system containerd; the bed runs its own, with its own socket. Only
+    # one this step installed is stopped (a Docker host's containerd is left alone).
+    if [[ " ${need_apt[*]} " == *" containerd "* ]]; then
+      { systemctl stop containerd 2>/dev/null || service containerd stop 2>/dev/null || true; } >/dev/null 2>&1
+    fi
   fi
   say "node: $(containerd --version | cut -d' ' -f1,3), $(runc --version | head -1)"
 }

@@ -44,6 +44,10 @@ class OperatorSettings(BaseSettings):
         20, ge=10, le=600,
         description="Seconds a replica's peering record stays valid without a keepalive: a standby takes over within "
                     "about this long after the active replica dies.")
+    allowed_host_paths: list[str] = Field(
+        default_factory=list,
+        description="Node directories (prefixes) an LLMDeployment may mount as serving.volumes hostPath; empty allows none. "
+                    "The operator creates the pods, so a tenant's hostPath would mount with the operator's rights.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or as JSON objects (one per line).")
     disruption_budget: bool = Field(True, description="Own a PodDisruptionBudget (maxUnavailable 1) per LLMDeployment, "
                                                       "unless another budget already covers its pods.")

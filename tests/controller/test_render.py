@@ -7,6 +7,7 @@ import pytest
 from llmscale.api import parse_spec
 from llmscale.controller.render import (
     engine_arg_conflicts,
+    host_paths_not_allowed,
     render_deployment,
     render_disruption_budget,
     render_service,
@@ -80,6 +81,20 @@ def test_secrets_volumes_and_pull_secrets_reach_the_server_pod() -> None:
                                  {"name": "local", "mountPath": "/models", "readOnly": True}]
     plain = render_deployment(BODY, parse_spec(spec_dict()), parse_spec(spec_dict()).variants[0], 1)["spec"]["template"]["spec"]
     assert "imagePullSecrets" not in plain and len(plain["volumes"]) == 1
+
+
+@pytest.mark.parametrize(("path", "allowed", "refused"), [
+    ("/var/lib/llmscale/hf", [], True),                      # none allowed unless the platform team lists it
+    ("/var/lib/llmscale/hf", ["/var/lib/llmscale"], False),
+    ("/var/lib/llmscale", ["/var/lib/llmscale/"], False),
+    ("/var/lib/llmscale-other", ["/var/lib/llmscale"], True),  # a prefix of the name is not the directory
+    ("/var/lib/llmscale/../../etc", ["/var/lib/llmscale"], True),
+    ("/", ["/var/lib/llmscale"], True),
+    ("/etc", ["/"], True),                                   # "/" in the list allows nothing
+])
+def test_a_host_path_mounts_only_under_what_the_platform_team_allows(path: str, allowed: list[str], refused: bool) -> None:
+    spec = parse_spec(spec_dict(serving={"volumes": [{"name": "c", "mountPath": "/c", "hostPath": {"path": path}}]}))
+    assert host_paths_not_allowed(spec, allowed) == ([path] if refused else [])
 
 
 def test_service() -> None:

@@ -38,6 +38,7 @@ from .render import (
     LABEL_VARIANT,
     deployment_name,
     engine_arg_conflicts,
+    host_paths_not_allowed,
     render_deployment,
     render_disruption_budget,
     render_service,
@@ -69,6 +70,7 @@ class Runtime:
     kube: Kube
     reader: PrometheusReader | None = None
     disruption_budget: bool = True  # own a PodDisruptionBudget per LLMDeployment (--no-disruption-budget)
+    allowed_host_paths: list[str] = []  # hostPath prefixes LLMDeployments may mount (settings.allowed_host_paths)
     tick_s: float = 5.0
     _guard = threading.Lock()  # the dicts below; never held during a read
     _locks: dict[str, threading.Lock] = {}  # one per endpoint: one read in flight each
@@ -144,6 +146,12 @@ def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | No
     if bad:
         _fail(body, patch, status, "EngineArgConflict",
               f"engineArgs {bad} set flags the operator owns (--model, --port, --tensor-parallel-size, --host); remove them")
+        return None
+    paths = host_paths_not_allowed(spec, Runtime.allowed_host_paths)
+    if paths:
+        _fail(body, patch, status, "HostPathNotAllowed",
+              f"serving.volumes hostPath {paths} outside the paths the platform team allows "
+              f"({', '.join(Runtime.allowed_host_paths) or 'none'}; chart value servingHostPaths); use a PersistentVolumeClaim")
         return None
     return spec
 
@@ -363,8 +371,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         spec = parse_spec(dict(body["spec"]))
     except ValidationError:
         return  # reconcile() reports it
-    if engine_arg_conflicts(spec):
-        return
+    if engine_arg_conflicts(spec) or host_paths_not_allowed(spec, Runtime.allowed_host_paths):
+        return  # reconcile() reports it
     interval = parse_duration(spec.scaling.interval)
     last = st.get("lastDecision", {}).get("time") if isinstance(st.get("lastDecision"), dict) else None
     last_ts = memo.get("last_decision", 0.0)
@@ -496,8 +504,12 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.DESIRED.labels(namespace, name).set(d.to_replicas)
     m.BUDGET_LIMITED.labels(namespace, name).set(1 if conds.get("BudgetLimited", ("False",))[0] == "True" else 0)
     for c in new_conds:
-        if c.get("type") in m.SHOWN_CONDITIONS and c.get("status") in ("True", "False"):
+        if c.get("type") not in m.SHOWN_CONDITIONS:
+            continue
+        if c.get("status") in ("True", "False"):
             m.CONDITION.labels(namespace, name, c["type"]).set(1 if c["status"] == "True" else 0)
+        else:  # Unknown (no latency data, say): no series, so no alert stays on a stale 0
+            m.forget_condition(namespace, name, c["type"])
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
     _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))

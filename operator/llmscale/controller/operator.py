@@ -101,6 +101,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         log.warning("no --prometheus-url: LLMDeployments that select no endpoint will hold with MetricsAvailable=False")
     Runtime.reader = PrometheusReader(endpoints)
     Runtime.disruption_budget = opts.disruption_budget
+    Runtime.allowed_host_paths = [p for p in opts.allowed_host_paths if p.startswith("/") and p != "/"]
     if opts.metrics_port:
         try:
             start_http_server(opts.metrics_port)

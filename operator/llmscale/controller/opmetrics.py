@@ -28,6 +28,13 @@ PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ER
 PER_DEPLOYMENT_MORE = (DECISIONS, STATUS_WRITES, CONDITION)  # with more labels after namespace, llmdeployment
 
 
+def forget_condition(namespace: str, name: str, ctype: str) -> None:
+    try:
+        CONDITION.remove(namespace, name, ctype)
+    except KeyError:
+        pass
+
+
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted LLMDeployment: a fleet that churns must not grow /metrics."""
     for metric in PER_DEPLOYMENT:

@@ -32,6 +32,17 @@ class RenderError(ValueError):
     """The spec is valid for the schema but cannot be turned into a workload (e.g. conflicting engine args)."""
 
 
+def host_paths_not_allowed(spec: LLMDeploymentSpec, allowed: list[str]) -> list[str]:
+    """The spec's hostPath volumes outside the platform team's allow-list (directory prefixes).
+    The operator creates the pods, so a hostPath a tenant names would mount with the operator's
+    rights, not the tenant's: none is allowed unless the platform team lists it."""
+    def inside(path: str) -> bool:
+        p = path.rstrip("/") or "/"
+        return any(p == a.rstrip("/") or p.startswith(a.rstrip("/") + "/") for a in allowed if a.startswith("/") and a != "/")
+    return [v.host_path.path for v in spec.serving.volumes if v.host_path is not None and (".." in v.host_path.path.split("/")
+                                                                                             or not inside(v.host_path.path))]
+
+
 def engine_arg_conflicts(spec: LLMDeploymentSpec) -> list[str]:
     """Engine args that set a flag the operator owns (--model, --port, --tensor-parallel-size, --host)."""
     bad = []

@@ -141,19 +141,18 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     if (out[t] > mine.live or replicas <= mine.live or not retiring or demand is None or demand <= 0 or cap_t <= 0
             or mine.starting or mine.unschedulable or any(o not in per_replica for o in retiring)):
         return None
-    # Judged against what the plan will serve: a plan held under the demand by a ceiling kept old
-    # pods for its own capacity only (step 1), and is no licence to break further.
+    # What the plan will serve (a ceiling may hold it under the demand) and the load itself.
     planned = min(demand, replicas * cap_t)
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
     serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
-    load = planned * spec.scaling.target_utilization
-    if serving >= planned:
-        # Carrying the load with the planned headroom (a switch to save, at a ceiling the old shape
-        # fills): give up headroom, never the load, for one cold start. Waiting for room instead
-        # waits for ever: pods that carry the load at the ceiling never leave any.
+    load = demand * spec.scaling.target_utilization
+    if serving >= load and serving >= planned:
+        # Carrying the load with the headroom the plan gives (a switch to save, at a ceiling the old
+        # shape fills): give up headroom, never the load, for one cold start. Waiting for room
+        # instead waits for ever: pods that carry the load at the ceiling never leave any.
         keep_serving = load
     elif serving >= load:
-        # Short of the headroom but carrying the load: give up at most the tolerance of it.
+        # Carrying the load without that headroom: give up at most the tolerance of it.
         keep_serving = load * (1 - spec.scaling.tolerance)
     else:
         keep_serving = 0.0  # short of the load itself: the SLO is missed either way, the new pod helps most
