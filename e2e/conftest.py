@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "e2e" / "cluster"
@@ -291,3 +292,37 @@ def solo(bed: Bed, operator_kubeconfig: Path) -> Iterator[str]:
         bed.kubectl("patch", "llmd", obj["metadata"]["name"], "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
                     check=False)
     bed.core.delete_namespace(name)
+
+
+def chat_doc(namespace: str, **spec: Any) -> str:
+    """A one-shape LLMDeployment `chat` of the bed (H100 pods, 5 s cold start, 3 s decisions), with
+    `spec` fields replaced: the deployment the operator tests scale."""
+    base: dict[str, Any] = {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "replicas": {"min": 1, "max": 6},
+        "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
+        "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+        "cost": {"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}},
+        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}},
+        "metrics": {"rateWindow": "20s"},
+        **spec,
+    }
+    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+                           "metadata": {"name": "chat", "namespace": namespace}, "spec": base})
+
+
+def epoch(iso: str) -> float:
+    """Seconds since the epoch of a status time (0 when there is none yet)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def project_version() -> str:
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return str(tomllib.load(f)["project"]["version"])

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import HELM, ROOT, Bed, CeilingWatcher, wait_for
+from .conftest import HELM, ROOT, Bed, CeilingWatcher, chat_doc, epoch, project_version, wait_for
 
 NODE = "llmscale-system-node"
 RELEASE = "llmscale-helm"
@@ -34,11 +34,6 @@ def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def _version() -> str:
-    import tomllib
-
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
 
 
 def _loaded_in_node(image: str) -> bool:
@@ -55,7 +50,7 @@ def node_image(bed: Bed) -> str:
     r = subprocess.run([str(ROOT / "scripts/build-image.sh"), "--print"], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr
     archive = r.stdout.strip().splitlines()[-1]
-    image = f"localhost/llmscale:{_version()}"
+    image = f"localhost/llmscale:{project_version()}"
     loaded = ROOT / "e2e/.state/node/loaded"
     if not (loaded.exists() and loaded.read_text().strip() == Path(archive).name and _loaded_in_node(image)):
         subprocess.run(["ctr", "-a", str(ROOT / "e2e/.state/node/run/containerd.sock"), "-n", "k8s.io", "images", "import", archive],
@@ -90,27 +85,8 @@ def _ready(pod: Any) -> bool:
     return pod is not None and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def _doc(namespace: str) -> str:
-    spec: dict[str, Any] = {
-        "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "replicas": {"min": 1, "max": 6},
-        "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
-        "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
-        "cost": {"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}},
-        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}},
-        "metrics": {"rateWindow": "20s"},
-    }
-    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
-                           "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
 
 
-def _epoch(iso: str) -> float:
-    import datetime as dt
-
-    try:
-        return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def test_helm_install_upgrade_and_uninstall_on_the_real_node(
@@ -135,7 +111,7 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         assert bed.kubectl("auth", "can-i", "get", "secrets", "-n", solo, f"--as={account}", check=False).stdout.strip() == "no"
 
         # The closed loop, through the installed operator.
-        bed.kubectl("apply", "-f", "-", input=_doc(solo))
+        bed.kubectl("apply", "-f", "-", input=chat_doc(solo))
         bed.traffic(solo, "chat", rate=40, meanInput=1000, meanOutput=200)
 
         def scaled() -> bool:
@@ -158,7 +134,7 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
                        and p, 120)
         assert any(e.value == "6" for e in new.spec.containers[0].env if e.name == "LLMSCALE_PROMETHEUS_TIMEOUT_S")
         after = wait_for("a decision by the new pod", lambda: (s := bed.llmd(solo, "chat").get("status", {}))
-                         and _epoch(s.get("lastDecision", {}).get("time", "")) > upgraded + 1 and s, 90)
+                         and epoch(s.get("lastDecision", {}).get("time", "")) > upgraded + 1 and s, 90)
         assert after["history"]["observingSince"] == learnt["observingSince"], "the learnt state was reset"
         assert after["history"].get("plannedMix"), after["history"]
         assert (after.get("replicas") or 0) >= 3, after  # no scale-down for what a restart forgot
