@@ -3,6 +3,7 @@ hand tests Kubernetes clients, the Prometheus URL, the fleet simulator and a run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -102,16 +103,12 @@ HELM = Path(os.environ.get("LLMSCALE_CACHE", Path.home() / ".cache/llmscale")) /
 OPERATOR_NAMESPACE = "llmscale-system"
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(bed: Bed, crd: None) -> Path:
-    """A kubeconfig for the chart's ServiceAccount under the chart's ClusterRole, as `helm install`
-    grants them: every operator of the e2e suite runs with that, never as cluster-admin, so a verb
-    the chart forgot fails a test here before it fails a user."""
-    import yaml
-
-    r = subprocess.run([str(HELM), "template", "llmscale", str(ROOT / "charts/llmscale"), "-n", OPERATOR_NAMESPACE,
+def chart_kubeconfig(bed: Bed, release: str, name: str, *helm_args: str) -> Path:
+    """A kubeconfig (STATE / `name`.kubeconfig) for the ServiceAccount of a release of the chart
+    (rendered with `helm_args`) under the RBAC that release grants, as `helm install` creates them."""
+    r = subprocess.run([str(HELM), "template", release, str(ROOT / "charts/llmscale"), "-n", OPERATOR_NAMESPACE,
                         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml",
-                        "--kube-version", "1.36.3"], capture_output=True, text=True, timeout=60)
+                        "--kube-version", "1.36.3", *helm_args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     account = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
@@ -124,10 +121,18 @@ def operator_kubeconfig(bed: Bed, crd: None) -> Path:
               "users": [{"name": account, "user": {"token": token}}],
               "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account}}],
               "current-context": account}
-    path = STATE / "operator.kubeconfig"
+    path = STATE / f"{name}.kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(bed: Bed, crd: None) -> Path:
+    """A kubeconfig for the chart's ServiceAccount under the chart's ClusterRole, as `helm install`
+    grants them: every operator of the e2e suite runs with that, never as cluster-admin, so a verb
+    the chart forgot fails a test here before it fails a user."""
+    return chart_kubeconfig(bed, "llmscale", "operator")
 
 
 @pytest.fixture(scope="session")
@@ -273,25 +278,32 @@ def ceilings(bed: Bed) -> Iterator[CeilingWatcher]:
     assert not w.violations, f"operator actions over a ceiling: {w.violations}"
 
 
+@contextlib.contextmanager
+def solo_namespace(bed: Bed) -> Iterator[str]:
+    """A namespace for a test's own operator; on the way out, kopf's finalizers on what that
+    operator served are released (it is gone by then, and the namespace would wait for it)."""
+    from kubernetes import client
+
+    name = f"{SOLO_PREFIX}{uuid.uuid4().hex[:6]}"
+    bed.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        for obj in bed.custom.list_namespaced_custom_object("llmscale.io", "v1alpha1", name, "llmdeployments").get("items", []):
+            bed.kubectl("patch", "llmd", obj["metadata"]["name"], "-n", name, "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}', check=False)
+        bed.core.delete_namespace(name)
+
+
 @pytest.fixture
 def solo(bed: Bed, operator_kubeconfig: Path) -> Iterator[str]:
     """A namespace the session's operator leaves alone, for a test's own operator (run, like every
     e2e operator, under the chart's ServiceAccount: STATE / "operator.kubeconfig")."""
-    from kubernetes import client
-
     if any(p.poll() is None for p in SESSION_OPERATOR):
         pytest.skip("the session's operator would serve this test's objects too: run e2e/test_faults.py in a "
                     "pytest session of its own (scripts/test.sh does)")
-
-    name = f"{SOLO_PREFIX}{uuid.uuid4().hex[:6]}"
-    bed.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    # The test's operator is gone by now: release kopf's finalizer on what it served, or the
-    # namespace would wait for an operator that never comes back.
-    for obj in bed.custom.list_namespaced_custom_object("llmscale.io", "v1alpha1", name, "llmdeployments").get("items", []):
-        bed.kubectl("patch", "llmd", obj["metadata"]["name"], "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-                    check=False)
-    bed.core.delete_namespace(name)
+    with solo_namespace(bed) as name:
+        yield name
 
 
 def chat_doc(namespace: str, **spec: Any) -> str:

@@ -14,7 +14,16 @@ import pytest
 from pydantic import ValidationError
 
 from llmscale.api import parse_spec
-from llmscale.metrics.endpoints import Endpoint, EndpointError, Endpoints, EndpointsConfig, load_config
+from llmscale.metrics.endpoints import (
+    SECRET_TTL_S,
+    Endpoint,
+    EndpointError,
+    Endpoints,
+    EndpointsConfig,
+    NamespaceCredentials,
+    Target,
+    load_config,
+)
 from llmscale.metrics.prometheus import PrometheusReader
 from tests.conftest import spec_dict
 
@@ -285,3 +294,88 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         Runtime.reader = None
         slow.close()
         fast.close()
+
+
+# ---- a namespace's own credential (namespaceSecret endpoints) -----------------------------------
+
+def _namespace_of(request: dict[str, str]) -> str | None:
+    from urllib.parse import parse_qs, urlsplit
+
+    return (parse_qs(urlsplit(request["path"]).query).get("namespace") or [None])[0]
+
+
+def test_each_namespace_is_read_with_its_own_secret_and_no_other(servers: tuple[Recorder, Recorder]) -> None:
+    good, evil = servers
+    eps = Endpoints.build(None, EndpointsConfig(endpoints=[Endpoint(name="tenant", url=good.url, namespace_secret="prom-cred")],
+                                                allowed_urls=[evil.url]))
+    secrets = {("team-a", "prom-cred"): {"token": "tok-a\n"}, ("team-b", "prom-cred"): {"username": "bob", "password": "pw"},
+               ("team-c", "other"): {"token": "not-for-prometheus"}}
+    asked: list[tuple[str, str]] = []
+
+    def source(ns: str, name: str) -> dict[str, str] | None:
+        asked.append((ns, name))
+        return secrets.get((ns, name))
+
+    spec = parse_spec(spec_dict(metrics={"prometheus": "tenant"}))
+    evil_spec = parse_spec(spec_dict(metrics={"prometheusURL": evil.url}))
+    got = PrometheusReader(eps, source).read({("team-a", "chat"): spec, ("team-b", "chat"): spec, ("team-c", "chat"): spec,
+                                              ("team-a", "leak"): evil_spec}, 1000.0)
+    assert got[("team-a", "chat")].unavailable is None and got[("team-b", "chat")].unavailable is None
+    by_ns: dict[str | None, set[str | None]] = {}
+    for r in good.requests:
+        by_ns.setdefault(_namespace_of(r), set()).add(r.get("authorization"))
+    assert by_ns == {"team-a": {"Bearer tok-a"}, "team-b": {"Basic Ym9iOnB3"}}  # base64("bob:pw")
+    # team-c has no Secret of that name: nothing is sent for it, and it says why in our words.
+    assert got[("team-c", "chat")].unavailable == ("Prometheus 'tenant' is read with the Secret 'prom-cred' of this "
+                                                   "namespace, which does not exist")
+    # An allowed URL a CR names is read without any credential, its namespace's included.
+    assert evil.requests and all(t is None for t in evil.tokens)
+    assert set(asked) == {("team-a", "prom-cred"), ("team-b", "prom-cred"), ("team-c", "prom-cred")}
+
+
+def test_a_secret_without_a_credential_key_is_reported_and_nothing_sent(servers: tuple[Recorder, Recorder]) -> None:
+    good, _ = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, namespace_secret="prom-cred"))
+    reader = PrometheusReader(eps, lambda ns, name: {"username": "only-a-user"})
+    s = reader.read({("team-a", "chat"): parse_spec(spec_dict())}, 1000.0)[("team-a", "chat")]
+    assert s.unavailable == ("Prometheus 'default' is read with the Secret 'prom-cred' of this namespace, which has "
+                             "neither a 'token' key nor 'username' and 'password' keys")
+    assert good.requests == []
+
+
+def test_a_namespace_secret_is_read_again_after_a_minute() -> None:
+    now = [0.0]
+    value = ["first"]
+    calls: list[str] = []
+
+    def source(ns: str, name: str) -> dict[str, str]:
+        calls.append(ns)
+        return {"token": value[0]}
+
+    creds = NamespaceCredentials(source, clock=lambda: now[0])
+    target = Target("http://p", Endpoint(name="t", url="http://p", namespace_secret="s"), "Prometheus 't'", "team-a")
+    assert creds.get(target).token == "first"
+    value[0] = "rotated"
+    now[0] = SECRET_TTL_S - 1
+    assert creds.get(target).token == "first" and calls == ["team-a"]  # cached within the minute
+    now[0] = SECRET_TTL_S + 1
+    assert creds.get(target).token == "rotated"
+
+
+def test_without_an_api_to_read_secrets_a_namespace_endpoint_says_so(servers: tuple[Recorder, Recorder]) -> None:
+    good, _ = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, namespace_secret="prom-cred"))
+    s = PrometheusReader(eps).read({("team-a", "chat"): parse_spec(spec_dict())}, 1000.0)[("team-a", "chat")]
+    assert s.unavailable and "no Kubernetes API" in s.unavailable and good.requests == []
+
+
+def test_an_endpoint_takes_one_kind_of_credential(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="namespaceSecret or from files"):
+        Endpoint(name="t", url="http://p", namespace_secret="s", bearer_token_file=_token(tmp_path))
+    with pytest.raises(ValidationError):
+        Endpoint(name="t", url="http://p", namespace_secret="Not_A_Name")
+    f = tmp_path / "endpoints.yaml"
+    f.write_text("endpoints: [{name: t, url: 'http://p', namespaceSecret: s, bearerTokenFile: /x}]\n")
+    with pytest.raises(EndpointError) as e:
+        load_config(str(f))
+    assert "\n" not in str(e.value) and "namespaceSecret" in str(e.value)

@@ -93,7 +93,7 @@ class Runtime:
         without any request)."""
         assert cls.reader is not None
         target = cls.reader.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, key[0])
-        return f"refused: {target}" if isinstance(target, str) else target.url
+        return f"refused: {target}" if isinstance(target, str) else target.batch
 
     @classmethod
     def signals(cls, key: tuple[str, str], spec: LLMDeploymentSpec, max_age_s: float) -> Signals:

@@ -3,6 +3,7 @@ server-side apply, observe the serving workload, find competing autoscalers."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import math
@@ -12,6 +13,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from llmscale.metrics.endpoints import NamespaceCredentialError
 from llmscale.policy.types import PodCounts, Workload
 
 from .render import (
@@ -109,6 +111,19 @@ class Kube:
         items = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
         return [d for d in items if d.metadata is not None and any(
             o.kind == "LLMDeployment" and o.name == name and o.controller for o in (d.metadata.owner_references or []))]
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded; None when it does not exist. For namespaceSecret endpoints:
+        the chart grants `get` on Secrets of that one name only."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read (HTTP {e.status})") from None
+        except Exception as e:  # the API unreachable: a failed read of this namespace only
+            raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read ({type(e).__name__})") from None
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
 
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items

@@ -99,7 +99,9 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         raise SystemExit(f"llmscale: {e}") from None
     if DEFAULT not in endpoints.by_name:
         log.warning("no --prometheus-url: LLMDeployments that select no endpoint will hold with MetricsAvailable=False")
-    Runtime.reader = PrometheusReader(endpoints)
+    # A namespace's own credential Secret is read only for endpoints that the platform team set up so.
+    secrets = Runtime.kube.secret_data if any(ep.namespace_secret for ep in endpoints.by_name.values()) else None
+    Runtime.reader = PrometheusReader(endpoints, secrets)
     Runtime.disruption_budget = opts.disruption_budget
     Runtime.allowed_host_paths = [p for p in opts.allowed_host_paths if p.startswith("/") and p != "/"]
     if opts.metrics_port:

@@ -8,6 +8,10 @@ belongs to one configured endpoint and goes nowhere else:
 - a CR may name a URL (`spec.metrics.prometheusURL`) only if it is on the allow-list (a configured
   endpoint's URL, or `allowedURLs`), compared by scheme, host, port and path exactly; an allowed
   URL that is not a configured endpoint is read without any credential;
+- where the platform team enables it for an endpoint (`namespaceSecret`), each LLMDeployment's
+  reads of that endpoint carry the credential of a Secret of that name in the LLMDeployment's own
+  namespace (a tenant's own token for a multi-tenant Prometheus, e.g. behind kube-rbac-proxy or
+  prom-label-proxy), never another namespace's, and never to a URL a CR wrote;
 - redirects are never followed (a 3xx is a failed read), so a credential cannot be bounced on;
 - token and password files are re-read when they change (rotation needs no restart);
 - what a remote server says never reaches status or Events: a failed read is reported by the
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +31,24 @@ from urllib.parse import urlsplit
 
 import requests
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from requests.auth import AuthBase
 
 DEFAULT = "default"
+SECRET_TTL_S = 60.0  # a namespace's credential Secret is read again after this long (rotation)
+
+# Reads a Secret's data (decoded) from the Kubernetes API: (namespace, name) -> data, or None when
+# the Secret does not exist. Raises NamespaceCredentialError when it cannot be read.
+SecretSource = Callable[[str, str], Mapping[str, str] | None]
 
 
 class EndpointError(ValueError):
     """An endpoints file that cannot be used (the CLI prints it as one line)."""
+
+
+class NamespaceCredentialError(ValueError):
+    """A namespace's credential Secret that cannot be used; the message is ours, never the API's."""
 
 
 class _Config(BaseModel):
@@ -58,6 +73,17 @@ class Endpoint(_Config):
 
     namespaces: list[str] | None = Field(
         None, description="Namespaces whose LLMDeployments may select this endpoint; unset: every namespace.")
+    namespace_secret: str | None = Field(
+        None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Read each LLMDeployment's metrics with the credential in the Secret of this name in its own "
+                    "namespace (key `token`, or `username` and `password`), never with another namespace's; the "
+                    "operator's own credential files are not used for this endpoint.")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Endpoint:
+        if self.namespace_secret and (self.bearer_token_file or self.basic_auth):
+            raise ValueError("an endpoint takes its credential from namespaceSecret or from files, not both")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -130,18 +156,18 @@ class _Auth(AuthBase):
         return r
 
 
-def session_for(endpoint: Endpoint | None) -> requests.Session:
-    """A session that carries `endpoint`'s credential (none for a bare allowed URL) and follows
-    no redirect."""
+def session_for(endpoint: Endpoint | None, auth: AuthBase | None = None) -> requests.Session:
+    """A session that carries `endpoint`'s credential (none for a bare allowed URL; `auth` for a
+    namespace's own) and follows no redirect."""
     s = requests.Session()
     s.max_redirects = 0  # a 3xx raises TooManyRedirects: a credential is never sent on
     s.trust_env = False  # no proxy or netrc credentials from the environment
     if endpoint is None:
         return s
     basic = endpoint.basic_auth
-    s.auth = _Auth(_FileSecret(endpoint.bearer_token_file) if endpoint.bearer_token_file else None,
-                   _FileSecret(basic.username_file) if basic else None,
-                   _FileSecret(basic.password_file) if basic else None)
+    s.auth = auth or _Auth(_FileSecret(endpoint.bearer_token_file) if endpoint.bearer_token_file else None,
+                           _FileSecret(basic.username_file) if basic else None,
+                           _FileSecret(basic.password_file) if basic else None)
     if endpoint.insecure_skip_verify:
         s.verify = False
     elif endpoint.ca_file:
@@ -156,6 +182,13 @@ class Target:
     url: str
     endpoint: Endpoint | None  # None: an allowed URL read without credential
     label: str  # how status and Events name it (never the remote server's words)
+    namespace: str | None = None  # whose credential Secret the reads carry (namespaceSecret endpoints only)
+
+    @property
+    def batch(self) -> str:
+        """Deployments read in one batch share this: the URL, and for a namespace's own credential
+        the namespace (its token may see only its own series)."""
+        return self.url if self.namespace is None else f"{self.url} as {self.namespace}"
 
 
 @dataclass
@@ -187,7 +220,7 @@ class Endpoints:
             ep = self.by_name.get(name)
             if ep is None or not self._serves(ep, namespace):
                 return f"spec.metrics.prometheus {name!r} is not an endpoint configured for this namespace"
-            return Target(ep.url, ep, f"Prometheus {name!r}")
+            return self._target(ep, namespace)
         if url is not None:
             refused = ("spec.metrics.prometheusURL is not on the operator's allow-list (prometheus.allowedURLs in the "
                        "chart); select a configured endpoint with spec.metrics.prometheus instead")
@@ -196,7 +229,7 @@ class Endpoints:
             want = origin(url)
             for ep in self.by_name.values():
                 if origin(ep.url) == want and self._serves(ep, namespace):
-                    return Target(ep.url, ep, f"Prometheus {ep.name!r}")
+                    return self._target(ep, namespace)
             allowed = self.allowed.get(want)
             if allowed is None:
                 return refused
@@ -204,11 +237,79 @@ class Endpoints:
         ep = self.by_name.get(DEFAULT)
         if ep is None or not self._serves(ep, namespace):
             return "no Prometheus configured for this namespace (the chart's prometheus.url, or spec.metrics.prometheus)"
-        return Target(ep.url, ep, f"Prometheus {DEFAULT!r}")
+        return self._target(ep, namespace)
+
+    @staticmethod
+    def _target(ep: Endpoint, namespace: str | None) -> Target | str:
+        if ep.namespace_secret is None:
+            return Target(ep.url, ep, f"Prometheus {ep.name!r}")
+        if not namespace:
+            return f"Prometheus {ep.name!r} is read with a namespace's own credential, and this has no namespace"
+        return Target(ep.url, ep, f"Prometheus {ep.name!r}", namespace)
 
     @staticmethod
     def _serves(ep: Endpoint, namespace: str | None) -> bool:
         return ep.namespaces is None or (namespace is not None and namespace in ep.namespaces)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One namespace's credential for one endpoint, as read from its Secret."""
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+class NamespaceCredentials:
+    """The credentials of namespaceSecret endpoints, one per (namespace, Secret), read through
+    `source` and read again after SECRET_TTL_S (a rotated token is used within a minute)."""
+
+    def __init__(self, source: SecretSource | None, clock: Callable[[], float] = time.monotonic):
+        self.source, self.clock = source, clock
+        self._cache: dict[tuple[str, str], tuple[float, Credential]] = {}
+
+    def get(self, target: Target) -> Credential:
+        """The credential `target`'s reads carry. Raises NamespaceCredentialError, in our words."""
+        assert target.endpoint is not None and target.endpoint.namespace_secret and target.namespace
+        ns, name = target.namespace, target.endpoint.namespace_secret
+        hit = self._cache.get((ns, name))
+        if hit is not None and self.clock() - hit[0] < SECRET_TTL_S:
+            return hit[1]
+        if self.source is None:
+            raise NamespaceCredentialError(f"{target.label} needs the Secret {name!r} of namespace {ns!r}, and the "
+                                           "operator has no Kubernetes API to read it from")
+        data = self.source(ns, name)
+        if data is None:
+            raise NamespaceCredentialError(f"{target.label} is read with the Secret {name!r} of this namespace, which "
+                                           "does not exist")
+        token = (data.get("token") or "").strip()
+        user, password = (data.get("username") or "").strip(), (data.get("password") or "").strip()
+        if token:
+            cred = Credential(token=token)
+        elif user and password:
+            cred = Credential(username=user, password=password)
+        else:
+            raise NamespaceCredentialError(f"{target.label} is read with the Secret {name!r} of this namespace, which "
+                                           "has neither a 'token' key nor 'username' and 'password' keys")
+        self._cache[(ns, name)] = (self.clock(), cred)
+        return cred
+
+
+class CredentialAuth(AuthBase):
+    """A namespace's credential, fetched (cached) at every request: a request never goes out with
+    another namespace's, or with none when the Secret went away."""
+
+    def __init__(self, credentials: NamespaceCredentials, target: Target):
+        self.credentials, self.target = credentials, target
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        cred = self.credentials.get(self.target)
+        if cred.token is not None:
+            r.headers["Authorization"] = f"Bearer {cred.token}"
+        else:
+            requests.auth.HTTPBasicAuth(cred.username or "", cred.password or "")(r)
+        return r
 
 
 def load_config(path: str) -> EndpointsConfig:

@@ -22,7 +22,16 @@ from llmscale.api.units import parse_duration
 from llmscale.policy.types import Signals
 
 from . import queries
-from .endpoints import Endpoints, Target, describe_failure, session_for
+from .endpoints import (
+    CredentialAuth,
+    Endpoints,
+    NamespaceCredentialError,
+    NamespaceCredentials,
+    SecretSource,
+    Target,
+    describe_failure,
+    session_for,
+)
 from .snapshot import Key, build_signals, index_by_deployment, index_by_pool, sample_value
 
 log = logging.getLogger("llmscale.metrics")
@@ -51,27 +60,34 @@ class PrometheusReader:
     """Reads every deployment's signals, batched per (endpoint, rate window), through the endpoints
     the platform team configured (see `endpoints`): a credential goes only to its own endpoint."""
 
-    def __init__(self, endpoints: Endpoints):
+    def __init__(self, endpoints: Endpoints, secrets: SecretSource | None = None):
         self.endpoints = endpoints
-        self._clients: dict[tuple[str, str | None], PrometheusConnect] = {}
+        self.credentials = NamespaceCredentials(secrets)  # namespaceSecret endpoints: each namespace's own
+        self._clients: dict[tuple[str, str | None, str | None], PrometheusConnect] = {}
         self.pod_load: dict[Key, dict[str, float]] = {}
 
     def _client(self, target: Target) -> PrometheusConnect:
-        key = (target.url, target.endpoint.name if target.endpoint else None)
+        key = (target.url, target.endpoint.name if target.endpoint else None, target.namespace)
         if key not in self._clients:
+            auth = CredentialAuth(self.credentials, target) if target.namespace else None
             timeout = target.endpoint.timeout_seconds if target.endpoint else 5.0
             # One quick retry on a gateway error, none on anything else, no redirects: a slow
             # endpoint costs at most two timeouts of the deployments that use it.
             retry = Retry(total=1, connect=1, read=0, redirect=0, status=1, backoff_factor=0.2,
                           status_forcelist=[502, 503, 504], raise_on_status=False)
-            self._clients[key] = PrometheusConnect(url=target.url, session=session_for(target.endpoint), retry=retry,
+            self._clients[key] = PrometheusConnect(url=target.url, session=session_for(target.endpoint, auth), retry=retry,
                                                    timeout=timeout)  # type: ignore[arg-type]
         return self._clients[key]
 
     def _query(self, target: Target, promql: str, signal: str) -> list[dict[str, Any]]:
         QUERIES.labels(signal).inc()
         c = self._client(target)
-        return c.custom_query(promql, params={"timeout": f"{c._timeout:g}s"})
+        params = {"timeout": f"{c._timeout:g}s"}
+        if target.namespace is not None:
+            # What a tenancy proxy in front of a shared Prometheus (prom-label-proxy, OpenShift's
+            # Thanos querier) restricts the answer by; the token it checks is the namespace's own.
+            params["namespace"] = target.namespace
+        return c.custom_query(promql, params=params)
 
     def read(self, deployments: dict[Key, LLMDeploymentSpec], now: float | None = None) -> dict[Key, Signals]:
         """Signals for every deployment, with a fixed number of queries per Prometheus and rate window."""
@@ -91,12 +107,20 @@ class PrometheusReader:
             for key in keys:
                 if pool := _pool(deployments[key]):
                     pools.setdefault((key[0], pool), []).append(key)
-            for name, template in queries.BATCH.items():
+            if target.namespace is not None:
+                try:
+                    self.credentials.get(target)  # before any request: none goes out without its credential
+                except NamespaceCredentialError as e:
+                    failure = str(e)
+            for name, template in queries.BATCH.items() if failure is None else ():
                 if name == "gatewayPending" and not pools:
                     continue  # nobody scales to zero behind an InferencePool here
                 try:
                     raw = self._query(target, queries.render(template, window), name)
                     results[name] = index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw)
+                except NamespaceCredentialError as e:  # the Secret went away between two requests
+                    failure = str(e)
+                    break
                 except (PrometheusApiClientException, requests.RequestException, OSError, ValueError) as e:
                     QUERY_ERRORS.labels(name).inc()
                     failure = f"{target.label} could not be read ({describe_failure(e)})"

@@ -1,0 +1,106 @@
+"""A Prometheus read with each namespace's own credential (issue 11): the platform team sets
+`namespaceSecret` on an endpoint; the operator, under the RBAC the chart renders for that (get on
+Secrets of that one name), reads a tenant's metrics with the Secret of the tenant's own namespace
+and no other, and says so in our words when the Secret is missing. A recording HTTP server stands
+in for the tenancy proxy (kube-rbac-proxy + prom-label-proxy) that would check the token.
+
+Runs an operator of its own: in the pytest session of the fault tests (scripts/test.sh)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from tests.metrics.test_credentials import Recorder
+
+from .conftest import (
+    OPERATOR_NAMESPACE,
+    SESSION_OPERATOR,
+    STATE,
+    Bed,
+    chart_kubeconfig,
+    chat_doc,
+    solo_namespace,
+    wait_for,
+)
+
+SECRET = "llmscale-prometheus"
+RELEASE = "llmscale-tenants"
+
+
+def _namespace_of(request: dict[str, str]) -> str | None:
+    return (parse_qs(urlsplit(request["path"]).query).get("namespace") or [None])[0]
+
+
+def _condition(bed: Bed, ns: str, ctype: str) -> dict[str, Any]:
+    conds = bed.llmd(ns, "chat").get("status", {}).get("conditions", [])
+    return next((c for c in conds if c["type"] == ctype), {})
+
+
+def _can(bed: Bed, ns: str, *what: str) -> bool:
+    r = bed.kubectl("auth", "can-i", *what, "-n", ns, "--as", f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}",
+                    check=False)
+    return r.stdout.strip() == "yes"
+
+
+def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None, tmp_path: Path) -> None:
+    if any(p.poll() is None for p in SESSION_OPERATOR):
+        pytest.skip("the session's operator would serve this test's objects too: run in a pytest session of its own")
+    rec = Recorder()
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(json.dumps({"endpoints": [{"name": "tenants", "url": rec.url, "namespaceSecret": SECRET}]}))
+    kubeconfig = chart_kubeconfig(bed, RELEASE, RELEASE, "--set", "prometheus.endpoints[0].name=tenants",
+                                  "--set", f"prometheus.endpoints[0].url={rec.url}",
+                                  "--set", f"prometheus.endpoints[0].namespaceSecret={SECRET}")
+    token_a = f"tenant-a-{uuid.uuid4().hex}"
+    log = STATE / "logs" / "operator-tenants.log"
+    with solo_namespace(bed) as ns_a, solo_namespace(bed) as ns_b:
+        # The chart's RBAC: get on Secrets of that name, nothing else about Secrets.
+        assert _can(bed, ns_a, "get", f"secret/{SECRET}")
+        assert not _can(bed, ns_a, "get", "secret/another") and not _can(bed, ns_a, "list", "secrets")
+        bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_a, f"--from-literal=token={token_a}")
+        bed.kubectl("create", "secret", "generic", "another", "-n", ns_b, "--from-literal=token=not-for-prometheus")
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(kubeconfig), "--metrics-port", "0",
+                 "--health-port", "18093", "--namespace", ns_a, "--namespace", ns_b],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": str(endpoints)})
+        try:
+            for ns in (ns_a, ns_b):
+                bed.kubectl("apply", "-f", "-", input=chat_doc(ns, metrics={"rateWindow": "20s", "prometheus": "tenants"}))
+            wait_for(f"reads for {ns_a}", lambda: [r for r in rec.requests if _namespace_of(r) == ns_a], 90)
+            # ns_b has no Secret of that name: it is not read, and says why in our words.
+            cond = wait_for("MetricsAvailable=False in the namespace without the Secret",
+                            lambda: (c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False" and c, 60)
+            assert f"Secret '{SECRET}' of this namespace, which does not exist" in cond["message"], cond
+            assert {_namespace_of(r) for r in rec.requests} == {ns_a}
+            assert {r.get("authorization") for r in rec.requests} == {f"Bearer {token_a}"}
+            # Its own Secret appears (basic auth this time): read with it from the next cycle on.
+            bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_b, "--from-literal=username=team-b",
+                        "--from-literal=password=pw-b")
+            wait_for(f"reads for {ns_b}", lambda: [r for r in rec.requests if _namespace_of(r) == ns_b], 60)
+            basic_b = "Basic " + base64.b64encode(b"team-b:pw-b").decode()
+            for r in list(rec.requests):
+                assert r.get("authorization") == {ns_a: f"Bearer {token_a}", ns_b: basic_b}[_namespace_of(r) or ""], r
+            # No credential shows in status or Events.
+            for ns in (ns_a, ns_b):
+                seen = json.dumps(bed.llmd(ns, "chat").get("status", {})) + json.dumps(
+                    [e.to_dict() for e in bed.core.list_namespaced_event(ns).items], default=str)
+                assert token_a not in seen and "pw-b" not in seen
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            rec.close()
+            bed.kubectl("delete", "clusterrolebinding,clusterrole", RELEASE, f"{RELEASE}-cluster", check=False)
+            bed.kubectl("delete", "serviceaccount", RELEASE, "-n", OPERATOR_NAMESPACE, check=False)
