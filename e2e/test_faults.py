@@ -263,3 +263,52 @@ def test_the_api_server_and_etcd_restarted_in_a_scale_up_the_operator_carries_on
         assert not ceilings.violations, ceilings.violations
     finally:
         _stop(op)
+
+
+def test_killed_in_the_middle_of_a_shape_switch_the_operator_finishes_it_once(
+        bed: Bed, solo: str, ceilings: CeilingWatcher) -> None:
+    """Issue 12: the operator SIGKILLed right after applying the first step of a switch from L4 to
+    H100 pods (before its status says so) finishes that switch after a restart, from the owned
+    Deployments as applied: the H100 Deployment keeps the target mark it got then, the L4 pods go
+    only once H100 pods serve, and nothing crosses a ceiling."""
+    from .test_variants import LOAD
+    from .test_variants import _doc as variants_doc
+
+    def status() -> dict[str, Any]:
+        return _status(bed, solo)
+
+    def shape_replicas(variant: str) -> int | None:
+        try:
+            return int(bed.apps.read_namespaced_deployment(f"chat-{variant}", solo).spec.replicas or 0)
+        except Exception:
+            return None
+
+    op = _operator(bed, solo)
+    try:
+        bed.kubectl("apply", "-f", "-", input=variants_doc(solo))
+        bed.traffic(solo, "chat", rate=1, meanInput=200, meanOutput=100)
+        wait_for("the L4 shape serving", lambda: status().get("shape") == "l4x1" and status().get("readyReplicas"), 90)
+        _stop(op)
+        op = _operator(bed, solo, failpoint="after-switch-apply")
+        bed.traffic(solo, "chat", rate=LOAD, meanInput=200, meanOutput=100)
+        wait_for("the operator killed by its failpoint after the switch's first apply", lambda: op.poll() is not None, 120)
+        assert op.returncode == -9, op.returncode
+        h100 = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
+        mark = (h100.metadata.annotations or {}).get("llmscale.io/target-since")
+        assert h100.spec.replicas and mark, h100.metadata.annotations
+        assert status().get("variant") == "l4x1"  # the status write never happened
+        l4_before = shape_replicas("l4x1")
+        assert l4_before, l4_before  # make before break: the L4 pods still serve
+
+        op = _operator(bed, solo)
+        wait_for("the switch finished: H100 pods serving, the L4 Deployment at zero",
+                 lambda: status().get("variant") == "h100x1" and status().get("shape") == "h100x1"
+                 and shape_replicas("l4x1") == 0, 120)
+        h100 = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
+        assert (h100.metadata.annotations or {}).get("llmscale.io/target-since") == mark  # the same switch, not a new one
+        for _ in range(10):  # and it stays finished under the load that asked for it
+            assert status().get("variant") == "h100x1" and shape_replicas("l4x1") == 0
+            time.sleep(1)
+        assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
+    finally:
+        _stop(op)

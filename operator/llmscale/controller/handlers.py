@@ -49,7 +49,8 @@ log = logging.getLogger("llmscale.controller")
 
 # A deterministic crash for the fault-injection tests: LLMSCALE_FAILPOINT=after-apply makes the
 # process SIGKILL itself after applying a decision and before writing its status (a restart must
-# resume from the Deployments as applied, with nothing learnt lost).
+# resume from the Deployments as applied, with nothing learnt lost); after-switch-apply, after
+# applying the first step of a change of pod shape (the switch must finish once).
 FAILPOINT = os.environ.get("LLMSCALE_FAILPOINT", "")
 
 
@@ -425,6 +426,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             _apply_decision(body, spec, workload, d, pods, deps, now)
             applied = True
             failpoint("after-apply")
+            if d.variant != workload.variant:
+                failpoint("after-switch-apply")
         except Exception as e:
             m.APPLY_ERRORS.labels(namespace, name).inc()
             kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
