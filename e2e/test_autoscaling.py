@@ -11,22 +11,15 @@ from typing import Any
 
 import yaml
 
-from .conftest import CLUSTER, STATE, Bed, wait_for
+from .conftest import CLUSTER, STATE, Bed, chat_doc, wait_for
+
+# The bed's `chat` deployment (conftest.chat_doc) with room for eight replicas and a 30 s scale-down window.
+AUTOSCALING = {"replicas": {"min": 1, "max": 8}, "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4.00"}},
+               "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": "30s", "maxStep": 1}}}
 
 
 def _doc(namespace: str, **spec: Any) -> str:
-    base: dict[str, Any] = {
-        "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "replicas": {"min": 1, "max": 8},
-        "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
-        "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
-        "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4.00"}},
-        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": "30s", "maxStep": 1}},
-        "metrics": {"rateWindow": "20s"},
-    }
-    base.update(spec)
-    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
-                           "metadata": {"name": "chat", "namespace": namespace}, "spec": base})
+    return chat_doc(namespace, **{**AUTOSCALING, **spec})
 
 
 def _status(bed: Bed, ns: str) -> dict[str, Any]:

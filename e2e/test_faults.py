@@ -11,9 +11,7 @@ import sys
 import time
 from typing import Any
 
-import yaml
-
-from .conftest import OPERATOR_TOKEN, STATE, Bed, CeilingWatcher, wait_for
+from .conftest import OPERATOR_TOKEN, STATE, Bed, CeilingWatcher, chat_doc, wait_for
 
 
 def _operator(bed: Bed, namespace: str, failpoint: str = "") -> subprocess.Popen[bytes]:
@@ -38,17 +36,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _doc(namespace: str, scale_down_window: str = "60s") -> str:
-    spec: dict[str, Any] = {
-        "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "replicas": {"min": 1, "max": 6},
-        "variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "5s"}],
-        "slo": {"ttft": {"target": "250ms", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
-        "cost": {"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}},
-        "scaling": {"interval": "3s", "scaleUp": {"maxStep": 4}, "scaleDown": {"stabilizationWindow": scale_down_window, "maxStep": 1}},
-        "metrics": {"rateWindow": "20s"},
-    }
-    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
-                           "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
+    return chat_doc(namespace, scaling={"interval": "3s", "scaleUp": {"maxStep": 4},
+                                        "scaleDown": {"stabilizationWindow": scale_down_window, "maxStep": 1}})
 
 
 def _status(bed: Bed, ns: str) -> dict[str, Any]:
