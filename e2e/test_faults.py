@@ -272,6 +272,7 @@ def test_killed_in_the_middle_of_a_shape_switch_the_operator_finishes_it_once(
         except Exception:
             return None
 
+    created = ceilings.created
     op = _operator(bed, solo)
     try:
         bed.kubectl("apply", "-f", "-", input=variants_doc(solo))
@@ -290,14 +291,22 @@ def test_killed_in_the_middle_of_a_shape_switch_the_operator_finishes_it_once(
         assert l4_before, l4_before  # make before break: the L4 pods still serve
 
         op = _operator(bed, solo)
-        wait_for("the switch finished: H100 pods serving, the L4 Deployment at zero",
-                 lambda: status().get("variant") == "h100x1" and status().get("shape") == "h100x1"
-                 and shape_replicas("l4x1") == 0, 120)
+        broke: list[tuple[int | None, int]] = []
+
+        def finished() -> bool:
+            h100_ready = int(bed.apps.read_namespaced_deployment("chat-h100x1", solo).status.ready_replicas or 0)
+            l4 = shape_replicas("l4x1")
+            if h100_ready == 0 and (l4 or 0) < l4_before:
+                broke.append((l4, h100_ready))  # L4 pods cut before any H100 pod served
+            return status().get("variant") == "h100x1" and status().get("shape") == "h100x1" and l4 == 0
+
+        wait_for("the switch finished: H100 pods serving, the L4 Deployment at zero", finished, 120, every=0.5)
+        assert not broke, broke
         h100 = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
         assert (h100.metadata.annotations or {}).get("llmscale.io/target-since") == mark  # the same switch, not a new one
         for _ in range(10):  # and it stays finished under the load that asked for it
             assert status().get("variant") == "h100x1" and shape_replicas("l4x1") == 0
             time.sleep(1)
-        assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
+        assert ceilings.created > created and not ceilings.violations, ceilings.violations
     finally:
         _stop(op)

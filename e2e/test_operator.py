@@ -138,7 +138,10 @@ def test_chart_renders(bed: Bed) -> None:
         assert kind in kinds, kinds
     # values.schema.json refuses a typo and a bad value with the path.
     for bad, says in ((["--set", "replicacount=2"], "additional properties 'replicacount' not allowed"),
-                      (["--set", "logFormat=xml"], "/logFormat")):
+                      (["--set", "logFormat=xml"], "/logFormat"),
+                      (["--set", "prometheus.credentialsSecret=c", "--set", "prometheus.endpoints[0].name=t", "--set",
+                        "prometheus.endpoints[0].url=http://p:9090", "--set", "prometheus.endpoints[0].namespaceSecret=c"],
+                       "the operator's own credentialsSecret")):
         r = subprocess.run([str(helm), "template", "llmscale", str(ROOT / "charts/llmscale"), *bad], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and says in r.stderr, r.stderr
     # The chart's alerts are valid PromQL and alerting rules (promtool, from the Prometheus package).

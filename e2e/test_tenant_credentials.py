@@ -54,53 +54,69 @@ def _can(bed: Bed, ns: str, *what: str) -> bool:
 def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None, tmp_path: Path) -> None:
     if any(p.poll() is None for p in SESSION_OPERATOR):
         pytest.skip("the session's operator would serve this test's objects too: run in a pytest session of its own")
-    rec = Recorder()
-    endpoints = tmp_path / "endpoints.yaml"
-    endpoints.write_text(json.dumps({"endpoints": [{"name": "tenants", "url": rec.url, "namespaceSecret": SECRET}]}))
-    kubeconfig = chart_kubeconfig(bed, RELEASE, RELEASE, "--set", "prometheus.endpoints[0].name=tenants",
-                                  "--set", f"prometheus.endpoints[0].url={rec.url}",
-                                  "--set", f"prometheus.endpoints[0].namespaceSecret={SECRET}")
-    token_a = f"tenant-a-{uuid.uuid4().hex}"
+    tenants, own = Recorder(), Recorder()  # the tenancy proxy, and the operator's own Prometheus
+    proc: subprocess.Popen[bytes] | None = None
     log = STATE / "logs" / "operator-tenants.log"
-    with solo_namespace(bed) as ns_a, solo_namespace(bed) as ns_b:
-        # The chart's RBAC: get on Secrets of that name, nothing else about Secrets.
-        assert _can(bed, ns_a, "get", f"secret/{SECRET}")
-        assert not _can(bed, ns_a, "get", "secret/another") and not _can(bed, ns_a, "list", "secrets")
-        bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_a, f"--from-literal=token={token_a}")
-        bed.kubectl("create", "secret", "generic", "another", "-n", ns_b, "--from-literal=token=not-for-prometheus")
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(kubeconfig), "--metrics-port", "0",
-                 "--health-port", "18093", "--namespace", ns_a, "--namespace", ns_b],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": str(endpoints)})
-        try:
+    try:
+        endpoints = tmp_path / "endpoints.yaml"
+        endpoints.write_text(json.dumps({"endpoints": [{"name": "tenants", "url": tenants.url, "namespaceSecret": SECRET}]}))
+        own_token = tmp_path / "own-token"
+        own_token.write_text(f"operator-own-{uuid.uuid4().hex}\n")
+        kubeconfig = chart_kubeconfig(bed, RELEASE, RELEASE, "--set", "prometheus.endpoints[0].name=tenants",
+                                      "--set", f"prometheus.endpoints[0].url={tenants.url}",
+                                      "--set", f"prometheus.endpoints[0].namespaceSecret={SECRET}")
+        token_a = f"tenant-a-{uuid.uuid4().hex}"
+        with solo_namespace(bed) as ns_a, solo_namespace(bed) as ns_b:
+            # The chart's RBAC: get on Secrets of that name, nothing else about Secrets.
+            assert _can(bed, ns_a, "get", f"secret/{SECRET}")
+            assert not _can(bed, ns_a, "get", "secret/another") and not _can(bed, ns_a, "list", "secrets")
+            bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_a, f"--from-literal=token={token_a}")
+            bed.kubectl("create", "secret", "generic", "another", "-n", ns_b, "--from-literal=token=not-for-prometheus")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSCALE_")}
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(kubeconfig), "--prometheus-url", own.url,
+                     "--metrics-port", "0", "--health-port", "0", "--namespace", ns_a, "--namespace", ns_b],
+                    stdout=out, stderr=subprocess.STDOUT,
+                    env={**env, "LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": str(endpoints),
+                         "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(own_token)})
+
+            def alive(found: Any) -> Any:
+                assert proc is not None and proc.poll() is None, f"the operator exited; log: {log}"
+                return found
+
             for ns in (ns_a, ns_b):
                 bed.kubectl("apply", "-f", "-", input=chat_doc(ns, metrics={"rateWindow": "20s", "prometheus": "tenants"}))
-            wait_for(f"reads for {ns_a}", lambda: [r for r in rec.requests if _namespace_of(r) == ns_a], 90)
+            wait_for(f"reads for {ns_a}", lambda: alive([r for r in tenants.requests if _namespace_of(r) == ns_a]), 90)
             # ns_b has no Secret of that name: it is not read, and says why in our words.
             cond = wait_for("MetricsAvailable=False in the namespace without the Secret",
-                            lambda: (c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False" and c, 60)
+                            lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False" and c), 60)
             assert f"Secret '{SECRET}' of this namespace, which does not exist" in cond["message"], cond
-            assert {_namespace_of(r) for r in rec.requests} == {ns_a}
-            assert {r.get("authorization") for r in rec.requests} == {f"Bearer {token_a}"}
+            assert {_namespace_of(r) for r in tenants.requests} == {ns_a}
+            assert {r.get("authorization") for r in tenants.requests} == {f"Bearer {token_a}"}
             # Its own Secret appears (basic auth this time): read with it from the next cycle on.
             bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_b, "--from-literal=username=team-b",
                         "--from-literal=password=pw-b")
-            wait_for(f"reads for {ns_b}", lambda: [r for r in rec.requests if _namespace_of(r) == ns_b], 60)
+            wait_for(f"reads for {ns_b}", lambda: alive([r for r in tenants.requests if _namespace_of(r) == ns_b]), 60)
             basic_b = "Basic " + base64.b64encode(b"team-b:pw-b").decode()
-            for r in list(rec.requests):
+            for r in list(tenants.requests):
                 assert r.get("authorization") == {ns_a: f"Bearer {token_a}", ns_b: basic_b}[_namespace_of(r) or ""], r
+            # The operator's own token went nowhere near the tenants' endpoint, nor theirs to its own.
+            assert own.requests == [], own.requests
             # No credential shows in status or Events.
             for ns in (ns_a, ns_b):
                 seen = json.dumps(bed.llmd(ns, "chat").get("status", {})) + json.dumps(
                     [e.to_dict() for e in bed.core.list_namespaced_event(ns).items], default=str)
                 assert token_a not in seen and "pw-b" not in seen
-        finally:
             proc.terminate()
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            rec.close()
-            bed.kubectl("delete", "clusterrolebinding,clusterrole", RELEASE, f"{RELEASE}-cluster", check=False)
-            bed.kubectl("delete", "serviceaccount", RELEASE, "-n", OPERATOR_NAMESPACE, check=False)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        tenants.close()
+        own.close()
+        bed.kubectl("delete", "clusterrolebinding,clusterrole", RELEASE, f"{RELEASE}-cluster", check=False)
+        bed.kubectl("delete", "serviceaccount", RELEASE, "-n", OPERATOR_NAMESPACE, check=False)

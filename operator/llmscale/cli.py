@@ -194,7 +194,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     now = time.time()
     key = (args.namespace, args.name)
-    signals = PrometheusReader(endpoints).read({key: spec}, now)[key]
+    signals = PrometheusReader(endpoints, kube.secret_data).read({key: spec}, now)[key]  # under your own RBAC
     d = decide(spec, workload, signals, History.from_dict(status.get("history")), now)
     fmt = lambda v, scale=1.0, unit="": "unknown" if v is None else f"{v * scale:.3g}{unit}"  # noqa: E731
     print(f"LLMDeployment {args.namespace}/{args.name}  model {spec.model}  mode {spec.scaling.mode.value}")

@@ -113,6 +113,15 @@ def test_a_new_burst_peak_is_written_at_once() -> None:
     assert user_view(changed("history.rateSamples", [[1.0, 2.0], [16.0, 2.3]])) == steady
     assert user_view(changed("history.rateSamples", [[1.0, 2.0], [16.0, 0.0]]))["peak"] is not None
     assert user_view(changed("history.rateSamples", [[1.0, 0.0]]))["peak"] is None
+    # A steady window straddling a step boundary by chance (2.4 -> 2.5 req/s is one 25 % step) waits
+    # for the refresh; two steps (2.4 -> 3.1) are a burst, written at once; so is a first peak.
+    written = user_view(changed("history.rateSamples", [[1.0, 2.4]]))
+    assert needs_write(written, 1000.0, user_view(changed("history.rateSamples", [[1.0, 2.4], [16.0, 2.5]])), 1015.0, 15.0) is None
+    assert needs_write(written, 1000.0, user_view(changed("history.rateSamples", [[1.0, 2.4], [16.0, 3.1]])), 1015.0,
+                       15.0) == "changed"
+    idle = user_view(changed("history.rateSamples", [[1.0, 0.0]]))
+    assert needs_write(idle, 1000.0, user_view(changed("history.rateSamples", [[1.0, 0.0], [16.0, 1.0]])), 1015.0,
+                       15.0) == "changed"
 
 
 def _decision(memo: dict, status: dict, history: Any, now: float, fields: dict) -> tuple[dict, Any]:

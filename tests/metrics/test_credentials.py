@@ -379,3 +379,45 @@ def test_an_endpoint_takes_one_kind_of_credential(tmp_path: Path) -> None:
     with pytest.raises(EndpointError) as e:
         load_config(str(f))
     assert "\n" not in str(e.value) and "namespaceSecret" in str(e.value)
+
+
+def test_an_endpoint_for_some_namespaces_with_their_own_secrets_is_read(servers: tuple[Recorder, Recorder]) -> None:
+    """Issue 11 review: an endpoint with `namespaces:` could not be read at all (its target, used as
+    a batch key, hashed a list). Limited to team-a and read with team-a's own Secret; a CR of
+    team-a naming its URL (not its name) gets the same, team-b gets nothing."""
+    good, _ = servers
+    ep = Endpoint.model_validate({"name": "tenant", "url": good.url, "namespaces": ["team-a"], "namespaceSecret": "prom-cred"})
+    reader = PrometheusReader(Endpoints.build(None, EndpointsConfig(endpoints=[ep])),
+                              lambda ns, name: {"token": f"tok-{ns}"})
+    by_name, by_url = parse_spec(spec_dict(metrics={"prometheus": "tenant"})), parse_spec(spec_dict(metrics={"prometheusURL": good.url}))
+    got = reader.read({("team-a", "chat"): by_name, ("team-a", "code"): by_url, ("team-b", "chat"): by_name}, 1000.0)
+    assert got[("team-a", "chat")].unavailable is None and got[("team-a", "code")].unavailable is None
+    assert got[("team-b", "chat")].unavailable and "not an endpoint configured for this namespace" in got[("team-b", "chat")].unavailable
+    assert {r.get("authorization") for r in good.requests} == {"Bearer tok-team-a"}
+    assert {_namespace_of(r) for r in good.requests} == {"team-a"}
+
+
+def test_an_answer_about_another_batchs_pods_steers_nothing(servers: tuple[Recorder, Recorder]) -> None:
+    """Issue 11 review: the pods' load (which pods a scale-down removes first) was taken for every
+    deployment an answer named, so one endpoint's answer could mark another namespace's pods."""
+    good, _ = servers
+    mine = {"metric": {"namespace": "team-a", "llmd": "chat", "pod": "chat-a-1"}, "value": [1.0, "3"]}
+    theirs = {"metric": {"namespace": "team-b", "llmd": "chat", "pod": "chat-b-1"}, "value": [1.0, "999"]}
+    good.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [mine, theirs]}}).encode()
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    reader.read({("team-a", "chat"): parse_spec(spec_dict())}, 1.0)
+    assert reader.pod_load == {("team-a", "chat"): {"chat-a-1": 3.0}}
+
+
+def test_a_secret_whose_credential_cannot_be_sent_is_reported_and_nothing_sent(servers: tuple[Recorder, Recorder]) -> None:
+    good, _ = servers
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, namespace_secret="prom-cred"))
+    for data in ({"token": "two\nlines"}, {"token": "caf\u00e9"}, {"username": "a:b", "password": "pw"}):
+        s = PrometheusReader(eps, lambda ns, name, d=data: d).read({("team-a", "chat"): parse_spec(spec_dict())}, 1.0)
+        assert s[("team-a", "chat")].unavailable == ("Prometheus 'default' is read with the Secret 'prom-cred' of this "
+                                                     "namespace, whose credential is not usable (not printable ASCII, or "
+                                                     "whitespace inside)"), data
+    assert good.requests == []
+    from llmscale.metrics.endpoints import Credential
+
+    assert "s3cret" not in repr(Credential(token="s3cret")) + repr(Credential(username="u", password="s3cret"))

@@ -248,7 +248,7 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
         _fail(body, patch, st, "ApplyFailed", f"applying the owned Deployments/Service failed: {_api_error(e)}")
-        raise kopf.TemporaryError(f"apply failed: {e}", delay=15) from e
+        raise kopf.TemporaryError(f"apply failed: {_api_error(e)}", delay=15) from e
     _disruption_budget(body, namespace, name)
     conds = {"Ready": ("True", "Applied", "Deployments and Service applied: " + ", ".join(f"{n} x {v}" for v, n in desired.items())),
              "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}
@@ -431,7 +431,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         except Exception as e:
             m.APPLY_ERRORS.labels(namespace, name).inc()
             kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
-            raise kopf.TemporaryError(f"scale failed: {e}", delay=10) from e
+            raise kopf.TemporaryError(f"scale failed: {_api_error(e)}", delay=10) from e
     # A shape gone from the spec whose pods are all gone: its Deployment goes too.
     known = {v.name for v in spec.variants}
     for dep in deps:

@@ -116,14 +116,18 @@ class Kube:
         """A Secret's data, decoded; None when it does not exist. For namespaceSecret endpoints:
         the chart grants `get` on Secrets of that one name only."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=(3, 5))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read (HTTP {e.status})") from None
         except Exception as e:  # the API unreachable: a failed read of this namespace only
             raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read ({type(e).__name__})") from None
-        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
+        try:
+            return {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
+        except (ValueError, UnicodeDecodeError):
+            raise NamespaceCredentialError(f"the Secret {name!r} of this namespace holds a value that is not "
+                                           "UTF-8 text") from None
 
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items

@@ -71,7 +71,7 @@ class Endpoint(_Config):
     insecure_skip_verify: bool = False
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
-    namespaces: list[str] | None = Field(
+    namespaces: tuple[str, ...] | None = Field(
         None, description="Namespaces whose LLMDeployments may select this endpoint; unset: every namespace.")
     namespace_secret: str | None = Field(
         None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
@@ -256,9 +256,15 @@ class Endpoints:
 class Credential:
     """One namespace's credential for one endpoint, as read from its Secret."""
 
-    token: str | None = None
-    username: str | None = None
-    password: str | None = None
+    token: str | None = field(default=None, repr=False)
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def _usable(value: str) -> bool:
+    """A header value requests can send as it is: printable ASCII (latin-1 is refused by servers
+    as often as not), no whitespace inside."""
+    return value.isascii() and value.isprintable() and not any(c.isspace() for c in value)
 
 
 class NamespaceCredentials:
@@ -285,6 +291,9 @@ class NamespaceCredentials:
                                            "does not exist")
         token = (data.get("token") or "").strip()
         user, password = (data.get("username") or "").strip(), (data.get("password") or "").strip()
+        if not all(_usable(v) for v in (token, user, password) if v) or ":" in user:
+            raise NamespaceCredentialError(f"{target.label} is read with the Secret {name!r} of this namespace, whose "
+                                           "credential is not usable (not printable ASCII, or whitespace inside)")
         if token:
             cred = Credential(token=token)
         elif user and password:

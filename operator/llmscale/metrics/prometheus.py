@@ -92,15 +92,17 @@ class PrometheusReader:
     def read(self, deployments: dict[Key, LLMDeploymentSpec], now: float | None = None) -> dict[Key, Signals]:
         """Signals for every deployment, with a fixed number of queries per Prometheus and rate window."""
         now = time.time() if now is None else now
-        groups: dict[tuple[Target, str], list[Key]] = {}
+        # By where the reads go and with what: URL, endpoint, the namespace whose credential they carry.
+        groups: dict[tuple[str, str | None, str], tuple[Target, list[Key]]] = {}
         out: dict[Key, Signals] = {}
         for key, spec in deployments.items():
             target = self.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, key[0])
             if isinstance(target, str):
                 out[key] = Signals.unreachable(target)  # never contacted: not an endpoint the operator may read
                 continue
-            groups.setdefault((target, spec.metrics.rate_window), []).append(key)
-        for (target, window), keys in groups.items():
+            group = (target.batch, target.endpoint.name if target.endpoint else None, spec.metrics.rate_window)
+            groups.setdefault(group, (target, []))[1].append(key)
+        for (_, _, window), (target, keys) in groups.items():
             results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
             failure: str | None = None
             pools: dict[tuple[str, str], list[Key]] = {}
@@ -130,7 +132,10 @@ class PrometheusReader:
                     log.warning("%s: unexpected answer to %s (%s)", target.label, name, type(e).__name__)
                     failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
+            batch = set(keys)
             for key, samples in results.get("podLoad", {}).items():
+                if key not in batch:
+                    continue  # an answer about another batch's deployment (whoever shaped it) steers nothing
                 # A pod whose load cannot be read is left out: the scale-down treats it as busy.
                 self.pod_load[key] = {s["metric"]["pod"]: v for s in samples
                                       if isinstance(s.get("metric", {}).get("pod"), str) and (v := sample_value(s)[0]) is not None}
