@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 from tests.metrics.test_credentials import Recorder
 
 from .conftest import (
@@ -82,15 +83,30 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
                          "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(own_token)})
 
             def alive(found: Any) -> Any:
-                assert proc is not None and proc.poll() is None, f"the operator exited; log: {log}"
+                if proc is None or proc.poll() is not None:
+                    pytest.fail(f"the operator exited; log: {log}")  # not an Exception: wait_for lets it through
                 return found
 
+            # ns_b's Secret of that name first holds a token that is not text.
+            binary = tmp_path / "binary-token"
+            binary.write_bytes(b"\xff\xfe\x00token")
+            bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_b, f"--from-file=token={binary}")
             for ns in (ns_a, ns_b):
                 bed.kubectl("apply", "-f", "-", input=chat_doc(ns, metrics={"rateWindow": "20s", "prometheus": "tenants"}))
+            # One deployment on the operator's own endpoint: read there with the operator's own token.
+            base = yaml.safe_load(chat_doc(ns_a, metrics={"rateWindow": "20s"}))
+            base["metadata"]["name"] = "base"
+            bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(base))
             wait_for(f"reads for {ns_a}", lambda: alive([r for r in tenants.requests if _namespace_of(r) == ns_a]), 90)
-            # ns_b has no Secret of that name: it is not read, and says why in our words.
+            # ns_b's Secret is not usable, then gone: it is not read, and says why in our words.
+            cond = wait_for("MetricsAvailable=False for a Secret whose token is not text",
+                            lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False"
+                                          and "UTF-8" in c.get("message", "") and c), 60)
+            assert f"the Secret '{SECRET}' of this namespace has a 'token' that is not UTF-8 text" in cond["message"], cond
+            bed.kubectl("delete", "secret", SECRET, "-n", ns_b)
             cond = wait_for("MetricsAvailable=False in the namespace without the Secret",
-                            lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False" and c), 60)
+                            lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False"
+                                          and "does not exist" in c.get("message", "") and c), 60)
             assert f"Secret '{SECRET}' of this namespace, which does not exist" in cond["message"], cond
             assert {_namespace_of(r) for r in tenants.requests} == {ns_a}
             assert {r.get("authorization") for r in tenants.requests} == {f"Bearer {token_a}"}
@@ -101,8 +117,11 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
             basic_b = "Basic " + base64.b64encode(b"team-b:pw-b").decode()
             for r in list(tenants.requests):
                 assert r.get("authorization") == {ns_a: f"Bearer {token_a}", ns_b: basic_b}[_namespace_of(r) or ""], r
-            # The operator's own token went nowhere near the tenants' endpoint, nor theirs to its own.
-            assert own.requests == [], own.requests
+            # The operator's own endpoint is read with its own token, for every namespace at once; its
+            # token went nowhere near the tenants' endpoint (above), nor theirs to its own.
+            wait_for("reads of the operator's own endpoint", lambda: alive(own.requests), 60)
+            assert {r.get("authorization") for r in own.requests} == {f"Bearer {own_token.read_text().strip()}"}
+            assert {_namespace_of(r) for r in own.requests} == {None}
             # No credential shows in status or Events.
             for ns in (ns_a, ns_b):
                 seen = json.dumps(bed.llmd(ns, "chat").get("status", {})) + json.dumps(

@@ -65,7 +65,6 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 def test_a_decision_writes_status_only_when_it_changes_what_a_user_reads(path: str, value: Any, user_reads: bool) -> None:
     view = user_view(BASE)
     new = user_view(changed(path, value))
-    assert (new != view) is user_reads
     interval = 15.0
     assert needs_write(view, 1000.0, new, 1015.0, interval) == ("changed" if user_reads else None)
     # Readings alone are refreshed once the last write is STATUS_REFRESH_INTERVALS intervals old.
@@ -104,24 +103,21 @@ def test_the_reasons_of_a_change_are_read_those_of_no_change_are_refreshed() -> 
 
 def test_a_new_burst_peak_is_written_at_once() -> None:
     """A restart must not forget a burst: the burst memory's peak is something a restart reads. A
-    steady load's peak that creeps up by chance (2.0 -> 2.3 req/s: the highest of more windows)
-    waits for the periodic refresh (seen on the bed: it wrote at every decision of a steady minute)."""
-    view = user_view(BASE)
-    assert user_view(changed("history.rateSamples", [[1.0, 30.1], [16.0, 30.4]])) == view
-    assert user_view(changed("history.rateSamples", [[1.0, 30.1], [16.0, 45.0]])) != view
-    steady = user_view(changed("history.rateSamples", [[1.0, 2.0], [16.0, 2.05]]))
-    assert user_view(changed("history.rateSamples", [[1.0, 2.0], [16.0, 2.3]])) == steady
+    steady load's peak that creeps up by chance (2.0 -> 2.3 req/s: the highest of more windows; in
+    CI 2 req/s wrote at four decisions of a steady minute) waits for the periodic refresh; a peak
+    50 % above (or below) the one written is written at once, and so is a first peak."""
+    def write(written: list[list[float]], now: list[list[float]]) -> str | None:
+        return needs_write(user_view(changed("history.rateSamples", written)), 1000.0,
+                           user_view(changed("history.rateSamples", now)), 1015.0, 15.0)
+
+    assert write([[1.0, 30.1]], [[1.0, 30.1], [16.0, 30.4]]) is None
+    assert write([[1.0, 30.1]], [[1.0, 30.1], [16.0, 46.0]]) == "changed"
+    assert write([[1.0, 2.0]], [[1.0, 2.0], [16.0, 2.3]]) is None
+    assert write([[1.0, 2.4]], [[1.0, 2.4], [16.0, 2.5]]) is None  # across the old 25 % grid's step: no write
+    assert write([[1.0, 2.4]], [[1.0, 2.4], [16.0, 3.6]]) == "changed"
+    assert write([[1.0, 0.0]], [[1.0, 0.0], [16.0, 1.0]]) == "changed"  # the first load after none
     assert user_view(changed("history.rateSamples", [[1.0, 2.0], [16.0, 0.0]]))["peak"] is not None
     assert user_view(changed("history.rateSamples", [[1.0, 0.0]]))["peak"] is None
-    # A steady window straddling a step boundary by chance (2.4 -> 2.5 req/s is one 25 % step) waits
-    # for the refresh; two steps (2.4 -> 3.1) are a burst, written at once; so is a first peak.
-    written = user_view(changed("history.rateSamples", [[1.0, 2.4]]))
-    assert needs_write(written, 1000.0, user_view(changed("history.rateSamples", [[1.0, 2.4], [16.0, 2.5]])), 1015.0, 15.0) is None
-    assert needs_write(written, 1000.0, user_view(changed("history.rateSamples", [[1.0, 2.4], [16.0, 3.1]])), 1015.0,
-                       15.0) == "changed"
-    idle = user_view(changed("history.rateSamples", [[1.0, 0.0]]))
-    assert needs_write(idle, 1000.0, user_view(changed("history.rateSamples", [[1.0, 0.0], [16.0, 1.0]])), 1015.0,
-                       15.0) == "changed"
 
 
 def _decision(memo: dict, status: dict, history: Any, now: float, fields: dict) -> tuple[dict, Any]:
@@ -162,3 +158,21 @@ def test_the_timer_writes_what_changed_keeps_the_rest_and_reads_status_again_whe
     corrupt = {**status, "history": {**status["history"], "queueSeen": "garbage"}}
     out, dropped = _decision(memo, corrupt, h2, 160.0, {"desiredReplicas": 3})
     assert dropped == ("queueSeen",) and out  # reported once, and written over
+
+
+def test_an_api_error_in_a_handler_reaches_kopf_in_our_words() -> None:
+    """kopf logs a failed handler's exception and posts the line as an Event: an ApiException's
+    text carries the API server's response headers and body, so it never gets there as such."""
+    import kopf
+    import pytest
+    from kubernetes.client.exceptions import ApiException
+
+    from llmscale.controller.handlers import _api_errors_in_our_words
+
+    e = ApiException(status=500, reason="Internal Server Error")
+    e.body = '{"message": "etcd at 10.0.0.7:2379 said SECRET-DETAIL"}'
+    e.headers = {"Audit-Id": "SECRET-HEADER"}
+    with pytest.raises(kopf.TemporaryError) as got, _api_errors_in_our_words():
+        raise e
+    assert str(got.value) == "a Kubernetes API call failed: HTTP 500 Internal Server Error"
+    assert got.value.__cause__ is None and got.value.__suppress_context__

@@ -412,12 +412,19 @@ def test_an_answer_about_another_batchs_pods_steers_nothing(servers: tuple[Recor
 def test_a_secret_whose_credential_cannot_be_sent_is_reported_and_nothing_sent(servers: tuple[Recorder, Recorder]) -> None:
     good, _ = servers
     eps = Endpoints.build(Endpoint(name="default", url=good.url, namespace_secret="prom-cred"))
-    for data in ({"token": "two\nlines"}, {"token": "caf\u00e9"}, {"username": "a:b", "password": "pw"}):
+    for data, why in (({"token": "two\nlines"}, "whose token is not printable ASCII without whitespace"),
+                      ({"token": "a b"}, "whose token is not printable ASCII without whitespace"),
+                      ({"token": "caf\u00e9"}, "whose token is not printable ASCII without whitespace"),
+                      ({"username": "a:b", "password": "pw"}, "whose username contains ':'"),
+                      ({"username": "bob", "password": "caf\u00e9"}, "whose username or password is not printable ASCII")):
         s = PrometheusReader(eps, lambda ns, name, d=data: d).read({("team-a", "chat"): parse_spec(spec_dict())}, 1.0)
-        assert s[("team-a", "chat")].unavailable == ("Prometheus 'default' is read with the Secret 'prom-cred' of this "
-                                                     "namespace, whose credential is not usable (not printable ASCII, or "
-                                                     "whitespace inside)"), data
+        assert s[("team-a", "chat")].unavailable == f"Prometheus 'default' is read with the Secret 'prom-cred' of this namespace, {why}", data
     assert good.requests == []
+    # A password with a space is fine for basic auth (it is base64-encoded), and so is a token
+    # beside a stray field.
+    for data in ({"username": "bob", "password": "a b:c"}, {"token": "tok", "password": "a\nb"}):
+        s = PrometheusReader(eps, lambda ns, name, d=data: d).read({("team-a", "chat"): parse_spec(spec_dict())}, 1.0)
+        assert s[("team-a", "chat")].unavailable is None, data
     from llmscale.metrics.endpoints import Credential
 
     assert "s3cret" not in repr(Credential(token="s3cret")) + repr(Credential(username="u", password="s3cret"))

@@ -8,16 +8,19 @@ The operator never writes the LLMDeployment's spec.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from llmscale import GROUP, VERSION
@@ -127,6 +130,8 @@ class Runtime:
             cls._signals.pop(key, None)
             cls._source.pop(key, None)
             cls._objects.pop(key, None)
+            if cls.reader is not None:
+                cls.reader.pod_load.pop(key, None)
 
 
 def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str) -> None:
@@ -197,7 +202,7 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None, **_: Any) -> None:
     assert namespace is not None  # LLMDeployment is namespaced
-    with Runtime.object_lock((namespace, name)):
+    with Runtime.object_lock((namespace, name)), _api_errors_in_our_words():
         _reconcile(body, status, patch, name, namespace)
 
 
@@ -301,6 +306,17 @@ def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deps: list[An
     return True
 
 
+@contextlib.contextmanager
+def _api_errors_in_our_words() -> Iterator[None]:
+    """An API call that fails anywhere in a handler is retried by kopf, which logs the exception's
+    text and posts that log line as an Event: an ApiException's text carries the server's
+    response headers and body, so it becomes a TemporaryError in our words first."""
+    try:
+        yield
+    except ApiException as e:
+        raise kopf.TemporaryError(f"a Kubernetes API call failed: {_api_error(e)}", delay=10) from None
+
+
 def _api_error(e: Exception) -> str:
     """What failed, without the server's response body (it is not ours to copy into status)."""
     status = getattr(e, "status", None)
@@ -321,7 +337,7 @@ def forget(name: str, namespace: str | None, **_: Any) -> None:
 def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None,
               memo: Any, **_: Any) -> None:
     assert namespace is not None
-    with Runtime.object_lock((namespace, name)):
+    with Runtime.object_lock((namespace, name)), _api_errors_in_our_words():
         _autoscale(body, status, patch, name, namespace, memo)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from llmscale.metrics.endpoints import NamespaceCredentialError
+from llmscale.metrics.endpoints import CREDENTIAL_KEYS, NamespaceCredentialError
 from llmscale.policy.types import PodCounts, Workload
 
 from .render import (
@@ -123,11 +123,16 @@ class Kube:
             raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read (HTTP {e.status})") from None
         except Exception as e:  # the API unreachable: a failed read of this namespace only
             raise NamespaceCredentialError(f"the Secret {name!r} of this namespace could not be read ({type(e).__name__})") from None
-        try:
-            return {k: base64.b64decode(v).decode("utf-8") for k, v in (secret.data or {}).items()}
-        except (ValueError, UnicodeDecodeError):
-            raise NamespaceCredentialError(f"the Secret {name!r} of this namespace holds a value that is not "
-                                           "UTF-8 text") from None
+        out = {}
+        for key, value in (secret.data or {}).items():
+            if key not in CREDENTIAL_KEYS:
+                continue  # other keys (a CA, notes) are none of our business
+            try:
+                out[key] = base64.b64decode(value).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise NamespaceCredentialError(f"the Secret {name!r} of this namespace has a {key!r} that is not "
+                                               "UTF-8 text") from None
+        return out
 
     def pods(self, namespace: str, name: str) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items

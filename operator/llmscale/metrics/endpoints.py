@@ -36,6 +36,7 @@ from pydantic.alias_generators import to_camel
 from requests.auth import AuthBase
 
 DEFAULT = "default"
+CREDENTIAL_KEYS = ("token", "username", "password")  # what a namespace's credential Secret is read for
 SECRET_TTL_S = 60.0  # a namespace's credential Secret is read again after this long (rotation)
 
 # Reads a Secret's data (decoded) from the Kubernetes API: (namespace, name) -> data, or None when
@@ -261,10 +262,21 @@ class Credential:
     password: str | None = field(default=None, repr=False)
 
 
-def _usable(value: str) -> bool:
-    """A header value requests can send as it is: printable ASCII (latin-1 is refused by servers
-    as often as not), no whitespace inside."""
-    return value.isascii() and value.isprintable() and not any(c.isspace() for c in value)
+def _token_problem(token: str) -> str | None:
+    """Why a bearer token cannot go in a header as it is, or None."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        return "whose token is not printable ASCII without whitespace"
+    return None
+
+
+def _basic_problem(user: str, password: str) -> str | None:
+    """Why a username and password cannot be sent as basic auth, or None (they are base64-encoded:
+    spaces are fine; a ':' in the user would be read as the separator)."""
+    if not all(v.isascii() and v.isprintable() for v in (user, password)):
+        return "whose username or password is not printable ASCII"
+    if ":" in user:
+        return "whose username contains ':'"
+    return None
 
 
 class NamespaceCredentials:
@@ -291,9 +303,9 @@ class NamespaceCredentials:
                                            "does not exist")
         token = (data.get("token") or "").strip()
         user, password = (data.get("username") or "").strip(), (data.get("password") or "").strip()
-        if not all(_usable(v) for v in (token, user, password) if v) or ":" in user:
-            raise NamespaceCredentialError(f"{target.label} is read with the Secret {name!r} of this namespace, whose "
-                                           "credential is not usable (not printable ASCII, or whitespace inside)")
+        why = _token_problem(token) if token else _basic_problem(user, password) if user and password else None
+        if why:
+            raise NamespaceCredentialError(f"{target.label} is read with the Secret {name!r} of this namespace, {why}")
         if token:
             cred = Credential(token=token)
         elif user and password:

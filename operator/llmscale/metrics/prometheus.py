@@ -133,6 +133,8 @@ class PrometheusReader:
                     failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
             batch = set(keys)
+            for key in keys:
+                self.pod_load.pop(key, None)  # this read's answer or nothing: never last cycle's
             for key, samples in results.get("podLoad", {}).items():
                 if key not in batch:
                     continue  # an answer about another batch's deployment (whoever shaped it) steers nothing
