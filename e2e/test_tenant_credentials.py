@@ -16,11 +16,10 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from tests.metrics.test_credentials import Recorder
+from tests.metrics.test_credentials import Recorder, namespace_of
 
 from .conftest import (
     OPERATOR_NAMESPACE,
@@ -35,10 +34,6 @@ from .conftest import (
 
 SECRET = "llmscale-prometheus"
 RELEASE = "llmscale-tenants"
-
-
-def _namespace_of(request: dict[str, str]) -> str | None:
-    return (parse_qs(urlsplit(request["path"]).query).get("namespace") or [None])[0]
 
 
 def _condition(bed: Bed, ns: str, ctype: str) -> dict[str, Any]:
@@ -97,7 +92,7 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
             base = yaml.safe_load(chat_doc(ns_a, metrics={"rateWindow": "20s"}))
             base["metadata"]["name"] = "base"
             bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(base))
-            wait_for(f"reads for {ns_a}", lambda: alive([r for r in tenants.requests if _namespace_of(r) == ns_a]), 90)
+            wait_for(f"reads for {ns_a}", lambda: alive([r for r in tenants.requests if namespace_of(r) == ns_a]), 90)
             # ns_b's Secret is not usable, then gone: it is not read, and says why in our words.
             cond = wait_for("MetricsAvailable=False for a Secret whose token is not text",
                             lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False"
@@ -108,20 +103,20 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
                             lambda: alive((c := _condition(bed, ns_b, "MetricsAvailable")).get("status") == "False"
                                           and "does not exist" in c.get("message", "") and c), 60)
             assert f"Secret '{SECRET}' of this namespace, which does not exist" in cond["message"], cond
-            assert {_namespace_of(r) for r in tenants.requests} == {ns_a}
+            assert {namespace_of(r) for r in tenants.requests} == {ns_a}
             assert {r.get("authorization") for r in tenants.requests} == {f"Bearer {token_a}"}
             # Its own Secret appears (basic auth this time): read with it from the next cycle on.
             bed.kubectl("create", "secret", "generic", SECRET, "-n", ns_b, "--from-literal=username=team-b",
                         "--from-literal=password=pw-b")
-            wait_for(f"reads for {ns_b}", lambda: alive([r for r in tenants.requests if _namespace_of(r) == ns_b]), 60)
+            wait_for(f"reads for {ns_b}", lambda: alive([r for r in tenants.requests if namespace_of(r) == ns_b]), 60)
             basic_b = "Basic " + base64.b64encode(b"team-b:pw-b").decode()
             for r in list(tenants.requests):
-                assert r.get("authorization") == {ns_a: f"Bearer {token_a}", ns_b: basic_b}[_namespace_of(r) or ""], r
+                assert r.get("authorization") == {ns_a: f"Bearer {token_a}", ns_b: basic_b}[namespace_of(r) or ""], r
             # The operator's own endpoint is read with its own token, for every namespace at once; its
             # token went nowhere near the tenants' endpoint (above), nor theirs to its own.
             wait_for("reads of the operator's own endpoint", lambda: alive(own.requests), 60)
             assert {r.get("authorization") for r in own.requests} == {f"Bearer {own_token.read_text().strip()}"}
-            assert {_namespace_of(r) for r in own.requests} == {None}
+            assert {namespace_of(r) for r in own.requests} == {None}
             # No credential shows in status or Events.
             for ns in (ns_a, ns_b):
                 seen = json.dumps(bed.llmd(ns, "chat").get("status", {})) + json.dumps(

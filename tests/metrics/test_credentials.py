@@ -298,7 +298,8 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
 
 # ---- a namespace's own credential (namespaceSecret endpoints) -----------------------------------
 
-def _namespace_of(request: dict[str, str]) -> str | None:
+def namespace_of(request: dict[str, str]) -> str | None:
+    """The `namespace` query parameter a recorded request carried (what a tenancy proxy reads)."""
     from urllib.parse import parse_qs, urlsplit
 
     return (parse_qs(urlsplit(request["path"]).query).get("namespace") or [None])[0]
@@ -323,7 +324,7 @@ def test_each_namespace_is_read_with_its_own_secret_and_no_other(servers: tuple[
     assert got[("team-a", "chat")].unavailable is None and got[("team-b", "chat")].unavailable is None
     by_ns: dict[str | None, set[str | None]] = {}
     for r in good.requests:
-        by_ns.setdefault(_namespace_of(r), set()).add(r.get("authorization"))
+        by_ns.setdefault(namespace_of(r), set()).add(r.get("authorization"))
     assert by_ns == {"team-a": {"Bearer tok-a"}, "team-b": {"Basic Ym9iOnB3"}}  # base64("bob:pw")
     # team-c has no Secret of that name: nothing is sent for it, and it says why in our words.
     assert got[("team-c", "chat")].unavailable == ("Prometheus 'tenant' is read with the Secret 'prom-cred' of this "
@@ -394,7 +395,7 @@ def test_an_endpoint_for_some_namespaces_with_their_own_secrets_is_read(servers:
     assert got[("team-a", "chat")].unavailable is None and got[("team-a", "code")].unavailable is None
     assert got[("team-b", "chat")].unavailable and "not an endpoint configured for this namespace" in got[("team-b", "chat")].unavailable
     assert {r.get("authorization") for r in good.requests} == {"Bearer tok-team-a"}
-    assert {_namespace_of(r) for r in good.requests} == {"team-a"}
+    assert {namespace_of(r) for r in good.requests} == {"team-a"}
 
 
 def test_an_answer_about_another_batchs_pods_steers_nothing(servers: tuple[Recorder, Recorder]) -> None:
