@@ -186,6 +186,11 @@ class Target:
     namespace: str | None = None  # whose credential Secret the reads carry (namespaceSecret endpoints only)
 
     @property
+    def identity(self) -> tuple[str, str | None, str | None]:
+        """Where reads go and with what credential: the URL, the endpoint, the namespace."""
+        return self.url, self.endpoint.name if self.endpoint else None, self.namespace
+
+    @property
     def batch(self) -> str:
         """Deployments read in one batch share this: the URL, and for a namespace's own credential
         the namespace (its token may see only its own series)."""

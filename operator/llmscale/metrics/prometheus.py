@@ -67,7 +67,7 @@ class PrometheusReader:
         self.pod_load: dict[Key, dict[str, float]] = {}
 
     def _client(self, target: Target) -> PrometheusConnect:
-        key = (target.url, target.endpoint.name if target.endpoint else None, target.namespace)
+        key = target.identity
         if key not in self._clients:
             auth = CredentialAuth(self.credentials, target) if target.namespace else None
             timeout = target.endpoint.timeout_seconds if target.endpoint else 5.0
@@ -93,16 +93,15 @@ class PrometheusReader:
         """Signals for every deployment, with a fixed number of queries per Prometheus and rate window."""
         now = time.time() if now is None else now
         # By where the reads go and with what: URL, endpoint, the namespace whose credential they carry.
-        groups: dict[tuple[str, str | None, str], tuple[Target, list[Key]]] = {}
+        groups: dict[tuple[tuple[str, str | None, str | None], str], tuple[Target, list[Key]]] = {}
         out: dict[Key, Signals] = {}
         for key, spec in deployments.items():
             target = self.endpoints.resolve(spec.metrics.prometheus, spec.metrics.prometheus_url, key[0])
             if isinstance(target, str):
                 out[key] = Signals.unreachable(target)  # never contacted: not an endpoint the operator may read
                 continue
-            group = (target.batch, target.endpoint.name if target.endpoint else None, spec.metrics.rate_window)
-            groups.setdefault(group, (target, []))[1].append(key)
-        for (_, _, window), (target, keys) in groups.items():
+            groups.setdefault((target.identity, spec.metrics.rate_window), (target, []))[1].append(key)
+        for (_, window), (target, keys) in groups.items():
             results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
             failure: str | None = None
             pools: dict[tuple[str, str], list[Key]] = {}
