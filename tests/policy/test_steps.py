@@ -96,6 +96,8 @@ P30 = beyond_chance(30.0, (30.0, 20.0, 2.0), 300.0)
 P30B = beyond_chance(30.0, (30.0, 2.0, 25.0), 300.0)
 P40 = beyond_chance(40.0, (40.0, 2.0, 2.0), 1800.0)
 H40 = 105.0 - 1320.0 / P40  # see the last case
+A27 = 10.0 + (300.0 - 2 * math.sqrt(301.0)) / 15.0  # see "a queue building"
+A3 = 20.0 - (300.0 - 2 * math.sqrt(601.0)) / 15.0  # see "a backlog draining"
 
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
@@ -123,29 +125,31 @@ FORECAST = [
                                          queue_seen=SEEN))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
      Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 60.0, 4.0)))),
-    # 4 -> 304 in flight in 15 s at 10 completions/s: 20 more arriving per second than completing.
-    ("a queue building: the arrivals are the completions plus what the requests in flight grew by",
+    # 4 -> 304 in flight in 15 s at 10 completions/s: 300 more, of which the two spreads of chance
+    # (2 x sqrt(2 x 10 x 15 + 1) = 34.7) are no evidence: 10 + 265.3 / 15 = 27.69 arrive per second.
+    ("a queue building: the arrivals are the completions plus what the requests in flight grew by beyond chance",
      sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
-     Forecast(30.0 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, 30.0),), queue_seen=(NOW, 150.0, 154.0),
-                                                         queue_before=(NOW - 15, 0.0, 4.0)), arrivals=30.0)),
+     Forecast(A27 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, A27),), queue_seen=(NOW, 150.0, 154.0),
+                                                        queue_before=(NOW - 15, 0.0, 4.0)), arrivals=A27)),
     # sqrt(2 x 10 x 15 + 1) = 17.3: a change of 30 in flight is within twice that, so no evidence.
     ("the requests in flight move within chance: the completions stand for the arrivals",
      sig(10.0, requests_running=34.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 34.0),
                                          queue_before=(NOW - 15, 0.0, 4.0)), arrivals=10.0)),
-    # The queue shrank 400 -> 100 while 20/s completed: 0 arrive; the plan keeps the completions and
+    # The queue shrank 400 -> 100 while 20/s completed: 3.3 arrive (300 fewer, less the two spreads of
+    # chance, 2 x sqrt(601) = 49.0, over 15 s, under 20); the plan keeps the completions and
     # adds nothing to drain a queue the Ready replicas already drain.
     ("a backlog draining: the completions, nothing added for the queue",
      sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_seen=(NOW - 15, 400.0, 100.0)),
      Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
-                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=0.0, draining=True)),
+                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=A3, draining=True)),
     # Prometheus scraped less often than the operator decides: the next decision sees the same
     # scrape, measures between the same two, and reaches the same verdict (not "unknown").
     ("the same scrape again: the same arrivals and the same drain",
      sig(20.0, requests_waiting=100.0, requests_running=100.0),
      History(queue_seen=(NOW, 100.0, 100.0), queue_before=(NOW - 15, 400.0, 100.0)),
      Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
-                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=0.0, draining=True)),
+                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=A3, draining=True)),
     ("gauges seen more than a rate window ago: no arrivals", sig(10.0, requests_running=400.0),
      History(queue_seen=(NOW - 120, 0.0, 4.0)),
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 400.0),
@@ -171,14 +175,16 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
 
 @pytest.mark.parametrize(("seen", "now_waiting", "now_running", "expect"), [
     # (time, waiting, running) seen 15 s before; Ready 3, horizon 105 s, 20 completions/s
-    ((NOW - 15, 400.0, 100.0), 100.0, 100.0, (0.0, True)),  # shrank 300 in 15 s: gone in 5 s
+    # A change in flight counts for what it exceeds the two spreads of chance by (2 x sqrt(2 x 20 x 15
+    # + 1) = 49.03 at 20 completions/s over 15 s).
+    ((NOW - 15, 400.0, 100.0), 100.0, 100.0, (20.0 - (300.0 - 49.03) / 15, True)),  # shrank 300 in 15 s: gone in 5 s
     ((NOW - 15, 300.0, 100.0), 300.0, 100.0, (20.0, False)),  # the same queue: no drain
     ((NOW - 15, 300.0, 100.0), 290.0, 100.0, (20.0, False)),  # 10 fewer is within chance (2 x sqrt(301))
-    # 50 fewer in 15 s (beyond chance, 2 x sqrt(301)): 75 s to clear 250; 50 fewer in flight is beyond
-    # chance too (2 x sqrt(2 x 20 x 15 + 1) = 49): 20 - 50 / 15 arrive
-    ((NOW - 15, 300.0, 100.0), 250.0, 100.0, (20.0 - 50.0 / 15, True)),
+    # 50 fewer in 15 s (beyond chance, 2 x sqrt(301)): 75 s to clear 250; 50 fewer in flight is 0.97
+    # beyond chance: 20 - 0.97 / 15 arrive
+    ((NOW - 15, 300.0, 100.0), 250.0, 100.0, (20.0 - (50.0 - 49.03) / 15, True)),
     ((NOW - 15, 3.0, 100.0), 0.0, 100.0, (20.0, False)),  # 3 waiting on 3 replicas was no backlog
-    ((NOW - 15, 2000.0, 100.0), 1900.0, 100.0, (13.333333333333334, False)),  # 100 per 15 s: 285 s to clear, past the horizon
+    ((NOW - 15, 2000.0, 100.0), 1900.0, 100.0, (20.0 - (100.0 - 49.03) / 15, False)),  # 100 per 15 s: 285 s to clear, past the horizon
     ((NOW, 300.0, 100.0), 100.0, 100.0, (None, False)),  # the same scrape: nothing measured
     ((NOW - 46, 400.0, 100.0), 100.0, 100.0, (None, False)),  # older than three intervals: unknown, not old evidence
 ])
@@ -187,7 +193,7 @@ def test_arrival_rate_and_draining(seen: tuple[float, float, float], now_waiting
     signals = sig(20.0, requests_waiting=now_waiting, requests_running=now_running)
     got = arrival_rate(20.0, signals, seen, NOW, 45.0, 3, 105.0)
     assert got[1] is expect[1]
-    assert got[0] == (pytest.approx(expect[0]) if expect[0] is not None else None)
+    assert got[0] == (pytest.approx(expect[0], abs=1e-3) if expect[0] is not None else None)
 
 
 @pytest.mark.parametrize(("gaps", "expect"), [
@@ -254,6 +260,20 @@ def test_feedback_on_a_ttft_breach_beyond_chance() -> None:
     assert got == Feedback(
         Proposal(4, (Reason(Code.SLO_BREACH_TTFT, "TTFT p95 1000ms > target 500ms"), Reason(Code.PANIC, "burst: scale-down suspended for 60s"))),
         4, True, Condition("False", "SLOBreached", "latency at 2.00x target"), History(panic_until=NOW + 60))
+
+
+@pytest.mark.parametrize("ttft_s, ready, want", [
+    (1.8, 1, 4),    # 3.6x the 500 ms target on one replica: it carried ~1/4 of the load -> 4 (was 2)
+    (1.5, 2, 6),    # 3x on two -> 6
+    (10.0, 2, 8),   # 20x on two: a queue's latency outruns the load, the step stops at 4x -> 8
+])
+def test_feedback_corrects_a_breach_in_proportion_up_to_four_times(ttft_s: float, ready: int, want: int) -> None:
+    got = _fb(sig(10.0, ttft_quantile=ttft_s, ttft_attainment=0.2, itl_quantile=0.03), Workload("h100x1", ready, ready))
+    ratio = ttft_s / 0.5
+    assert got == Feedback(
+        Proposal(want, (Reason(Code.SLO_BREACH_TTFT, f"TTFT p95 {ttft_s * 1000:.0f}ms > target 500ms"),
+                        Reason(Code.PANIC, "burst: scale-down suspended for 60s"))),
+        want, True, Condition("False", "SLOBreached", f"latency at {ratio:.2f}x target"), History(panic_until=NOW + 60))
 
 
 def test_feedback_ignores_a_quantile_over_target_by_chance() -> None:
