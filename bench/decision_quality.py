@@ -109,7 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", action="append", help="run only these policies")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
+    ap.add_argument("--onoff-seeds", metavar="FIRST-LAST",
+                    help="run these seeds of the on/off family instead of 11-22 (e.g. 23-42, held out from tuning)")
     args = ap.parse_args(argv)
+    if args.onoff_seeds:
+        global ONOFF_SEEDS
+        try:
+            first, last = (int(x) for x in args.onoff_seeds.split("-", 1))
+        except ValueError:
+            print(f"bench: --onoff-seeds {args.onoff_seeds!r}: give FIRST-LAST, e.g. 23-42", file=sys.stderr)
+            return 2
+        ONOFF_SEEDS = tuple(range(first, last + 1))
+        case_and_trace.cache_clear()
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from prometheus_api_client import PrometheusConnect
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.decision_quality import deployment
 from bench.reaction import (  # the test bed's addresses, one place
@@ -49,6 +50,7 @@ OUT = ROOT / "bench" / "out" / "fidelity"
 NS = "bench-fidelity"
 NAME = "fidelity"
 BED_SCRAPE_S = 2.0  # e2e/cluster's Prometheus scrape interval
+OPERATOR_METRICS = "http://127.0.0.1:18092/metrics"  # the operator this benchmark starts
 TTFT_TARGET_S = 1.0  # a bucket boundary of vLLM's TTFT histogram, so the bed's count is exact
 
 
@@ -80,6 +82,27 @@ class BedRun:
     gpu_hours: float
     ready: list[tuple[float, int]] = field(default_factory=list)  # (seconds since the traffic started, Ready pods)
     cold_start_s: float | None = None
+    decisions: list[float] = field(default_factory=list)  # when the operator decided (its last-decision gauge)
+
+    def cadence(self) -> tuple[float, float]:
+        """Mean and longest seconds between two decisions (nan with fewer than two)."""
+        gaps = [b - a for a, b in zip(self.decisions, self.decisions[1:], strict=False)]
+        return (sum(gaps) / len(gaps), max(gaps)) if gaps else (math.nan, math.nan)
+
+
+def last_decision(metrics_url: str) -> float | None:
+    """The operator's llmscale_last_decision_timestamp_seconds for the benchmark's deployment."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "llmscale_last_decision_timestamp_seconds" and sample.labels.get("namespace") == NS
+                    and sample.labels.get("llmdeployment") == NAME):
+                return float(sample.value)
+    return None
 
 
 class Bed:
@@ -155,6 +178,7 @@ class Bed:
         start = time.monotonic()
         seen: dict[str, PodSeen] = {}
         ready: list[tuple[float, int]] = []
+        decided: list[float] = []
         stopped = False
         next_print = 0.0
         while True:
@@ -167,6 +191,9 @@ class Bed:
                     ps.bound_at = max(0.0, now)
                 ps.last_seen = now
             ready.append((now, sum(self.is_ready(p) for p in pods)))
+            at = last_decision(OPERATOR_METRICS)
+            if at is not None and not stopped and (not decided or at > decided[-1]):
+                decided.append(at)
             if not stopped and now >= duration_s:
                 self.traffic({"rate": 0})
                 stopped = True
@@ -188,7 +215,7 @@ class Bed:
             cold = float(next(iter(measured.values())))
         self.kubectl("delete", "llmd", NAME, "-n", NS, "--wait=true", "--timeout=60s")
         print(file=sys.stderr)
-        return BedRun(within / total if total else math.nan, int(total), gpu_s / 3600, ready, cold)
+        return BedRun(within / total if total else math.nan, int(total), gpu_s / 3600, ready, cold, decided)
 
 
 def replica_gap(bed: list[tuple[float, int]], twin: list[tuple[float, int]]) -> tuple[float, float]:
@@ -285,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nllmscale on seeded on/off traffic (rate {args.rate:g}, {args.duration:.0f} s per seed), TTFT p99 <= "
           f"{TTFT_TARGET_S:g}s; twin at the bed's {BED_SCRAPE_S:g} s scrape interval and measured cold start\n")
     heads = ["seed", "requests bed/twin", "TTFT ok bed", "TTFT ok twin", "gap (pts)", "GPU-h bed", "GPU-h twin",
-             "bed / twin", "Ready gap mean", "Ready gap max", "cold start"]
+             "bed / twin", "Ready gap mean", "Ready gap max", "cold start", "decided every (mean/max)"]
     widths = [max(len(h), 8) for h in heads]
     print("  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
     gaps, ratios = [], []
@@ -295,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         gaps.append(gap)
         ratios.append(ratio)
         cells = [str(seed), f"{got.requests}/{n}", f"{got.attainment:.2%}", f"{att:.2%}", f"{gap:+.2f}",
-                 f"{got.gpu_hours:.3f}", f"{gpu_h:.3f}", f"{ratio:.2f}x", f"{mean_gap:.2f}", f"{max_gap:.0f}", f"{cold_s:.1f}s"]
+                 f"{got.gpu_hours:.3f}", f"{gpu_h:.3f}", f"{ratio:.2f}x", f"{mean_gap:.2f}", f"{max_gap:.0f}", f"{cold_s:.1f}s",
+                 "{:.1f}/{:.1f}s".format(*got.cadence())]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
     if rows:
         print(f"\nworst attainment gap {max(abs(g) for g in gaps):.2f} pts (goal <= 2); GPU-hours bed / twin "

@@ -210,6 +210,8 @@ def _status_writes(namespace: str) -> dict[str, float]:
             out[why] = out.get(why, 0.0) + float(line.split()[-1])
         elif line.startswith("llmscale_status_writes_skipped_total{"):
             out["skipped"] = out.get("skipped", 0.0) + float(line.split()[-1])
+        elif line.startswith("llmscale_last_decision_timestamp_seconds{"):
+            out["last_decision"] = float(line.split()[-1])
     return out
 
 
@@ -243,6 +245,11 @@ def test_a_steady_deployment_writes_status_every_few_intervals_not_at_every_deci
         if time.time() - started >= seconds:
             w.stop()
     after = _status_writes(namespace)
+    # The operator's own gauge says when it last decided (what to alert on when it falls behind):
+    # at most one interval old, with a tick and a busy machine's slack on top (25 s in all).
+    assert "last_decision" in after, f"no llmscale_last_decision_timestamp_seconds for {namespace}: {after}"
+    assert time.time() - after.pop("last_decision") <= 2 * 10 + 5, after
+    before.pop("last_decision", None)
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
     decisions = sum(v for k, v in delta.items() if k != "counts")
     # Six decisions in 60 s, twelve timer ticks: a refresh every 40 s writes once or twice, a count

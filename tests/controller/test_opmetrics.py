@@ -15,7 +15,7 @@ def test_forget_drops_every_series_of_one_deployment_and_no_other() -> None:
     m.DECISIONS.labels("ns-f", "gone", "ScaleUp", "QueueGrowing").inc()
     m.STATUS_WRITES.labels("ns-f", "gone", "changed").inc()
     m.CONDITION.labels("ns-f", "gone", "SLOMet").set(1)
-    for gauge in (m.DESIRED, m.CURRENT, m.READY, m.BUDGET_LIMITED, m.HOURLY_COST):
+    for gauge in (m.DESIRED, m.CURRENT, m.READY, m.BUDGET_LIMITED, m.HOURLY_COST, m.LAST_DECISION):
         gauge.labels("ns-f", "gone").set(2)
     m.DESIRED.labels("ns-f", "kept").set(1)
     m.CONDITION.labels("ns-f", "kept", "SLOMet").set(0)

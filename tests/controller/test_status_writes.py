@@ -176,3 +176,17 @@ def test_an_api_error_in_a_handler_reaches_kopf_in_our_words() -> None:
         raise e
     assert str(got.value) == "a Kubernetes API call failed: HTTP 500 Internal Server Error"
     assert got.value.__cause__ is None and got.value.__suppress_context__
+
+
+@pytest.mark.parametrize(("interval", "due", "every"), [
+    (15.0, 12.5, 15.0),  # a multiple of the 5 s tick: every interval, a tick up to 2.5 s early still decides
+    (12.0, 12.5, 15.0),  # between ticks: rounded up to the next tick, never sooner than asked
+    (10.0, 7.5, 10.0),
+    (2.0, 2.5, 5.0),     # under a tick: at every tick
+])
+def test_decisions_fall_on_ticks_at_the_interval_rounded_up(interval: float, due: float, every: float) -> None:
+    from llmscale.controller.handlers import decision_due_s
+
+    assert decision_due_s(interval, 5.0) == due
+    # On sharp 5 s ticks, the first tick at or past `due` after a decision is `every` later.
+    assert next(t for t in range(5, 100, 5) if t >= due) == every

@@ -20,11 +20,14 @@ STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first, 
                         ["namespace", "llmdeployment", "why"])
 STATUS_SKIPPED = Counter("llmscale_status_writes_skipped", "Decisions whose status was not written: nothing a user "
                          "reads changed and the last write is recent.", ["namespace", "llmdeployment"])
+LAST_DECISION = Gauge("llmscale_last_decision_timestamp_seconds", "When the operator last decided for the "
+                      "LLMDeployment (Unix time): a decision older than a few intervals means the operator fell behind.",
+                      ["namespace", "llmdeployment"])
 CONDITION = Gauge("llmscale_condition", "1 when the LLMDeployment's condition is True, 0 when False (as in its status).",
                   ["namespace", "llmdeployment", "type"])
 SHOWN_CONDITIONS = ("SLOMet", "MetricsAvailable", "BudgetLimited", "SLOFeasible", "CompetingAutoscaler", "Ready")
 
-PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ERRORS, STATUS_SKIPPED)
+PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ERRORS, STATUS_SKIPPED, LAST_DECISION)
 PER_DEPLOYMENT_MORE = (DECISIONS, STATUS_WRITES, CONDITION)  # with more labels after namespace, llmdeployment
 
 
