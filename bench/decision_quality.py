@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             print(f"bench: --onoff-seeds {args.onoff_seeds!r}: give FIRST-LAST, e.g. 23-42", file=sys.stderr)
             return 2
-        ONOFF_SEEDS = tuple(range(first, last + 1))
-        case_and_trace.cache_clear()
+        if last < first:
+            print(f"bench: --onoff-seeds {args.onoff_seeds!r}: the first seed is after the last", file=sys.stderr)
+            return 2
+        ONOFF_SEEDS = tuple(range(first, last + 1))  # the workers are forked: they see it
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2

@@ -74,10 +74,10 @@ def arrival_rate(completions: float, signals: Signals, seen: tuple[float, float,
     and would keep the noise). A hard threshold kept the whole change once past it: on mooncake,
     clumps of arrivals the fleet absorbed by the next scrape (13 -> 34 -> 10 in flight) were planned
     and held as 5 req/s peaks on 3.5 steady, 5-7 replicas where 4 meet the SLO (5.77 -> 4.69 GPU-h);
-    a burst's hundreds of requests lose a few percent. A backlog drains when there was one (more
-    waiting than one per Ready replica), it shrank beyond chance, and at that pace it is gone
-    within the horizon: a queue that dips by a few requests, or would take longer than new
-    replicas to clear, is still a shortage.
+    a real rise loses its two spreads too (36 -> 32.6 req/s at onoff-11's first burst). A backlog
+    drains when there was one (more waiting than one per Ready replica), it shrank beyond chance,
+    and at that pace it is gone within the horizon: a queue that dips by a few requests, or would
+    take longer than new replicas to clear, is still a shortage.
     """
     waiting, running = signals.requests_waiting, signals.requests_running
     if waiting is None or running is None or seen is None or not 0 < at - seen[0] <= max_age_s:
