@@ -40,14 +40,16 @@ class Feedback:
     history: History
 
 
+def latency_ratios(spec: LLMDeploymentSpec, signals: Signals) -> tuple[float | None, float | None]:
+    """Each observed latency quantile over its target: (TTFT, inter-token), None where unknown."""
+    itl = spec.slo.itl_target()
+    return (signals.ttft_quantile / spec.slo.ttft.seconds if spec.slo.ttft and signals.ttft_quantile is not None else None,
+            signals.itl_quantile / itl.seconds if itl and signals.itl_quantile is not None else None)
+
+
 def breach_ratio(spec: LLMDeploymentSpec, signals: Signals) -> float | None:
     """The worst observed latency quantile over its target (TTFT, inter-token), None with no data."""
-    ratios = []
-    if spec.slo.ttft and signals.ttft_quantile is not None:
-        ratios.append(signals.ttft_quantile / spec.slo.ttft.seconds)
-    itl = spec.slo.itl_target()
-    if itl and signals.itl_quantile is not None:
-        ratios.append(signals.itl_quantile / itl.seconds)
+    ratios = [r for r in latency_ratios(spec, signals) if r is not None]
     return max(ratios) if ratios else None
 
 
@@ -60,12 +62,12 @@ def breach_step(spec: LLMDeploymentSpec, signals: Signals, ttft_missed: bool, it
     to the load). A breach the plan explains is a load rise the rate already shows: the plan sizes
     it, and the queue's latency, which outruns the load, would overshoot (a 28 req/s burst on one
     replica of 20: the plan said 2, TTFT at 4x and more said 4, on the test bed)."""
+    ttft, itl = latency_ratios(spec, signals)
     steps = [1.0]
-    if ttft_missed and spec.slo.ttft and signals.ttft_quantile is not None:
-        steps.append(min(signals.ttft_quantile / spec.slo.ttft.seconds, BREACH_STEP_MAX if unexplained else PANIC_RATIO))
-    itl = spec.slo.itl_target()
-    if itl_missed and itl and signals.itl_quantile is not None:
-        steps.append(min(signals.itl_quantile / itl.seconds, PANIC_RATIO))
+    if ttft_missed and ttft is not None:
+        steps.append(min(ttft, BREACH_STEP_MAX if unexplained else PANIC_RATIO))
+    if itl_missed and itl is not None:
+        steps.append(min(itl, PANIC_RATIO))
     return max(steps)
 
 
