@@ -7,6 +7,7 @@ report it against the field.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -40,7 +41,17 @@ _MONEY_FULL = re.compile(MONEY_PATTERN)
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go-style duration such as "150ms", "15s", "5m" or "1h30m"."""
-    if not isinstance(text, str) or not _DURATION_FULL.match(text.strip()):
+    if not isinstance(text, str):
+        raise ValueError(
+            f"{text!r} is not a duration: write a number with a unit ms, s, m or h, e.g. '150ms', '15s', '5m', '1h30m'"
+        )
+    return _duration_seconds(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _duration_seconds(text: str) -> float:
+    # Cached: every decision reads the spec's durations, and a spec has a handful.
+    if not _DURATION_FULL.match(text.strip()):
         raise ValueError(
             f"{text!r} is not a duration: write a number with a unit ms, s, m or h, e.g. '150ms', '15s', '5m', '1h30m'"
         )

@@ -8,6 +8,7 @@ tests/perf/test_calibration.py states the tolerance and checks it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -111,24 +112,33 @@ class ServerProfile:
     def fits(self) -> bool:
         return self.kv_capacity_tokens > 2048
 
+    @functools.cached_property
+    def _step_constants(self) -> tuple[float, ...]:
+        # Hoisted out of step_seconds (called hundreds of thousands of times by the capacity
+        # model); each is a subexpression step_seconds evaluated inline, in the same order, so
+        # every step time is bit-for-bit what it was.
+        bw = self.gpu.hbm_tb_s * 1e12 * BW_EFFICIENCY * self.tp
+        flops = self.gpu.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY * self.tp
+        return (bw, flops, self.model.weight_bytes / bw, float(self.model.kv_bytes_per_token),
+                2 * self.model.params_b * 1e9, 4 * self.model.layers * self.model.hidden,
+                1 + TP_COMM_PER_GPU * (self.tp - 1), self.model.layers / 32, (989 / self.gpu.bf16_tflops) ** 0.5,
+                STEP_OVERHEAD_S * (1 + 0.25 * (self.tp - 1)))
+
     def step_seconds(self, decode_seqs: int, context_tokens: float, prefill_tokens: int, prefill_ctx: float = 0.0) -> float:
         """Duration of one engine step.
 
         decode_seqs sequences emit one token each while reading context_tokens of KV cache in all;
         prefill_tokens prompt tokens are processed, attending to prefill_ctx tokens on average.
         """
-        bw = self.gpu.hbm_tb_s * 1e12 * BW_EFFICIENCY * self.tp
-        flops = self.gpu.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY * self.tp
-        weights = self.model.weight_bytes / bw
-        kv = context_tokens * self.model.kv_bytes_per_token / bw
+        bw, flops, weights, kv_bytes, flops_per_token, attn_per_pair, comm, depth, speed, fixed = self._step_constants
+        kv = context_tokens * kv_bytes / bw
         tokens = decode_seqs + prefill_tokens
-        linear = 2 * self.model.params_b * 1e9 * tokens / flops
-        attn = 4 * self.model.layers * self.model.hidden * prefill_tokens * prefill_ctx / flops
+        linear = flops_per_token * tokens / flops
+        attn = attn_per_pair * prefill_tokens * prefill_ctx / flops
         # Memory reads and compute overlap: the step costs the larger of the two.
         body = max(weights + kv, linear + attn) + 0.15 * min(weights + kv, linear + attn)
-        comm = 1 + TP_COMM_PER_GPU * (self.tp - 1)
-        body += decode_seqs * SEQ_OVERHEAD_S * (self.model.layers / 32) * (989 / self.gpu.bf16_tflops) ** 0.5
-        return STEP_OVERHEAD_S * (1 + 0.25 * (self.tp - 1)) + body * comm
+        body += decode_seqs * SEQ_OVERHEAD_S * depth * speed
+        return fixed + body * comm
 
     def unloaded_itl(self, context_tokens: float = 1024) -> float:
         """Inter-token latency of a single stream on an idle replica: the floor no scaling can beat."""
@@ -149,5 +159,7 @@ class ServerProfile:
         return t
 
 
+@functools.lru_cache(maxsize=256)
 def server_profile(model: str, accelerator: str, gpus: int) -> ServerProfile:
+    # Cached: every decision asks for it, and one instance keeps its hoisted step constants.
     return ServerProfile(model_profile(model), gpu_for(accelerator), gpus)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
-from llmscale.perf.capacity import simulated_capacity
 from llmscale.perf.hardware import server_profile
+from llmscale.perf.queueing import modelled_capacity
 
 from .reasons import Code, Reason
 from .types import Condition, History, Signals, Workload
@@ -108,7 +108,7 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
     mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
-    cap = simulated_capacity(
+    cap = modelled_capacity(
         profile,
         mean_in,
         mean_out,
