@@ -45,7 +45,7 @@ bench:
 	@scripts/setup.sh python
 	@$(PY) -m bench.decision_quality
 
-# Every policy over its headroom knob: attainment-vs-GPU-hours frontiers, one PNG per trace (~20 min).
+# Every policy over its headroom knob: attainment-vs-GPU-hours frontiers, one PNG per trace (~10 min).
 frontier:
 	@scripts/setup.sh python
 	@$(PY) -m bench.frontier
