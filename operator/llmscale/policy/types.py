@@ -263,7 +263,7 @@ class History:
         unknown = changes.keys() - self.__dataclass_fields__.keys()
         if unknown:
             raise TypeError(f"History has no field(s) {', '.join(sorted(unknown))}")
-        new = object.__new__(History)
+        new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
         return new
