@@ -15,7 +15,7 @@ import random  # seeded below: every result is deterministic
 from dataclasses import dataclass
 
 from . import buckets
-from .engine import Engine, Request
+from .engine import Engine, Finished, Request
 from .hardware import ServerProfile
 from .histogram import histogram_quantile
 
@@ -222,6 +222,25 @@ def _gap_quantile(fleet: list[Engine], pct: float) -> float | None:
     return histogram_quantile(pct / 100, buckets.ITL, total)
 
 
+def _missed(fleet: list[Engine], done: list[Finished], itl_t: float | None, itl_pct: float, ttft_t: float | None,
+            ttft_pct: float) -> tuple[bool, str]:
+    """(met, the first target missed) for a simulated fleet's finished requests: TTFT and each
+    request's mean inter-token latency at their percentiles, and the per-gap histogram's."""
+    if not done:
+        return False, "throughput"
+    tt = sorted(f.ttft_s for f in done)
+    if ttft_t is not None and tt[min(len(tt) - 1, int(ttft_pct / 100 * len(tt)))] > ttft_t:
+        return False, "ttft"
+    if itl_t is not None:
+        it = sorted(f.itl_s for f in done if f.output_tokens > 1)
+        if it and it[min(len(it) - 1, int(itl_pct / 100 * len(it)))] > itl_t:
+            return False, "itl"
+        gap = _gap_quantile(fleet, itl_pct)
+        if gap is not None and gap > itl_t:
+            return False, "itl"
+    return True, ""
+
+
 def _simulated(profile: ServerProfile, closed: Capacity, mean_in: float, mean_out: float, itl_t: float | None,
                ttft_t: float | None, itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
                max_prompt: int | None, replicas: int, floor: float) -> Capacity:
@@ -248,19 +267,7 @@ def _simulated(profile: ServerProfile, closed: Capacity, mean_in: float, mean_ou
             done += e.drain_finished()
         done.sort(key=lambda f: f.id)
         done = done[n // 5 :]  # skip the warm-up fifth
-        if not done:
-            return False, "throughput"
-        tt = sorted(f.ttft_s for f in done)
-        if ttft_t is not None and tt[min(len(tt) - 1, int(ttft_pct / 100 * len(tt)))] > ttft_t:
-            return False, "ttft"
-        if itl_t is not None:
-            it = sorted(f.itl_s for f in done if f.output_tokens > 1)
-            if it and it[min(len(it) - 1, int(itl_pct / 100 * len(it)))] > itl_t:
-                return False, "itl"
-            gap = _gap_quantile(fleet, itl_pct)
-            if gap is not None and gap > itl_t:
-                return False, "itl"
-        return True, ""
+        return _missed(fleet, done, itl_t, itl_pct, ttft_t, ttft_pct)
 
     lo = 0.0
     reason = "throughput"
@@ -315,16 +322,4 @@ def steady_state_meets(profile: ServerProfile, mean_in: float, mean_out: float, 
         e.advance(t + 36000)
         done += e.drain_finished()
     done.sort(key=lambda f: f.id)
-    done = done[n // 4:]
-    if ttft_target_s is not None:
-        ttft = sorted(f.ttft_s for f in done)
-        if ttft[min(len(ttft) - 1, int(ttft_pct / 100 * len(ttft)))] > ttft_target_s:
-            return False
-    if itl_target_s is not None:
-        itl = sorted(f.itl_s for f in done if f.output_tokens > 1)
-        if itl and itl[min(len(itl) - 1, int(itl_pct / 100 * len(itl)))] > itl_target_s:
-            return False
-        gap = _gap_quantile(fleet, itl_pct)
-        if gap is not None and gap > itl_target_s:
-            return False
-    return True
+    return _missed(fleet, done[n // 4:], itl_target_s, itl_pct, ttft_target_s, ttft_pct)[0]
