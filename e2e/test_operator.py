@@ -170,7 +170,7 @@ def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, oper
     # Corrupt it again until a decision has read it (bounded: a few intervals; the operator may
     # have written over it first).
     for _ in range(10):
-        patch = {"status": {"history": {"capacityCorrection": 0.42, "queueSeen": "<script>garbage</script>"}}}
+        patch = {"status": {"history": {"capacityCorrection": 0.42, "queueScrapes": "<script>garbage</script>"}}}
         bed.kubectl("patch", "llmd", "llama-8b", "-n", namespace, "--subresource=status", "--type=merge",
                     "-p", json.dumps(patch))
         try:
@@ -180,10 +180,10 @@ def test_an_unreadable_history_field_resets_alone_and_is_reported(bed: Bed, oper
             continue
     else:
         raise AssertionError("no HistoryFieldsReset Event after 10 corruptions")
-    assert "queueSeen" in events[0].message and "garbage" not in events[0].message
+    assert "queueScrapes" in events[0].message and "garbage" not in events[0].message
     def rewritten() -> dict | None:
         h = bed.llmd(namespace, "llama-8b")["status"]["history"]
-        return h if h.get("queueSeen") != "<script>garbage</script>" else None
+        return h if h.get("queueScrapes") != "<script>garbage</script>" else None
 
     history = wait_for("the history rewritten", rewritten, 30)
     assert history["capacityCorrection"] == 0.42  # the learned capacity survived its neighbour's corruption

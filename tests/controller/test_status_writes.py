@@ -88,7 +88,7 @@ def test_the_operator_recognises_its_own_write_after_the_round_trip_through_the_
 
     h = History(recommendations=((1000.123456, 3), (1015.5, 4)), rate_samples=((1000.123456, 30.123456789), (1015.0, 1.0)),
                 capacity_correction=1.0, mean_input=1234.5678901, mean_output=200.0, mix_requests=240.0,
-                planned_mix=(1234.5678, 200.0), burst_gaps=(120.04,), queue_seen=(1015.0, 0.0, 4.0), ready_seen=3)
+                planned_mix=(1234.5678, 200.0), burst_gaps=(120.04,), queue_scrapes=((1000.5, 2.0, 3.0), (1015.0, 0.0, 4.0)), ready_seen=3)
     kept = History.parse(h.to_dict())[0]
     returned = json.loads(json.dumps(h.to_dict()).replace(".0,", ",").replace(".0]", "]"))  # whole floats as integers
     assert History.parse(returned) == (kept, ())
@@ -155,9 +155,9 @@ def test_the_timer_writes_what_changed_keeps_the_rest_and_reads_status_again_whe
     foreign = {**status, "history": {**status["history"], "capacityCorrection": 0.42}}
     out, dropped = _decision(memo, foreign, h2, 145.0, {"desiredReplicas": 3})
     assert out["desiredReplicas"] == 3 and dropped == ()
-    corrupt = {**status, "history": {**status["history"], "queueSeen": "garbage"}}
+    corrupt = {**status, "history": {**status["history"], "queueScrapes": "garbage"}}
     out, dropped = _decision(memo, corrupt, h2, 160.0, {"desiredReplicas": 3})
-    assert dropped == ("queueSeen",) and out  # reported once, and written over
+    assert dropped == ("queueScrapes",) and out  # reported once, and written over
 
 
 def test_an_api_error_in_a_handler_reaches_kopf_in_our_words() -> None:

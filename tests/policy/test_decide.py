@@ -157,16 +157,17 @@ def test_scale_down_waits_for_the_stabilization_window_with_a_fake_clock() -> No
 def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
-                observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_seen=(5.0, 12.0, 30.0), queue_before=(3.0, 10.0, 20.0))
+                observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)))
     assert History.from_dict(h.to_dict()) == h
     assert History.from_dict({"recommendations": "garbage"}) == History()
     # A field that does not parse falls back alone: the rest is kept.
-    assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, "x"]}) == h.with_(queue_seen=None)
+    assert History.from_dict({**h.to_dict(), "queueScrapes": [[1.0, "x"]]}) == h.with_(queue_scrapes=())
     assert History.parse({**h.to_dict(), "mixRequests": -1}) == (h.with_(mix_requests=None), ("mixRequests",))
-    assert History.from_dict({**h.to_dict(), "queueSeen": [1.0, -2.0, 3.0]}) == h.with_(queue_seen=None)
+    assert History.from_dict({**h.to_dict(), "queueScrapes": [[1.0, -2.0, 3.0]]}) == h.with_(queue_scrapes=())
+    assert History.from_dict({**h.to_dict(), "queueScrapes": [[5.0, 1.0, 1.0], [3.0, 1.0, 1.0]]}) == h.with_(queue_scrapes=())
     # The fields dropped are named, so the operator can report them (an Event, HistoryFieldsReset).
-    assert History.parse({**h.to_dict(), "queueSeen": "x", "capacityCorrection": "NaN"}) == (
-        h.with_(queue_seen=None, capacity_correction=1.0), ("capacityCorrection", "queueSeen"))
+    assert History.parse({**h.to_dict(), "queueScrapes": "x", "capacityCorrection": "NaN"}) == (
+        h.with_(queue_scrapes=(), capacity_correction=1.0), ("capacityCorrection", "queueScrapes"))
     assert History.parse(h.to_dict()) == (h, ())
     assert History.parse(None) == (History(), ())
     assert History.parse(["not", "a", "dict"]) == (History(), ("history",))
@@ -202,9 +203,9 @@ def test_a_backlog_the_ready_replicas_drain_does_not_escalate_through_decide() -
                      prompt_tokens_rate=20_000.0, generation_tokens_rate=4_000.0, requests_waiting=100.0,
                      requests_running=100.0, sampled_at=t)
     base = History(observing_since=t - 1_000)
-    drained = decide(spec, Workload("h100x1", 4, 4), breach, base.with_(queue_seen=(t - 15, 400.0, 100.0)), t)
+    drained = decide(spec, Workload("h100x1", 4, 4), breach, base.with_(queue_scrapes=((t - 15, 400.0, 100.0),)), t)
     assert Code.SLO_BREACH_TTFT not in drained.codes and Code.COLD_START in drained.codes
-    assert drained.history.queue_seen == (t, 100.0, 100.0)
+    assert drained.history.queue_scrapes == ((t - 15, 400.0, 100.0), (t, 100.0, 100.0))
     assert drained.to_replicas < 8
     # The next decision 15 s later reads the same scrape (Prometheus scraping every 30 s): the
     # same verdict, not a breach with nothing to tell a drain from a build-up.

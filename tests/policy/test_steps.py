@@ -102,59 +102,76 @@ SPREADS_20 = 2 * math.sqrt(2 * 20 * 15 + 1)  # two Poisson spreads of the count 
 
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
-     Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_seen=SEEN))),
+     Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_scrapes=(SEEN,)))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)))),
     # sqrt(2 ln 5) x sqrt(10.7 / 60) = 0.76: a window at 10.7 req/s among windows at 10 is chance,
     # not a burst to hold.
     ("steady with a noisy window: the peak counts for what it exceeds chance by", sig(10.0),
      History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0), (NOW, 10.0)), queue_seen=SEEN))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
      Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                         lull_peak=P30, queue_seen=SEEN),
+                                         lull_peak=P30, queue_scrapes=(SEEN,)),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))),
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
      Forecast(P30B, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          queue_seen=SEEN),
+                                          queue_scrapes=(SEEN,)),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30B:.2f} req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
      Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
-                                         queue_seen=SEEN))),
+                                         queue_scrapes=(SEEN,)))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
-     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 60.0, 4.0)))),
+     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 60.0, 4.0),)))),
     # 4 -> 304 in flight in 15 s at 10 completions/s: 300 more, of which the two spreads of chance
     # (2 x sqrt(2 x 10 x 15 + 1) = 34.7) are no evidence: 10 + 265.3 / 15 = 27.69 arrive per second.
     ("a queue building: the arrivals are the completions plus what the requests in flight grew by beyond chance",
-     sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
-     Forecast(A27 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, A27),), queue_seen=(NOW, 150.0, 154.0),
-                                                        queue_before=(NOW - 15, 0.0, 4.0)), arrivals=A27)),
+     sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_scrapes=((NOW - 15, 0.0, 4.0),)),
+     Forecast(A27 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, A27),), queue_scrapes=((NOW - 15, 0.0, 4.0),
+                                                        (NOW, 150.0, 154.0))), arrivals=A27)),
     # sqrt(2 x 10 x 15 + 1) = 17.3: a change of 30 in flight is within twice that, so no evidence.
     ("the requests in flight move within chance: the completions stand for the arrivals",
-     sig(10.0, requests_running=34.0), History(queue_seen=(NOW - 15, 0.0, 4.0)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 34.0),
-                                         queue_before=(NOW - 15, 0.0, 4.0)), arrivals=10.0)),
+     sig(10.0, requests_running=34.0), History(queue_scrapes=((NOW - 15, 0.0, 4.0),)),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 15, 0.0, 4.0),
+                                         (NOW, 0.0, 34.0))), arrivals=10.0)),
     # The queue shrank 400 -> 100 while 20/s completed: 3.3 arrive (300 fewer, less the two spreads of
     # chance, 2 x sqrt(601) = 49.0, over 15 s, under 20); the plan keeps the completions and
     # adds nothing to drain a queue the Ready replicas already drain.
     ("a backlog draining: the completions, nothing added for the queue",
-     sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_seen=(NOW - 15, 400.0, 100.0)),
-     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
-                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=A3, draining=True)),
+     sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_scrapes=((NOW - 15, 400.0, 100.0),)),
+     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                         (NOW, 100.0, 100.0))), arrivals=A3, draining=True)),
     # Prometheus scraped less often than the operator decides: the next decision sees the same
     # scrape, measures between the same two, and reaches the same verdict (not "unknown").
     ("the same scrape again: the same arrivals and the same drain",
      sig(20.0, requests_waiting=100.0, requests_running=100.0),
-     History(queue_seen=(NOW, 100.0, 100.0), queue_before=(NOW - 15, 400.0, 100.0)),
-     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_seen=(NOW, 100.0, 100.0),
-                                         queue_before=(NOW - 15, 400.0, 100.0)), arrivals=A3, draining=True)),
-    ("gauges seen more than a rate window ago: no arrivals", sig(10.0, requests_running=400.0),
-     History(queue_seen=(NOW - 120, 0.0, 4.0)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_seen=(NOW, 0.0, 400.0),
-                                         queue_before=(NOW - 120, 0.0, 4.0)))),
+     History(queue_scrapes=((NOW - 15, 400.0, 100.0), (NOW, 100.0, 100.0))),
+     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                         (NOW, 100.0, 100.0))), arrivals=A3, draining=True)),
+    ("gauges seen more than a rate window ago: no arrivals, and the old scrape is forgotten",
+     sig(10.0, requests_running=400.0), History(queue_scrapes=((NOW - 120, 0.0, 4.0),)),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 0.0, 400.0),)))),
+    # The backlog shrank 800 -> 200 in flight over the 45 s the scrapes span while 40/s completed:
+    # 40 - 600 / 45 = 26.67 arrived per second over the window. The last interval alone (400 -> 100
+    # waiting against 60 s of completions) says 40 - (300 - 2 x sqrt(1201)) / 15 = 24.6.
+    ("a backlog draining over the rate window: the arrivals over the window, not the drain's pace",
+     sig(40.0, requests_waiting=100.0, requests_running=100.0),
+     History(queue_scrapes=((NOW - 45, 700.0, 100.0), (NOW - 30, 600.0, 100.0), (NOW - 15, 400.0, 100.0))),
+     Forecast(40.0 - 600.0 / 45.0, 105.0, 300.0,
+              History(rate_samples=((NOW, 40.0 - 600.0 / 45.0),),
+                      queue_scrapes=((NOW - 45, 700.0, 100.0), (NOW - 30, 600.0, 100.0), (NOW - 15, 400.0, 100.0),
+                                     (NOW, 100.0, 100.0))),
+              arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
+    # The same drain seen over 15 s only (after a restart): the windows would mix, so the
+    # completions stand, as before.
+    ("a backlog draining, scrapes not yet covering the window: the completions",
+     sig(40.0, requests_waiting=100.0, requests_running=100.0), History(queue_scrapes=((NOW - 15, 400.0, 100.0),)),
+     Forecast(40.0, 105.0, 300.0, History(rate_samples=((NOW, 40.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                                                                       (NOW, 100.0, 100.0))),
+              arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
     # burst memory, as much of it as keeps the misses in the budget: of the peak beyond chance P40,
@@ -164,7 +181,7 @@ FORECAST = [
                        lull_peak=40.0),
      Forecast(P40 * H40 / (0.5 + H40), 105.0, 1800.0,
               History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
-                      quiet_since=NOW - 900, lull_peak=40.0, queue_seen=SEEN),
+                      quiet_since=NOW - 900, lull_peak=40.0, queue_scrapes=(SEEN,)),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P40 * H40 / (0.5 + H40):.2f} req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 

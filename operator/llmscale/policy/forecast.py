@@ -14,10 +14,10 @@ Three things are planned for, whichever is highest:
 The load is what arrives, not only what vLLM counts as completed: while a queue builds, the replicas
 complete fewer requests than arrive (at a burst's onset the completion rate says 4 req/s of a
 36 req/s burst), and the difference is what the requests in flight (waiting + running) grew by
-between two scrapes. While a backlog drains the completions exceed the arrivals; the load is the
-higher of the two, and the burst memory remembers it (so a drain's pace is held as a peak: it
-over-holds after a first burst, and recording arrivals alone lost more on bursts that came back
-higher, see bench/README.md).
+between two scrapes. While a backlog drains the completions exceed the arrivals by what the
+requests in flight shrank by over the same rate window (completions over the window less the
+shrink over the last interval mixed two windows, and at onoff-13's first burst said 9 req/s of 40,
+so the drain's pace itself, 50 req/s, was held as the peak for half an hour).
 An unknown request rate is not replaced by a stored sample: unknown means hold.
 """
 
@@ -94,6 +94,23 @@ def arrival_rate(completions: float, signals: Signals, seen: tuple[float, float,
     return max(0.0, completions + math.copysign(abs(change) - noise, change) / dt), draining
 
 
+def window_arrivals(completions: float, scrapes: tuple[tuple[float, float, float], ...], window_s: float,
+                    interval_s: float) -> float | None:
+    """Requests arriving per second over the rate window: the completions over the window plus what
+    the requests in flight grew by between the oldest scrape within it and the newest. Both terms
+    span the same window, so a drain's completions and its shrinking queue cancel and what is left
+    is the load. None unless the scrapes seen cover the window to within one interval (after a
+    restart, two scrapes 15 s apart against 60 s of completions would mix windows again)."""
+    if not scrapes:
+        return None
+    newest = scrapes[-1]
+    inside = [q for q in scrapes if newest[0] - q[0] <= window_s + SAME_SCRAPE_S]
+    if len(inside) < 2 or newest[0] - inside[0][0] < window_s - interval_s - SAME_SCRAPE_S:
+        return None
+    t0, waiting0, running0 = inside[0]
+    return max(0.0, completions + (newest[1] + newest[2] - waiting0 - running0) / (newest[0] - t0))
+
+
 def _slope(points: list[tuple[float, float]]) -> float | None:
     n = len(points)
     if n < 3:
@@ -131,19 +148,19 @@ def recent_peak(samples: tuple[tuple[float, float], ...], now: float, hold_s: fl
     return max(recent) if recent else None
 
 
-def chance_excess(samples: tuple[tuple[float, float], ...], now: float, hold_s: float, window_s: float) -> float:
+def chance_excess(peak: float, hold_s: float, window_s: float) -> float:
     """How far the highest of the rate windows within `hold_s` may lie above the load by chance.
 
     A window's rate is a Poisson count over `window_s`, spread sqrt(rate / window); the largest of
     k independent windows lies about sqrt(2 ln k) spreads above the rest, so on steady traffic the
     burst memory held that chance maximum as a peak (mooncake, servegen-day, the quiet parts of
     azure-code). The spread is taken at the peak, the multiplier from the windows the hold spans
-    (1.8 for five minutes of one-minute windows, 2.6 for half an hour)."""
-    recent = [v for t, v in samples if now - t <= hold_s]
-    if not recent or window_s <= 0:
+    (1.8 for five minutes of one-minute windows, 2.6 for half an hour). `peak` is the highest window
+    held."""
+    if window_s <= 0:
         return 0.0
     k = max(2.0, hold_s / window_s)
-    return math.sqrt(2 * math.log(k)) * math.sqrt(max(max(recent), 0.0) / window_s)
+    return math.sqrt(2 * math.log(k)) * math.sqrt(max(peak, 0.0) / window_s)
 
 
 def quantile(values: tuple[float, ...], q: float) -> float:
@@ -168,6 +185,11 @@ def budget_exceeded(samples: tuple[tuple[float, float], ...], peak: float, horiz
     if not samples or peak <= 0:
         return False
     return peak * horizon_s > error_budget(samples, miss_share)
+
+
+def _over_budget(budget: float, peak: float, horizon_s: float) -> bool:
+    """budget_exceeded, with the error budget already counted (a decision needs it twice)."""
+    return peak > 0 and peak * horizon_s > budget
 
 
 def held_share(peak: float, horizon_s: float, ttft_target_s: float, budget: float) -> float:
@@ -224,29 +246,38 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # not between decisions. A decision that sees the same scrape again (Prometheus scraping less
     # often than the operator decides) measures between the same two, and reaches the same verdict.
     at = signals.sampled_at if signals.sampled_at is not None else now
-    seen, before = history.queue_seen, history.queue_before
-    if waiting is not None and running is not None:
-        if seen is None or abs(seen[0] - at) > SAME_SCRAPE_S:
-            seen, before = (at, waiting, running), seen
-    queues = {"queue_seen": seen, "queue_before": before}
+    window = parse_duration(spec.metrics.rate_window)
+    scrapes = history.queue_scrapes
+    if waiting is not None and running is not None and (not scrapes or abs(scrapes[-1][0] - at) > SAME_SCRAPE_S):
+        scrapes = scrapes + ((at, waiting, running),)
+    kept_s = max(window, MAX_QUEUE_AGE_INTERVALS * interval) + SAME_SCRAPE_S
+    scrapes = tuple(q for q in scrapes if at - q[0] <= kept_s)
+    before = scrapes[-2] if len(scrapes) >= 2 else None
     first_hold = parse_duration(spec.scaling.scale_down.stabilization_window)
     if completions is None:
-        return Forecast(None, horizon, hold_time(history.burst_gaps, horizon, first_hold), history.with_(**queues))
+        return Forecast(None, horizon, hold_time(history.burst_gaps, horizon, first_hold),
+                        history.with_(queue_scrapes=scrapes))
     arrivals, draining = arrival_rate(completions, signals, before, at, MAX_QUEUE_AGE_INTERVALS * interval,
                                       workload.ready, horizon)
     rate = completions if arrivals is None else max(completions, arrivals)
-    history = history.with_(**queues)
+    windowed = window_arrivals(completions, scrapes, window, interval) if draining else None
+    if windowed is not None:
+        rate = max(arrivals or 0.0, windowed)
+    history = history.with_(queue_scrapes=scrapes)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
-    longest = recent_peak(samples, now, SAMPLES_KEPT_S) or rate
-    over_budget = budget_exceeded(samples, longest, horizon, miss_share)
+    budget = error_budget(samples, miss_share)
+    longest = max(v for _, v in samples)  # every sample kept is within the burst memory
+    over_budget = _over_budget(budget, longest, horizon)
     hold = hold_time(history.burst_gaps, horizon, first_hold, over_budget)
     trend = trend_forecast(samples, now, horizon) or rate
-    peak = recent_peak(samples, now, hold) or rate
-    peak = max(rate, peak - chance_excess(samples, now, hold, parse_duration(spec.metrics.rate_window)))
+    held = longest if hold >= SAMPLES_KEPT_S else recent_peak(samples, now, hold)
+    peak = held or rate
+    if held is not None:
+        peak = max(rate, peak - chance_excess(held, hold, window))
     if over_budget and history.burst_gaps and spec.slo.ttft:
         # Held for the error budget: as much of the peak as keeps a returning burst's misses in it.
-        peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, error_budget(samples, miss_share)))
+        peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, budget))
     # The burst memory: the length of each lull, counted once, when the load comes back to the
     # peak the lull fell from (not when that peak drops out of the hold: a lull outlasts it).
     hist = history.with_(rate_samples=samples)

@@ -254,8 +254,9 @@ class History:
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
     backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
-    queue_seen: tuple[float, float, float] | None = None  # (scrape time, requests waiting, running), the newest scrape seen
-    queue_before: tuple[float, float, float] | None = None  # the same, the scrape before that
+    # (scrape time, requests waiting, running) of each distinct scrape seen within the rate window
+    # (at least the last few intervals), oldest first: what the requests in flight grew or shrank by.
+    queue_scrapes: tuple[tuple[float, float, float], ...] = ()
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -277,8 +278,8 @@ class History:
                 out[key] = [[round(t, 3), r] for t, r in v]
             elif f.name == "rate_samples":
                 out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
-            elif f.name in ("queue_seen", "queue_before"):
-                out[key] = None if v is None else [round(v[0], 3), round(v[1], 1), round(v[2], 1)]
+            elif f.name == "queue_scrapes":
+                out[key] = [[round(q[0], 3), round(q[1], 1), round(q[2], 1)] for q in v]
             elif f.name == "planned_mix":
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
             elif f.name == "burst_gaps":
@@ -321,12 +322,17 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-def _queue(v: Any) -> tuple[float, float, float] | None:
-    if v is None:
-        return None
-    if len(v) == 3 and all(math.isfinite(float(x)) and float(x) >= 0 for x in v):
-        return float(v[0]), float(v[1]), float(v[2])
-    return _invalid()
+def _scrapes(v: Any) -> tuple[tuple[float, float, float], ...]:
+    if not isinstance(v, list | tuple):
+        return _invalid()
+    out = []
+    for q in v:
+        if not (isinstance(q, list | tuple) and len(q) == 3 and all(math.isfinite(float(x)) and float(x) >= 0 for x in q)):
+            return _invalid()
+        out.append((float(q[0]), float(q[1]), float(q[2])))
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:], strict=False)):
+        return _invalid()  # oldest first, one entry per scrape
+    return tuple(out)
 
 
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
@@ -354,8 +360,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
     "backlog_at": _opt_float,
-    "queue_seen": _queue,
-    "queue_before": _queue,
+    "queue_scrapes": _scrapes,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 
