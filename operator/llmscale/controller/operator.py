@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -14,7 +16,10 @@ from llmscale.metrics.endpoints import DEFAULT, EndpointError
 from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.settings import OperatorSettings
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import (
+    handlers,  # noqa: F401  (registers the handlers)
+    opmetrics,
+)
 from .handlers import Runtime
 from .kube import Kube
 
@@ -71,6 +76,18 @@ def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
+STALE_SWEEP_S = 10.0
+
+
+def _sweep_stale_series() -> None:
+    """Drop, every few seconds, the series of the LLMDeployments this replica no longer decides for."""
+    while True:
+        time.sleep(STALE_SWEEP_S)
+        for namespace, name in opmetrics.forget_stale(time.time()):
+            log.info("%s/%s: no decision here for %d intervals, its metrics series dropped", namespace, name,
+                     opmetrics.STALE_INTERVALS)
+
+
 def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> None:
     from kubernetes import config
 
@@ -110,6 +127,9 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
         except OSError as e:
             raise SystemExit(f"llmscale: cannot serve metrics on port {opts.metrics_port}: {e.strerror} (use --metrics-port)") from None
         log.info("operator metrics on :%d/metrics", opts.metrics_port)
+        # A thread, not a kopf timer: a replica that kopf's peering froze runs no handlers, and it
+        # is exactly that replica whose series must go.
+        threading.Thread(target=_sweep_stale_series, name="stale-series", daemon=True).start()
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

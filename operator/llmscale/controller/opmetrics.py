@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = Counter("llmscale_decisions", "Scaling decisions by action and reason code.",
@@ -31,6 +33,31 @@ PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ER
 PER_DEPLOYMENT_MORE = (DECISIONS, STATUS_WRITES, CONDITION)  # with more labels after namespace, llmdeployment
 
 
+# A replica speaks for an LLMDeployment while it decides for it. One that stops (another replica
+# took over the peering, or the deployment left the namespaces it watches) would otherwise export
+# its last values for ever, and an alert on them (SLOMet == 0) would fire from the standby.
+STALE_INTERVALS = 4
+_decided: dict[tuple[str, str], tuple[float, float]] = {}  # (namespace, name) -> (last decision, interval s)
+_lock = threading.Lock()
+
+
+def decided(namespace: str, name: str, now: float, interval_s: float) -> None:
+    """Record a decision (the last metric a decision sets: its series are fresh from here)."""
+    with _lock:
+        LAST_DECISION.labels(namespace, name).set(now)
+        _decided[(namespace, name)] = (now, interval_s)
+
+
+def forget_stale(now: float) -> list[tuple[str, str]]:
+    """Drop every series of the LLMDeployments this replica has not decided for in STALE_INTERVALS
+    of their intervals; returns them."""
+    with _lock:
+        stale = [key for key, (at, interval) in _decided.items() if now - at > STALE_INTERVALS * interval]
+        for namespace, name in stale:
+            _forget(namespace, name)
+        return stale
+
+
 def forget_condition(namespace: str, name: str, ctype: str) -> None:
     try:
         CONDITION.remove(namespace, name, ctype)
@@ -40,6 +67,12 @@ def forget_condition(namespace: str, name: str, ctype: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted LLMDeployment: a fleet that churns must not grow /metrics."""
+    with _lock:
+        _forget(namespace, name)
+
+
+def _forget(namespace: str, name: str) -> None:
+    _decided.pop((namespace, name), None)
     for metric in PER_DEPLOYMENT:
         try:
             metric.remove(namespace, name)
