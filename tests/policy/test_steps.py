@@ -151,6 +151,12 @@ FORECAST = [
      History(queue_scrapes=((NOW - 15, 400.0, 100.0), (NOW, 100.0, 100.0))),
      Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
                                          (NOW, 100.0, 100.0))), arrivals=A3, draining=True)),
+    # Prometheus's clock stepped back 30 s (an HA pair's other replica answered): the scrapes
+    # from "after" it are dropped, so they stay oldest first and round-trip through status.
+    ("a scrape time that steps back restarts the window", sig(10.0),
+     History(queue_scrapes=((NOW - 45, 0.0, 4.0), (NOW + 15, 0.0, 4.0), (NOW + 30, 0.0, 4.0))),
+     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 45, 0.0, 4.0), SEEN)),
+              arrivals=10.0)),
     ("gauges seen more than a rate window ago: no arrivals, and the old scrape is forgotten",
      sig(10.0, requests_running=400.0), History(queue_scrapes=((NOW - 120, 0.0, 4.0),)),
      Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 0.0, 400.0),)))),
@@ -188,7 +194,9 @@ FORECAST = [
 
 @pytest.mark.parametrize(("signals", "history", "expect"), [c[1:] for c in FORECAST], ids=[c[0] for c in FORECAST])
 def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
-    assert forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW) == expect
+    got = forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW)
+    assert got == expect
+    assert History.parse(got.history.to_dict()) == (History.parse(got.history.to_dict())[0], ())  # status takes it back
 
 
 @pytest.mark.parametrize(("seen", "now_waiting", "now_running", "expect"), [

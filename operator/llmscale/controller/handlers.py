@@ -532,6 +532,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             kopf.warn(body, reason="SLOBetweenBuckets", message=w)
     for r in d.reasons:
         m.DECISIONS.labels(namespace, name, d.action, r.code.value).inc()
+    m.decided(namespace, name, now, interval)  # first: a sweep after it finds the series below fresh
     m.DESIRED.labels(namespace, name).set(d.to_replicas)
     m.BUDGET_LIMITED.labels(namespace, name).set(1 if conds.get("BudgetLimited", ("False",))[0] == "True" else 0)
     for c in new_conds:
@@ -543,7 +544,6 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             m.forget_condition(namespace, name, c["type"])
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
-    m.decided(namespace, name, now, interval)
     _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))

@@ -42,7 +42,7 @@ _lock = threading.Lock()
 
 
 def decided(namespace: str, name: str, now: float, interval_s: float) -> None:
-    """Record a decision (the last metric a decision sets: its series are fresh from here)."""
+    """Record a decision (before its other series are set: a sweep from here on finds them fresh)."""
     with _lock:
         LAST_DECISION.labels(namespace, name).set(now)
         _decided[(namespace, name)] = (now, interval_s)

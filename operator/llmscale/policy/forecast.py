@@ -247,11 +247,12 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # often than the operator decides) measures between the same two, and reaches the same verdict.
     at = signals.sampled_at if signals.sampled_at is not None else now
     window = parse_duration(spec.metrics.rate_window)
-    scrapes = history.queue_scrapes
-    if waiting is not None and running is not None and (not scrapes or abs(scrapes[-1][0] - at) > SAME_SCRAPE_S):
-        scrapes = scrapes + ((at, waiting, running),)
     kept_s = max(window, MAX_QUEUE_AGE_INTERVALS * interval) + SAME_SCRAPE_S
-    scrapes = tuple(q for q in scrapes if at - q[0] <= kept_s)
+    # Oldest first, none later than the scrape now: a scrape time that steps back (Prometheus's
+    # clock, a hand-edited status) restarts the window rather than leaving the scrapes out of order.
+    scrapes = tuple(q for q in history.queue_scrapes if -SAME_SCRAPE_S <= at - q[0] <= kept_s)
+    if waiting is not None and running is not None and (not scrapes or at - scrapes[-1][0] > SAME_SCRAPE_S):
+        scrapes = scrapes + ((at, waiting, running),)
     before = scrapes[-2] if len(scrapes) >= 2 else None
     first_hold = parse_duration(spec.scaling.scale_down.stabilization_window)
     if completions is None:
