@@ -21,7 +21,17 @@ from llmscale.policy.capacity import (
 )
 from llmscale.policy.ceilings import Bounded, ceilings
 from llmscale.policy.feedback import Feedback, feedback
-from llmscale.policy.forecast import Forecast, arrival_rate, budget_exceeded, forecast, held_share, hold_time
+from llmscale.policy.forecast import (
+    Forecast,
+    arrival_rate,
+    error_budget,
+    forecast,
+    held_share,
+    hold_time,
+    over_budget,
+    thin_scrapes,
+    window_arrivals,
+)
 from llmscale.policy.idleness import Idleness, idleness
 from llmscale.policy.mode import mode
 from llmscale.policy.plan import Plan, plan
@@ -171,6 +181,29 @@ FORECAST = [
                       queue_scrapes=((NOW - 45, 700.0, 100.0), (NOW - 30, 600.0, 100.0), (NOW - 15, 400.0, 100.0),
                                      (NOW, 100.0, 100.0))),
               arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
+    # The queue nearly gone: 800 -> 70 in flight over the 60 s window while 30/s completed, so
+    # 30 - 730 / 60 = 17.83 arrived per second. The last interval's shrink (160 -> 70, less two
+    # spreads of chance, 2 x sqrt(901) = 60.0) says 28.0, near the drain's pace: not taken.
+    ("a drain's end: the arrivals over the window, not the last interval's",
+     sig(30.0, requests_waiting=10.0, requests_running=60.0),
+     History(queue_scrapes=((NOW - 60, 700.0, 100.0), (NOW - 45, 400.0, 100.0), (NOW - 30, 200.0, 100.0),
+                            (NOW - 15, 60.0, 100.0))),
+     Forecast(30.0 - 730.0 / 60.0, 105.0, 300.0,
+              History(rate_samples=((NOW, 30.0 - 730.0 / 60.0),),
+                      queue_scrapes=((NOW - 60, 700.0, 100.0), (NOW - 45, 400.0, 100.0), (NOW - 30, 200.0, 100.0),
+                                     (NOW - 15, 60.0, 100.0), (NOW, 10.0, 60.0))),
+              arrivals=30.0 - (90.0 - 2 * math.sqrt(901.0)) / 15.0, draining=True)),
+    # Scrapes jitter: the one nearest the window's start is 60.5 s old. It still marks the window,
+    # and the growth is per second of the span it covers: 30 - 730 / 60.5.
+    ("a drain seen by jittered scrapes: the scrape nearest the window's start, over its real span",
+     sig(30.0, requests_waiting=10.0, requests_running=60.0),
+     History(queue_scrapes=((NOW - 60.5, 700.0, 100.0), (NOW - 45.25, 400.0, 100.0), (NOW - 30.125, 200.0, 100.0),
+                            (NOW - 15.25, 60.0, 100.0))),
+     Forecast(30.0 - 730.0 / 60.5, 105.0, 300.0,
+              History(rate_samples=((NOW, 30.0 - 730.0 / 60.5),),
+                      queue_scrapes=((NOW - 60.5, 700.0, 100.0), (NOW - 45.25, 400.0, 100.0), (NOW - 30.125, 200.0, 100.0),
+                                     (NOW - 15.25, 60.0, 100.0), (NOW, 10.0, 60.0))),
+              arrivals=30.0 - (90.0 - 2 * math.sqrt(2 * 30 * 15.25 + 1)) / 15.25, draining=True)),
     # The same drain seen over 15 s only (after a restart): the windows would mix, so the
     # completions stand, as before.
     ("a backlog draining, scrapes not yet covering the window: the completions",
@@ -234,7 +267,7 @@ def test_hold_time(gaps: tuple[float, ...], expect: float) -> None:
     assert hold_time(gaps, 105.0, 300.0) == expect
     # A returning burst that would overspend the error budget holds the peak for the burst memory,
     # once bursts have been seen to come back at all.
-    assert hold_time(gaps, 105.0, 300.0, over_budget=True) == (1800.0 if gaps else expect)
+    assert hold_time(gaps, 105.0, 300.0, overspent=True) == (1800.0 if gaps else expect)
 
 
 @pytest.mark.parametrize(("peak", "ttft", "budget", "expect"), [
@@ -260,14 +293,26 @@ def test_held_share_spends_exactly_the_budget_on_a_returning_peak(peak: float, t
     assert misses(0.98 * c) > budget
 
 
+def test_queue_scrapes_kept_at_a_short_interval_are_a_dozen_and_still_mark_the_window() -> None:
+    # A 1 s interval and a 60 s window: 75 scrapes of a steady drain (10 fewer in flight a second
+    # while 30/s complete: 20 arrive). Kept one per 5 s, bar the last two.
+    every = tuple((float(t), 800.0 - 10.0 * t, 100.0) for t in range(75))
+    kept = thin_scrapes(every, 60.0)
+    assert kept == (*every[:-2:5], *every[-2:])
+    assert len(kept) == 17
+    assert window_arrivals(30.0, kept, 60.0, 1.0) == pytest.approx(20.0)
+    # The next decision thins the list it stored: 73 s is within 5 s of 70 s and leaves, the rest stays.
+    assert thin_scrapes(kept + ((75.0, 50.0, 100.0),), 60.0) == (*kept[:-2], every[-1], (75.0, 50.0, 100.0))
+
+
 @pytest.mark.parametrize(("samples", "peak", "share", "expect"), [
     (((0.0, 10.0), (15.0, 10.0)), 10.0, 0.01, True),  # 10 x 105 = 1,050 > 1% of 18,000 = 180
     (((0.0, 10.0), (15.0, 10.0)), 10.0, 0.1, False),  # 1,050 < 10% of 18,000 = 1,800
     (((0.0, 100.0),), 11.0, 0.01, False),  # 1,155 < 1% of 180,000: a small peak on a large volume
-    ((), 10.0, 0.01, False),  # nothing seen: nothing to hold
+    (((0.0, 10.0),), 0.0, 0.01, False),  # no load: nothing to hold
 ])
-def test_budget_exceeded(samples: tuple[tuple[float, float], ...], peak: float, share: float, expect: bool) -> None:
-    assert budget_exceeded(samples, peak, 105.0, share) is expect
+def test_over_budget(samples: tuple[tuple[float, float], ...], peak: float, share: float, expect: bool) -> None:
+    assert over_budget(error_budget(samples, share), peak, 105.0) is expect
 
 
 # ---- 5. feedback ------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ GAP_QUANTILE = 0.9  # hold through nine lulls in ten
 LONG_GAP_S = 900.0  # lulls usually (median) longer than this release capacity after one cold start
 MAX_QUEUE_AGE_INTERVALS = 3  # the queue gauges are compared with a scrape at most this many intervals older
 SAME_SCRAPE_S = 0.01  # status keeps times to the millisecond
+SCRAPES_PER_WINDOW = 12  # queue scrapes kept per rate window (see thin_scrapes)
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,40 @@ def arrival_rate(completions: float, signals: Signals, seen: tuple[float, float,
 def window_arrivals(completions: float, scrapes: tuple[tuple[float, float, float], ...], window_s: float,
                     interval_s: float) -> float | None:
     """Requests arriving per second over the rate window: the completions over the window plus what
-    the requests in flight grew by between the oldest scrape within it and the newest. Both terms
-    span the same window, so a drain's completions and its shrinking queue cancel and what is left
-    is the load. None unless the scrapes seen cover the window to within one interval (after a
-    restart, two scrapes 15 s apart against 60 s of completions would mix windows again)."""
-    if not scrapes:
+    the requests in flight grew by between the scrape nearest the window's start and the newest,
+    per second of the span they really cover. Both terms span about the same window, so a drain's
+    completions and its shrinking queue cancel and what is left is the load. None unless a scrape
+    lies within one interval (or one spacing of the scrapes kept, see thin_scrapes) of the
+    window's start: after a restart, two scrapes 15 s apart against 60 s of completions would mix
+    windows again; scrapes that jitter a little past the window still count."""
+    if len(scrapes) < 2:
         return None
     newest = scrapes[-1]
-    inside = [q for q in scrapes if newest[0] - q[0] <= window_s + SAME_SCRAPE_S]
-    if len(inside) < 2 or newest[0] - inside[0][0] < window_s - interval_s - SAME_SCRAPE_S:
+    slack = max(interval_s, scrape_spacing_s(window_s)) + SAME_SCRAPE_S
+    start = min(scrapes[:-1], key=lambda q: abs(newest[0] - q[0] - window_s))
+    span = newest[0] - start[0]
+    if abs(span - window_s) > slack or span <= 0:
         return None
-    t0, waiting0, running0 = inside[0]
-    return max(0.0, completions + (newest[1] + newest[2] - waiting0 - running0) / (newest[0] - t0))
+    return max(0.0, completions + (newest[1] + newest[2] - start[1] - start[2]) / span)
+
+
+def scrape_spacing_s(window_s: float) -> float:
+    """The queue scrapes kept are at least this far apart (bar the last two): enough to find the
+    window's start to a twelfth of it, and a short interval keeps a dozen, not hundreds."""
+    return window_s / SCRAPES_PER_WINDOW
+
+
+def thin_scrapes(scrapes: tuple[tuple[float, float, float], ...], window_s: float) -> tuple[tuple[float, float, float], ...]:
+    """Drop scrapes closer than scrape_spacing_s to the one kept before them, bar the last two
+    (arrival_rate compares those): status stays small with a 1 s interval and a 10 min window."""
+    if len(scrapes) <= 2:
+        return scrapes
+    spacing = scrape_spacing_s(window_s) - SAME_SCRAPE_S
+    kept: list[tuple[float, float, float]] = []
+    for q in scrapes[:-2]:
+        if not kept or q[0] - kept[-1][0] >= spacing:
+            kept.append(q)
+    return (*kept, *scrapes[-2:])
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -174,21 +197,12 @@ def error_budget(samples: tuple[tuple[float, float], ...], miss_share: float) ->
     return miss_share * sum(v for _, v in samples) / len(samples) * SAMPLES_KEPT_S if samples else 0.0
 
 
-def budget_exceeded(samples: tuple[tuple[float, float], ...], peak: float, horizon_s: float, miss_share: float) -> bool:
-    """Would one returning burst spend more than the SLO's error budget over the burst memory?
+def over_budget(budget: float, peak: float, horizon_s: float) -> bool:
+    """Would one returning burst spend more than the SLO's error budget (see error_budget)?
 
     Capacity released in a lull is back a horizon after the burst returns; until then the queue
-    grows and nearly every request misses: about peak x horizon misses. The SLO allows
-    `miss_share` of the requests to miss; over the memory (SAMPLES_KEPT_S) that is miss_share x the
-    requests it holds (the mean of the samples kept, over the whole span).
+    grows and nearly every request misses: about peak x horizon misses.
     """
-    if not samples or peak <= 0:
-        return False
-    return peak * horizon_s > error_budget(samples, miss_share)
-
-
-def _over_budget(budget: float, peak: float, horizon_s: float) -> bool:
-    """budget_exceeded, with the error budget already counted (a decision needs it twice)."""
     return peak > 0 and peak * horizon_s > budget
 
 
@@ -210,13 +224,13 @@ def held_share(peak: float, horizon_s: float, ttft_target_s: float, budget: floa
     return h / (ttft_target_s + h)
 
 
-def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float, over_budget: bool = False) -> float:
+def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float, overspent: bool = False) -> float:
     """How long to hold a peak. Once bursts have been seen to come back (a lull ended), and a
-    returning burst would spend more than the error budget (`over_budget`), for the whole burst
+    returning burst would spend more than the error budget (`overspent`), for the whole burst
     memory: capacity is released only once the peak is half an hour old. Otherwise one horizon,
     plus the lull that bursts usually come back within; before two lulls have ended,
     `first_hold_s` (the scale-down window); when lulls are usually long, one horizon only."""
-    if over_budget and gaps:
+    if overspent and gaps:
         return SAMPLES_KEPT_S
     if len(gaps) < 2:
         return max(horizon_s, first_hold_s)
@@ -247,12 +261,13 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # often than the operator decides) measures between the same two, and reaches the same verdict.
     at = signals.sampled_at if signals.sampled_at is not None else now
     window = parse_duration(spec.metrics.rate_window)
-    kept_s = max(window, MAX_QUEUE_AGE_INTERVALS * interval) + SAME_SCRAPE_S
+    # A window and a little more (a scrape that jitters past the window's start still marks it).
+    kept_s = max(window + max(interval, scrape_spacing_s(window)), MAX_QUEUE_AGE_INTERVALS * interval) + SAME_SCRAPE_S
     # Oldest first, none later than the scrape now: a scrape time that steps back (Prometheus's
     # clock, a hand-edited status) restarts the window rather than leaving the scrapes out of order.
     scrapes = tuple(q for q in history.queue_scrapes if -SAME_SCRAPE_S <= at - q[0] <= kept_s)
     if waiting is not None and running is not None and (not scrapes or at - scrapes[-1][0] > SAME_SCRAPE_S):
-        scrapes = scrapes + ((at, waiting, running),)
+        scrapes = thin_scrapes(scrapes + ((at, waiting, running),), window)
     before = scrapes[-2] if len(scrapes) >= 2 else None
     first_hold = parse_duration(spec.scaling.scale_down.stabilization_window)
     if completions is None:
@@ -263,20 +278,22 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     rate = completions if arrivals is None else max(completions, arrivals)
     windowed = window_arrivals(completions, scrapes, window, interval) if draining else None
     if windowed is not None:
-        rate = max(arrivals or 0.0, windowed)
+        # Not the higher of the two: as a queue empties, the last interval's shrink is small and
+        # the two-scrape estimate nears the drain's completion rate (34.5 req/s for 20 arriving).
+        rate = windowed
     history = history.with_(queue_scrapes=scrapes)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
     budget = error_budget(samples, miss_share)
     longest = max(v for _, v in samples)  # every sample kept is within the burst memory
-    over_budget = _over_budget(budget, longest, horizon)
-    hold = hold_time(history.burst_gaps, horizon, first_hold, over_budget)
+    overspent = over_budget(budget, longest, horizon)
+    hold = hold_time(history.burst_gaps, horizon, first_hold, overspent)
     trend = trend_forecast(samples, now, horizon) or rate
     held = longest if hold >= SAMPLES_KEPT_S else recent_peak(samples, now, hold)
     peak = held or rate
     if held is not None:
         peak = max(rate, peak - chance_excess(held, hold, window))
-    if over_budget and history.burst_gaps and spec.slo.ttft:
+    if overspent and history.burst_gaps and spec.slo.ttft:
         # Held for the error budget: as much of the peak as keeps a returning burst's misses in it.
         peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, budget))
     # The burst memory: the length of each lull, counted once, when the load comes back to the
