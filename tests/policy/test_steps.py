@@ -204,6 +204,18 @@ FORECAST = [
                       queue_scrapes=((NOW - 60.5, 700.0, 100.0), (NOW - 45.25, 400.0, 100.0), (NOW - 30.125, 200.0, 100.0),
                                      (NOW - 15.25, 60.0, 100.0), (NOW, 10.0, 60.0))),
               arrivals=30.0 - (90.0 - 2 * math.sqrt(2 * 30 * 15.25 + 1)) / 15.25, draining=True)),
+    # The backlog drained 15 s ago: 1,000 -> 130 in flight over the window while 56/s completed.
+    # The last interval moved within chance (128 -> 130: the two-scrape estimate says 56), but the
+    # window still holds the drain: 56 - 870 / 60 = 41.5 arrived per second, and that is recorded.
+    ("the window after a drain: the arrivals over the window, not the completions that served the backlog",
+     sig(56.0, requests_running=130.0),
+     History(queue_scrapes=((NOW - 60, 900.0, 100.0), (NOW - 45, 600.0, 100.0), (NOW - 30, 200.0, 100.0),
+                            (NOW - 15, 1.0, 127.0))),
+     Forecast(56.0 - 870.0 / 60.0, 105.0, 300.0,
+              History(rate_samples=((NOW, 56.0 - 870.0 / 60.0),),
+                      queue_scrapes=((NOW - 60, 900.0, 100.0), (NOW - 45, 600.0, 100.0), (NOW - 30, 200.0, 100.0),
+                                     (NOW - 15, 1.0, 127.0), (NOW, 0.0, 130.0))),
+              arrivals=56.0)),
     # The same drain seen over 15 s only (after a restart): the windows would mix, so the
     # completions stand, as before.
     ("a backlog draining, scrapes not yet covering the window: the completions",

@@ -17,7 +17,8 @@ complete fewer requests than arrive (at a burst's onset the completion rate says
 between two scrapes. While a backlog drains the completions exceed the arrivals by what the
 requests in flight shrank by over the same rate window (completions over the window less the
 shrink over the last interval mixed two windows, and at onoff-13's first burst said 9 req/s of 40,
-so the drain's pace itself, 50 req/s, was held as the peak for half an hour).
+so the drain's pace itself, 50 req/s, was held as the peak for half an hour); the same holds for
+the window after a drain ended, while its completions still count the backlog served.
 An unknown request rate is not replaced by a stored sample: unknown means hold.
 """
 
@@ -276,10 +277,13 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     arrivals, draining = arrival_rate(completions, signals, before, at, MAX_QUEUE_AGE_INTERVALS * interval,
                                       workload.ready, horizon)
     rate = completions if arrivals is None else max(completions, arrivals)
-    windowed = window_arrivals(completions, scrapes, window, interval) if draining else None
-    if windowed is not None:
-        # Not the higher of the two: as a queue empties, the last interval's shrink is small and
-        # the two-scrape estimate nears the drain's completion rate (34.5 req/s for 20 arriving).
+    windowed = window_arrivals(completions, scrapes, window, interval)
+    if windowed is not None and (draining or completions - windowed > 2 * math.sqrt(2 * completions * window + 1) / window):
+        # A backlog drains, or the window still holds one that drained (the requests in flight
+        # shrank beyond chance over it): the completions count the backlog served, so the window's
+        # arrivals stand, and not the higher of them and the two-scrape estimate, which adds the last
+        # interval's small change to those completions (onoff-20: 56.5 req/s recorded, and held for
+        # half an hour, the minute after a drain, for 42.7 arriving).
         rate = windowed
     history = history.with_(queue_scrapes=scrapes)
     samples = _keep(history.rate_samples + ((now, rate),), now)
