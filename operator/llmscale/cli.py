@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from importlib import resources
@@ -244,8 +245,18 @@ def cmd_fleet_sim(args: argparse.Namespace) -> int:
     from .sim.fleet import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args.kubeconfig, args.port)
+    run(args.kubeconfig, args.port, list_every_s=args.list_every)
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return v
 
 
 def parser() -> argparse.ArgumentParser:
@@ -302,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fleet-sim", help="serve simulated vLLM/DCGM metrics for the pods of a (test) cluster")
     f.add_argument("--kubeconfig")
     f.add_argument("--port", type=int, default=18000)
+    f.add_argument("--list-every", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                   help="how often to list the pods (default 1; a scale bed of a thousand pods lists less often)")
     f.set_defaults(func=cmd_fleet_sim)
     return p
 

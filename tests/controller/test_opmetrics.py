@@ -3,9 +3,19 @@ series behind."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from kubernetes import client
 from prometheus_client import generate_latest
 
+from llmscale.controller import kube as kube_module
 from llmscale.controller import opmetrics as m
+from llmscale.controller.kube import CountingApiClient, Kube
 
 
 def _series(name: str) -> list[str]:
@@ -47,3 +57,78 @@ def test_a_deployment_not_decided_for_in_four_intervals_loses_its_series_the_oth
     assert sweep(1340.5) == [("ns-s", "slow")] and _series("slow") == []
     assert sweep(5000.0) == []  # each is dropped once
     m.forget("ns-s", "undecided")
+
+
+class _ApiServer:
+    """A local HTTP server standing in for the API server: answers every GET and PATCH with the
+    list that `answers` maps the path's last segment to (an empty list otherwise)."""
+
+    def __init__(self, answers: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        answers = answers or {}
+
+        class Answer(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _ok(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                last = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+                body = json.dumps({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": answers.get(last, [])}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PATCH = _ok  # noqa: N815
+
+        self.server = HTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kube(self) -> Kube:
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{self.server.server_port}"
+        return Kube(CountingApiClient(conf))
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _count(verb: str) -> float:
+    return m.KUBE_REQUESTS.labels(verb)._value.get()
+
+
+def test_the_operators_kubernetes_requests_are_counted_by_method() -> None:
+    api = _ApiServer()
+    try:
+        kube = api.kube()
+        gets, patches = _count("GET"), _count("PATCH")
+        assert kube.pods("ns", "chat") == []
+        assert kube.deployments("ns", "chat") == []
+        kube.set_deletion_cost("ns", "chat-0", 5)
+        assert (_count("GET") - gets, _count("PATCH") - patches) == (2, 1)
+    finally:
+        api.close()
+
+
+def test_a_namespaces_autoscalers_are_listed_once_for_all_its_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+    hpa = {"metadata": {"name": "chat-hpa"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "chat-h100x1"},
+                                                     "maxReplicas": 3}}
+    so = {"metadata": {"name": "code-so"}, "spec": {"scaleTargetRef": {"kind": "LLMDeployment", "name": "code"}}}
+    api = _ApiServer({"horizontalpodautoscalers": [hpa], "scaledobjects": [so]})
+    try:
+        kube = api.kube()
+        gets = _count("GET")
+        assert kube.competing_autoscaler("ns", "chat", {"chat-h100x1"}) == "HorizontalPodAutoscaler chat-hpa"
+        assert kube.competing_autoscaler("ns", "code", {"code-h100x1"}) == "KEDA ScaledObject code-so"
+        assert kube.competing_autoscaler("ns", "other", {"other-h100x1"}) is None
+        assert _count("GET") - gets == 2  # one HPA list and one ScaledObject list for the three
+        assert kube.competing_autoscaler("ns2", "chat", {"chat-h100x1"}) == "HorizontalPodAutoscaler chat-hpa"
+        assert _count("GET") - gets == 4  # another namespace lists its own
+        later = time.monotonic() + kube_module.AUTOSCALERS_TTL_S + 1
+        monkeypatch.setattr(kube_module.time, "monotonic", lambda: later)
+        assert kube.competing_autoscaler("ns", "code", {"code-h100x1"}) == "KEDA ScaledObject code-so"
+        assert _count("GET") - gets == 6  # listed again once the lists are older than the TTL
+    finally:
+        api.close()

@@ -429,3 +429,56 @@ def test_a_secret_whose_credential_cannot_be_sent_is_reported_and_nothing_sent(s
     from llmscale.metrics.endpoints import Credential
 
     assert "s3cret" not in repr(Credential(token="s3cret")) + repr(Credential(username="u", password="s3cret"))
+
+
+def test_a_deployment_missing_from_a_fresh_read_is_answered_from_it_without_a_query(servers: tuple[Recorder, Recorder]) -> None:
+    """At a thousand deployments each one joining re-read the whole batch (the take-over took
+    minutes): a fresh read's answers hold every deployment of the endpoint, so one it did not
+    include is answered from them; an old read, or another namespace's credential, asks again."""
+    good, _ = servers
+    chat = {"metric": {"namespace": "team-a", "llmd": "chat", "pod": "chat-1"}, "value": [1.0, "3"]}
+    code = {"metric": {"namespace": "team-a", "llmd": "code", "pod": "code-1"}, "value": [1.0, "5"]}
+    good.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [chat, code]}}).encode()
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    spec = parse_spec(spec_dict())
+    reader.read({("team-a", "chat"): spec}, 1.0)
+    asked = len(good.requests)
+    assert asked > 0
+    got = reader.read({("team-a", "code"): spec}, 3.0, reuse_s=4.5)
+    assert len(good.requests) == asked  # nothing asked for "code": the read at 1.0 answered it
+    assert got[("team-a", "code")].unavailable is None
+    assert reader.pod_load == {("team-a", "chat"): {"chat-1": 3.0}, ("team-a", "code"): {"code-1": 5.0}}
+    reader.read({("team-a", "code"): spec}, 6.0, reuse_s=4.5)
+    assert len(good.requests) == 2 * asked  # 5 s old: asked again
+
+    # A namespace's own credential: team-b's deployment is never answered from team-a's read.
+    eps = Endpoints.build(Endpoint(name="default", url=good.url, namespace_secret="prom-cred"))
+    tenant = PrometheusReader(eps, lambda ns, name: {"token": f"tok-{ns}"})
+    tenant.read({("team-a", "chat"): spec}, 1.0)
+    before = len(good.requests)
+    tenant.read({("team-b", "chat"): spec}, 2.0, reuse_s=4.5)
+    assert len(good.requests) > before
+    assert {r.get("authorization") for r in good.requests[before:]} == {"Bearer tok-team-b"}
+
+
+def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder, Recorder]) -> None:
+    """The operator's side of the above: while its endpoint's read is fresh, a deployment taken over
+    (not in that read) sends nothing; once the read is older than max_age_s, one read for all."""
+    from llmscale.controller.handlers import Runtime
+
+    good, _ = servers
+    try:
+        Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source):
+            d.clear()
+        spec = parse_spec(spec_dict())
+        assert Runtime.signals(("team-a", "d1"), spec, 60.0).unavailable is None
+        one_read = len(good.requests)
+        for name in ("d2", "d3", "d4"):
+            assert Runtime.signals(("team-a", name), spec, 60.0).unavailable is None
+        assert len(good.requests) == one_read
+        Runtime.signals(("team-a", "d5"), spec, 0.0)  # the read is now too old: everyone's again
+        assert len(good.requests) == 2 * one_read
+        assert set(Runtime._signals) == {("team-a", f"d{i}") for i in range(1, 6)}
+    finally:
+        Runtime.reader = None

@@ -112,15 +112,19 @@ class Runtime:
         with lock:
             now = time.time()
             with cls._guard:
-                stale = (now - cls._read_at.get(endpoint, 0.0) > max_age_s or key not in cls._signals
-                         or cls._source.get(key) != endpoint)
-                batch = {k: s for k, s in cls._specs.items() if cls.endpoint_of(k, s) == endpoint} if stale else {}
+                old = now - cls._read_at.get(endpoint, 0.0) > max_age_s
+                missing = key not in cls._signals or cls._source.get(key) != endpoint
+                # An old read: everyone's again. A fresh one without this deployment (new, or just
+                # taken over): its answer is in that read's, so no query goes out for it alone.
+                batch = {k: s for k, s in cls._specs.items() if cls.endpoint_of(k, s) == endpoint} if old else (
+                    {key: spec} if missing else {})
             if batch:
-                got = cls.reader.read(batch, now)
+                got = cls.reader.read(batch, now, reuse_s=0.0 if old else max_age_s)
                 with cls._guard:
                     cls._signals.update(got)
                     cls._source.update(dict.fromkeys(got, endpoint))
-                    cls._read_at[endpoint] = now
+                    if old:
+                        cls._read_at[endpoint] = now
             with cls._guard:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 

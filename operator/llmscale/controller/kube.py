@@ -7,6 +7,8 @@ import base64
 import datetime as dt
 import logging
 import math
+import threading
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -16,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from llmscale.metrics.endpoints import CREDENTIAL_KEYS, NamespaceCredentialError
 from llmscale.policy.types import PodCounts, Workload
 
+from .opmetrics import KUBE_REQUESTS
 from .render import (
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
@@ -27,15 +30,28 @@ from .render import (
 log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
 HANDOVER_MANAGER = "llmscale-handover"  # holds `replicas` while a competing autoscaler takes them
+AUTOSCALERS_TTL_S = 15.0  # a new HPA or ScaledObject is seen within this (and the next decision)
+
+
+class CountingApiClient(client.ApiClient):
+    """The kubernetes client, counting each request by method (llmscale_kube_requests_total): what
+    one operator costs the API server is measured per cycle at scale (bench/scale.py)."""
+
+    def call_api(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        KUBE_REQUESTS.labels(str(method).upper()).inc()
+        return super().call_api(method, *args, **kwargs)
 
 
 class Kube:
-    def __init__(self) -> None:
-        self.apps = client.AppsV1Api()
-        self.core = client.CoreV1Api()
-        self.autoscaling = client.AutoscalingV2Api()
-        self.custom = client.CustomObjectsApi()
-        self.policy = client.PolicyV1Api()
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        api = api or CountingApiClient()
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.policy = client.PolicyV1Api(api)
+        self._lock = threading.Lock()
+        self._autoscalers_seen: dict[str, tuple[float, list[tuple[str, str, str]]]] = {}
 
     # ---- writes --------------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any]) -> None:
@@ -160,12 +176,25 @@ class Kube:
 
     def competing_autoscaler(self, namespace: str, name: str, owned: Collection[str] = ()) -> str | None:
         """An HPA or KEDA ScaledObject that targets our Deployment or the LLMDeployment itself."""
+        for kind, target, what in self._autoscalers(namespace):
+            if (kind == "LLMDeployment" and target == name) or (kind == "Deployment" and (target == name or target in owned)):
+                return what
+        return None
+
+    def _autoscalers(self, namespace: str) -> list[tuple[str, str, str]]:
+        """(target kind, target name, "HorizontalPodAutoscaler x") of every HPA and KEDA ScaledObject
+        in the namespace, listed at most once per AUTOSCALERS_TTL_S for all its LLMDeployments (two
+        lists per decision were a third of the operator's requests at a thousand deployments)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._autoscalers_seen.get(namespace)
+            if hit is not None and now - hit[0] < AUTOSCALERS_TTL_S:
+                return hit[1]
+        found: list[tuple[str, str, str]] = []
         try:
             for h in self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
                 ref = h.spec.scale_target_ref
-                if (ref.kind == "LLMDeployment" and ref.name == name) or (
-                        ref.kind == "Deployment" and (ref.name == name or ref.name in owned)):
-                    return f"HorizontalPodAutoscaler {h.metadata.name if h.metadata else name}"
+                found.append((ref.kind, ref.name, f"HorizontalPodAutoscaler {h.metadata.name if h.metadata else '?'}"))
         except ApiException as e:
             if e.status not in (403, 404):
                 raise
@@ -174,14 +203,14 @@ class Kube:
                 "keda.sh", "v1alpha1", namespace, "scaledobjects")
             for o in objs.get("items", []):
                 ref = o.get("spec", {}).get("scaleTargetRef", {})
-                target, kind = str(ref.get("name", "")), ref.get("kind", "Deployment")
-                if (kind == "LLMDeployment" and target == name) or (
-                        kind == "Deployment" and (target == name or target in owned)):
-                    return f"KEDA ScaledObject {o['metadata']['name']}"
+                found.append((str(ref.get("kind", "Deployment")), str(ref.get("name", "")),
+                              f"KEDA ScaledObject {o.get('metadata', {}).get('name', '?')}"))
         except ApiException as e:
             if e.status not in (403, 404):
                 raise
-        return None
+        with self._lock:
+            self._autoscalers_seen[namespace] = (now, found)
+        return found
 
 
 def _owns_replicas(deployment: Any, manager: str) -> bool:

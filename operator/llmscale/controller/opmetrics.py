@@ -27,6 +27,8 @@ LAST_DECISION = Gauge("llmscale_last_decision_timestamp_seconds", "When the oper
                       ["namespace", "llmdeployment"])
 CONDITION = Gauge("llmscale_condition", "1 when the LLMDeployment's condition is True, 0 when False (as in its status).",
                   ["namespace", "llmdeployment", "type"])
+KUBE_REQUESTS = Counter("llmscale_kube_requests", "Kubernetes API requests of the operator's own client, by HTTP "
+                        "method (kopf's watches, status patches and Events go through kopf and are not counted).", ["verb"])
 SHOWN_CONDITIONS = ("SLOMet", "MetricsAvailable", "BudgetLimited", "SLOFeasible", "CompetingAutoscaler", "Ready")
 
 PER_DEPLOYMENT = (DESIRED, CURRENT, READY, BUDGET_LIMITED, HOURLY_COST, APPLY_ERRORS, STATUS_SKIPPED, LAST_DECISION)

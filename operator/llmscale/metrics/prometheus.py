@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
@@ -56,6 +56,16 @@ def _refused_queries(spec: LLMDeploymentSpec) -> dict[str, str]:
     return refused
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """A group's last successful batch read: the answers indexed by deployment, and the gateway's
+    raw answer (indexed by the asking deployments' pools each time)."""
+
+    at: float
+    indexed: dict[str, dict[Key, list[dict[str, Any]]]]
+    pending: list[dict[str, Any]] | None
+
+
 class PrometheusReader:
     """Reads every deployment's signals, batched per (endpoint, rate window), through the endpoints
     the platform team configured (see `endpoints`): a credential goes only to its own endpoint."""
@@ -65,6 +75,7 @@ class PrometheusReader:
         self.credentials = NamespaceCredentials(secrets)  # namespaceSecret endpoints: each namespace's own
         self._clients: dict[tuple[str, str | None, str | None], PrometheusConnect] = {}
         self.pod_load: dict[Key, dict[str, float]] = {}
+        self._answers: dict[tuple[tuple[str, str | None, str | None], str], _Answers] = {}
 
     def _client(self, target: Target) -> PrometheusConnect:
         key = target.identity
@@ -89,8 +100,14 @@ class PrometheusReader:
             params["namespace"] = target.namespace
         return c.custom_query(promql, params=params)
 
-    def read(self, deployments: dict[Key, LLMDeploymentSpec], now: float | None = None) -> dict[Key, Signals]:
-        """Signals for every deployment, with a fixed number of queries per Prometheus and rate window."""
+    def read(self, deployments: dict[Key, LLMDeploymentSpec], now: float | None = None,
+             reuse_s: float = 0.0) -> dict[Key, Signals]:
+        """Signals for every deployment, with a fixed number of queries per Prometheus and rate window.
+
+        The batch queries answer for every deployment on the endpoint, asked for or not, so a group
+        read successfully within `reuse_s` is answered from that read without a query: a deployment
+        the last read did not include (new, or just taken over) costs no read of the whole batch
+        (at a thousand, each joining one re-read everyone's: the take-over took minutes)."""
         now = time.time() if now is None else now
         # By where the reads go and with what: URL, endpoint, the namespace whose credential they carry.
         groups: dict[tuple[tuple[str, str | None, str | None], str], tuple[Target, list[Key]]] = {}
@@ -101,23 +118,33 @@ class PrometheusReader:
                 out[key] = Signals.unreachable(target)  # never contacted: not an endpoint the operator may read
                 continue
             groups.setdefault((target.identity, spec.metrics.rate_window), (target, []))[1].append(key)
-        for (_, window), (target, keys) in groups.items():
+        for group, (target, keys) in groups.items():
+            window = group[1]
             results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
             failure: str | None = None
             pools: dict[tuple[str, str], list[Key]] = {}
             for key in keys:
                 if pool := _pool(deployments[key]):
                     pools.setdefault((key[0], pool), []).append(key)
-            if target.namespace is not None:
+            answered = self._answers.get(group)
+            reuse = answered is not None and now - answered.at <= reuse_s and (not pools or answered.pending is not None)
+            if reuse and answered is not None:
+                results = dict(answered.indexed)
+                if pools and answered.pending is not None:
+                    results["gatewayPending"] = index_by_pool(answered.pending, pools)
+            elif target.namespace is not None:
                 try:
                     self.credentials.get(target)  # before any request: none goes out without its credential
                 except NamespaceCredentialError as e:
                     failure = str(e)
-            for name, template in queries.BATCH.items() if failure is None else ():
+            pending: list[dict[str, Any]] | None = None
+            for name, template in queries.BATCH.items() if failure is None and not reuse else ():
                 if name == "gatewayPending" and not pools:
                     continue  # nobody scales to zero behind an InferencePool here
                 try:
                     raw = self._query(target, queries.render(template, window), name)
+                    if name == "gatewayPending":
+                        pending = raw
                     results[name] = index_by_pool(raw, pools) if name == "gatewayPending" else index_by_deployment(raw)
                 except NamespaceCredentialError as e:  # the Secret went away between two requests
                     failure = str(e)
@@ -131,6 +158,10 @@ class PrometheusReader:
                     log.warning("%s: unexpected answer to %s (%s)", target.label, name, type(e).__name__)
                     failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
+            if failure is None and not reuse:
+                self._answers[group] = _Answers(now, {k: v for k, v in results.items() if k != "gatewayPending"}, pending)
+            elif failure is not None:
+                self._answers.pop(group, None)
             batch = set(keys)
             for key in keys:
                 self.pod_load.pop(key, None)  # this read's answer or nothing: never last cycle's
