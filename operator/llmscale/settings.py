@@ -48,6 +48,8 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="Node directories (prefixes) an LLMDeployment may mount as serving.volumes hostPath; empty allows none. "
                     "The operator creates the pods, so a tenant's hostPath would mount with the operator's rights.")
+    workers: int = Field(16, ge=1, le=256, description="Threads that run the handlers. A decision mostly waits on the "
+                         "API server and Prometheus, so a thousand LLMDeployments want more than a few (bench/scale.py).")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or as JSON objects (one per line).")
     disruption_budget: bool = Field(True, description="Own a PodDisruptionBudget (maxUnavailable 1) per LLMDeployment, "
                                                       "unless another budget already covers its pods.")

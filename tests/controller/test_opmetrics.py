@@ -132,3 +132,18 @@ def test_a_namespaces_autoscalers_are_listed_once_for_all_its_deployments(monkey
         assert _count("GET") - gets == 6  # listed again once the lists are older than the TTL
     finally:
         api.close()
+
+
+def test_a_tick_between_decisions_reads_only_the_names_and_counts_of_its_own_deployments() -> None:
+    def dep(name: str, owner: str | None, replicas: int, ready: int | None) -> dict[str, Any]:
+        refs = [{"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment", "name": owner, "uid": "u", "controller": True}]
+        return {"metadata": {"name": name, "ownerReferences": refs if owner else []},
+                "spec": {"replicas": replicas}, "status": {"readyReplicas": ready} if ready is not None else {}}
+
+    api = _ApiServer({"deployments": [dep("chat-h100x1", "chat", 3, 2), dep("chat-l4x1", "chat", 1, None),
+                                      dep("chat-copy", None, 5, 5), dep("other-h100x1", "other", 2, 2)]})
+    try:
+        got = api.kube().deployment_counts("ns", "chat")
+        assert [(c.name, c.replicas, c.ready) for c in got] == [("chat-h100x1", 3, 2), ("chat-l4x1", 1, 0)]
+    finally:
+        api.close()

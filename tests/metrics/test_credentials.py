@@ -274,6 +274,7 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         Runtime._specs.clear()
         Runtime._signals.clear()
         Runtime._read_at.clear()
+        Runtime._read_took.clear()
         Runtime._source.clear()
         a, b = ("team-a", "slow-chat"), ("team-b", "fast-chat")
         spec_a = parse_spec(spec_dict())
@@ -469,7 +470,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
     good, _ = servers
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
             d.clear()
         spec = parse_spec(spec_dict())
         assert Runtime.signals(("team-a", "d1"), spec, 60.0).unavailable is None
@@ -477,8 +478,43 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         for name in ("d2", "d3", "d4"):
             assert Runtime.signals(("team-a", name), spec, 60.0).unavailable is None
         assert len(good.requests) == one_read
-        Runtime.signals(("team-a", "d5"), spec, 0.0)  # the read is now too old: everyone's again
+        endpoint = Runtime.endpoint_of(("team-a", "d1"), spec)
+        # A read that took long (100 s here) is read again only once older than ten times that,
+        # capped at 0.9 interval (13.5 s): not now, though max_age_s says 0.
+        Runtime._read_took[endpoint] = 100.0
+        Runtime.signals(("team-a", "d1"), spec, 0.0)
+        assert len(good.requests) == one_read
+        Runtime._read_took[endpoint] = 0.0
+        Runtime.signals(("team-a", "d5"), spec, 0.0)  # a quick read: now too old, everyone's again
         assert len(good.requests) == 2 * one_read
         assert set(Runtime._signals) == {("team-a", f"d{i}") for i in range(1, 6)}
     finally:
         Runtime.reader = None
+
+
+def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(servers: tuple[Recorder, Recorder]) -> None:
+    """Each histogram is ~25 series per deployment, most of the answer: a batch without an e2e
+    target asks no e2e histogram, and a deployment with one joining a fresh read is not answered
+    from a read that lacks it."""
+    import urllib.parse
+
+    good, _ = servers
+
+    def asked(since: int) -> set[str]:
+        out = set()
+        for r in good.requests[since:]:
+            q = urllib.parse.parse_qs(urllib.parse.urlsplit(r["path"]).query).get("query", [""])[0]
+            out |= {h for h in ("time_to_first_token", "inter_token_latency", "e2e_request_latency") if f"vllm:{h}_seconds_bucket" in q}
+        return out
+
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    ttft_only = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}}))
+    reader.read({("team-a", "chat"): ttft_only}, 1.0)
+    assert asked(0) == {"time_to_first_token"}
+    n = len(good.requests)
+    with_e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2ELatency": {"target": "20s"}}))
+    reader.read({("team-a", "batch"): with_e2e}, 2.0, reuse_s=4.5)
+    assert asked(n) == {"time_to_first_token", "e2e_request_latency"}  # read, not answered from the TTFT-only read
+    n = len(good.requests)
+    reader.read({("team-a", "chat"): ttft_only}, 3.0, reuse_s=4.5)
+    assert len(good.requests) == n  # the read at 2.0 asked more than this one needs: it answers

@@ -56,6 +56,7 @@ log = logging.getLogger("llmscale.controller")
 # resume from the Deployments as applied, with nothing learnt lost); after-switch-apply, after
 # applying the first step of a change of pod shape (the switch must finish once).
 FAILPOINT = os.environ.get("LLMSCALE_FAILPOINT", "")
+READ_SHARE = 0.1  # an endpoint's batch reads may take about this share of the time (see Runtime.signals)
 
 
 def failpoint(name: str) -> None:
@@ -82,6 +83,7 @@ class Runtime:
     _specs: dict[tuple[str, str], LLMDeploymentSpec] = {}
     _signals: dict[tuple[str, str], Signals] = {}
     _read_at: dict[str, float] = {}
+    _read_took: dict[str, float] = {}  # seconds the endpoint's last batch read took
     _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
     _objects: dict[tuple[str, str], threading.Lock] = {}  # one per LLMDeployment: reconcile and the timer in turn
 
@@ -112,6 +114,11 @@ class Runtime:
         with lock:
             now = time.time()
             with cls._guard:
+                # A batch that takes long to read (a thousand deployments: ~1.5 s of JSON, with every
+                # decision of the endpoint waiting) is read again only once it is older than its own
+                # read time / READ_SHARE, and never older than one interval.
+                took = cls._read_took.get(endpoint, 0.0)
+                max_age_s = max(max_age_s, min(took / READ_SHARE, 0.9 * parse_duration(spec.scaling.interval)))
                 old = now - cls._read_at.get(endpoint, 0.0) > max_age_s
                 missing = key not in cls._signals or cls._source.get(key) != endpoint
                 # An old read: everyone's again. A fresh one without this deployment (new, or just
@@ -119,12 +126,14 @@ class Runtime:
                 batch = {k: s for k, s in cls._specs.items() if cls.endpoint_of(k, s) == endpoint} if old else (
                     {key: spec} if missing else {})
             if batch:
+                started = time.monotonic()
                 got = cls.reader.read(batch, now, reuse_s=0.0 if old else max_age_s)
                 with cls._guard:
                     cls._signals.update(got)
                     cls._source.update(dict.fromkeys(got, endpoint))
                     if old:
                         cls._read_at[endpoint] = now
+                        cls._read_took[endpoint] = time.monotonic() - started
             with cls._guard:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
@@ -222,7 +231,7 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         return
     now = time.time()
     deps = Runtime.kube.deployments(namespace, name)
-    if _legacy(body, patch, st, name, deps):
+    if _legacy(body, patch, st, name, [d.metadata.name for d in deps]):
         return
     competing = Runtime.kube.competing_autoscaler(namespace, name, {d.metadata.name for d in deps})
     workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
@@ -295,12 +304,11 @@ def _disruption_budget(body: Any, namespace: str, name: str) -> None:
         kopf.warn(body, reason="DisruptionBudgetFailed", message=f"the PodDisruptionBudget was not applied: {_api_error(e)}")
 
 
-def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deps: list[Any]) -> bool:
+def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deployments: list[str]) -> bool:
     """A Deployment named like the LLMDeployment itself is the single Deployment of an earlier
     version (before one Deployment per shape). Both would serve the same shape and the ceilings
     would count neither right: nothing is applied until it is gone, and the condition says so."""
-    old = [d.metadata.name for d in deps if d.metadata.name == name]
-    if not old:
+    if name not in deployments:
         return False
     ready = next((c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"), {})
     if ready.get("reason") == "LegacyDeployment":
@@ -411,22 +419,28 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     last_ts = memo.get("last_decision", 0.0)
     now = time.time()
     kube = Runtime.kube
+    deciding = last is None or now - last_ts >= decision_due_s(interval, Runtime.tick_s)
+    if not deciding:
+        # Between decisions only the replica counts are refreshed (for kubectl get): the
+        # Deployments' names and counts (not the client's model objects, a millisecond each to
+        # build), no pod list, no autoscaler lookup on this hot path.
+        counts = kube.deployment_counts(namespace, name)
+        if not counts:
+            _reconcile(body, status, patch, name, namespace)
+            return
+        if _legacy(body, patch, st, name, [c.name for c in counts]):
+            return
+        _refresh_counts(patch, sum(c.replicas for c in counts), sum(c.ready for c in counts), namespace, name,
+                        dict(status or {}))
+        return
     deps = kube.deployments(namespace, name)
     if not deps:
         # None yet (reconcile creates the first on create and resume), or the Deployment of an
         # earlier version was just deleted: create the first shape's now.
         _reconcile(body, status, patch, name, namespace)
         return
-    if _legacy(body, patch, st, name, deps):
+    if _legacy(body, patch, st, name, [d.metadata.name for d in deps]):
         return  # the single Deployment of an earlier version is still there
-    deciding = last is None or now - last_ts >= decision_due_s(interval, Runtime.tick_s)
-    if not deciding:
-        # Between decisions only the replica counts are refreshed (for kubectl get), from the
-        # Deployments already read: no pod list, no autoscaler lookup on this hot path.
-        _refresh_counts(patch, sum(d.spec.replicas or 0 for d in deps),
-                        sum((d.status.ready_replicas if d.status else 0) or 0 for d in deps), namespace, name,
-                        dict(status or {}))
-        return
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
@@ -550,7 +564,9 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
     _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
-    log.info("%s/%s %s %d->%d at %s", namespace, name, d.action, d.from_replicas, d.to_replicas, iso(now))
+    # A change at INFO, a decision that changes nothing at DEBUG (sixty lines a second at a thousand).
+    log.log(logging.DEBUG if d.action == "NoChange" else logging.INFO, "%s/%s %s %d->%d at %s", namespace, name, d.action,
+            d.from_replicas, d.to_replicas, iso(now))
 
 
 def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,

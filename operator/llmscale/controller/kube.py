@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -31,6 +33,13 @@ log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
 HANDOVER_MANAGER = "llmscale-handover"  # holds `replicas` while a competing autoscaler takes them
 AUTOSCALERS_TTL_S = 15.0  # a new HPA or ScaledObject is seen within this (and the next decision)
+
+
+@dataclass(frozen=True)
+class DeploymentCounts:
+    name: str
+    replicas: int  # spec.replicas
+    ready: int  # status.readyReplicas
 
 
 class CountingApiClient(client.ApiClient):
@@ -127,6 +136,22 @@ class Kube:
         items = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
         return [d for d in items if d.metadata is not None and any(
             o.kind == "LLMDeployment" and o.name == name and o.controller for o in (d.metadata.owner_references or []))]
+
+    def deployment_counts(self, namespace: str, name: str) -> list[DeploymentCounts]:
+        """`deployments`, as names and replica counts only, read from the API's JSON: a tick
+        between decisions needs no more, and the client's model objects (managed fields and all)
+        cost about a millisecond each to build, a third of the operator's CPU at a thousand."""
+        resp: Any = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}",
+                                                         _preload_content=False)
+        out = []
+        for d in json.loads(resp.data).get("items") or []:
+            md = d.get("metadata") or {}
+            if not any(o.get("kind") == "LLMDeployment" and o.get("name") == name and o.get("controller")
+                       for o in md.get("ownerReferences") or []):
+                continue
+            out.append(DeploymentCounts(str(md.get("name", "")), int((d.get("spec") or {}).get("replicas") or 0),
+                                        int((d.get("status") or {}).get("readyReplicas") or 0)))
+        return out
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's data, decoded; None when it does not exist. For namespaceSecret endpoints:

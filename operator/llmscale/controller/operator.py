@@ -47,7 +47,7 @@ def _configure(settings: kopf.OperatorSettings, opts: OperatorSettings) -> None:
         settings.peering.priority = opts.peering_priority or random.SystemRandom().randint(1, 2**31 - 1)
         settings.peering.lifetime = opts.peering_lifetime_s
         log.info("peering %r at priority %d (lifetime %d s)", opts.peering, settings.peering.priority, settings.peering.lifetime)
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = opts.workers
 
 
 def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
@@ -99,6 +99,10 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     else:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # kopf says "Timer 'autoscale' succeeded." at every tick of every LLMDeployment (two hundred
+        # lines a second at a thousand); failures and our own decisions are still logged.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +65,15 @@ class _Answers:
     at: float
     indexed: dict[str, dict[Key, list[dict[str, Any]]]]
     pending: list[dict[str, Any]] | None
+    asked: frozenset[str]  # the latency histograms asked for
+
+
+# The batch's latency histograms, and the target of a deployment's SLO that needs each.
+HISTOGRAMS: dict[str, Callable[[LLMDeploymentSpec], object]] = {
+    "ttftBuckets": lambda spec: spec.slo.ttft,
+    "itlBuckets": lambda spec: spec.slo.itl_target(),
+    "e2eBuckets": lambda spec: spec.slo.e2e_latency,
+}
 
 
 class PrometheusReader:
@@ -126,8 +136,13 @@ class PrometheusReader:
             for key in keys:
                 if pool := _pool(deployments[key]):
                     pools.setdefault((key[0], pool), []).append(key)
+            # Only the latency histograms some deployment of the group has a target for: each is ~25
+            # series per deployment, most of the answer's bytes and of the operator's CPU at scale.
+            asked = frozenset(name for name, histogram_of in HISTOGRAMS.items()
+                              if any(histogram_of(deployments[k]) is not None for k in keys))
             answered = self._answers.get(group)
-            reuse = answered is not None and now - answered.at <= reuse_s and (not pools or answered.pending is not None)
+            reuse = (answered is not None and now - answered.at <= reuse_s and asked <= answered.asked
+                     and (not pools or answered.pending is not None))
             if reuse and answered is not None:
                 results = dict(answered.indexed)
                 if pools and answered.pending is not None:
@@ -141,6 +156,8 @@ class PrometheusReader:
             for name, template in queries.BATCH.items() if failure is None and not reuse else ():
                 if name == "gatewayPending" and not pools:
                     continue  # nobody scales to zero behind an InferencePool here
+                if name in HISTOGRAMS and name not in asked:
+                    continue  # nobody here has a target on it
                 try:
                     raw = self._query(target, queries.render(template, window), name)
                     if name == "gatewayPending":
@@ -159,7 +176,7 @@ class PrometheusReader:
                     failure = f"{target.label} gave an answer that is not a Prometheus query result ({type(e).__name__})"
                     break
             if failure is None and not reuse:
-                self._answers[group] = _Answers(now, {k: v for k, v in results.items() if k != "gatewayPending"}, pending)
+                self._answers[group] = _Answers(now, {k: v for k, v in results.items() if k != "gatewayPending"}, pending, asked)
             elif failure is not None:
                 self._answers.pop(group, None)
             batch = set(keys)
