@@ -93,6 +93,7 @@ class _ApiServer:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
 
 
 def _count(verb: str) -> float:
@@ -147,3 +148,16 @@ def test_a_tick_between_decisions_reads_only_the_names_and_counts_of_its_own_dep
         assert [(c.name, c.replicas, c.ready) for c in got] == [("chat-h100x1", 3, 2), ("chat-l4x1", 1, 0)]
     finally:
         api.close()
+
+
+def test_only_kopfs_per_tick_success_line_is_dropped_from_its_log() -> None:
+    import logging
+
+    from llmscale.controller.operator import _quiet_ticks
+
+    def rec(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
+
+    assert not _quiet_ticks(rec(logging.INFO, "Timer 'autoscale' succeeded."))
+    assert _quiet_ticks(rec(logging.INFO, "Handler 'reconcile' succeeded."))
+    assert _quiet_ticks(rec(logging.ERROR, "Timer 'autoscale' failed with an exception. Will retry."))

@@ -490,6 +490,8 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         assert set(Runtime._signals) == {("team-a", f"d{i}") for i in range(1, 6)}
     finally:
         Runtime.reader = None
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
+            d.clear()
 
 
 def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(servers: tuple[Recorder, Recorder]) -> None:
@@ -518,3 +520,22 @@ def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(s
     n = len(good.requests)
     reader.read({("team-a", "chat"): ttft_only}, 3.0, reuse_s=4.5)
     assert len(good.requests) == n  # the read at 2.0 asked more than this one needs: it answers
+
+
+def test_joiners_with_different_targets_widen_the_groups_answer_and_do_not_read_again_and_again(
+        servers: tuple[Recorder, Recorder]) -> None:
+    """Review: a joiner's read asked only its own histograms and replaced the group's answer, so
+    joiners with other targets re-read the batch in turn. The answer now only widens."""
+    good, _ = servers
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    itl = parse_spec(spec_dict())
+    e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2ELatency": {"target": "20s"}}))
+    reader.read({("team-a", "a0"): itl}, 1.0)
+    reader.read({("team-a", "b0"): e2e}, 1.5, reuse_s=4.5)  # asks what b0 needs beside the group's answer
+    n = len(good.requests)
+    for i in range(1, 7):
+        reader.read({("team-a", f"x{i}"): itl if i % 2 else e2e}, 1.5 + i / 2, reuse_s=4.5)
+    assert len(good.requests) == n
+    # A clock that steps back makes no answer fresh.
+    reader.read({("team-a", "late"): itl}, 0.5, reuse_s=4.5)
+    assert len(good.requests) > n

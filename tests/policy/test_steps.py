@@ -216,6 +216,17 @@ FORECAST = [
                       queue_scrapes=((NOW - 60, 900.0, 100.0), (NOW - 45, 600.0, 100.0), (NOW - 30, 200.0, 100.0),
                                      (NOW - 15, 1.0, 127.0), (NOW, 0.0, 130.0))),
               arrivals=56.0)),
+    # 160 -> 140 in flight over the window at 10/s: within two spreads of chance
+    # (2 x sqrt(2 x 10 x 60 + 1) = 69.3), so no drain is taken from it: the completions stand.
+    ("the window's requests in flight moved within chance: the completions, not the window's arrivals",
+     sig(10.0, requests_running=140.0),
+     History(queue_scrapes=((NOW - 60, 0.0, 160.0), (NOW - 45, 0.0, 150.0), (NOW - 30, 0.0, 145.0),
+                            (NOW - 15, 0.0, 142.0))),
+     Forecast(10.0, 105.0, 300.0,
+              History(rate_samples=((NOW, 10.0),),
+                      queue_scrapes=((NOW - 60, 0.0, 160.0), (NOW - 45, 0.0, 150.0), (NOW - 30, 0.0, 145.0),
+                                     (NOW - 15, 0.0, 142.0), (NOW, 0.0, 140.0))),
+              arrivals=10.0)),
     # The same drain seen over 15 s only (after a restart): the windows would mix, so the
     # completions stand, as before.
     ("a backlog draining, scrapes not yet covering the window: the completions",
@@ -312,6 +323,8 @@ def test_queue_scrapes_kept_at_a_short_interval_are_a_dozen_and_still_mark_the_w
     kept = thin_scrapes(every, 60.0)
     assert kept == (*every[:-2:5], *every[-2:])
     assert len(kept) == 17
+    # A decision interval as long as the window: no scrape marks its start closely enough.
+    assert window_arrivals(30.0, ((0.0, 800.0, 100.0), (60.0, 200.0, 100.0)), 30.0, 60.0) is None
     assert window_arrivals(30.0, kept, 60.0, 1.0) == pytest.approx(20.0)
     # The next decision thins the list it stored: 73 s is within 5 s of 70 s and leaves, the rest stays.
     assert thin_scrapes(kept + ((75.0, 50.0, 100.0),), 60.0) == (*kept[:-2], every[-1], (75.0, 50.0, 100.0))

@@ -88,6 +88,10 @@ def _sweep_stale_series() -> None:
                      opmetrics.STALE_INTERVALS)
 
 
+def _quiet_ticks(record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.INFO and record.getMessage() == "Timer 'autoscale' succeeded.")
+
+
 def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> None:
     from kubernetes import config
 
@@ -101,8 +105,8 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         # kopf says "Timer 'autoscale' succeeded." at every tick of every LLMDeployment (two hundred
-        # lines a second at a thousand); failures and our own decisions are still logged.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # lines a second at a thousand): that line alone is dropped, every other kopf line stays.
+        logging.getLogger("kopf.objects").addFilter(_quiet_ticks)
     try:
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig)

@@ -141,8 +141,10 @@ class PrometheusReader:
             asked = frozenset(name for name, histogram_of in HISTOGRAMS.items()
                               if any(histogram_of(deployments[k]) is not None for k in keys))
             answered = self._answers.get(group)
-            reuse = (answered is not None and now - answered.at <= reuse_s and asked <= answered.asked
-                     and (not pools or answered.pending is not None))
+            fresh = answered is not None and 0.0 <= now - answered.at <= reuse_s  # a clock stepping back: not fresh
+            if fresh and answered is not None:
+                asked |= answered.asked  # a read for one joiner never narrows what the group's answer holds
+            reuse = fresh and answered is not None and asked <= answered.asked and (not pools or answered.pending is not None)
             if reuse and answered is not None:
                 results = dict(answered.indexed)
                 if pools and answered.pending is not None:

@@ -108,7 +108,9 @@ def window_arrivals(completions: float, scrapes: tuple[tuple[float, float, float
     if len(scrapes) < 2:
         return None
     newest = scrapes[-1]
-    slack = max(interval_s, scrape_spacing_s(window_s)) + SAME_SCRAPE_S
+    # Within an interval of the window's start, but never half a window off (an interval at least as
+    # long as the window would pair 30 s of completions with 60 s of growth).
+    slack = min(max(interval_s, scrape_spacing_s(window_s)), window_s / 2) + SAME_SCRAPE_S
     start = min(scrapes[:-1], key=lambda q: abs(newest[0] - q[0] - window_s))
     span = newest[0] - start[0]
     if abs(span - window_s) > slack or span <= 0:
