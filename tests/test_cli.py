@@ -80,3 +80,11 @@ def test_simulate_writes_a_plot(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "simulate.png").stat().st_size > 10_000
     assert "TTFT ok" in r.stdout
+
+
+def test_a_bad_operator_setting_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LLMSCALE_WORKERS", "0")
+    assert main(["run", "--kubeconfig", "/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "llmscale run: workers (LLMSCALE_WORKERS): Input should be greater than or equal to 1"

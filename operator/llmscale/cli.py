@@ -145,7 +145,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "disruption_budget": args.disruption_budget,
     }.items() if v is not None}
-    run(OperatorSettings(**overrides), kubeconfig=args.kubeconfig, verbose=args.verbose)
+    from pydantic import ValidationError
+
+    try:
+        settings = OperatorSettings(**overrides)
+    except ValidationError as e:
+        # A bad LLMSCALE_* variable or flag: one line naming it, not a traceback.
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+        print(f"llmscale run: {where} (LLMSCALE_{where.upper()}): {err.get('msg', 'invalid')}", file=sys.stderr)
+        return 2
+    run(settings, kubeconfig=args.kubeconfig, verbose=args.verbose)
     return 0
 
 
