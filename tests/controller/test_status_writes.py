@@ -178,6 +178,26 @@ def test_an_api_error_in_a_handler_reaches_kopf_in_our_words() -> None:
     assert got.value.__cause__ is None and got.value.__suppress_context__
 
 
+def test_an_unreachable_api_server_reaches_kopf_in_our_words() -> None:
+    """CI (fault e2e): while the API server was down a handler raised the client's raw urllib3
+    MaxRetryError, whose text kopf logged and posted at every tick."""
+    import kopf
+    import pytest
+    import urllib3.exceptions
+
+    from llmscale.controller.handlers import _api_errors_in_our_words
+
+    refused = urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused")
+    e = urllib3.exceptions.MaxRetryError(None, "/apis/llmscale.io/v1alpha1/SECRET-PATH", refused)  # type: ignore[arg-type]
+    with pytest.raises(kopf.TemporaryError) as got, _api_errors_in_our_words():
+        raise e
+    assert str(got.value) == "the Kubernetes API server could not be reached (NewConnectionError)"
+    assert got.value.__cause__ is None and got.value.__suppress_context__
+    with pytest.raises(kopf.TemporaryError) as got, _api_errors_in_our_words():
+        raise urllib3.exceptions.ProtocolError("Connection aborted.")
+    assert str(got.value) == "the Kubernetes API server could not be reached (ProtocolError)"
+
+
 @pytest.mark.parametrize(("interval", "due", "every"), [
     (15.0, 12.5, 15.0),  # a multiple of the 5 s tick: every interval, a tick up to 2.5 s early still decides
     (12.0, 12.5, 15.0),  # between ticks: rounded up to the next tick, never sooner than asked

@@ -547,17 +547,34 @@ def _stab(proposal: int, current: int, history: History, sp: Any = SPEC, pending
 
 
 def test_stabilization_holds_a_scale_down_to_the_window_high() -> None:
-    h = History(recommendations=((NOW - 100, 6),), observing_since=0.0)
+    h = History(recommendations=((NOW - 100, 6), (NOW - 15, 3)), observing_since=0.0)
     assert _stab(2, 6, h) == Stabilized(
         Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 6 (highest recommendation in 300s)"),)),
-        History(recommendations=((NOW - 100, 6), (NOW, 2)), observing_since=0.0))
+        History(recommendations=((NOW - 100, 6), (NOW - 15, 3), (NOW, 2)), observing_since=0.0))
 
 
 def test_stabilization_steps_down_one_after_the_window() -> None:
-    h = History(recommendations=((NOW - 400, 6),), observing_since=0.0)
+    h = History(recommendations=((NOW - 400, 6), (NOW - 15, 2)), observing_since=0.0)
     assert _stab(2, 6, h) == Stabilized(
         Proposal(5, (Reason(Code.RATE_LIMITED_DOWN, "2 capped at 5 by scaleDown.maxStep 1"),)),
-        History(recommendations=((NOW, 2),), observing_since=0.0))
+        History(recommendations=((NOW - 15, 2), (NOW, 2)), observing_since=0.0))
+
+
+def test_a_gap_in_the_decisions_holds_a_scale_down_for_a_window_again() -> None:
+    """CI (fault e2e): nothing decided while the API server was down, and the first decision after
+    it scaled 3 -> 2 because the last recommendation of 3 had aged out of the window meanwhile. An
+    outage proves nothing about the load: the window is covered again from the first decision."""
+    h = History(recommendations=((NOW - 400, 6),), observing_since=0.0)
+    assert _stab(2, 6, h) == Stabilized(
+        Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 6: decisions cover only the last 0s of the 300s "
+                                   "window (a new deployment, a lost status, a restart or an outage)"),)),
+        History(recommendations=((NOW, 2),), observing_since=NOW))
+    # Four intervals (60 s) without a decision are still a sequence, not a gap.
+    h = History(recommendations=((NOW - 400, 6), (NOW - 60, 2)), observing_since=0.0)
+    assert _stab(2, 6, h).proposal.replicas == 5
+    # Then, a window after the first decision past the gap, the scale-down goes on.
+    later = _stab(2, 6, h.with_(recommendations=((NOW - 300, 2), (NOW - 15, 2)), observing_since=NOW - 300))
+    assert later.proposal.replicas == 5
 
 
 def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -323,11 +324,21 @@ def _legacy(body: Any, patch: kopf.Patch, status: dict, name: str, deployments: 
 def _api_errors_in_our_words() -> Iterator[None]:
     """An API call that fails anywhere in a handler is retried by kopf, which logs the exception's
     text and posts that log line as an Event: an ApiException's text carries the server's
-    response headers and body, so it becomes a TemporaryError in our words first."""
+    response headers and body, so it becomes a TemporaryError in our words first. So does an API
+    server that cannot be reached (the client's urllib3 error: refused, reset, timed out), which
+    would otherwise reach kopf as a traceback at every tick of an outage."""
     try:
         yield
     except ApiException as e:
         raise kopf.TemporaryError(f"a Kubernetes API call failed: {_api_error(e)}", delay=10) from None
+    except urllib3.exceptions.HTTPError as e:
+        raise kopf.TemporaryError(f"the Kubernetes API server could not be reached ({_unreachable(e)})", delay=10) from None
+
+
+def _unreachable(e: urllib3.exceptions.HTTPError) -> str:
+    """The kind of failure (the retries' last cause when there were retries), not its text."""
+    cause = getattr(e, "reason", None)
+    return type(cause if isinstance(cause, Exception) else e).__name__
 
 
 def _api_error(e: Exception) -> str:

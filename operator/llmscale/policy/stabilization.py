@@ -4,7 +4,9 @@ while pods wait for GPUs.
 A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
 every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
 are recorded inside the bounds and ceilings, so a spike that wanted more than the ceiling holds the
-ceiling no longer than any other recommendation would.
+ceiling no longer than any other recommendation would. Time in which nothing was decided (the API
+server or the operator down) is not time the load was seen to stay low: after such a gap the window
+is covered again from the first decision, as for a new deployment.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from llmscale.api.units import parse_duration
 from .ceilings import within_bounds
 from .reasons import Code, Reason
 from .types import History, Proposal, Workload
+
+BLIND_INTERVALS = 4  # no decision recorded for longer than this many intervals: the operator saw nothing
 
 
 def stabilize(
@@ -68,6 +72,11 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
     observing_since = history.observing_since if history.observing_since is not None else now
+    newest = max((t for t, _ in history.recommendations), default=None)
+    if newest is not None and now - newest > BLIND_INTERVALS * interval:
+        # An outage is no evidence that the load fell (CI: 3 -> 2 at the first decision after the
+        # API server came back, a minute after the last recommendation of 3): hold for a window.
+        observing_since = now
     if to_zero and out.replicas == 0:
         held_to, held = 0, None  # scaleToZero.idleFor is this step's own stabilization
     else:
@@ -75,9 +84,13 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
         # A window not yet covered by history (a new deployment, a lost status) proves nothing about
         # the recent past: do not scale down until it is.
         if held_to < current and down_w > 0 and observing_since > now - down_w + interval / 2:
-            held_to, held = current, "down"
+            held_to, held = current, "unseen"
     if held == "up":
         out = out.to(held_to, Reason(Code.SCALE_UP_STABILIZED, f"held at {held_to} (lowest recommendation in {sc.scale_up.stabilization_window})"))
+    elif held == "unseen":
+        out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to}: decisions cover only the last "
+                                     f"{now - observing_since:.0f}s of the {sc.scale_down.stabilization_window} window "
+                                     "(a new deployment, a lost status, a restart or an outage)"))
     elif held == "down":
         out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to} (highest recommendation in {sc.scale_down.stabilization_window})"))
     hist = history.with_(recommendations=recs + ((now, recommendation),), observing_since=observing_since)
