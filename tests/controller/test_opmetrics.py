@@ -161,3 +161,22 @@ def test_only_kopfs_per_tick_success_line_is_dropped_from_its_log() -> None:
     assert not _quiet_ticks(rec(logging.INFO, "Timer 'autoscale' succeeded."))
     assert _quiet_ticks(rec(logging.INFO, "Handler 'reconcile' succeeded."))
     assert _quiet_ticks(rec(logging.ERROR, "Timer 'autoscale' failed with an exception. Will retry."))
+
+
+def test_the_api_client_pools_a_connection_per_handler_thread() -> None:
+    """The scale bed: 16 handler threads over the client's default pool of ten logged "Connection
+    pool is full, discarding connection" and opened a new TLS connection on most calls."""
+    from kubernetes import client
+
+    from llmscale.controller.kube import Kube
+    from llmscale.controller.operator import size_connection_pool
+
+    before = client.Configuration.get_default_copy()
+    try:
+        size_connection_pool(16)
+        kube = Kube()
+        assert kube.apps.api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] == 20
+        size_connection_pool(2)  # never lowers a larger pool
+        assert client.Configuration.get_default_copy().connection_pool_maxsize == 20
+    finally:
+        client.Configuration.set_default(before)

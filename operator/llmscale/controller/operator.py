@@ -76,6 +76,18 @@ def _connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
+def size_connection_pool(workers: int) -> None:
+    """One pooled connection to the API server per handler thread, and a few for the sweeps: the
+    client's default pool (five per CPU, ten here) made 16 workers open and discard a connection
+    (a TCP and TLS handshake) on most calls at scale ("Connection pool is full, discarding
+    connection" on the scale bed)."""
+    from kubernetes import client
+
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, workers + 4)
+    client.Configuration.set_default(cfg)
+
+
 STALE_SWEEP_S = 10.0
 
 
@@ -117,6 +129,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
                 config.load_kube_config()
     except (config.ConfigException, OSError) as e:
         raise SystemExit(f"llmscale: no usable Kubernetes configuration ({str(e).splitlines()[0][:200]})") from None
+    size_connection_pool(opts.workers)
     Runtime.kube = Kube()
     try:
         endpoints = opts.endpoints()
