@@ -8,8 +8,10 @@ import datetime as dt
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from llmscale.controller.kube import observe_workload
-from llmscale.policy.types import PodCounts
+from llmscale.policy.types import PodCounts, Workload
 
 T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
 
@@ -75,3 +77,22 @@ def test_replicas_set_outside_llmscale_are_named_from_the_managed_fields() -> No
     assert replicas_set_outside(dep(NS(manager="llmscale", operation="Apply", subresource=None,
                                        fields_v1={"f:spec": {"f:template": {}}}), status, scaled)) == "kubectl (scale subresource)"
     assert replicas_set_outside(dep()) is None and replicas_set_outside(NS(metadata=None)) is None
+
+
+@pytest.mark.parametrize(("pods", "desired", "applied", "expected"), [
+    ({"h100x1": PodCounts(ready=3)}, {"h100x1": 3}, False, True),      # steady: nothing to refresh between decisions
+    ({"h100x1": PodCounts(ready=3)}, {"h100x1": 3}, True, False),      # a change just applied: counts will move
+    ({"h100x1": PodCounts(ready=2, starting=1)}, {"h100x1": 3}, False, False),  # a cold start in flight
+    ({"h100x1": PodCounts(ready=3, terminating=1)}, {"h100x1": 3}, False, False),  # a pod draining
+    ({"h100x1": PodCounts(ready=2, unschedulable=1)}, {"h100x1": 3}, False, False),  # waiting for GPUs
+    ({"h100x1": PodCounts(ready=2)}, {"h100x1": 3}, False, False),     # a pod lost, its replacement not yet seen
+    ({}, {"h100x1": 1}, False, False),                                 # no pod yet
+    ({"h100x1": PodCounts(ready=2), "l4x1": PodCounts(ready=1)}, {"h100x1": 2, "l4x1": 1}, False, True),
+    ({"h100x1": PodCounts(ready=2)}, {"h100x1": 2, "l4x1": 1}, False, False),  # a second shape's pod missing
+    ({"l4x1": PodCounts(ready=1)}, {"h100x1": 0, "l4x1": 1}, False, True),     # a shape at zero with no pods
+])
+def test_a_settled_fleet_is_not_read_between_decisions(pods: dict[str, PodCounts], desired: dict[str, int],
+                                                       applied: bool, expected: bool) -> None:
+    from llmscale.controller.handlers import settled
+
+    assert settled(Workload("h100x1", sum(desired.values()), 0, pods=pods, desired=desired), applied) is expected

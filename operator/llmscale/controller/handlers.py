@@ -33,7 +33,7 @@ from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.policy import History, decide
 from llmscale.policy.ceilings import ceiling_replicas
 from llmscale.policy.rollout import gpus_held
-from llmscale.policy.types import Decision, Signals, Workload
+from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
 from . import opmetrics as m
 from .kube import Kube, observe_workload, replicas_set_outside
@@ -434,7 +434,11 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     if not deciding:
         # Between decisions only the replica counts are refreshed (for kubectl get): the
         # Deployments' names and counts (not the client's model objects, a millisecond each to
-        # build), no pod list, no autoscaler lookup on this hot path.
+        # build), no pod list, no autoscaler lookup on this hot path; and not even those while the
+        # last decision found every shape settled and changed nothing (half the API server reads
+        # of a steady fleet: a pod lost meanwhile shows at the next decision, within an interval).
+        if memo.get("settled"):
+            return
         counts = kube.deployment_counts(namespace, name)
         if not counts:
             _reconcile(body, status, patch, name, namespace)
@@ -530,6 +534,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                                + (f"; llmscale sets {now_set} now" if applied and now_set is not None else
                                   "; llmscale decides from that count and sets its own at its next change"))[:1000])
     memo["outside"] = seen_outside
+    memo["settled"] = settled(workload, applied)
     standing = [f"{k} by {v}" for k, v in seen_outside.items() if not applied]
     if not auto:
         conds["ReplicasSetOutside"] = ("False", "NotAuto", "llmscale does not set replicas in this mode"
@@ -597,6 +602,15 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
         written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
         written_view, written_at = view, now
     memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, written_at)
+
+
+def settled(workload: Workload, applied: bool) -> bool:
+    """Nothing to refresh between decisions: no change applied, and every shape's pods Ready, none
+    starting, waiting for GPUs or draining."""
+    return not applied and all(
+        p.starting == 0 and p.unschedulable == 0 and p.terminating == 0 and p.ready == workload.desired.get(v, 0)
+        for v, p in workload.pods.items()) and all(
+        n == workload.pods.get(v, PodCounts()).ready for v, n in workload.desired.items())
 
 
 def _epoch(iso_time: Any) -> float | None:
