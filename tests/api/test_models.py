@@ -124,3 +124,28 @@ def test_examples_parse() -> None:
     for f in files:
         doc = yaml.safe_load(f.read_text())
         parse_spec(doc["spec"])
+
+
+def test_the_e2e_latency_target_is_spelt_e2eLatency_and_the_old_spelling_still_reads() -> None:
+    """0.1 spelt it e2ELatency (pydantic's camel case of e2e_latency); status says
+    e2eLatencyQuantile. The old spelling stays in the schema (the API server would otherwise prune
+    it and the target be lost without a word) and is read as the new one."""
+    new = parse_spec(spec_dict(slo={"e2eLatency": {"target": "20s", "percentile": 99}}))
+    old = parse_spec(spec_dict(slo={"e2ELatency": {"target": "20s", "percentile": 99}}))
+    assert new.slo.e2e_latency == old.slo.e2e_latency and new.slo.e2e_latency is not None
+    assert new.slo.e2e_latency.seconds == 20.0 and new.slo.e2e_latency.percentile == 99
+    assert old == new
+    dumped = old.model_dump(by_alias=True, exclude_none=True)["slo"]
+    assert dumped["e2eLatency"]["target"] == "20s" and "e2ELatency" not in dumped
+    with pytest.raises(ValidationError) as e:
+        parse_spec(spec_dict(slo={"e2eLatency": {"target": "20s"}, "e2ELatency": {"target": "30s"}}))
+    assert "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both" in explain_errors(e.value)
+
+
+def test_the_crd_refuses_both_spellings_of_the_e2e_latency_target() -> None:
+    from llmscale.api.crd import spec_schema
+
+    rules = spec_schema()["properties"]["slo"]["x-kubernetes-validations"]
+    assert {"rule": "!(has(self.e2eLatency) && has(self.e2ELatency))",
+            "message": "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both"} in rules
+    assert set(spec_schema()["properties"]["slo"]["properties"]) >= {"e2eLatency", "e2ELatency"}

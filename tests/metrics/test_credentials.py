@@ -514,7 +514,7 @@ def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(s
     reader.read({("team-a", "chat"): ttft_only}, 1.0)
     assert asked(0) == {"time_to_first_token"}
     n = len(good.requests)
-    with_e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2ELatency": {"target": "20s"}}))
+    with_e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2eLatency": {"target": "20s"}}))
     reader.read({("team-a", "batch"): with_e2e}, 2.0, reuse_s=4.5)
     assert asked(n) == {"time_to_first_token", "e2e_request_latency"}  # read, not answered from the TTFT-only read
     n = len(good.requests)
@@ -529,7 +529,7 @@ def test_joiners_with_different_targets_widen_the_groups_answer_and_do_not_read_
     good, _ = servers
     reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
     itl = parse_spec(spec_dict())
-    e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2ELatency": {"target": "20s"}}))
+    e2e = parse_spec(spec_dict(slo={"ttft": {"target": "500ms", "percentile": 95}, "e2eLatency": {"target": "20s"}}))
     reader.read({("team-a", "a0"): itl}, 1.0)
     reader.read({("team-a", "b0"): e2e}, 1.5, reuse_s=4.5)  # asks what b0 needs beside the group's answer
     n = len(good.requests)

@@ -192,6 +192,15 @@ class StreamSpeed(_Model):
 class SLO(_Model):
     """Latency objectives. TTFT and inter-token latency are read from vLLM's histograms."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("!(has(self.e2eLatency) && has(self.e2ELatency))",
+                     "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both"),
+            ]
+        }
+    )
+
     ttft: LatencyTarget | None = Field(
         default_factory=lambda: LatencyTarget(target="150ms", percentile=95),
         description="Time to first token (vllm:time_to_first_token_seconds).",
@@ -203,13 +212,25 @@ class SLO(_Model):
         None, description="Per-stream speed in tokens/s or words/min; an alternative to interTokenLatency."
     )
     e2e_latency: LatencyTarget | None = Field(
-        None, description="Whole-request latency (vllm:e2e_request_latency_seconds)."
+        None, alias="e2eLatency", description="Whole-request latency (vllm:e2e_request_latency_seconds)."
+    )
+    # The spelling of 0.1 (pydantic's camel case of e2e_latency, which users misread). Kept in the
+    # schema so that the API server does not prune a manifest written with it (the target would be
+    # lost without a word); read as e2eLatency.
+    e2e_latency_old: LatencyTarget | None = Field(
+        None, alias="e2ELatency", description="Deprecated spelling of e2eLatency; read as e2eLatency.",
+        exclude=True,
     )
 
     @model_validator(mode="after")
     def _itl_once(self) -> SLO:
         if self.inter_token_latency is not None and self.stream_speed is not None:
             raise ValueError("set slo.interTokenLatency or slo.streamSpeed, not both")
+        if self.e2e_latency_old is not None:
+            if self.e2e_latency is not None:
+                raise ValueError("set slo.e2eLatency (e2ELatency is its deprecated spelling), not both")
+            object.__setattr__(self, "e2e_latency", self.e2e_latency_old)
+            object.__setattr__(self, "e2e_latency_old", None)
         return self
 
     def itl_target(self) -> LatencyTarget | None:
