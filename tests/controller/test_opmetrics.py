@@ -173,6 +173,8 @@ def test_the_api_client_pools_a_connection_per_handler_thread() -> None:
 
     before = client.Configuration.get_default_copy()
     try:
+        before.connection_pool_maxsize = 10  # the client's default on a 2-CPU machine (five per CPU)
+        client.Configuration.set_default(before)
         size_connection_pool(16)
         kube = Kube()
         assert kube.apps.api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] == 20

@@ -45,7 +45,7 @@ CASES = [
     Case("low load: scale-down held by the window", Workload("h100x1", 6, 6), healthy(2.0), 6, (Code.SCALE_DOWN_STABILIZED,),
          history=History(recommendations=((9_900.0, 6),))),
     Case("low load after the window: one step down", Workload("h100x1", 6, 6), healthy(2.0), 5, (Code.RATE_LIMITED_DOWN,),
-         history=History(recommendations=((9_000.0, 6), (9_985.0, 2)), observing_since=1_000.0)),
+         history=History(recommendations=((9_000.0, 6), (9_690.0, 2), (9_985.0, 2)), observing_since=1_000.0)),
     Case("Prometheus down: hold", Workload("h100x1", 3, 3), Signals.unreachable("connection refused"), 3,
          (Code.METRICS_UNAVAILABLE,), expect_apply=False),
     Case("unknown request rate: no scale-down", Workload("h100x1", 6, 6),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from llmscale.api import parse_spec
+from llmscale.api.units import parse_duration
 from llmscale.policy import Code, Condition, History, Proposal, Reason, Signals, Workload
 from llmscale.policy.availability import Availability, availability
 from llmscale.policy.capacity import (
@@ -554,27 +555,66 @@ def test_stabilization_holds_a_scale_down_to_the_window_high() -> None:
 
 
 def test_stabilization_steps_down_one_after_the_window() -> None:
-    h = History(recommendations=((NOW - 400, 6), (NOW - 15, 2)), observing_since=0.0)
+    h = History(recommendations=((NOW - 400, 6), (NOW - 310, 2), (NOW - 15, 2)), observing_since=0.0)
     assert _stab(2, 6, h) == Stabilized(
         Proposal(5, (Reason(Code.RATE_LIMITED_DOWN, "2 capped at 5 by scaleDown.maxStep 1"),)),
-        History(recommendations=((NOW - 15, 2), (NOW, 2)), observing_since=0.0))
+        History(recommendations=((NOW - 310, 2), (NOW - 15, 2), (NOW, 2)), observing_since=0.0))
 
 
-def test_a_gap_in_the_decisions_holds_a_scale_down_for_a_window_again() -> None:
-    """CI (fault e2e): nothing decided while the API server was down, and the first decision after
-    it scaled 3 -> 2 because the last recommendation of 3 had aged out of the window meanwhile. An
-    outage proves nothing about the load: the window is covered again from the first decision."""
+def test_a_recommendation_stands_until_the_next_so_a_gap_in_the_decisions_holds_a_scale_down() -> None:
+    """CI (fault e2e): nothing was decided while the API server was down, and the first decision
+    after it scaled 3 -> 2 because the last recommendation of 3 had aged out of the window meanwhile.
+    A recommendation stands until the next one: an outage is not time the load was seen to fall."""
     h = History(recommendations=((NOW - 400, 6),), observing_since=0.0)
     assert _stab(2, 6, h) == Stabilized(
-        Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 6: decisions cover only the last 0s of the 300s "
-                                   "window (a new deployment, a lost status, a restart or an outage)"),)),
-        History(recommendations=((NOW, 2),), observing_since=NOW))
-    # Four intervals (60 s) without a decision are still a sequence, not a gap.
-    h = History(recommendations=((NOW - 400, 6), (NOW - 60, 2)), observing_since=0.0)
+        Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED,
+                            "held at 6 (the recommendation of 6, 400s ago, stands until the next, which came 400s after it)"),)),
+        History(recommendations=((NOW - 400, 6), (NOW, 2)), observing_since=0.0))
+    # The 6 stood until 290 s ago, inside the window: still held.
+    h = History(recommendations=((NOW - 400, 6), (NOW - 290, 2), (NOW - 15, 2)), observing_since=0.0)
+    assert _stab(2, 6, h).proposal == Proposal(6, (Reason(
+        Code.SCALE_DOWN_STABILIZED, "held at 6 (the recommendation of 6, 400s ago, stands until the next, which came 110s after it)"),))
+    # Once the decisions after the gap cover the window, the scale-down goes on.
+    h = History(recommendations=((NOW - 400, 6), (NOW - 305, 2), (NOW - 15, 2)), observing_since=0.0)
     assert _stab(2, 6, h).proposal.replicas == 5
-    # Then, a window after the first decision past the gap, the scale-down goes on.
-    later = _stab(2, 6, h.with_(recommendations=((NOW - 300, 2), (NOW - 15, 2)), observing_since=NOW - 300))
-    assert later.proposal.replicas == 5
+
+
+def test_a_restart_whose_status_still_covers_the_window_scales_down() -> None:
+    """Review: status keeps the history written up to four intervals ago; a restart whose persisted
+    recommendations cover the window must not hold a scale-down for another window."""
+    h = History(recommendations=((NOW - 200, 2), (NOW - 65, 2)), observing_since=0.0)
+    assert _stab(2, 3, h).proposal == Proposal(2)
+    # and one whose persisted window still holds a 3 (standing until 200 s ago) holds.
+    h = History(recommendations=((NOW - 310, 3), (NOW - 200, 2), (NOW - 65, 2)), observing_since=0.0)
+    assert _stab(2, 3, h).proposal.replicas == 3
+
+
+def test_lost_recommendations_cover_the_window_again() -> None:
+    """Review: a status whose recommendations did not parse kept observingSince, so the decisions
+    after the loss alone allowed a scale-down at once."""
+    h, dropped = History.parse({"recommendations": "garbage", "observingSince": 1.0})
+    assert dropped == ("recommendations",) and h.observing_since is None
+    assert _stab(2, 6, h).proposal.replicas == 6
+
+
+@pytest.mark.parametrize(("interval", "window", "every"), [
+    ("1s", "30s", 5.0),    # decisions fall on 5 s ticks whatever the interval: no gap in that
+    ("15s", "30s", 15.0),  # a window of two intervals
+    ("2m", "5m", 120.0),   # a long interval
+])
+def test_steady_decisions_at_any_interval_scale_down_after_the_window(interval: str, window: str, every: float) -> None:
+    sp = parse_spec(spec_dict(scaling={"interval": interval, "scaleDown": {"stabilizationWindow": window, "maxStep": 4}}))
+    w = parse_duration(window)
+    recs = tuple((NOW - k * every, 3 if NOW - k * every < NOW - w - every else 2) for k in range(int(3 * w / every), 0, -1))
+    assert _stab(2, 3, History(recommendations=recs, observing_since=0.0), sp).proposal == Proposal(2)
+
+
+def test_an_outage_longer_than_the_window_holds_at_a_long_interval() -> None:
+    """Review: with a 2 m interval and a 5 m window, a 400 s outage scaled 3 -> 2 at once under a
+    rule of 'four intervals without a decision'."""
+    sp = parse_spec(spec_dict(scaling={"interval": "2m", "scaleDown": {"stabilizationWindow": "5m"}}))
+    got = _stab(2, 3, History(recommendations=((NOW - 520, 2), (NOW - 400, 3)), observing_since=0.0), sp)
+    assert got.proposal.replicas == 3 and got.proposal.reasons[0].code == Code.SCALE_DOWN_STABILIZED
 
 
 def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> None:

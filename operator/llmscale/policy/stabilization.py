@@ -4,9 +4,12 @@ while pods wait for GPUs.
 A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
 every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
 are recorded inside the bounds and ceilings, so a spike that wanted more than the ceiling holds the
-ceiling no longer than any other recommendation would. Time in which nothing was decided (the API
-server or the operator down) is not time the load was seen to stay low: after such a gap the window
-is covered again from the first decision, as for a new deployment.
+ceiling no longer than any other recommendation would. A recommendation stands until the next one:
+the newest made before the scale-down window began still counts, so a gap in the decisions (the API
+server or the operator down, a restart) is not time the load was seen to stay low. Without this, a
+recommendation of 3 aged out of a 60 s window during an outage and the first decision after it
+scaled 3 -> 2 (CI). With steady decisions it lengthens the window by one gap between decisions (an
+interval, or a 5 s timer tick for shorter intervals).
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from .ceilings import within_bounds
 from .reasons import Code, Reason
 from .types import History, Proposal, Workload
 
-BLIND_INTERVALS = 4  # no decision recorded for longer than this many intervals: the operator saw nothing
-
 
 def stabilize(
     desired: int,
@@ -31,7 +32,9 @@ def stabilize(
     up_window_s: float,
     down_window_s: float,
 ) -> tuple[int, str | None]:
-    """Scale up to the lowest recommendation of the up window, down to the highest of the down window."""
+    """Scale up to the lowest recommendation of the up window, down to the highest of the down window
+    and of the newest recommendation before it (it stands until the next): "carried" when that one
+    alone holds the scale-down."""
     if desired > current and up_window_s > 0:
         window = [r for t, r in recommendations if now - t <= up_window_s] + [desired]
         held = max(current, min(window))
@@ -39,10 +42,17 @@ def stabilize(
             return held, "up"
     if desired < current and down_window_s > 0:
         window = [r for t, r in recommendations if now - t <= down_window_s] + [desired]
-        held = min(current, max(window))
+        before = standing_before(recommendations, now, down_window_s)
+        held = min(current, max(window + ([before[1]] if before else [])))
         if held > desired:
-            return held, "down"
+            return held, ("down" if held <= max(window) else "carried")
     return desired, None
+
+
+def standing_before(recommendations: tuple[tuple[float, int], ...], now: float, window_s: float) -> tuple[float, int] | None:
+    """The newest recommendation made before the window began (it stood into the window)."""
+    older = [(t, r) for t, r in recommendations if now - t > window_s]
+    return max(older, key=lambda x: x[0]) if older else None
 
 
 def limit_step(desired: int, current: int, max_up: int, max_down: int) -> tuple[int, str | None]:
@@ -66,17 +76,14 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     interval = parse_duration(sc.interval)
     up_w = parse_duration(sc.scale_up.stabilization_window)
     down_w = parse_duration(sc.scale_down.stabilization_window)
-    recs = tuple((t, r) for t, r in history.recommendations if now - t <= max(up_w, down_w))
+    span = max(up_w, down_w)
+    before = standing_before(history.recommendations, now, span)
+    recs = ((before,) if before else ()) + tuple((t, r) for t, r in history.recommendations if now - t <= span)
     recommendation = within_bounds(spec, variant, proposal.replicas, to_zero)
     out = proposal
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
     observing_since = history.observing_since if history.observing_since is not None else now
-    newest = max((t for t, _ in history.recommendations), default=None)
-    if newest is not None and now - newest > BLIND_INTERVALS * interval:
-        # An outage is no evidence that the load fell (CI: 3 -> 2 at the first decision after the
-        # API server came back, a minute after the last recommendation of 3): hold for a window.
-        observing_since = now
     if to_zero and out.replicas == 0:
         held_to, held = 0, None  # scaleToZero.idleFor is this step's own stabilization
     else:
@@ -90,7 +97,13 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     elif held == "unseen":
         out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to}: decisions cover only the last "
                                      f"{now - observing_since:.0f}s of the {sc.scale_down.stabilization_window} window "
-                                     "(a new deployment, a lost status, a restart or an outage)"))
+                                     "(a new deployment or a lost status)"))
+    elif held == "carried":
+        last = standing_before(recs, now, down_w)
+        t0 = last[0] if last else now
+        hole = min((t for t, _ in recs if t > t0), default=now) - t0
+        out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to} (the recommendation of {last[1] if last else held_to}, "
+                                     f"{now - t0:.0f}s ago, stands until the next, which came {hole:.0f}s after it)"))
     elif held == "down":
         out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to} (highest recommendation in {sc.scale_down.stabilization_window})"))
     hist = history.with_(recommendations=recs + ((now, recommendation),), observing_since=observing_since)

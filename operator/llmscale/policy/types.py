@@ -314,6 +314,10 @@ class History:
                 kept[name] = parse(d[key])
             except (TypeError, ValueError):
                 dropped.append(key)
+        if "recommendations" in dropped:
+            # The scale-down window's evidence is gone: it must be covered again, as for a new
+            # deployment, not judged from the decisions after the loss alone.
+            kept.pop("observing_since", None)
         return History(**kept), tuple(dropped)
 
 
