@@ -117,3 +117,25 @@ def _epoch(iso: str | None) -> float:
     if not iso:
         return 0.0
     return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def test_the_old_spelling_of_the_e2e_latency_target_is_kept_and_both_are_refused(
+        bed: Bed, operator: Any, namespace: str) -> None:
+    """0.1 spelt the whole-request target slo.e2ELatency; now slo.e2eLatency. The API server keeps a
+    manifest in the old spelling (not pruned: the target would be lost without a word) and the
+    operator reads it; both spellings at once are refused by the CRD's rule."""
+    old = copy.deepcopy(VALID)
+    old["slo"]["e2ELatency"] = {"target": "20s", "percentile": 99}
+    doc = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+           "metadata": {"name": "old-e2e", "namespace": namespace}, "spec": old}
+    bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    assert bed.llmd(namespace, "old-e2e")["spec"]["slo"]["e2ELatency"] == {"target": "20s", "percentile": 99}
+    status = wait_for("the old spelling handled", lambda: _handled(bed, namespace, "old-e2e"), 30)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready.get("reason") != "InvalidSpec", ready
+    both = copy.deepcopy(old)
+    both["slo"]["e2eLatency"] = {"target": "30s"}
+    doc = {**doc, "metadata": {"name": "both-e2e", "namespace": namespace}, "spec": both}
+    r = bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert r.returncode != 0 and "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both" in r.stderr, r.stderr
+    bed.kubectl("delete", "llmd", "old-e2e", "-n", namespace, "--wait=false")
