@@ -213,3 +213,22 @@ def test_a_backlog_the_ready_replicas_drain_does_not_escalate_through_decide() -
     assert Code.SLO_BREACH_TTFT not in again.codes and again.to_replicas == drained.to_replicas
     unseen = decide(spec, Workload("h100x1", 4, 4), breach, base, t)
     assert Code.SLO_BREACH_TTFT in unseen.codes and unseen.to_replicas == 8
+
+
+def test_a_drained_backlog_is_not_held_for_the_scale_down_window() -> None:
+    """Six Ready replicas drain a backlog (300 -> 60 waiting, 60 fewer each 15 s) while 30 req/s
+    arrive, which two replicas carry: the queue holds the six while it lasts, and once it is gone
+    they go down at once, one per interval (scaleDown.maxStep), not five minutes later (the window
+    had recorded the hold, 6, at every decision of the drain)."""
+    spec = parse_spec(spec_dict(scaling={"interval": "15s"}))
+    h, n = History(observing_since=-1_000.0, queue_scrapes=((-15.0, 360.0, 120.0),)), 6
+    seen = []
+    for k, t in enumerate(range(0, 135, 15)):
+        waiting = [300.0, 240.0, 180.0, 120.0, 60.0][k] if k < 5 else 0.0
+        signals = healthy(30.0, waiting=waiting, running=120.0)
+        d = decide(spec, Workload("h100x1", n, n), Signals(**{**signals.__dict__, "sampled_at": float(t)}), h, float(t))
+        seen.append((n, d.to_replicas, d.history.recommendations[-1][1]))
+        if waiting:
+            assert Code.QUEUE_GROWING in d.codes and Code.SLO_BREACH_TTFT not in d.codes, d.reasons
+        h, n = d.history, d.to_replicas
+    assert seen == [(6, 6, 2)] * 5 + [(6, 5, 2), (5, 4, 2), (4, 3, 2), (3, 2, 2)]

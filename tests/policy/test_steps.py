@@ -31,6 +31,7 @@ from llmscale.policy.forecast import (
     hold_time,
     over_budget,
     thin_scrapes,
+    trend_forecast,
     window_arrivals,
 )
 from llmscale.policy.idleness import Idleness, idleness
@@ -109,6 +110,7 @@ P40 = beyond_chance(40.0, (40.0, 2.0, 2.0), 1800.0)
 H40 = 105.0 - 1320.0 / P40  # see the last case
 A27 = 10.0 + (300.0 - 2 * math.sqrt(301.0)) / 15.0  # see "a queue building"
 A3 = 20.0 - (300.0 - 2 * math.sqrt(601.0)) / 15.0  # see "a backlog draining"
+RISE = ((NOW - 250, 30.0), (NOW - 90, 5.0), (NOW - 60, 10.0), (NOW - 30, 18.0), (NOW - 15, 22.0))
 SPREADS_20 = 2 * math.sqrt(2 * 20 * 15 + 1)  # two Poisson spreads of the count in flight at 20/s over 15 s (49.03)
 
 FORECAST = [
@@ -235,6 +237,16 @@ FORECAST = [
      Forecast(40.0, 105.0, 300.0, History(rate_samples=((NOW, 40.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
                                                                                        (NOW, 100.0, 100.0))),
               arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
+    # A burst comes back: 5 -> 26 req/s over 90 s, steep enough that the trend says 38.5 over the
+    # horizon; 30 req/s were seen 250 s ago, before the rise, within the hold. A return toward a
+    # level seen before is planned at that level, not extrapolated past it.
+    ("a burst returning toward a level seen before the rise: the trend stops at that level", sig(26.0),
+     History(rate_samples=RISE),
+     Forecast(30.0, 105.0, 300.0, History(rate_samples=(*RISE, (NOW, 26.0)), queue_scrapes=(SEEN,)))),
+    # Past every level seen: a ramp, and the trend runs (32 + half the slope over the horizon).
+    ("a rise past every level seen: the trend runs", sig(32.0), History(rate_samples=RISE),
+     Forecast(trend_forecast((*RISE, (NOW, 32.0)), NOW, 105.0), 105.0, 300.0,
+              History(rate_samples=(*RISE, (NOW, 32.0)), queue_scrapes=(SEEN,)))),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
     # burst memory, as much of it as keeps the misses in the budget: of the peak beyond chance P40,
@@ -486,7 +498,9 @@ def test_feedback_a_queue_seen_once_is_looked_at_again() -> None:
 def test_feedback_a_costly_queue_holds_the_count() -> None:
     got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 3, 3),
               proposal=1)
-    assert got.proposal == Proposal(3, (Reason(Code.QUEUE_GROWING, "5 requests waiting: not scaling down"),))
+    # The hold lasts while the queue does: what the load asks for (1) is what the window remembers.
+    assert got.proposal == Proposal(3, (Reason(Code.QUEUE_GROWING, "5 requests waiting: not scaling down"),), load_asks=1)
+    assert got.proposal.recommendation == 1
 
 
 # ---- 6. idleness ------------------------------------------------------------------------------------
@@ -615,6 +629,17 @@ def test_an_outage_longer_than_the_window_holds_at_a_long_interval() -> None:
     sp = parse_spec(spec_dict(scaling={"interval": "2m", "scaleDown": {"stabilizationWindow": "5m"}}))
     got = _stab(2, 3, History(recommendations=((NOW - 520, 2), (NOW - 400, 3)), observing_since=0.0), sp)
     assert got.proposal.replicas == 3 and got.proposal.reasons[0].code == Code.SCALE_DOWN_STABILIZED
+
+
+def test_a_hold_for_a_queue_records_what_the_load_asks_not_the_hold() -> None:
+    """onoff-14: six replicas that drained a first burst's backlog were held five minutes after
+    the queue was gone, because each decision during the drain recorded the hold (6) and not the
+    plan (4)."""
+    held = Proposal(6, (Reason(Code.QUEUE_GROWING, "40 requests waiting: not scaling down"),), load_asks=4)
+    got = stabilization(SPEC, V, Workload("h100x1", 6, 6), held, False, History(observing_since=0.0), NOW)
+    assert got == Stabilized(held, History(recommendations=((NOW, 4),), observing_since=0.0))
+    # A later step that changes the count drops it: the count it sets is what is recorded.
+    assert held.to(7).recommendation == 7 and held.to(6).recommendation == 4 and held.note().recommendation == 4
 
 
 def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> None:

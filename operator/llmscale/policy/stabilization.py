@@ -4,7 +4,10 @@ while pods wait for GPUs.
 A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
 every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
 are recorded inside the bounds and ceilings, so a spike that wanted more than the ceiling holds the
-ceiling no longer than any other recommendation would. A recommendation stands until the next one:
+ceiling no longer than any other recommendation would; and a count held only while a queue lasts
+is recorded as what the load asked for (Proposal.load_asks), since the hold ends with its cause
+(the backlog of a first burst, drained on six replicas where the load asked for four, held the six
+for a window after it was gone). A recommendation stands until the next one:
 the newest made before the scale-down window began still counts, so a gap in the decisions (the API
 server or the operator down, a restart) is not time the load was seen to stay low. Without this, a
 recommendation of 3 aged out of a 60 s window during an outage and the first decision after it
@@ -79,7 +82,7 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     span = max(up_w, down_w)
     before = standing_before(history.recommendations, now, span)
     recs = ((before,) if before else ()) + tuple((t, r) for t, r in history.recommendations if now - t <= span)
-    recommendation = within_bounds(spec, variant, proposal.replicas, to_zero)
+    recommendation = within_bounds(spec, variant, proposal.recommendation, to_zero)
     out = proposal
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))

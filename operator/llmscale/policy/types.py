@@ -431,9 +431,21 @@ class Proposal:
 
     replicas: int
     reasons: tuple[Reason, ...] = ()
+    # What the load itself asks for when a hold that lasts only as long as its cause (a queue that
+    # costs TTFT) keeps more: the scale-down window remembers this, not the hold. None: `replicas`.
+    load_asks: int | None = None
 
     def to(self, replicas: int, *reasons: Reason) -> Proposal:
-        return Proposal(replicas, self.reasons + reasons)
+        return Proposal(replicas, self.reasons + reasons, self.load_asks if replicas == self.replicas else None)
+
+    def held(self, replicas: int, *reasons: Reason) -> Proposal:
+        """Hold `replicas` for a transient cause: the load still asks for what this proposal said."""
+        return Proposal(replicas, self.reasons + reasons, self.recommendation)
 
     def note(self, *reasons: Reason) -> Proposal:
-        return Proposal(self.replicas, self.reasons + reasons)
+        return Proposal(self.replicas, self.reasons + reasons, self.load_asks)
+
+    @property
+    def recommendation(self) -> int:
+        """The replicas the scale-down window records for this proposal."""
+        return self.replicas if self.load_asks is None else self.load_asks
