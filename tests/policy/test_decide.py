@@ -59,7 +59,7 @@ CASES = [
     Case("below min is raised", Workload("h100x1", 1, 1), healthy(0.5), 2, (Code.AT_MIN,), spec={"replicas": {"min": 2, "max": 8}}),
     Case("idle, scale to zero enabled, idle long enough", Workload("h100x1", 1, 1), healthy(0.0, running=0), 0, (Code.SCALE_TO_ZERO,),
          spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True, "idleFor": "10m", "demand": {"inferencePool": "chat"}}}},
-         history=History(idle_since=9_000.0, recommendations=((9_000.0, 0),), observing_since=1_000.0)),
+         history=History(idle_since=9_000.0, recommendations=((9_000.0, 0), (9_985.0, 1)), observing_since=1_000.0)),
     Case("idle, not for long enough: keep one", Workload("h100x1", 1, 1), healthy(0.0, running=0), 1, (Code.IDLE,),
          spec={"replicas": {"min": 0, "max": 4}, "scaling": {"scaleToZero": {"enabled": True, "idleFor": "10m", "demand": {"inferencePool": "chat"}}}},
          history=History(idle_since=9_900.0)),

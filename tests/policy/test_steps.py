@@ -507,13 +507,26 @@ def test_feedback_a_costly_queue_holds_the_count() -> None:
 
 STZ = spec(replicas={"min": 0, "max": 4}, scaling={"scaleToZero": {"enabled": True, "idleFor": "10m", "demand": {"inferencePool": "chat"}}})
 IDLE = sig(0.0, requests_running=0.0)
+SEEN_IDLE = History(idle_since=NOW - 600, recommendations=((NOW - 15, 1),))  # idle for 10 minutes, decided 15 s ago
 IDLENESS = [
     ("busy: nothing changes", SPEC, Workload("h100x1", 2, 2), sig(), History(), Idleness(Proposal(2), False, False, History())),
     ("idle: the plan stands, the clock starts", SPEC, Workload("h100x1", 2, 2), IDLE, History(),
      Idleness(Proposal(2, (Reason(Code.IDLE, "request counters at zero"),)), True, False, History(idle_since=NOW))),
-    ("idle long enough with scale-to-zero", STZ, Workload("h100x1", 1, 1), IDLE, History(idle_since=NOW - 600),
+    ("idle long enough with scale-to-zero", STZ, Workload("h100x1", 1, 1), IDLE, SEEN_IDLE,
      Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"), Reason(Code.SCALE_TO_ZERO, "idle for 600s >= 10m"))),
-              True, True, History(idle_since=NOW - 600))),
+              True, True, SEEN_IDLE)),
+    # Idle since two hours ago, but nothing was decided in the last hour (the API server down): zero
+    # over the last minute says nothing of that hour, so the idle clock starts again.
+    ("idle since before an outage: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 7200, recommendations=((NOW - 3600, 1),)),
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
+                           Reason(Code.IDLE, "idle clock restarted: no decision saw the 3600s before this one"))),
+              True, False, History(idle_since=NOW, recommendations=((NOW - 3600, 1),)))),
+    # A gap of one rate window and one interval (a late tick) is still seen.
+    ("idle, the last decision a window and an interval ago: still seen", STZ, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 600, recommendations=((NOW - 75, 1),)),
+     Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"), Reason(Code.SCALE_TO_ZERO, "idle for 600s >= 10m"))),
+              True, True, History(idle_since=NOW - 600, recommendations=((NOW - 75, 1),)))),
     ("at zero, no demand at the gateway: stay", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=0.0, unknown={"requestRate": "no series"}),
      History(), Idleness(Proposal(0, (Reason(Code.IDLE, "at zero, no request waiting at the gateway"),)), False, True, History())),
     ("at zero, the demand signal unknown: hold at zero", STZ, Workload("h100x1", 0, 0),
@@ -524,10 +537,10 @@ IDLENESS = [
      History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting at the gateway"),)),
                          False, False, History())),
     ("idle long enough, but the door back is not proven: stay at one", STZ, Workload("h100x1", 1, 1),
-     sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), History(idle_since=NOW - 600),
+     sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), SEEN_IDLE,
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(
          Code.METRICS_UNKNOWN, "not scaling to zero: the gateway's demand signal is unknown (no series)"))),
-              True, False, History(idle_since=NOW - 600))),
+              True, False, SEEN_IDLE)),
 ]
 
 

@@ -13,6 +13,22 @@ from .reasons import Code, Reason
 from .types import History, Proposal, Signals, Workload
 
 
+def last_decision(history: History, default: float) -> float:
+    """When the previous decision was taken (its recommendation's time)."""
+    return history.recommendations[-1][0] if history.recommendations else default
+
+
+def idleness_seen(spec: LLMDeploymentSpec, history: History, now: float) -> bool:
+    """Did the previous decision see the load up to one rate window before now? Each decision's
+    zero rate covers the window before it, so consecutive decisions at most a window apart (or an
+    interval, when that is longer; one more interval for a late tick) leave no time unseen."""
+    if not history.recommendations:
+        return False
+    window = parse_duration(spec.metrics.rate_window)
+    interval = parse_duration(spec.scaling.interval)
+    return now - history.recommendations[-1][0] <= max(window, interval) + interval
+
+
 @dataclass(frozen=True)
 class Idleness:
     proposal: Proposal
@@ -26,6 +42,15 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     rate, waiting = signals.request_rate, signals.requests_waiting or 0.0
     idle = rate is not None and rate == 0.0 and waiting == 0.0 and "requestRate" not in signals.unknown
     since = (history.idle_since if history.idle_since is not None else now) if idle else None
+    restarted: Reason | None = None
+    if idle and since is not None and since < now and not idleness_seen(spec, history, now):
+        # Zero over one rate window says nothing of the time before it: a gap between decisions
+        # longer than a window (the API server or the operator down) is time nobody saw, so the
+        # idle clock starts again (an idleSince from before a two-hour outage released every
+        # replica at the first decision after it).
+        restarted = Reason(Code.IDLE, f"idle clock restarted: no decision saw the {now - last_decision(history, since):.0f}s "
+                                      "before this one")
+        since = now
     hist = history.with_(idle_since=since)
     stz = spec.scaling.scale_to_zero
     may_zero = stz.enabled and spec.replicas.min == 0
@@ -42,7 +67,7 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     if idle:
         # The plan already sizes for zero load (and for what the burst memory holds): idleness
         # itself only opens the door to zero.
-        out = out.note(Reason(Code.IDLE, "request counters at zero"))
+        out = out.note(Reason(Code.IDLE, "request counters at zero"), *((restarted,) if restarted else ()))
         if may_zero and since is not None and now - since >= parse_duration(stz.idle_for):
             if demand_known:
                 out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {now - since:.0f}s >= {stz.idle_for}")), True
