@@ -31,7 +31,6 @@ from llmscale.policy.forecast import (
     hold_time,
     over_budget,
     thin_scrapes,
-    trend_forecast,
     window_arrivals,
 )
 from llmscale.policy.idleness import Idleness, idleness
@@ -110,7 +109,6 @@ P40 = beyond_chance(40.0, (40.0, 2.0, 2.0), 1800.0)
 H40 = 105.0 - 1320.0 / P40  # see the last case
 A27 = 10.0 + (300.0 - 2 * math.sqrt(301.0)) / 15.0  # see "a queue building"
 A3 = 20.0 - (300.0 - 2 * math.sqrt(601.0)) / 15.0  # see "a backlog draining"
-RISE = ((NOW - 250, 30.0), (NOW - 90, 5.0), (NOW - 60, 10.0), (NOW - 30, 18.0), (NOW - 15, 22.0))
 SPREADS_20 = 2 * math.sqrt(2 * 20 * 15 + 1)  # two Poisson spreads of the count in flight at 20/s over 15 s (49.03)
 
 FORECAST = [
@@ -237,16 +235,6 @@ FORECAST = [
      Forecast(40.0, 105.0, 300.0, History(rate_samples=((NOW, 40.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
                                                                                        (NOW, 100.0, 100.0))),
               arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
-    # A burst comes back: 5 -> 26 req/s over 90 s, steep enough that the trend says 38.5 over the
-    # horizon; 30 req/s were seen 250 s ago, before the rise, within the hold. A return toward a
-    # level seen before is planned at that level, not extrapolated past it.
-    ("a burst returning toward a level seen before the rise: the trend stops at that level", sig(26.0),
-     History(rate_samples=RISE),
-     Forecast(30.0, 105.0, 300.0, History(rate_samples=(*RISE, (NOW, 26.0)), queue_scrapes=(SEEN,)))),
-    # Past every level seen: a ramp, and the trend runs (32 + half the slope over the horizon).
-    ("a rise past every level seen: the trend runs", sig(32.0), History(rate_samples=RISE),
-     Forecast(trend_forecast((*RISE, (NOW, 32.0)), NOW, 105.0), 105.0, 300.0,
-              History(rate_samples=(*RISE, (NOW, 32.0)), queue_scrapes=(SEEN,)))),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
     # burst memory, as much of it as keeps the misses in the budget: of the peak beyond chance P40,

@@ -1,8 +1,7 @@
 """Step 3: the load to plan for over the cold-start horizon (pods take minutes to load weights).
 
 Three things are planned for, whichever is highest:
-- the current rate plus a damped upward trend, up to a level reached within the hold before the
-  rise began while the rate is still below it (a burst that returns is not a ramp);
+- the current rate plus a damped upward trend;
 - the recent peak (the burst memory), held for one cold start (a burst that came may come again
   before new capacity could be Ready); once bursts have been seen to come back, for half an hour
   when a returning burst would spend more than the SLO's error budget (with a p99 target and any
@@ -175,13 +174,6 @@ def recent_peak(samples: tuple[tuple[float, float], ...], now: float, hold_s: fl
     return max(recent) if recent else None
 
 
-def earlier_peak(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float, hold_s: float) -> float | None:
-    """The highest rate of the burst memory's hold from before the last horizon: a level the load
-    reached before the rise now under way (whose own samples are the last horizon's)."""
-    earlier = [v for t, v in samples if horizon_s < now - t <= min(hold_s, SAMPLES_KEPT_S)]
-    return max(earlier) if earlier else None
-
-
 def chance_excess(peak: float, hold_s: float, window_s: float) -> float:
     """How far the highest of the rate windows within `hold_s` may lie above the load by chance.
 
@@ -319,13 +311,6 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     elif rate >= QUIET_SHARE * (history.lull_peak or 0.0):
         gap = now - history.quiet_since
         hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:])
-    reached = earlier_peak(samples, now, horizon, hold)
-    if reached is not None and rate <= reached:
-        # A return toward a level seen before the rise began (within the hold): plan for that level,
-        # not the rise extrapolated past it. A step back up is steep over the trend's two minutes:
-        # onoff-14's bursts of 33 req/s, under a 44 seen before, were planned as 52 (a fourth replica,
-        # then held for the scale-down window).
-        trend = min(trend, reached)
     value = max(trend, peak)
     reasons: tuple[Reason, ...] = ()
     if peak > max(trend, rate) * 1.05 and peak > 0:
