@@ -58,6 +58,16 @@ def test_invalid_deployment_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "not valid YAML" in capsys.readouterr().err
 
 
+def test_a_fixed_shape_vllm_would_not_start_on_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "d.yaml"
+    doc = ("kind: LLMDeployment\nspec:\n  model: meta-llama/Llama-3.1-8B-Instruct\n  variants:\n"
+           "  - {name: h100x1, accelerator: nvidia-h100}\n  - {name: l4x1, accelerator: nvidia-l4}\n")
+    f.write_text(doc)
+    assert main(["simulate", "--deployment", str(f), "--scenario", "step", "--duration", "60", "--policy", "fixed:l4x1"]) == 2
+    err = capsys.readouterr().err
+    assert "vLLM would not start on l4x1: KV cache holds 27,465 tokens" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_crds_prints_the_crd() -> None:
     r = run("crds")
     assert r.returncode == 0 and "kind: CustomResourceDefinition" in r.stdout

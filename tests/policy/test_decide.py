@@ -113,7 +113,7 @@ def test_decide(case: Case) -> None:
 
 
 def test_infeasible_slo_sets_the_condition() -> None:
-    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}],
+    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}], engineArgs=["--max-model-len=8192"],
                                 slo={"interTokenLatency": {"target": "20ms"}}))
     d = decide(spec, Workload("l4x1", 2, 2), healthy(1.0, itl=0.09), History(), 0.0)
     status, reason, message = d.conditions["SLOFeasible"]
@@ -178,6 +178,7 @@ def test_variant_switch_to_the_cheaper_shape_after_hysteresis() -> None:
     """At low load an L4 serves the SLO for a fifth of the price: switch, but only after holding a while."""
     spec = parse_spec(spec_dict(
         variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4x1", "accelerator": "nvidia-l4"}],
+        engineArgs=["--max-model-len=8192"],  # else vLLM does not start on an L4 (see the next test)
         slo={"ttft": {"target": "2s"}, "interTokenLatency": {"target": "150ms"}},
         cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
         scaling={"scaleDown": {"stabilizationWindow": "120s"}},
@@ -232,3 +233,22 @@ def test_a_drained_backlog_is_not_held_for_the_scale_down_window() -> None:
             assert Code.QUEUE_GROWING in d.codes and Code.SLO_BREACH_TTFT not in d.codes, d.reasons
         h, n = d.history, d.to_replicas
     assert seen == [(6, 6, 2)] * 5 + [(6, 5, 2), (5, 4, 2), (4, 3, 2), (3, 2, 2)]
+
+
+def test_a_shape_vllm_would_not_start_on_is_never_chosen_and_explain_says_why() -> None:
+    """Without --max-model-len, vLLM starts Llama-3.1-8B only where the KV cache holds its
+    131,072-token context: not on an L4 (27,465 tokens), however cheap."""
+    spec = parse_spec(spec_dict(
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4x1", "accelerator": "nvidia-l4"}],
+        slo={"ttft": {"target": "2s"}, "interTokenLatency": {"target": "150ms"}},
+        cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"scaleDown": {"stabilizationWindow": "120s"}},
+    ))
+    sig = Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=0.5, prompt_tokens_rate=0.5 * 300,
+                  generation_tokens_rate=0.5 * 100, requests_waiting=0, requests_running=1)
+    d = decide(spec, Workload("h100x1", 1, 1), sig, History(), 0.0)
+    d2 = decide(spec, Workload("h100x1", 1, 1), sig, d.history, 200.0)
+    assert d.variant == d2.variant == "h100x1" and d2.history.variant_candidate is None
+    l4 = next(o for o in d2.estimate.shapes if o.variant == "l4x1")
+    assert l4.replicas is None and l4.capacity_per_replica == 0
+    assert l4.limited_by == "infeasible: KV cache holds 27,465 tokens, less than the model's 131,072-token context (set --max-model-len)"

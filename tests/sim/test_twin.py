@@ -90,7 +90,7 @@ def test_the_twin_switches_shapes_make_before_break_inside_both_ceilings() -> No
     through the rollout (the same code as the operator), and the GPUs and money held at any
     instant, counting starting and draining pods at their own prices, stay under the ceilings."""
     spec = parse_spec(spec_dict(
-        replicas={"min": 1, "max": 16},
+        replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],  # an L4 holds 27k tokens, not 128k
         variants=[{"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "30s"},
                   {"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
         slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
@@ -108,7 +108,7 @@ def test_fixed_shape_pins_llmscale_to_one_variant_and_the_warm_fleet_takes_the_c
     from llmscale.sim.twin import warm_fleet
 
     spec = parse_spec(spec_dict(
-        replicas={"min": 1, "max": 16},
+        replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],  # an L4 holds 27k tokens, not 128k
         variants=[{"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "30s"},
                   {"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
         slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},

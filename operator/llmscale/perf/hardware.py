@@ -54,6 +54,7 @@ class ModelProfile:
     layers: int
     hidden: int
     kv_bytes_per_token: int  # K and V, all layers, bf16
+    context: int | None = None  # the model's own maximum context (max_position_embeddings), when known
 
     @property
     def weight_bytes(self) -> float:
@@ -68,6 +69,20 @@ _KNOWN = {
 }
 
 
+# The maximum context vLLM uses without --max-model-len (the model config's
+# max_position_embeddings), for families whose name says it; unknown otherwise.
+_CONTEXT = (
+    (re.compile(r"llama-3\.[123]", re.I), 131072),
+    (re.compile(r"llama-3-", re.I), 8192),
+    (re.compile(r"qwen2(\.5)?-", re.I), 32768),
+    (re.compile(r"mistral-7b|mixtral", re.I), 32768),
+)
+
+
+def native_context(model: str) -> int | None:
+    return next((n for pattern, n in _CONTEXT if pattern.search(model)), None)
+
+
 def model_profile(model: str) -> ModelProfile:
     """Size facts from the model name ('meta-llama/Llama-3.1-8B-Instruct' -> 8B); 8B when unknown."""
     m = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", model.split("/")[-1])
@@ -75,9 +90,9 @@ def model_profile(model: str) -> ModelProfile:
     best = min(_KNOWN, key=lambda k: abs(math.log(k / size)))
     p = _KNOWN[best]
     if abs(best - size) / size < 0.15:
-        return ModelProfile(model, p.params_b, p.layers, p.hidden, p.kv_bytes_per_token)
+        return ModelProfile(model, p.params_b, p.layers, p.hidden, p.kv_bytes_per_token, native_context(model))
     scale = size / p.params_b
-    return ModelProfile(model, size, p.layers, p.hidden, int(p.kv_bytes_per_token * scale**0.6))
+    return ModelProfile(model, size, p.layers, p.hidden, int(p.kv_bytes_per_token * scale**0.6), native_context(model))
 
 
 # Fitted efficiencies (see module docstring).
@@ -111,6 +126,19 @@ class ServerProfile:
     @property
     def fits(self) -> bool:
         return self.kv_capacity_tokens > 2048
+
+    def refuses_to_start(self, max_model_len: int | None) -> str | None:
+        """Why vLLM would refuse to start this replica, or None. vLLM checks at startup that the KV
+        cache holds one sequence of the maximum length (--max-model-len, else the model's own
+        context) and exits otherwise: Llama-3.1-8B on one 24 GB GPU holds some 27,000 tokens of
+        its 131,072 unless --max-model-len is set."""
+        if not self.fits:
+            return "model does not fit in GPU memory"
+        longest = max_model_len or self.model.context
+        if longest is not None and self.kv_capacity_tokens < longest:
+            how = f"--max-model-len {longest:,}" if max_model_len else f"the model's {longest:,}-token context (set --max-model-len)"
+            return f"KV cache holds {self.kv_capacity_tokens:,} tokens, less than {how}"
+        return None
 
     @functools.cached_property
     def _step_constants(self) -> tuple[float, ...]:

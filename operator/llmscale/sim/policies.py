@@ -65,6 +65,15 @@ class LLMScalePolicy(Policy):
         return Target(d.to_replicas, d.variant, capped, d.replicas_by_variant, d.failed_variant)
 
 
+def refused_shape(spec: LLMDeploymentSpec, variant: str) -> str | None:
+    """Why vLLM would not start on this shape (the twin itself would serve any), or None."""
+    from llmscale.perf.hardware import server_profile
+    from llmscale.policy.capacity import max_model_len
+
+    v = spec.variant(variant)
+    return server_profile(spec.model, v.accelerator, v.gpus_per_replica).refuses_to_start(max_model_len(spec))
+
+
 class FixedShapePolicy(LLMScalePolicy):
     """llmscale pinned to one pod shape: the spec with only that variant. The baseline a
     multi-shape spec is compared with (is choosing shapes worth it?)."""
@@ -79,6 +88,9 @@ class FixedShapePolicy(LLMScalePolicy):
             if not any(v.name == self.pinned for v in spec.variants):
                 raise ValueError(f"fixed:{self.pinned}: the deployment has no variant {self.pinned!r} "
                                  f"(it has {', '.join(v.name for v in spec.variants)})")
+            why = refused_shape(spec, self.pinned)
+            if why is not None:
+                raise ValueError(f"fixed:{self.pinned}: vLLM would not start on {self.pinned}: {why}")
             self.spec = spec.model_copy(update={"variants": [spec.variant(self.pinned)]})
         return self.spec
 
