@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in ["llmscale"] + [f"fixed:{v['name']}" for v in spec["variants"]]:
             r = done[(n, p)]
             if isinstance(r, str):
-                rows.append([n, p, "-", "-", "-", "-", "-", "-", r[:120]])
+                rows.append([n, p, "-", "-", "-", "-", "-", "-", r[:200]])
                 continue
             rows.append([n, p, f"{r.ttft_attainment:.2%}", f"{r.joint_attainment:.2%}", f"{r.gpu_hours:.2f}",
                          f"{r.cost:.2f}" if r.cost is not None else "-", str(r.peak_gpus),

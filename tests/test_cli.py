@@ -65,7 +65,7 @@ def test_a_fixed_shape_vllm_would_not_start_on_is_refused_in_one_line(tmp_path: 
     f.write_text(doc)
     assert main(["simulate", "--deployment", str(f), "--scenario", "step", "--duration", "60", "--policy", "fixed:l4x1"]) == 2
     err = capsys.readouterr().err
-    assert "vLLM would not start on l4x1: KV cache holds 27,465 tokens" in err and len(err.strip().splitlines()) == 1, err
+    assert "vLLM would not start on l4x1: its KV cache holds 27,465 tokens" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_crds_prints_the_crd() -> None:

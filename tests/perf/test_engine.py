@@ -117,21 +117,19 @@ def test_a_pooled_fleet_never_beats_what_a_replica_pushes_through() -> None:
         assert simulated_capacity(PROFILE, 1024, 256, 0.1, 1.0, 95, 99, replicas=n).requests_per_s <= bound.requests_per_s
 
 
-@pytest.mark.parametrize(("model", "accelerator", "gpus", "max_model_len", "refused"), [
+@pytest.mark.parametrize(("model", "accelerator", "gpus", "max_model_len", "util", "refused"), [
     # Llama-3.1's own context is 131,072 tokens: one 24 GB L4 holds 27,465 of them after the weights.
-    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, None,
-     "KV cache holds 27,465 tokens, less than the model's 131,072-token context (set --max-model-len)"),
-    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, 8192, None),
-    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, 32768, "KV cache holds 27,465 tokens, less than --max-model-len 32,768"),
-    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-h100", 1, None, None),
-    ("Qwen/Qwen2.5-7B-Instruct", "nvidia-l4", 1, None, None),  # 32,768 tokens: they fit
-    ("acme/house-model-8b", "nvidia-l4", 1, None, None),  # context unknown: nothing to check
-    ("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100", 2, 8192, "model does not fit in GPU memory"),
-    ("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100", 4, None, None),
+    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, None, None,
+     "its KV cache holds 27,465 tokens, less than the model's 131,072-token context (set --max-model-len)"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, 8192, None, None),
+    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, 32768, None, "its KV cache holds 27,465 tokens, less than --max-model-len 32,768"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-l4", 1, 32768, 0.98, None),  # 2 GB more for the cache: 42,112 tokens
+    ("meta-llama/Llama-3.1-8B-Instruct", "nvidia-h100", 1, None, None, None),
+    ("Qwen/Qwen2.5-7B-Instruct", "nvidia-l4", 1, None, None, None),  # 32,768 tokens: they fit
+    ("acme/house-model-8b", "nvidia-l4", 1, None, None, None),  # context unknown: nothing to check
+    ("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100", 2, 8192, None, "the model does not fit in GPU memory"),
+    ("meta-llama/Llama-3.1-70B-Instruct", "nvidia-h100", 4, None, None, None),
 ])
 def test_vllm_refuses_to_start_when_the_kv_cache_cannot_hold_the_longest_sequence(
-        model: str, accelerator: str, gpus: int, max_model_len: int | None, refused: str | None) -> None:
-    profile = server_profile(model, accelerator, gpus)
-    assert profile.refuses_to_start(max_model_len) == refused
-    cap = replica_capacity(profile, 200, 100, 0.1, 1.0, max_model_len=max_model_len)
-    assert (cap.requests_per_s == 0 and cap.limited_by == f"infeasible: {refused}") if refused else cap.requests_per_s > 0
+        model: str, accelerator: str, gpus: int, max_model_len: int | None, util: float | None, refused: str | None) -> None:
+    assert server_profile(model, accelerator, gpus).refuses_to_start(max_model_len, util) == refused

@@ -6,7 +6,14 @@ import pytest
 
 from llmscale.api import parse_spec
 from llmscale.policy import Signals
-from llmscale.policy.capacity import misses_beyond_chance, refine_correction, replicas_for, variant_capacity
+from llmscale.policy.capacity import (
+    max_model_len,
+    misses_beyond_chance,
+    refine_correction,
+    refused_start,
+    replicas_for,
+    variant_capacity,
+)
 from tests.conftest import spec_dict
 
 
@@ -51,3 +58,24 @@ def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
         alone = variant_capacity(spec, v, Signals(), 1.0, mix, 1)
         assert n <= -(-demand // (alone.per_replica * u))  # never more than lone replicas would need
     assert replicas_for(spec, v, Signals(), 1.0, mix, 0.0, u)[0] == 0
+
+
+@pytest.mark.parametrize(("args", "limit", "refused"), [
+    ([], None, True),  # Llama-3.1's own 131,072 tokens on an L4
+    (["--max-model-len=8192"], 8192, False),
+    (["--max-model-len", "8192"], 8192, False),
+    (["--max_model_len=8192"], 8192, False),  # vLLM's parser takes underscores
+    (["--max-model-len=8k"], 8000, False),
+    (["--max-model-len=8K"], 8192, False),
+    (["--max-model-len=65536", "--max-model-len=8192"], 8192, False),  # the last one wins
+    (["--max-model-len=32768"], 32768, True),
+    (["--max-model-len=32768", "--gpu-memory-utilization=0.98"], 32768, False),
+    (["--max-model-len=32768", "--kv-cache-dtype=fp8"], 32768, False),  # not modelled: nothing refused
+    (["--max-model-len=auto"], None, False),  # vLLM fits the length to memory
+    (["--max-model-len=-1"], None, False),
+    (["--max-model-len=lots"], None, False),  # unreadable: unknown, not absent
+])
+def test_engine_args_are_read_as_vllm_reads_them(args: list[str], limit: int | None, refused: bool) -> None:
+    spec = parse_spec(spec_dict(engineArgs=args, variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}]))
+    assert max_model_len(spec) == limit
+    assert (refused_start(spec, spec.variants[0]) is not None) is refused

@@ -251,4 +251,16 @@ def test_a_shape_vllm_would_not_start_on_is_never_chosen_and_explain_says_why() 
     assert d.variant == d2.variant == "h100x1" and d2.history.variant_candidate is None
     l4 = next(o for o in d2.estimate.shapes if o.variant == "l4x1")
     assert l4.replicas is None and l4.capacity_per_replica == 0
-    assert l4.limited_by == "infeasible: KV cache holds 27,465 tokens, less than the model's 131,072-token context (set --max-model-len)"
+    assert l4.limited_by == ("infeasible: vLLM would not start: its KV cache holds 27,465 tokens, less than the model's "
+                             "131,072-token context (set --max-model-len)")
+
+
+def test_a_running_shape_whose_pods_are_ready_is_never_judged_unable_to_start() -> None:
+    """Ready pods prove vLLM starts on the shape, whatever the engine args seemed to say (review:
+    a running L4 fleet was switched away from at once as 'cannot meet the SLO')."""
+    spec = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}],
+                                slo={"ttft": {"target": "2s"}, "interTokenLatency": {"target": "150ms"}}))
+    d = decide(spec, Workload("l4x1", 2, 2), healthy(1.0, itl=0.03), History(), 0.0)
+    assert d.conditions["SLOFeasible"][0] == "True", d.conditions["SLOFeasible"]
+    new = decide(spec, Workload("l4x1", 1, 0, starting=1), healthy(1.0, itl=0.03), History(), 0.0)
+    assert new.conditions["SLOFeasible"][0] == "False" and "vLLM would not start" in new.conditions["SLOFeasible"][2]

@@ -169,7 +169,7 @@ def test_min_zero_without_scale_to_zero_keeps_one_replica() -> None:
     spec = parse_spec(spec_dict(replicas={"min": 0, "max": 4}))
     idle = Signals(request_rate=0.0, prompt_tokens_rate=0.0, generation_tokens_rate=0.0, requests_waiting=0.0,
                    requests_running=0.0)
-    h = History(observing_since=0.0, idle_since=0.0, recommendations=((NOW - 400, 1),))
+    h = History(observing_since=0.0, idle_since=0.0, recommendations=((NOW - 15, 1),))
     d = decide(spec, Workload("h100x1", 1, 1), idle, h, NOW)
     assert d.to_replicas == 1 and Code.IDLE in d.codes
     # At 0 (set by hand) with no demand, it comes back to 1: 0 is a one-way door without a demand signal.

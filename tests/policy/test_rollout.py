@@ -19,7 +19,8 @@ from tests.conftest import spec_dict
 
 L4 = {"name": "l4x1", "accelerator": "nvidia-l4", "gpusPerReplica": 1, "coldStart": "60s"}
 H100 = {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}
-SPEC = parse_spec(spec_dict(variants=[L4, H100], replicas={"min": 1, "max": 16},
+# --max-model-len: an L4 holds 27k tokens of Llama-3.1's KV cache, and vLLM starts there only with it.
+SPEC = parse_spec(spec_dict(variants=[L4, H100], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],
                             cost={"maxGPUs": 10, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
 L, H = SPEC.variants
 CAP = {"l4x1": 1.0, "h100x2": 4.0}  # one h100x2 pod carries what four l4x1 pods do
@@ -118,7 +119,7 @@ def test_a_switch_to_save_at_the_gpu_ceiling_goes_in_small_steps_instead_of_wait
     75 %); the cheaper H100 shape needs a GPU that they never leave. Before: WaitingForRoom for
     ever. Now each step releases what keeps the load served, and every new pod starts in the room."""
     sp = parse_spec(spec_dict(variants=[L4, {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1}],
-                              scaling={"targetUtilization": 0.75},
+                              scaling={"targetUtilization": 0.75}, engineArgs=["--max-model-len=8192"],
                               cost={"maxGPUs": 10, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
     caps = {"l4x1": 1.0, "h100x1": 4.0}
     w = wl("h100x1", {"l4x1": 10, "h100x1": 0}, {"l4x1": PodCounts(ready=10)})

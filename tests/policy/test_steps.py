@@ -484,11 +484,18 @@ def test_feedback_a_queue_seen_once_is_looked_at_again() -> None:
 
 
 def test_feedback_a_costly_queue_holds_the_count() -> None:
-    got = _fb(sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2), Workload("h100x1", 3, 3),
-              proposal=1)
-    # The hold lasts while the queue does: what the load asks for (1) is what the window remembers.
-    assert got.proposal == Proposal(3, (Reason(Code.QUEUE_GROWING, "5 requests waiting: not scaling down"),), load_asks=1)
-    assert got.proposal.recommendation == 1
+    queue = sig(12.0, requests_waiting=5.0, requests_running=8.0, itl_quantile=0.03, ttft_quantile=0.2)
+    held = (Reason(Code.QUEUE_GROWING, "5 requests waiting: not scaling down"),)
+    # A queue that does not shrink is a shortage: the hold is what the scale-down window records
+    # (review: a costly queue seen at every third scrape stepped 6 -> 2 while it kept coming back).
+    got = _fb(queue, Workload("h100x1", 3, 3), proposal=1)
+    assert got.proposal == Proposal(3, held) and got.proposal.recommendation == 3
+    # A backlog that drains ends with its cause: the window records what the load asks for (1).
+    got = _fb(queue, Workload("h100x1", 3, 3), proposal=1, draining=True)
+    assert got.proposal == Proposal(3, held, load_asks=1) and got.proposal.recommendation == 1
+    # Requests waiting with no rate to read the load from: the hold is recorded.
+    got = _fb(sig(0.0, requests_waiting=5.0, requests_running=8.0), Workload("h100x1", 3, 3), proposal=1, draining=True)
+    assert got.proposal.replicas == 3 and got.proposal.recommendation == 3
 
 
 # ---- 6. idleness ------------------------------------------------------------------------------------
@@ -508,13 +515,30 @@ IDLENESS = [
     ("idle since before an outage: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
      History(idle_since=NOW - 7200, recommendations=((NOW - 3600, 1),)),
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
-                           Reason(Code.IDLE, "idle clock restarted: no decision saw the 3600s before this one"))),
+                           Reason(Code.IDLE, "idle clock restarted: the last decision was 3600s ago, longer than one rate window covers"))),
               True, False, History(idle_since=NOW, recommendations=((NOW - 3600, 1),)))),
-    # A gap of one rate window and one interval (a late tick) is still seen.
-    ("idle, the last decision a window and an interval ago: still seen", STZ, Workload("h100x1", 1, 1), IDLE,
-     History(idle_since=NOW - 600, recommendations=((NOW - 75, 1),)),
+    # A restart: status keeps decisions up to four intervals old, and the restart takes a while.
+    # One rate window (60 s) plus five 15 s intervals is still seen; a second more is not.
+    ("idle, the last decision a window and five intervals ago: still seen", STZ, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 600, recommendations=((NOW - 135, 1),)),
      Idleness(Proposal(0, (Reason(Code.IDLE, "request counters at zero"), Reason(Code.SCALE_TO_ZERO, "idle for 600s >= 10m"))),
-              True, True, History(idle_since=NOW - 600, recommendations=((NOW - 75, 1),)))),
+              True, True, History(idle_since=NOW - 600, recommendations=((NOW - 135, 1),)))),
+    ("idle, the last decision just past that: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 600, recommendations=((NOW - 136, 1),)),
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
+                           Reason(Code.IDLE, "idle clock restarted: the last decision was 136s ago, longer than one rate window covers"))),
+              True, False, History(idle_since=NOW, recommendations=((NOW - 136, 1),)))),
+    # idleSince with no decision behind it (a lost status): nothing seen, the clock starts again.
+    ("idle since, but no decision recorded: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 600),
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
+                           Reason(Code.IDLE, "idle clock restarted: no earlier decision is recorded"))),
+              True, False, History(idle_since=NOW))),
+    # Scale-to-zero off: the clock restarts silently (it only opens the door to zero).
+    ("idle after a gap without scale-to-zero: no word of the clock", SPEC, Workload("h100x1", 1, 1), IDLE,
+     History(idle_since=NOW - 600, recommendations=((NOW - 3600, 1),)),
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),)), True, False,
+              History(idle_since=NOW, recommendations=((NOW - 3600, 1),)))),
     ("at zero, no demand at the gateway: stay", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=0.0, unknown={"requestRate": "no series"}),
      History(), Idleness(Proposal(0, (Reason(Code.IDLE, "at zero, no request waiting at the gateway"),)), False, True, History())),
     ("at zero, the demand signal unknown: hold at zero", STZ, Workload("h100x1", 0, 0),
@@ -738,7 +762,8 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
     cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
     assert got == CapacityStep(cap, corr, mix, True, False, feasible, expect_hist,
-                               (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),))
+                               (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),),
+                               True)  # two Ready pods: vLLM does start on this shape
     again = capacity(SPEC, V, Workload("h100x1", 2, 2), MISSING, got.history, NOW + 15, 1.8)
     assert again.correction == corr and again.reasons == () and again.history.learned_at == NOW
 

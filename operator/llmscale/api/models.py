@@ -351,7 +351,8 @@ class ScaleToZero(_Model):
     )
 
     enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0 and demand).")
-    idle_for: Duration = Field("15m", description="How long request counters must stay at zero first.")
+    idle_for: Duration = Field("15m", description="How long request counters must stay at zero first, as seen by decisions "
+                                                  "that follow each other (after an outage or a restart the count starts again).")
     demand: DemandSignal | None = Field(None, description="The gateway's count of requests held while there are no replicas.")
 
     @field_validator("idle_for")
@@ -592,7 +593,10 @@ class LLMDeploymentSpec(_Model):
     engine_args: list[Annotated[str, Field(max_length=512)]] = Field(
         default_factory=list,
         max_length=64,
-        description="Extra vLLM engine arguments, e.g. ['--max-model-len=8192']. The operator sets --model, --port and --tensor-parallel-size itself.",
+        description="Extra vLLM engine arguments, e.g. ['--max-model-len=8192']. The operator sets --model, --port and --tensor-parallel-size itself. "
+                    "--max-model-len bounds the prompts planned for, and a shape whose KV cache cannot hold it (or, without it, the "
+                    "model's own context) is one vLLM does not start on: never chosen (--gpu-memory-utilization is read; with "
+                    "--kv-cache-dtype set, nothing is refused).",
     )
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds, description="Replica bounds.")
     variants: list[Variant] = Field(

@@ -47,12 +47,11 @@ def step_time_at(profile: ServerProfile, lam: float, mean_in: float, mean_out: f
 
 
 def unloaded_floor(profile: ServerProfile, mean_in: float, mean_out: float, itl_target_s: float | None,
-                   ttft_target_s: float | None, max_model_len: int | None = None) -> Capacity | None:
-    """The infeasible answer when even an idle replica misses a target (or vLLM would not start
-    on it: see ServerProfile.refuses_to_start), else None: no load makes a replica faster than idle."""
-    refused = profile.refuses_to_start(max_model_len)
-    if refused is not None:
-        return Capacity(0.0, math.inf, 0, f"infeasible: {refused}")
+                   ttft_target_s: float | None) -> Capacity | None:
+    """The infeasible answer when even an idle replica misses a target (or the model does not
+    fit), else None: no load makes a replica faster than idle."""
+    if not profile.fits:
+        return Capacity(0.0, math.inf, 0, "infeasible: model does not fit in GPU memory")
     floor_itl = profile.unloaded_itl(mean_in + mean_out / 2)
     if itl_target_s is not None and floor_itl > itl_target_s:
         return Capacity(0.0, floor_itl, 0, f"infeasible: unloaded inter-token latency {floor_itl * 1000:.0f}ms")
@@ -71,13 +70,12 @@ def replica_capacity(
     ttft_target_s: float | None,
     prompt_tail_factor: float = 3.0,
     rel_tol: float = 0.0,
-    max_model_len: int | None = None,
 ) -> Capacity:
     """Largest arrival rate one replica sustains within the targets (bisection on lam, 40 halvings
     or until the bracket is narrower than rel_tol of its top)."""
     mean_in = max(1.0, mean_in)
     mean_out = max(1.0, mean_out)
-    floor = unloaded_floor(profile, mean_in, mean_out, itl_target_s, ttft_target_s, max_model_len)
+    floor = unloaded_floor(profile, mean_in, mean_out, itl_target_s, ttft_target_s)
     if floor is not None:
         return floor
     tail_prompt = int(mean_in * prompt_tail_factor)
@@ -166,17 +164,13 @@ def simulated_capacity(
     sigma_out: float = DEFAULT_SIGMA_OUT,
     max_prompt: int | None = None,
     replicas: int = 1,
-    max_model_len: int | None = None,
 ) -> Capacity:
     """Largest Poisson arrival rate per replica whose simulated TTFT and ITL percentiles meet the
-    targets, for a fleet of `replicas` behind a least-outstanding-requests router. `max_prompt`
-    bounds the prompts simulated; `max_model_len` (default: `max_prompt`) is what vLLM checks at
-    startup (ServerProfile.refuses_to_start)."""
+    targets, for a fleet of `replicas` behind a least-outstanding-requests router."""
     curve = _pool_curve(profile, _snap(mean_in), _snap(mean_out),
                         None if itl_target_s is None else round(itl_target_s, 4),
                         None if ttft_target_s is None else round(ttft_target_s, 4),
-                        itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt,
-                        max_model_len if max_model_len is not None else max_prompt)
+                        itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt)
     return at_fleet_size(curve, replicas)
 
 
@@ -199,14 +193,14 @@ def at_fleet_size(curve: tuple[tuple[int, Capacity], ...], replicas: int) -> Cap
 @functools.lru_cache(maxsize=2048)
 def _pool_curve(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
                 itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
-                max_prompt: int | None = None, max_model_len: int | None = None) -> tuple[tuple[int, Capacity], ...]:
-    closed = replica_capacity(profile, mean_in, mean_out, itl_t, ttft_t, max_model_len=max_model_len)
+                max_prompt: int | None = None) -> tuple[tuple[int, Capacity], ...]:
+    closed = replica_capacity(profile, mean_in, mean_out, itl_t, ttft_t)
     if closed.requests_per_s <= 0 and closed.limited_by.startswith("infeasible"):
         return ((1, closed),)
     # Pooling shortens the tail; it cannot raise what a replica pushes through at all. A simulated
     # fleet of many replicas runs for only seconds of arrivals, too short to show an overload
     # building, so its result is held under the replica's throughput bound.
-    bound = replica_capacity(profile, mean_in, mean_out, None, None, max_model_len=max_model_len)
+    bound = replica_capacity(profile, mean_in, mean_out, None, None)
     out: list[tuple[int, Capacity]] = []
     floor = 0.0
     for n in POOL_ANCHORS:

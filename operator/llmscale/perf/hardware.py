@@ -119,25 +119,30 @@ class ServerProfile:
 
     @property
     def kv_capacity_tokens(self) -> int:
-        free = self.gpu.memory_gb * self.tp * GPU_MEMORY_UTILIZATION - self.model.weight_bytes / 1e9
-        free -= ACTIVATION_RESERVE_GB * self.tp
-        return max(0, int(free * 1e9 / self.model.kv_bytes_per_token))
+        return self.kv_tokens_at(GPU_MEMORY_UTILIZATION)
 
     @property
     def fits(self) -> bool:
         return self.kv_capacity_tokens > 2048
 
-    def refuses_to_start(self, max_model_len: int | None) -> str | None:
+    def kv_tokens_at(self, gpu_memory_utilization: float) -> int:
+        """KV cache tokens when vLLM may use this share of GPU memory (--gpu-memory-utilization)."""
+        free = self.gpu.memory_gb * self.tp * gpu_memory_utilization - self.model.weight_bytes / 1e9
+        free -= ACTIVATION_RESERVE_GB * self.tp
+        return max(0, int(free * 1e9 / self.model.kv_bytes_per_token))
+
+    def refuses_to_start(self, max_model_len: int | None, gpu_memory_utilization: float | None = None) -> str | None:
         """Why vLLM would refuse to start this replica, or None. vLLM checks at startup that the KV
         cache holds one sequence of the maximum length (--max-model-len, else the model's own
         context) and exits otherwise: Llama-3.1-8B on one 24 GB GPU holds some 27,000 tokens of
         its 131,072 unless --max-model-len is set."""
-        if not self.fits:
-            return "model does not fit in GPU memory"
+        tokens = self.kv_tokens_at(gpu_memory_utilization or GPU_MEMORY_UTILIZATION)
+        if tokens <= 2048:
+            return "the model does not fit in GPU memory"
         longest = max_model_len or self.model.context
-        if longest is not None and self.kv_capacity_tokens < longest:
+        if longest is not None and tokens < longest:
             how = f"--max-model-len {longest:,}" if max_model_len else f"the model's {longest:,}-token context (set --max-model-len)"
-            return f"KV cache holds {self.kv_capacity_tokens:,} tokens, less than {how}"
+            return f"its KV cache holds {tokens:,} tokens, less than {how}"
         return None
 
     @functools.cached_property

@@ -406,7 +406,7 @@ def _rate_ceiling(profile: ServerProfile, mix: Mix) -> float:
 def _model_curve(profile: ServerProfile, mean_in: float, mean_out: float, itl_t: float | None, ttft_t: float | None,
                  itl_pct: float, ttft_pct: float, sigma_in: float, sigma_out: float,
                  max_prompt: int | None) -> tuple[tuple[int, Capacity], ...]:
-    floor = unloaded_floor(profile, mean_in, mean_out, itl_t, ttft_t, max_prompt)
+    floor = unloaded_floor(profile, mean_in, mean_out, itl_t, ttft_t)
     if floor is not None:
         return ((1, floor),)
     mix = Mix(mean_in, mean_out, sigma_in, sigma_out, max(1, min(profile.kv_capacity_tokens // 2, max_prompt or 1 << 30)))

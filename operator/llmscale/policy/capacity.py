@@ -32,18 +32,60 @@ class VariantCapacity:
         return self.per_replica > 0
 
 
+def engine_arg(spec: LLMDeploymentSpec, name: str) -> str | None:
+    """The value of a vLLM flag in the engine args, as vLLM's parser reads it: `--a-b` or `--a_b`,
+    `=value` or the next argument, the last occurrence winning; None when absent."""
+    wanted = {f"--{name}", f"--{name.replace('-', '_')}"}
+    value: str | None = None
+    args = spec.engine_args
+    for i, arg in enumerate(args):
+        flag, eq, rest = arg.partition("=")
+        if flag.strip() in wanted:
+            value = rest.strip() if eq else (args[i + 1].strip() if i + 1 < len(args) else "")
+    return value
+
+
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def human_int(text: str) -> int | None:
+    """vLLM's human-readable integers: '8192', '8k' (8,000), '8K' (8,192), '25.6k'; None otherwise."""
+    t = text.strip()
+    mult = _SUFFIX.get(t[-1:], 1) if t else 1
+    try:
+        return int(float(t[:-1]) * mult) if mult != 1 else int(t)
+    except ValueError:
+        return None
+
+
 def max_model_len(spec: LLMDeploymentSpec) -> int | None:
-    """--max-model-len from the engine args: vLLM refuses longer prompts, which bounds the tail."""
-    for i, arg in enumerate(spec.engine_args):
-        flag, _, value = arg.partition("=")
-        if flag.strip() == "--max-model-len":
-            if not value and i + 1 < len(spec.engine_args):
-                value = spec.engine_args[i + 1]
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    """--max-model-len from the engine args: vLLM refuses longer prompts, which bounds the tail.
+    None when absent, unreadable, or left to vLLM ('auto', -1: it fits the length to memory)."""
+    raw = engine_arg(spec, "max-model-len")
+    n = human_int(raw) if raw is not None else None
+    return n if n is not None and n > 0 else None
+
+
+def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
+    """Why vLLM would exit at startup on this shape (ServerProfile.refuses_to_start), or None. Only
+    what the engine args say for certain counts: an unreadable or automatic --max-model-len, or a
+    KV cache dtype other than the default (fp8 halves what a token takes), checks nothing."""
+    raw = engine_arg(spec, "max-model-len")
+    limit = max_model_len(spec)
+    if raw is not None and limit is None:
+        return None
+    dtype = engine_arg(spec, "kv-cache-dtype")
+    if dtype is not None and dtype.lower() != "auto":
+        return None
+    util_raw = engine_arg(spec, "gpu-memory-utilization")
+    try:
+        util = float(util_raw) if util_raw is not None else None
+    except ValueError:
+        return None
+    if util is not None and not 0 < util <= 1:
+        return None
+    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    return profile.refuses_to_start(limit, util)
 
 
 # The token mix is a mean over requests, weighted by how many each rate window saw, and planned for
@@ -102,9 +144,14 @@ def observed_mix(signals: Signals, window_s: float, prev: ObservedMix | None = N
 
 
 def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                     mix: tuple[float, float] | None = None, replicas: int = 1) -> VariantCapacity:
-    """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps)."""
+                     mix: tuple[float, float] | None = None, replicas: int = 1, started: bool = False) -> VariantCapacity:
+    """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps).
+    A shape vLLM would not start on sustains nothing, unless its pods have started (`started`: Ready
+    pods prove the rule wrong for them, whatever the engine args seemed to say)."""
     profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    refused = None if started else refused_start(spec, variant)
+    if refused is not None:
+        return VariantCapacity(variant, 0.0, f"infeasible: vLLM would not start: {refused}", 0.0)
     mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
@@ -123,23 +170,23 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
 
 
 def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                 mix: tuple[float, float], demand: float, utilization: float) -> tuple[int, VariantCapacity]:
+                 mix: tuple[float, float], demand: float, utilization: float, started: bool = False) -> tuple[int, VariantCapacity]:
     """The fewest replicas whose pooled capacity, at `utilization`, carries `demand` req/s, and
     the per-replica capacity at that fleet size. Pooled capacity grows with the fleet, so the
     count a lone replica's capacity gives is an upper bound; bisect below it."""
-    single = variant_capacity(spec, variant, signals, correction, mix, 1)
+    single = variant_capacity(spec, variant, signals, correction, mix, 1, started)
     if not single.feasible or demand <= 0:
         return 0, single
     hi = max(1, math.ceil(demand / (single.per_replica * utilization) - 1e-9))
     lo = 1
     while lo < hi:
         mid = (lo + hi) // 2
-        cap = variant_capacity(spec, variant, signals, correction, mix, mid)
+        cap = variant_capacity(spec, variant, signals, correction, mix, mid, started)
         if cap.feasible and mid * cap.per_replica * utilization >= demand - 1e-9:
             hi = mid
         else:
             lo = mid + 1
-    return hi, variant_capacity(spec, variant, signals, correction, mix, hi)
+    return hi, variant_capacity(spec, variant, signals, correction, mix, hi, started)
 
 
 def misses_beyond_chance(attainment: float, target_share: float, observed: float | None) -> bool:
@@ -227,6 +274,7 @@ class CapacityStep:
     feasible: Condition
     history: History
     reasons: tuple[Reason, ...] = ()
+    started: bool = False  # the running shape's pods have become Ready (vLLM does start on it)
 
 
 def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
@@ -268,7 +316,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     if (fresh and settled and not backlog_in_window and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
-        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1))
+        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), workload.started(variant.name))
         per_ready = rate / ready if rate is not None and ready > 0 else None
         learned = refine_correction(correction, signals.ttft_attainment, share, breach_ratio, True, per_ready,
                                     seed.per_replica, rate * window_s if rate is not None else None)
@@ -278,10 +326,11 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         correction = learned
         hist = hist.with_(capacity_correction=correction, learned_at=now)
 
-    cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1))
+    started = workload.started(variant.name)
+    cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1), started)
     if cap.feasible:
         feasible = Condition("True", "SLOFeasible", f"variant {variant.name} sustains {cap.per_replica:.2f} req/s per replica "
                                                    f"({cap.limited_by}-bound)")
     else:
         feasible = Condition("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
-    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons)
+    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons, started)

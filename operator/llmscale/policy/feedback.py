@@ -153,10 +153,13 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     if out.replicas < workload.replicas and (queued or (waiting >= 1 and not rate)):
         # A queue that costs TTFT, or requests waiting while none completed in the window (the rate
         # then says nothing of the load): no time to release capacity.
-        # The hold lasts while the queue does: once it is served, the window remembers what the load
+        why = Reason(Code.QUEUE_GROWING, f"{waiting:.0f} requests waiting: not scaling down")
+        # A backlog that drains ends with its cause: the scale-down window remembers what the load
         # asked for, not the hold (onoff-14: six replicas that drained a first burst's backlog were
-        # held five minutes more, where the load asked for four).
-        out = out.held(workload.replicas, Reason(Code.QUEUE_GROWING, f"{waiting:.0f} requests waiting: not scaling down"))
+        # held five minutes more, where the load asked for four). A queue that does not shrink, or
+        # requests waiting with no rate to read the load from, is a shortage: the hold is recorded.
+        # (While a backlog drains, the feedback asks for nothing more, so nothing else is lost.)
+        out = out.held(workload.replicas, why) if draining and queued else out.to(workload.replicas, why)
     if wanted is not None:
         if wanted > out.replicas:
             out = out.to(wanted)

@@ -12,21 +12,24 @@ from llmscale.api.units import parse_duration
 from .reasons import Code, Reason
 from .types import History, Proposal, Signals, Workload
 
+# Decisions run on the operator's 5 s timer whatever the interval, and status (which carries the
+# recommendations across a restart) is written at least every 4 intervals: a restart finds a last
+# decision up to that old even when nothing was missed.
+DECISION_TICK_S = 5.0
+STATUS_LAG_INTERVALS = 4
 
-def last_decision(history: History, default: float) -> float:
-    """When the previous decision was taken (its recommendation's time)."""
-    return history.recommendations[-1][0] if history.recommendations else default
 
-
-def idleness_seen(spec: LLMDeploymentSpec, history: History, now: float) -> bool:
-    """Did the previous decision see the load up to one rate window before now? Each decision's
-    zero rate covers the window before it, so consecutive decisions at most a window apart (or an
-    interval, when that is longer; one more interval for a late tick) leave no time unseen."""
+def unseen_gap_s(spec: LLMDeploymentSpec, history: History, now: float) -> float | None:
+    """How long before now no decision saw the load, beyond what consecutive decisions cover, or
+    None when they cover it all. Each decision's zero rate covers the rate window before it; the
+    gap since the previous decision is allowed that window (or one decision step, when longer) plus
+    the status write lag and one step for a late tick. No previous decision: all of it unseen."""
     if not history.recommendations:
-        return False
+        return float("inf")
     window = parse_duration(spec.metrics.rate_window)
-    interval = parse_duration(spec.scaling.interval)
-    return now - history.recommendations[-1][0] <= max(window, interval) + interval
+    step = max(parse_duration(spec.scaling.interval), DECISION_TICK_S)
+    gap = now - history.recommendations[-1][0]
+    return gap if gap > max(window, step) + (STATUS_LAG_INTERVALS + 1) * step else None
 
 
 @dataclass(frozen=True)
@@ -42,18 +45,21 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     rate, waiting = signals.request_rate, signals.requests_waiting or 0.0
     idle = rate is not None and rate == 0.0 and waiting == 0.0 and "requestRate" not in signals.unknown
     since = (history.idle_since if history.idle_since is not None else now) if idle else None
-    restarted: Reason | None = None
-    if idle and since is not None and since < now and not idleness_seen(spec, history, now):
-        # Zero over one rate window says nothing of the time before it: a gap between decisions
-        # longer than a window (the API server or the operator down) is time nobody saw, so the
-        # idle clock starts again (an idleSince from before a two-hour outage released every
-        # replica at the first decision after it).
-        restarted = Reason(Code.IDLE, f"idle clock restarted: no decision saw the {now - last_decision(history, since):.0f}s "
-                                      "before this one")
-        since = now
-    hist = history.with_(idle_since=since)
     stz = spec.scaling.scale_to_zero
     may_zero = stz.enabled and spec.replicas.min == 0
+    restarted: Reason | None = None
+    gap = unseen_gap_s(spec, history, now) if idle and since is not None and since < now else None
+    if gap is not None:
+        # Zero over one rate window says nothing of the time before it: a gap between decisions
+        # longer than that (the API server or the operator down) is time nobody saw, so the idle
+        # clock starts again (an idleSince from before a two-hour outage released every replica
+        # at the first decision after it).
+        if may_zero:
+            last = (f"the last decision was {gap:.0f}s ago, longer than one rate window covers" if gap < float("inf")
+                    else "no earlier decision is recorded")
+            restarted = Reason(Code.IDLE, f"idle clock restarted: {last}")
+        since = now
+    hist = history.with_(idle_since=since)
     # The door back from zero is the gateway's demand signal: it must have been read to close it.
     demand_known = "gatewayDemand" not in signals.unknown and "requestsWaiting" not in signals.unknown
     out, to_zero = proposal, False

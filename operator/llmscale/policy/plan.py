@@ -22,7 +22,7 @@ def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: Capac
     if fc.rate is None or not cap.current.feasible:
         return Plan(Proposal(current), None)
     util = spec.scaling.target_utilization
-    n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util)
+    n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
                                      f"per replica (in a fleet of {n}) at {util:.0%} -> {n}")
     return Plan(Proposal(n, (why,)), n)

@@ -127,6 +127,13 @@ class Workload:
         if not self.desired and self.variant is not None:
             object.__setattr__(self, "desired", {self.variant: self.replicas})  # one shape, one Deployment
 
+    def started(self, variant: str) -> bool:
+        """Have pods of this shape become Ready (so vLLM does start on it)?"""
+        counts = self.pods.get(variant)
+        if counts is not None and counts.ready > 0:
+            return True
+        return variant == self.variant and self.ready > 0
+
 
 class Action(StrEnum):
     SCALE_UP = "ScaleUp"

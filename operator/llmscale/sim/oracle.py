@@ -39,7 +39,6 @@ from llmscale.api.models import LLMDeploymentSpec
 from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import simulated_capacity
 from llmscale.perf.hardware import server_profile
-from llmscale.policy.capacity import max_model_len
 from llmscale.policy.ceilings import ceiling_replicas
 
 from .baselines import clamp, slo_met
@@ -72,7 +71,7 @@ def problem(spec: LLMDeploymentSpec, trace: Trace, cold_start_s: float) -> Probl
     for m in range(1, max(1, limit) + 1):
         cap = simulated_capacity(profile, mean_in, mean_out, itl.seconds if itl else None, ttft.seconds if ttft else None,
                                  itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0,
-                                 replicas=m, max_model_len=max_model_len(spec))
+                                 replicas=m)
         fleet.append(max(fleet[-1], m * cap.requests_per_s))
     steps = int(math.ceil((arr[-1].t if arr else 0.0) / step)) + 1
     counts = [0] * steps

@@ -67,11 +67,9 @@ class LLMScalePolicy(Policy):
 
 def refused_shape(spec: LLMDeploymentSpec, variant: str) -> str | None:
     """Why vLLM would not start on this shape (the twin itself would serve any), or None."""
-    from llmscale.perf.hardware import server_profile
-    from llmscale.policy.capacity import max_model_len
+    from llmscale.policy.capacity import refused_start
 
-    v = spec.variant(variant)
-    return server_profile(spec.model, v.accelerator, v.gpus_per_replica).refuses_to_start(max_model_len(spec))
+    return refused_start(spec, spec.variant(variant))
 
 
 class FixedShapePolicy(LLMScalePolicy):

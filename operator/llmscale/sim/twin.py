@@ -126,7 +126,7 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     of that shape for it at the SLO (the first variant when none is priced or the minute is empty)."""
     from llmscale.perf.capacity import simulated_capacity
     from llmscale.perf.hardware import server_profile
-    from llmscale.policy.capacity import max_model_len, replicas_for
+    from llmscale.policy.capacity import replicas_for
     from llmscale.policy.types import Signals
 
     first = [a for a in trace.arrivals if a.t < 60.0]
@@ -147,8 +147,7 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
     cap1 = simulated_capacity(server_profile(spec.model, chosen.accelerator, chosen.gpus_per_replica), mean_in, mean_out,
                               itl.seconds if itl else None, ttft.seconds if ttft else None,
-                              itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0,
-                              max_model_len=max_model_len(spec))
+                              itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
     limit, _ = ceiling_replicas(spec, chosen)
     n = math.ceil(len(first) / 60.0 / cap1.requests_per_s) if cap1.requests_per_s > 0 else limit
     return chosen.name, max(1, spec.replicas.min, min(n, limit))
