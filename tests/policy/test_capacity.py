@@ -74,8 +74,19 @@ def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
     (["--max-model-len=auto"], None, False),  # vLLM fits the length to memory
     (["--max-model-len=-1"], None, False),
     (["--max-model-len=lots"], None, False),  # unreadable: unknown, not absent
+    (["--max-model-len=1.5K"], None, False),  # vLLM takes decimals with decimal suffixes only
+    (["--max-model-len=1e400k"], None, False),
+    (["--max_model-len=32768"], 32768, True),  # every _ in a flag is a -
+    (["--max-model-len=32768", "--quantization=awq"], 32768, False),  # the memory model assumes bf16
+    (["--max-model-len=32768", "--kv-cache-dtype=auto"], 32768, True),
 ])
 def test_engine_args_are_read_as_vllm_reads_them(args: list[str], limit: int | None, refused: bool) -> None:
     spec = parse_spec(spec_dict(engineArgs=args, variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}]))
     assert max_model_len(spec) == limit
     assert (refused_start(spec, spec.variants[0]) is not None) is refused
+
+
+def test_a_quantized_checkpoint_is_not_refused_by_the_bf16_memory_model() -> None:
+    spec = parse_spec(spec_dict(model="hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", engineArgs=["--max-model-len=32768"],
+                                variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}]))
+    assert refused_start(spec, spec.variants[0]) is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llmscale.api import parse_spec
-from llmscale.policy import Code, History, Signals, Workload, decide
+from llmscale.policy import Code, History, PodCounts, Signals, Workload, decide
 from tests.conftest import spec_dict
 
 
@@ -264,3 +264,36 @@ def test_a_running_shape_whose_pods_are_ready_is_never_judged_unable_to_start() 
     assert d.conditions["SLOFeasible"][0] == "True", d.conditions["SLOFeasible"]
     new = decide(spec, Workload("l4x1", 1, 0, starting=1), healthy(1.0, itl=0.03), History(), 0.0)
     assert new.conditions["SLOFeasible"][0] == "False" and "vLLM would not start" in new.conditions["SLOFeasible"][2]
+
+
+L4_FIRST = {"variants": [{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x1", "accelerator": "nvidia-h100"}],
+            "slo": {"ttft": {"target": "2s"}, "interTokenLatency": {"target": "150ms"}},
+            "cost": {"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}}
+LIGHT = Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=0.5, prompt_tokens_rate=0.5 * 300,
+                generation_tokens_rate=0.5 * 100, requests_waiting=0, requests_running=1)
+
+
+def test_a_new_deployment_on_a_shape_vllm_would_not_start_on_moves_to_the_first_that_it_starts_on() -> None:
+    """Review: with [l4x1, h100x1] and no --max-model-len, the first L4 pod never becomes Ready, and
+    with no traffic yet (no token mix to compare shapes on) the deployment stayed on L4 for good."""
+    spec = parse_spec(spec_dict(**L4_FIRST))
+    d = decide(spec, Workload("l4x1", 1, 0, starting=1), Signals(unknown={"requestRate": "no series"}), History(), 0.0)
+    assert d.variant == "h100x1" and d.to_replicas == 1, d.reasons
+    assert any(r.code == Code.VARIANT_SWITCH and r.message.startswith("l4x1 -> h100x1: vLLM would not start on l4x1 (its KV cache")
+               for r in d.reasons), d.reasons
+    # With --max-model-len the L4 starts: nothing moves.
+    ok = parse_spec(spec_dict(**L4_FIRST, engineArgs=["--max-model-len=8192"]))
+    assert decide(ok, Workload("l4x1", 1, 0, starting=1), Signals(unknown={"requestRate": "no series"}), History(), 0.0).variant == "l4x1"
+
+
+def test_ready_pods_keep_their_shape_in_the_plan_and_the_shape_choice() -> None:
+    """Review: with `started` dropped from the plan or the shape step, a Ready L4 fleet planned 0
+    replicas or was switched away from at once as 'cannot meet the SLO'. Ready pods prove vLLM
+    starts on the shape whatever the rule says."""
+    spec = parse_spec(spec_dict(**L4_FIRST))
+    seen = History(mean_input=300.0, mean_output=100.0, mix_requests=500.0, observing_since=-1_000.0)
+    w = Workload("l4x1", 2, 2, pods={"l4x1": PodCounts(ready=2)})
+    d = decide(spec, w, LIGHT, seen, 0.0)
+    assert d.variant == "l4x1" and d.to_replicas >= 1 and d.estimate.planned_replicas, d.reasons
+    l4 = next(o for o in d.estimate.shapes if o.variant == "l4x1")
+    assert l4.replicas and l4.capacity_per_replica > 0 and not l4.limited_by.startswith("infeasible"), l4

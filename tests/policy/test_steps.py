@@ -515,7 +515,7 @@ IDLENESS = [
     ("idle since before an outage: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
      History(idle_since=NOW - 7200, recommendations=((NOW - 3600, 1),)),
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
-                           Reason(Code.IDLE, "idle clock restarted: the last decision was 3600s ago, longer than one rate window covers"))),
+                           Reason(Code.IDLE, "idle clock restarted: the last decision was 3600s ago, longer than a rate window and the status write lag cover"))),
               True, False, History(idle_since=NOW, recommendations=((NOW - 3600, 1),)))),
     # A restart: status keeps decisions up to four intervals old, and the restart takes a while.
     # One rate window (60 s) plus five 15 s intervals is still seen; a second more is not.
@@ -526,7 +526,7 @@ IDLENESS = [
     ("idle, the last decision just past that: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,
      History(idle_since=NOW - 600, recommendations=((NOW - 136, 1),)),
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"),
-                           Reason(Code.IDLE, "idle clock restarted: the last decision was 136s ago, longer than one rate window covers"))),
+                           Reason(Code.IDLE, "idle clock restarted: the last decision was 136s ago, longer than a rate window and the status write lag cover"))),
               True, False, History(idle_since=NOW, recommendations=((NOW - 136, 1),)))),
     # idleSince with no decision behind it (a lost status): nothing seen, the clock starts again.
     ("idle since, but no decision recorded: the clock starts again", STZ, Workload("h100x1", 1, 1), IDLE,

@@ -352,7 +352,8 @@ class ScaleToZero(_Model):
 
     enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0 and demand).")
     idle_for: Duration = Field("15m", description="How long request counters must stay at zero first, as seen by decisions "
-                                                  "that follow each other (after an outage or a restart the count starts again).")
+                                                  "that follow each other (after an outage or a restart longer than a rate window and the status write lag, "
+                                                  "the count starts again).")
     demand: DemandSignal | None = Field(None, description="The gateway's count of requests held while there are no replicas.")
 
     @field_validator("idle_for")
@@ -595,8 +596,9 @@ class LLMDeploymentSpec(_Model):
         max_length=64,
         description="Extra vLLM engine arguments, e.g. ['--max-model-len=8192']. The operator sets --model, --port and --tensor-parallel-size itself. "
                     "--max-model-len bounds the prompts planned for, and a shape whose KV cache cannot hold it (or, without it, the "
-                    "model's own context) is one vLLM does not start on: never chosen (--gpu-memory-utilization is read; with "
-                    "--kv-cache-dtype set, nothing is refused).",
+                    "model's own context) is one vLLM does not start on: never switched to, and left for the first shape it starts "
+                    "on while none of its pods is Ready (--gpu-memory-utilization is read; with --max-model-len auto, a quantized "
+                    "checkpoint or an argument such as --kv-cache-dtype or --quantization, nothing is refused).",
     )
     replicas: ReplicaBounds = Field(default_factory=ReplicaBounds, description="Replica bounds.")
     variants: list[Variant] = Field(

@@ -4,6 +4,7 @@ corrected online from observed load versus observed latency."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
@@ -33,29 +34,28 @@ class VariantCapacity:
 
 
 def engine_arg(spec: LLMDeploymentSpec, name: str) -> str | None:
-    """The value of a vLLM flag in the engine args, as vLLM's parser reads it: `--a-b` or `--a_b`,
-    `=value` or the next argument, the last occurrence winning; None when absent."""
-    wanted = {f"--{name}", f"--{name.replace('-', '_')}"}
+    """The value of a vLLM flag in the engine args, as vLLM's parser reads it: every `_` in a flag
+    is a `-`, `=value` or the next argument, the last occurrence winning; None when absent."""
     value: str | None = None
     args = spec.engine_args
     for i, arg in enumerate(args):
         flag, eq, rest = arg.partition("=")
-        if flag.strip() in wanted:
+        if flag.strip().replace("_", "-") == f"--{name}":
             value = rest.strip() if eq else (args[i + 1].strip() if i + 1 < len(args) else "")
     return value
 
 
-_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)")
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def human_int(text: str) -> int | None:
-    """vLLM's human-readable integers: '8192', '8k' (8,000), '8K' (8,192), '25.6k'; None otherwise."""
-    t = text.strip()
-    mult = _SUFFIX.get(t[-1:], 1) if t else 1
-    try:
-        return int(float(t[:-1]) * mult) if mult != 1 else int(t)
-    except ValueError:
+    """vLLM's human-readable integers: '8192', '8k' (8,000), '8K' (8,192), '25.6k' (decimals only with
+    decimal suffixes); None for anything else (a sign, spaces, '1.5K')."""
+    m = _HUMAN_INT.fullmatch(text.strip())
+    if m is None or len(m.group(1)) > 30 or ("." in m.group(1) and m.group(2) not in ("k", "m", "g", "t")):
         return None
+    return int(float(m.group(1)) * _SUFFIX[m.group(2)])
 
 
 def max_model_len(spec: LLMDeploymentSpec) -> int | None:
@@ -66,16 +66,28 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     return n if n is not None and n > 0 else None
 
 
+# Engine args that change what a token or the weights take in GPU memory (or where they live), and
+# checkpoint names that say the weights are quantized: the memory model assumes bf16 weights and
+# cache, so with any of these it refuses nothing.
+MEMORY_ARGS = ("kv-cache-dtype", "quantization", "num-gpu-blocks-override", "kv-cache-memory-bytes", "cpu-offload-gb",
+               "hf-overrides", "kv-offloading-size")
+QUANTIZED_NAME = re.compile(r"awq|gptq|int4|int8|fp8|w4a16|w8a8|bnb|gguf|4bit|8bit|nvfp4|mxfp4", re.IGNORECASE)
+
+
 def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
     """Why vLLM would exit at startup on this shape (ServerProfile.refuses_to_start), or None. Only
-    what the engine args say for certain counts: an unreadable or automatic --max-model-len, or a
-    KV cache dtype other than the default (fp8 halves what a token takes), checks nothing."""
+    what the engine args say for certain counts: an unreadable or automatic --max-model-len, an
+    argument or a checkpoint that changes the memory a token or the weights take (MEMORY_ARGS,
+    QUANTIZED_NAME), or an unreadable --gpu-memory-utilization checks nothing."""
     raw = engine_arg(spec, "max-model-len")
     limit = max_model_len(spec)
     if raw is not None and limit is None:
         return None
-    dtype = engine_arg(spec, "kv-cache-dtype")
-    if dtype is not None and dtype.lower() != "auto":
+    for name in MEMORY_ARGS:
+        value = engine_arg(spec, name)
+        if value is not None and not (name == "kv-cache-dtype" and value.lower() == "auto"):
+            return None
+    if QUANTIZED_NAME.search(spec.model):
         return None
     util_raw = engine_arg(spec, "gpu-memory-utilization")
     try:

@@ -55,7 +55,8 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
         # clock starts again (an idleSince from before a two-hour outage released every replica
         # at the first decision after it).
         if may_zero:
-            last = (f"the last decision was {gap:.0f}s ago, longer than one rate window covers" if gap < float("inf")
+            last = (f"the last decision was {gap:.0f}s ago, longer than a rate window and the status write lag cover"
+                    if gap < float("inf")
                     else "no earlier decision is recorded")
             restarted = Reason(Code.IDLE, f"idle clock restarted: {last}")
         since = now
