@@ -9,6 +9,7 @@ import pytest
 
 from llmscale.api import parse_spec
 from llmscale.policy import Code, History, PodCounts, Signals, Workload, decide
+from llmscale.policy.capacity import shape_key
 from tests.conftest import spec_dict
 
 
@@ -157,8 +158,10 @@ def test_scale_down_waits_for_the_stabilization_window_with_a_fake_clock() -> No
 def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
-                observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)))
+                observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)),
+                started_shapes=("l4x1@0123456789",))
     assert History.from_dict(h.to_dict()) == h
+    assert History.parse({**h.to_dict(), "startedShapes": [3]}) == (h.with_(started_shapes=()), ("startedShapes",))
     assert History.from_dict({"recommendations": "garbage"}) == History()
     # A field that does not parse falls back alone: the rest is kept.
     assert History.from_dict({**h.to_dict(), "queueScrapes": [[1.0, "x"]]}) == h.with_(queue_scrapes=())
@@ -297,3 +300,19 @@ def test_ready_pods_keep_their_shape_in_the_plan_and_the_shape_choice() -> None:
     assert d.variant == "l4x1" and d.to_replicas >= 1 and d.estimate.planned_replicas, d.reasons
     l4 = next(o for o in d.estimate.shapes if o.variant == "l4x1")
     assert l4.replicas and l4.capacity_per_replica > 0 and not l4.limited_by.startswith("infeasible"), l4
+
+
+def test_a_shape_seen_started_is_not_refused_once_its_pods_are_gone() -> None:
+    """Review: the proof that vLLM starts on a shape was lost with its pods (after scale-to-zero or
+    a fleet restart), and the rule refused it again. It is kept in history, for the model and the
+    engine args it was seen with."""
+    spec = parse_spec(spec_dict(**L4_FIRST))
+    seen = History(mean_input=300.0, mean_output=100.0, mix_requests=500.0, observing_since=-1_000.0)
+    ran = decide(spec, Workload("l4x1", 2, 2, pods={"l4x1": PodCounts(ready=2)}), LIGHT, seen, 0.0)
+    assert ran.history.started_shapes == (shape_key(spec, "l4x1"),)
+    restarting = Workload("l4x1", 2, 0, starting=2, pods={"l4x1": PodCounts(starting=2)})
+    d = decide(spec, restarting, LIGHT, ran.history, 15.0)
+    assert d.variant == "l4x1", d.reasons
+    # Other engine args are another shape as run: the proof does not carry over.
+    other = parse_spec(spec_dict(**L4_FIRST, engineArgs=["--enable-prefix-caching"]))
+    assert decide(other, restarting, LIGHT, ran.history, 15.0).variant == "h100x1"

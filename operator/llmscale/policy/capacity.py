@@ -3,6 +3,7 @@ corrected online from observed load versus observed latency."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -72,6 +73,25 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
 MEMORY_ARGS = ("kv-cache-dtype", "quantization", "num-gpu-blocks-override", "kv-cache-memory-bytes", "cpu-offload-gb",
                "hf-overrides", "kv-offloading-size")
 QUANTIZED_NAME = re.compile(r"awq|gptq|int4|int8|fp8|w4a16|w8a8|bnb|gguf|4bit|8bit|nvfp4|mxfp4", re.IGNORECASE)
+
+
+def shape_key(spec: LLMDeploymentSpec, variant: str) -> str:
+    """A shape as run: its name, and a hash of the model and the engine args (a proof that vLLM
+    starts on it holds for these only)."""
+    digest = hashlib.sha256("\0".join((spec.model, *spec.engine_args)).encode()).hexdigest()[:10]
+    return f"{variant}@{digest}"
+
+
+def has_started(spec: LLMDeploymentSpec, workload: Workload, history: History, variant: str) -> bool:
+    """Have pods of this shape been Ready, now or before (with today's model and engine args)?"""
+    return workload.started(variant) or shape_key(spec, variant) in history.started_shapes
+
+
+def seen_started(spec: LLMDeploymentSpec, workload: Workload, history: History) -> History:
+    """History with every shape whose pods are Ready now remembered as started."""
+    now_ready = [shape_key(spec, v.name) for v in spec.variants if workload.started(v.name)]
+    new = [k for k in now_ready if k not in history.started_shapes]
+    return history.with_(started_shapes=(history.started_shapes + tuple(new))[-16:]) if new else history
 
 
 def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
@@ -301,7 +321,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # replicas were started for: it says nothing about what today's replicas sustain.
     grew_at = now if history.ready_seen is not None and ready > history.ready_seen else history.ready_grew_at
     settled = grew_at is None or now - grew_at > window_s
-    hist = history.with_(ready_seen=ready, ready_grew_at=grew_at)
+    hist = seen_started(spec, workload, history.with_(ready_seen=ready, ready_grew_at=grew_at))
 
     # With requests queued, the counters show what the replicas completed, not what arrived: the
     # load was above what they carry, so misses say the plan was late, not that the estimate is
@@ -328,7 +348,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     if (fresh and settled and not backlog_in_window and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
-        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), workload.started(variant.name))
+        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), has_started(spec, workload, hist, variant.name))
         per_ready = rate / ready if rate is not None and ready > 0 else None
         learned = refine_correction(correction, signals.ttft_attainment, share, breach_ratio, True, per_ready,
                                     seed.per_replica, rate * window_s if rate is not None else None)
@@ -338,7 +358,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         correction = learned
         hist = hist.with_(capacity_correction=correction, learned_at=now)
 
-    started = workload.started(variant.name)
+    started = has_started(spec, workload, hist, variant.name)
     cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1), started)
     if cap.feasible:
         feasible = Condition("True", "SLOFeasible", f"variant {variant.name} sustains {cap.per_replica:.2f} req/s per replica "

@@ -219,6 +219,12 @@ def _correction(v: Any) -> float:
     return f
 
 
+def _names(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or len(v) > 64 or not all(isinstance(x, str) and 0 < len(x) <= 128 for x in v):
+        raise ValueError("not a list of names")
+    return tuple(v)
+
+
 def _gaps(v: Any) -> tuple[float, ...]:
     if not isinstance(v, list | tuple):
         raise ValueError("not a list")
@@ -264,6 +270,9 @@ class History:
     # (scrape time, requests waiting, running) of each distinct scrape seen within the rate window
     # (at least the last few intervals), oldest first: what the requests in flight grew or shrank by.
     queue_scrapes: tuple[tuple[float, float, float], ...] = ()
+    # Shapes whose pods have been Ready, as "<variant>@<hash of model and engine args>": vLLM does
+    # start on them, whatever the memory model says, also once their pods are gone (scale to zero).
+    started_shapes: tuple[str, ...] = ()
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -291,6 +300,8 @@ class History:
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
             elif f.name == "burst_gaps":
                 out[key] = [round(x, 1) for x in v]
+            elif f.name == "started_shapes":
+                out[key] = list(v)
             elif isinstance(v, float):
                 out[key] = round(v, 6)
             else:
@@ -372,6 +383,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "lull_peak": _opt_float,
     "backlog_at": _opt_float,
     "queue_scrapes": _scrapes,
+    "started_shapes": _names,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

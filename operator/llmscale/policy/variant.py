@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 
-from .capacity import CapacityStep, VariantCapacity, refused_start, replicas_for, seen_mix
+from .capacity import CapacityStep, VariantCapacity, has_started, refused_start, replicas_for, seen_mix
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
@@ -159,7 +159,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             # uncorrected ones. One above 1 was learnt on this shape's pods and stays with them.
             n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
                                 cap.mix, fc.rate,
-                                sc.target_utilization, workload.started(v.name))
+                                sc.target_utilization, has_started(spec, workload, history, v.name))
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
             p = plan_for(spec, c, n)
@@ -180,13 +180,14 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             reason = Reason(Code.VARIANT_SWITCH_FAILED, f"{current.name} -> {back}: {why}; keeping {n} x {back}")
             return Shape(old, proposal.to(n, reason), history.with_(variant_candidate=None, variant_candidate_since=None),
                          per_replica, (current.name, why))
-    refused = None if workload.started(current.name) else refused_start(spec, current)
+    refused = None if has_started(spec, workload, history, current.name) else refused_start(spec, current)
     if refused is not None and not plans:
         # vLLM would not start on the running shape and none of its pods ever became Ready (a new
         # deployment on a shape that cannot hold the context): the first shape in order of
         # preference that it starts on, at once, the token mix aside. (With a mix seen, the
         # comparison below finds it cannot meet the SLO and switches to the cheapest instead.)
-        to = next((v for v in spec.variants if v.name != current.name and refused_start(spec, v) is None), None)
+        to = next((v for v in spec.variants if v.name != current.name
+                   and (refused_start(spec, v) is None or has_started(spec, workload, history, v.name))), None)
         if to is not None:
             n = within_bounds(spec, to, max(1, proposal.replicas))
             return Shape(to, proposal.to(n, Reason(Code.VARIANT_SWITCH, f"{current.name} -> {to.name}: vLLM would not start "
