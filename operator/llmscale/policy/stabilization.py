@@ -4,8 +4,8 @@ while pods wait for GPUs.
 A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
 every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
 are recorded inside the bounds and ceilings, so a spike that wanted more than the ceiling holds the
-ceiling no longer than any other recommendation would; and a count held only while a queue lasts
-is recorded as what the load asked for (Proposal.load_asks), since the hold ends with its cause
+ceiling no longer than any other recommendation would; and a count held only while a backlog
+drains is recorded as what the load asked for (Proposal.load_asks), since the hold ends with its cause
 (the backlog of a first burst, drained on six replicas where the load asked for four, held the six
 for a window after it was gone). A recommendation stands until the next one:
 the newest made before the scale-down window began still counts, so a gap in the decisions (the API
