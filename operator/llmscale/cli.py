@@ -67,7 +67,8 @@ def cmd_api_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .sim.policies import POLICIES, make_policy, refused_shape
+    from .policy.capacity import refused_start
+    from .sim.policies import POLICIES, make_policy
     from .sim.report import Progress, plot, table
     from .sim.traffic import TraceError, load_trace, scenario
     from .sim.twin import Twin
@@ -95,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if p.startswith("fixed:"):
             if p.split(":", 1)[1] not in names:
                 raise CLIError(f"policy {p!r}: the deployment has no variant {p.split(':', 1)[1]!r} (it has {', '.join(sorted(names))})")
-            why = refused_shape(spec, p.split(":", 1)[1])
+            why = refused_start(spec, spec.variant(p.split(":", 1)[1]))
             if why is not None:
                 raise CLIError(f"policy {p!r}: vLLM would not start on {p.split(':', 1)[1]}: {why}")
         elif p not in POLICIES:

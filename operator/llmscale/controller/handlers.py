@@ -32,6 +32,7 @@ from llmscale.api.units import parse_duration
 from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.policy import History, decide
 from llmscale.policy.ceilings import ceiling_replicas
+from llmscale.policy.idleness import DECISION_TICK_S
 from llmscale.policy.rollout import gpus_held
 from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
@@ -78,7 +79,7 @@ class Runtime:
     reader: PrometheusReader | None = None
     disruption_budget: bool = True  # own a PodDisruptionBudget per LLMDeployment (--no-disruption-budget)
     allowed_host_paths: list[str] = []  # hostPath prefixes LLMDeployments may mount (settings.allowed_host_paths)
-    tick_s: float = 5.0
+    tick_s: float = DECISION_TICK_S
     _guard = threading.Lock()  # the dicts below; never held during a read
     _locks: dict[str, threading.Lock] = {}  # one per endpoint: one read in flight each
     _specs: dict[tuple[str, str], LLMDeploymentSpec] = {}

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmscale.api.models import LLMDeploymentSpec
+from llmscale.policy.idleness import STATUS_LAG_INTERVALS
 from llmscale.policy.rollout import gpus_held, held, shape_of
 from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
@@ -135,7 +136,7 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
 # otherwise at most every STATUS_REFRESH_INTERVALS scaling intervals: the readings that move at
 # every decision (observed metrics, the estimate, rate samples, the decision's time) are refreshed
 # then. Between writes the operator carries its history in memory (see OwnStatus).
-STATUS_REFRESH_INTERVALS = 4
+STATUS_REFRESH_INTERVALS = STATUS_LAG_INTERVALS
 # What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
 LEARNT = ("capacityCorrection", "burstGaps", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
           "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes")

@@ -104,6 +104,7 @@ TP_COMM_PER_GPU = 0.08
 # batch away; scaled by depth and inversely by compute. Fitted to the mid-load TPOT points.
 SEQ_OVERHEAD_S = 50e-6  # extra time per step per additional tensor-parallel GPU (all-reduce)
 GPU_MEMORY_UTILIZATION = 0.9
+MIN_KV_TOKENS = 2048  # less KV cache than this after the weights: the model does not fit
 ACTIVATION_RESERVE_GB = 2.0
 
 
@@ -123,7 +124,7 @@ class ServerProfile:
 
     @property
     def fits(self) -> bool:
-        return self.kv_capacity_tokens > 2048
+        return self.kv_capacity_tokens > MIN_KV_TOKENS
 
     def kv_tokens_at(self, gpu_memory_utilization: float) -> int:
         """KV cache tokens when vLLM may use this share of GPU memory (--gpu-memory-utilization)."""
@@ -137,7 +138,7 @@ class ServerProfile:
         context) and exits otherwise: Llama-3.1-8B on one 24 GB GPU holds some 27,000 tokens of
         its 131,072 unless --max-model-len is set."""
         tokens = self.kv_tokens_at(gpu_memory_utilization or GPU_MEMORY_UTILIZATION)
-        if tokens <= 2048:
+        if tokens <= MIN_KV_TOKENS:
             return "the model does not fit in GPU memory"
         longest = max_model_len or self.model.context
         if longest is not None and tokens < longest:

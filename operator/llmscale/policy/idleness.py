@@ -12,9 +12,10 @@ from llmscale.api.units import parse_duration
 from .reasons import Code, Reason
 from .types import History, Proposal, Signals, Workload
 
-# Decisions run on the operator's 5 s timer whatever the interval, and status (which carries the
-# recommendations across a restart) is written at least every 4 intervals: a restart finds a last
-# decision up to that old even when nothing was missed.
+# Decisions run on the operator's 5 s timer whatever the interval (controller.handlers uses this
+# tick), and status, which carries the recommendations across a restart, is written at least every
+# 4 intervals (controller.status uses this lag): a restart finds a last decision up to that old even
+# when nothing was missed.
 DECISION_TICK_S = 5.0
 STATUS_LAG_INTERVALS = 4
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from llmscale.api.models import LLMDeploymentSpec
 from llmscale.policy import History, decide
+from llmscale.policy.capacity import refused_start
 
 from .baselines import (
     DynamoLoadPolicy,
@@ -65,13 +66,6 @@ class LLMScalePolicy(Policy):
         return Target(d.to_replicas, d.variant, capped, d.replicas_by_variant, d.failed_variant)
 
 
-def refused_shape(spec: LLMDeploymentSpec, variant: str) -> str | None:
-    """Why vLLM would not start on this shape (the twin itself would serve any), or None."""
-    from llmscale.policy.capacity import refused_start
-
-    return refused_start(spec, spec.variant(variant))
-
-
 class FixedShapePolicy(LLMScalePolicy):
     """llmscale pinned to one pod shape: the spec with only that variant. The baseline a
     multi-shape spec is compared with (is choosing shapes worth it?)."""
@@ -86,7 +80,7 @@ class FixedShapePolicy(LLMScalePolicy):
             if not any(v.name == self.pinned for v in spec.variants):
                 raise ValueError(f"fixed:{self.pinned}: the deployment has no variant {self.pinned!r} "
                                  f"(it has {', '.join(v.name for v in spec.variants)})")
-            why = refused_shape(spec, self.pinned)
+            why = refused_start(spec, spec.variant(self.pinned))  # the twin itself would serve any shape
             if why is not None:
                 raise ValueError(f"fixed:{self.pinned}: vLLM would not start on {self.pinned}: {why}")
             self.spec = spec.model_copy(update={"variants": [spec.variant(self.pinned)]})
