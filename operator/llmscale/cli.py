@@ -200,7 +200,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     deps = kube.deployments(args.namespace, args.name)
     pods = kube.pods(args.namespace, args.name)
     workload, _ = observe_workload(deps, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
-                                kube.competing_autoscaler(args.namespace, args.name, {d.metadata.name for d in deps}))
+                                kube.competing_autoscaler(args.namespace, args.name, {d.name for d in deps}))
     # The same endpoints and allow-list as the operator: explain sends no credential anywhere else.
     settings = OperatorSettings(**({"prometheus_url": args.prometheus_url} if args.prometheus_url else {}))
     try:

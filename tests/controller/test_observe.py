@@ -5,36 +5,27 @@ phase with the age of the oldest waiting one. A restarted operator sees exactly 
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from llmscale.controller.kube import observe_workload
+from llmscale.controller.objects import DeploymentView, PodView, replicas_set_outside
 from llmscale.policy.types import PodCounts, Workload
 
 T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
 
 
-def _dep(variant: str, replicas: int, **annotations: str) -> Any:
+def _dep(variant: str, replicas: int, **annotations: str) -> DeploymentView:
     gpus = "2" if variant.endswith("x2") else "1"
     acc = "nvidia-h100" if variant.startswith("h100") else "nvidia-l4"
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=f"chat-{variant}", labels={"llmscale.io/variant": variant},
-                                 annotations={"llmscale.io/gpus": gpus, "llmscale.io/accelerator": acc, **annotations}),
-        spec=SimpleNamespace(replicas=replicas))
+    return DeploymentView(name=f"chat-{variant}", variant=variant, replicas=replicas, controller="chat",
+                          annotations={"llmscale.io/gpus": gpus, "llmscale.io/accelerator": acc, **annotations})
 
 
-def _pod(name: str, variant: str, created: dt.datetime, phase: str) -> Any:
-    conds = []
-    if phase == "ready":
-        conds.append(SimpleNamespace(type="Ready", status="True", reason=None, last_transition_time=created + dt.timedelta(seconds=60)))
-    elif phase == "unschedulable":
-        conds.append(SimpleNamespace(type="PodScheduled", status="False", reason="Unschedulable", last_transition_time=created))
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=name, labels={"llmscale.io/variant": variant}, creation_timestamp=created,
-                                 deletion_timestamp=T0 if phase == "terminating" else None, annotations={}),
-        status=SimpleNamespace(conditions=conds))
+def _pod(name: str, variant: str, created: dt.datetime, phase: str) -> PodView:
+    return PodView(name=name, variant=variant, created=created, terminating=phase == "terminating",
+                   ready_since=created + dt.timedelta(seconds=60) if phase == "ready" else None,
+                   unschedulable=phase == "unschedulable")
 
 
 def test_mid_switch_the_newest_mark_is_the_target_and_every_shape_is_counted() -> None:
@@ -61,22 +52,51 @@ def test_a_failed_switch_is_read_back_and_without_marks_the_biggest_shape_is_the
 
 
 def test_replicas_set_outside_llmscale_are_named_from_the_managed_fields() -> None:
-    from types import SimpleNamespace as NS
+    ours = {"manager": "llmscale", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}
+    status = {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+              "fieldsV1": {"f:status": {}}}
+    scaled = {"manager": "kubectl", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    labels = {"manager": "kubectl-label", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {}}}}
+    handover = {"manager": "llmscale-handover", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    unnamed = {"operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    assert replicas_set_outside([ours, status, labels, handover]) is None
+    assert replicas_set_outside([{**ours, "fieldsV1": {"f:spec": {"f:template": {}}}}, status, scaled]) == "kubectl (scale subresource)"
+    assert replicas_set_outside([unnamed]) == "an unnamed client"
+    assert replicas_set_outside([]) is None and replicas_set_outside(["garbage", {"fieldsV1": "x"}]) is None
 
-    from llmscale.controller.kube import replicas_set_outside
 
-    def dep(*entries: NS) -> NS:
-        return NS(metadata=NS(managed_fields=list(entries)))
+def test_the_views_keep_what_a_decision_reads_from_the_apis_json() -> None:
+    """What the operator reads from the API server's JSON (lists, watch events): nothing else kept."""
+    pod = PodView.from_json({
+        "metadata": {"name": "chat-h100x1-a", "namespace": "ns", "creationTimestamp": "2026-11-28T10:00:00Z",
+                     "labels": {"llmscale.io/deployment": "chat", "llmscale.io/variant": "h100x1"},
+                     "annotations": {"controller.kubernetes.io/pod-deletion-cost": "7", "other": "x"}},
+        "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "True"},
+                                  {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-28T10:01:30Z"}]}})
+    assert pod == PodView(name="chat-h100x1-a", variant="h100x1", created=T0, terminating=False,
+                          ready_since=T0 + dt.timedelta(seconds=90), unschedulable=False, deletion_cost="7", owner="chat",
+                          namespace="ns")
+    waiting = PodView.from_json({"metadata": {"name": "p", "deletionTimestamp": None, "creationTimestamp": "garbage"},
+                                 "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"},
+                                                           {"type": "Ready", "status": "False"}]}})
+    assert (waiting.created, waiting.terminating, waiting.ready_since, waiting.unschedulable) == (None, False, None, True)
+    assert PodView.from_json({"metadata": {"name": "p", "deletionTimestamp": "2026-11-28T10:00:00Z"}}).terminating
 
-    ours = NS(manager="llmscale", operation="Apply", subresource=None,
-              fields_v1={"f:spec": {"f:replicas": {}, "f:template": {}}})
-    status = NS(manager="kube-controller-manager", operation="Update", subresource="status", fields_v1={"f:status": {}})
-    scaled = NS(manager="kubectl", operation="Update", subresource="scale", fields_v1={"f:spec": {"f:replicas": {}}})
-    labels = NS(manager="kubectl-label", operation="Update", subresource=None, fields_v1={"f:metadata": {"f:labels": {}}})
-    assert replicas_set_outside(dep(ours, status, labels)) is None
-    assert replicas_set_outside(dep(NS(manager="llmscale", operation="Apply", subresource=None,
-                                       fields_v1={"f:spec": {"f:template": {}}}), status, scaled)) == "kubectl (scale subresource)"
-    assert replicas_set_outside(dep()) is None and replicas_set_outside(NS(metadata=None)) is None
+    dep = DeploymentView.from_json({
+        "metadata": {"name": "chat-h100x1", "namespace": "ns",
+                     "labels": {"llmscale.io/deployment": "chat", "llmscale.io/variant": "h100x1"},
+                     "annotations": {"llmscale.io/gpus": "1", "llmscale.io/target-since": "1000",
+                                     "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                     "ownerReferences": [{"kind": "LLMDeployment", "name": "other", "controller": False},
+                                         {"kind": "LLMDeployment", "name": "chat", "controller": True}],
+                     "managedFields": [{"manager": "kubectl", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": 3}, "status": {"readyReplicas": 2}})
+    assert dep == DeploymentView(name="chat-h100x1", variant="h100x1", replicas=3, ready_replicas=2,
+                                 annotations={"llmscale.io/gpus": "1", "llmscale.io/target-since": "1000"}, controller="chat",
+                                 replicas_set_by="kubectl (scale subresource)", owner="chat", namespace="ns")
+    bare = DeploymentView.from_json({"metadata": {"name": "x"}, "spec": {}, "status": {"readyReplicas": "2"}})
+    assert (bare.replicas, bare.ready_replicas, bare.controller, bare.variant) == (1, 0, None, "")
 
 
 @pytest.mark.parametrize(("pods", "desired", "applied", "expected"), [

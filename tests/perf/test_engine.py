@@ -53,6 +53,17 @@ def test_a_prompt_larger_than_the_kv_cache_is_rejected() -> None:
     assert f.rejected and e.counters.aborted == 1
 
 
+def test_a_request_past_max_model_len_is_rejected_and_the_others_are_served() -> None:
+    """vLLM answers 400 when prompt and output pass --max-model-len, however much KV cache is free."""
+    e = Engine(PROFILE, max_model_len=8192)
+    e.submit(Request(0, 0.0, 8000, 193))  # 8,193 tokens
+    e.submit(Request(1, 0.0, 8000, 192))  # exactly 8,192: served
+    e.advance(100.0)
+    done = {f.id: f for f in e.drain_finished()}
+    assert done[0].rejected and math.isinf(done[0].ttft_s) and not done[1].rejected
+    assert e.counters.aborted == 1 and e.counters.success == 1
+
+
 def test_queueing_beyond_max_num_seqs() -> None:
     e = Engine(PROFILE)
     for i in range(PROFILE.max_num_seqs + 10):

@@ -11,6 +11,7 @@ from llmscale.policy.capacity import (
     misses_beyond_chance,
     refine_correction,
     refused_start,
+    replica_profile,
     replicas_for,
     variant_capacity,
 )
@@ -90,3 +91,25 @@ def test_a_quantized_checkpoint_is_not_refused_by_the_bf16_memory_model() -> Non
     spec = parse_spec(spec_dict(model="hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4", engineArgs=["--max-model-len=32768"],
                                 variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}]))
     assert refused_start(spec, spec.variants[0]) is None
+
+
+@pytest.mark.parametrize(("args", "feasible", "refused"), [
+    ([], False, True),  # 70B weights (141 GB) leave no cache in 90 % of 2 x 80 GB: vLLM exits
+    (["--gpu-memory-utilization=0.98"], True, False),  # ~11.8 GB of cache: a 16,384-token sequence fits
+    (["--gpu_memory_utilization", "0.98"], True, False),
+    (["--gpu-memory-utilization=1.5"], False, False),  # not a share: planned at vLLM's default, nothing refused
+    (["--gpu-memory-utilization=most"], False, False),
+])
+def test_the_memory_share_in_the_engine_args_sizes_the_kv_cache_and_the_fit(args: list[str], feasible: bool,
+                                                                             refused: bool) -> None:
+    """A 70B model on 2 x H100 started with --gpu-memory-utilization=0.98 serves; the capacity
+    model checked the fit at vLLM's default 0.9 and called it infeasible."""
+    spec = parse_spec(spec_dict(model="meta-llama/Llama-3.1-70B-Instruct", engineArgs=["--max-model-len=16384", *args],
+                                slo={"ttft": {"target": "2s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+                                variants=[{"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2}]))
+    v = spec.variants[0]
+    kv = replica_profile(spec, v).kv_capacity_tokens
+    assert (kv > 16384) if feasible else kv == 0, kv
+    cap = variant_capacity(spec, v, Signals(), 1.0, (2000.0, 200.0), 1, started=True)
+    assert cap.feasible is feasible, cap
+    assert (refused_start(spec, v) is not None) is refused

@@ -4,13 +4,13 @@ on the core before its fix (see the issue's closing note for the values main pro
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from llmscale.api import parse_spec
 from llmscale.controller.kube import observe_workload
+from llmscale.controller.objects import DeploymentView, PodView
 from llmscale.policy import Code, History, Signals, Workload, decide
 from tests.conftest import spec_dict
 
@@ -77,19 +77,11 @@ def test_one_long_prompt_does_not_size_a_burst_of_short_ones() -> None:
     assert d2.estimate.planned_replicas is not None and d2.estimate.planned_replicas <= 5, d2.estimate
 
 
-def _pod(name: str, created: dt.datetime, ready_at: dt.datetime | None, variant: str = "h100x1") -> Any:
-    conds = [SimpleNamespace(type="PodScheduled", status="True", reason=None, last_transition_time=created)]
-    if ready_at is not None:
-        conds.append(SimpleNamespace(type="Ready", status="True", reason=None, last_transition_time=ready_at))
-    return SimpleNamespace(
-        metadata=SimpleNamespace(name=name, labels={"llmscale.io/variant": variant}, creation_timestamp=created,
-                                 deletion_timestamp=None, annotations={}),
-        status=SimpleNamespace(conditions=conds))
+def _pod(name: str, created: dt.datetime, ready_at: dt.datetime | None, variant: str = "h100x1") -> PodView:
+    return PodView(name=name, variant=variant, created=created, ready_since=ready_at)
 
 
-DEP = SimpleNamespace(metadata=SimpleNamespace(labels={"llmscale.io/variant": "h100x1"}, annotations={}),
-                      spec=SimpleNamespace(replicas=2, template=SimpleNamespace(metadata=SimpleNamespace(
-                          labels={"llmscale.io/variant": "h100x1"}))))
+DEP = DeploymentView(name="chat-h100x1", variant="h100x1", replicas=2, controller="chat")
 
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)

@@ -44,6 +44,19 @@ def test_one_request_one_replica_by_hand() -> None:
     assert r.scale_actions == 0
 
 
+def test_a_request_past_max_model_len_is_never_served() -> None:
+    """The twin serves what vLLM would: with --max-model-len=4096 a 5,000-token prompt is refused
+    (a miss for every policy alike), the others are served."""
+    spec = parse_spec(spec_dict(
+        engineArgs=["--max-model-len=4096"],
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+    ))
+    trace = Trace("long", [Arrival(0.0, 100, 10), Arrival(10.0, 5000, 10), Arrival(20.0, 4000, 96)])
+    r = Twin(spec, trace, Fixed(1)).run()
+    assert (r.requests, r.rejected) == (3, 1) and r.ttft_attainment == pytest.approx(2 / 3)
+
+
 def test_gpu_hours_count_every_replica() -> None:
     trace = Trace("two", [Arrival(0.0, 100, 10), Arrival(360.0, 100, 10)])
     r = Twin(SPEC, trace, Fixed(3)).run()

@@ -37,11 +37,11 @@ from llmscale.policy.rollout import gpus_held
 from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
 from . import opmetrics as m
-from .kube import Kube, observe_workload, replicas_set_outside
+from .kube import Kube, observe_workload
+from .objects import DeploymentView, PodView
 from .render import (
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
-    LABEL_VARIANT,
     deployment_name,
     engine_arg_conflicts,
     host_paths_not_allowed,
@@ -178,10 +178,10 @@ def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | No
     return spec
 
 
-def _marks(dep: Any) -> dict[str, str]:
+def _marks(dep: DeploymentView | None) -> dict[str, str]:
     """The operator's annotations on a shape's Deployment, carried over when it is applied again
     (server-side apply would drop a field its manager stops sending)."""
-    ann = (dep.metadata.annotations or {}) if dep is not None else {}
+    ann = dep.annotations if dep is not None else {}
     return {k: v for k, v in ann.items() if k in (ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED)}
 
 
@@ -232,13 +232,14 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     if spec is None:
         return
     now = time.time()
-    deps = Runtime.kube.deployments(namespace, name)
-    if _legacy(body, patch, st, name, [d.metadata.name for d in deps]):
+    # Listed, not from the watch cache: a spec change right after a scale keeps the count just set.
+    deps = Runtime.kube.deployments(namespace, name, fresh=True)
+    if _legacy(body, patch, st, name, [d.name for d in deps]):
         return
-    competing = Runtime.kube.competing_autoscaler(namespace, name, {d.metadata.name for d in deps})
+    competing = Runtime.kube.competing_autoscaler(namespace, name, {d.name for d in deps})
     workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
     desired = dict(workload.desired)
-    by_variant = {(d.metadata.labels or {}).get(LABEL_VARIANT): d for d in deps}
+    by_variant = {d.variant: d for d in deps}
     try:
         if not deps:
             v = spec.variants[0]
@@ -255,9 +256,9 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                          v.name, include_replicas=competing is None)
         else:
             for variant, dep in by_variant.items():
-                if variant is None or not any(x.name == variant for x in spec.variants):
+                if not any(x.name == variant for x in spec.variants):
                     continue  # the timer retires a shape gone from the spec
-                replicas = dep.spec.replicas or 0
+                replicas = dep.replicas
                 if variant == workload.variant:
                     limit, why = ceiling_replicas(spec, spec.variant(variant))
                     if replicas > limit:
@@ -441,7 +442,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         if memo.get("settled"):
             return
         counts = kube.deployment_counts(namespace, name)
-        if not counts:
+        if not counts and not kube.deployments(namespace, name, fresh=True):
             _reconcile(body, status, patch, name, namespace)
             return
         if _legacy(body, patch, st, name, [c.name for c in counts]):
@@ -449,18 +450,18 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         _refresh_counts(patch, sum(c.replicas for c in counts), sum(c.ready for c in counts), namespace, name,
                         dict(status or {}))
         return
-    deps = kube.deployments(namespace, name)
+    deps = kube.deployments(namespace, name) or kube.deployments(namespace, name, fresh=True)
     if not deps:
         # None yet (reconcile creates the first on create and resume), or the Deployment of an
         # earlier version was just deleted: create the first shape's now.
         _reconcile(body, status, patch, name, namespace)
         return
-    if _legacy(body, patch, st, name, [d.metadata.name for d in deps]):
+    if _legacy(body, patch, st, name, [d.name for d in deps]):
         return  # the single Deployment of an earlier version is still there
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
-    competing = kube.competing_autoscaler(namespace, name, {x.metadata.name for x in deps})
+    competing = kube.competing_autoscaler(namespace, name, {x.name for x in deps})
     seen = [n for n in st.get("readyPods") or [] if isinstance(n, str)] if isinstance(st.get("readyPods"), list) else []
     workload, ready_pods = observe_workload(deps, pods, cold, competing, seen, _epoch(last),
                                             parse_duration(spec.serving.startup_timeout))
@@ -497,9 +498,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     # A shape gone from the spec whose pods are all gone: its Deployment goes too.
     known = {v.name for v in spec.variants}
     for dep in deps:
-        v = (dep.metadata.labels or {}).get(LABEL_VARIANT)
-        if v not in known and not dep.spec.replicas and not workload.pods.get(v or ""):
-            kube.delete_deployment(namespace, dep.metadata.name)
+        if dep.variant not in known and not dep.replicas and not workload.pods.get(dep.variant):
+            kube.delete_deployment(namespace, dep.name)
     shown = d.replicas_by_variant if applied else dict(workload.desired)
     patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None))
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))
@@ -525,7 +525,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     # and in a condition while the hand-set count stands. Not fought at every tick: the policy
     # decides from the count it finds, and its next change takes the field back.
     auto = spec.scaling.mode == ScalingMode.AUTO and not competing
-    seen_outside = {x.metadata.name: who for x in deps if auto and (who := replicas_set_outside(x))}
+    seen_outside = {x.name: who for x in deps if auto and (who := x.replicas_set_by)}
     said = memo.get("outside") or {}
     for dep_name, who in seen_outside.items():
         if said.get(dep_name) != who:
@@ -635,12 +635,13 @@ def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str
     patch.status.update(counts)
 
 
-def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: Decision, pods: list[Any], deps: list[Any],
+def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: Decision, pods: list[PodView],
+                    deps: list[DeploymentView],
                     now: float) -> None:
     """Set each shape's replicas: the target's first (make before break), then the others'. The
     target and a failed switch are marked on the Deployments themselves, so a restart resumes."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    by_variant = {(x.metadata.labels or {}).get(LABEL_VARIANT): x for x in deps}
+    by_variant = {x.variant: x for x in deps}
     order = [d.variant] + [v for v in d.replicas_by_variant if v != d.variant]
     load = signals_pod_load(namespace, name)
     for variant in order:
@@ -653,7 +654,7 @@ def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: D
         if n == workload.desired.get(variant, 0) and marks == _marks(by_variant.get(variant)) and (variant in by_variant or n == 0):
             continue
         if n < workload.desired.get(variant, 0):
-            _mark_cheapest_victims(namespace, name, [p for p in pods if (p.metadata.labels or {}).get(LABEL_VARIANT) == variant], load)
+            _mark_cheapest_victims(namespace, name, [p for p in pods if p.variant == variant], load)
         _apply_shape(body, spec, workload, d.replicas_by_variant, variant, n, marks, d.variant)
 
 
@@ -662,17 +663,16 @@ def signals_pod_load(namespace: str, name: str) -> dict[str, float]:
     return reader.pod_load.get((namespace, name), {}) if reader is not None else {}
 
 
-def _mark_cheapest_victims(namespace: str, name: str, pods: list[Any], load: dict[str, float]) -> None:
+def _mark_cheapest_victims(namespace: str, name: str, pods: list[PodView], load: dict[str, float]) -> None:
     """Graceful scale-down: the pods with the least in-flight work get the lowest deletion cost,
     so the ReplicaSet removes them; their pre-stop drain lets streaming responses finish."""
     for p in pods:
-        if p.metadata.deletion_timestamp is not None:
+        if p.terminating:
             continue
-        inflight = load.get(p.metadata.name)
+        inflight = load.get(p.name)
         cost = 1_000_000 if inflight is None else int(inflight)  # unknown load: treat as busy
-        current = (p.metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost")
-        if current != str(cost):
+        if p.deletion_cost != str(cost):
             try:
-                Runtime.kube.set_deletion_cost(namespace, p.metadata.name, cost)
+                Runtime.kube.set_deletion_cost(namespace, p.name, cost)
             except Exception as e:  # best effort: the scale-down proceeds either way
-                log.warning("pod-deletion-cost on %s/%s failed: %s", namespace, p.metadata.name, e)
+                log.warning("pod-deletion-cost on %s/%s failed: %s", namespace, p.name, e)

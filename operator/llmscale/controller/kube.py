@@ -4,7 +4,6 @@ server-side apply, observe the serving workload, find competing autoscalers."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import logging
 import math
@@ -20,6 +19,8 @@ from kubernetes.client.exceptions import ApiException
 from llmscale.metrics.endpoints import CREDENTIAL_KEYS, NamespaceCredentialError
 from llmscale.policy.types import PodCounts, Workload
 
+from .informer import OwnedObjects
+from .objects import HANDOVER_MANAGER, DeploymentView, PodView
 from .opmetrics import KUBE_REQUESTS
 from .render import (
     ANNOTATION_SWITCH_FAILED,
@@ -31,7 +32,7 @@ from .render import (
 
 log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
-HANDOVER_MANAGER = "llmscale-handover"  # holds `replicas` while a competing autoscaler takes them
+FRESH_AFTER_WRITE_S = 5.0  # reads after the operator's own write of a Deployment go to the API server
 AUTOSCALERS_TTL_S = 15.0  # a new HPA or ScaledObject is seen within this (and the next decision)
 
 
@@ -52,8 +53,10 @@ class CountingApiClient(client.ApiClient):
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, cache: OwnedObjects | None = None) -> None:
         api = api or CountingApiClient()
+        self.cache = cache  # the watch cache of owned pods and Deployments (None: every read lists)
+        self._wrote: dict[str, float] = {}  # namespace -> when the operator last wrote a Deployment there
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
@@ -63,10 +66,22 @@ class Kube:
         self._autoscalers_seen: dict[str, tuple[float, list[tuple[str, str, str]]]] = {}
 
     # ---- writes --------------------------------------------------------------------------------
+    def _written(self, namespace: str) -> None:
+        with self._lock:
+            self._wrote[namespace] = time.monotonic()
+
+    def _cache_current(self, namespace: str) -> bool:
+        """The cache may be used: it is there, and the operator wrote no Deployment in this
+        namespace within the last few seconds (its watch event may not have arrived yet, and a
+        decision or a reconcile must not start from the count before its own write)."""
+        with self._lock:
+            return self.cache is not None and time.monotonic() - self._wrote.get(namespace, -math.inf) > FRESH_AFTER_WRITE_S
+
     def apply(self, obj: dict[str, Any]) -> None:
         md = obj["metadata"]
         kind = obj["kind"]
         if kind == "Deployment":
+            self._written(md["namespace"])
             self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                   force=True, _content_type=APPLY)
         elif kind == "Service":
@@ -94,6 +109,7 @@ class Kube:
             return
         body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment, "namespace": namespace},
                 "spec": {"replicas": live.spec.replicas}}
+        self._written(namespace)
         try:
             self.apps.patch_namespaced_deployment(deployment, namespace, body, field_manager=HANDOVER_MANAGER,
                                                   _content_type=APPLY)
@@ -103,10 +119,12 @@ class Kube:
 
     def scale(self, namespace: str, deployment: str, replicas: int) -> None:
         """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
+        self._written(namespace)
         self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}},
                                                     field_manager=FIELD_MANAGER)
 
     def delete_deployment(self, namespace: str, deployment: str) -> None:
+        self._written(namespace)
         try:
             self.apps.delete_namespaced_deployment(deployment, namespace)
         except ApiException as e:
@@ -131,27 +149,21 @@ class Kube:
                 return None
             raise
 
-    def deployments(self, namespace: str, name: str) -> list[Any]:
-        """The LLMDeployment's Deployments, one per pod shape (only those it controls)."""
-        items = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
-        return [d for d in items if d.metadata is not None and any(
-            o.kind == "LLMDeployment" and o.name == name and o.controller for o in (d.metadata.owner_references or []))]
-
-    def deployment_counts(self, namespace: str, name: str) -> list[DeploymentCounts]:
-        """`deployments`, as names and replica counts only, read from the API's JSON: a tick
-        between decisions needs no more, and the client's model objects (managed fields and all)
-        cost about a millisecond each to build, a third of the operator's CPU at a thousand."""
+    def deployments(self, namespace: str, name: str, fresh: bool = False) -> list[DeploymentView]:
+        """The LLMDeployment's Deployments, one per shape (only those it controls): from the watch
+        cache when it is in sync, else (or when `fresh`) listed from the API server."""
+        if self.cache is not None and not fresh and self._cache_current(namespace):
+            cached = self.cache.deployments(namespace, name)
+            if cached is not None:
+                return sorted(cached, key=lambda d: d.name)
         resp: Any = self.apps.list_namespaced_deployment(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}",
                                                          _preload_content=False)
-        out = []
-        for d in json.loads(resp.data).get("items") or []:
-            md = d.get("metadata") or {}
-            if not any(o.get("kind") == "LLMDeployment" and o.get("name") == name and o.get("controller")
-                       for o in md.get("ownerReferences") or []):
-                continue
-            out.append(DeploymentCounts(str(md.get("name", "")), int((d.get("spec") or {}).get("replicas") or 0),
-                                        int((d.get("status") or {}).get("readyReplicas") or 0)))
-        return out
+        views = [DeploymentView.from_json(d) for d in json.loads(resp.data).get("items") or []]
+        return sorted((d for d in views if d.controller == name), key=lambda d: d.name)
+
+    def deployment_counts(self, namespace: str, name: str) -> list[DeploymentCounts]:
+        """`deployments`, as names and replica counts only: a tick between decisions needs no more."""
+        return [DeploymentCounts(d.name, d.replicas, d.ready_replicas) for d in self.deployments(namespace, name)]
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's data, decoded; None when it does not exist. For namespaceSecret endpoints:
@@ -175,8 +187,15 @@ class Kube:
                                                "UTF-8 text") from None
         return out
 
-    def pods(self, namespace: str, name: str) -> list[Any]:
-        return self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}").items
+    def pods(self, namespace: str, name: str) -> list[PodView]:
+        """The LLMDeployment's pods: from the watch cache when it is in sync, else listed."""
+        if self.cache is not None and self._cache_current(namespace):
+            cached = self.cache.pods(namespace, name)
+            if cached is not None:
+                return sorted(cached, key=lambda p: p.name)
+        resp: Any = self.core.list_namespaced_pod(namespace, label_selector=f"{LABEL_DEPLOYMENT}={name}",
+                                                  _preload_content=False)
+        return sorted((PodView.from_json(p) for p in json.loads(resp.data).get("items") or []), key=lambda p: p.name)
 
     def other_disruption_budget(self, namespace: str, name: str) -> str | None:
         """A PodDisruptionBudget not owned by this LLMDeployment that selects its pods (or holds its
@@ -243,36 +262,9 @@ def _owns_replicas(deployment: Any, manager: str) -> bool:
                for entry in (deployment.metadata.managed_fields or []) if deployment.metadata)
 
 
-def replicas_set_outside(deployment: Any) -> str | None:
-    """Who other than llmscale last set this Deployment's replicas (`kubectl scale`, an edit, a
-    GitOps tool), from its managed fields; None while llmscale owns them. Applying with force
-    takes them back, so this names a change made since llmscale's last apply."""
-    for entry in (deployment.metadata.managed_fields or []) if deployment.metadata else []:
-        fields = entry.fields_v1 or {}
-        if entry.manager not in (FIELD_MANAGER, HANDOVER_MANAGER) and "f:replicas" in (fields.get("f:spec") or {}):
-            how = f" ({entry.subresource} subresource)" if entry.subresource else ""
-            return f"{entry.manager or 'an unnamed client'}{how}"
-    return None
-
-
-def _ready_time(pod: Any) -> dt.datetime | None:
-    for c in pod.status.conditions or []:
-        if c.type == "Ready" and c.status == "True":
-            return c.last_transition_time
-    return None
-
-
-def _unschedulable(pod: Any) -> bool:
-    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable" for c in (pod.status.conditions or []))
-
-
 def fold_cold_start(previous: float | None, seconds: float) -> float:
     """Exponentially weighted, leaning to the slow side: the forecast horizon should cover most starts."""
     return round(seconds if previous is None else max(0.8 * previous + 0.2 * seconds, min(previous, seconds)), 1)
-
-
-def _annotation(obj: Any, key: str) -> str | None:
-    return (obj.metadata.annotations or {}).get(key)
 
 
 def _epoch_of(text: str | None) -> float | None:
@@ -283,7 +275,7 @@ def _epoch_of(text: str | None) -> float | None:
     return v if math.isfinite(v) and v >= 0 else None
 
 
-def observe_workload(deps: list[Any], pods: list[Any], cold_start: dict[str, float], competing: str | None,
+def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start: dict[str, float], competing: str | None,
                      seen_ready: Collection[str] = (), last_look: float | None = None,
                      startup_timeout_s: float = math.inf) -> tuple[Workload, list[str]]:
     """The Workload the policy sees, and the live pods the operator has seen Ready (to be passed back
@@ -305,16 +297,16 @@ def observe_workload(deps: list[Any], pods: list[Any], cold_start: dict[str, flo
     failed: dict[str, tuple[float, str]] = {}
     marks: dict[str, float] = {}
     for d in deps:
-        v = (d.metadata.labels or {}).get(LABEL_VARIANT) or ""
-        desired[v] = desired.get(v, 0) + (d.spec.replicas or 0)
+        v = d.variant
+        desired[v] = desired.get(v, 0) + d.replicas
         try:
-            gpus = max(1, int(_annotation(d, "llmscale.io/gpus") or 1))
+            gpus = max(1, int(d.annotations.get("llmscale.io/gpus") or 1))
         except ValueError:
             gpus = 1
-        shapes[v] = (_annotation(d, "llmscale.io/accelerator") or "", gpus)
-        since = _epoch_of(_annotation(d, ANNOTATION_TARGET_SINCE))
+        shapes[v] = (d.annotations.get("llmscale.io/accelerator") or "", gpus)
+        since = _epoch_of(d.annotations.get(ANNOTATION_TARGET_SINCE))
         marks[v] = max(marks.get(v, -1.0), since if since is not None else -1.0)
-        bad = _annotation(d, ANNOTATION_SWITCH_FAILED)
+        bad = d.annotations.get(ANNOTATION_SWITCH_FAILED)
         at = _epoch_of(bad)
         if bad and at is not None:
             failed[v] = (at, bad.split(" ", 1)[1] if " " in bad else "")
@@ -323,27 +315,27 @@ def observe_workload(deps: list[Any], pods: list[Any], cold_start: dict[str, flo
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
     first: dict[str, list[float | None]] = {}  # variant -> [oldest starting, oldest unschedulable] creation times
-    live = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is None}
+    live = {p.name for p in pods if not p.terminating}
     seen = {n for n in seen_ready if n in live}
     for p in pods:
-        variant = (p.metadata.labels or {}).get(LABEL_VARIANT) or ""
+        variant = p.variant
         counts = by_variant.setdefault(variant, [0, 0, 0, 0])
         oldest = first.setdefault(variant, [None, None])
-        created = p.metadata.creation_timestamp
-        if p.metadata.deletion_timestamp is not None:
+        created = p.created
+        if p.terminating:
             counts[2] += 1
             continue
-        t_ready = _ready_time(p)
+        t_ready = p.ready_since
         if t_ready is not None:
             counts[1] += 1
-            name = p.metadata.name
+            name = p.name
             if name not in seen and last_look is not None and created and variant and t_ready.timestamp() >= last_look:
                 secs = (t_ready - created).total_seconds()
                 if 0 <= secs <= startup_timeout_s:
                     measured[variant] = fold_cold_start(measured.get(variant), secs)
             seen.add(name)
             continue
-        slot = 1 if _unschedulable(p) else 0
+        slot = 1 if p.unschedulable else 0
         counts[3 if slot else 0] += 1
         if created is not None:
             t = created.timestamp()

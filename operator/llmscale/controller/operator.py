@@ -21,7 +21,8 @@ from . import (
     opmetrics,
 )
 from .handlers import Runtime
-from .kube import Kube
+from .informer import OwnedObjects
+from .kube import CountingApiClient, Kube
 
 log = logging.getLogger("llmscale")
 
@@ -86,6 +87,22 @@ def size_connection_pool(workers: int) -> None:
     cfg = client.Configuration.get_default_copy()
     cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, workers + 4)
     client.Configuration.set_default(cfg)
+
+
+def _watch_cache(namespaces: list[str]) -> OwnedObjects | None:
+    """The watch cache of owned pods and Deployments, one stream per kind (per namespace when
+    namespaces are listed). Namespace patterns (kopf accepts globs) cannot be watched one by one:
+    then every decision lists them, as before."""
+    from kubernetes import client
+
+    if any(ch in ns for ns in namespaces for ch in "*?[!"):
+        log.info("watch cache off: --namespaces has patterns (%s); pods and Deployments are listed at each decision",
+                 ", ".join(namespaces))
+        return None
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = 2 * max(1, len(namespaces)) + 2  # a watch holds its connection
+    cfg.retries = False  # urllib3's retries (and their log lines) not: a broken stream lists again after a backoff
+    return OwnedObjects(CountingApiClient(cfg), namespaces).start()
 
 
 STALE_SWEEP_S = 10.0
@@ -160,6 +177,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     def login(**_: Any) -> kopf.ConnectionInfo:
         # kopf talks to the same cluster as our client, with the same credentials.
         return _connection_info(kubeconfig)
+    Runtime.kube.cache = _watch_cache(opts.namespaces)  # once the configuration is known good
     asyncio.run(kopf.operator(
         clusterwide=not opts.namespaces,
         namespaces=opts.namespaces,

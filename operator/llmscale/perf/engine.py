@@ -83,8 +83,10 @@ class EngineCounters:
 
 
 class Engine:
-    def __init__(self, profile: ServerProfile, start: float = 0.0, record: bool = True):
+    def __init__(self, profile: ServerProfile, start: float = 0.0, record: bool = True, max_model_len: int | None = None):
         self.profile = profile
+        # vLLM answers 400 to a request whose prompt and output pass --max-model-len: never served.
+        self.max_model_len = max_model_len or math.inf
         self.clock = start
         self.record = record
         self.kv_capacity = profile.kv_capacity_tokens
@@ -137,7 +139,7 @@ class Engine:
         while self.waiting and len(self.running) + len(self.prefilling) < p.max_num_seqs:
             req = self.waiting[0]
             need = req.input_tokens + req.output_tokens
-            if need > self.kv_capacity:  # can never fit: vLLM rejects it at the API
+            if need > self.kv_capacity or need > self.max_model_len:  # can never fit: vLLM rejects it at the API
                 self.waiting.popleft()
                 self._reject(req)
                 continue

@@ -117,10 +117,11 @@ class ServerProfile:
     tp: int
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION  # vLLM's --gpu-memory-utilization
 
     @property
     def kv_capacity_tokens(self) -> int:
-        return self.kv_tokens_at(GPU_MEMORY_UTILIZATION)
+        return self.kv_tokens_at(self.gpu_memory_utilization)
 
     @property
     def fits(self) -> bool:
@@ -137,7 +138,7 @@ class ServerProfile:
         cache holds one sequence of the maximum length (--max-model-len, else the model's own
         context) and exits otherwise: Llama-3.1-8B on one 24 GB GPU holds some 27,000 tokens of
         its 131,072 unless --max-model-len is set."""
-        tokens = self.kv_tokens_at(gpu_memory_utilization or GPU_MEMORY_UTILIZATION)
+        tokens = self.kv_tokens_at(gpu_memory_utilization or self.gpu_memory_utilization)
         if tokens <= MIN_KV_TOKENS:
             return "the model does not fit in GPU memory"
         longest = max_model_len or self.model.context
@@ -194,6 +195,7 @@ class ServerProfile:
 
 
 @functools.lru_cache(maxsize=256)
-def server_profile(model: str, accelerator: str, gpus: int) -> ServerProfile:
+def server_profile(model: str, accelerator: str, gpus: int,
+                   gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> ServerProfile:
     # Cached: every decision asks for it, and one instance keeps its hoisted step constants.
-    return ServerProfile(model_profile(model), gpu_for(accelerator), gpus)
+    return ServerProfile(model_profile(model), gpu_for(accelerator), gpus, gpu_memory_utilization=gpu_memory_utilization)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
-from llmscale.perf.hardware import server_profile
+from llmscale.perf.hardware import ServerProfile, server_profile
 from llmscale.perf.queueing import modelled_capacity
 
 from .reasons import Code, Reason
@@ -35,10 +36,14 @@ class VariantCapacity:
 
 
 def engine_arg(spec: LLMDeploymentSpec, name: str) -> str | None:
-    """The value of a vLLM flag in the engine args, as vLLM's parser reads it: every `_` in a flag
+    """The value of a vLLM flag in the engine args (arg_value)."""
+    return arg_value(spec.engine_args, name)
+
+
+def arg_value(args: Sequence[str], name: str) -> str | None:
+    """The value of a vLLM flag in a command line, as vLLM's parser reads it: every `_` in a flag
     is a `-`, `=value` or the next argument, the last occurrence winning; None when absent."""
     value: str | None = None
-    args = spec.engine_args
     for i, arg in enumerate(args):
         flag, eq, rest = arg.partition("=")
         if flag.strip().replace("_", "-") == f"--{name}":
@@ -65,6 +70,25 @@ def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     raw = engine_arg(spec, "max-model-len")
     n = human_int(raw) if raw is not None else None
     return n if n is not None and n > 0 else None
+
+
+def memory_utilization(args: Sequence[str]) -> float | None:
+    """--gpu-memory-utilization from engine args: the share of each GPU's memory vLLM takes for the
+    weights, activations and KV cache. None when absent or unreadable (vLLM's default, 0.9, then)."""
+    raw = arg_value(args, "gpu-memory-utilization")
+    try:
+        util = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return util if util is not None and 0 < util <= 1 else None
+
+
+def replica_profile(spec: LLMDeploymentSpec, variant: Variant) -> ServerProfile:
+    """The performance model of one replica of `variant`, with the memory share its engine args give."""
+    util = memory_utilization(spec.engine_args)
+    if util is None:
+        return server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    return server_profile(spec.model, variant.accelerator, variant.gpus_per_replica, util)
 
 
 # Engine args that change what a token or the weights take in GPU memory (or where they live), and
@@ -109,15 +133,9 @@ def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
             return None
     if QUANTIZED_NAME.search(spec.model):
         return None
-    util_raw = engine_arg(spec, "gpu-memory-utilization")
-    try:
-        util = float(util_raw) if util_raw is not None else None
-    except ValueError:
+    if engine_arg(spec, "gpu-memory-utilization") is not None and memory_utilization(spec.engine_args) is None:
         return None
-    if util is not None and not 0 < util <= 1:
-        return None
-    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
-    return profile.refuses_to_start(limit, util)
+    return replica_profile(spec, variant).refuses_to_start(limit)
 
 
 # The token mix is a mean over requests, weighted by how many each rate window saw, and planned for
@@ -180,7 +198,7 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
     """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps).
     A shape vLLM would not start on sustains nothing, unless its pods have started (`started`: Ready
     pods prove the rule wrong for them, whatever the engine args seemed to say)."""
-    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    profile = replica_profile(spec, variant)
     refused = None if started else refused_start(spec, variant)
     if refused is not None:
         return VariantCapacity(variant, 0.0, f"infeasible: vLLM would not start: {refused}", 0.0)

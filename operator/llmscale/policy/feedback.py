@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
-from llmscale.perf.hardware import server_profile
 
-from .capacity import CapacityStep, misses_beyond_chance
+from .capacity import CapacityStep, misses_beyond_chance, replica_profile
 from .forecast import cold_start_s
 from .reasons import Code, Reason
 from .types import Condition, History, Proposal, Signals, Workload
@@ -78,7 +77,7 @@ def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, r
     waiting = signals.requests_waiting or 0.0
     if waiting <= 0:
         return 0.0
-    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    profile = replica_profile(spec, variant)
     prefill = waiting * mean_input / (max(ready, 1) * profile.prefill_tokens_per_s())
     rate = signals.request_rate
     slots = waiting / rate if rate is not None and rate > 0 else 0.0

@@ -34,6 +34,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from llmscale.perf import Engine, Request, buckets, server_profile
+from llmscale.policy.capacity import arg_value, human_int, memory_utilization
 
 from .traffic import SCENARIOS, Trace, TraceError, load_trace, scenario
 
@@ -148,10 +149,16 @@ class Fleet:
                 gpus = int(ann.get("llmscale.io/gpus", "1"))
                 model = ann.get("llmscale.io/model", "model-8B")
                 acc = ann.get("llmscale.io/accelerator", "nvidia-h100")
-                prof = server_profile(model, acc, gpus)
+                # The memory share vLLM takes (--gpu-memory-utilization in its args) sizes its KV cache.
+                args = next((c.get("args") or [] for c in (p.get("spec") or {}).get("containers") or []
+                             if c.get("name") == "vllm"), [])
+                util = memory_utilization([str(x) for x in args])
+                prof = server_profile(model, acc, gpus) if util is None else server_profile(model, acc, gpus, util)
+                limit = arg_value([str(x) for x in args], "max-model-len")
+                longest = human_int(limit) if limit is not None else None
                 ns, name = md.get("namespace", ""), md.get("name", "")
                 self.pods[uid] = SimPod(ns, name, uid, dep, ann.get("llmscale.io/served-model-name", model),
-                                        acc, gpus, Engine(prof, start=now, record=False),
+                                        acc, gpus, Engine(prof, start=now, record=False, max_model_len=longest),
                                         gpu_uuids=[f"GPU-{uid[:8]}-{i}" for i in range(gpus)])
                 log.info("pod %s/%s Ready: simulating %s on %d x %s", ns, name, model, gpus, acc)
             for uid, sp in self.pods.items():

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from llmscale.api.models import LLMDeploymentSpec
 from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import simulated_capacity
-from llmscale.perf.hardware import server_profile
+from llmscale.policy.capacity import replica_profile
 from llmscale.policy.ceilings import ceiling_replicas
 
 from .baselines import clamp, slo_met
@@ -65,7 +65,7 @@ def problem(spec: LLMDeploymentSpec, trace: Trace, cold_start_s: float) -> Probl
     arr = trace.arrivals
     mean_in = sum(a.input_tokens for a in arr) / len(arr) if arr else 1024.0
     mean_out = sum(a.output_tokens for a in arr) / len(arr) if arr else 256.0
-    profile = server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
+    profile = replica_profile(spec, variant)
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
     fleet = [0.0]
     for m in range(1, max(1, limit) + 1):

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
-from llmscale.perf import Engine, Request, server_profile
+from llmscale.perf import Engine, Request
 from llmscale.perf.engine import Finished
+from llmscale.policy.capacity import max_model_len, replica_profile
 from llmscale.policy.ceilings import ceiling_replicas
 from llmscale.policy.types import PodCounts, Signals, Workload
 
@@ -125,7 +126,6 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     """The shape llmscale's own plan finds cheapest for the trace's first minute, and the replicas
     of that shape for it at the SLO (the first variant when none is priced or the minute is empty)."""
     from llmscale.perf.capacity import simulated_capacity
-    from llmscale.perf.hardware import server_profile
     from llmscale.policy.capacity import replicas_for
     from llmscale.policy.types import Signals
 
@@ -145,7 +145,7 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
             if best is None or key < best:
                 best, chosen = key, v
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
-    cap1 = simulated_capacity(server_profile(spec.model, chosen.accelerator, chosen.gpus_per_replica), mean_in, mean_out,
+    cap1 = simulated_capacity(replica_profile(spec, chosen), mean_in, mean_out,
                               itl.seconds if itl else None, ttft.seconds if ttft else None,
                               itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
     limit, _ = ceiling_replicas(spec, chosen)
@@ -460,7 +460,7 @@ class Twin:
             for p in self.pods:
                 if not p.ready and not p.draining and p.ready_at is not None and p.ready_at <= t:
                     p.ready = True
-                    p.engine = Engine(server_profile(spec.model, p.variant.accelerator, p.variant.gpus_per_replica), start=t)
+                    p.engine = Engine(replica_profile(spec, p.variant), start=t, max_model_len=max_model_len(spec))
                     if self.target.by_variant is None:
                         self._apply(self.target, t)  # may retire old-shape pods now (the operator's rollout does this at its next decision)
             while self.gateway and any(p.ready for p in self.pods):
