@@ -1,4 +1,5 @@
-"""The operator's watch cache of its pods and Deployments (controller/informer.py) against the real
+"""The operator's watch cache of its pods and Deployments, and of HPAs and ScaledObjects
+(controller/informer.py), against the real
 API server: it agrees with a fresh list through creations, label changes and deletions, and a watch
 that breaks lists again, and a list forgets what was deleted while no watch ran."""
 
@@ -62,6 +63,18 @@ def test_the_cache_agrees_with_the_api_server_through_changes(bed: Bed, namespac
         wait_for("c forgotten once its label is gone", lambda: agree({"alpha": {"a"}, "beta": {"b"}}), 30, 0.2)
         bed.core.delete_namespaced_pod("a", namespace, grace_period_seconds=0)
         wait_for("a forgotten once deleted", lambda: agree({"alpha": set(), "beta": {"b"}}), 60, 0.2)
+
+        # A competing autoscaler comes and goes (HPAs watched; KEDA's ScaledObjects too where served).
+        hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "rival"},
+               "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "alpha-h100x1"},
+                        "minReplicas": 1, "maxReplicas": 3}}
+        client.AutoscalingV2Api().create_namespaced_horizontal_pod_autoscaler(namespace, hpa)
+        seen = ("Deployment", "alpha-h100x1", "HorizontalPodAutoscaler rival")
+        wait_for("the HPA in the cache", lambda: [(a.target_kind, a.target_name, a.what)
+                                                  for a in cache.autoscalers(namespace) or []] == [seen], 30, 0.2)
+        assert direct.competing_autoscaler(namespace, "alpha", {"alpha-h100x1"}) == seen[2]  # as a list says
+        client.AutoscalingV2Api().delete_namespaced_horizontal_pod_autoscaler("rival", namespace)
+        wait_for("the HPA gone from the cache", lambda: cache.autoscalers(namespace) == [], 30, 0.2)
     finally:
         cache.stop()
 

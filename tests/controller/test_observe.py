@@ -116,3 +116,13 @@ def test_a_settled_fleet_is_not_read_between_decisions(pods: dict[str, PodCounts
     from llmscale.controller.handlers import settled
 
     assert settled(Workload("h100x1", sum(desired.values()), 0, pods=pods, desired=desired), applied) is expected
+
+
+def test_competing_autoscalers_are_read_for_what_they_scale() -> None:
+    from llmscale.controller.objects import AutoscalerView
+
+    hpa = AutoscalerView.from_hpa({"metadata": {"name": "h"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "chat-h100x1"}}})
+    so = AutoscalerView.from_scaled_object({"metadata": {"name": "s"}, "spec": {"scaleTargetRef": {"name": "chat"}}})
+    assert hpa == AutoscalerView("Deployment", "chat-h100x1", "HorizontalPodAutoscaler h")
+    assert so == AutoscalerView("Deployment", "chat", "KEDA ScaledObject s")  # KEDA's default kind
+    assert AutoscalerView.from_hpa({"spec": None}) == AutoscalerView("", "", "HorizontalPodAutoscaler ?")

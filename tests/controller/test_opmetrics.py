@@ -182,3 +182,38 @@ def test_the_api_client_pools_a_connection_per_handler_thread() -> None:
         assert client.Configuration.get_default_copy().connection_pool_maxsize == 20
     finally:
         client.Configuration.set_default(before)
+
+
+def test_kopfs_session_bounds_its_connections_and_carries_the_credentials() -> None:
+    """kopf's own session sets no bound: at a thousand deployments its status patches held
+    hundreds of TLS connections (256 KiB of buffer each)."""
+    import asyncio
+
+    import kopf
+
+    from llmscale.controller.operator import kopf_session
+
+    info = kopf.ConnectionInfo(server="https://127.0.0.1:6443", scheme="Bearer", token="t0ken", insecure=True,
+                               default_namespace="ns")
+
+    async def make() -> tuple[int, str, str, str | None]:
+        got = kopf_session(info, 36)
+        try:
+            assert got.aiohttp_session.connector is not None
+            return (got.aiohttp_session.connector.limit, got.server, got.aiohttp_session.headers["Authorization"],
+                    got.default_namespace)
+        finally:
+            await got.aiohttp_session.close()
+
+    assert asyncio.run(make()) == (36, "https://127.0.0.1:6443", "Bearer t0ken", "ns")
+
+
+def test_malloc_arenas_are_limited_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from llmscale.controller.operator import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the environment's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")

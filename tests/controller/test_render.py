@@ -171,18 +171,26 @@ def test_a_disruption_budget_lets_a_drain_take_one_serving_pod_at_a_time() -> No
 def test_no_budget_over_pods_that_another_budget_already_covers() -> None:
     """Two budgets over one pod make every eviction of it fail: llmscale adds none where the
     platform's (or the user's) already selects its pods, or holds its name."""
+    import json
     from types import SimpleNamespace as NS
+    from typing import Any
 
     from llmscale.controller.kube import Kube
 
-    def pdb(name: str, labels: dict | None, owner: str | None = None, exprs: list | None = None) -> NS:
-        owners = [NS(kind="LLMDeployment", name=owner)] if owner else []
-        return NS(metadata=NS(name=name, owner_references=owners),
-                  spec=NS(selector=NS(match_labels=labels, match_expressions=exprs)))
+    def pdb(name: str, labels: dict | None, owner: str | None = None, exprs: list | None = None) -> dict[str, Any]:
+        """A budget as the API server's JSON gives it."""
+        selector: dict[str, Any] = {}
+        if labels is not None:
+            selector["matchLabels"] = labels
+        if exprs is not None:
+            selector["matchExpressions"] = exprs
+        return {"metadata": {"name": name, "ownerReferences": [{"kind": "LLMDeployment", "name": owner}] if owner else []},
+                "spec": {"selector": selector}}
 
-    def other(*items: NS) -> str | None:
+    def other(*items: dict[str, Any]) -> str | None:
         kube = Kube.__new__(Kube)
-        kube.policy = NS(list_namespaced_pod_disruption_budget=lambda ns: NS(items=list(items)))  # type: ignore[assignment]
+        body = json.dumps({"items": list(items)}).encode()
+        kube.policy = NS(list_namespaced_pod_disruption_budget=lambda ns, **kw: NS(data=body))  # type: ignore[assignment]
         return kube.other_disruption_budget("ns", "chat")
 
     assert other() is None
@@ -191,4 +199,4 @@ def test_no_budget_over_pods_that_another_budget_already_covers() -> None:
     assert other(pdb("chat", {"app": "other"})) == "chat"  # someone else's under our name: not taken over
     assert other(pdb("other-app", {"app.kubernetes.io/name": "redis"})) is None
     assert other(pdb("by-variant", {"llmscale.io/deployment": "chat", "llmscale.io/variant": "h100x1"})) == "by-variant"
-    assert other(pdb("exprs", None, exprs=[NS()])) is None
+    assert other(pdb("exprs", None, exprs=[{"key": "app", "operator": "Exists"}])) is None

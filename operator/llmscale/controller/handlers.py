@@ -198,9 +198,9 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
     if not any(v.name == variant for v in spec.variants):
         # A shape gone from the spec: only its replicas move (to zero), then it is deleted.
         if replicas == 0 and not workload.pods.get(variant):
-            Runtime.kube.delete_deployment(namespace, deployment_name(name, variant))
+            Runtime.kube.delete_deployment(namespace, deployment_name(name, variant), name)
         elif include_replicas:
-            Runtime.kube.scale(namespace, deployment_name(name, variant), replicas)
+            Runtime.kube.scale(namespace, deployment_name(name, variant), replicas, name)
         return
     # Only the target shape may surge on a template change (one pod at a time over all shapes).
     dep = render_deployment(body, spec, spec.variant(variant), replicas, marks,
@@ -208,7 +208,7 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
     if not include_replicas:
         # A competing autoscaler owns replicas: do not fight it, and do not let go of the field in
         # a way that resets the count to 1.
-        Runtime.kube.hand_over_replicas(namespace, deployment_name(name, variant))
+        Runtime.kube.hand_over_replicas(namespace, deployment_name(name, variant), name)
         dep["spec"].pop("replicas")
     Runtime.kube.apply(dep)
 
@@ -499,7 +499,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     known = {v.name for v in spec.variants}
     for dep in deps:
         if dep.variant not in known and not dep.replicas and not workload.pods.get(dep.variant):
-            kube.delete_deployment(namespace, dep.name)
+            kube.delete_deployment(namespace, dep.name, name)
     shown = d.replicas_by_variant if applied else dict(workload.desired)
     patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None))
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))

@@ -24,24 +24,42 @@ from typing import Any, Generic, TypeVar
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-from .objects import DeploymentView, PodView
+from .objects import AutoscalerView, DeploymentView, PodView
 from .opmetrics import WATCH_RELISTS
 from .render import LABEL_DEPLOYMENT
 
 log = logging.getLogger("llmscale.informer")
 SELECTOR = LABEL_DEPLOYMENT  # every object that carries the label, whatever its value
 WATCH_TIMEOUT_S = 300  # the API server ends a watch after this; it is resumed from the last version
-BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between relists after failures in a row
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+LIST_PAGE = 250  # objects per page of a list  # between relists after failures in a row
 
-View = TypeVar("View", PodView, DeploymentView)
+View = TypeVar("View", PodView, DeploymentView, AutoscalerView)
+
+
+def owner_label(obj: Mapping[str, Any]) -> str:
+    """The LLMDeployment an object belongs to: its llmscale.io/deployment label ("" when none)."""
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_DEPLOYMENT) or "")
+
+
+def everyone(obj: Mapping[str, Any]) -> str:
+    """Objects filed per namespace only (a competing autoscaler may target any of its deployments)."""
+    return ANY
+
+
+ANY = "*"
+ABSENT_RETRY_S = 60.0  # a kind the API server does not serve (KEDA not installed) or we may not list
 
 
 @dataclass(frozen=True)
 class Kind(Generic[View]):
-    name: str  # "pods", "deployments": for logs and metrics
+    name: str  # "pods", "deployments", ...: for logs and metrics
     view: Callable[[Mapping[str, Any]], View]
     list_all: Callable[..., Any]  # the client's list call across namespaces
     list_namespaced: Callable[..., Any]  # and in one namespace
+    selector: str | None = SELECTOR  # a label selector, or every object of the kind
+    owner: Callable[[Mapping[str, Any]], str] = owner_label  # where an object is filed
+    optional: bool = False  # 404/403 on the list: none there (checked again every ABSENT_RETRY_S)
 
 
 class Store(Generic[View]):
@@ -100,29 +118,39 @@ class Reflector(Generic[View]):
 
     # ---- the stream ------------------------------------------------------------------------------
     def _call(self, **kwargs: Any) -> Any:
-        kwargs.update(label_selector=SELECTOR, _preload_content=False)
+        kwargs["_preload_content"] = False
+        if self.kind.selector is not None:
+            kwargs["label_selector"] = self.kind.selector
         if self.namespace is None:
             return self.kind.list_all(**kwargs)
         return self.kind.list_namespaced(self.namespace, **kwargs)
 
     def relist(self) -> None:
-        """List everything and replace the store with it (what was deleted meanwhile goes)."""
-        resp = self._call(_request_timeout=(5, 60))
-        try:
-            data = json.loads(resp.data)
-        finally:
-            resp.release_conn()
+        """List everything and replace the store with it (what was deleted meanwhile goes). In pages
+        of LIST_PAGE objects, each turned into views and let go before the next is read: a
+        thousand pods' JSON at once was tens of megabytes at the operator's peak."""
         store: Store[View] = Store()
-        for obj in data.get("items") or []:
-            self._put(store, obj)
+        cont: str | None = None
+        while True:
+            resp = self._call(limit=LIST_PAGE, _continue=cont, _request_timeout=(5, 60))
+            try:
+                data = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            for obj in data.get("items") or []:
+                self._put(store, obj)
+            meta = data.get("metadata") or {}
+            cont = meta.get("continue") or None
+            if cont is None:
+                break
         with self._lock:
             self._store, self._synced = store, True
-            self.resource_version = str((data.get("metadata") or {}).get("resourceVersion") or "") or None
+            self.resource_version = str(meta.get("resourceVersion") or "") or None
         WATCH_RELISTS.labels(self.kind.name).inc()
 
     def _put(self, store: Store[View], obj: Mapping[str, Any], delete: bool = False) -> None:
         md = obj.get("metadata") or {}
-        owner = str((md.get("labels") or {}).get(LABEL_DEPLOYMENT) or "")
+        owner = self.kind.owner(obj)
         ns, name = str(md.get("namespace") or ""), str(md.get("name") or "")
         store.put(ns, name, owner if not delete else "", self.kind.view(obj) if owner and not delete else None)
 
@@ -157,15 +185,29 @@ class Reflector(Generic[View]):
                     self.relist()
                     failures = 0
                 self.watch_once()
-            except Exception as e:  # 410 Gone, a reset connection, the API server away: list again
+            except client.ApiException as e:
+                if not (self.kind.optional and e.status in (403, 404)):
+                    self._broke(e, failures)
+                    failures += 1
+                    continue
+                with self._lock:  # not served, or not ours to list: there are none (for now)
+                    self._store, self._synced, self.resource_version = Store(), True, None
+                self._stop.wait(ABSENT_RETRY_S)
                 with self._lock:
                     self._synced = False
-                wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+            except Exception as e:  # 410 Gone, a reset connection, the API server away: list again
+                self._broke(e, failures)
                 failures += 1
-                log.log(logging.DEBUG if isinstance(e, Gone) else logging.INFO,
-                        "%s watch%s broke (%s); listing again in %.1f s", self.kind.name,
-                        f" in {self.namespace}" if self.namespace else "", _why(e), wait)
-                self._stop.wait(wait)
+
+    def _broke(self, e: Exception, failures: int) -> None:
+        """Out of sync until the next list, after a backoff that grows with failures in a row."""
+        with self._lock:
+            self._synced = False
+        wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+        log.log(logging.DEBUG if isinstance(e, Gone) else logging.INFO,
+                "%s watch%s broke (%s); listing again in %.1f s", self.kind.name,
+                f" in {self.namespace}" if self.namespace else "", _why(e), wait)
+        self._stop.wait(wait)
 
     def stop(self) -> None:
         self._stop.set()
@@ -211,18 +253,36 @@ def deployment_kind(api: client.ApiClient) -> Kind[DeploymentView]:
     return Kind("deployments", DeploymentView.from_json, apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment)
 
 
+def hpa_kind(api: client.ApiClient) -> Kind[AutoscalerView]:
+    hpa = client.AutoscalingV2Api(api)
+    return Kind("horizontalpodautoscalers", AutoscalerView.from_hpa, hpa.list_horizontal_pod_autoscaler_for_all_namespaces,
+                hpa.list_namespaced_horizontal_pod_autoscaler, selector=None, owner=everyone, optional=True)
+
+
+def scaled_object_kind(api: client.ApiClient) -> Kind[AutoscalerView]:
+    custom = client.CustomObjectsApi(api)
+    group = ("keda.sh", "v1alpha1")
+    return Kind("scaledobjects", AutoscalerView.from_scaled_object,
+                lambda **kw: custom.list_cluster_custom_object(*group, "scaledobjects", **kw),
+                lambda ns, **kw: custom.list_namespaced_custom_object(*group, ns, "scaledobjects", **kw),
+                selector=None, owner=everyone, optional=True)
+
+
 class OwnedObjects:
-    """The pods and Deployments of every LLMDeployment, cluster-wide or in the watched namespaces."""
+    """The pods and Deployments of every LLMDeployment, and the HPAs and KEDA ScaledObjects that
+    might compete with it, cluster-wide or in the watched namespaces."""
 
     def __init__(self, api: client.ApiClient, namespaces: Sequence[str] = ()) -> None:
-        pods, deps = pod_kind(api), deployment_kind(api)
+        pods, deps, hpas, scaled = pod_kind(api), deployment_kind(api), hpa_kind(api), scaled_object_kind(api)
         scopes: list[str | None] = list(namespaces) or [None]
         self._pods = {ns: Reflector(pods, ns) for ns in scopes}
         self._deps = {ns: Reflector(deps, ns) for ns in scopes}
+        self._hpas = {ns: Reflector(hpas, ns) for ns in scopes}
+        self._scaled = {ns: Reflector(scaled, ns) for ns in scopes}
         self._threads: list[threading.Thread] = []
 
     def _reflectors(self) -> list[Reflector[Any]]:
-        return [*self._pods.values(), *self._deps.values()]
+        return [*self._pods.values(), *self._deps.values(), *self._hpas.values(), *self._scaled.values()]
 
     def start(self) -> OwnedObjects:
         for r in self._reflectors():
@@ -256,3 +316,14 @@ class OwnedObjects:
         r = self._scope(self._deps, namespace)
         got = r.get(namespace, owner) if r is not None else None
         return None if got is None else [d for d in got if d.controller == owner]
+
+    def autoscalers(self, namespace: str) -> list[AutoscalerView] | None:
+        """Every HPA and KEDA ScaledObject of the namespace; None while either stream is not in sync."""
+        out: list[AutoscalerView] = []
+        for reflectors in (self._hpas, self._scaled):
+            r = self._scope(reflectors, namespace)
+            got = r.get(namespace, ANY) if r is not None else None
+            if got is None:
+                return None
+            out += got
+        return out

@@ -56,7 +56,7 @@ class Kube:
     def __init__(self, api: client.ApiClient | None = None, cache: OwnedObjects | None = None) -> None:
         api = api or CountingApiClient()
         self.cache = cache  # the watch cache of owned pods and Deployments (None: every read lists)
-        self._wrote: dict[str, float] = {}  # namespace -> when the operator last wrote a Deployment there
+        self._wrote: dict[tuple[str, str], float] = {}  # (namespace, LLMDeployment) -> its last Deployment write
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
@@ -66,22 +66,28 @@ class Kube:
         self._autoscalers_seen: dict[str, tuple[float, list[tuple[str, str, str]]]] = {}
 
     # ---- writes --------------------------------------------------------------------------------
-    def _written(self, namespace: str) -> None:
+    def _written(self, namespace: str, owner: str) -> None:
         with self._lock:
-            self._wrote[namespace] = time.monotonic()
+            self._wrote[(namespace, owner)] = time.monotonic()
 
-    def _cache_current(self, namespace: str) -> bool:
-        """The cache may be used: it is there, and the operator wrote no Deployment in this
-        namespace within the last few seconds (its watch event may not have arrived yet, and a
-        decision or a reconcile must not start from the count before its own write)."""
+    def _cache_current(self, namespace: str, owner: str) -> bool:
+        """The cache may be used for this LLMDeployment: it is there, and the operator wrote none of
+        its Deployments within the last few seconds (the watch event may not have arrived yet, and
+        a decision must not start from the count before its own write)."""
         with self._lock:
-            return self.cache is not None and time.monotonic() - self._wrote.get(namespace, -math.inf) > FRESH_AFTER_WRITE_S
+            if self.cache is None:
+                return False
+            at = self._wrote.get((namespace, owner))
+            if at is not None and time.monotonic() - at > FRESH_AFTER_WRITE_S:
+                del self._wrote[(namespace, owner)]
+                at = None
+            return at is None
 
     def apply(self, obj: dict[str, Any]) -> None:
         md = obj["metadata"]
         kind = obj["kind"]
         if kind == "Deployment":
-            self._written(md["namespace"])
+            self._written(md["namespace"], (md.get("labels") or {}).get(LABEL_DEPLOYMENT, ""))
             self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                   force=True, _content_type=APPLY)
         elif kind == "Service":
@@ -93,7 +99,7 @@ class Kube:
         else:  # pragma: no cover - only the kinds above are owned
             raise ValueError(f"cannot apply {kind}")
 
-    def hand_over_replicas(self, namespace: str, deployment: str) -> None:
+    def hand_over_replicas(self, namespace: str, deployment: str, owner: str) -> None:
         """Leave a Deployment's replicas to another autoscaler without resetting them. Server-side
         apply removes a field its only manager stops sending, and a Deployment without `replicas`
         has 1; so a second manager first claims the live count (shared ownership), as the
@@ -109,7 +115,7 @@ class Kube:
             return
         body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment, "namespace": namespace},
                 "spec": {"replicas": live.spec.replicas}}
-        self._written(namespace)
+        self._written(namespace, owner)
         try:
             self.apps.patch_namespaced_deployment(deployment, namespace, body, field_manager=HANDOVER_MANAGER,
                                                   _content_type=APPLY)
@@ -117,14 +123,14 @@ class Kube:
             if e.status != 409:
                 raise
 
-    def scale(self, namespace: str, deployment: str, replicas: int) -> None:
+    def scale(self, namespace: str, deployment: str, replicas: int, owner: str) -> None:
         """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
-        self._written(namespace)
+        self._written(namespace, owner)
         self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}},
                                                     field_manager=FIELD_MANAGER)
 
-    def delete_deployment(self, namespace: str, deployment: str) -> None:
-        self._written(namespace)
+    def delete_deployment(self, namespace: str, deployment: str, owner: str) -> None:
+        self._written(namespace, owner)
         try:
             self.apps.delete_namespaced_deployment(deployment, namespace)
         except ApiException as e:
@@ -152,7 +158,7 @@ class Kube:
     def deployments(self, namespace: str, name: str, fresh: bool = False) -> list[DeploymentView]:
         """The LLMDeployment's Deployments, one per shape (only those it controls): from the watch
         cache when it is in sync, else (or when `fresh`) listed from the API server."""
-        if self.cache is not None and not fresh and self._cache_current(namespace):
+        if self.cache is not None and not fresh and self._cache_current(namespace, name):
             cached = self.cache.deployments(namespace, name)
             if cached is not None:
                 return sorted(cached, key=lambda d: d.name)
@@ -189,7 +195,7 @@ class Kube:
 
     def pods(self, namespace: str, name: str) -> list[PodView]:
         """The LLMDeployment's pods: from the watch cache when it is in sync, else listed."""
-        if self.cache is not None and self._cache_current(namespace):
+        if self.cache is not None and self._cache_current(namespace, name):
             cached = self.cache.pods(namespace, name)
             if cached is not None:
                 return sorted(cached, key=lambda p: p.name)
@@ -202,20 +208,21 @@ class Kube:
         name), or None."""
         pod_labels = {LABEL_DEPLOYMENT: name, "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": name,
                       "app.kubernetes.io/managed-by": "llmscale"}
-        for pdb in self.policy.list_namespaced_pod_disruption_budget(namespace).items:
-            meta, spec = pdb.metadata, pdb.spec
-            if meta is None:
+        # Read from the API's JSON: the client's model objects of a namespace's budgets (managed
+        # fields and all) were tens of megabytes at a thousand deployments' take-over.
+        resp: Any = self.policy.list_namespaced_pod_disruption_budget(namespace, _preload_content=False)
+        for pdb in json.loads(resp.data).get("items") or []:
+            meta, spec = pdb.get("metadata") or {}, pdb.get("spec") or {}
+            if any(o.get("kind") == "LLMDeployment" and o.get("name") == name for o in meta.get("ownerReferences") or []):
                 continue
-            if any(o.kind == "LLMDeployment" and o.name == name for o in meta.owner_references or []):
-                continue
-            if meta.name == name:
-                return str(meta.name)
-            sel = spec.selector if spec is not None else None
-            if sel is None or sel.match_expressions:
+            if meta.get("name") == name:
+                return name
+            sel = spec.get("selector")
+            if not isinstance(sel, dict) or sel.get("matchExpressions"):
                 continue  # expressions: not judged here (rare); an empty selector selects nothing in policy/v1
-            labels = sel.match_labels or {}
+            labels = sel.get("matchLabels") or {}
             if labels and all(k == LABEL_VARIANT or pod_labels.get(k) == v for k, v in labels.items()):
-                return str(meta.name)
+                return str(meta.get("name"))
         return None
 
     def competing_autoscaler(self, namespace: str, name: str, owned: Collection[str] = ()) -> str | None:
@@ -227,8 +234,13 @@ class Kube:
 
     def _autoscalers(self, namespace: str) -> list[tuple[str, str, str]]:
         """(target kind, target name, "HorizontalPodAutoscaler x") of every HPA and KEDA ScaledObject
-        in the namespace, listed at most once per AUTOSCALERS_TTL_S for all its LLMDeployments (two
-        lists per decision were a third of the operator's requests at a thousand deployments)."""
+        in the namespace: from the watch cache, else listed at most once per AUTOSCALERS_TTL_S for
+        all its LLMDeployments (two lists per decision were a third of the operator's requests at a
+        thousand deployments)."""
+        if self.cache is not None:
+            watched = self.cache.autoscalers(namespace)
+            if watched is not None:
+                return [(a.target_kind, a.target_name, a.what) for a in watched]
         now = time.monotonic()
         with self._lock:
             hit = self._autoscalers_seen.get(namespace)

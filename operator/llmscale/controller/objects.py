@@ -116,3 +116,24 @@ class DeploymentView:
                    annotations={k: str(annotations[k]) for k in KEPT_ANNOTATIONS if k in annotations},
                    controller=controller, replicas_set_by=replicas_set_outside(_list(md.get("managedFields"))),
                    owner=str(labels.get(LABEL_DEPLOYMENT) or ""), namespace=str(md.get("namespace") or ""))
+
+
+@dataclass(frozen=True)
+class AutoscalerView:
+    """An HPA or a KEDA ScaledObject: what it scales (a competing autoscaler when that is ours)."""
+
+    target_kind: str
+    target_name: str
+    what: str  # "HorizontalPodAutoscaler <name>" or "KEDA ScaledObject <name>"
+
+    @classmethod
+    def from_hpa(cls, obj: Mapping[str, Any]) -> AutoscalerView:
+        ref = _dict(_dict(obj.get("spec")).get("scaleTargetRef"))
+        name = _dict(obj.get("metadata")).get("name") or "?"
+        return cls(str(ref.get("kind") or ""), str(ref.get("name") or ""), f"HorizontalPodAutoscaler {name}")
+
+    @classmethod
+    def from_scaled_object(cls, obj: Mapping[str, Any]) -> AutoscalerView:
+        ref = _dict(_dict(obj.get("spec")).get("scaleTargetRef"))
+        name = _dict(obj.get("metadata")).get("name") or "?"
+        return cls(str(ref.get("kind") or "Deployment"), str(ref.get("name") or ""), f"KEDA ScaledObject {name}")
