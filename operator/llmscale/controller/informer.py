@@ -1,7 +1,7 @@
-"""A watch-fed cache of the pods and Deployments the operator owns (label `llmscale.io/deployment`),
-so that a decision reads them from memory instead of listing them from the API server at every
-interval (two lists per decision were most of the operator's API requests and a third of its CPU at
-a thousand LLMDeployments).
+"""A watch-fed cache of the pods and Deployments the operator owns (label `llmscale.io/deployment`)
+and of every HPA and KEDA ScaledObject (competing autoscalers), so that a decision reads them from
+memory instead of listing them from the API server at every interval (the lists were nearly all of
+the operator's API requests and a third of its CPU at a thousand LLMDeployments).
 
 It works as client-go's reflector does: list, then watch from the list's resourceVersion (with
 bookmarks, so that a quiet watch stays resumable); on 410 Gone, a dropped connection or the API
@@ -30,9 +30,13 @@ from .render import LABEL_DEPLOYMENT
 
 log = logging.getLogger("llmscale.informer")
 SELECTOR = LABEL_DEPLOYMENT  # every object that carries the label, whatever its value
-WATCH_TIMEOUT_S = 300  # the API server ends a watch after this; it is resumed from the last version
-BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-LIST_PAGE = 250  # objects per page of a list  # between relists after failures in a row
+# The API server ends a watch after this and it is resumed from the last version; with the read
+# timeout half a minute later, a connection that died silently is found within 90 s.
+WATCH_TIMEOUT_S = 60
+HEALTHY_WATCH_S = 10.0  # a watch that lasted this long (or brought an event) resets the backoff
+SHORT_WATCH_S = 1.0  # a watch that ends sooner with nothing in it counts as a failure
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between tries after failures in a row
+LIST_PAGE = 250  # objects per page of a list
 
 View = TypeVar("View", PodView, DeploymentView, AutoscalerView)
 
@@ -48,7 +52,7 @@ def everyone(obj: Mapping[str, Any]) -> str:
 
 
 ANY = "*"
-ABSENT_RETRY_S = 60.0  # a kind the API server does not serve (KEDA not installed) or we may not list
+ABSENT_RETRY_S = 15.0  # (as the lists of autoscalers were cached before) a kind the API server does not serve (KEDA not installed) or we may not list
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,20 @@ class Reflector(Generic[View]):
         ns, name = str(md.get("namespace") or ""), str(md.get("name") or "")
         store.put(ns, name, owner if not delete else "", self.kind.view(obj) if owner and not delete else None)
 
-    def watch_once(self) -> None:
-        """Watch from the last version until the server ends the watch; raise on a break."""
+    def watch_once(self) -> int:
+        """Watch from the last version until the server ends the watch; raise on a break. Returns
+        how many events came."""
         resp = self._call(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
                           timeout_seconds=WATCH_TIMEOUT_S, _request_timeout=(5, WATCH_TIMEOUT_S + 30))
         self._response = resp
+        if self._stop.is_set():  # stopped while the request went out
+            resp.release_conn()
+            self._response = None
+            return 0
+        seen = 0
         try:
             for event in _events(resp):
+                seen += 1
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     raise Gone(obj.get("code"), obj.get("reason"))
@@ -172,19 +183,30 @@ class Reflector(Generic[View]):
                     with self._lock:
                         self.resource_version = str(version)
                 if self._stop.is_set():
-                    return
+                    return seen
         finally:
             self._response = None
             resp.release_conn()
+        return seen
 
     def run(self) -> None:
-        failures = 0
+        failures = 0  # in a row: a relist does not end a run of them, a healthy watch does
         while not self._stop.is_set():
             try:
                 if not self.synced:
                     self.relist()
+                if self._stop.is_set():
+                    break
+                started = time.monotonic()
+                events = self.watch_once()
+                lasted = time.monotonic() - started
+                if events or lasted >= HEALTHY_WATCH_S:
                     failures = 0
-                self.watch_once()
+                elif lasted < SHORT_WATCH_S and not self._stop.is_set():
+                    # Ended at once with nothing in it (an API server going down, a proxy): not a
+                    # loop of requests; the store stays (nothing says it is wrong), the watch resumes.
+                    self._stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                    failures += 1
             except client.ApiException as e:
                 if not (self.kind.optional and e.status in (403, 404)):
                     self._broke(e, failures)

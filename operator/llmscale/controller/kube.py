@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -20,7 +20,7 @@ from llmscale.metrics.endpoints import CREDENTIAL_KEYS, NamespaceCredentialError
 from llmscale.policy.types import PodCounts, Workload
 
 from .informer import OwnedObjects
-from .objects import HANDOVER_MANAGER, DeploymentView, PodView
+from .objects import HANDOVER_MANAGER, KEPT_ANNOTATIONS, DeploymentView, PodView
 from .opmetrics import KUBE_REQUESTS
 from .render import (
     ANNOTATION_SWITCH_FAILED,
@@ -32,8 +32,8 @@ from .render import (
 
 log = logging.getLogger("llmscale.kube")
 APPLY = "application/apply-patch+yaml"
-FRESH_AFTER_WRITE_S = 5.0  # reads after the operator's own write of a Deployment go to the API server
-AUTOSCALERS_TTL_S = 15.0  # a new HPA or ScaledObject is seen within this (and the next decision)
+CATCH_UP_S = 60.0  # the longest that reads after the operator's own write wait for the cache to show it
+AUTOSCALERS_TTL_S = 15.0  # without the watch cache, a new HPA or ScaledObject is seen within this
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,22 @@ class DeploymentCounts:
     name: str
     replicas: int  # spec.replicas
     ready: int  # status.readyReplicas
+
+
+@dataclass(frozen=True)
+class Written:
+    """What the operator wrote to one Deployment: replicas (None: not set), its marks, or gone."""
+
+    replicas: int | None = None
+    marks: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+
+    def shown_by(self, view: DeploymentView | None) -> bool:
+        """Does the cache's view of the Deployment include this write?"""
+        if self.deleted:
+            return view is None
+        return view is not None and (self.replicas is None or view.replicas == self.replicas) and all(
+            view.annotations.get(k) == v for k, v in self.marks.items())
 
 
 class CountingApiClient(client.ApiClient):
@@ -55,8 +71,9 @@ class CountingApiClient(client.ApiClient):
 class Kube:
     def __init__(self, api: client.ApiClient | None = None, cache: OwnedObjects | None = None) -> None:
         api = api or CountingApiClient()
-        self.cache = cache  # the watch cache of owned pods and Deployments (None: every read lists)
-        self._wrote: dict[tuple[str, str], float] = {}  # (namespace, LLMDeployment) -> its last Deployment write
+        self.cache = cache  # the watch cache (owned pods and Deployments, autoscalers); None: every read lists
+        # (namespace, LLMDeployment) -> (until when, {Deployment: what the operator wrote to it})
+        self._wrote: dict[tuple[str, str], tuple[float, dict[str, Written]]] = {}
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
@@ -66,30 +83,50 @@ class Kube:
         self._autoscalers_seen: dict[str, tuple[float, list[tuple[str, str, str]]]] = {}
 
     # ---- writes --------------------------------------------------------------------------------
-    def _written(self, namespace: str, owner: str) -> None:
+    def _written(self, namespace: str, owner: str, deployment: str, replicas: int | None = None,
+                 marks: dict[str, str] | None = None, deleted: bool = False) -> None:
+        """Remember what the operator just wrote to one of `owner`'s Deployments: until the cache
+        shows it, that LLMDeployment's reads go to the API server."""
         with self._lock:
-            self._wrote[(namespace, owner)] = time.monotonic()
+            _, expected = self._wrote.get((namespace, owner), (0.0, {}))
+            expected[deployment] = Written(replicas, dict(marks or {}), deleted)
+            self._wrote[(namespace, owner)] = (time.monotonic() + CATCH_UP_S, expected)
 
     def _cache_current(self, namespace: str, owner: str) -> bool:
-        """The cache may be used for this LLMDeployment: it is there, and the operator wrote none of
-        its Deployments within the last few seconds (the watch event may not have arrived yet, and
-        a decision must not start from the count before its own write)."""
+        """The cache may be used for this LLMDeployment: it is in sync, and it shows every write the
+        operator made to its Deployments (a decision must not start from the count before its own
+        write, however late the watch event is). A write the cache never shows within CATCH_UP_S
+        (someone changed the object since) stops holding reads back."""
+        if self.cache is None:
+            return False
         with self._lock:
-            if self.cache is None:
-                return False
-            at = self._wrote.get((namespace, owner))
-            if at is not None and time.monotonic() - at > FRESH_AFTER_WRITE_S:
-                del self._wrote[(namespace, owner)]
-                at = None
-            return at is None
+            pending = self._wrote.get((namespace, owner))
+        if pending is None:
+            return True
+        deadline, expected = pending
+        cached = self.cache.deployments(namespace, owner)
+        if cached is None:
+            return False
+        by_name = {d.name: d for d in cached}
+        caught_up = all(w.shown_by(by_name.get(name)) for name, w in expected.items())
+        if caught_up or time.monotonic() > deadline:
+            with self._lock:
+                if self._wrote.get((namespace, owner)) is pending:
+                    del self._wrote[(namespace, owner)]
+            return True
+        return False
 
     def apply(self, obj: dict[str, Any]) -> None:
         md = obj["metadata"]
         kind = obj["kind"]
         if kind == "Deployment":
-            self._written(md["namespace"], (md.get("labels") or {}).get(LABEL_DEPLOYMENT, ""))
+            owner = (md.get("labels") or {}).get(LABEL_DEPLOYMENT, "")
+            replicas = (obj.get("spec") or {}).get("replicas")
+            marks = {k: v for k, v in (md.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
+            self._written(md["namespace"], owner, md["name"], replicas, marks)
             self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                   force=True, _content_type=APPLY)
+            self._written(md["namespace"], owner, md["name"], replicas, marks)  # the wait counts from the answer
         elif kind == "Service":
             self.core.patch_namespaced_service(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                force=True, _content_type=APPLY)
@@ -115,7 +152,7 @@ class Kube:
             return
         body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": deployment, "namespace": namespace},
                 "spec": {"replicas": live.spec.replicas}}
-        self._written(namespace, owner)
+        self._written(namespace, owner, deployment)
         try:
             self.apps.patch_namespaced_deployment(deployment, namespace, body, field_manager=HANDOVER_MANAGER,
                                                   _content_type=APPLY)
@@ -125,12 +162,12 @@ class Kube:
 
     def scale(self, namespace: str, deployment: str, replicas: int, owner: str) -> None:
         """Set replicas alone (a shape gone from the spec: nothing to render it from)."""
-        self._written(namespace, owner)
+        self._written(namespace, owner, deployment, replicas)
         self.apps.patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}},
                                                     field_manager=FIELD_MANAGER)
 
     def delete_deployment(self, namespace: str, deployment: str, owner: str) -> None:
-        self._written(namespace, owner)
+        self._written(namespace, owner, deployment, deleted=True)
         try:
             self.apps.delete_namespaced_deployment(deployment, namespace)
         except ApiException as e:

@@ -210,13 +210,26 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings, opts)
 
+    patterns = any(ch in ns for ns in opts.namespaces for ch in "*?[!")
+    last: list[tuple[kopf.ConnectionInfo, kopf.AiohttpSession]] = []
+
     @kopf.on.login()
-    async def login(**_: Any) -> kopf.AiohttpSession:
+    async def login(**_: Any) -> kopf.AiohttpSession | kopf.ConnectionInfo:
         # kopf talks to the same cluster as our client, with the same credentials, through a
         # session of our own: kopf's own has no bound on connections, and at a thousand
         # LLMDeployments its status patches held hundreds of TLS connections, each with a 256 KiB
-        # buffer (a quarter of the operator's memory at its peak). Watches hold a connection each.
-        return kopf_session(_connection_info(kubeconfig), KOPF_CONNECTIONS + 4 * len(opts.namespaces))
+        # buffer (a quarter of the operator's memory at its peak). Watches hold a connection each:
+        # with namespace patterns their number is unknown, and kopf's own session is used.
+        info = await asyncio.to_thread(_connection_info, kubeconfig)  # file reads, maybe an exec plugin
+        if patterns:
+            return info
+        if last and last[0][0] == info:
+            # The same credentials again: the same session, so that kopf sees that a login after
+            # a 401 brought nothing new and stops (rather than log in again for ever).
+            return last[0][1]
+        session = kopf_session(info, KOPF_CONNECTIONS + 4 * len(opts.namespaces))
+        last[:] = [(info, session)]
+        return session
     Runtime.kube.cache = _watch_cache(opts.namespaces)  # once the configuration is known good
     asyncio.run(kopf.operator(
         clusterwide=not opts.namespaces,

@@ -29,8 +29,9 @@ CONDITION = Gauge("llmscale_condition", "1 when the LLMDeployment's condition is
                   ["namespace", "llmdeployment", "type"])
 KUBE_REQUESTS = Counter("llmscale_kube_requests", "Kubernetes API requests of the operator's own client, by HTTP "
                         "method (kopf's watches, status patches and Events go through kopf and are not counted).", ["verb"])
-WATCH_RELISTS = Counter("llmscale_watch_relists", "Full lists of the owned pods or Deployments by the operator's "
-                        "watch cache: one at start, then one after each broken watch (410 Gone, the API server away).",
+WATCH_RELISTS = Counter("llmscale_watch_relists", "Full lists by the operator's watch cache (owned pods and "
+                        "Deployments, HPAs, ScaledObjects): one at start, then one after each broken watch (410 Gone, "
+                        "the API server away).",
                         ["kind"])
 SHOWN_CONDITIONS = ("SLOMet", "MetricsAvailable", "BudgetLimited", "SLOFeasible", "CompetingAutoscaler", "Ready")
 
