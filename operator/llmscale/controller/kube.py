@@ -184,14 +184,6 @@ class Kube:
                 raise
 
     # ---- reads ---------------------------------------------------------------------------------
-    def deployment(self, namespace: str, name: str) -> Any | None:
-        try:
-            return self.apps.read_namespaced_deployment(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
     def deployments(self, namespace: str, name: str, fresh: bool = False) -> list[DeploymentView]:
         """The LLMDeployment's Deployments, one per shape (only those it controls): from the watch
         cache when it is in sync, else (or when `fresh`) listed from the API server."""
