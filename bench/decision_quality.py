@@ -27,6 +27,7 @@ HOLDOUT = ROOT.parent / "holdout" / "traces"
 # Seeds 11-14 were in the bench when the forecast was first tuned; 15-22 were added later, to accept
 # or reject changes on traffic the earlier tuning never saw (see bench/README.md).
 ONOFF_SEEDS = tuple(range(11, 23))
+ONOFF_DURATION_S = 2400.0
 
 
 def deployment(ttft: str, ttft_pct: float, itl: str, max_replicas: int, cold: str = "90s") -> dict[str, Any]:
@@ -64,8 +65,9 @@ def cases() -> list[Case]:
     # A seeded family of on/off traffic, never tuned on: burst heights, lengths, lulls and cold
     # starts drawn at random (llmscale.sim.traffic.on_off).
     for seed in ONOFF_SEEDS:
-        shape = on_off(seed)
-        out.append(Case(f"onoff-{seed}", Path(f"scenario:onoff:{seed}"), 1.0,
+        shape = on_off(seed, ONOFF_DURATION_S)
+        length = "" if ONOFF_DURATION_S == 2400.0 else f"-{ONOFF_DURATION_S / 60:g}m"  # its own JSON and PNG
+        out.append(Case(f"onoff-{seed}{length}", Path(f"scenario:onoff:{seed}"), 1.0,
                         deployment("1s", 99, "100ms", 32, f"{shape.cold_start_s:.0f}s"),
                         f"synthetic on/off, seed {seed}: {len(shape.bursts)} bursts, cold start {shape.cold_start_s:.0f}s"))
     if HOLDOUT.is_dir():
@@ -77,7 +79,7 @@ def cases() -> list[Case]:
 
 def load(case: Case) -> Trace:
     if str(case.file).startswith("scenario:onoff:"):
-        return scenario("onoff", rate=10.0, duration=2400.0, seed=int(str(case.file).rsplit(":", 1)[1]))
+        return scenario("onoff", rate=10.0, duration=ONOFF_DURATION_S, seed=int(str(case.file).rsplit(":", 1)[1]))
     if case.load:
         tokens = load_trace(SHARED / "AzureLLMInferenceTrace_code.csv") if (SHARED / "AzureLLMInferenceTrace_code.csv").exists() else None
         trace = load_trace(case.file, token_source=tokens, **case.load)
@@ -111,7 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--onoff-seeds", metavar="FIRST-LAST",
                     help="run these seeds of the on/off family instead of 11-22 (e.g. 23-42, held out from tuning)")
+    ap.add_argument("--onoff-minutes", type=float, metavar="M",
+                    help="length of each on/off trace (default 40; e.g. 240 for the long memory's test)")
+    ap.add_argument("--only-onoff", action="store_true", help="leave out the real traces")
     args = ap.parse_args(argv)
+    if args.onoff_minutes is not None:
+        global ONOFF_DURATION_S
+        if not 1 <= args.onoff_minutes <= 7 * 24 * 60:
+            print(f"bench: --onoff-minutes {args.onoff_minutes:g}: give 1 to 10080", file=sys.stderr)
+            return 2
+        ONOFF_DURATION_S = args.onoff_minutes * 60.0  # the workers are forked: they see it
     if args.onoff_seeds:
         global ONOFF_SEEDS
         try:
@@ -130,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     policies = args.policy or list(POLICIES)
     all_rows: list[tuple[Case, RunResult]] = []
-    chosen = [c for c in cases() if not args.trace or c.name in args.trace]
+    chosen = [c for c in cases() if (not args.trace or c.name in args.trace)
+              and not (args.only_onoff and not str(c.file).startswith("scenario:onoff:"))]
     unknown = [t for t in args.trace or [] if t not in {c.name for c in cases()}]
     if unknown:
         print(f"bench: unknown trace {unknown[0]!r}; choose from {', '.join(c.name for c in cases())}", file=sys.stderr)

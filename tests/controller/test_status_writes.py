@@ -61,6 +61,10 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     ("coldStartSeconds", {"h100x1": 95.0}, True),
     ("history.capacityCorrection", 0.9, True),
     ("history.burstGaps", [120.0], True),
+    ("history.burstGrowth", [0.9], True),
+    # The long memory moves at every decision (its requests): refreshed, and a big rise shows in the peak.
+    ("history.loadRecord", [[0.0, 30.0, 28.0, 450.0]], False),
+    ("history.burstTop", 31.0, False),
 ])
 def test_a_decision_writes_status_only_when_it_changes_what_a_user_reads(path: str, value: Any, user_reads: bool) -> None:
     view = user_view(BASE)

@@ -159,8 +159,12 @@ def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
                 observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)),
-                started_shapes=("l4x1@0123456789",))
+                started_shapes=("l4x1@0123456789",), burst_growth=(0.8, 1.05), burst_from=40.0, burst_top=35.5,
+                load_record=((0.0, 45.5, 44.25, 30000.0), (3600.0, 20.0, 18.5, 21000.0)))
     assert History.from_dict(h.to_dict()) == h
+    # A long-memory record that does not parse (out of order, negative, the wrong shape) is dropped alone.
+    for bad in ([[3600.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]], [[0.0, -1.0, 1.0, 1.0]], [[0.0, 1.0, 1.0]], "x"):
+        assert History.parse({**h.to_dict(), "loadRecord": bad}) == (h.with_(load_record=()), ("loadRecord",))
     assert History.parse({**h.to_dict(), "startedShapes": [3]}) == (h.with_(started_shapes=()), ("startedShapes",))
     assert History.from_dict({"recommendations": "garbage"}) == History()
     # A field that does not parse falls back alone: the rest is kept.
@@ -316,3 +320,39 @@ def test_a_shape_seen_started_is_not_refused_once_its_pods_are_gone() -> None:
     # Other engine args are another shape as run: the proof does not carry over.
     other = parse_spec(spec_dict(**L4_FIRST, engineArgs=["--enable-prefix-caching"]))
     assert decide(other, restarting, LIGHT, ran.history, 15.0).variant == "h100x1"
+
+
+def test_a_learnt_burst_headroom_reaches_the_plan_and_every_shape_weighed() -> None:
+    """Nine bursts came back no higher than the peak held for them: the held peak is planned at full
+    capacity (not targetUtilization's 85 %) by the plan, and each pod shape is weighed the same way;
+    with one burst that came back higher, both use targetUtilization again."""
+    from llmscale.policy.capacity import replicas_for, variant_capacity
+
+    spec = parse_spec(spec_dict(
+        engineArgs=["--max-model-len=8192"], replicas={"min": 1, "max": 16}, cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "90s"},
+                  {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}]))
+    samples = tuple((NOW_D - 300.0 + 15.0 * i, 60.0 if i < 2 else 3.0) for i in range(20))
+    h = History(rate_samples=samples, observing_since=0.0, recommendations=((NOW_D - 15.0, 6),), mean_input=1000.0,
+                mean_output=200.0, mix_requests=500.0, mix_at=NOW_D - 5.0, planned_mix=(1000.0, 200.0),
+                burst_gaps=(120.0, 200.0), burst_growth=(0.95,) * 9)
+    signals = healthy(3.0)
+    learnt = decide(spec, Workload("h100x1", 6, 6), signals, h, NOW_D)
+    default = decide(spec, Workload("h100x1", 6, 6), signals, h.with_(burst_growth=(0.95,) * 8 + (1.3,)), NOW_D)
+    rate = learnt.estimate.forecast_rate
+    assert rate is not None and rate == default.estimate.forecast_rate and rate > 30.0
+    for d, util in ((learnt, 1.0), (default, 0.85)):
+        want, at = replicas_for(spec, spec.variants[0], signals, 1.0, (1000.0, 200.0), rate, util)
+        assert d.estimate.planned_replicas == want
+        plan_reason = next(r for r in d.reasons if r.code == Code.CAPACITY_PLAN)
+        assert plan_reason.message == (f"forecast {rate:.2f} req/s over 105s / {at.per_replica:.2f} req/s per replica "
+                                       f"(in a fleet of {want}) at {util:.0%} -> {want}")
+        for option in d.estimate.shapes:
+            v = spec.variant(option.variant)
+            n, _ = replicas_for(spec, v, signals, 1.0, (1000.0, 200.0), rate, util)
+            assert option.replicas == n and n > 0, (option, util)
+            assert variant_capacity(spec, v, signals, 1.0, (1000.0, 200.0), n).feasible
+    assert learnt.estimate.planned_replicas < default.estimate.planned_replicas  # type: ignore[operator]
+
+
+NOW_D = 100_000.0

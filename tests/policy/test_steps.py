@@ -26,11 +26,15 @@ from llmscale.policy.feedback import Feedback, feedback
 from llmscale.policy.forecast import (
     Forecast,
     arrival_rate,
+    burst_headroom,
     error_budget,
     forecast,
     held_share,
     hold_time,
+    long_memory,
     over_budget,
+    record_load,
+    rise_within,
     thin_scrapes,
     window_arrivals,
 )
@@ -111,67 +115,78 @@ H40 = 105.0 - 1320.0 / P40  # see the last case
 A27 = 10.0 + (300.0 - 2 * math.sqrt(301.0)) / 15.0  # see "a queue building"
 A3 = 20.0 - (300.0 - 2 * math.sqrt(601.0)) / 15.0  # see "a backlog draining"
 SPREADS_20 = 2 * math.sqrt(2 * 20 * 15 + 1)  # two Poisson spreads of the count in flight at 20/s over 15 s (49.03)
+# How far the load rose within the horizon (105 s) to 25 and to 5 req/s from 2: less the chance
+# spread of two windows' difference and of the lowest within it, (sqrt(2) + sqrt(2 ln 2)) x sqrt(rate / 60).
+RISE_25 = 23.0 - (math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))) * math.sqrt(25.0 / 60.0)
+RISE_5 = 3.0 - (math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))) * math.sqrt(5.0 / 60.0)
+
+
+def rec(history: History, rate: float, rise: float = 0.0) -> History:
+    """The history with the long memory's record of this decision: NOW's hour (10,000 s: the hour from
+    7,200 s), the rate, its rise, and the requests of the 15 s since the previous decision."""
+    return history.with_(load_record=((7200.0, rate, rise, rate * 15.0),))
 
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
      Forecast(None, 105.0, 300.0, History(rate_samples=((NOW - 30, 50.0),), queue_scrapes=(SEEN,)))),
     ("steady: the current rate", sig(10.0), History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)))),
+     Forecast(10.0, 105.0, 300.0, rec(History(rate_samples=((NOW - 30, 10.0), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)), 10.0))),
     # sqrt(2 ln 5) x sqrt(10.7 / 60) = 0.76: a window at 10.7 req/s among windows at 10 is chance,
     # not a burst to hold.
     ("steady with a noisy window: the peak counts for what it exceeds chance by", sig(10.0),
      History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)))),
+     Forecast(10.0, 105.0, 300.0, rec(History(rate_samples=((NOW - 30, 10.7), (NOW - 15, 10.0), (NOW, 10.0)), queue_scrapes=(SEEN,)), 10.0))),
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
-     Forecast(P30, 105.0, 300.0, History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                         lull_peak=P30, queue_scrapes=(SEEN,)),
+     Forecast(P30, 105.0, 300.0, rec(History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
+                                         lull_peak=P30, queue_scrapes=(SEEN,)), 2.0),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))),
+    # The burst under way is measured against the peak the lull fell from (30 req/s): its height so far, 25.
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
-     Forecast(P30B, 105.0, 300.0, History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          queue_scrapes=(SEEN,)),
+     Forecast(P30B, 105.0, 300.0, rec(History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
+                                          queue_scrapes=(SEEN,), burst_from=30.0, burst_top=25.0), 25.0, RISE_25),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30B:.2f} req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
-     Forecast(5.0, 105.0, 300.0, History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
-                                         queue_scrapes=(SEEN,)))),
+     Forecast(5.0, 105.0, 300.0, rec(History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
+                                         queue_scrapes=(SEEN,)), 5.0, RISE_5))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
-     Forecast(10.5, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 60.0, 4.0),)))),
+     Forecast(10.5, 105.0, 300.0, rec(History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 60.0, 4.0),)), 10.0))),
     # 4 -> 304 in flight in 15 s at 10 completions/s: 300 more, of which the two spreads of chance
     # (2 x sqrt(2 x 10 x 15 + 1) = 34.7) are no evidence: 10 + 265.3 / 15 = 27.69 arrive per second.
     ("a queue building: the arrivals are the completions plus what the requests in flight grew by beyond chance",
      sig(10.0, requests_waiting=150.0, requests_running=154.0), History(queue_scrapes=((NOW - 15, 0.0, 4.0),)),
-     Forecast(A27 + 150.0 / 120.0, 105.0, 300.0, History(rate_samples=((NOW, A27),), queue_scrapes=((NOW - 15, 0.0, 4.0),
-                                                        (NOW, 150.0, 154.0))), arrivals=A27)),
+     Forecast(A27 + 150.0 / 120.0, 105.0, 300.0, rec(History(rate_samples=((NOW, A27),), queue_scrapes=((NOW - 15, 0.0, 4.0),
+                                                        (NOW, 150.0, 154.0))), A27), arrivals=A27)),
     # sqrt(2 x 10 x 15 + 1) = 17.3: a change of 30 in flight is within twice that, so no evidence.
     ("the requests in flight move within chance: the completions stand for the arrivals",
      sig(10.0, requests_running=34.0), History(queue_scrapes=((NOW - 15, 0.0, 4.0),)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 15, 0.0, 4.0),
-                                         (NOW, 0.0, 34.0))), arrivals=10.0)),
+     Forecast(10.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 15, 0.0, 4.0),
+                                         (NOW, 0.0, 34.0))), 10.0), arrivals=10.0)),
     # The queue shrank 400 -> 100 while 20/s completed: 3.3 arrive (300 fewer, less the two spreads of
     # chance, 2 x sqrt(601) = 49.0, over 15 s, under 20); the plan keeps the completions and
     # adds nothing to drain a queue the Ready replicas already drain.
     ("a backlog draining: the completions, nothing added for the queue",
      sig(20.0, requests_waiting=100.0, requests_running=100.0), History(queue_scrapes=((NOW - 15, 400.0, 100.0),)),
-     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
-                                         (NOW, 100.0, 100.0))), arrivals=A3, draining=True)),
+     Forecast(20.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                         (NOW, 100.0, 100.0))), 20.0), arrivals=A3, draining=True)),
     # Prometheus scraped less often than the operator decides: the next decision sees the same
     # scrape, measures between the same two, and reaches the same verdict (not "unknown").
     ("the same scrape again: the same arrivals and the same drain",
      sig(20.0, requests_waiting=100.0, requests_running=100.0),
      History(queue_scrapes=((NOW - 15, 400.0, 100.0), (NOW, 100.0, 100.0))),
-     Forecast(20.0, 105.0, 300.0, History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
-                                         (NOW, 100.0, 100.0))), arrivals=A3, draining=True)),
+     Forecast(20.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 20.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                         (NOW, 100.0, 100.0))), 20.0), arrivals=A3, draining=True)),
     # Prometheus's clock stepped back 30 s (an HA pair's other replica answered): the scrapes
     # from "after" it are dropped, so they stay oldest first and round-trip through status.
     ("a scrape time that steps back restarts the window", sig(10.0),
      History(queue_scrapes=((NOW - 45, 0.0, 4.0), (NOW + 15, 0.0, 4.0), (NOW + 30, 0.0, 4.0))),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 45, 0.0, 4.0), SEEN)),
+     Forecast(10.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW - 45, 0.0, 4.0), SEEN)), 10.0),
               arrivals=10.0)),
     ("gauges seen more than a rate window ago: no arrivals, and the old scrape is forgotten",
      sig(10.0, requests_running=400.0), History(queue_scrapes=((NOW - 120, 0.0, 4.0),)),
-     Forecast(10.0, 105.0, 300.0, History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 0.0, 400.0),)))),
+     Forecast(10.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 0.0, 400.0),)), 10.0))),
     # The backlog shrank 800 -> 200 in flight over the 45 s the scrapes span while 40/s completed:
     # 40 - 600 / 45 = 26.67 arrived per second over the window. The last interval alone (400 -> 100
     # waiting against 60 s of completions) says 40 - (300 - 2 x sqrt(1201)) / 15 = 24.6.
@@ -179,9 +194,9 @@ FORECAST = [
      sig(40.0, requests_waiting=100.0, requests_running=100.0),
      History(queue_scrapes=((NOW - 45, 700.0, 100.0), (NOW - 30, 600.0, 100.0), (NOW - 15, 400.0, 100.0))),
      Forecast(40.0 - 600.0 / 45.0, 105.0, 300.0,
-              History(rate_samples=((NOW, 40.0 - 600.0 / 45.0),),
+              rec(History(rate_samples=((NOW, 40.0 - 600.0 / 45.0),),
                       queue_scrapes=((NOW - 45, 700.0, 100.0), (NOW - 30, 600.0, 100.0), (NOW - 15, 400.0, 100.0),
-                                     (NOW, 100.0, 100.0))),
+                                     (NOW, 100.0, 100.0))), 40.0 - 600.0 / 45.0),
               arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
     # The queue nearly gone: 800 -> 70 in flight over the 60 s window while 30/s completed, so
     # 30 - 730 / 60 = 17.83 arrived per second. The last interval's shrink (160 -> 70, less two
@@ -191,9 +206,9 @@ FORECAST = [
      History(queue_scrapes=((NOW - 60, 700.0, 100.0), (NOW - 45, 400.0, 100.0), (NOW - 30, 200.0, 100.0),
                             (NOW - 15, 60.0, 100.0))),
      Forecast(30.0 - 730.0 / 60.0, 105.0, 300.0,
-              History(rate_samples=((NOW, 30.0 - 730.0 / 60.0),),
+              rec(History(rate_samples=((NOW, 30.0 - 730.0 / 60.0),),
                       queue_scrapes=((NOW - 60, 700.0, 100.0), (NOW - 45, 400.0, 100.0), (NOW - 30, 200.0, 100.0),
-                                     (NOW - 15, 60.0, 100.0), (NOW, 10.0, 60.0))),
+                                     (NOW - 15, 60.0, 100.0), (NOW, 10.0, 60.0))), 30.0 - 730.0 / 60.0),
               arrivals=30.0 - (90.0 - 2 * math.sqrt(901.0)) / 15.0, draining=True)),
     # Scrapes jitter: the one nearest the window's start is 60.5 s old. It still marks the window,
     # and the growth is per second of the span it covers: 30 - 730 / 60.5.
@@ -202,9 +217,9 @@ FORECAST = [
      History(queue_scrapes=((NOW - 60.5, 700.0, 100.0), (NOW - 45.25, 400.0, 100.0), (NOW - 30.125, 200.0, 100.0),
                             (NOW - 15.25, 60.0, 100.0))),
      Forecast(30.0 - 730.0 / 60.5, 105.0, 300.0,
-              History(rate_samples=((NOW, 30.0 - 730.0 / 60.5),),
+              rec(History(rate_samples=((NOW, 30.0 - 730.0 / 60.5),),
                       queue_scrapes=((NOW - 60.5, 700.0, 100.0), (NOW - 45.25, 400.0, 100.0), (NOW - 30.125, 200.0, 100.0),
-                                     (NOW - 15.25, 60.0, 100.0), (NOW, 10.0, 60.0))),
+                                     (NOW - 15.25, 60.0, 100.0), (NOW, 10.0, 60.0))), 30.0 - 730.0 / 60.5),
               arrivals=30.0 - (90.0 - 2 * math.sqrt(2 * 30 * 15.25 + 1)) / 15.25, draining=True)),
     # The backlog drained 15 s ago: 1,000 -> 130 in flight over the window while 56/s completed.
     # The last interval moved within chance (128 -> 130: the two-scrape estimate says 56), but the
@@ -214,9 +229,9 @@ FORECAST = [
      History(queue_scrapes=((NOW - 60, 900.0, 100.0), (NOW - 45, 600.0, 100.0), (NOW - 30, 200.0, 100.0),
                             (NOW - 15, 1.0, 127.0))),
      Forecast(56.0 - 870.0 / 60.0, 105.0, 300.0,
-              History(rate_samples=((NOW, 56.0 - 870.0 / 60.0),),
+              rec(History(rate_samples=((NOW, 56.0 - 870.0 / 60.0),),
                       queue_scrapes=((NOW - 60, 900.0, 100.0), (NOW - 45, 600.0, 100.0), (NOW - 30, 200.0, 100.0),
-                                     (NOW - 15, 1.0, 127.0), (NOW, 0.0, 130.0))),
+                                     (NOW - 15, 1.0, 127.0), (NOW, 0.0, 130.0))), 56.0 - 870.0 / 60.0),
               arrivals=56.0)),
     # 160 -> 140 in flight over the window at 10/s: within two spreads of chance
     # (2 x sqrt(2 x 10 x 60 + 1) = 69.3), so no drain is taken from it: the completions stand.
@@ -225,16 +240,16 @@ FORECAST = [
      History(queue_scrapes=((NOW - 60, 0.0, 160.0), (NOW - 45, 0.0, 150.0), (NOW - 30, 0.0, 145.0),
                             (NOW - 15, 0.0, 142.0))),
      Forecast(10.0, 105.0, 300.0,
-              History(rate_samples=((NOW, 10.0),),
+              rec(History(rate_samples=((NOW, 10.0),),
                       queue_scrapes=((NOW - 60, 0.0, 160.0), (NOW - 45, 0.0, 150.0), (NOW - 30, 0.0, 145.0),
-                                     (NOW - 15, 0.0, 142.0), (NOW, 0.0, 140.0))),
+                                     (NOW - 15, 0.0, 142.0), (NOW, 0.0, 140.0))), 10.0),
               arrivals=10.0)),
     # The same drain seen over 15 s only (after a restart): the windows would mix, so the
     # completions stand, as before.
     ("a backlog draining, scrapes not yet covering the window: the completions",
      sig(40.0, requests_waiting=100.0, requests_running=100.0), History(queue_scrapes=((NOW - 15, 400.0, 100.0),)),
-     Forecast(40.0, 105.0, 300.0, History(rate_samples=((NOW, 40.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
-                                                                                       (NOW, 100.0, 100.0))),
+     Forecast(40.0, 105.0, 300.0, rec(History(rate_samples=((NOW, 40.0),), queue_scrapes=((NOW - 15, 400.0, 100.0),
+                                                                                       (NOW, 100.0, 100.0))), 40.0),
               arrivals=40.0 - (300.0 - 2 * math.sqrt(1201.0)) / 15.0, draining=True)),
     # 40 req/s x 105 s = 4,200 misses if the burst came back with the capacity gone; the SLO allows
     # 5% of (mean 14.67 req/s over the three samples x 1,800 s) = 1,320: the peak is held for the whole
@@ -244,8 +259,8 @@ FORECAST = [
      sig(2.0), History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0)), burst_gaps=(200.0,), quiet_since=NOW - 900,
                        lull_peak=40.0),
      Forecast(P40 * H40 / (0.5 + H40), 105.0, 1800.0,
-              History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
-                      quiet_since=NOW - 900, lull_peak=40.0, queue_scrapes=(SEEN,)),
+              rec(History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
+                      quiet_since=NOW - 900, lull_peak=40.0, queue_scrapes=(SEEN,)), 2.0),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P40 * H40 / (0.5 + H40):.2f} req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 
@@ -255,6 +270,138 @@ def test_forecast(signals: Signals, history: History, expect: Forecast) -> None:
     got = forecast(SPEC, V, Workload("h100x1", 3, 3), signals, history, NOW)
     assert got == expect
     assert History.parse(got.history.to_dict()) == (History.parse(got.history.to_dict())[0], ())  # status takes it back
+
+
+# The long memory (a day of hourly records) and the headroom learnt from returning bursts.
+DAY = 86400.0
+CHANCE = math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))  # rise_within's allowance, in spreads, with two windows before
+BURST = ((0.0, 45.0, 43.0, 60000.0),)  # a rise of 43 req/s within one cold start, to 45 req/s
+AGAIN = ((3600.0, 30.0, 28.0, 30000.0),)  # a big rise came back an hour later (28 >= 43 / 2)
+QUIET = ((7200.0, 20.0, 3.0, 30000.0),)  # this hour: small rises only
+
+
+def hourly(n: int, top: float, rise: float, requests: float, first: float = 0.0) -> tuple[tuple[float, float, float, float], ...]:
+    return tuple((first + 3600.0 * i, top, rise, requests) for i in range(n))
+
+
+@pytest.mark.parametrize(("growth", "expect"), [
+    ((), 1 / 0.85),  # nothing learnt: targetUtilization's headroom
+    ((0.9,) * 8, 1 / 0.85),  # eight returns: the highest of eight bounds the next one only 8 times in 9
+    ((0.9,) * 9, 1.0),  # nine came back lower: plan the held peak itself, never below it
+    ((0.7,) * 8 + (1.05,), 1.05),  # as high as the highest came back
+    ((0.9,) * 8 + (1.3,), 1 / 0.85),  # one came back higher than targetUtilization allows for: its headroom stays
+])
+def test_burst_headroom(growth: tuple[float, ...], expect: float) -> None:
+    assert burst_headroom(growth, 0.85) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("record", "now", "rate", "rise", "rise_at", "requests", "expect"), [
+    ((), 7300.0, 10.0, 2.0, 7300.0, 150.0, ((7200.0, 10.0, 2.0, 150.0),)),
+    # Within the hour: maxima (a rise seen again changes nothing) and the requests added once.
+    (((7200.0, 30.0, 20.0, 900.0),), 7400.0, 10.0, 25.0, 7350.0, 150.0, ((7200.0, 30.0, 25.0, 1050.0),)),
+    # A rise that began in the hour before counts there: a burst at the turn of the hour is one rise.
+    (((3600.0, 40.0, 10.0, 900.0),), 7210.0, 45.0, 30.0, 7190.0, 150.0,
+     ((3600.0, 40.0, 30.0, 900.0), (7200.0, 45.0, 0.0, 150.0))),
+    # A new hour appends; a record that ended more than a day ago is dropped.
+    (((0.0, 9.0, 9.0, 9.0), (DAY - 3600.0, 30.0, 20.0, 900.0)), DAY + 3700.0, 10.0, 0.0, DAY + 3700.0, 150.0,
+     ((DAY - 3600.0, 30.0, 20.0, 900.0), (DAY + 3600.0, 10.0, 0.0, 150.0))),
+    # A record from "after" now (a clock that stepped back, a hand-edited status) is dropped: oldest first.
+    (((7200.0, 30.0, 20.0, 900.0), (10800.0, 5.0, 1.0, 10.0)), 7300.0, 10.0, 0.0, 7300.0, 150.0,
+     ((7200.0, 30.0, 20.0, 1050.0),)),
+])
+def test_record_load(record: tuple[tuple[float, float, float, float], ...], now: float, rate: float, rise: float,
+                     rise_at: float, requests: float, expect: tuple[tuple[float, float, float, float], ...]) -> None:
+    assert record_load(record, now, rate, rise, rise_at, requests) == expect
+
+
+@pytest.mark.parametrize(("samples", "rate", "expect"), [
+    ((), 40.0, (0.0, NOW)),
+    (((NOW - 200.0, 1.0),), 40.0, (0.0, NOW)),  # the low window lies beyond the horizon (105 s)
+    (((NOW - 90.0, 2.0), (NOW - 15.0, 30.0)), 40.0, (38.0 - CHANCE * math.sqrt(40.0 / 60.0), NOW - 90.0)),
+    (((NOW - 30.0, 10.0), (NOW - 15.0, 10.3)), 10.4, (0.0, NOW)),  # within chance: no rise
+    (((NOW - 30.0, 1.0), (NOW - 15.0, 1.0)), 1.3, (0.0, NOW)),  # a steady 1 req/s: 0.3 more is chance
+    (((NOW - 30.0, 40.0),), 2.0, (0.0, NOW)),  # a fall is no rise
+])
+def test_rise_within(samples: tuple[tuple[float, float], ...], rate: float, expect: tuple[float, float]) -> None:
+    assert rise_within(samples, NOW, rate, 105.0, 60.0) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("record", "rate", "expect"), [
+    ((), 2.0, None),
+    (hourly(3, 12.0, 0.0, 36000.0), 2.0, None),  # no rise at all
+    (BURST + QUIET, 2.0, None),  # one big rise in the day (a load test): nothing held beyond the burst memory
+    # It came back: 2 x 43 x 105 s of misses against 1 % of 120,000 requests: held, up to the day's
+    # highest rate (2 + 43 > 45), or today's load plus the rise.
+    (BURST + AGAIN + QUIET, 2.0, (45.0, 43.0)),
+    (BURST + AGAIN + QUIET, 1.0, (44.0, 43.0)),
+    # Two big rises in a day of 500,000 requests an hour: their 2 x 43 x 105 = 9,030 misses fit the
+    # error budget of 1 % of the day's 11.5 million requests.
+    (hourly(1, 45.0, 43.0, 500000.0) + hourly(21, 40.0, 3.0, 500000.0, 3600.0) + ((DAY - 3600.0, 45.0, 40.0, 500000.0),),
+     2.0, None),
+])
+def test_long_memory(record: tuple[tuple[float, float, float, float], ...], rate: float,
+                     expect: tuple[float, float] | None) -> None:
+    assert long_memory(record, rate, 105.0, 0.01) == expect
+
+
+P99 = spec(slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms", "percentile": 95}})
+
+
+def test_a_day_s_record_holds_capacity_for_a_big_rise_the_half_hour_memory_has_forgotten() -> None:
+    """Bursts of random heights: 45 req/s two hours ago, 30 an hour ago, smaller ones since. The
+    half-hour burst memory holds only this lull's 2 req/s; the long memory holds what the big one
+    needs (its peak less the chance spread of the highest of a day's windows, times the share the
+    error budget asks for), and says so."""
+    record = BURST + AGAIN + QUIET
+    h = History(rate_samples=((NOW - 900.0, 20.0), (NOW - 15.0, 2.0)), load_record=record)
+    got = forecast(P99, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
+    top = 45.0 - math.sqrt(2 * math.log(NOW / 60.0)) * math.sqrt(45.0 / 60.0)
+    budget = 0.01 * (20.0 + 2.0 + 2.0) / 3 * 1800.0  # the burst memory's error budget (its samples' mean over half an hour)
+    h_s = 105.0 - budget / top
+    level = top * h_s / (1.0 + h_s)
+    assert got == Forecast(pytest.approx(level), 105.0, 300.0, History(
+        rate_samples=((NOW - 900.0, 20.0), (NOW - 15.0, 2.0), (NOW, 2.0)),
+        load_record=BURST + AGAIN + ((7200.0, 20.0, 3.0, 30000.0 + 2.0 * 15.0),), queue_scrapes=(SEEN,)),
+        (Reason(Code.BURST_MEMORY, f"holding capacity for {level:.2f} req/s: the load rose by 43.00 req/s within one cold "
+                                   "start in 2 hours of the last day (now 2.00 req/s)"),))
+
+
+def test_bursts_that_came_back_no_higher_plan_the_held_peak_at_their_headroom() -> None:
+    """Nine bursts came back to at most 0.95 of the load held for them: the held 30 req/s peak is
+    planned at full capacity x 1.0 (not at targetUtilization's 85 %), and a rise toward it is no
+    ramp to extrapolate past it."""
+    h = History(rate_samples=((NOW - 60.0, 30.0), (NOW - 30.0, 5.0), (NOW - 15.0, 2.0)), burst_growth=(0.95,) * 9)
+    got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
+    held = beyond_chance(30.0, (30.0, 5.0, 2.0, 2.0), 300.0)
+    after = History(rate_samples=((NOW - 60.0, 30.0), (NOW - 30.0, 5.0), (NOW - 15.0, 2.0), (NOW, 2.0)), burst_growth=(0.95,) * 9,
+                    load_record=((7200.0, 2.0, 0.0, 30.0),), quiet_since=NOW, lull_peak=held, queue_scrapes=(SEEN,))
+    peak_reason = Reason(Code.BURST_MEMORY, f"holding capacity for the {held:.2f} req/s peak of the last 300s (now 2.00 req/s)")
+    assert got == Forecast(held, 105.0, 300.0, after, (
+        peak_reason,
+        Reason(Code.BURST_MEMORY, "the last 9 returning bursts came back at most 1.00x the load held for them: it is "
+                                  "planned with that headroom, not targetUtilization's")), utilization=1.0)
+    # The same bursts, one of which came back 1.3x: targetUtilization's headroom.
+    grew = (0.95,) * 8 + (1.3,)
+    again = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h.with_(burst_growth=grew), NOW)
+    assert again == Forecast(held, 105.0, 300.0, after.with_(burst_growth=grew), (peak_reason,))
+
+
+def test_a_returning_burst_s_height_is_learnt_once_when_the_next_lull_begins() -> None:
+    """The burst that came back to a 40 req/s peak reached 36: 0.9 is recorded when the load falls
+    into the next lull, and the burst's marks are cleared; within the burst only its height so far
+    moves."""
+    h = History(rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0)), burst_from=40.0, burst_top=36.0)
+    got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
+    p36 = beyond_chance(36.0, (36.0, 30.0, 2.0), 300.0)
+    assert got == Forecast(p36, 105.0, 300.0, History(
+        rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 2.0)), load_record=((7200.0, 2.0, 0.0, 30.0),),
+        quiet_since=NOW, lull_peak=p36, burst_growth=(0.9,), queue_scrapes=(SEEN,)),
+        (Reason(Code.BURST_MEMORY, f"holding capacity for the {p36:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))
+    mid = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(38.0), h, NOW)
+    rise = 8.0 - CHANCE * math.sqrt(38.0 / 60.0)  # from the 30 req/s window 15 s ago
+    assert mid == Forecast(38.0, 105.0, 300.0, History(
+        rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 38.0)), load_record=((7200.0, 38.0, rise, 38.0 * 15.0),),
+        burst_from=40.0, burst_top=38.0, queue_scrapes=(SEEN,)))
 
 
 @pytest.mark.parametrize(("seen", "now_waiting", "now_running", "expect"), [
@@ -572,6 +719,12 @@ def test_tolerance_holds_within_the_band_only() -> None:
     far = Forecast(60.0, 105.0, 300.0, History())
     assert tolerance(SPEC, 5, cap_step(), far, Proposal(8), False) == Proposal(8)
     assert tolerance(SPEC, 5, cap_step(), fc, Proposal(6), True) == Proposal(6)  # feedback is never damped
+    # A held peak planned at full capacity (learnt headroom): 52 req/s is within 10 % of 5 x 10, but
+    # 5 replicas cannot carry it at all, so the plan's 6 stand; 49 they can carry, and 5 are kept.
+    full = Forecast(52.0, 105.0, 300.0, History(), utilization=1.0)
+    assert tolerance(SPEC, 5, cap_step(), full, Proposal(6), False) == Proposal(6)
+    assert tolerance(SPEC, 5, cap_step(), Forecast(49.0, 105.0, 300.0, History(), utilization=1.0), Proposal(6), False) == Proposal(
+        5, (Reason(Code.WITHIN_TOLERANCE, "demand at 0.98x the plan for 5 replicas (tolerance 10%)"),))
 
 
 def test_unknowns_never_scale_down() -> None:

@@ -419,7 +419,7 @@ class Scaling(_Model):
         default_factory=VariantSwitch, description="Changing the pod shape: dwell time and rollback."
     )
     target_utilization: float = Field(
-        0.85, gt=0, le=1, description="Share of the fleet's SLO capacity to plan for; the rest absorbs forecast error within a cold start. Capacity is already the load at which the SLO percentile is just met, so this is headroom on top of it."
+        0.85, gt=0, le=1, description="Share of the fleet's SLO capacity to plan for; the rest absorbs forecast error within a cold start. Capacity is already the load at which the SLO percentile is just met, so this is headroom on top of it. A burst peak held for returning bursts is planned with less once nine bursts have come back no higher than this headroom allows: with the headroom they showed."
     )
 
     @field_validator("interval")

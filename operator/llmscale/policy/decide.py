@@ -56,8 +56,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 11. The pod shape (vertical), with hysteresis, a dwell time and rollback.
     shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now)
     # 12. Replicas per shape now: make before break, no pod created over a ceiling.
-    demand = fc.rate / spec.scaling.target_utilization if fc.rate is not None else None
-    moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand)
+    demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None
+    moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec))
     # 13. Recommend reports; Auto applies.
     estimate = Estimate(cap.current.per_replica if cap.current.feasible else 0.0, cap.current.limited_by, fc.rate,
                         fc.horizon_s, planned.planned, fb.replicas, bounded.limit, shape.options)

@@ -1,6 +1,6 @@
 """Step 3: the load to plan for over the cold-start horizon (pods take minutes to load weights).
 
-Three things are planned for, whichever is highest:
+Four things are planned for, whichever is highest:
 - the current rate plus a damped upward trend;
 - the recent peak (the burst memory), held for one cold start (a burst that came may come again
   before new capacity could be Ready); once bursts have been seen to come back, for half an hour
@@ -10,7 +10,14 @@ Three things are planned for, whichever is highest:
   one cold start when lulls are usually longer than 15 minutes; a peak counts for what it exceeds
   the chance maximum of the windows held (see chance_excess), since the highest of many noisy
   windows of steady traffic is no burst;
+- the long memory (a day of hourly records): once big rises of the load within one cold start have
+  come back and would spend more than the error budget, today's load plus the largest rise, up to
+  the day's highest rate (see long_memory): bursts of random heights are not forgotten after half
+  an hour;
 - today's queue, drained within the horizon, unless the replicas already drain it.
+A held load is planned with targetUtilization's headroom until nine returning bursts are
+remembered none of which came back higher than that headroom allows; then with the headroom they
+showed (see burst_headroom): a held peak already is the load a returning burst brings.
 The load is what arrives, not only what vLLM counts as completed: while a queue builds, the replicas
 complete fewer requests than arrive (at a burst's onset the completion rate says 4 req/s of a
 36 req/s burst), and the difference is what the requests in flight (waiting + running) grew by
@@ -54,6 +61,12 @@ class Forecast:
     reasons: tuple[Reason, ...] = ()
     arrivals: float | None = None  # requests/s arriving between the last two scrapes of the queue; None when unknown
     draining: bool = False  # a backlog is draining (see arrival_rate): the Ready replicas carry the load
+    # The utilisation to plan `rate` at, when the burst memory sets the plan with a headroom learnt
+    # from returning bursts (see burst_headroom); None: the spec's targetUtilization.
+    utilization: float | None = None
+
+    def plan_utilization(self, spec: LLMDeploymentSpec) -> float:
+        return spec.scaling.target_utilization if self.utilization is None else self.utilization
 
 
 def cold_start_s(spec: LLMDeploymentSpec, variant: Variant, workload: Workload) -> float:
@@ -242,6 +255,91 @@ def hold_time(gaps: tuple[float, ...], horizon_s: float, first_hold_s: float, ov
     return horizon_s + min(quantile(gaps, GAP_QUANTILE), LONG_GAP_S)
 
 
+MIN_RETURNS = 9  # returning bursts seen before their growth replaces targetUtilization's headroom
+
+
+def burst_headroom(growth: tuple[float, ...], utilization: float) -> float:
+    """How far above a held peak to plan (at full capacity): targetUtilization's headroom
+    (1 / utilization), or less once MIN_RETURNS bursts have come back and none of those remembered
+    came back higher than that above the peak held for it: as high as the highest did (never below
+    the peak itself)."""
+    if len(growth) < MIN_RETURNS:
+        return 1 / utilization
+    return min(1 / utilization, max(1.0, max(growth)))
+
+
+RECORD_BUCKET_S = 3600.0  # the long memory keeps one record per hour
+RECORD_KEPT_S = 86400.0  # for a day
+BIG_RISE_SHARE = 0.5  # an hour whose largest rise is at least half the day's brought a big rise
+MIN_BIG_RISES = 2  # a big rise held only once one has come back (a single load test is no pattern)
+
+
+def rise_within(samples: tuple[tuple[float, float], ...], now: float, rate: float, horizon_s: float,
+                window_s: float) -> tuple[float, float]:
+    """(how far the load rose within one horizon (cold start + interval) to `rate`, when the rise
+    began): what capacity ordered at its start could not have met. Each window's rate is a Poisson
+    count, so the difference of two windows spreads by sqrt(2) of one window's spread, and the lowest
+    of the k windows within the horizon lies about sqrt(2 ln k) spreads below the load by chance:
+    both count as no rise (on a steady 1 req/s a rise of 0.4 req/s is chance). (0, now) when
+    nothing within the horizon is lower."""
+    before = [(t, v) for t, v in samples if 0 < now - t <= horizon_s]
+    if not before:
+        return 0.0, now
+    t_low, low = min(before, key=lambda x: x[1])
+    spread = math.sqrt(max(rate, 0.0) / window_s) if window_s > 0 else 0.0
+    rise = rate - low - (math.sqrt(2.0) + math.sqrt(2 * math.log(max(2, len(before))))) * spread
+    return (rise, t_low) if rise > 0 else (0.0, now)
+
+
+def _hour(t: float) -> float:
+    return math.floor(t / RECORD_BUCKET_S) * RECORD_BUCKET_S
+
+
+def record_load(record: tuple[tuple[float, float, float, float], ...], now: float, rate: float, rise: float,
+                rise_at: float, requests: float) -> tuple[tuple[float, float, float, float], ...]:
+    """The long memory with one decision added: the hour's highest rate and requests since the
+    previous decision (each decision adds its own span once), and the largest rise in the hour it
+    began (`rise_at`), so that a burst at a turn of the hour counts in one hour, not in two (a
+    maximum: seeing a rise again changes nothing). Records older than a day, or from "after" now (a
+    clock that stepped back), are dropped."""
+    hour = _hour(now)
+    kept = [r for r in record if now - (r[0] + RECORD_BUCKET_S) < RECORD_KEPT_S and r[0] <= hour]
+    if not kept or kept[-1][0] != hour:
+        kept.append((hour, 0.0, 0.0, 0.0))
+    h, top, jump, n = kept[-1]
+    kept[-1] = (h, max(top, rate), jump, n + requests)
+    began = _hour(rise_at)
+    at = next((i for i, r in enumerate(kept) if r[0] == began), len(kept) - 1)
+    r = kept[at]
+    kept[at] = (r[0], r[1], max(r[2], rise), r[3])
+    return tuple(kept)
+
+
+def long_memory(record: tuple[tuple[float, float, float, float], ...], rate: float, horizon_s: float,
+                miss_share: float) -> tuple[float, float] | None:
+    """(load to hold, largest rise) from the last day's records, or None when holding is not worth it.
+
+    A rise of J req/s within one cold start, met by capacity for today's load alone, costs about
+    J x horizon missed requests. Once MIN_BIG_RISES hours of the day brought one of at least half of
+    J (a big rise came back), and those hours' misses (J x horizon each) would spend more than the
+    SLO's error budget over the day's requests (its miss share of them), capacity for today's load
+    plus J is held, never above the day's highest rate. On/off traffic whose bursts come at random
+    heights so keeps what its biggest burst needs (with the half-hour burst memory alone, a 45 req/s
+    burst after two hours of smaller ones met two replicas where three were needed); a single burst
+    in a day (a load test) holds nothing beyond the burst memory, and a load that moves slowly (a
+    daily cycle) rises little within a cold start and keeps little more than it needs.
+    """
+    if not record:
+        return None
+    jump = max(r[2] for r in record)
+    if jump <= 0:
+        return None
+    big = sum(1 for r in record if r[2] >= BIG_RISE_SHARE * jump)
+    if big < MIN_BIG_RISES or big * jump * horizon_s <= miss_share * sum(r[3] for r in record):
+        return None
+    return min(rate + jump, max(r[1] for r in record)), jump
+
+
 def _keep(samples: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
     recent = [(t, v) for t, v in samples if now - t <= SAMPLES_KEPT_S]
     while len(recent) > MAX_SAMPLES:
@@ -288,6 +386,10 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         # half an hour, the minute after a drain, for 42.7 arriving).
         rate = windowed
     history = history.with_(queue_scrapes=scrapes)
+    last = history.rate_samples[-1][0] if history.rate_samples else None
+    span = interval if last is None else min(max(0.0, now - last), 2 * interval)
+    rise, rise_at = rise_within(history.rate_samples, now, rate, horizon, window)
+    record = record_load(history.load_record, now, rate, rise, rise_at, rate * span)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
     budget = error_budget(samples, miss_share)
@@ -303,23 +405,62 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         # Held for the error budget: as much of the peak as keeps a returning burst's misses in it.
         peak = max(rate, peak * held_share(peak, horizon, spec.slo.ttft.seconds, budget))
     # The burst memory: the length of each lull, counted once, when the load comes back to the
-    # peak the lull fell from (not when that peak drops out of the hold: a lull outlasts it).
-    hist = history.with_(rate_samples=samples)
+    # peak the lull fell from (not when that peak drops out of the hold: a lull outlasts it); and
+    # each returning burst's height over the load held for it (that peak, or the long memory's),
+    # counted once, when the next lull begins.
+    hist = history.with_(rate_samples=samples, load_record=record)
+    # The long memory's load to hold, as the burst memory's peak: less what the highest of a day's
+    # windows lies above the load by chance, and the share that keeps a returning burst's misses in
+    # the error budget.
+    kept = long_memory(record, rate, horizon, miss_share)
+    long_level: float | None = None
+    if kept is not None:
+        top = max(r[1] for r in record)
+        long_level = max(rate, min(kept[0], top - chance_excess(top, max(horizon, now - record[0][0]), window)))
+        if spec.slo.ttft:
+            long_level = max(rate, long_level * held_share(long_level, horizon, spec.slo.ttft.seconds, budget))
     if history.quiet_since is None:
+        if history.burst_from is not None:
+            hist = hist.with_(burst_top=max(history.burst_top or 0.0, rate))
         if rate < QUIET_SHARE * peak:
-            hist = hist.with_(quiet_since=now, lull_peak=peak)
+            hist = hist.with_(quiet_since=now, lull_peak=peak, burst_from=None, burst_top=None)
+            if history.burst_from and history.burst_top is not None:
+                hist = hist.with_(burst_growth=(history.burst_growth + (history.burst_top / history.burst_from,))[-MAX_GAPS:])
     elif rate >= QUIET_SHARE * (history.lull_peak or 0.0):
         gap = now - history.quiet_since
-        hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:])
-    value = max(trend, peak)
+        hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:],
+                          burst_from=max(history.lull_peak or 0.0, long_level or 0.0) or None, burst_top=rate)
+    util = spec.scaling.target_utilization
+    headroom = burst_headroom(hist.burst_growth, util)
     reasons: tuple[Reason, ...] = ()
-    if peak > max(trend, rate) * 1.05 and peak > 0:
+    if kept is not None and long_level is not None and long_level > peak:
+        held, peak = long_level, long_level
+        reasons = (Reason(Code.BURST_MEMORY, f"holding capacity for {peak:.2f} req/s: the load rose by {kept[1]:.2f} req/s "
+                          f"within one cold start in {sum(1 for r in record if r[2] >= BIG_RISE_SHARE * kept[1])} hours "
+                          f"of the last day (now {rate:.2f} req/s)"),)
+    elif peak > max(trend, rate) * 1.05 and peak > 0:
         reasons = (Reason(Code.BURST_MEMORY, f"holding capacity for the {peak:.2f} req/s peak of the last {hold:.0f}s "
                           f"(now {rate:.2f} req/s)"),)
-    if waiting and not draining:
-        # Drain today's queue within the horizon, but never plan on draining faster than in two
-        # minutes: a burst's backlog is transient and would otherwise overshoot to the ceiling.
-        # A queue that already shrinks needs nothing more: vLLM's queue is per pod, so replicas
-        # added now would serve only new arrivals, which the plan already counts.
-        value += waiting / max(horizon, 120.0)
-    return Forecast(value, horizon, hold, hist, reasons, arrivals, draining)
+    if held is not None and headroom < 1 / util and peak > 1.05 * rate:
+        # Bursts have come back no higher than the peak held for them: a rise toward it is a burst
+        # returning, not a ramp to extrapolate past it (onoff-14: each return's onset planned 4
+        # replicas, held for the scale-down window, where the 3 kept for the peak carried it). A
+        # load at or past the peak held is extrapolated as ever.
+        trend = min(trend, max(rate, peak * headroom * util))
+    # Drain today's queue within the horizon, but never plan on draining faster than in two
+    # minutes: a burst's backlog is transient and would otherwise overshoot to the ceiling.
+    # A queue that already shrinks needs nothing more: vLLM's queue is per pod, so replicas
+    # added now would serve only new arrivals, which the plan already counts.
+    queue = waiting / max(horizon, 120.0) if waiting and not draining else 0.0
+    value = max(trend, peak)
+    utilization: float | None = None
+    if held is not None and peak > trend and headroom < 1 / util:
+        # The held peak already is the load a returning burst brings: plan over it for how much
+        # higher bursts came back, not for targetUtilization's margin over a forecast (onoff-20:
+        # 42.7 req/s held at 85 % planned 4 replicas where 3 carried 48 req/s all along).
+        full = max((trend + queue) / util, (peak + queue) * headroom)
+        utilization = (value + queue) / full if full > 0 else None
+        reasons += (Reason(Code.BURST_MEMORY, f"the last {len(hist.burst_growth)} returning bursts came back at most "
+                           f"{headroom:.2f}x the load held for them: it is planned with that headroom, not "
+                           f"targetUtilization's"),)
+    return Forecast(value + queue, horizon, hold, hist, reasons, arrivals, draining, utilization)

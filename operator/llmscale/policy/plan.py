@@ -21,7 +21,7 @@ class Plan:
 def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: CapacityStep, fc: Forecast, current: int) -> Plan:
     if fc.rate is None or not cap.current.feasible:
         return Plan(Proposal(current), None)
-    util = spec.scaling.target_utilization
+    util = fc.plan_utilization(spec)
     n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
                                      f"per replica (in a fleet of {n}) at {util:.0%} -> {n}")

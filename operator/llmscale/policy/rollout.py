@@ -63,12 +63,13 @@ def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, other
 
 
 def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
-            per_replica: Mapping[str, float], demand: float | None = None) -> Rollout:
+            per_replica: Mapping[str, float], demand: float | None = None, utilization: float | None = None) -> Rollout:
     """Desired replicas per variant now, for `replicas` of `target` in the end.
 
     `per_replica` is each variant's capacity at the SLO (requests/s per replica), for how many
     old-shape pods one new-shape pod replaces; `demand` the capacity the forecast needs (requests/s
-    at the planned utilization): old pods beyond it are not needed even while the target is short.
+    at the planned `utilization`, targetUtilization when None): old pods beyond it are not needed even
+    while the target is short.
     """
     t = target.name
     mine = workload.pods.get(t, PodCounts())
@@ -112,7 +113,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         want = max(live, min(replicas, room_for(spec, workload, target, others_gpus, others_cost)))
     out[t] = want
     reasons: list[Reason] = []
-    released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring)
+    released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring, utilization)
     if released:
         reasons.append(released)
     if retiring:
@@ -128,7 +129,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
 
 def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
                per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
-               retiring: dict[str, int]) -> Reason | None:
+               retiring: dict[str, int], utilization: float | None = None) -> Reason | None:
     """Smaller steps: when no new-shape pod fits under the ceilings and nothing that drains will
     make room for one, release the fewest old pods that make room for one new pod (they drain
     first: the new pod starts at a later decision), for a pod that carries more than is given up.
@@ -145,7 +146,7 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     planned = min(demand, replicas * cap_t)
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
     serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
-    load = demand * spec.scaling.target_utilization
+    load = demand * (spec.scaling.target_utilization if utilization is None else utilization)
     if serving >= load and serving >= planned:
         # Carrying the load with the headroom the plan gives (a switch to save, at a ceiling the old
         # shape fills): give up headroom, never the load, for one cold start. Waiting for room

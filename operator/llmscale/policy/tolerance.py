@@ -17,8 +17,10 @@ def tolerance(spec: LLMDeploymentSpec, current: int, cap: CapacityStep, fc: Fore
     if current == 0 or proposal.replicas == current or acting_on_feedback:
         return proposal
     if fc.rate is not None and cap.current.feasible:
-        ratio = fc.rate / (current * cap.current.per_replica * sc.target_utilization)
-        if abs(ratio - 1) <= sc.tolerance:
+        ratio = fc.rate / (current * cap.current.per_replica * fc.plan_utilization(spec))
+        # Never within tolerance of a plan today's replicas cannot carry at full capacity (a held
+        # peak planned with the headroom returning bursts showed may leave no margin to tolerate).
+        if abs(ratio - 1) <= sc.tolerance and fc.rate <= current * cap.current.per_replica:
             return proposal.to(current, Reason(Code.WITHIN_TOLERANCE, f"demand at {ratio:.2f}x the plan for {current} replicas "
                                                                       f"(tolerance {sc.tolerance:.0%})"))
         return proposal

@@ -176,6 +176,13 @@ def _count(v: Any) -> int:
     return int(v)
 
 
+def _opt_positive(v: Any) -> float | None:
+    f = _opt_float(v)
+    if f is not None and f <= 0:
+        raise ValueError("not positive")
+    return f
+
+
 def _opt_count_float(v: Any) -> float | None:
     if v is None:
         return None
@@ -266,6 +273,15 @@ class History:
     burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
+    # Each returning burst's highest rate over the load held for it (the lull's peak, or the long
+    # memory's level), newest last; and the burst under way: the load held when it came back, and
+    # its highest rate so far (not written at once: a restart mid-burst records its height low).
+    burst_growth: tuple[float, ...] = ()
+    # The long memory, one record per hour of the last day: (hour start, highest rate, largest rise
+    # of the rate within one cold start, requests), oldest first (see forecast.long_memory).
+    load_record: tuple[tuple[float, float, float, float], ...] = ()
+    burst_from: float | None = None
+    burst_top: float | None = None
     backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
     # (scrape time, requests waiting, running) of each distinct scrape seen within the rate window
     # (at least the last few intervals), oldest first: what the requests in flight grew or shrank by.
@@ -300,6 +316,10 @@ class History:
                 out[key] = None if v is None else [round(v[0], 1), round(v[1], 1)]
             elif f.name == "burst_gaps":
                 out[key] = [round(x, 1) for x in v]
+            elif f.name == "burst_growth":
+                out[key] = [round(x, 3) for x in v]
+            elif f.name == "load_record":
+                out[key] = [[round(r[0], 3), round(r[1], 4), round(r[2], 4), round(r[3], 1)] for r in v]
             elif f.name == "started_shapes":
                 out[key] = list(v)
             elif isinstance(v, float):
@@ -357,6 +377,19 @@ def _scrapes(v: Any) -> tuple[tuple[float, float, float], ...]:
     return tuple(out)
 
 
+def _record(v: Any) -> tuple[tuple[float, float, float, float], ...]:
+    if not isinstance(v, list | tuple):
+        return _invalid()
+    out = []
+    for r in v:
+        if not (isinstance(r, list | tuple) and len(r) == 4 and all(math.isfinite(float(x)) and float(x) >= 0 for x in r)):
+            return _invalid()
+        out.append((float(r[0]), float(r[1]), float(r[2]), float(r[3])))
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:], strict=False)):
+        return _invalid()  # oldest first, one record per hour
+    return tuple(out)
+
+
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "recommendations": _pairs(_count),
@@ -381,6 +414,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_gaps": _gaps,
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
+    "burst_growth": _gaps,
+    "load_record": _record,
+    "burst_from": _opt_positive,
+    "burst_top": _opt_positive,
     "backlog_at": _opt_float,
     "queue_scrapes": _scrapes,
     "started_shapes": _names,

@@ -159,7 +159,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             # uncorrected ones. One above 1 was learnt on this shape's pods and stays with them.
             n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
                                 cap.mix, fc.rate,
-                                sc.target_utilization, has_started(spec, workload, history, v.name))
+                                fc.plan_utilization(spec), has_started(spec, workload, history, v.name))
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
             p = plan_for(spec, c, n)
