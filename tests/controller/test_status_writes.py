@@ -64,7 +64,9 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     ("history.burstGrowth", [0.9], True),
     # The long memory moves at every decision (its requests): refreshed, and a big rise shows in the peak.
     ("history.loadRecord", [[0.0, 30.0, 28.0, 450.0]], False),
-    ("history.burstTop", 31.0, False),
+    ("history.burstFrom", 40.0, True),
+    ("history.heldLevel", 31.0, False),
+    ("history.riseSince", 1000.0, False),
 ])
 def test_a_decision_writes_status_only_when_it_changes_what_a_user_reads(path: str, value: Any, user_reads: bool) -> None:
     view = user_view(BASE)

@@ -159,12 +159,17 @@ def test_history_round_trips_through_status() -> None:
     h = History(recommendations=((1.5, 2), (3.0, 4)), rate_samples=((1.0, 2.5),), last_scale_at=3.0, idle_since=None,
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
                 observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)),
-                started_shapes=("l4x1@0123456789",), burst_growth=(0.8, 1.05), burst_from=40.0, burst_top=35.5,
-                load_record=((0.0, 45.5, 44.25, 30000.0), (3600.0, 20.0, 18.5, 21000.0)))
+                started_shapes=("l4x1@0123456789",), burst_growth=(0.8, 1.05), burst_from=40.0, burst_since=2.0,
+                held_level=41.5, rise_since=3.0, load_record=((0.0, 45.5, 44.25, 30000.0), (3600.0, 20.0, 18.5, 21000.0)))
     assert History.from_dict(h.to_dict()) == h
     # A long-memory record that does not parse (out of order, negative, the wrong shape) is dropped alone.
-    for bad in ([[3600.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]], [[0.0, -1.0, 1.0, 1.0]], [[0.0, 1.0, 1.0]], "x"):
+    for bad in ([[3600.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]], [[0.0, -1.0, 1.0, 1.0]], [[0.0, 1.0, 1.0]], "x",
+                [[10.0, 1.0, 1.0, 1.0]], [[3600.0 * i, 1.0, 1.0, 1.0] for i in range(26)]):
         assert History.parse({**h.to_dict(), "loadRecord": bad}) == (h.with_(load_record=()), ("loadRecord",))
+    # Nine hand-edited zeros would plan a held peak with no headroom: a growth must be positive, twelve at most.
+    for bad_growth in ([0.0] * 9, [1.0] * 13, [-1.0]):
+        assert History.parse({**h.to_dict(), "burstGrowth": bad_growth}) == (h.with_(burst_growth=()), ("burstGrowth",))
+    assert History.parse({**h.to_dict(), "burstFrom": -3.0}) == (h.with_(burst_from=None), ("burstFrom",))
     assert History.parse({**h.to_dict(), "startedShapes": [3]}) == (h.with_(started_shapes=()), ("startedShapes",))
     assert History.from_dict({"recommendations": "garbage"}) == History()
     # A field that does not parse falls back alone: the rest is kept.

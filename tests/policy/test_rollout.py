@@ -112,6 +112,9 @@ def test_smaller_steps_when_the_old_shape_cannot_carry_the_load_and_fills_the_ce
                                                          "serving carry 9.0 of the 9.0 req/s needed and the ceilings "
                                                          "leave no other room")
     assert rollout(SPEC, w, H, 4, CAP, demand=9.5 / 0.85 + 0.2).replicas_by_variant == {"l4x1": 10, "h100x2": 0}
+    # A held peak planned at full capacity (the headroom returning bursts showed): the 9 req/s are the
+    # load itself, with no headroom to give up, so only the surplus pod goes and 9 keep serving.
+    assert rollout(SPEC, w, H, 4, CAP, demand=9.0, utilization=1.0).replicas_by_variant == {"l4x1": 9, "h100x2": 0}
 
 
 def test_a_switch_to_save_at_the_gpu_ceiling_goes_in_small_steps_instead_of_waiting_for_ever() -> None:

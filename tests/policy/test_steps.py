@@ -121,10 +121,12 @@ RISE_25 = 23.0 - (math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))) * math.sqrt(25.
 RISE_5 = 3.0 - (math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))) * math.sqrt(5.0 / 60.0)
 
 
-def rec(history: History, rate: float, rise: float = 0.0) -> History:
-    """The history with the long memory's record of this decision: NOW's hour (10,000 s: the hour from
-    7,200 s), the rate, its rise, and the requests of the 15 s since the previous decision."""
-    return history.with_(load_record=((7200.0, rate, rise, rate * 15.0),))
+def rec(history: History, rate: float, rise: float = 0.0, held: float | None = None, since: float | None = None) -> History:
+    """The history with what every decision adds: the long memory's record (NOW's hour, 10,000 s: the
+    hour from 7,200 s; the rate, its rise, the requests of the 15 s since the previous decision),
+    the load held (`held`, the rate when none is given) and when the rise under way began."""
+    return history.with_(load_record=((7200.0, rate, rise, rate * 15.0),), held_level=rate if held is None else held,
+                         rise_since=since)
 
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
@@ -139,18 +141,19 @@ FORECAST = [
     ("a lull under a recent peak holds the peak and starts the lull", sig(2.0),
      History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0))),
      Forecast(P30, 105.0, 300.0, rec(History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
-                                         lull_peak=P30, queue_scrapes=(SEEN,)), 2.0),
+                                         lull_peak=P30, queue_scrapes=(SEEN,)), 2.0, held=P30),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))),
-    # The burst under way is measured against the peak the lull fell from (30 req/s): its height so far, 25.
+    # The burst under way is measured against the load held before it came back: with none recorded
+    # (a status from before it was kept), the peak the lull fell from (30 req/s).
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
      Forecast(P30B, 105.0, 300.0, rec(History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          queue_scrapes=(SEEN,), burst_from=30.0, burst_top=25.0), 25.0, RISE_25),
+                                          queue_scrapes=(SEEN,), burst_from=30.0, burst_since=NOW), 25.0, RISE_25, P30B, NOW - 15),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30B:.2f} req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
      Forecast(5.0, 105.0, 300.0, rec(History(rate_samples=((NOW - 15, 2.0), (NOW, 5.0)), quiet_since=NOW - 1200, lull_peak=30.0,
-                                         queue_scrapes=(SEEN,)), 5.0, RISE_5))),
+                                         queue_scrapes=(SEEN,)), 5.0, RISE_5, since=NOW - 15))),
     ("a queue is drained within the horizon (at least two minutes)", sig(10.0, requests_waiting=60.0), History(),
      Forecast(10.5, 105.0, 300.0, rec(History(rate_samples=((NOW, 10.0),), queue_scrapes=((NOW, 60.0, 4.0),)), 10.0))),
     # 4 -> 304 in flight in 15 s at 10 completions/s: 300 more, of which the two spreads of chance
@@ -260,7 +263,7 @@ FORECAST = [
                        lull_peak=40.0),
      Forecast(P40 * H40 / (0.5 + H40), 105.0, 1800.0,
               rec(History(rate_samples=((NOW - 1000, 40.0), (NOW - 15, 2.0), (NOW, 2.0)), burst_gaps=(200.0,),
-                      quiet_since=NOW - 900, lull_peak=40.0, queue_scrapes=(SEEN,)), 2.0),
+                      quiet_since=NOW - 900, lull_peak=40.0, queue_scrapes=(SEEN,)), 2.0, held=P40 * H40 / (0.5 + H40)),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P40 * H40 / (0.5 + H40):.2f} req/s peak of the last 1800s (now 2.00 req/s)"),))),
 ]
 
@@ -350,18 +353,19 @@ P99 = spec(slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency":
 def test_a_day_s_record_holds_capacity_for_a_big_rise_the_half_hour_memory_has_forgotten() -> None:
     """Bursts of random heights: 45 req/s two hours ago, 30 an hour ago, smaller ones since. The
     half-hour burst memory holds only this lull's 2 req/s; the long memory holds what the big one
-    needs (its peak less the chance spread of the highest of a day's windows, times the share the
-    error budget asks for), and says so."""
+    needs (its peak less the chance spread of the highest of the burst memory's windows, times the
+    share the error budget asks for), and says so."""
     record = BURST + AGAIN + QUIET
     h = History(rate_samples=((NOW - 900.0, 20.0), (NOW - 15.0, 2.0)), load_record=record)
     got = forecast(P99, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
-    top = 45.0 - math.sqrt(2 * math.log(NOW / 60.0)) * math.sqrt(45.0 / 60.0)
+    top = 45.0 - math.sqrt(2 * math.log(1800.0 / 60.0)) * math.sqrt(45.0 / 60.0)
     budget = 0.01 * (20.0 + 2.0 + 2.0) / 3 * 1800.0  # the burst memory's error budget (its samples' mean over half an hour)
     h_s = 105.0 - budget / top
     level = top * h_s / (1.0 + h_s)
     assert got == Forecast(pytest.approx(level), 105.0, 300.0, History(
         rate_samples=((NOW - 900.0, 20.0), (NOW - 15.0, 2.0), (NOW, 2.0)),
-        load_record=BURST + AGAIN + ((7200.0, 20.0, 3.0, 30000.0 + 2.0 * 15.0),), queue_scrapes=(SEEN,)),
+        load_record=BURST + AGAIN + ((7200.0, 20.0, 3.0, 30000.0 + 2.0 * 15.0),), queue_scrapes=(SEEN,),
+        held_level=pytest.approx(level)),
         (Reason(Code.BURST_MEMORY, f"holding capacity for {level:.2f} req/s: the load rose by 43.00 req/s within one cold "
                                    "start in 2 hours of the last day (now 2.00 req/s)"),))
 
@@ -374,7 +378,8 @@ def test_bursts_that_came_back_no_higher_plan_the_held_peak_at_their_headroom() 
     got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
     held = beyond_chance(30.0, (30.0, 5.0, 2.0, 2.0), 300.0)
     after = History(rate_samples=((NOW - 60.0, 30.0), (NOW - 30.0, 5.0), (NOW - 15.0, 2.0), (NOW, 2.0)), burst_growth=(0.95,) * 9,
-                    load_record=((7200.0, 2.0, 0.0, 30.0),), quiet_since=NOW, lull_peak=held, queue_scrapes=(SEEN,))
+                    load_record=((7200.0, 2.0, 0.0, 30.0),), quiet_since=NOW, lull_peak=held, queue_scrapes=(SEEN,),
+                    held_level=held)
     peak_reason = Reason(Code.BURST_MEMORY, f"holding capacity for the {held:.2f} req/s peak of the last 300s (now 2.00 req/s)")
     assert got == Forecast(held, 105.0, 300.0, after, (
         peak_reason,
@@ -387,21 +392,56 @@ def test_bursts_that_came_back_no_higher_plan_the_held_peak_at_their_headroom() 
 
 
 def test_a_returning_burst_s_height_is_learnt_once_when_the_next_lull_begins() -> None:
-    """The burst that came back to a 40 req/s peak reached 36: 0.9 is recorded when the load falls
-    into the next lull, and the burst's marks are cleared; within the burst only its height so far
-    moves."""
-    h = History(rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0)), burst_from=40.0, burst_top=36.0)
+    """The burst that came back (at NOW - 60) to a held 40 req/s reached 36: 0.9 is recorded when the
+    load falls into the next lull (its height read from the rate samples since it came back), and
+    the burst's marks are cleared; within the burst nothing is learnt yet."""
+    h = History(rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0)), burst_from=40.0, burst_since=NOW - 60.0)
     got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW)
     p36 = beyond_chance(36.0, (36.0, 30.0, 2.0), 300.0)
     assert got == Forecast(p36, 105.0, 300.0, History(
         rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 2.0)), load_record=((7200.0, 2.0, 0.0, 30.0),),
-        quiet_since=NOW, lull_peak=p36, burst_growth=(0.9,), queue_scrapes=(SEEN,)),
+        quiet_since=NOW, lull_peak=p36, burst_growth=(0.9,), queue_scrapes=(SEEN,), held_level=p36),
         (Reason(Code.BURST_MEMORY, f"holding capacity for the {p36:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))
     mid = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(38.0), h, NOW)
     rise = 8.0 - CHANCE * math.sqrt(38.0 / 60.0)  # from the 30 req/s window 15 s ago
     assert mid == Forecast(38.0, 105.0, 300.0, History(
         rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 38.0)), load_record=((7200.0, 38.0, rise, 38.0 * 15.0),),
-        burst_from=40.0, burst_top=38.0, queue_scrapes=(SEEN,)))
+        burst_from=40.0, burst_since=NOW - 60.0, queue_scrapes=(SEEN,), held_level=38.0, rise_since=NOW - 15.0))
+
+
+def run_forecasts(spec_: Any, steps: list[tuple[float, float]], h: History) -> History:
+    """The history after a forecast at each (time, rate), each handing its history to the next."""
+    for t, rate in steps:
+        h = forecast(spec_, V, Workload("h100x1", 3, 3), sig(rate), h, t).history
+    return h
+
+
+def test_a_burst_that_comes_back_higher_than_the_load_held_is_learnt_as_higher() -> None:
+    """The load held in the lull was 20 req/s; the burst came back at 30 and rose to 34: 1.7 is
+    learnt (measured against what was held before it came back, not against what the long memory
+    would hold with the burst's own rate), and it keeps targetUtilization's headroom."""
+    lull = [(NOW + 15.0 * i, 2.0) for i in range(4)]
+    h = History(rate_samples=((NOW - 60.0, 20.0), (NOW - 15.0, 20.0)), burst_gaps=(100.0,))
+    h = run_forecasts(SPEC, lull, h)
+    assert h.quiet_since == NOW and h.held_level is not None
+    held = h.held_level
+    burst = [(NOW + 60.0 + 15.0 * i, r) for i, r in enumerate((30.0, 32.0, 34.0, 33.0))]
+    h = run_forecasts(SPEC, burst, h)
+    assert (h.burst_from, h.burst_since) == (held, NOW + 60.0)
+    h = run_forecasts(SPEC, [(NOW + 120.0, 2.0)], h)
+    assert h.burst_growth == (pytest.approx(34.0 / held),) and 34.0 / held > 1.5
+    assert burst_headroom(h.burst_growth * 9, 0.85) == pytest.approx(1 / 0.85)
+
+
+def test_a_burst_at_the_turn_of_an_hour_counts_once_in_the_long_memory() -> None:
+    """A lull at 2 req/s until 7,200 s (the turn of an hour), a burst to 45 req/s at 7,215 s: as the
+    lowest window within a cold start slides past the hour, the rise stays the one that began in the
+    hour before, so one burst is one big rise, not two (which would hold capacity for a day)."""
+    steps = [(7080.0 + 15.0 * i, 2.0) for i in range(9)] + [(7215.0 + 15.0 * i, 45.0) for i in range(12)]
+    h = run_forecasts(P99, steps, History())
+    rises = [r[2] for r in h.load_record]
+    assert len(h.load_record) == 2 and rises[0] > 40.0 and rises[1] == 0.0, h.load_record
+    assert long_memory(h.load_record, 2.0, 105.0, 0.01) is None
 
 
 @pytest.mark.parametrize(("seen", "now_waiting", "now_running", "expect"), [

@@ -135,3 +135,32 @@ def test_fixed_shape_pins_llmscale_to_one_variant_and_the_warm_fleet_takes_the_c
     assert set(r.variants) == {"l4x1"} and r.policy == "fixed:l4x1"
     with pytest.raises(ValueError, match="no variant 'a100x1'"):
         Twin(spec, trace, make_policy("fixed:a100x1")).run()
+
+
+class Clock(Policy):
+    """Records when it is asked to decide."""
+
+    name = "clock"
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def start(self, spec, trace, cold_start):  # type: ignore[no-untyped-def]
+        return Target(1, spec.variants[0].name)
+
+    def decide(self, view: View) -> Target:
+        self.at.append(view.now)
+        return Target(1, view.spec.variants[0].name)
+
+
+@pytest.mark.parametrize(("phase", "first"), [(0.0, 15.0), (6.0, 21.0), (14.5, 29.5)])
+def test_the_decision_phase_shifts_every_decision_against_the_trace(phase: float, first: float) -> None:
+    trace = Trace("steady", [Arrival(float(t), 100, 10) for t in range(0, 61, 2)])
+    clock = Clock()
+    Twin(SPEC, trace, clock, decision_phase_s=phase).run()
+    assert clock.at == [first + 15.0 * i for i in range(len(clock.at))] and clock.at[-1] <= 60.0 < clock.at[-1] + 15.0
+
+
+def test_a_negative_decision_phase_is_refused() -> None:
+    with pytest.raises(ValueError, match="decision_phase_s"):
+        Twin(SPEC, Trace("one", [Arrival(0.0, 100, 10)]), Fixed(1), decision_phase_s=-1.0)

@@ -138,7 +138,7 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
 # then. Between writes the operator carries its history in memory (see OwnStatus).
 STATUS_REFRESH_INTERVALS = STATUS_LAG_INTERVALS
 # What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
-LEARNT = ("capacityCorrection", "burstGaps", "burstGrowth", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
+LEARNT = ("capacityCorrection", "burstGaps", "burstGrowth", "burstFrom", "burstSince", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
           "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes")
 USER_FIELDS = ("desiredReplicas", "startingReplicas", "sloMet", "warnings", "variant", "replicas", "readyReplicas", "gpus",
                "hourlyCost", "shape", "variants", "switch", "observedGeneration", "coldStartSeconds", "readyPods")

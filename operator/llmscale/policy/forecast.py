@@ -389,7 +389,12 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     last = history.rate_samples[-1][0] if history.rate_samples else None
     span = interval if last is None else min(max(0.0, now - last), 2 * interval)
     rise, rise_at = rise_within(history.rate_samples, now, rate, horizon, window)
-    record = record_load(history.load_record, now, rate, rise, rise_at, rate * span)
+    # A rise goes on while the load keeps rising within a horizon: it began when the first decision
+    # saw it, not at the lowest window in reach of each later one (which slides past the turn of an
+    # hour and would count one burst in two hours).
+    rise_since = (history.rise_since if history.rise_since is not None and history.rise_since <= now else rise_at) \
+        if rise > 0 else None
+    record = record_load(history.load_record, now, rate, rise, rise_since if rise_since is not None else now, rate * span)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
     budget = error_budget(samples, miss_share)
@@ -416,24 +421,32 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     long_level: float | None = None
     if kept is not None:
         top = max(r[1] for r in record)
-        long_level = max(rate, min(kept[0], top - chance_excess(top, max(horizon, now - record[0][0]), window)))
+        long_level = max(rate, min(kept[0], top - chance_excess(top, SAMPLES_KEPT_S, window)))
         if spec.slo.ttft:
             long_level = max(rate, long_level * held_share(long_level, horizon, spec.slo.ttft.seconds, budget))
+    from_long = long_level is not None and long_level > peak
+    level_held = long_level if from_long else (peak if held is not None else None)
+    hist = hist.with_(rise_since=rise_since, held_level=level_held if level_held is not None and level_held > 0 else None)
     if history.quiet_since is None:
-        if history.burst_from is not None:
-            hist = hist.with_(burst_top=max(history.burst_top or 0.0, rate))
         if rate < QUIET_SHARE * peak:
-            hist = hist.with_(quiet_since=now, lull_peak=peak, burst_from=None, burst_top=None)
-            if history.burst_from and history.burst_top is not None:
-                hist = hist.with_(burst_growth=(history.burst_growth + (history.burst_top / history.burst_from,))[-MAX_GAPS:])
+            hist = hist.with_(quiet_since=now, lull_peak=peak, burst_from=None, burst_since=None)
+            if history.burst_from and history.burst_since is not None:
+                # The burst's height: the highest rate sample since it came back (kept in status, so a
+                # restart mid-burst loses none of it).
+                top = max((v for t, v in history.rate_samples if t >= history.burst_since), default=0.0)
+                if top > 0:
+                    hist = hist.with_(burst_growth=(history.burst_growth + (top / history.burst_from,))[-MAX_GAPS:])
     elif rate >= QUIET_SHARE * (history.lull_peak or 0.0):
         gap = now - history.quiet_since
+        # Measured against the load held at the decision before it came back: the burst's own rate
+        # lifts what the long memory would hold now.
+        held_for = history.held_level if history.held_level is not None else history.lull_peak
         hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:],
-                          burst_from=max(history.lull_peak or 0.0, long_level or 0.0) or None, burst_top=rate)
+                          burst_from=held_for if held_for else None, burst_since=now)
     util = spec.scaling.target_utilization
     headroom = burst_headroom(hist.burst_growth, util)
     reasons: tuple[Reason, ...] = ()
-    if kept is not None and long_level is not None and long_level > peak:
+    if kept is not None and long_level is not None and from_long:
         held, peak = long_level, long_level
         reasons = (Reason(Code.BURST_MEMORY, f"holding capacity for {peak:.2f} req/s: the load rose by {kept[1]:.2f} req/s "
                           f"within one cold start in {sum(1 for r in record if r[2] >= BIG_RISE_SHARE * kept[1])} hours "
@@ -441,11 +454,12 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     elif peak > max(trend, rate) * 1.05 and peak > 0:
         reasons = (Reason(Code.BURST_MEMORY, f"holding capacity for the {peak:.2f} req/s peak of the last {hold:.0f}s "
                           f"(now {rate:.2f} req/s)"),)
-    if held is not None and headroom < 1 / util and peak > 1.05 * rate:
+    if held is not None and not from_long and headroom < 1 / util and peak > 1.05 * rate:
         # Bursts have come back no higher than the peak held for them: a rise toward it is a burst
         # returning, not a ramp to extrapolate past it (onoff-14: each return's onset planned 4
         # replicas, held for the scale-down window, where the 3 kept for the peak carried it). A
-        # load at or past the peak held is extrapolated as ever.
+        # load at or past the peak held is extrapolated as ever, and so is any load under the long
+        # memory's level (today's load plus the day's largest rise: a ramp there is no return).
         trend = min(trend, max(rate, peak * headroom * util))
     # Drain today's queue within the horizon, but never plan on draining faster than in two
     # minutes: a burst's backlog is transient and would otherwise overshoot to the ceiling.
@@ -454,7 +468,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     queue = waiting / max(horizon, 120.0) if waiting and not draining else 0.0
     value = max(trend, peak)
     utilization: float | None = None
-    if held is not None and peak > trend and headroom < 1 / util:
+    if held is not None and peak > 1.05 * trend and headroom < 1 / util:
         # The held peak already is the load a returning burst brings: plan over it for how much
         # higher bursts came back, not for targetUtilization's margin over a forecast (onoff-20:
         # 42.7 req/s held at 85 % planned 4 replicas where 3 carried 48 req/s all along).

@@ -273,15 +273,18 @@ class History:
     burst_gaps: tuple[float, ...] = ()  # lengths (s) of the quiet spells between bursts, newest last
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
-    # Each returning burst's highest rate over the load held for it (the lull's peak, or the long
-    # memory's level), newest last; and the burst under way: the load held when it came back, and
-    # its highest rate so far (not written at once: a restart mid-burst records its height low).
+    # Each returning burst's highest rate over the load held for it when it came back, newest last;
+    # the burst under way: that load, and when it came back (its height is the highest rate sample
+    # since); and the load held at the last decision (a held peak, or None).
     burst_growth: tuple[float, ...] = ()
-    # The long memory, one record per hour of the last day: (hour start, highest rate, largest rise
-    # of the rate within one cold start, requests), oldest first (see forecast.long_memory).
-    load_record: tuple[tuple[float, float, float, float], ...] = ()
     burst_from: float | None = None
-    burst_top: float | None = None
+    burst_since: float | None = None
+    held_level: float | None = None
+    # The long memory, one record per hour of the last day: (hour start, highest rate, largest rise
+    # of the rate within one cold start, requests), oldest first (see forecast.long_memory); and
+    # when the rise under way began (a rise counts once, in the hour it began).
+    load_record: tuple[tuple[float, float, float, float], ...] = ()
+    rise_since: float | None = None
     backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
     # (scrape time, requests waiting, running) of each distinct scrape seen within the rate window
     # (at least the last few intervals), oldest first: what the requests in flight grew or shrank by.
@@ -378,16 +381,27 @@ def _scrapes(v: Any) -> tuple[tuple[float, float, float], ...]:
 
 
 def _record(v: Any) -> tuple[tuple[float, float, float, float], ...]:
-    if not isinstance(v, list | tuple):
+    if not isinstance(v, list | tuple) or len(v) > RECORD_HOURS_KEPT:
         return _invalid()
     out = []
     for r in v:
         if not (isinstance(r, list | tuple) and len(r) == 4 and all(math.isfinite(float(x)) and float(x) >= 0 for x in r)):
             return _invalid()
         out.append((float(r[0]), float(r[1]), float(r[2]), float(r[3])))
-    if any(b[0] <= a[0] for a, b in zip(out, out[1:], strict=False)):
-        return _invalid()  # oldest first, one record per hour
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:], strict=False)) or any(r[0] % 3600.0 for r in out):
+        return _invalid()  # oldest first, one record per hour, each at the start of an hour
     return tuple(out)
+
+
+def _growth(v: Any) -> tuple[float, ...]:
+    out = _gaps(v)
+    if len(out) > GROWTH_KEPT or any(x <= 0 for x in out):
+        raise ValueError("not a burst growth")
+    return out
+
+
+RECORD_HOURS_KEPT = 25  # a day of hourly records and the hour under way
+GROWTH_KEPT = 12  # returning bursts remembered
 
 
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
@@ -414,10 +428,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_gaps": _gaps,
     "quiet_since": _opt_float,
     "lull_peak": _opt_float,
-    "burst_growth": _gaps,
-    "load_record": _record,
+    "burst_growth": _growth,
     "burst_from": _opt_positive,
-    "burst_top": _opt_positive,
+    "burst_since": _opt_float,
+    "held_level": _opt_positive,
+    "load_record": _record,
+    "rise_since": _opt_float,
     "backlog_at": _opt_float,
     "queue_scrapes": _scrapes,
     "started_shapes": _names,

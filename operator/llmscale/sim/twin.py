@@ -170,9 +170,15 @@ class Twin:
         gpu_pool: dict[str, int] | None = None,
         progress: Callable[[float], None] | None = None,
         scrape_interval_s: float = SCRAPE_INTERVAL_S,
+        decision_phase_s: float = 0.0,
     ):
         self.spec = spec
         self.scrape_interval_s = scrape_interval_s  # Prometheus scrape interval (the test bed scrapes every 2 s)
+        # Where the decisions fall against the trace: the first one interval + this after it starts.
+        # An operator's cadence has no fixed phase against its traffic; the fidelity bench runs several.
+        if not 0 <= decision_phase_s:
+            raise ValueError(f"decision_phase_s must be >= 0, not {decision_phase_s}")
+        self.decision_phase_s = decision_phase_s
         self.trace = trace
         self.policy = policy
         self.cold = {}
@@ -430,7 +436,7 @@ class Twin:
         window = parse_duration(spec.metrics.rate_window)
 
         i, t = 0, 0.0
-        next_tick, next_scrape, next_bin = interval, self.scrape_interval_s, 0.0
+        next_tick, next_scrape, next_bin = interval + self.decision_phase_s, self.scrape_interval_s, 0.0
         last_scrape = 0.0
         bin_arrivals = 0
         prog_next = 0.0
