@@ -124,9 +124,8 @@ RISE_5 = 3.0 - (math.sqrt(2.0) + math.sqrt(2 * math.log(2.0))) * math.sqrt(5.0 /
 def rec(history: History, rate: float, rise: float = 0.0, held: float | None = None, since: float | None = None) -> History:
     """The history with what every decision adds: the long memory's record (NOW's hour, 10,000 s: the
     hour from 7,200 s; the rate, its rise, the requests of the 15 s since the previous decision),
-    the load held (`held`, the rate when none is given) and when the rise under way began."""
-    return history.with_(load_record=((7200.0, rate, rise, rate * 15.0),), held_level=rate if held is None else held,
-                         rise_since=since)
+    the load held above the load (`held`, None when nothing is) and when the rise under way began."""
+    return history.with_(load_record=((7200.0, rate, rise, rate * 15.0),), held_level=held, rise_since=since)
 
 FORECAST = [
     ("rate unknown: nothing to plan for, nothing learnt", sig(None), History(rate_samples=((NOW - 30, 50.0),)),
@@ -143,12 +142,12 @@ FORECAST = [
      Forecast(P30, 105.0, 300.0, rec(History(rate_samples=((NOW - 60, 30.0), (NOW - 15, 20.0), (NOW, 2.0)), quiet_since=NOW,
                                          lull_peak=P30, queue_scrapes=(SEEN,)), 2.0, held=P30),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30:.2f} req/s peak of the last 300s (now 2.00 req/s)"),))),
-    # The burst under way is measured against the load held before it came back: with none recorded
-    # (a status from before it was kept), the peak the lull fell from (30 req/s).
+    # The burst under way would be measured against the load held above the load before it came back:
+    # none was recorded (the hold had run out, or a status from before it was kept), so it teaches none.
     ("the load comes back: the lull's length is remembered once", sig(25.0),
      History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0)), quiet_since=NOW - 120, lull_peak=30.0),
      Forecast(P30B, 105.0, 300.0, rec(History(rate_samples=((NOW - 200, 30.0), (NOW - 15, 2.0), (NOW, 25.0)), burst_gaps=(120.0,),
-                                          queue_scrapes=(SEEN,), burst_from=30.0, burst_since=NOW), 25.0, RISE_25, P30B, NOW - 15),
+                                          queue_scrapes=(SEEN,)), 25.0, RISE_25, P30B, NOW - 15),
               (Reason(Code.BURST_MEMORY, f"holding capacity for the {P30B:.2f} req/s peak of the last 300s (now 25.00 req/s)"),))),
     ("a lull outlasts the hold: it goes on until the load comes back to its peak", sig(5.0),
      History(rate_samples=((NOW - 15, 2.0),), quiet_since=NOW - 1200, lull_peak=30.0),
@@ -406,7 +405,7 @@ def test_a_returning_burst_s_height_is_learnt_once_when_the_next_lull_begins() -
     rise = 8.0 - CHANCE * math.sqrt(38.0 / 60.0)  # from the 30 req/s window 15 s ago
     assert mid == Forecast(38.0, 105.0, 300.0, History(
         rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 38.0)), load_record=((7200.0, 38.0, rise, 38.0 * 15.0),),
-        burst_from=40.0, burst_since=NOW - 60.0, queue_scrapes=(SEEN,), held_level=38.0, rise_since=NOW - 15.0))
+        burst_from=40.0, burst_since=NOW - 60.0, burst_top=38.0, queue_scrapes=(SEEN,), rise_since=NOW - 15.0))
 
 
 def run_forecasts(spec_: Any, steps: list[tuple[float, float]], h: History) -> History:
@@ -1092,3 +1091,31 @@ def test_the_end_of_a_normal_switch_is_not_a_stall_to_reverse() -> None:
     seen = History(mean_input=200.0, mean_output=100.0)
     got = variant(sp, w, sp.variants[1], sig(2.0), cap_step(), Forecast(2.0, 105.0, 300.0, History()), Proposal(1), seen, NOW)
     assert got.variant.name == "h100x1" and got.proposal == Proposal(1)
+
+
+def test_a_burst_that_returns_after_the_hold_ran_out_teaches_no_headroom() -> None:
+    """A 30 req/s burst, a 15-minute lull at 2 (the scale-down window's hold long over: nothing held
+    above the load), and the burst back at 30: it came back to released capacity, which says nothing
+    of how far above a held peak bursts return (review: 15.0 was learnt, and blocked the headroom
+    for the next twelve returns)."""
+    h = History(rate_samples=((NOW - 960.0, 30.0), (NOW - 945.0, 30.0)))
+    lull = [(NOW - 930.0 + 15.0 * i, 2.0) for i in range(62)]
+    h = run_forecasts(SPEC, lull, h)
+    assert h.quiet_since == NOW - 930.0 and h.held_level is None
+    h = run_forecasts(SPEC, [(NOW + 15.0, 30.0), (NOW + 30.0, 31.0), (NOW + 45.0, 2.0)], h)
+    assert (h.burst_growth, h.burst_from, h.burst_since, h.burst_top) == ((), None, None, None)
+    assert len(h.burst_gaps) == 1  # the lull itself still counts
+
+
+def test_a_long_burst_s_height_outlives_the_rate_samples() -> None:
+    """The burst's running top is kept beside the rate samples: a burst whose highest window has
+    aged out of the half-hour samples is still measured by it."""
+    h = History(rate_samples=((NOW - 15.0, 30.0),), burst_from=40.0, burst_since=NOW - 3000.0, burst_top=44.0)
+    got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW).history
+    assert got.burst_growth == (pytest.approx(44.0 / 40.0),) and got.burst_top is None
+
+
+def test_a_lull_whose_peak_was_lost_ends_without_a_gap() -> None:
+    h = History(rate_samples=((NOW - 15.0, 2.0),), quiet_since=NOW - 600.0)
+    got = forecast(SPEC, V, Workload("h100x1", 3, 3), sig(2.0), h, NOW).history
+    assert (got.quiet_since, got.burst_gaps, got.burst_from) == (None, (), None)

@@ -392,8 +392,9 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # A rise goes on while the load keeps rising within a horizon: it began when the first decision
     # saw it, not at the lowest window in reach of each later one (which slides past the turn of an
     # hour and would count one burst in two hours).
-    rise_since = (history.rise_since if history.rise_since is not None and history.rise_since <= now else rise_at) \
-        if rise > 0 else None
+    going_on = (history.rise_since is not None and history.rise_since <= now and last is not None
+                and now - last <= 2 * interval)  # a rise seen at the decision before (not one a restart left)
+    rise_since = ((history.rise_since if going_on else rise_at) if rise > 0 else None)
     record = record_load(history.load_record, now, rate, rise, rise_since if rise_since is not None else now, rate * span)
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
@@ -414,9 +415,9 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # each returning burst's height over the load held for it (that peak, or the long memory's),
     # counted once, when the next lull begins.
     hist = history.with_(rate_samples=samples, load_record=record)
-    # The long memory's load to hold, as the burst memory's peak: less what the highest of a day's
-    # windows lies above the load by chance, and the share that keeps a returning burst's misses in
-    # the error budget.
+    # The long memory's load to hold, as the burst memory's peak: less what the highest of the burst
+    # memory's windows lies above the load by chance, and the share that keeps a returning burst's
+    # misses in the error budget.
     kept = long_memory(record, rate, horizon, miss_share)
     long_level: float | None = None
     if kept is not None:
@@ -425,24 +426,31 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         if spec.slo.ttft:
             long_level = max(rate, long_level * held_share(long_level, horizon, spec.slo.ttft.seconds, budget))
     from_long = long_level is not None and long_level > peak
-    level_held = long_level if from_long else (peak if held is not None else None)
-    hist = hist.with_(rise_since=rise_since, held_level=level_held if level_held is not None and level_held > 0 else None)
+    # The load held above today's (None when nothing is: a hold that ran out holds only the load).
+    level_held = long_level if from_long and long_level is not None else peak
+    held_above = level_held if level_held > 1.05 * rate and level_held > 0 else None
+    hist = hist.with_(rise_since=rise_since, held_level=held_above)
+    if history.burst_from is not None:
+        hist = hist.with_(burst_top=max(history.burst_top or 0.0, rate))
     if history.quiet_since is None:
         if rate < QUIET_SHARE * peak:
-            hist = hist.with_(quiet_since=now, lull_peak=peak, burst_from=None, burst_since=None)
+            hist = hist.with_(quiet_since=now, lull_peak=peak, burst_from=None, burst_since=None, burst_top=None)
             if history.burst_from and history.burst_since is not None:
-                # The burst's height: the highest rate sample since it came back (kept in status, so a
-                # restart mid-burst loses none of it).
-                top = max((v for t, v in history.rate_samples if t >= history.burst_since), default=0.0)
+                # The burst's height: the highest rate seen since it came back (the running top, and
+                # the rate samples since, kept in status: a restart mid-burst loses none of it).
+                top = max([history.burst_top or 0.0] + [v for t, v in history.rate_samples if t >= history.burst_since])
                 if top > 0:
                     hist = hist.with_(burst_growth=(history.burst_growth + (top / history.burst_from,))[-MAX_GAPS:])
-    elif rate >= QUIET_SHARE * (history.lull_peak or 0.0):
+    elif history.lull_peak is None:
+        hist = hist.with_(quiet_since=None)  # a lull whose peak was lost (a malformed status): no gap to learn
+    elif rate >= QUIET_SHARE * history.lull_peak:
         gap = now - history.quiet_since
-        # Measured against the load held at the decision before it came back: the burst's own rate
-        # lifts what the long memory would hold now.
-        held_for = history.held_level if history.held_level is not None else history.lull_peak
+        # Measured against the load held at the decision before it came back (the burst's own rate
+        # lifts what the long memory would hold now); a burst that came back to released capacity
+        # (nothing held above the load) teaches no headroom.
         hist = hist.with_(quiet_since=None, lull_peak=None, burst_gaps=(history.burst_gaps + (gap,))[-MAX_GAPS:],
-                          burst_from=held_for if held_for else None, burst_since=now)
+                          burst_from=history.held_level, burst_since=now if history.held_level else None,
+                          burst_top=rate if history.held_level else None)
     util = spec.scaling.target_utilization
     headroom = burst_headroom(hist.burst_growth, util)
     reasons: tuple[Reason, ...] = ()

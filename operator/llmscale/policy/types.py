@@ -274,11 +274,13 @@ class History:
     quiet_since: float | None = None  # the load fell well below the recent peak at this time
     lull_peak: float | None = None  # the peak it fell from: the lull ends when the load comes back to it
     # Each returning burst's highest rate over the load held for it when it came back, newest last;
-    # the burst under way: that load, and when it came back (its height is the highest rate sample
-    # since); and the load held at the last decision (a held peak, or None).
+    # the burst under way: that load, when it came back, and its highest rate so far (with the rate
+    # samples since, its height); and the load held above the load at the last decision (None:
+    # nothing held above it).
     burst_growth: tuple[float, ...] = ()
     burst_from: float | None = None
     burst_since: float | None = None
+    burst_top: float | None = None
     held_level: float | None = None
     # The long memory, one record per hour of the last day: (hour start, highest rate, largest rise
     # of the rate within one cold start, requests), oldest first (see forecast.long_memory); and
@@ -431,6 +433,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "burst_growth": _growth,
     "burst_from": _opt_positive,
     "burst_since": _opt_float,
+    "burst_top": _opt_positive,
     "held_level": _opt_positive,
     "load_record": _record,
     "rise_since": _opt_float,

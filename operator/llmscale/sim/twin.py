@@ -174,8 +174,9 @@ class Twin:
     ):
         self.spec = spec
         self.scrape_interval_s = scrape_interval_s  # Prometheus scrape interval (the test bed scrapes every 2 s)
-        # Where the decisions fall against the trace: the first one interval + this after it starts.
-        # An operator's cadence has no fixed phase against its traffic; the fidelity bench runs several.
+        # Where the decisions fall against the trace: the first one interval + this after it starts
+        # (the scrapes keep their own cadence). An operator's cadence has no fixed phase against its
+        # traffic; the fidelity bench runs several.
         if not 0 <= decision_phase_s:
             raise ValueError(f"decision_phase_s must be >= 0, not {decision_phase_s}")
         self.decision_phase_s = decision_phase_s
