@@ -1,29 +1,32 @@
 """`helm install` end to end (issue 13): the chart installed onto the bed runs the operator image on
-the bed's real node (a kubelet with containerd and runc, e2e/cluster), under the chart's own
-ServiceAccount and RBAC, with the kubelet's service-account token, probes and security context;
-the closed loop scales through it; `helm upgrade` rolls it without losing what any LLMDeployment
-has learnt; `helm uninstall` leaves the CRD and the LLMDeployments in place, as NOTES.txt says.
-
-The real node has no pod network (see README, "The test bed's real node"), so the operator runs
-with hostNetwork and reaches the API server through `apiServer.host` (no kube-proxy): the
-restricted Pod Security Standard, which forbids the host network, is checked on the chart's
-default pod in e2e/test_image.py instead. It runs an operator of its own: fault session."""
+the bed's real node (a kubelet with containerd, runc, a CNI bridge and kube-proxy; e2e/cluster), two
+pods on the pod network under the chart's own ServiceAccount and RBAC, in a namespace that enforces
+the `restricted` Pod Security Standard. They reach the API server through the `kubernetes` Service
+and Prometheus through a Service (monitoring/prometheus). The closed loop scales through them; the
+active one is SIGKILLed in the middle of a scale-up and the standby finishes it, neither losing nor
+doubling it; `helm upgrade` rolls them without losing what any LLMDeployment has learnt; `helm
+uninstall` leaves the CRD and the LLMDeployments in place, as NOTES.txt says. It runs operators of
+its own: fault session."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from .conftest import HELM, ROOT, Bed, CeilingWatcher, chat_doc, epoch, project_version, wait_for
 
 NODE = "llmscale-system-node"
 RELEASE = "llmscale-helm"
 NAMESPACE = "llmscale-helm"
+POD_CIDR = ipaddress.ip_network("10.245.0.0/24")  # the real node's pod network (e2e/cluster)
+CONTAINERD = str(ROOT / "e2e/.state/node/run/containerd.sock")
 
 
 def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -37,7 +40,7 @@ def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _loaded_in_node(image: str) -> bool:
-    r = subprocess.run(["ctr", "-a", str(ROOT / "e2e/.state/node/run/containerd.sock"), "-n", "k8s.io", "images", "ls", "-q"],
+    r = subprocess.run(["ctr", "-a", CONTAINERD, "-n", "k8s.io", "images", "ls", "-q"],
                        capture_output=True, text=True, timeout=60)
     return image in r.stdout.split()
 
@@ -53,56 +56,98 @@ def node_image(bed: Bed) -> str:
     image = f"localhost/llmscale:{project_version()}"
     loaded = ROOT / "e2e/.state/node/loaded"
     if not (loaded.exists() and loaded.read_text().strip() == Path(archive).name and _loaded_in_node(image)):
-        subprocess.run(["ctr", "-a", str(ROOT / "e2e/.state/node/run/containerd.sock"), "-n", "k8s.io", "images", "import", archive],
+        subprocess.run(["ctr", "-a", CONTAINERD, "-n", "k8s.io", "images", "import", archive],
                        capture_output=True, timeout=600, check=True)
         loaded.write_text(Path(archive).name + "\n")
     return image
 
 
 def _values(solo: str, bed: Bed) -> list[str]:
-    host, port = yaml.safe_load(bed.kubeconfig.read_text())["clusters"][0]["cluster"]["server"].removeprefix("https://").rsplit(":", 1)
-    return ["--set", "image.repository=localhost/llmscale", "--set", "image.pullPolicy=Never", "--set", "replicaCount=1",
-            "--set", "hostNetwork=true", "--set", f"apiServer.host={host}", "--set-string", f"apiServer.port={port}",
-            "--set", f"prometheus.url={bed.prom_url}", "--set", "metrics.port=18085", "--set", "health.port=18086",
-            "--set", "logFormat=json",
+    """What the bed needs beyond the defaults: the image loaded into the node (no registry), and the
+    bed's Prometheus, through its Service (no cluster DNS on the bed, hence its ClusterIP)."""
+    prometheus = bed.core.read_namespaced_service("prometheus", "monitoring").spec.cluster_ip
+    return ["--set", "image.repository=localhost/llmscale", "--set", "image.pullPolicy=Never",
+            "--set", f"prometheus.url=http://{prometheus}:9090", "--set", "logFormat=json",
             "--set", f"watchNamespaces={{{solo}}}", "--set", "nodeSelector.llmscale\\.io/role=system",
             "--set", "tolerations[0].key=llmscale.io/system", "--set", "tolerations[0].operator=Exists"]
 
 
-def _operator_pod(bed: Bed) -> Any:
-    pods = [p for p in bed.core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
+def _operator_pods(bed: Bed) -> list[Any]:
+    return [p for p in bed.core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items
             if not p.metadata.deletion_timestamp]
-    return pods[0] if len(pods) == 1 else None
 
 
-def _log_lines(pod: Any) -> list[str]:
-    """The container's log as the kubelet wrote it (CRI format: time, stream, tag, line)."""
+def _log_files(pod: Any) -> list[Path]:
+    """The container's log files as the kubelet wrote them, one per start of the container, in order."""
     folder = ROOT / "e2e/.state/node/pod-logs" / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}" / "operator"
-    return [line.split(" ", 3)[3] for f in sorted(folder.glob("*.log")) for line in f.read_text().splitlines() if line.count(" ") >= 3]
+    return sorted(folder.glob("*.log"), key=lambda f: int(f.stem) if f.stem.isdigit() else -1)
+
+
+def _log_lines(*files: Path) -> list[str]:
+    """The lines the operator wrote (CRI format: time, stream, tag, line)."""
+    return [line.split(" ", 3)[3] for f in files for line in f.read_text().splitlines() if line.count(" ") >= 3]
+
+
+def _acting(pod: Any, not_before: Path | None = None) -> bool:
+    """Whether kopf's last word on peering in the pod's current container was to resume (it starts
+    paused, resumes as the highest live priority, and pauses when a higher one appears); with
+    not_before, only a container started after the one that wrote that file counts."""
+    files = _log_files(pod)
+    if not files or (not_before is not None and files[-1] == not_before):
+        return False
+    said = [line for line in _log_lines(files[-1]) if "Resuming operations" in line or "Pausing operations" in line]
+    return bool(said) and "Resuming operations" in said[-1]
 
 
 def _ready(pod: Any) -> bool:
     return pod is not None and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
+def _both_ready(bed: Bed, exclude: frozenset[str] = frozenset()) -> list[Any] | None:
+    pods = [p for p in _operator_pods(bed) if p.metadata.uid not in exclude]
+    return pods if len(pods) == 2 and all(_ready(p) for p in pods) else None
 
 
+def _replicas(bed: Bed, namespace: str) -> int | None:
+    try:
+        return int(bed.apps.read_namespaced_deployment("chat-h100x1", namespace).spec.replicas or 0)
+    except Exception:  # not created yet
+        return None
 
 
 def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         bed: Bed, node_image: str, solo: str, ceilings: CeilingWatcher) -> None:
     _helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+    # The namespace enforces the restricted Pod Security Standard before the chart's pods arrive.
+    bed.kubectl("create", "namespace", NAMESPACE, check=False)
+    bed.kubectl("label", "--overwrite", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    history: list[tuple[float, int]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            n = _replicas(bed, solo)
+            if n is not None and (not history or history[-1][1] != n):
+                history.append((time.time(), n))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
     try:
-        out = _helm("install", RELEASE, str(ROOT / "charts/llmscale"), "-n", NAMESPACE, "--create-namespace",
+        out = _helm("install", RELEASE, str(ROOT / "charts/llmscale"), "-n", NAMESPACE,
                     *_values(solo, bed), "--wait", "--timeout", "3m")
         assert "leaves the\nLLMDeployment CRD and every LLMDeployment in place" in out.stdout, out.stdout
-        pod = wait_for("the operator pod Ready", lambda: (p := _operator_pod(bed)) and _ready(p) and p, 120)
-        assert pod.spec.node_name == NODE
-        assert pod.spec.service_account_name == RELEASE
-        assert pod.spec.containers[0].image == node_image
-        # The kubelet ran it as the chart asks: the container's own view of its user and root filesystem.
-        status = pod.status.container_statuses[0]
-        assert status.ready and status.restart_count == 0, status
+        pods = wait_for("both operator pods Ready", lambda: _both_ready(bed), 120)
+        for pod in pods:
+            assert pod.spec.node_name == NODE
+            assert pod.spec.service_account_name == RELEASE
+            assert pod.spec.containers[0].image == node_image
+            assert not pod.spec.host_network and ipaddress.ip_address(pod.status.pod_ip) in POD_CIDR, pod.status.pod_ip
+            status = pod.status.container_statuses[0]
+            assert status.ready and status.restart_count == 0, status
+        # kopf's peering: exactly one of the two acts (each drew its own priority).
+        acting = wait_for("exactly one operator pod to act", lambda: len(a := [p for p in pods if _acting(p)]) == 1 and a, 60)
+        active = acting[0]
+        standby = next(p for p in pods if p.metadata.uid != active.metadata.uid)
         # Namespaced mode: the operator's rights end at the namespaces it watches.
         account = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
         for verb, where, allowed in (("patch", solo, "yes"), ("patch", "default", "no"), ("create", solo, "yes")):
@@ -110,17 +155,41 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
             assert r.stdout.strip() == allowed, (verb, where, r.stdout, r.stderr)
         assert bed.kubectl("auth", "can-i", "get", "secrets", "-n", solo, f"--as={account}", check=False).stdout.strip() == "no"
 
-        # The closed loop, through the installed operator.
+        # The closed loop, through the installed operator: the active pod SIGKILLed (no polite
+        # handover) right after it started a scale-up; the standby finishes it.
         bed.kubectl("apply", "-f", "-", input=chat_doc(solo))
+        wait_for("the first replica Ready", lambda: (d := bed.apps.read_namespaced_deployment("chat-h100x1", solo)).status
+                 and (d.status.ready_replicas or 0) >= 1, 90)
+        sampler.start()
         bed.traffic(solo, "chat", rate=40, meanInput=1000, meanOutput=200)
+        wait_for("the active operator to start a scale-up", lambda: (_replicas(bed, solo) or 0) >= 2, 120, every=0.25)
+        container = active.status.container_statuses[0].container_id.removeprefix("containerd://")
+        killed_run = _log_files(active)[-1]
+        subprocess.run(["ctr", "-a", CONTAINERD, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container],
+                       capture_output=True, timeout=30, check=True)
+        killed = time.time()
+        # The kubelet restarts the killed container, which draws a new priority: the one that takes
+        # over is the standby, or the restarted container if it drew the higher one.
+        wait_for("an operator to take over", lambda: _acting(standby) or _acting(active, not_before=killed_run), 45, every=0.5)
+        took_over = time.time() - killed
+        assert took_over <= 30, f"an operator resumed {took_over:.0f} s after the kill"
+        print(f"taken over {took_over:.1f} s after the kill by the {'standby' if _acting(standby) else 'restarted pod'}")
 
         def scaled() -> bool:
             d = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
             return (d.spec.replicas or 0) >= 3 and (d.status.ready_replicas or 0) >= 3
-        wait_for("a scale-up to >= 3 Ready replicas by the installed operator", scaled, 180)
-        # logFormat=json: every line the operator wrote is one JSON object, its decisions among them.
-        import json
-        lines = _log_lines(pod)
+        wait_for("a scale-up to >= 3 Ready replicas, finished under the standby", scaled, 180)
+        decided = wait_for("a decision after the kill", lambda: (s := bed.llmd(solo, "chat").get("status", {}).get("lastDecision", {}))
+                           and epoch(s.get("time", "")) > killed and s, 60)
+        sampling.set()
+        print(f"replica history: {[(round(t - killed, 1), n) for t, n in history]}; decision after the kill: {decided}")
+        counts = [n for _, n in history]
+        assert counts == sorted(counts), f"the replica count went back: {history}"
+        assert counts[-1] <= decided["to"] and max(counts) == counts[-1], f"past the decision {decided}: {history}"
+        # The kubelet restarted the killed container: both pods Ready again.
+        wait_for("the killed pod back", lambda: _both_ready(bed), 120)
+        # logFormat=json: every line the operators wrote is one JSON object, their decisions among them.
+        lines = [line for pod in pods for line in _log_lines(*_log_files(pod))]
         records = [json.loads(line) for line in lines]
         assert any("ScaleUp" in r.get("message", "") for r in records), lines[-20:]
         learnt = wait_for("learnt state in status", lambda: (h := bed.llmd(solo, "chat").get("status", {}).get("history", {}))
@@ -128,17 +197,18 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
 
         # helm upgrade with a changed value rolls the operator; what was learnt stays.
         upgraded = time.time()
+        old = frozenset(p.metadata.uid for p in pods)
         _helm("upgrade", RELEASE, str(ROOT / "charts/llmscale"), "-n", NAMESPACE, "--reuse-values",
               "--set", "prometheus.timeout=6", "--wait", "--timeout", "3m")
-        new = wait_for("a new operator pod Ready", lambda: (p := _operator_pod(bed)) and _ready(p) and p.metadata.uid != pod.metadata.uid
-                       and p, 120)
-        assert any(e.value == "6" for e in new.spec.containers[0].env if e.name == "LLMSCALE_PROMETHEUS_TIMEOUT_S")
-        after = wait_for("a decision by the new pod", lambda: (s := bed.llmd(solo, "chat").get("status", {}))
+        new = wait_for("two new operator pods Ready", lambda: _both_ready(bed, exclude=old), 120)
+        assert all(any(e.value == "6" for e in p.spec.containers[0].env if e.name == "LLMSCALE_PROMETHEUS_TIMEOUT_S") for p in new)
+        after = wait_for("a decision by a new pod", lambda: (s := bed.llmd(solo, "chat").get("status", {}))
                          and epoch(s.get("lastDecision", {}).get("time", "")) > upgraded + 1 and s, 90)
         assert after["history"]["observingSince"] == learnt["observingSince"], "the learnt state was reset"
         assert after["history"].get("plannedMix"), after["history"]
         assert (after.get("replicas") or 0) >= 3, after  # no scale-down for what a restart forgot
     finally:
+        sampling.set()
         bed.traffic(solo, "chat", rate=0)
         _helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
 
@@ -146,4 +216,4 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
     bed.kubectl("get", "crd", "llmdeployments.llmscale.io")
     assert bed.llmd(solo, "chat")["metadata"]["name"] == "chat"
     assert bed.apps.read_namespaced_deployment("chat-h100x1", solo).spec.replicas >= 3
-    wait_for("the operator pod gone", lambda: _operator_pod(bed) is None, 60)
+    wait_for("the operator pods gone", lambda: not _operator_pods(bed), 60)

@@ -4,11 +4,13 @@ read-only root filesystem with nothing writable mounted, every capability droppe
 escalation) and with in-cluster credentials: a TokenRequest token of the chart's ServiceAccount,
 the cluster CA and KUBERNETES_SERVICE_HOST, mounted where a kubelet mounts them.
 
-Here podman runs it, sharing the host's network (the bed has no pod network); e2e/test_helm.py
-runs it under the bed's real kubelet. What this proves: the image, its entry point, its in-cluster
-login, the chart's RBAC, its pod security settings, and HA between two replicas (which the real
-node cannot run side by side: same host ports). The tests run operators of their own, so this file
-runs in the fault session (scripts/test.sh)."""
+Here podman runs it on the host's network, with a token podman mounts; e2e/test_helm.py runs it as
+the chart's two pods under the bed's real kubelet, on the pod network. What this adds: the image
+apart from a kubelet (its entry point, user and read-only root filesystem as podman enforces them),
+its in-cluster login from the files alone, the chart's RBAC probed request by request, the
+restricted Pod Security Standard's admission of the chart's default pod (and refusal of a changed
+one), and HA between two containers (e2e/test_helm.py kills one of the chart's pods too). The tests
+run operators of their own, so this file runs in the fault session (scripts/test.sh)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (or finds cached) the real control-plane components of the local test bed:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes, via a wrapper module)
-#   kubelet (the same way) with containerd, runc and the CNI plugins from Debian: the bed's real node
+#   kubelet and kube-proxy (the same way) with containerd, runc and the CNI plugins from Debian: the bed's real node
 #   etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok), helm (helm.sh/helm/v3)
 # and installs Prometheus from Debian. Everything built goes to $LLMSCALE_CACHE (default
 # ~/.cache/llmscale), one directory per component and version, so only a fresh machine pays.
@@ -66,9 +66,9 @@ build_k8s_bins() { # directory-name binary... (from k8s.io/kubernetes/cmd/<binar
 }
 build_k8s() { build_k8s_bins kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl; }
 
-# The test bed's real node: a kubelet, and containerd + runc + CNI plugins from Debian.
+# The test bed's real node: a kubelet and kube-proxy, and containerd + runc + CNI plugins from Debian.
 build_node() {
-  build_k8s_bins kubelet kubelet
+  build_k8s_bins kubelet kubelet kube-proxy
   local need_apt=() t
   for t in containerd runc; do command -v $t >/dev/null 2>&1 || need_apt+=("$t"); done
   [ -d /usr/lib/cni ] || need_apt+=(containernetworking-plugins)
