@@ -4,6 +4,7 @@ LLMDeployment that names its own server gets nothing, and no secret shows anywhe
 from __future__ import annotations
 
 import json
+import urllib.request
 
 from tests.metrics.test_credentials import Recorder
 
@@ -23,6 +24,9 @@ def test_a_tenant_cannot_send_the_operators_token_to_its_own_server(bed: Bed, op
         rec.close()
     token = OPERATOR_TOKEN.read_text().strip()
     events = [e.to_dict() for e in bed.core.list_namespaced_event(namespace).items]
+    with urllib.request.urlopen("http://127.0.0.1:18080/metrics", timeout=10) as r:  # the session operator's own metrics
+        metrics = r.read().decode(errors="replace")
+    assert "llmscale_" in metrics  # the page is the operator's (so the check below can fail)
     for where, text in (("status", json.dumps(_status(bed, namespace))), ("events", json.dumps(events, default=str)),
-                        ("operator log", OPERATOR_LOG.read_text(errors="replace"))):
+                        ("operator log", OPERATOR_LOG.read_text(errors="replace")), ("operator's /metrics", metrics)):
         assert token not in text, f"the operator's token appears in the {where}"

@@ -127,6 +127,9 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            # Nor in anything the operator logged (its work on both namespaces is in it).
+            written = log.read_text(errors="replace")
+            assert "Handler 'reconcile' succeeded" in written and token_a not in written and "pw-b" not in written
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
