@@ -89,7 +89,8 @@ def test_killed_between_its_apply_and_its_status_the_operator_resumes_and_loses_
 
 class PrometheusProxy:
     """A small proxy in front of the bed's Prometheus that passes answers through, mangles them
-    (NaN, Inf, non-numeric values and `le` labels, series for only some pods), answers too
+    (NaN, Inf, non-numeric values and `le` labels, bucket counts going backwards, series for only
+    some pods), answers too
     slowly, or is not there at all (connections refused); loopback only."""
 
     def __init__(self, upstream: str) -> None:
@@ -121,6 +122,8 @@ class PrometheusProxy:
                             series["value"] = [series["value"][0], bad[i % len(bad)]]
                         if "le" in series.get("metric", {}) and i % 2:
                             series["metric"]["le"] = "not-a-number"
+                        elif "le" in series.get("metric", {}) and "value" in series and i % 4 == 0:
+                            series["value"] = [series["value"][0], "0"]  # a bucket below the ones under it: counts going backwards
                         kept.append(series)
                     if result:
                         doc["data"]["result"] = kept
@@ -181,6 +184,8 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
         bed.traffic(solo, "chat", rate=30, meanInput=1000, meanOutput=200)
         wait_for("a scale-up through the proxy", lambda: _replicas(bed, solo) >= 2 and _status(bed, solo).get("readyReplicas", 0) >= 2, 120)
         held = _replicas(bed, solo)
+        learnt = wait_for("learnt state in status", lambda: (h := _status(bed, solo).get("history", {}))
+                          and h.get("plannedMix") and h.get("observingSince") and h, 60)
         bed.traffic(solo, "chat", rate=0, meanInput=1000, meanOutput=200)
         for mode, expect in (("garbage", None), ("slow", "False"), ("refused", "False")):
             proxy.mode = mode
@@ -206,6 +211,9 @@ def test_a_sick_prometheus_holds_the_replicas_and_the_operator_recovers_by_itsel
         proxy.mode = "pass"
         wait_for("MetricsAvailable=True again", lambda: cond("MetricsAvailable").get("status") == "True"
                  and cond("MetricsAvailable").get("reason") == "MetricsRead", 90)
+        # What it had learnt came through the sick phases (no load since: nothing new to learn).
+        after = _status(bed, solo).get("history", {})
+        assert (after.get("observingSince"), after.get("plannedMix")) == (learnt["observingSince"], learnt["plannedMix"]), after
         # The control: with good answers the same zero load does scale down, within the time each
         # sick phase lasted; so holding there was the metrics' doing, not the windows'.
         wait_for("a scale-down once the answers are good", lambda: _replicas(bed, solo) < held, 40)
@@ -232,6 +240,8 @@ def test_the_api_server_and_etcd_restarted_in_a_scale_up_the_operator_carries_on
         bed.traffic(solo, "chat", rate=30, meanInput=1000, meanOutput=200)
         wait_for("a scale-up under way", lambda: _replicas(bed, solo) >= 2, 90)
         during = _replicas(bed, solo)
+        learnt = wait_for("learnt state in status", lambda: (h := _status(bed, solo).get("history", {}))
+                          and h.get("observingSince") and h, 60)
         pids = [int((STATE / "pids" / f"{name}.pid").read_text()) for name in ("kube-apiserver", "etcd")]
         for pid in pids:  # a crash, not a shutdown: a graceful one waits on etcd going away beside it
             subprocess.run(["kill", "-KILL", str(pid)], check=True)
@@ -244,10 +254,18 @@ def test_the_api_server_and_etcd_restarted_in_a_scale_up_the_operator_carries_on
             r = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         restarted = time.time()
-        wait_for("a decision after the restart", lambda: _status(bed, solo).get("lastDecision", {}).get("time", "")
-                 >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(restarted)), 90)
-        wait_for("the scale-up finished", lambda: _replicas(bed, solo) >= during
-                 and _status(bed, solo).get("readyReplicas", 0) >= during, 120)
+        # From the restart on, every replica count the Deployment shows: never below the scale-up's.
+        seen: list[int] = []
+
+        def sampled(check: Any) -> Any:
+            seen.append(_replicas(bed, solo))
+            return check()
+        wait_for("a decision after the restart", lambda: sampled(lambda: _status(bed, solo).get("lastDecision", {}).get("time", "")
+                 >= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(restarted))), 90, 0.5)
+        wait_for("the scale-up finished", lambda: sampled(lambda: _replicas(bed, solo) >= during
+                 and _status(bed, solo).get("readyReplicas", 0) >= during), 120, 0.5)
+        assert min(seen) >= during, (during, seen)
+        assert _status(bed, solo).get("history", {}).get("observingSince") == learnt["observingSince"], "the learnt state was reset"
         assert op.poll() is None
         assert not ceilings.violations, ceilings.violations
     finally:
