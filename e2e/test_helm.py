@@ -150,6 +150,8 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
                 n = int(event["object"].spec.replicas or 0)
                 if not history or history[-1][1] != n:
                     history.append((time.time(), n))
+            if not stopping.is_set():  # the server ended the watch: what came after is not recorded
+                history.append((time.time(), -1))
         except Exception as e:  # the watch broke: the history would have a hole, so the test must not pass on it
             if stopping.is_set():  # stopping closes the stream under it
                 return
@@ -189,7 +191,8 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         as_operator = [str(KUBECTL), "--kubeconfig=/dev/null", f"--server={cluster['server']}",
                        f"--certificate-authority={cluster['certificate-authority']}", f"--token={token}"]
         assert subprocess.run([*as_operator, "get", "deployments", "-n", solo], capture_output=True, timeout=60).returncode == 0
-        for request in (("delete", "node", NODE), ("get", "secrets", "-n", "kube-system"), ("get", "secrets", "-n", solo)):
+        for request in (("delete", "node", NODE, "--dry-run=server"), ("get", "secrets", "-n", "kube-system"),
+                        ("get", "secrets", "-n", solo)):  # a dry run is authorised as the real request would be
             r = subprocess.run([*as_operator, *request], capture_output=True, text=True, timeout=60)
             assert r.returncode != 0 and "forbidden" in r.stderr.lower(), (request, r.stdout, r.stderr)
         assert bed.core.read_node(NODE).metadata.name == NODE
@@ -219,11 +222,14 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
             d = bed.apps.read_namespaced_deployment("chat-h100x1", solo)
             return (d.spec.replicas or 0) >= at_kill + 1 and (d.spec.replicas or 0) >= 3 and (d.status.ready_replicas or 0) >= 3
         wait_for("the scale-up finished by the operator that took over", scaled, 180)
-        decided = wait_for("a decision after the kill", lambda: (s := bed.llmd(solo, "chat").get("status", {}).get("lastDecision", {}))
-                           and epoch(s.get("time", "")) > killed and s, 60)
+        wait_for("a decision after the kill", lambda: epoch(bed.llmd(solo, "chat").get("status", {}).get("lastDecision", {})
+                                                            .get("time", "")) > killed, 60)
         stopping.set()
         replicas_watch.stop()
         assert all(n >= 0 for _, n in history), f"the replica watch broke: {history}"
+        # The operator applies, then writes status: the decision behind the last count recorded.
+        decided = wait_for("status to show the decision behind the last count", lambda: (
+            d := bed.llmd(solo, "chat").get("status", {}).get("lastDecision", {})) and d.get("to", 0) >= history[-1][1] and d, 30)
         print(f"replica history (s from the kill, replicas): {[(round(t - killed, 1), n) for t, n in history]}; last decision {decided}")
         counts = [n for _, n in history]
         # Neither lost (never back, and steps after the kill) nor doubled (one replica per decision,
@@ -232,6 +238,18 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         assert all(b - a == 1 for a, b in zip(counts, counts[1:], strict=False)), f"a step of more than one replica: {history}"
         assert any(t > killed and n > at_kill for t, n in history), f"no step after the kill: {history}"
         assert counts[-1] <= decided["to"], f"past the decision {decided}: {history}"
+        # Each step is one applied decision, said in its ScaleUp Event ("a -> b"), and no step was
+        # applied twice (two Events from the same count: the operator that took over redoing one).
+
+        def steps() -> list[tuple[int, int]]:
+            said = [e.message.split(" ", 3) for e in bed.core.list_namespaced_event(solo).items
+                    if e.reason == "ScaleUp" and e.involved_object.kind == "LLMDeployment"]
+            return sorted((int(w[0]), int(w[2])) for w in said if len(w) >= 3 and w[1] == "->")
+        # (The killed operator may have died before posting its step's Event: the steps after the kill.)
+        moves = [(a, b) for (_, a), (t, b) in zip(history, history[1:], strict=False) if t > killed]
+        said = wait_for("an Event for every step after the kill", lambda: set(moves) <= set(s := steps()) and s, 30)
+        froms = [a for a, _ in said]
+        assert len(froms) == len(set(froms)), f"a step applied twice: {said}"
         # The kubelet restarted the killed container: both pods Ready again.
         wait_for("the killed pod back", lambda: _both_ready(bed), 120)
         # logFormat=json: every line the operators wrote is one JSON object (but the last one the
