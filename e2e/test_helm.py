@@ -23,6 +23,7 @@ import yaml
 from kubernetes import watch
 
 from .conftest import HELM, KUBECTL, ROOT, Bed, CeilingWatcher, chat_doc, epoch, project_version, wait_for
+from .test_image import _deployment_replicas
 
 NODE = "llmscale-system-node"
 RELEASE = "llmscale-helm"
@@ -123,13 +124,6 @@ def _both_ready(bed: Bed, exclude: frozenset[str] = frozenset()) -> list[Any] | 
     return pods if len(pods) == 2 and all(_ready(p) for p in pods) else None
 
 
-def _replicas(bed: Bed, namespace: str) -> int | None:
-    try:
-        return int(bed.apps.read_namespaced_deployment("chat-h100x1", namespace).spec.replicas or 0)
-    except Exception:  # not created yet
-        return None
-
-
 def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         bed: Bed, node_image: str, solo: str, ceilings: CeilingWatcher) -> None:
     _helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
@@ -203,14 +197,14 @@ def test_helm_install_upgrade_and_uninstall_on_the_real_node(
         wait_for("the first replica Ready", lambda: (d := bed.apps.read_namespaced_deployment("chat-h100x1", solo)).status
                  and (d.status.ready_replicas or 0) >= 1, 90)
         bed.traffic(solo, "chat", rate=60, meanInput=1000, meanOutput=200)
-        wait_for("the active operator's first step", lambda: (_replicas(bed, solo) or 0) >= 2, 120, every=0.1)
+        wait_for("the active operator's first step", lambda: (_deployment_replicas(bed, solo) or 0) >= 2, 120, every=0.1)
         assert not _acting(standby) and _acting(active), "the standby acted before the kill"
         container = active.status.container_statuses[0].container_id.removeprefix("containerd://")
         killed_run = _log_files(active)[-1]
         subprocess.run(["ctr", "-a", CONTAINERD, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container],
                        capture_output=True, timeout=30, check=True)
         killed = time.time()
-        at_kill = _replicas(bed, solo) or 0
+        at_kill = _deployment_replicas(bed, solo) or 0
         # The kubelet restarts the killed container, which draws a new priority: the one that takes
         # over is the standby, or the restarted container if it drew the higher one.
         wait_for("an operator to take over", lambda: _acting(standby) or _acting(active, not_before=killed_run), 45, every=0.5)
