@@ -92,6 +92,21 @@ def test_simulate_writes_a_plot(tmp_path: Path) -> None:
     assert "TTFT ok" in r.stdout
 
 
+def test_simulate_shows_the_view_from_minute_ten_only_on_a_run_that_long(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 20-minute run gets the second table (each policy's GPU-hours against static-peak's from
+    minute ten on); a 5-minute run has no minute ten to count from."""
+    assert main(["simulate", "--scenario", "constant", "--duration", "1200", "--scenario-rate", "2",
+                 "--policy", "llmscale", "--policy", "static-peak"]) == 0
+    out = capsys.readouterr().out
+    settled = out[out.index("after minute 10"):].splitlines()
+    assert settled[2].split() == ["policy", "TTFT", "ok", "joint", "ok", "GPU-h", "GPU-h", "/", "static-peak"]
+    rows = {line.split()[0]: line.split() for line in settled[4:6]}
+    assert set(rows) == {"llmscale", "static-peak"} and rows["static-peak"][-1] == "1.00x"
+    assert main(["simulate", "--scenario", "constant", "--duration", "300", "--scenario-rate", "2",
+                 "--policy", "static-peak"]) == 0
+    assert "after minute" not in capsys.readouterr().out
+
+
 def test_a_bad_operator_setting_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("LLMSCALE_WORKERS", "0")

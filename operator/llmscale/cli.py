@@ -69,9 +69,9 @@ def cmd_api_reference(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .policy.capacity import refused_start
     from .sim.policies import POLICIES, make_policy
-    from .sim.report import Progress, plot, table
+    from .sim.report import Progress, plot, settled_table, table
     from .sim.traffic import TraceError, load_trace, scenario
-    from .sim.twin import Twin
+    from .sim.twin import SETTLE_S, Twin
 
     doc, spec = _load_deployment(args.deployment)
     try:
@@ -82,7 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         elif args.scenario:
             trace = scenario(args.scenario, rate=args.scenario_rate, duration=args.duration, seed=args.seed)
         else:
-            trace = load_trace(str(resources.files("llmscale").joinpath("data/azure-code-15min.csv")))
+            trace = load_trace(str(resources.files("llmscale").joinpath("data/azure-code.csv")))
             if args.rate_scale is None:
                 args.rate_scale = 4.0
         trace = trace.scaled(args.rate_scale or 1.0, args.speedup, seed=args.seed)
@@ -125,11 +125,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "")
     print("attainment = share of requests within the target\n")
     print(table(results, baseline="oracle" if "oracle" in policies else None))
+    if trace.duration >= 1.5 * SETTLE_S:
+        print(f"\nafter minute {SETTLE_S / 60:.0f} (every policy has seen the traffic that far; GPU-hours held from then):\n")
+        print(settled_table(results, baseline="static-peak" if "static-peak" in policies else None))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"trace": trace.name, "results": [r.as_json() for r in results]}, indent=2))
-        png = plot(results, ttft.seconds if ttft else None, out / "simulate.png", f"{trace.name}: {spec.model}")
+        png = plot(results, ttft.seconds if ttft else None, out / "simulate.png", f"{trace.name}: {spec.model}",
+                   SETTLE_S if trace.duration >= 1.5 * SETTLE_S else None)
         if png:
             print(f"\nplot: {png}")
     return 0

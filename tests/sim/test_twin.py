@@ -63,6 +63,25 @@ def test_gpu_hours_count_every_replica() -> None:
     assert r.gpu_hours == pytest.approx(3 * 360.0 / 3600, rel=0.01)
 
 
+def test_the_settled_view_counts_only_what_comes_after_the_first_ten_minutes() -> None:
+    """Requests arriving from minute ten on and the GPU time held from then: 3 replicas over a
+    900 s trace hold 0.75 GPU-h in all and 0.25 after minute ten; a request at 300 s that misses
+    (a prompt past --max-model-len) counts in the whole run only, one at 700 s in both."""
+    spec = parse_spec(spec_dict(
+        engineArgs=["--max-model-len=4096"],
+        variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+    ))
+    trace = Trace("late", [Arrival(0.0, 100, 10), Arrival(300.0, 5000, 10), Arrival(650.0, 100, 10),
+                           Arrival(700.0, 5000, 10), Arrival(900.0, 100, 10)])
+    r = Twin(spec, trace, Fixed(3)).run()
+    assert r.gpu_hours == pytest.approx(3 * 900.0 / 3600, rel=0.01)
+    assert r.settled_gpu_hours == pytest.approx(3 * 300.0 / 3600, rel=0.01)
+    assert r.ttft_attainment == pytest.approx(3 / 5)
+    assert r.settled_ttft_attainment == pytest.approx(2 / 3)
+    assert r.settled_joint_attainment == pytest.approx(2 / 3)
+
+
 def test_overload_misses_the_slo() -> None:
     trace = scenario("constant", rate=60, duration=120, seed=1)
     r = Twin(SPEC, trace, Fixed(1)).run()

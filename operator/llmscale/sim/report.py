@@ -38,6 +38,32 @@ def table(results: list[RunResult], baseline: str | None = None) -> str:
         heads.append(f"GPU-h / {baseline}")
         for r, row in zip(results, rows, strict=True):
             row.append(f"{r.gpu_hours / base.gpu_hours:.2f}x" if base and base.gpu_hours > 0 else "-")
+    return _render(heads, rows)
+
+
+SETTLED_COLUMNS = [
+    ("policy", "policy", "{}"),
+    ("TTFT ok", "settled_ttft_attainment", "{:.2%}"),
+    ("joint ok", "settled_joint_attainment", "{:.2%}"),
+    ("GPU-h", "settled_gpu_hours", "{:.2f}"),
+]
+
+
+def settled_table(results: list[RunResult], baseline: str | None = None) -> str:
+    """The same runs from minute ten on (SETTLE_S): the requests arriving from then and the GPU time
+    held from then, so that the first minutes, when no policy has history yet, do not decide."""
+    heads = [c[0] for c in SETTLED_COLUMNS]
+    rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in SETTLED_COLUMNS] for r in results]
+    if baseline:
+        base = next((r for r in results if r.policy == baseline), None)
+        heads.append(f"GPU-h / {baseline}")
+        for r, row in zip(results, rows, strict=True):
+            row.append(f"{r.settled_gpu_hours / base.settled_gpu_hours:.2f}x"
+                       if base and base.settled_gpu_hours > 0 else "-")
+    return _render(heads, rows)
+
+
+def _render(heads: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(heads, widths, strict=True)))
     out = [line, "  ".join("-" * w for w in widths)]
@@ -46,7 +72,8 @@ def table(results: list[RunResult], baseline: str | None = None) -> str:
     return "\n".join(out)
 
 
-def plot(results: list[RunResult], ttft_target: float | None, path: Path, title: str) -> Path | None:
+def plot(results: list[RunResult], ttft_target: float | None, path: Path, title: str,
+         settled_from_s: float | None = None) -> Path | None:
     try:
         import matplotlib
 
@@ -74,6 +101,9 @@ def plot(results: list[RunResult], ttft_target: float | None, path: Path, title:
     axes[2].set_ylabel("TTFT p95 (s), per 15 s")
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="upper left", fontsize=8, ncol=3)
+    if settled_from_s is not None:
+        for ax in axes:  # where the settled table starts counting
+            ax.axvline(settled_from_s / 60, color="grey", ls=":", lw=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -97,6 +97,8 @@ class RunResult:
     itl_attainment: float
     joint_attainment: float  # requests within every SLO target (TTFT and inter-token) at once
     settled_ttft_attainment: float  # TTFT attainment of the requests after the first SETTLE_S (history learnt)
+    settled_joint_attainment: float  # joint attainment of the same requests
+    settled_gpu_hours: float  # GPU-hours held after the first SETTLE_S
     ttft_p50_s: float
     ttft_p95_s: float
     ttft_p99_s: float
@@ -199,6 +201,7 @@ class Twin:
         self.ttft_tot = [0] * 23
         self.itl_tot = [0] * 20
         self.gpu_seconds = 0.0
+        self.settled_gpu_seconds = 0.0  # held after SETTLE_S
         self.cost = 0.0
         self.priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
         self.actions = 0
@@ -455,9 +458,11 @@ class Twin:
             # GPU time and money accrue for every scheduled pod (starting, ready or draining).
             dt = nt - t
             if dt > 0:
+                late_dt = max(0.0, nt - max(t, SETTLE_S))
                 for p in self.pods:
                     if p.ready_at is not None:
                         self.gpu_seconds += dt * p.gpus
+                        self.settled_gpu_seconds += late_dt * p.gpus
                         self.variant_gpu_s[p.variant.name] = self.variant_gpu_s.get(p.variant.name, 0.0) + dt * p.gpus
                         self.cost += dt / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
                 if self.target.capped:
@@ -513,6 +518,7 @@ class Twin:
             for p in self.pods:
                 if p.ready_at is not None:
                     self.gpu_seconds -= tail * p.gpus
+                    self.settled_gpu_seconds -= max(0.0, t - max(finish, SETTLE_S)) * p.gpus
                     self.variant_gpu_s[p.variant.name] -= tail * p.gpus
                     self.cost -= tail / 3600 * p.gpus * float(spec.cost.price(p.variant.accelerator) or 0)
         if self.progress:
@@ -534,6 +540,8 @@ class Twin:
         joint_ok = sum(1 for f in served if (ttft_t is None or f.ttft_s <= ttft_t[0]) and itl_met(f))
         late = [a for a in self.trace.arrivals if a.t >= SETTLE_S]
         late_ok = sum(1 for f in served if f.arrival >= SETTLE_S and (ttft_t is None or f.ttft_s <= ttft_t[0]))
+        late_joint = sum(1 for f in served if f.arrival >= SETTLE_S and (ttft_t is None or f.ttft_s <= ttft_t[0])
+                         and itl_met(f))
         # Per-bin TTFT p95 of the requests that arrived in the bin, for the plot.
         by_bin: dict[int, list[float]] = {}
         for f in served:
@@ -549,6 +557,8 @@ class Twin:
             itl_attainment=itl_ok / n if n else 1.0,
             joint_attainment=joint_ok / n if n else 1.0,
             settled_ttft_attainment=late_ok / len(late) if late else 1.0,
+            settled_joint_attainment=late_joint / len(late) if late else 1.0,
+            settled_gpu_hours=self.settled_gpu_seconds / 3600,
             ttft_p50_s=_pct(ttfts, 0.50),
             ttft_p95_s=_pct(ttfts, 0.95),
             ttft_p99_s=_pct(ttfts, 0.99),
