@@ -4,6 +4,7 @@ HTTP servers on loopback that record what reaches them."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,6 +277,7 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         Runtime._read_at.clear()
         Runtime._read_took.clear()
         Runtime._source.clear()
+        Runtime._sick.clear()
         a, b = ("team-a", "slow-chat"), ("team-b", "fast-chat")
         spec_a = parse_spec(spec_dict())
         spec_b = parse_spec(spec_dict(metrics={"prometheus": "fast"}))
@@ -295,6 +297,81 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         Runtime.reader = None
         slow.close()
         fast.close()
+
+
+def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wait() -> None:
+    """Each deployment waiting for a hanging read held one of kopf's handler threads; enough of
+    them held all and stalled every endpoint. Once an endpoint's read has failed, the others on it
+    get the failure at once while the next read is in flight; on an endpoint whose last read
+    worked they still wait for the read in flight (and get its answer)."""
+    from llmscale.controller.handlers import Runtime
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Flaky(Recorder):
+        def __init__(self) -> None:
+            super().__init__(mode="error")
+            inner = self.server.RequestHandlerClass
+            self.hang = False
+
+            rec = self
+
+            class Handler(inner):  # type: ignore[misc, valid-type]
+                def do_GET(self) -> None:  # noqa: N802
+                    if rec.hang:
+                        entered.set()
+                        release.wait(30)
+                    super().do_GET()
+
+            self.server.RequestHandlerClass = Handler
+
+    def fresh_runtime(url: str) -> None:
+        Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=url)))
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source):
+            d.clear()
+        Runtime._sick.clear()
+
+    server = Flaky()
+    spec = parse_spec(spec_dict())
+    a, b = ("team-a", "one"), ("team-a", "two")
+    try:
+        for first_read_fails in (True, False):
+            entered.clear()
+            release.clear()
+            fresh_runtime(server.url)
+            server.mode, server.hang = ("error" if first_read_fails else "prom"), False
+            first = Runtime.signals(a, spec, 0.0)
+            assert (first.unavailable is not None) == first_read_fails
+            server.mode, server.hang = "prom", True
+            Runtime._read_at.clear()  # the first read is old now: the next one reads again
+            result: dict[str, Any] = {}
+            def ask(key: tuple[str, str], name: str, into: dict[str, Any] = result) -> None:
+                into[name] = Runtime.signals(key, spec, 0.0)
+
+            t = threading.Thread(target=ask, args=(a, "a"), daemon=True)
+            t.start()
+            assert entered.wait(10), "the second read never reached the server"
+            waiter = threading.Thread(target=ask, args=(b, "b"), daemon=True)
+            waiter.start()
+            waiter.join(2)
+            if first_read_fails:
+                assert not waiter.is_alive(), "a deployment waited for the failing endpoint's read"
+                assert result["b"].unavailable == ("Prometheus could not be read: its last read failed "
+                                                   "and the next one is in flight")
+                assert t.is_alive()  # the read itself is still in flight
+            else:
+                assert waiter.is_alive() and "b" not in result  # a healthy endpoint's read is waited for
+            release.set()
+            t.join(30)
+            waiter.join(30)
+            assert result["a"].unavailable is None  # the read in flight answered
+            if not first_read_fails:
+                assert result["b"].unavailable is None  # and its waiter got that answer
+            assert Runtime._sick == set()  # the read that worked cleared it
+    finally:
+        release.set()
+        Runtime.reader = None
+        server.close()
 
 
 # ---- a namespace's own credential (namespaceSecret endpoints) -----------------------------------
@@ -472,6 +549,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
         for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
             d.clear()
+        Runtime._sick.clear()
         spec = parse_spec(spec_dict())
         assert Runtime.signals(("team-a", "d1"), spec, 60.0).unavailable is None
         one_read = len(good.requests)
@@ -492,6 +570,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         Runtime.reader = None
         for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
             d.clear()
+        Runtime._sick.clear()
 
 
 def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(servers: tuple[Recorder, Recorder]) -> None:
@@ -539,3 +618,25 @@ def test_joiners_with_different_targets_widen_the_groups_answer_and_do_not_read_
     # A clock that steps back makes no answer fresh.
     reader.read({("team-a", "late"): itl}, 0.5, reuse_s=4.5)
     assert len(good.requests) > n
+
+
+def test_a_credential_on_a_plain_http_endpoint_is_warned_about_once_at_start(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """TLS is the default the platform team should keep: an endpoint that would send its credential
+    over http:// is said at start (a loopback sidecar proxy is a fair use, so it is not refused);
+    one without a credential, or on https://, is not."""
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    with caplog.at_level(logging.WARNING, logger="llmscale.metrics"):
+        Endpoints.build(Endpoint(name="default", url="http://prom:9090", bearer_token_file=str(token)),
+                        EndpointsConfig(endpoints=[
+                            Endpoint(name="open", url="http://prom-open:9090"),
+                            Endpoint(name="tls", url="https://prom-tls:9090", bearer_token_file=str(token)),
+                            Endpoint(name="tenants", url="http://proxy:8080", namespace_secret="prom-token")]))
+    warned = [r.getMessage() for r in caplog.records if "plain http://" in r.getMessage()]
+    assert warned == [
+        "Prometheus endpoint 'default' sends its credential over plain http://; use https:// unless the endpoint "
+        "is on the operator's own host",
+        "Prometheus endpoint 'tenants' sends its credential over plain http://; use https:// unless the endpoint "
+        "is on the operator's own host"]
+    assert "t0ken" not in caplog.text

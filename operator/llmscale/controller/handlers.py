@@ -86,6 +86,7 @@ class Runtime:
     _signals: dict[tuple[str, str], Signals] = {}
     _read_at: dict[str, float] = {}
     _read_took: dict[str, float] = {}  # seconds the endpoint's last batch read took
+    _sick: set[str] = set()  # endpoints whose last batch read answered for nobody (failed, or refused)
     _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
     _objects: dict[tuple[str, str], threading.Lock] = {}  # one per LLMDeployment: reconcile and the timer in turn
 
@@ -113,7 +114,18 @@ class Runtime:
         with cls._guard:
             cls._specs[key] = spec
             lock = cls._locks.setdefault(endpoint, threading.Lock())
-        with lock:
+            sick = endpoint in cls._sick
+        # While a read of an endpoint whose last read failed is in flight, the others on it do not
+        # wait: each waiter holds one of kopf's handler threads for up to the read's two timeouts,
+        # and enough of them hold every thread, stalling deployments on healthy endpoints too. They
+        # get the failure (unknown: the policy holds); a healthy endpoint's slow read is waited for.
+        if not lock.acquire(blocking=not sick):
+            with cls._guard:
+                last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
+            if last is not None and last.unavailable is not None:
+                return last
+            return Signals.unreachable("Prometheus could not be read: its last read failed and the next one is in flight")
+        with _held(lock):
             now = time.time()
             with cls._guard:
                 # A batch that takes long to read (a thousand deployments: ~1.5 s of JSON, with every
@@ -136,6 +148,10 @@ class Runtime:
                     if old:
                         cls._read_at[endpoint] = now
                         cls._read_took[endpoint] = time.monotonic() - started
+                        if got and all(s.unavailable is not None for s in got.values()):
+                            cls._sick.add(endpoint)
+                        else:
+                            cls._sick.discard(endpoint)
             with cls._guard:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
@@ -148,6 +164,15 @@ class Runtime:
             cls._objects.pop(key, None)
             if cls.reader is not None:
                 cls.reader.pod_load.pop(key, None)
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """A lock already acquired, released on the way out."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str) -> None:

@@ -20,6 +20,7 @@ belongs to one configured endpoint and goes nowhere else:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -34,6 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from requests.auth import AuthBase
+
+log = logging.getLogger("llmscale.metrics")
 
 DEFAULT = "default"
 CREDENTIAL_KEYS = ("token", "username", "password")  # what a namespace's credential Secret is read for
@@ -210,6 +213,11 @@ class Endpoints:
             if ep.name in eps.by_name:
                 raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
             eps.by_name[ep.name] = ep
+            if urlsplit(ep.url).scheme.lower() == "http" and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
+                # Allowed (a sidecar proxy on the pod's loopback is plain HTTP), but said once at start:
+                # anyone on the path between the operator and that endpoint can read the credential.
+                log.warning("Prometheus endpoint %r sends its credential over plain http://; use https:// unless "
+                            "the endpoint is on the operator's own host", ep.name)
         if config:
             for u in config.allowed_urls:
                 why = plain_url_problem(u)
