@@ -10,7 +10,7 @@ export PYTHON := $(CURDIR)/$(VENV)/bin/python
 setup:
 	@scripts/setup.sh
 
-# The embedded default: replay a bundled slice of a real trace through llmscale and the baselines.
+# The embedded default: replay a bundled real trace (Azure code, 57 min) through llmscale and the baselines.
 demo:
 	@scripts/setup.sh python
 	@$(PY) -m llmscale.cli simulate --out out/demo --progress

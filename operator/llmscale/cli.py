@@ -298,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("simulate", help="replay a trace through the policy and baselines in virtual time (the twin)")
-    s.add_argument("--trace", help="Azure CSV, Mooncake JSONL or ServeGen rate CSV (default: bundled 15-min Azure slice)")
+    s.add_argument("--trace", help="Azure CSV, Mooncake JSONL or ServeGen rate CSV (default: the bundled 57-min Azure code trace, x4)")
     s.add_argument("--scenario", help="synthetic load: constant, step, ramp, diurnal, burst")
     s.add_argument("--scenario-rate", type=float, default=5.0, help="base request rate of the scenario (req/s)")
     s.add_argument("--duration", type=float, default=1800.0, help="scenario length in seconds")

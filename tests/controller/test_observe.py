@@ -126,3 +126,19 @@ def test_competing_autoscalers_are_read_for_what_they_scale() -> None:
     assert hpa == AutoscalerView("Deployment", "chat-h100x1", "HorizontalPodAutoscaler h")
     assert so == AutoscalerView("Deployment", "chat", "KEDA ScaledObject s")  # KEDA's default kind
     assert AutoscalerView.from_hpa({"spec": None}) == AutoscalerView("", "", "HorizontalPodAutoscaler ?")
+
+
+def test_the_startup_timeout_counts_from_the_pods_start_on_a_node_not_from_its_wait_for_a_gpu() -> None:
+    """A pod that waited 4 minutes for a free GPU and then loads for 9 is within a 10-minute
+    serving.startupTimeout (the kubelet's startup probe counts from the start, too); it was rolled
+    back at minute 10 after its creation. A pod with no PodScheduled time falls back to creation."""
+    deps = [_dep("l4x1", 3, **{"llmscale.io/target-since": "1000"}), _dep("h100x2", 1, **{"llmscale.io/target-since": "2000"})]
+    waited = PodView(name="w", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(minutes=4))
+    w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), waited], {}, None)
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=(T0 + dt.timedelta(minutes=4)).timestamp())
+    w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), PodView(name="w", variant="h100x2", created=T0)], {}, None)
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp())
+    scheduled = PodView.from_json({"metadata": {"name": "p", "creationTimestamp": "2026-11-28T10:00:00Z"},
+                                   "status": {"conditions": [{"type": "PodScheduled", "status": "True",
+                                                              "lastTransitionTime": "2026-11-28T10:04:00Z"}]}})
+    assert scheduled.scheduled == T0 + dt.timedelta(minutes=4) and scheduled.ready_since is None

@@ -355,7 +355,8 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
     target = max(desired, key=lambda v: (marks[v], desired[v], v))
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
-    first: dict[str, list[float | None]] = {}  # variant -> [oldest starting, oldest unschedulable] creation times
+    # variant -> [since when the oldest starting pod is on a node, when the oldest unschedulable one was created]
+    first: dict[str, list[float | None]] = {}
     live = {p.name for p in pods if not p.terminating}
     seen = {n for n in seen_ready if n in live}
     for p in pods:
@@ -378,8 +379,12 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             continue
         slot = 1 if p.unschedulable else 0
         counts[3 if slot else 0] += 1
-        if created is not None:
-            t = created.timestamp()
+        # serving.startupTimeout counts from the pod's start on a node, as the kubelet's startup
+        # probe does: a pod that waited for a free GPU first (up to unschedulableTimeout, which
+        # judges that wait) is not rolled back for loading within its own startup time.
+        clock = p.scheduled if slot == 0 and p.scheduled is not None else created
+        if clock is not None:
+            t = clock.timestamp()
             oldest[slot] = t if oldest[slot] is None else min(oldest[slot], t)  # type: ignore[type-var]
     pods_by_variant = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=first[v][0], waiting_since=first[v][1]) for v, c in by_variant.items()}
     mine = pods_by_variant.get(target, PodCounts())

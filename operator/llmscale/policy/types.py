@@ -86,7 +86,7 @@ class PodCounts:
     ready: int = 0
     terminating: int = 0  # draining after a scale-down: still holds its GPUs
     unschedulable: int = 0  # Pending for lack of free GPUs: holds none until scheduled
-    starting_since: float | None = None  # creation time of the oldest starting pod
+    starting_since: float | None = None  # when the oldest starting pod was scheduled on a node (else created)
     waiting_since: float | None = None  # creation time of the oldest unschedulable pod
 
     @property

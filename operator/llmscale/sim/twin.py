@@ -328,7 +328,8 @@ class Twin:
                 c[1] += 1
             elif p.ready_at is not None:
                 c[0] += 1
-                first[0] = p.created if first[0] is None else min(first[0], p.created)
+                on_node = p.ready_at - self.cold[p.variant.name]  # scheduled: startupTimeout counts from here
+                first[0] = on_node if first[0] is None else min(first[0], on_node)
             else:
                 c[3] += 1
                 first[1] = p.created if first[1] is None else min(first[1], p.created)
