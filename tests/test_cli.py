@@ -99,9 +99,10 @@ def test_simulate_shows_the_view_from_minute_ten_only_on_a_run_that_long(capsys:
                  "--policy", "llmscale", "--policy", "static-peak"]) == 0
     out = capsys.readouterr().out
     settled = out[out.index("after minute 10"):].splitlines()
-    assert settled[2].split() == ["policy", "TTFT", "ok", "joint", "ok", "GPU-h", "GPU-h", "/", "static-peak"]
+    assert settled[2].split() == ["policy", "requests", "TTFT", "ok", "joint", "ok", "GPU-h", "GPU-h", "/", "static-peak"]
     rows = {line.split()[0]: line.split() for line in settled[4:6]}
     assert set(rows) == {"llmscale", "static-peak"} and rows["static-peak"][-1] == "1.00x"
+    assert 1000 < int(rows["llmscale"][1]) < 1400  # ~2 req/s over the last ten minutes
     assert main(["simulate", "--scenario", "constant", "--duration", "300", "--scenario-rate", "2",
                  "--policy", "static-peak"]) == 0
     assert "after minute" not in capsys.readouterr().out

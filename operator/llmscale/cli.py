@@ -71,7 +71,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.policies import POLICIES, make_policy
     from .sim.report import Progress, plot, settled_table, table
     from .sim.traffic import TraceError, load_trace, scenario
-    from .sim.twin import SETTLE_S, Twin
+    from .sim.twin import SETTLE_S, Twin, has_settled_view
 
     doc, spec = _load_deployment(args.deployment)
     try:
@@ -124,16 +124,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"\nSLO: TTFT p{ttft.percentile:g} <= {ttft.target}" if ttft else "\nSLO: none on TTFT", end="")
     print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "")
     print("attainment = share of requests within the target\n")
-    print(table(results, baseline="oracle" if "oracle" in policies else None))
-    if trace.duration >= 1.5 * SETTLE_S:
-        print(f"\nafter minute {SETTLE_S / 60:.0f} (every policy has seen the traffic that far; GPU-hours held from then):\n")
-        print(settled_table(results, baseline="static-peak" if "static-peak" in policies else None))
+    baselines = [b for b in ("static-peak", "oracle") if b in policies]
+    print(table(results, baselines))
+    if has_settled_view(trace):
+        print(f"\nafter minute {SETTLE_S / 60:.0f} (every policy has seen the traffic that far): the requests arriving "
+              "from then, the GPU time held from then\n")
+        print(settled_table(results, baselines))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"trace": trace.name, "results": [r.as_json() for r in results]}, indent=2))
         png = plot(results, ttft.seconds if ttft else None, out / "simulate.png", f"{trace.name}: {spec.model}",
-                   SETTLE_S if trace.duration >= 1.5 * SETTLE_S else None)
+                   SETTLE_S if has_settled_view(trace) else None)
         if png:
             print(f"\nplot: {png}")
     return 0

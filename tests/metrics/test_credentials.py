@@ -333,7 +333,7 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
 
     server = Flaky()
     spec = parse_spec(spec_dict())
-    a, b = ("team-a", "one"), ("team-a", "two")
+    a, b, new = ("team-a", "one"), ("team-a", "two"), ("team-a", "three")
     try:
         for first_read_fails in (True, False):
             entered.clear()
@@ -341,7 +341,9 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
             fresh_runtime(server.url)
             server.mode, server.hang = ("error" if first_read_fails else "prom"), False
             first = Runtime.signals(a, spec, 0.0)
-            assert (first.unavailable is not None) == first_read_fails
+            first_b = Runtime.signals(b, spec, 0.0)
+            assert (first.unavailable is not None) == (first_b.unavailable is not None) == first_read_fails
+            assert bool(Runtime._sick) == first_read_fails
             server.mode, server.hang = "prom", True
             Runtime._read_at.clear()  # the first read is old now: the next one reads again
             result: dict[str, Any] = {}
@@ -356,8 +358,10 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
             waiter.join(2)
             if first_read_fails:
                 assert not waiter.is_alive(), "a deployment waited for the failing endpoint's read"
-                assert result["b"].unavailable == ("Prometheus could not be read: its last read failed "
-                                                   "and the next one is in flight")
+                assert result["b"] == first_b  # its own last failure, as that read said it
+                # One the endpoint never answered for: the failure in general words.
+                assert Runtime.signals(new, spec, 0.0).unavailable == (
+                    "Prometheus could not be read: its last read failed and the next one is in flight")
                 assert t.is_alive()  # the read itself is still in flight
             else:
                 assert waiter.is_alive() and "b" not in result  # a healthy endpoint's read is waited for
@@ -623,8 +627,8 @@ def test_joiners_with_different_targets_widen_the_groups_answer_and_do_not_read_
 def test_a_credential_on_a_plain_http_endpoint_is_warned_about_once_at_start(
         caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """TLS is the default the platform team should keep: an endpoint that would send its credential
-    over http:// is said at start (a loopback sidecar proxy is a fair use, so it is not refused);
-    one without a credential, or on https://, is not."""
+    over http:// off the operator's host is said at start (not refused); one without a credential,
+    on https://, or on loopback (a sidecar proxy) is not."""
     token = tmp_path / "token"
     token.write_text("t0ken")
     with caplog.at_level(logging.WARNING, logger="llmscale.metrics"):
@@ -632,7 +636,10 @@ def test_a_credential_on_a_plain_http_endpoint_is_warned_about_once_at_start(
                         EndpointsConfig(endpoints=[
                             Endpoint(name="open", url="http://prom-open:9090"),
                             Endpoint(name="tls", url="https://prom-tls:9090", bearer_token_file=str(token)),
-                            Endpoint(name="tenants", url="http://proxy:8080", namespace_secret="prom-token")]))
+                            Endpoint(name="tenants", url="http://proxy:8080", namespace_secret="prom-token"),
+                            Endpoint(name="sidecar", url="http://127.0.0.1:9091", bearer_token_file=str(token)),
+                            Endpoint(name="sidecar6", url="http://[::1]:9091", bearer_token_file=str(token)),
+                            Endpoint(name="local", url="http://localhost:9091", bearer_token_file=str(token))]))
     warned = [r.getMessage() for r in caplog.records if "plain http://" in r.getMessage()]
     assert warned == [
         "Prometheus endpoint 'default' sends its credential over plain http://; use https:// unless the endpoint "

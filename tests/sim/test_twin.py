@@ -79,7 +79,7 @@ def test_the_settled_view_counts_only_what_comes_after_the_first_ten_minutes() -
     assert r.settled_gpu_hours == pytest.approx(3 * 300.0 / 3600, rel=0.01)
     assert r.ttft_attainment == pytest.approx(3 / 5)
     assert r.settled_ttft_attainment == pytest.approx(2 / 3)
-    assert r.settled_joint_attainment == pytest.approx(2 / 3)
+    assert r.settled_joint_attainment == pytest.approx(2 / 3) and r.settled_requests == 3
 
 
 def test_overload_misses_the_slo() -> None:

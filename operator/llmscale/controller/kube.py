@@ -379,9 +379,10 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             continue
         slot = 1 if p.unschedulable else 0
         counts[3 if slot else 0] += 1
-        # serving.startupTimeout counts from the pod's start on a node, as the kubelet's startup
-        # probe does: a pod that waited for a free GPU first (up to unschedulableTimeout, which
-        # judges that wait) is not rolled back for loading within its own startup time.
+        # serving.startupTimeout counts from the pod's binding to a node: a pod that waited for a
+        # free GPU first (up to unschedulableTimeout, which judges that wait) is not rolled back
+        # for loading within its own startup time. (The kubelet's startup probe counts from the
+        # container's start, after the image pull: this clock starts a little earlier.)
         clock = p.scheduled if slot == 0 and p.scheduled is not None else created
         if clock is not None:
             t = clock.timestamp()

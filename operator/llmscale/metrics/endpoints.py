@@ -20,6 +20,7 @@ belongs to one configured endpoint and goes nowhere else:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -104,6 +105,18 @@ class EndpointsConfig(_Config):
     endpoints: list[Endpoint] = Field(default_factory=list)
     allowed_urls: list[str] = Field(default_factory=list, alias="allowedURLs")
     allow_query_overrides: bool = False
+
+
+def plain_http_off_host(url: str) -> bool:
+    """An http:// URL to anything but the operator's own host (a sidecar proxy on loopback)."""
+    p = urlsplit(url)
+    if p.scheme.lower() != "http":
+        return False
+    host = (p.hostname or "").lower()
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 def plain_url_problem(url: str) -> str | None:
@@ -213,9 +226,9 @@ class Endpoints:
             if ep.name in eps.by_name:
                 raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
             eps.by_name[ep.name] = ep
-            if urlsplit(ep.url).scheme.lower() == "http" and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
-                # Allowed (a sidecar proxy on the pod's loopback is plain HTTP), but said once at start:
-                # anyone on the path between the operator and that endpoint can read the credential.
+            if plain_http_off_host(ep.url) and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
+                # Allowed, but said once at start: anyone on the path between the operator and that
+                # endpoint can read the credential.
                 log.warning("Prometheus endpoint %r sends its credential over plain http://; use https:// unless "
                             "the endpoint is on the operator's own host", ep.name)
         if config:

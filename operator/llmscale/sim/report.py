@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .twin import RunResult
@@ -30,37 +31,42 @@ def _cell(fmt: str, v: object) -> str:
     return fmt.format(v)
 
 
-def table(results: list[RunResult], baseline: str | None = None) -> str:
+def table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
     heads = [c[0] for c in COLUMNS]
     rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in COLUMNS] for r in results]
-    if baseline:
-        base = next((r for r in results if r.policy == baseline), None)
-        heads.append(f"GPU-h / {baseline}")
-        for r, row in zip(results, rows, strict=True):
-            row.append(f"{r.gpu_hours / base.gpu_hours:.2f}x" if base and base.gpu_hours > 0 else "-")
+    _ratios(results, heads, rows, baselines, "gpu_hours")
     return _render(heads, rows)
 
 
 SETTLED_COLUMNS = [
     ("policy", "policy", "{}"),
+    ("requests", "settled_requests", "{:d}"),
     ("TTFT ok", "settled_ttft_attainment", "{:.2%}"),
     ("joint ok", "settled_joint_attainment", "{:.2%}"),
     ("GPU-h", "settled_gpu_hours", "{:.2f}"),
 ]
 
 
-def settled_table(results: list[RunResult], baseline: str | None = None) -> str:
+def settled_table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
     """The same runs from minute ten on (SETTLE_S): the requests arriving from then and the GPU time
     held from then, so that the first minutes, when no policy has history yet, do not decide."""
     heads = [c[0] for c in SETTLED_COLUMNS]
     rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in SETTLED_COLUMNS] for r in results]
-    if baseline:
-        base = next((r for r in results if r.policy == baseline), None)
-        heads.append(f"GPU-h / {baseline}")
-        for r, row in zip(results, rows, strict=True):
-            row.append(f"{r.settled_gpu_hours / base.settled_gpu_hours:.2f}x"
-                       if base and base.settled_gpu_hours > 0 else "-")
+    _ratios(results, heads, rows, baselines, "settled_gpu_hours")
     return _render(heads, rows)
+
+
+def _ratios(results: list[RunResult], heads: list[str], rows: list[list[str]], baselines: Sequence[str],
+            attr: str) -> None:
+    """One column per baseline in the run: each policy's GPU-hours (`attr`) over the baseline's."""
+    for name in baselines:
+        base = next((r for r in results if r.policy == name), None)
+        if base is None:
+            continue
+        heads.append(f"GPU-h / {name}")
+        b = getattr(base, attr)
+        for r, row in zip(results, rows, strict=True):
+            row.append(f"{getattr(r, attr) / b:.2f}x" if b > 0 else "-")
 
 
 def _render(heads: list[str], rows: list[list[str]]) -> str:
@@ -102,8 +108,11 @@ def plot(results: list[RunResult], ttft_target: float | None, path: Path, title:
     axes[2].set_xlabel("minutes")
     axes[2].legend(loc="upper left", fontsize=8, ncol=3)
     if settled_from_s is not None:
-        for ax in axes:  # where the settled table starts counting
+        for ax in axes:  # where the table "after minute ten" starts counting
             ax.axvline(settled_from_s / 60, color="grey", ls=":", lw=1)
+        axes[0].annotate(f"the table after minute {settled_from_s / 60:.0f} counts from here", (settled_from_s / 60, 1.0),
+                         xycoords=("data", "axes fraction"), xytext=(4, -12), textcoords="offset points",
+                         fontsize=8, color="grey")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -28,6 +28,11 @@ TIMELINE_BIN_S = 15.0
 SETTLE_S = 600.0  # a second view of attainment leaves out the first ten minutes, when a policy has no history yet
 
 
+def has_settled_view(trace: Trace) -> bool:
+    """Whether the view from SETTLE_S on is worth showing: it counts at least five minutes."""
+    return trace.duration >= SETTLE_S + 300.0
+
+
 @dataclass
 class Pod:
     id: int
@@ -98,6 +103,7 @@ class RunResult:
     joint_attainment: float  # requests within every SLO target (TTFT and inter-token) at once
     settled_ttft_attainment: float  # TTFT attainment of the requests after the first SETTLE_S (history learnt)
     settled_joint_attainment: float  # joint attainment of the same requests
+    settled_requests: int  # requests arriving after the first SETTLE_S
     settled_gpu_hours: float  # GPU-hours held after the first SETTLE_S
     ttft_p50_s: float
     ttft_p95_s: float
@@ -559,6 +565,7 @@ class Twin:
             joint_attainment=joint_ok / n if n else 1.0,
             settled_ttft_attainment=late_ok / len(late) if late else 1.0,
             settled_joint_attainment=late_joint / len(late) if late else 1.0,
+            settled_requests=len(late),
             settled_gpu_hours=self.settled_gpu_seconds / 3600,
             ttft_p50_s=_pct(ttfts, 0.50),
             ttft_p95_s=_pct(ttfts, 0.95),
