@@ -228,17 +228,21 @@ def test_llmd_signal_is_the_worse_p90_ratio_capped_at_2() -> None:
 
 # ---- Dynamo load planner -----------------------------------------------------------------------
 
-def test_dynamo_fits_latency_on_load_and_sizes_to_the_target() -> None:
+def test_dynamo_fits_latency_on_load_and_moves_one_worker_at_a_time() -> None:
     p = started(DynamoLoadPolicy())
     # Latency = 0.1 s + 0.01 s per request in flight per worker (TTFT), ITL = 10 ms + 1 ms per request.
     for x in (10.0, 20.0, 30.0, 40.0, 50.0):
         p.obs.append((x, 0.1 + 0.01 * x, 0.01 + 0.001 * x))
-    # TTFT reaches 1 s at 90 per worker, ITL 100 ms at 90 per worker: 450 in flight -> 5 workers.
+    # TTFT reaches 1 s at 90 per worker, ITL 100 ms at 90 per worker: the target load per worker.
     assert p.max_load(view(0, 2)) == pytest.approx(90.0)
-    assert p.decide(view(0, 2, concurrency=450.0)).replicas == 5
-    # Down only when the load fits at 80 %: 300 in flight / (90 x 0.8) -> 5 workers, kept.
-    assert p.decide(view(5, 5, concurrency=300.0)).replicas == 5
-    assert p.decide(view(10, 5, concurrency=200.0)).replicas == 3
+    # Every worker above it (450 in flight on 2: 225 each): one more, not the five the load needs.
+    assert p.decide(view(0, 2, concurrency=450.0)).replicas == 3
+    assert p.decide(view(5, 2, concurrency=179.0)).replicas == 2  # just under the target (89.5 each): kept
+    # Down by one only when every worker is below 90 x (n - 1) / n x 80 %: 57.6 each on 5.
+    assert p.decide(view(10, 5, concurrency=5 * 58.0)).replicas == 5
+    assert p.decide(view(15, 5, concurrency=5 * 57.0)).replicas == 4
+    assert p.decide(view(20, 5, concurrency=0.0)).replicas == 4  # idle: still one at a time
+    assert p.decide(view(25, 1, concurrency=0.0)).replicas == 1  # never below one
 
 
 def test_dynamo_waits_for_observations_and_for_scaling_in_progress() -> None:
@@ -255,3 +259,31 @@ def test_knobs_trade_headroom() -> None:
         a = lo.decide(view(t, 4, concurrency=280.0))
         b = hi.decide(view(t, 4, concurrency=280.0))
     assert (a.replicas, b.replicas) == (8, 2)
+
+
+# ---- static-peak --------------------------------------------------------------------------------
+
+def test_static_peak_is_the_fewest_constant_replicas_that_meet_the_slo_and_its_knob_adds_replicas() -> None:
+    """Sized in hindsight: the smallest fixed fleet whose run of the whole trace meets every target
+    (found by bisection; checked here against every fleet size in turn), held at every decision;
+    the knob adds (or takes) replicas, never below one nor past the ceiling."""
+    from llmscale.sim.baselines import Fixed, StaticPeakPolicy, slo_met
+    from llmscale.sim.traffic import scenario
+    from llmscale.sim.twin import Twin
+
+    small = parse_spec(spec_dict(
+        replicas={"min": 1, "max": 6}, variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        slo={"ttft": {"target": "1s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+        cost={"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}}))
+    trace = scenario("constant", rate=30, duration=120, seed=3)
+    meets = [n for n in range(1, 7) if slo_met(small, Twin(small, trace, Fixed(n, "h100x1"), {"h100x1": 60.0}).run())]
+    assert meets and meets[0] > 1  # one replica is not enough for this load, so the search has work to do
+    fewest = meets[0]
+    assert all(n in meets for n in range(fewest, 7))  # more replicas never stop meeting it
+    policy = StaticPeakPolicy()
+    target = policy.start(small, trace, {"h100x1": 60.0})
+    assert (target.replicas, target.variant, target.capped) == (fewest, "h100x1", False)
+    assert policy.decide(View(small, Workload("h100x1", 1, 1), Signals(), 500.0, 0.0, None)) == target
+    assert make_policy("static-peak", 1.0).start(small, trace, {"h100x1": 60.0}).replicas == fewest + 1
+    assert make_policy("static-peak", -10.0).start(small, trace, {"h100x1": 60.0}).replicas == 1
+    assert make_policy("static-peak", 10.0).start(small, trace, {"h100x1": 60.0}).replicas == 6

@@ -1,4 +1,5 @@
-"""The oracle is a real bound: its plan is the exact optimum of its model, checked by brute force."""
+"""The oracle's plan is the exact optimum of its model (checked by brute force where a replica's
+capacity does not grow with the fleet); it is not a proven bound of the twin (see sim/oracle.py)."""
 
 from __future__ import annotations
 

@@ -254,16 +254,21 @@ class LLMDSLOPolicy(Baseline):
 
 
 class DynamoLoadPolicy(Baseline):
-    """NVIDIA Dynamo's load-based planner (ai-dynamo/dynamo docs/components/planner/README.md):
-    every 5 s, an online linear regression of latency on the load per worker, the most load per
-    worker whose predicted latency meets both targets, replicas = ceil(load / that), at least
-    `load_min_observations` (5) observations first, scale-down only when the load fits in fewer
-    workers at `load_scaling_down_sensitivity` (80 %), no decision while a previous scaling is in
-    progress, the GPU budget as a cap. Dynamo regresses per-iteration engine metrics and targets
-    averages; the twin regresses the median TTFT and inter-token latency of the last minute on the
-    requests in flight per Ready replica averaged over the same minute (latency and load from the
-    same span of time). Knob: a factor on the load per worker it allows (lower =
-    more headroom)."""
+    """NVIDIA Dynamo's load-based planner (ai-dynamo/dynamo, docs/components/planner and the
+    planner's `load_plan_adjustment`): every `load_adjustment_interval` (5 s), an online linear
+    regression of latency on the load per worker gives the load at which the predicted latency
+    meets the SLA target; when every worker is above it, one worker more; when every worker is
+    below it x (n - 1) / n x `load_scaling_down_sensitivity` (80 %), one fewer (what n - 1 workers
+    would carry, with margin); at least `load_min_observations` (5) observations first, nothing
+    while a previous scaling is in progress (a worker still starting), the GPU budget as a cap.
+    One worker per adjustment is Dynamo's rule against over-compensation; with the wait for a
+    scaling to finish it adds about one worker per cold start.
+    **Stand-ins:** Dynamo regresses per-iteration engine metrics (active prefill tokens against
+    TTFT, decode KV load against ITL) and compares each worker's own load; the twin regresses the
+    median TTFT and inter-token latency of the last minute on the requests in flight per Ready
+    replica averaged over the same minute, and compares the mean per Ready replica (the twin's
+    router keeps the workers' loads close to it). Knob: a factor on the load per worker it allows
+    (lower = more headroom)."""
 
     name = "dynamo-load"
     knob_name = "load factor"
@@ -322,12 +327,13 @@ class DynamoLoadPolicy(Baseline):
         limit = self.max_load(view)
         if limit is None or limit <= 0:
             return Target(current, self.variant)
-        per_worker = limit * self.knob
-        up = math.ceil(view.concurrency / per_worker - 1e-9)
-        if up > current:
-            return clamp(view.spec, self.variant, up)
-        down = math.ceil(view.concurrency / (per_worker * self.down_sensitivity) - 1e-9)
-        return clamp(view.spec, self.variant, max(1, min(current, down)))
+        target = limit * self.knob  # load per worker at the SLA
+        load = view.concurrency / w.ready if w.ready > 0 else math.inf
+        if load > target:
+            return clamp(view.spec, self.variant, current + 1)
+        if current > 1 and load < target * (current - 1) / current * self.down_sensitivity:
+            return clamp(view.spec, self.variant, current - 1)
+        return Target(current, self.variant)
 
 
 def slo_met(spec: LLMDeploymentSpec, r: RunResult) -> bool:
