@@ -32,10 +32,7 @@ def _cell(fmt: str, v: object) -> str:
 
 
 def table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
-    heads = [c[0] for c in COLUMNS]
-    rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in COLUMNS] for r in results]
-    _ratios(results, heads, rows, baselines, "gpu_hours")
-    return _render(heads, rows)
+    return _table(results, COLUMNS, baselines, "gpu_hours")
 
 
 SETTLED_COLUMNS = [
@@ -50,15 +47,14 @@ SETTLED_COLUMNS = [
 def settled_table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
     """The same runs from minute ten on (SETTLE_S): the requests arriving from then and the GPU time
     held from then, so that the first minutes, when no policy has history yet, do not decide."""
-    heads = [c[0] for c in SETTLED_COLUMNS]
-    rows = [[_cell(fmt, getattr(r, attr)) for _, attr, fmt in SETTLED_COLUMNS] for r in results]
-    _ratios(results, heads, rows, baselines, "settled_gpu_hours")
-    return _render(heads, rows)
+    return _table(results, SETTLED_COLUMNS, baselines, "settled_gpu_hours")
 
 
-def _ratios(results: list[RunResult], heads: list[str], rows: list[list[str]], baselines: Sequence[str],
-            attr: str) -> None:
-    """One column per baseline in the run: each policy's GPU-hours (`attr`) over the baseline's."""
+def _table(results: list[RunResult], columns: list[tuple[str, str, str]], baselines: Sequence[str], attr: str) -> str:
+    """`columns` (heading, RunResult field, format) and one column per baseline in the run: each
+    policy's GPU-hours (`attr`) over the baseline's."""
+    heads = [c[0] for c in columns]
+    rows = [[_cell(fmt, getattr(r, field)) for _, field, fmt in columns] for r in results]
     for name in baselines:
         base = next((r for r in results if r.policy == name), None)
         if base is None:
@@ -67,6 +63,7 @@ def _ratios(results: list[RunResult], heads: list[str], rows: list[list[str]], b
         b = getattr(base, attr)
         for r, row in zip(results, rows, strict=True):
             row.append(f"{getattr(r, attr) / b:.2f}x" if b > 0 else "-")
+    return _render(heads, rows)
 
 
 def _render(heads: list[str], rows: list[list[str]]) -> str:
