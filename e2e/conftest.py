@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,24 @@ class Bed:
 
     def llmd(self, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object("llmscale.io", "v1alpha1", namespace, "llmdeployments", name)
+
+    def prom(self, query: str) -> float | None:
+        """The bed's Prometheus: the first sample of an instant query (None when it has none)."""
+        url = f"{self.prom_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            result = json.load(r)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+
+def last_decided(namespace: str, name: str, port: int = 18080) -> float | None:
+    """When the operator serving /metrics on `port` last decided for one LLMDeployment (its
+    llmscale_last_decision_timestamp_seconds): status keeps only decisions that changed something."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if (line.startswith("llmscale_last_decision_timestamp_seconds{") and f'namespace="{namespace}"' in line
+                    and f'llmdeployment="{name}"' in line):
+                return float(line.split()[-1])
+    return None
 
 
 def _bed_is_up() -> bool:

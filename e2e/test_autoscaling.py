@@ -215,12 +215,13 @@ def _status_writes(namespace: str) -> dict[str, float]:
     return out
 
 
-def test_a_steady_deployment_writes_status_every_few_intervals_not_at_every_decision(
+def test_a_steady_deployment_writes_no_status_while_nothing_a_user_reads_changes(
         bed: Bed, operator: object, namespace: str) -> None:
     """Status writes (issue 11): none between decisions (the timer ticks every 5 s, decisions every
-    10 s), none when a decision changes nothing a user reads; the readings (observed metrics, the
-    estimate, the decision's time) are refreshed every four intervals. Counted through a watch on
-    the object (every write is a MODIFIED event) and through this deployment's own counters."""
+    10 s), and none when a decision changes nothing a user reads, however long it runs: the readings
+    in status are those of the last write, the operator's own metrics are the live view. Counted
+    through a watch on the object (every write is a MODIFIED event) and through this deployment's
+    own counters."""
     from kubernetes import watch
 
     from llmscale.controller.status import user_view
@@ -251,16 +252,13 @@ def test_a_steady_deployment_writes_status_every_few_intervals_not_at_every_deci
     assert time.time() - after.pop("last_decision") <= 2 * 10 + 5, after
     before.pop("last_decision", None)
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
-    decisions = sum(v for k, v in delta.items() if k != "counts")
-    # Six decisions in 60 s, twelve timer ticks: a refresh every 40 s writes once or twice, a count
-    # or a condition that a user reads moving may add one; the ticks between decisions write nothing.
-    assert decisions >= 5, delta
+    # Six decisions in 60 s, twelve timer ticks. A condition or a count that a user reads may move
+    # once on a busy bed (SLOMet on a thin minute of requests); nothing is written to refresh
+    # readings, and the ticks between decisions write nothing.
+    assert delta.get("skipped", 0.0) >= 4, delta
     what = [{k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} for a, b in zip(views, views[1:], strict=False)]
-    assert delta.get("skipped", 0.0) >= 3 and len(writes) <= 3, (delta, writes, what)
-    assert delta.get("counts", 0.0) == 0.0, delta
-    # And what status shows stays recent: the last decision written is at most a refresh old.
-    last = _status(bed, namespace)["lastDecision"]["time"]
-    assert time.time() - _epoch(last) <= 4 * 10 + 6, last
+    assert delta.get("refresh", 0.0) == 0.0 and delta.get("counts", 0.0) == 0.0, delta
+    assert len(writes) == delta.get("changed", 0.0) + delta.get("first", 0.0) <= 1, (delta, writes, what)
 
 
 def test_gitops_reapplying_the_users_manifest_after_a_scale_shows_no_drift(bed: Bed, operator: object, namespace: str) -> None:

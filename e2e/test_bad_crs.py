@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import OPERATOR_LOG, Bed, wait_for
+from .conftest import OPERATOR_LOG, Bed, last_decided, wait_for
 
 VALID: dict[str, Any] = {
     "model": "meta-llama/Llama-3.1-8B-Instruct",
@@ -106,17 +106,9 @@ def test_bad_llmdeployments_are_refused_or_handled_and_harm_nothing_else(
     log = _operator_log_from(log_start)
     assert "Traceback" not in log, log[-4000:]
     assert operator.poll() is None, "the operator exited"
-    # The canary was decided all along (status refreshed at least every four 3 s intervals).
-    wait_for("a recent decision for the canary", lambda: time.time() - _epoch(
-        ((bed.llmd(namespace, "canary").get("status") or {}).get("lastDecision") or {}).get("time")) < 20, 30)
-
-
-def _epoch(iso: str | None) -> float:
-    import datetime as dt
-
-    if not iso:
-        return 0.0
-    return dt.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    # The canary was decided all along (the operator's own gauge: status keeps only decisions that
+    # changed something).
+    wait_for("a recent decision for the canary", lambda: time.time() - (last_decided(namespace, "canary") or 0.0) < 20, 30)
 
 
 def test_the_old_spelling_of_the_e2e_latency_target_is_kept_and_both_are_refused(

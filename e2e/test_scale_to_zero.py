@@ -27,7 +27,8 @@ def test_scale_to_zero_and_back_on_the_gateways_demand(bed: Bed, operator: objec
     bed.traffic(namespace, "chat", rate=2, meanInput=500, meanOutput=100)
     wait_for("one Ready replica", lambda: _status(bed, namespace).get("readyReplicas") == 1, 120)
     assert any(e.reason == "ScaleUp" and "ScaleFromZero" in (e.message or "") for e in _events(bed, namespace))
-    wait_for("the held requests served", lambda: ((_status(bed, namespace).get("observed") or {}).get("requestRate") or 0) > 0, 90)
+    wait_for("the held requests served", lambda: (bed.prom(
+        f'sum(vllm:request_success_total{{namespace="{namespace}"}})') or 0) > 0, 90)
 
     # Idle for idleFor, with the demand signal proven: back to zero.
     bed.traffic(namespace, "chat", rate=0)

@@ -1,5 +1,6 @@
 """Status writes (issue 11): a decision writes status only when it changes something a user reads
-or a restart needs, and otherwise every STATUS_REFRESH_INTERVALS intervals."""
+or a restart needs, and never otherwise (no periodic refresh: a steady deployment's status stays
+as it is)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llmscale.controller.status import STATUS_REFRESH_INTERVALS, needs_write, user_view
+from llmscale.controller.status import needs_write, user_view
 
 BASE: dict[str, Any] = {
     "desiredReplicas": 3, "startingReplicas": 0, "sloMet": "Met", "warnings": [], "variant": "h100x1", "replicas": 3,
@@ -36,7 +37,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("path", "value", "user_reads"), [
-    # Readings that move at every decision: refreshed every few intervals, not written each time.
+    # Readings that move at every decision: not written (status keeps those of the last write).
     ("observed.ttftQuantile", 0.231, False),
     ("ttftDisplay", "231ms@p99", False),
     ("estimate.forecastRate", 31.7, False),
@@ -62,7 +63,7 @@ def changed(path: str, value: Any) -> dict[str, Any]:
     ("history.capacityCorrection", 0.9, True),
     ("history.burstGaps", [120.0], True),
     ("history.burstGrowth", [0.9], True),
-    # The long memory moves at every decision (its requests): refreshed, and a big rise shows in the peak.
+    # The long memory moves at every decision (its requests): not written alone; a big rise shows in the peak.
     ("history.loadRecord", [[0.0, 30.0, 28.0, 450.0]], False),
     ("history.burstFrom", 40.0, True),
     ("history.heldLevel", 31.0, False),
@@ -71,15 +72,28 @@ def changed(path: str, value: Any) -> dict[str, Any]:
 def test_a_decision_writes_status_only_when_it_changes_what_a_user_reads(path: str, value: Any, user_reads: bool) -> None:
     view = user_view(BASE)
     new = user_view(changed(path, value))
-    interval = 15.0
-    assert needs_write(view, 1000.0, new, 1015.0, interval) == ("changed" if user_reads else None)
-    # Readings alone are refreshed once the last write is STATUS_REFRESH_INTERVALS intervals old.
-    later = 1000.0 + STATUS_REFRESH_INTERVALS * interval
-    assert needs_write(view, 1000.0, new, later, interval) == ("changed" if user_reads else "refresh")
+    assert needs_write(view, new) == ("changed" if user_reads else None)
+    assert needs_write(view, view) is None
+
+
+def test_a_steady_deployment_is_never_written_however_long_it_runs() -> None:
+    """No periodic refresh: a day of decisions whose readings move but whose user view does not
+    writes nothing after the first (the readings in status are those of the last write)."""
+    writes = 0
+    written = None
+    for i in range(24 * 60 * 4):  # a day of 15 s decisions
+        st = changed("observed.ttftQuantile", 0.2 + (i % 7) / 100)
+        st["lastDecision"]["time"] = f"t{i}"
+        st["history"]["rateSamples"] = [[float(i), 30.0 + (i % 5) / 10]]
+        st["history"]["recommendations"] = [[float(i), 3]]
+        now_view = user_view(st)
+        if needs_write(written, now_view):
+            writes, written = writes + 1, now_view
+    assert writes == 1
 
 
 def test_the_first_decision_writes_and_a_malformed_status_has_a_view() -> None:
-    assert needs_write(None, None, user_view(BASE), 0.0, 15.0) == "first"
+    assert needs_write(None, user_view(BASE)) == "first"
     odd = {"lastDecision": "x", "history": 3, "conditions": ["y", {"type": "Ready"}], "estimate": None}
     assert user_view(odd)["conditions"] == [("Ready", "None", "None")]
 
@@ -100,7 +114,7 @@ def test_the_operator_recognises_its_own_write_after_the_round_trip_through_the_
     assert History.parse(returned) == (kept, ())
 
 
-def test_the_reasons_of_a_change_are_read_those_of_no_change_are_refreshed() -> None:
+def test_the_reasons_of_a_change_are_read_those_of_no_change_are_not() -> None:
     up = changed("lastDecision.action", "ScaleUp")
     more = copy.deepcopy(up)
     more["lastDecision"]["reasons"] = ["CapacityPlan: forecast 31.70 req/s", "BurstMemory: holding"]
@@ -110,11 +124,11 @@ def test_the_reasons_of_a_change_are_read_those_of_no_change_are_refreshed() -> 
 def test_a_new_burst_peak_is_written_at_once() -> None:
     """A restart must not forget a burst: the burst memory's peak is something a restart reads. A
     steady load's peak that creeps up by chance (2.0 -> 2.3 req/s: the highest of more windows; in
-    CI 2 req/s wrote at four decisions of a steady minute) waits for the periodic refresh; a peak
-    50 % above (or below) the one written is written at once, and so is a first peak."""
+    CI 2 req/s wrote at four decisions of a steady minute) goes with the next write; a peak 50 %
+    above (or below) the one written is written at once, and so is a first peak."""
     def write(written: list[list[float]], now: list[list[float]]) -> str | None:
-        return needs_write(user_view(changed("history.rateSamples", written)), 1000.0,
-                           user_view(changed("history.rateSamples", now)), 1015.0, 15.0)
+        return needs_write(user_view(changed("history.rateSamples", written)),
+                           user_view(changed("history.rateSamples", now)))
 
     assert write([[1.0, 30.1]], [[1.0, 30.1], [16.0, 30.4]]) is None
     assert write([[1.0, 30.1]], [[1.0, 30.1], [16.0, 46.0]]) == "changed"
@@ -135,7 +149,7 @@ def _decision(memo: dict, status: dict, history: Any, now: float, fields: dict) 
     st, _hist, dropped, own = continue_from_memory(dict(status), memo.get("own_status"))
     patch = kopf.Patch()
     patch.status.update({**fields, "history": history.to_dict(), "lastDecision": {"time": str(now), "action": "NoChange"}})
-    _write_or_keep(patch, memo, own, st, history, now, 15.0, ("ns", "chat"))
+    _write_or_keep(patch, memo, own, st, history, ("ns", "chat"))
     return dict(patch.get("status") or {}), dropped
 
 

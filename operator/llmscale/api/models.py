@@ -352,8 +352,8 @@ class ScaleToZero(_Model):
 
     enabled: bool = Field(False, description="Allow scaling to zero replicas (needs replicas.min: 0 and demand).")
     idle_for: Duration = Field("15m", description="How long request counters must stay at zero first, as seen by decisions "
-                                                  "that follow each other (after an outage or a restart longer than a rate window and the status write lag, "
-                                                  "the count starts again).")
+                                                  "that follow each other (after an outage or a restart of the operator, the count "
+                                                  "starts again).")
     demand: DemandSignal | None = Field(None, description="The gateway's count of requests held while there are no replicas.")
 
     @field_validator("idle_for")

@@ -407,8 +407,8 @@ def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str
 class OwnStatus:
     """What the operator last computed for one LLMDeployment's status, and what it last wrote.
 
-    Status is written only when a decision changes something a user reads, or every few intervals
-    (`needs_write`); in between, the next decision continues from this memory, as long as status
+    Status is written only when a decision changes something a user reads (`needs_write`); in
+    between, the next decision continues from this memory, as long as status
     still holds what the operator wrote (a restart, or anyone else's write, and status is read
     again)."""
 
@@ -416,7 +416,6 @@ class OwnStatus:
     history: History  # the policy's memory, as last computed
     written: tuple[History, ...]  # the histories of the last two writes, as status gives them back
     written_view: dict[str, Any] | None  # user_view() of the last write
-    written_at: float | None
 
 
 # What the next decision reads from status besides the history. The rest it reads (conditions, cold
@@ -604,7 +603,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             m.forget_condition(namespace, name, c["type"])
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
-    _write_or_keep(patch, memo, own, st, d.history, now, interval, (namespace, name))
+    _write_or_keep(patch, memo, own, st, d.history, (namespace, name))
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     # A change at INFO, a decision that changes nothing at DEBUG (sixty lines a second at a thousand).
     log.log(logging.DEBUG if d.action == "NoChange" else logging.INFO, "%s/%s %s %d->%d at %s", namespace, name, d.action,
@@ -612,22 +611,22 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
 
 
 def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,
-                   now: float, interval: float, key: tuple[str, str]) -> None:
-    """Write this decision's status only when it changes something a user reads, or the last write
-    is a few intervals old; remember what was computed either way."""
+                   key: tuple[str, str]) -> None:
+    """Write this decision's status only when it changes something a user reads; remember what was
+    computed either way."""
     new = {**st, **dict(patch.get("status") or {})}
     view = user_view(new)
-    why = needs_write(own.written_view if own else None, own.written_at if own else None, view, now, interval)
+    why = needs_write(own.written_view if own else None, view)
     if why is None and own is not None:
         patch.pop("status", None)
         m.STATUS_SKIPPED.labels(*key).inc()
-        written, written_view, written_at = own.written, own.written_view, own.written_at
+        written, written_view = own.written, own.written_view
     else:
         m.STATUS_WRITES.labels(*key, why or "first").inc()
         # As status will give it back (rounded), so the next decision recognises its own write.
         written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
-        written_view, written_at = view, now
-    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, written_at)
+        written_view = view
+    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view)
 
 
 def settled(workload: Workload, applied: bool) -> bool:

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmscale.api.models import LLMDeploymentSpec
-from llmscale.policy.idleness import STATUS_LAG_INTERVALS
 from llmscale.policy.rollout import gpus_held, held, shape_of
 from llmscale.policy.types import Decision, PodCounts, Signals, Workload
 
@@ -132,11 +131,13 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
     }
 
 
-# Status is written when a decision changes something a user reads (or a restart needs), and
-# otherwise at most every STATUS_REFRESH_INTERVALS scaling intervals: the readings that move at
-# every decision (observed metrics, the estimate, rate samples, the decision's time) are refreshed
-# then. Between writes the operator carries its history in memory (see OwnStatus).
-STATUS_REFRESH_INTERVALS = STATUS_LAG_INTERVALS
+# Status is written when a decision changes something a user reads (or a restart needs), and only
+# then: a steady deployment's status stays as it is (a GitOps tool watching the object sees no churn).
+# The readings that move at every decision (observed metrics, the estimate, rate samples, the
+# decision's time) are those of the last write; the operator's own metrics are the live view
+# (llmscale_last_decision_timestamp_seconds, ..._desired_replicas, ..._condition). Between writes
+# the operator carries its history in memory (see OwnStatus); a restart continues from the last
+# write, whose gaps the policy reads as time nobody saw (see policy.stabilization, policy.idleness).
 # What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
 LEARNT = ("capacityCorrection", "burstGaps", "burstGrowth", "burstFrom", "burstSince", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
           "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes")
@@ -147,7 +148,7 @@ USER_FIELDS = ("desiredReplicas", "startingReplicas", "sloMet", "warnings", "var
 def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
     """What a user reads in status (kubectl get and describe, Events, conditions) and what a restart
     must not lose, without the readings that move at every decision: two statuses with the same
-    view differ only in numbers that a periodic refresh keeps recent."""
+    view differ only in numbers that are as recent as the last write."""
     def part(key: str) -> Mapping[str, Any]:
         v = status.get(key)
         return v if isinstance(v, Mapping) else {}
@@ -158,13 +159,13 @@ def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
         **{k: status.get(k) for k in USER_FIELDS},
         "conditions": sorted((str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in conds),
         # Why a change was made is read; why nothing changed moves with the readings (a steady load's
-        # burst memory holds at one decision and not at the next) and waits for the refresh; a hold
-        # a user must see is a condition.
+        # burst memory holds at one decision and not at the next) and is not written; a hold a user
+        # must see is a condition.
         "lastDecision": (last.get("action"), last.get("from"), last.get("to"), last.get("variant"), last.get("applied"),
                          () if last.get("action") == "NoChange" else tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
         "learnt": {k: hist.get(k) for k in LEARNT},
-        # The burst memory's peak, in 25 % steps: a restart must not forget a burst, while a steady
-        # load's peak creeping up by chance (the highest of more windows) waits for the refresh.
+        # The burst memory's peak: a restart must not forget a burst, while a steady load's peak
+        # creeping up by chance (the highest of more windows) is not a change (see _differs).
         "peak": _peak(hist.get("rateSamples")),
         "ceilingReplicas": est.get("ceilingReplicas"),
     }
@@ -176,8 +177,7 @@ PEAK_RISE = 1.5  # a peak this much above (or below) the one written is a burst:
 def _differs(view: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
     """Whether a user reads something new. The burst memory's peak counts once it is 50 % above or
     below the peak written: a steady load's highest window creeps up by chance (seen in CI: a steady
-    2 req/s wrote at four decisions of a minute), and the periodic refresh writes a smaller move
-    within a few intervals."""
+    2 req/s wrote at four decisions of a minute); a smaller move goes with the next write."""
     if {k: v for k, v in view.items() if k != "peak"} != {k: v for k, v in written.items() if k != "peak"}:
         return True
     new, old = view.get("peak"), written.get("peak")
@@ -195,14 +195,9 @@ def _peak(samples: Any) -> float | None:
     return round(peak, 3) if peak > 0 and math.isfinite(peak) else None
 
 
-def needs_write(written_view: Mapping[str, Any] | None, written_at: float | None, view: Mapping[str, Any], now: float,
-                interval_s: float) -> str | None:
-    """Why this decision's status is written ("changed", "refresh", "first"), or None: nothing a
-    user reads changed since the last write, and that write is recent."""
-    if written_view is None or written_at is None:
+def needs_write(written_view: Mapping[str, Any] | None, view: Mapping[str, Any]) -> str | None:
+    """Why this decision's status is written ("first": nothing written by this operator yet,
+    "changed": something a user reads), or None."""
+    if written_view is None:
         return "first"
-    if _differs(view, written_view):
-        return "changed"
-    if now - written_at >= STATUS_REFRESH_INTERVALS * interval_s - 0.5:
-        return "refresh"
-    return None
+    return "changed" if _differs(view, written_view) else None

@@ -13,24 +13,24 @@ from .reasons import Code, Reason
 from .types import History, Proposal, Signals, Workload
 
 # Decisions run on the operator's 5 s timer whatever the interval (controller.handlers uses this
-# tick), and status, which carries the recommendations across a restart, is written at least every
-# 4 intervals (controller.status uses this lag): a restart finds a last decision up to that old even
-# when nothing was missed.
+# tick). Status, which carries the recommendations across a restart, is written only when a user
+# reads a change (controller.status): after a restart the last recommendation may be hours old, and
+# that time counts as unseen (the operator cannot tell a quiet hour from an hour it was down).
 DECISION_TICK_S = 5.0
-STATUS_LAG_INTERVALS = 4
+LATE_STEPS = 2  # decisions a busy operator may run late (a slow tick, a failed apply retried) before a gap counts
 
 
 def unseen_gap_s(spec: LLMDeploymentSpec, history: History, now: float) -> float | None:
     """How long before now no decision saw the load, beyond what consecutive decisions cover, or
     None when they cover it all. Each decision's zero rate covers the rate window before it; the
     gap since the previous decision is allowed that window (or one decision step, when longer) plus
-    the status write lag and one step for a late tick. No previous decision: all of it unseen."""
+    LATE_STEPS more for decisions run late. No previous decision: all of it unseen."""
     if not history.recommendations:
         return float("inf")
     window = parse_duration(spec.metrics.rate_window)
     step = max(parse_duration(spec.scaling.interval), DECISION_TICK_S)
     gap = now - history.recommendations[-1][0]
-    return gap if gap > max(window, step) + (STATUS_LAG_INTERVALS + 1) * step else None
+    return gap if gap > max(window, step) + LATE_STEPS * step else None
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
         # clock starts again (an idleSince from before a two-hour outage released every replica
         # at the first decision after it).
         if may_zero:
-            last = (f"the last decision was {gap:.0f}s ago, longer than a rate window and the status write lag cover"
+            last = (f"the last decision seen was {gap:.0f}s ago, longer than a rate window covers"
                     if gap < float("inf")
                     else "no earlier decision is recorded")
             restarted = Reason(Code.IDLE, f"idle clock restarted: {last}")
