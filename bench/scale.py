@@ -19,7 +19,9 @@ down. For each size, smallest first (the first is the baseline of the ratios):
 Reported per size: take-over time; decisions per cycle; the age of each deployment's last
 decision (p50/p99, sampled every 3 s: it stays under one interval while the operator keeps up);
 the lag from the first scrape that carries a traffic change to the next decision for that
-deployment (p50/p99; up to one interval by design); Prometheus queries, Kubernetes requests of
+deployment (p50/p99; up to one interval by design; a change with no decision by the end counts
+with its lag up to the end); actions per cycle (changes of a deployment's desired replicas seen
+on the operator's gauge); Prometheus queries, Kubernetes requests of
 the operator's client, and status writes per cycle (by why); CPU per decision; the operator's
 peak RSS. Ratios are against the first size, measured in the same run.
 """
@@ -118,6 +120,7 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 class Scrape:
     at: float
     last_decision: dict[tuple[str, str], float] = field(default_factory=dict)
+    desired: dict[tuple[str, str], float] = field(default_factory=dict)  # llmscale_desired_replicas
     totals: dict[str, float] = field(default_factory=dict)  # summed counters, keyed by name (and a label)
 
 
@@ -138,6 +141,9 @@ def read_operator() -> Scrape | None:
         if metric == "llmscale_last_decision_timestamp_seconds":
             lab = dict(_LABEL.findall(labels))
             out.last_decision[(lab.get("namespace", ""), lab.get("llmdeployment", ""))] = value
+        elif metric == "llmscale_desired_replicas":
+            lab = dict(_LABEL.findall(labels))
+            out.desired[(lab.get("namespace", ""), lab.get("llmdeployment", ""))] = value
         elif metric in ("llmscale_prometheus_queries_total", "process_cpu_seconds_total", "process_resident_memory_bytes"):
             out.totals[metric] = out.totals.get(metric, 0.0) + value
         elif metric == "llmscale_kube_requests_total":
@@ -168,8 +174,10 @@ class Result:
     age_p99: float
     lag_p50: float
     lag_p99: float
-    lag_missed: int  # changes with no decision after their scrape before the run ended
+    lag_missed: int  # changes with no decision after their scrape before the run ended (their lag counted up to the end)
+    lag_unjudged: int  # changes whose scrape came less than an interval before the end: too recent to judge
     changes: int
+    actions_per_cycle: float  # changes of a deployment's desired replicas seen (scale-ups and -downs decided)
     queries_per_cycle: float
     kube_per_cycle: float
     kube_verbs: dict[str, float]
@@ -231,6 +239,8 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         ages: list[float] = []
         changes: list[tuple[tuple[str, str], float]] = []
         rss = first.totals.get("process_resident_memory_bytes", 0.0)
+        desired = {k: v for k, v in first.desired.items() if k in want}
+        actions = 0
         start = time.time()
         for c in range(cycles):
             cycle_start = start + c * INTERVAL_S
@@ -248,6 +258,10 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
                     if k in want:
                         decisions.setdefault(k, set()).add(v)
                         ages.append(s.at - v)
+                for k, v in s.desired.items():
+                    if k in want:
+                        actions += k in desired and desired[k] != v
+                        desired[k] = v
             say(f"{n} deployments: cycle {c + 1}/{cycles}, decision age p99 so far {quantile(ages, 0.99):.1f} s")
         last = read_operator()
         assert last is not None
@@ -256,17 +270,20 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
             if k in want:
                 decisions.setdefault(k, set()).add(v)
         scrapes = fleet_scrape_times(last.at - first.at + 60)
-        lags, missed = [], 0
+        # A change with no decision after its scrape counts with its lag up to the end (at least
+        # that late) once the end is an interval and a poll past that scrape; a later one is too
+        # recent to judge (the next decision may still be on time).
+        lags, missed, unjudged = [], 0, 0
         for key, t_change in changes:
             after = [t for t in scrapes if t > t_change]
-            if not after:
-                missed += 1
-                continue
-            d = [t for t in decisions.get(key, ()) if t > after[0]]
+            d = [t for t in decisions.get(key, ()) if after and t > after[0]]
             if d:
                 lags.append(min(d) - after[0])
-            else:
+            elif after and last.at - after[0] >= INTERVAL_S + POLL_S:
+                lags.append(last.at - after[0])
                 missed += 1
+            else:
+                unjudged += 1
 
         def per_cycle(name: str) -> float:
             return (last.totals.get(name, 0.0) - first.totals.get(name, 0.0)) / span_cycles
@@ -278,7 +295,7 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         verbs = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("kube ")}
         whys = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("writes ")}
         return Result(n, take_over, cycles, made / span_cycles, quantile(ages, 0.5), quantile(ages, 0.99),
-                      quantile(lags, 0.5), quantile(lags, 0.99), missed, len(changes),
+                      quantile(lags, 0.5), quantile(lags, 0.99), missed, unjudged, len(changes), actions / span_cycles,
                       per_cycle("llmscale_prometheus_queries_total"), per_cycle("kube"), verbs, per_cycle("writes"), whys,
                       1000 * cpu / made if made else float("nan"), rss / 2**20)
     finally:
@@ -308,11 +325,11 @@ def ensure_deployments(n: int, have: int, rng: random.Random, rates: dict[int, f
 
 def table(results: list[Result]) -> str:
     base = results[0]
-    head = ("deployments", "take over", "decisions/cycle", "decision age p50/p99", "change->decision p50/p99",
+    head = ("deployments", "take over", "decisions/cycle", "actions/cycle", "decision age p50/p99", "change->decision p50/p99",
             "Prom queries/cycle", "kube requests/cycle", "status writes/cycle", "CPU/decision", "vs first", "RSS")
     rows = [head]
     for r in results:
-        rows.append((str(r.deployments), f"{r.take_over_s:.0f} s", f"{r.decisions_per_cycle:.0f}",
+        rows.append((str(r.deployments), f"{r.take_over_s:.0f} s", f"{r.decisions_per_cycle:.0f}", f"{r.actions_per_cycle:.1f}",
                      f"{r.age_p50:.1f} / {r.age_p99:.1f} s", f"{r.lag_p50:.1f} / {r.lag_p99:.1f} s",
                      f"{r.queries_per_cycle:.1f}", f"{r.kube_per_cycle:.0f}", f"{r.writes_per_cycle:.0f}",
                      f"{r.cpu_ms_per_decision:.1f} ms", f"{r.cpu_ms_per_decision / base.cpu_ms_per_decision:.2f}x",
@@ -326,7 +343,8 @@ def table(results: list[Result]) -> str:
         verbs = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.kube_verbs.items()))
         whys = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.writes_why.items()))
         detail.append(f"{r.deployments}: kube requests per cycle by method: {verbs or '-'}; status writes by why: {whys or '-'}; "
-                      f"{r.changes} traffic changes, {r.lag_missed} with no decision after their scrape before the end")
+                      f"{r.changes} traffic changes, {r.lag_missed} with no decision after their scrape before the end (lag "
+                      f"counted to the end), {r.lag_unjudged} too recent to judge")
     return "\n".join(lines + [""] + detail)
 
 

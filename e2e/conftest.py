@@ -225,15 +225,26 @@ class CeilingWatcher:
         self.pods: dict[tuple[str, str], tuple[str, str, int]] = {}  # (ns, pod) -> (llmd, accelerator, gpus)
         self.violations: list[str] = []
         self.created = 0
+        self.listed_once = False
+        # Creations whose ceilings could not be read yet: (namespace, pod, LLMDeployment, [(accelerator, GPUs) held then]).
+        self.pending: list[tuple[str, str, str, list[tuple[str, int]]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _ceilings(self, ns: str, name: str) -> tuple[int | None, float | None, dict[str, float]]:
+    def _ceilings(self, ns: str, name: str) -> tuple[int | None, float | None, dict[str, float]] | None:
+        """The LLMDeployment's ceilings and prices; none when it is gone (its pods are not the
+        operator's doing any more); None when it could not be read (checked again later)."""
+        from kubernetes.client.exceptions import ApiException
+
         try:
             cost = self.bed.llmd(ns, name)["spec"].get("cost", {})
+        except ApiException as e:
+            if e.status == 404:
+                return None, None, {}
+            return None
         except Exception:
-            return None, None, {}
+            return None
         ceiling = cost.get("maxHourlyCost")
         return cost.get("maxGPUs"), float(ceiling) if ceiling else None, {k: float(v) for k, v in (cost.get("prices") or {}).items()}
 
@@ -244,11 +255,20 @@ class CeilingWatcher:
         rv: str | None = None
         while not self._stop.is_set():
             try:
-                if rv is None:  # (re)list: what exists now is the starting point, not a creation
+                if rv is None:
+                    # (Re)list. A pod this watcher has not seen before, found by a list after a break
+                    # (the API server restarted mid scale-up), was created meanwhile: it is checked
+                    # as a creation, against everything listed with it. The first list is the
+                    # starting point, not a creation.
                     listed = self.bed.core.list_pod_for_all_namespaces(label_selector=selector)
+                    known, first = self.pods, not self.listed_once
                     self.pods = {}
                     for p in listed.items:
                         self._on("LISTED", p)
+                    for p in listed.items:
+                        if not first and (p.metadata.namespace, p.metadata.name) not in known:
+                            self._created(p.metadata.namespace, p.metadata.name)
+                    self.listed_once = True
                     rv = listed.metadata.resource_version
                 w = watch.Watch()
                 for ev in w.stream(self.bed.core.list_pod_for_all_namespaces, label_selector=selector,
@@ -257,6 +277,7 @@ class CeilingWatcher:
                     rv = w.resource_version
                     if self._stop.is_set():
                         return
+                self._check_pending()
             except Exception:  # the watch expired (410) or the API server restarted: list again
                 rv = None
                 time.sleep(0.5)
@@ -272,17 +293,34 @@ class CeilingWatcher:
             return
         llmd = (md.labels or {}).get("llmscale.io/deployment", "")
         self.pods[key] = (llmd, ann.get("llmscale.io/accelerator", ""), int(ann["llmscale.io/gpus"]))
-        if kind != "ADDED":
+        if kind == "ADDED":
+            self._created(md.namespace, md.name)
+
+    def _created(self, ns: str, pod: str) -> None:
+        """Check a new pod against its LLMDeployment's ceilings, with what its pods held then."""
+        if (ns, pod) not in self.pods:
             return
+        llmd = self.pods[(ns, pod)][0]
         self.created += 1
-        max_gpus, max_cost, prices = self._ceilings(md.namespace, llmd)
-        mine = [v for (ns, _), v in self.pods.items() if ns == md.namespace and v[0] == llmd]
-        gpus = sum(g for _, _, g in mine)
-        cost = sum(g * prices.get(a, 0.0) for _, a, g in mine)
-        if max_gpus is not None and gpus > max_gpus:
-            self.violations.append(f"{md.namespace}/{md.name}: {gpus} GPUs held > maxGPUs {max_gpus}")
-        if max_cost is not None and cost > max_cost + 1e-6:
-            self.violations.append(f"{md.namespace}/{md.name}: {cost:.2f}/h held > maxHourlyCost {max_cost:.2f}")
+        held = [(a, g) for (n, _), (d, a, g) in self.pods.items() if n == ns and d == llmd]
+        self.pending.append((ns, pod, llmd, held))
+        self._check_pending()
+
+    def _check_pending(self) -> None:
+        waiting = []
+        for ns, pod, llmd, held in self.pending:
+            got = self._ceilings(ns, llmd)
+            if got is None:  # the API server away: checked at the next event, or reported at the end
+                waiting.append((ns, pod, llmd, held))
+                continue
+            max_gpus, max_cost, prices = got
+            gpus = sum(g for _, g in held)
+            cost = sum(g * prices.get(a, 0.0) for a, g in held)
+            if max_gpus is not None and gpus > max_gpus:
+                self.violations.append(f"{ns}/{pod}: {gpus} GPUs held > maxGPUs {max_gpus}")
+            if max_cost is not None and cost > max_cost + 1e-6:
+                self.violations.append(f"{ns}/{pod}: {cost:.2f}/h held > maxHourlyCost {max_cost:.2f}")
+        self.pending = waiting
 
     def stop(self) -> None:
         self._stop.set()
@@ -294,7 +332,9 @@ def ceilings(bed: Bed) -> Iterator[CeilingWatcher]:
     w = CeilingWatcher(bed)
     yield w
     w.stop()
+    w._check_pending()
     assert not w.violations, f"operator actions over a ceiling: {w.violations}"
+    assert not w.pending, f"pods whose LLMDeployment's ceilings could never be read: {w.pending}"
 
 
 @contextlib.contextmanager

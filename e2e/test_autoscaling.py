@@ -252,13 +252,11 @@ def test_a_steady_deployment_writes_no_status_while_nothing_a_user_reads_changes
     assert time.time() - after.pop("last_decision") <= 2 * 10 + 5, after
     before.pop("last_decision", None)
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
-    # Six decisions in 60 s, twelve timer ticks. A condition or a count that a user reads may move
-    # once on a busy bed (SLOMet on a thin minute of requests); nothing is written to refresh
-    # readings, and the ticks between decisions write nothing.
-    assert delta.get("skipped", 0.0) >= 4, delta
+    # Six decisions in 60 s, twelve timer ticks, a steady load well inside the SLO: every decision
+    # skipped its write, and nothing else wrote the object (the watch saw no change at all).
     what = [{k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} for a, b in zip(views, views[1:], strict=False)]
-    assert delta.get("refresh", 0.0) == 0.0 and delta.get("counts", 0.0) == 0.0, delta
-    assert len(writes) == delta.get("changed", 0.0) + delta.get("first", 0.0) <= 1, (delta, writes, what)
+    assert delta.get("skipped", 0.0) >= 5, delta
+    assert writes == [] and sum(v for k, v in delta.items() if k != "skipped") == 0.0, (delta, writes, what)
 
 
 def test_gitops_reapplying_the_users_manifest_after_a_scale_shows_no_drift(bed: Bed, operator: object, namespace: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -647,3 +648,63 @@ def test_a_credential_on_a_plain_http_endpoint_is_warned_about_once_at_start(
         "Prometheus endpoint 'tenants' sends its credential over plain http://; use https:// unless the endpoint "
         "is on the operator's own host"]
     assert "t0ken" not in caplog.text
+
+
+def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> None:
+    """An endpoint whose last read worked but whose next one is slow (within its timeout) held
+    every deployment on it that came to decide, one handler thread each, for the whole read: with
+    as many deployments as threads, every other endpoint stalled. A waiter now waits at most
+    wait_s and is told to decide at its next tick (None), without a read of its own."""
+    from llmscale.controller import opmetrics
+    from llmscale.controller.handlers import Runtime
+
+    release, entered = threading.Event(), threading.Event()
+
+    class Slow(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            inner = self.server.RequestHandlerClass
+            self.hang = False
+            rec = self
+
+            class Handler(inner):  # type: ignore[misc, valid-type]
+                def do_GET(self) -> None:  # noqa: N802
+                    if rec.hang:
+                        entered.set()
+                        release.wait(30)
+                    super().do_GET()
+
+            self.server.RequestHandlerClass = Handler
+
+    server = Slow()
+    try:
+        Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source):
+            d.clear()
+        Runtime._sick.clear()
+        spec = parse_spec(spec_dict())
+        a, b = ("team-a", "one"), ("team-a", "two")
+        assert Runtime.signals(a, spec, 0.0) is not None and not Runtime._sick  # a healthy first read
+        server.hang = True
+        Runtime._read_at.clear()
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(a=Runtime.signals(a, spec, 0.0)), daemon=True)
+        t.start()
+        assert entered.wait(10), "the second read never reached the server"
+        asked = len(server.requests)
+        abandoned = opmetrics.READ_WAITS_ABANDONED._value.get()
+        started = time.monotonic()
+        assert Runtime.signals(b, spec, 0.0, wait_s=0.3) is None  # put off, not answered "unknown"
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 5, waited
+        assert opmetrics.READ_WAITS_ABANDONED._value.get() == abandoned + 1
+        assert len(server.requests) == asked and t.is_alive()  # no read of its own; the slow one goes on
+        release.set()
+        t.join(30)
+        got = Runtime.signals(b, spec, 60.0, wait_s=0.3)  # the next tick: the read that came back answers
+        assert result["a"] is not None and result["a"].unavailable is None
+        assert got is not None and got.unavailable is None
+    finally:
+        release.set()
+        Runtime.reader = None
+        server.close()

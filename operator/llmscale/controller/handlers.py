@@ -106,8 +106,11 @@ class Runtime:
         return f"refused: {target}" if isinstance(target, str) else target.batch
 
     @classmethod
-    def signals(cls, key: tuple[str, str], spec: LLMDeploymentSpec, max_age_s: float) -> Signals:
-        """The deployment's signals from its endpoint's batched read, read again when older than max_age_s."""
+    def signals(cls, key: tuple[str, str], spec: LLMDeploymentSpec, max_age_s: float,
+                wait_s: float | None = None) -> Signals | None:
+        """The deployment's signals from its endpoint's batched read, read again when older than
+        max_age_s. None: another read of the endpoint was in flight for longer than wait_s (the
+        caller decides at its next tick)."""
         if cls.reader is None:
             return Signals.unreachable("no Prometheus URL configured (--prometheus-url or spec.metrics.prometheusURL)")
         endpoint = cls.endpoint_of(key, spec)
@@ -118,8 +121,13 @@ class Runtime:
         # While a read of an endpoint whose last read failed is in flight, the others on it do not
         # wait: each waiter holds one of kopf's handler threads for up to the read's two timeouts,
         # and enough of them hold every thread, stalling deployments on healthy endpoints too. They
-        # get the failure (unknown: the policy holds); a healthy endpoint's slow read is waited for.
-        if not lock.acquire(blocking=not sick):
+        # get the failure (unknown: the policy holds). A healthy endpoint's read is waited for, up
+        # to wait_s: one that answers slowly but within its timeout would otherwise hold as many
+        # threads as it has deployments deciding, and with them every other endpoint's decisions.
+        if not sick and not lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            m.READ_WAITS_ABANDONED.inc()
+            return None
+        if sick and not lock.acquire(blocking=False):
             with cls._guard:
                 last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
             if last is not None and last.unavailable is not None:
@@ -458,11 +466,12 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     kube = Runtime.kube
     deciding = last is None or now - last_ts >= decision_due_s(interval, Runtime.tick_s)
     if not deciding:
-        # Between decisions only the replica counts are refreshed (for kubectl get): the
-        # Deployments' names and counts (not the client's model objects, a millisecond each to
-        # build), no pod list, no autoscaler lookup on this hot path; and not even those while the
-        # last decision found every shape settled and changed nothing (half the API server reads
-        # of a steady fleet: a pod lost meanwhile shows at the next decision, within an interval).
+        # Between decisions nothing is written (status moves only with a decision, issue 11): the
+        # tick puts a Deployment someone deleted back at once and keeps the operator's replica
+        # gauges live, from the Deployments' names and counts in the watch cache (not the client's
+        # model objects), no pod list, no autoscaler lookup; and not even that while the last
+        # decision found every shape settled and changed nothing (a pod lost meanwhile shows at
+        # the next decision, within an interval).
         if memo.get("settled"):
             return
         counts = kube.deployment_counts(namespace, name)
@@ -471,8 +480,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             return
         if _legacy(body, patch, st, name, [c.name for c in counts]):
             return
-        _refresh_counts(patch, sum(c.replicas for c in counts), sum(c.ready for c in counts), namespace, name,
-                        dict(status or {}))
+        m.CURRENT.labels(namespace, name).set(sum(c.replicas for c in counts))
+        m.READY.labels(namespace, name).set(sum(c.ready for c in counts))
         return
     deps = kube.deployments(namespace, name) or kube.deployments(namespace, name, fresh=True)
     if not deps:
@@ -495,7 +504,14 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         "readyPods": ready_pods or None,
     })
 
-    signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9)
+    signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9,
+                              wait_s=Runtime.tick_s / 2)
+    if signals is None:
+        # Its endpoint's read is still in flight: this decision waits for the next tick (nothing
+        # written, the handler thread free for deployments on other endpoints).
+        memo["last_decision"] = last_ts
+        patch.pop("status", None)
+        return
     if dropped:
         # Only our own field names: the values may be anything someone wrote into status.
         kopf.warn(body, reason="HistoryFieldsReset",
@@ -603,7 +619,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             m.forget_condition(namespace, name, c["type"])
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
-    _write_or_keep(patch, memo, own, st, d.history, (namespace, name))
+    _write_or_keep(patch, memo, own, st, d.history, (namespace, name),
+                   "reread" if memo.get("own_status") is not None else "first")
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)
     # A change at INFO, a decision that changes nothing at DEBUG (sixty lines a second at a thousand).
     log.log(logging.DEBUG if d.action == "NoChange" else logging.INFO, "%s/%s %s %d->%d at %s", namespace, name, d.action,
@@ -611,18 +628,21 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
 
 
 def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,
-                   key: tuple[str, str]) -> None:
+                   key: tuple[str, str], unknown: str = "first") -> None:
     """Write this decision's status only when it changes something a user reads; remember what was
-    computed either way."""
+    computed either way. `unknown`: why it is written when status was read again (no memory)."""
     new = {**st, **dict(patch.get("status") or {})}
     view = user_view(new)
     why = needs_write(own.written_view if own else None, view)
+    if why is not None and own is not None and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s/%s status written: %s moved", *key, ", ".join(
+            k for k in view if k not in own.written_view or view[k] != own.written_view[k]) if own.written_view else "all")
     if why is None and own is not None:
         patch.pop("status", None)
         m.STATUS_SKIPPED.labels(*key).inc()
         written, written_view = own.written, own.written_view
     else:
-        m.STATUS_WRITES.labels(*key, why or "first").inc()
+        m.STATUS_WRITES.labels(*key, unknown if why == "first" else why or unknown).inc()
         # As status will give it back (rounded), so the next decision recognises its own write.
         written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
         written_view = view
@@ -644,19 +664,6 @@ def _epoch(iso_time: Any) -> float | None:
         return dt.datetime.strptime(str(iso_time), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
     except ValueError:
         return None
-
-
-def _refresh_counts(patch: kopf.Patch, replicas: int, ready: int, namespace: str, name: str,
-                    status: dict[str, Any] | None = None) -> None:
-    """The replica counts for kubectl get (and the scale subresource): written only when they moved."""
-    m.CURRENT.labels(namespace, name).set(replicas)
-    m.READY.labels(namespace, name).set(ready)
-    counts = {"replicas": replicas, "readyReplicas": ready, "selector": f"llmscale.io/deployment={name}"}
-    if status is not None and all(status.get(k) == v for k, v in counts.items()):
-        return
-    if status is not None:
-        m.STATUS_WRITES.labels(namespace, name, "counts").inc()
-    patch.status.update(counts)
 
 
 def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: Decision, pods: list[PodView],

@@ -17,8 +17,9 @@ HOURLY_COST = Gauge("llmscale_hourly_cost", "Hourly cost of the current replicas
 RECONCILE = Histogram("llmscale_reconcile_duration_seconds", "Time to reconcile one LLMDeployment.", ["kind"],
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 APPLY_ERRORS = Counter("llmscale_apply_errors", "Failed applies of owned objects.", ["namespace", "llmdeployment"])
-STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first, changed (something a user reads), "
-                        "refresh (readings only, every few intervals), counts (replica counts between decisions).",
+STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first (this process's first decision), changed "
+                        "(something a user reads), reread (status did not hold this process's last writes: someone "
+                        "else wrote it, or the object it was handed lagged them). Nothing is written between decisions.",
                         ["namespace", "llmdeployment", "why"])
 STATUS_SKIPPED = Counter("llmscale_status_writes_skipped", "Decisions whose status was not written: nothing a user "
                          "reads changed and the last write is recent.", ["namespace", "llmdeployment"])
@@ -29,6 +30,8 @@ CONDITION = Gauge("llmscale_condition", "1 when the LLMDeployment's condition is
                   ["namespace", "llmdeployment", "type"])
 KUBE_REQUESTS = Counter("llmscale_kube_requests", "Kubernetes API requests of the operator's own client, by HTTP "
                         "method (kopf's watches, status patches and Events go through kopf and are not counted).", ["verb"])
+READ_WAITS_ABANDONED = Counter("llmscale_prometheus_read_waits_abandoned", "Decisions put off to the next tick because "
+                               "their endpoint's batch read was in flight for longer than half a tick.")
 WATCH_RELISTS = Counter("llmscale_watch_relists", "Full lists by the operator's watch cache (owned pods and "
                         "Deployments, HPAs, ScaledObjects): one at start, then one after each broken watch (410 Gone, "
                         "the API server away).",
