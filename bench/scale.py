@@ -14,10 +14,10 @@ down. For each size, smallest first (the first is the baseline of the ratios):
    time until it has decided for every one of them is measured (take over);
 3. over `--cycles` decision intervals, a share of the deployments (`--changing`) gets a new rate
    at the start of each, so that not every decision is NoChange, and the benchmark reads the
-   operator's own /metrics every 3 s and Prometheus's scrape times at the end.
+   operator's own /metrics every 5 s and Prometheus's scrape times at the end.
 
 Reported per size: take-over time; decisions per cycle; the age of each deployment's last
-decision (p50/p99, sampled every 3 s: it stays under one interval while the operator keeps up);
+decision (p50/p99, sampled every 5 s: it stays under one interval while the operator keeps up);
 the lag from the first scrape that carries a traffic change to the next decision for that
 deployment (p50/p99; up to one interval by design; a change with no decision by the end counts
 with its lag up to the end); actions per cycle (changes of a deployment's desired replicas seen
@@ -58,7 +58,10 @@ OPERATOR_METRICS = f"http://127.0.0.1:{METRICS_PORT}/metrics"
 INTERVAL_S = 15.0
 SCRAPE_S = 15.0
 PER_NAMESPACE = 100  # LLMDeployments per namespace
-POLL_S = 3.0
+# Reading the operator's /metrics costs it CPU (a thousand deployments: ~0.3 s per read, by a py-spy
+# profile; read every 3 s it took 15 % of the operator's samples), so the bench reads it no more
+# often than it must to see every decision (they come at least 10 s apart).
+POLL_S = 5.0
 BED_ENV = {
     "LLMSCALE_STATE": str(STATE),
     "LLMSCALE_L4_NODES": "0",
@@ -176,6 +179,8 @@ class Result:
     lag_p99: float
     lag_missed: int  # changes with no decision after their scrape before the run ended (their lag counted up to the end)
     lag_unjudged: int  # changes whose scrape came less than an interval before the end: too recent to judge
+    watched_writes: float  # MODIFIED events per cycle on the LLMDeployments (every writer)
+    unchanged_writes: float  # of them, writes that changed nothing a user reads
     changes: int
     actions_per_cycle: float  # changes of a deployment's desired replicas seen (scale-ups and -downs decided)
     queries_per_cycle: float
@@ -208,9 +213,65 @@ class Operator:
         self.log.close()
 
 
+class StatusWatch:
+    """Every write to an LLMDeployment, through a watch (what a GitOps tool sees): each MODIFIED
+    event, and whether what a user reads (controller.status.user_view) differs from the object's
+    previous version. A write that changes nothing a user reads is one the operator should not have
+    made; the goal is none."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from kubernetes import client, config
+
+        from llmscale.controller.status import user_view
+
+        self._view = user_view
+        self.api = client.CustomObjectsApi(config.new_client_from_config(str(STATE / "kubeconfig")))
+        listed = self.api.list_cluster_custom_object("llmscale.io", "v1alpha1", "llmdeployments")
+        self.views = {self._key(o): self._view(o.get("status") or {}) for o in listed["items"]}
+        self.version = listed["metadata"]["resourceVersion"]
+        self.writes = self.unchanged = 0
+        self.counting = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> tuple[str, str]:
+        md = obj.get("metadata") or {}
+        return md.get("namespace", ""), md.get("name", "")
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(self.api.list_cluster_custom_object, "llmscale.io", "v1alpha1", "llmdeployments",
+                                   resource_version=self.version, timeout_seconds=30):
+                    obj = ev["object"]
+                    self.version = (obj.get("metadata") or {}).get("resourceVersion", self.version)
+                    view = self._view(obj.get("status") or {})
+                    before = self.views.get(self._key(obj))
+                    self.views[self._key(obj)] = view
+                    if ev["type"] == "MODIFIED" and self.counting:
+                        self.writes += 1
+                        self.unchanged += before == view
+                    if self._stop.is_set():
+                        return
+            except Exception as e:  # a broken watch during the run: say so, the counts are then partial
+                say(f"status watch broke ({type(e).__name__}); resuming")
+                time.sleep(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dict[int, float]) -> Result:
     if port_open(METRICS_PORT):
         raise SystemExit(f"bench.scale: port {METRICS_PORT} is in use (another operator of this benchmark?)")
+    status_watch = StatusWatch()
     op = Operator()
     try:
         want = {name_of(i) for i in range(n)}
@@ -241,6 +302,7 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         rss = first.totals.get("process_resident_memory_bytes", 0.0)
         desired = {k: v for k, v in first.desired.items() if k in want}
         actions = 0
+        status_watch.counting = True
         start = time.time()
         for c in range(cycles):
             cycle_start = start + c * INTERVAL_S
@@ -265,6 +327,7 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
             say(f"{n} deployments: cycle {c + 1}/{cycles}, decision age p99 so far {quantile(ages, 0.99):.1f} s")
         last = read_operator()
         assert last is not None
+        status_watch.counting = False
         span_cycles = (last.at - first.at) / INTERVAL_S
         for k, v in last.last_decision.items():
             if k in want:
@@ -288,18 +351,20 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         def per_cycle(name: str) -> float:
             return (last.totals.get(name, 0.0) - first.totals.get(name, 0.0)) / span_cycles
 
-        # Decisions made in the span: each deployment's distinct decision times (read every 3 s, a
-        # fifth of an interval, so none is missed; llmscale_decisions_total counts reasons, not decisions).
+        # Decisions made in the span: each deployment's distinct decision times (read every 5 s, a
+        # third of an interval, so none is missed; llmscale_decisions_total counts reasons, not decisions).
         made = sum(sum(1 for t in times if first.at < t <= last.at) for times in decisions.values())
         cpu = last.totals.get("process_cpu_seconds_total", 0.0) - first.totals.get("process_cpu_seconds_total", 0.0)
         verbs = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("kube ")}
         whys = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("writes ")}
         return Result(n, take_over, cycles, made / span_cycles, quantile(ages, 0.5), quantile(ages, 0.99),
-                      quantile(lags, 0.5), quantile(lags, 0.99), missed, unjudged, len(changes), actions / span_cycles,
+                      quantile(lags, 0.5), quantile(lags, 0.99), missed, unjudged,
+                      status_watch.writes / span_cycles, status_watch.unchanged / span_cycles, len(changes), actions / span_cycles,
                       per_cycle("llmscale_prometheus_queries_total"), per_cycle("kube"), verbs, per_cycle("writes"), whys,
                       1000 * cpu / made if made else float("nan"), rss / 2**20)
     finally:
         op.stop()
+        status_watch.stop()
 
 
 def fleet_scrape_times(span_s: float) -> list[float]:
@@ -344,7 +409,8 @@ def table(results: list[Result]) -> str:
         whys = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.writes_why.items()))
         detail.append(f"{r.deployments}: kube requests per cycle by method: {verbs or '-'}; status writes by why: {whys or '-'}; "
                       f"{r.changes} traffic changes, {r.lag_missed} with no decision after their scrape before the end (lag "
-                      f"counted to the end), {r.lag_unjudged} too recent to judge")
+                      f"counted to the end), {r.lag_unjudged} too recent to judge; writes seen by a watch on the "
+                      f"LLMDeployments: {r.watched_writes:.0f} per cycle, {r.unchanged_writes:.1f} of them changing nothing a user reads")
     return "\n".join(lines + [""] + detail)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
             with open(log, "ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(kubeconfig), "--prometheus-url", own.url,
-                     "--metrics-port", "0", "--health-port", "0", "--namespace", ns_a, "--namespace", ns_b],
+                     "--metrics-port", "18088", "--health-port", "0", "--namespace", ns_a, "--namespace", ns_b],
                     stdout=out, stderr=subprocess.STDOUT,
                     env={**env, "LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": str(endpoints),
                          "LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": str(own_token)})
@@ -122,6 +123,11 @@ def test_each_namespace_reads_prometheus_with_its_own_secret(bed: Bed, crd: None
                 seen = json.dumps(bed.llmd(ns, "chat").get("status", {})) + json.dumps(
                     [e.to_dict() for e in bed.core.list_namespaced_event(ns).items], default=str)
                 assert token_a not in seen and "pw-b" not in seen
+            # Nor in the operator's own metrics (labels carry endpoints' names, never their credentials).
+            with urllib.request.urlopen("http://127.0.0.1:18088/metrics", timeout=10) as r:
+                exported = r.read().decode()
+            assert "llmscale_decisions_total" in exported
+            assert not any(t in exported for t in (token_a, "pw-b", own_token.read_text().strip()))
             proc.terminate()
             try:
                 proc.wait(20)

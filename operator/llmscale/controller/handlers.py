@@ -422,10 +422,11 @@ class OwnStatus:
 
     fresh: dict[str, Any]  # the status fields the next decision reads, as last computed
     history: History  # the policy's memory, as last computed
-    written: tuple[History, ...]  # the histories of the last two writes, as status gives them back
+    written: tuple[int, ...]  # hashes of the histories of the last writes, as status gives them back
     written_view: dict[str, Any] | None  # user_view() of the last write
 
 
+WRITES_RECOGNISED = 8  # a status holding one of this operator's last this-many writes is its own (see continue_from_memory)
 # What the next decision reads from status besides the history. The rest it reads (conditions, cold
 # starts, Ready pods, warnings) is written at once whenever it changes (see user_view).
 FRESH_KEYS = ("lastDecision",)
@@ -435,12 +436,14 @@ def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
                          ) -> tuple[dict[str, Any], History, tuple[str, ...], OwnStatus | None]:
     """(status to decide from, history, history fields that did not parse, memory to write against).
 
-    While status holds a history this operator wrote (one of its last two writes: the body kopf
-    hands over may lag one write), the operator's memory carries on from there. Anything else (a
+    While status holds a history this operator wrote (one of its last WRITES_RECOGNISED writes:
+    the body kopf hands over lags the writes when its watch falls behind, several at a thousand
+    deployments, and each lag read as someone else's write cost one more write), the operator's
+    memory carries on from there. Anything else (a
     restart, someone else's write, a corrupt field) and status is read again, and the memory is
     dropped, so that this decision's status is written whatever it holds."""
     history, dropped = History.parse(st.get("history"))
-    if own is not None and not dropped and history in own.written:
+    if own is not None and not dropped and hash(history) in own.written:
         return {**st, **own.fresh}, own.history, (), own
     return st, history, dropped, None
 
@@ -644,7 +647,7 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
     else:
         m.STATUS_WRITES.labels(*key, unknown if why == "first" else why or unknown).inc()
         # As status will give it back (rounded), so the next decision recognises its own write.
-        written = (own.written[-1:] if own else ()) + (History.parse(history.to_dict())[0],)
+        written = (own.written[1 - WRITES_RECOGNISED:] if own else ()) + (hash(History.parse(history.to_dict())[0]),)
         written_view = view
     memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view)
 

@@ -164,35 +164,48 @@ def user_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "lastDecision": (last.get("action"), last.get("from"), last.get("to"), last.get("variant"), last.get("applied"),
                          () if last.get("action") == "NoChange" else tuple(str(r).split(":", 1)[0] for r in last.get("reasons") or [])),
         "learnt": {k: hist.get(k) for k in LEARNT},
-        # The burst memory's peak: a restart must not forget a burst, while a steady load's peak
-        # creeping up by chance (the highest of more windows) is not a change (see _differs).
-        "peak": _peak(hist.get("rateSamples")),
+        # The burst memory: a restart must not forget a burst (see _differs; not compared as is).
+        "samples": _samples(hist.get("rateSamples")),
         "ceilingReplicas": est.get("ceilingReplicas"),
     }
 
 
-PEAK_RISE = 1.5  # a peak this much above (or below) the one written is a burst: written at once
+PEAK_RISE = 1.5  # a burst memory's peak this much above what a restart would find is written at once
 
 
 def _differs(view: Mapping[str, Any], written: Mapping[str, Any]) -> bool:
-    """Whether a user reads something new. The burst memory's peak counts once it is 50 % above or
-    below the peak written: a steady load's highest window creeps up by chance (seen in CI: a steady
-    2 req/s wrote at four decisions of a minute); a smaller move goes with the next write."""
-    if {k: v for k, v in view.items() if k != "peak"} != {k: v for k, v in written.items() if k != "peak"}:
+    """Whether a user reads something new, or a restart would forget a burst. The burst memory
+    counts when its peak is 50 % above the peak a restart would find now: the written samples that
+    are still within the memory's span (no older than its oldest sample). A steady load's highest
+    window creeping up by chance is no burst (seen in CI: a steady 2 req/s wrote at four decisions
+    of a minute), and a peak falling (an old burst leaving the memory) needs no write: a restart
+    drops the written samples by their age just as the memory did."""
+    if {k: v for k, v in view.items() if k != "samples"} != {k: v for k, v in written.items() if k != "samples"}:
         return True
-    new, old = view.get("peak"), written.get("peak")
-    if new is None or old is None:
-        return new != old
-    return max(new, old) >= PEAK_RISE * min(new, old)
+    now_samples, written_samples = view.get("samples") or (), written.get("samples") or ()
+    peak = max((x for _, x in now_samples), default=0.0)
+    if peak <= 0:
+        return False  # no load in the memory: a restart finds at least as much
+    since = min(t for t, _ in now_samples)
+    # What a restart would know: the written samples still in the span. Once every one has aged
+    # out, the memory's lowest sample stands in for them: a steady load is no burst to keep (one
+    # write at most per span when its windows vary by half), a burst over it is.
+    kept = [x for t, x in written_samples if t >= since]
+    known = max(kept) if kept else min(x for _, x in now_samples)
+    return peak >= PEAK_RISE * known
 
 
-def _peak(samples: Any) -> float | None:
-    """The highest rate sample (None: no samples or no load)."""
-    try:
-        peak = max(float(v) for _, v in samples) if samples else 0.0
-    except (TypeError, ValueError):
-        return None
-    return round(peak, 3) if peak > 0 and math.isfinite(peak) else None
+def _samples(samples: Any) -> tuple[tuple[float, float], ...]:
+    """The burst memory's (time, rate) samples that can be read (finite, not negative)."""
+    out = []
+    for pair in samples if isinstance(samples, list | tuple) else ():
+        try:
+            t, x = float(pair[0]), float(pair[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(t) and math.isfinite(x) and x >= 0:
+            out.append((t, x))
+    return tuple(out)
 
 
 def needs_write(written_view: Mapping[str, Any] | None, view: Mapping[str, Any]) -> str | None:
