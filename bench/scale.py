@@ -45,6 +45,8 @@ from typing import Any
 import yaml
 from prometheus_api_client import PrometheusConnect
 
+from llmscale.controller.status import needs_write
+
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "e2e" / ".state-scale"
 CLUSTER = ROOT / "e2e" / "cluster"
@@ -181,6 +183,7 @@ class Result:
     lag_unjudged: int  # changes whose scrape came less than an interval before the end: too recent to judge
     watched_writes: float  # MODIFIED events per cycle on the LLMDeployments (every writer)
     unchanged_writes: float  # of them, writes that changed nothing a user reads
+    moved: dict[str, float]  # per cycle: the writes that changed each field a user reads
     changes: int
     actions_per_cycle: float  # changes of a deployment's desired replicas seen (scale-ups and -downs decided)
     queries_per_cycle: float
@@ -228,14 +231,32 @@ class StatusWatch:
 
         self._view = user_view
         self.api = client.CustomObjectsApi(config.new_client_from_config(str(STATE / "kubeconfig")))
-        listed = self.api.list_cluster_custom_object("llmscale.io", "v1alpha1", "llmdeployments")
-        self.views = {self._key(o): self._view(o.get("status") or {}) for o in listed["items"]}
-        self.version = listed["metadata"]["resourceVersion"]
+        self.views: dict[tuple[str, str], dict[str, Any]] = {}
+        self.version = ""
+        self._list()
         self.writes = self.unchanged = 0
+        self.moved: dict[str, int] = {}  # what a user reads that each counted write changed, by field
         self.counting = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def _list(self) -> None:
+        """Every LLMDeployment as it is now: where the watch starts (again, after a break)."""
+        listed = self.api.list_cluster_custom_object("llmscale.io", "v1alpha1", "llmdeployments")
+        self.views = {self._key(o): self._view(o.get("status") or {}) for o in listed["items"]}
+        self.version = listed["metadata"]["resourceVersion"]
+
+    @staticmethod
+    def _moved(before: dict[str, Any], view: dict[str, Any]) -> list[str]:
+        """The fields a write changed; a condition by its type; the burst memory only when nothing
+        else moved (its samples differ at every write)."""
+        out = [k for k in view if k not in ("samples", "conditions", "learnt") and before.get(k) != view[k]]
+        was, learnt = before.get("learnt") or {}, view.get("learnt") or {}
+        out += [f"learnt {k}" for k in learnt if was.get(k) != learnt[k]]
+        old, new = set(before.get("conditions") or ()), set(view.get("conditions") or ())
+        out += sorted({f"condition {c[0]}" for c in old ^ new})
+        return out or (["burst memory"] if before.get("samples") != view.get("samples") else [])
 
     @staticmethod
     def _key(obj: dict[str, Any]) -> tuple[str, str]:
@@ -257,12 +278,20 @@ class StatusWatch:
                     self.views[self._key(obj)] = view
                     if ev["type"] == "MODIFIED" and self.counting:
                         self.writes += 1
-                        self.unchanged += before == view
+                        self.unchanged += before is not None and needs_write(before, view) is None
+                        for k in self._moved(before or {}, view):
+                            self.moved[k] = self.moved.get(k, 0) + 1
                     if self._stop.is_set():
                         return
-            except Exception as e:  # a broken watch during the run: say so, the counts are then partial
-                say(f"status watch broke ({type(e).__name__}); resuming")
+            except Exception as e:  # a broken watch (410 Gone, a dropped connection): list again
+                if self._stop.is_set():
+                    return
+                say(f"status watch broke ({type(e).__name__}); listing again (writes meanwhile are not counted)")
                 time.sleep(1)
+                try:
+                    self._list()
+                except Exception:
+                    pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -359,7 +388,8 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         whys = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("writes ")}
         return Result(n, take_over, cycles, made / span_cycles, quantile(ages, 0.5), quantile(ages, 0.99),
                       quantile(lags, 0.5), quantile(lags, 0.99), missed, unjudged,
-                      status_watch.writes / span_cycles, status_watch.unchanged / span_cycles, len(changes), actions / span_cycles,
+                      status_watch.writes / span_cycles, status_watch.unchanged / span_cycles,
+                      {k: v / span_cycles for k, v in status_watch.moved.items()}, len(changes), actions / span_cycles,
                       per_cycle("llmscale_prometheus_queries_total"), per_cycle("kube"), verbs, per_cycle("writes"), whys,
                       1000 * cpu / made if made else float("nan"), rss / 2**20)
     finally:
@@ -410,7 +440,9 @@ def table(results: list[Result]) -> str:
         detail.append(f"{r.deployments}: kube requests per cycle by method: {verbs or '-'}; status writes by why: {whys or '-'}; "
                       f"{r.changes} traffic changes, {r.lag_missed} with no decision after their scrape before the end (lag "
                       f"counted to the end), {r.lag_unjudged} too recent to judge; writes seen by a watch on the "
-                      f"LLMDeployments: {r.watched_writes:.0f} per cycle, {r.unchanged_writes:.1f} of them changing nothing a user reads")
+                      f"LLMDeployments: {r.watched_writes:.0f} per cycle, {r.unchanged_writes:.1f} of them changing nothing a user reads; "
+                      "what they changed, per cycle: "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.moved.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines + [""] + detail)
 
 

@@ -324,9 +324,10 @@ class CeilingWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join(30)  # its watch ends within 10 s: the checks below do not race it
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def ceilings(bed: Bed) -> Iterator[CeilingWatcher]:
     """The ceiling watcher over the whole e2e session: the session fails on any violation."""
     w = CeilingWatcher(bed)

@@ -54,8 +54,11 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
     assert decision["action"] == "ScaleUp" and decision["reasons"], decision
 
     def recovered() -> bool:
+        # TTFT from Prometheus itself: status keeps the readings of the last decision that changed
+        # something, which need not be the latest.
         s = _status(bed, namespace)
-        ttft = (s.get("observed") or {}).get("ttftQuantile")
+        ttft = bed.prom(f'histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket'
+                        f'{{namespace="{namespace}"}}[30s])))')
         return s.get("readyReplicas", 0) >= 3 and ttft is not None and ttft <= 0.25 and s.get("sloMet") == "Met"
 
     wait_for("TTFT p95 back under the SLO", recovered, 150, 2)

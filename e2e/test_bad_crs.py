@@ -63,8 +63,10 @@ def _names_the_field(message: str, path: tuple[Any, ...]) -> bool:
         dotted += f"[{k}]" if isinstance(k, int) else f".{k}"
         if re.search(re.escape(dotted) + r"(?![\w-])", message):
             return True
+    # Only a distinctive name counts there: "name", "min" or "target" would match most rules' text.
     leaf = next(str(k) for k in reversed(path) if isinstance(k, str))
-    return "spec: Invalid value" in message and re.search(rf"(?<![\w-]){re.escape(leaf)}(?![\w-])", message) is not None
+    return ("spec: Invalid value" in message and len(leaf) >= 6
+            and re.search(rf"(?<![\w-]){re.escape(leaf)}(?![\w-])", message) is not None)
 
 
 def _operator_log_from(offset: int) -> str:

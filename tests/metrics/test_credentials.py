@@ -699,7 +699,18 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
         assert 0.25 <= waited < 5, waited
         assert opmetrics.READ_WAITS_ABANDONED._value.get() == abandoned + 1
         assert len(server.requests) == asked and t.is_alive()  # no read of its own; the slow one goes on
+        # No more than max_waiters threads wait on one endpoint: the next is put off at once.
+        Runtime.max_waiters = 1
+        waiter = threading.Thread(target=lambda: result.update(w=Runtime.signals(b, spec, 0.0, wait_s=5.0)), daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while Runtime._waiting.get(Runtime.endpoint_of(b, spec), 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert Runtime.signals(("team-a", "three"), spec, 0.0, wait_s=5.0) is None
+        assert time.monotonic() - started < 1.0  # crowded: not a wait of its own
         release.set()
+        waiter.join(30)
         t.join(30)
         got = Runtime.signals(b, spec, 60.0, wait_s=0.3)  # the next tick: the read that came back answers
         assert result["a"] is not None and result["a"].unavailable is None
@@ -708,3 +719,4 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
         release.set()
         Runtime.reader = None
         server.close()
+        Runtime.max_waiters = 8

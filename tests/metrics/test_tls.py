@@ -98,6 +98,16 @@ def test_a_certificate_the_operator_cannot_verify_gets_no_request_and_no_credent
     the handshake, before any HTTP request (and so before any Authorization header) is sent."""
     s = _read(Endpoint(name="default", url=https.url, bearer_token_file=_secret(tmp_path, "token", "s3cret")))
     assert s.unavailable is not None and "s3cret" not in s.unavailable
+    assert "SSLError" in s.unavailable, s.unavailable  # the certificate, not the connection or the config
+    assert https.requests == []
+
+
+def test_a_certificate_for_another_host_is_refused_even_from_a_trusted_ca(
+        https: HttpsRecorder, pki: dict[str, Path], tmp_path: Path) -> None:
+    """The CA is trusted, but the certificate names 127.0.0.1 only: `localhost` is another host."""
+    url = https.url.replace("127.0.0.1", "localhost")
+    s = _read(Endpoint(name="default", url=url, ca_file=str(pki["ca"]), bearer_token_file=_secret(tmp_path, "token", "s3cret")))
+    assert s.unavailable is not None and "SSLError" in s.unavailable, s.unavailable
     assert https.requests == []
 
 

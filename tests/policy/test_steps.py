@@ -813,7 +813,7 @@ def test_a_recommendation_stands_until_the_next_so_a_gap_in_the_decisions_holds_
 
 
 def test_a_restart_whose_status_still_covers_the_window_scales_down() -> None:
-    """Review: status keeps the history written up to four intervals ago; a restart whose persisted
+    """Review: status keeps the history of the last write; a restart whose persisted
     recommendations cover the window must not hold a scale-down for another window."""
     h = History(recommendations=((NOW - 200, 2), (NOW - 65, 2)), observing_since=0.0)
     assert _stab(2, 3, h).proposal == Proposal(2)

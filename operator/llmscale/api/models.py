@@ -647,7 +647,9 @@ class Condition(_Model):
 
 
 class Observed(_Model):
-    """What the operator last read from Prometheus (aggregated over the deployment's pods)."""
+    """What the operator read from Prometheus (aggregated over the deployment's pods) at the last
+    decision that changed something status shows (lastDecision.time): status is not written for
+    readings alone. The live values are the vLLM series themselves."""
 
     ttft_quantile: float | None = Field(None, description="TTFT at the SLO's percentile (ttftPercentile), in seconds.")
     ttft_percentile: float | None = Field(None, description="The percentile ttftQuantile is taken at (the TTFT SLO's).")
@@ -669,6 +671,9 @@ class Observed(_Model):
 
 
 class DecisionRecord(_Model):
+    """The last decision that changed something status shows (a decision that changes nothing is
+    not written: llmscale_last_decision_timestamp_seconds says when the operator last decided)."""
+
     time: str
     action: str
     from_replicas: int = Field(alias="from")
@@ -710,7 +715,9 @@ class LLMDeploymentStatus(_Model):
     selector: str | None = None
     slo_met: str | None = Field(None, alias="sloMet")
     observed: Observed | None = None
-    last_decision: DecisionRecord | None = None
+    last_decision: DecisionRecord | None = Field(None, description="The last decision that changed something status "
+                                                 "shows; decisions that change nothing are not written (the operator's "
+                                                 "llmscale_last_decision_timestamp_seconds says when it last decided).")
     cold_start_seconds: dict[str, float] | None = Field(None, description="Measured cold start per variant: pod creation to its first Ready.")
     ready_pods: list[str] | None = Field(None, description="Live pods the operator has seen Ready: a pod's cold start is measured once, at its first Ready.")
     shape: str | None = Field(None, description="The pod shape for kubectl get: the variant, or 'old->new' during a switch.")

@@ -80,7 +80,9 @@ class Runtime:
     disruption_budget: bool = True  # own a PodDisruptionBudget per LLMDeployment (--no-disruption-budget)
     allowed_host_paths: list[str] = []  # hostPath prefixes LLMDeployments may mount (settings.allowed_host_paths)
     tick_s: float = DECISION_TICK_S
+    max_waiters: int = 8  # handler threads that may wait on one endpoint's read at once (half the workers)
     _guard = threading.Lock()  # the dicts below; never held during a read
+    _waiting: dict[str, int] = {}  # per endpoint: threads waiting on its read in flight
     _locks: dict[str, threading.Lock] = {}  # one per endpoint: one read in flight each
     _specs: dict[tuple[str, str], LLMDeploymentSpec] = {}
     _signals: dict[tuple[str, str], Signals] = {}
@@ -124,9 +126,23 @@ class Runtime:
         # get the failure (unknown: the policy holds). A healthy endpoint's read is waited for, up
         # to wait_s: one that answers slowly but within its timeout would otherwise hold as many
         # threads as it has deployments deciding, and with them every other endpoint's decisions.
-        if not sick and not lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            m.READ_WAITS_ABANDONED.inc()
-            return None
+        # At most max_waiters threads wait on one endpoint at a time: a slow endpoint with many
+        # deployments deciding would otherwise hold every thread for 2.5 s each.
+        if not sick and not lock.acquire(blocking=False):
+            with cls._guard:
+                crowded = wait_s is not None and cls._waiting.get(endpoint, 0) >= cls.max_waiters
+                if not crowded:
+                    cls._waiting[endpoint] = cls._waiting.get(endpoint, 0) + 1
+            acquired = False
+            if not crowded:
+                try:
+                    acquired = lock.acquire(timeout=-1 if wait_s is None else wait_s)
+                finally:
+                    with cls._guard:
+                        cls._waiting[endpoint] -= 1
+            if not acquired:
+                m.READ_WAITS_ABANDONED.inc()
+                return None
         if sick and not lock.acquire(blocking=False):
             with cls._guard:
                 last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
@@ -427,9 +443,10 @@ class OwnStatus:
 
 
 WRITES_RECOGNISED = 8  # a status holding one of this operator's last this-many writes is its own (see continue_from_memory)
-# What the next decision reads from status besides the history. The rest it reads (conditions, cold
-# starts, Ready pods, warnings) is written at once whenever it changes (see user_view).
-FRESH_KEYS = ("lastDecision",)
+# What the next decision reads from status besides the history, taken from memory while status holds
+# one of this operator's writes: kopf's copy may lag several writes (a condition flip seen twice
+# would post its Event twice and move its lastTransitionTime).
+FRESH_KEYS = ("lastDecision", "conditions", "warnings", "readyPods", "coldStartSeconds")
 
 
 def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
@@ -653,7 +670,7 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
 
 
 def settled(workload: Workload, applied: bool) -> bool:
-    """Nothing to refresh between decisions: no change applied, and every shape's pods Ready, none
+    """Nothing to look at between decisions: no change applied, and every shape's pods Ready, none
     starting, waiting for GPUs or draining."""
     return not applied and all(
         p.starting == 0 and p.unschedulable == 0 and p.terminating == 0 and p.ready == workload.desired.get(v, 0)

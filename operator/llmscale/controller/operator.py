@@ -195,6 +195,7 @@ def run(opts: OperatorSettings, kubeconfig: str | None = None, verbose: bool = F
     secrets = Runtime.kube.secret_data if any(ep.namespace_secret for ep in endpoints.by_name.values()) else None
     Runtime.reader = PrometheusReader(endpoints, secrets)
     Runtime.disruption_budget = opts.disruption_budget
+    Runtime.max_waiters = max(1, opts.workers // 2)
     Runtime.allowed_host_paths = [p for p in opts.allowed_host_paths if p.startswith("/") and p != "/"]
     if opts.metrics_port:
         try:

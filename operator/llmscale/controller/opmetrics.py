@@ -22,7 +22,7 @@ STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first (
                         "else wrote it, or the object it was handed lagged them). Nothing is written between decisions.",
                         ["namespace", "llmdeployment", "why"])
 STATUS_SKIPPED = Counter("llmscale_status_writes_skipped", "Decisions whose status was not written: nothing a user "
-                         "reads changed and the last write is recent.", ["namespace", "llmdeployment"])
+                         "reads changed since the last write.", ["namespace", "llmdeployment"])
 LAST_DECISION = Gauge("llmscale_last_decision_timestamp_seconds", "When the operator last decided for the "
                       "LLMDeployment (Unix time): a decision older than a few intervals means the operator fell behind.",
                       ["namespace", "llmdeployment"])

@@ -244,8 +244,8 @@ def _gaps(v: Any) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class History:
     """What the policy remembers between decisions; persisted in status, so a restart resumes from
-    the last write (what was learnt and the held peak are written when they change, the samples
-    at least every few intervals).
+    the last write (what was learnt is written when it changes, and the burst memory when a
+    restart would otherwise forget a burst; nothing else moves status).
 
     Evidence counts once: `learned_at` and `mix_at` mark the last rate window that taught the
     capacity estimate and the token mix, so the overlapping windows of later decisions teach nothing
