@@ -216,6 +216,17 @@ class Operator:
         self.log.close()
 
 
+def _decided_at(obj: dict[str, Any]) -> float:
+    """The time of the decision a status write carries (0: none)."""
+    import datetime as dt
+
+    t = ((obj.get("status") or {}).get("lastDecision") or {}).get("time")
+    try:
+        return dt.datetime.strptime(str(t), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return 0.0
+
+
 class StatusWatch:
     """Every write to an LLMDeployment, through a watch (what a GitOps tool sees): each MODIFIED
     event, and whether what a user reads (controller.status.user_view) differs from the object's
@@ -236,7 +247,8 @@ class StatusWatch:
         self._list()
         self.writes = self.unchanged = 0
         self.moved: dict[str, int] = {}  # what a user reads that each counted write changed, by field
-        self.counting = False
+        self.since, self.until = float("inf"), float("inf")  # the decisions whose writes count
+        self.latest = 0.0  # the newest decision time seen in the stream
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -276,7 +288,11 @@ class StatusWatch:
                     view = self._view(obj.get("status") or {})
                     before = self.views.get(self._key(obj))
                     self.views[self._key(obj)] = view
-                    if ev["type"] == "MODIFIED" and self.counting:
+                    # Counted by the write's own decision time: the watch may lag (at a thousand it
+                    # was still reading the take-over's writes minutes later).
+                    at = _decided_at(obj)
+                    self.latest = max(self.latest, at)
+                    if ev["type"] == "MODIFIED" and self.since <= at <= self.until:
                         self.writes += 1
                         self.unchanged += before is not None and needs_write(before, view) is None
                         for k in self._moved(before or {}, view):
@@ -331,7 +347,7 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         rss = first.totals.get("process_resident_memory_bytes", 0.0)
         desired = {k: v for k, v in first.desired.items() if k in want}
         actions = 0
-        status_watch.counting = True
+        status_watch.since = time.time()
         start = time.time()
         for c in range(cycles):
             cycle_start = start + c * INTERVAL_S
@@ -356,7 +372,12 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
             say(f"{n} deployments: cycle {c + 1}/{cycles}, decision age p99 so far {quantile(ages, 0.99):.1f} s")
         last = read_operator()
         assert last is not None
-        status_watch.counting = False
+        status_watch.until = last.at
+        caught_up = time.time() + 180
+        while status_watch.latest <= last.at + 1 and time.time() < caught_up:
+            time.sleep(1)  # the watch reads the span's last writes (it may lag minutes at a thousand)
+        if status_watch.latest <= last.at + 1:
+            say("the status watch did not catch up within 180 s: its counts are partial")
         span_cycles = (last.at - first.at) / INTERVAL_S
         for k, v in last.last_decision.items():
             if k in want:
