@@ -227,14 +227,22 @@ def test_a_steady_deployment_writes_no_status_while_nothing_a_user_reads_changes
     own counters."""
     from kubernetes import watch
 
-    from llmscale.controller.status import user_view
+    from llmscale.controller.status import needs_write, user_view
 
     bed.kubectl("apply", "-f", "-", input=_doc(namespace, replicas={"min": 1, "max": 1},
                                                scaling={"interval": "10s"}))
     bed.traffic(namespace, "chat", rate=2, meanInput=200, meanOutput=100)
     wait_for("one Ready replica meeting the SLO", lambda: _status(bed, namespace).get("readyReplicas") == 1
              and _status(bed, namespace).get("sloMet") == "Met", 120)
-    time.sleep(12)  # let the first readings settle: what follows is the steady state
+    # The steady state: status unchanged for 30 s (the rate window filling after the traffic
+    # started moves the burst memory and the learnt mix, each written once).
+    rv, since, deadline = bed.llmd(namespace, "chat")["metadata"]["resourceVersion"], time.time(), time.time() + 180
+    while time.time() - since < 30:
+        assert time.time() < deadline, "status never stayed unchanged for 30 s"
+        time.sleep(2)
+        if (now_rv := bed.llmd(namespace, "chat")["metadata"]["resourceVersion"]) != rv:
+            rv, since = now_rv, time.time()
+    first_view = user_view(_status(bed, namespace))
     before = _status_writes(namespace)
     seconds = 60.0
     writes: list[str | None] = []
@@ -255,11 +263,20 @@ def test_a_steady_deployment_writes_no_status_while_nothing_a_user_reads_changes
     assert time.time() - after.pop("last_decision") <= 2 * 10 + 5, after
     before.pop("last_decision", None)
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(after) | set(before)}
-    # Six decisions in 60 s, twelve timer ticks, a steady load well inside the SLO: every decision
-    # skipped its write, and nothing else wrote the object (the watch saw no change at all).
-    what = [{k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} for a, b in zip(views, views[1:], strict=False)]
-    assert delta.get("skipped", 0.0) >= 5, delta
-    assert writes == [] and sum(v for k, v in delta.items() if k != "skipped") == 0.0, (delta, writes, what)
+    # Six decisions in 60 s, twelve timer ticks, a steady load well inside the SLO. No write that
+    # changes nothing a user reads (the operator's own rule, checked on what the watch saw), none to
+    # refresh readings, none between decisions. What is learnt may still settle (seen in CI: one
+    # write in such a minute, the learnt state converging on a young deployment): at most one.
+    chain = [first_view, *views]
+    def moved(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out = {k: (a.get(k), b.get(k)) for k in b if k not in ("learnt", "samples") and a.get(k) != b.get(k)}
+        la, lb = a.get("learnt") or {}, b.get("learnt") or {}
+        return {**out, **{f"learnt.{k}": (la.get(k), lb.get(k)) for k in lb if la.get(k) != lb.get(k)}}
+    what = [moved(a, b) for a, b in zip(chain, chain[1:], strict=False)]
+    assert delta.get("skipped", 0.0) >= 4, delta
+    assert all(needs_write(a, b) == "changed" for a, b in zip(chain, chain[1:], strict=False)), what
+    assert len(writes) <= 1 and delta.get("changed", 0.0) <= 1, (delta, writes, what)
+    assert sum(v for k, v in delta.items() if k not in ("skipped", "changed")) == 0.0, delta
 
 
 def test_gitops_reapplying_the_users_manifest_after_a_scale_shows_no_drift(bed: Bed, operator: object, namespace: str) -> None:
