@@ -74,6 +74,26 @@ class Recorder:
         return [r.get("authorization") for r in self.requests]
 
 
+class HangingRecorder(Recorder):
+    """A Recorder whose requests hang (until `release`, at most 30 s) while `hang` is set; `entered`
+    says a request is hanging."""
+
+    def __init__(self, mode: str = "prom") -> None:
+        super().__init__(mode=mode)
+        self.hang = False
+        self.release, self.entered = threading.Event(), threading.Event()
+        inner, rec = self.server.RequestHandlerClass, self
+
+        class Handler(inner):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:  # noqa: N802
+                if rec.hang:
+                    rec.entered.set()
+                    rec.release.wait(30)
+                super().do_GET()
+
+        self.server.RequestHandlerClass = Handler
+
+
 @pytest.fixture
 def servers() -> Iterator[tuple[Recorder, Recorder]]:
     good, evil = Recorder(), Recorder()
@@ -307,24 +327,6 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
     worked they still wait for the read in flight (and get its answer)."""
     from llmscale.controller.handlers import Runtime
 
-    release, entered = threading.Event(), threading.Event()
-
-    class Flaky(Recorder):
-        def __init__(self) -> None:
-            super().__init__(mode="error")
-            inner = self.server.RequestHandlerClass
-            self.hang = False
-
-            rec = self
-
-            class Handler(inner):  # type: ignore[misc, valid-type]
-                def do_GET(self) -> None:  # noqa: N802
-                    if rec.hang:
-                        entered.set()
-                        release.wait(30)
-                    super().do_GET()
-
-            self.server.RequestHandlerClass = Handler
 
     def fresh_runtime(url: str) -> None:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=url)))
@@ -332,7 +334,8 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
             d.clear()
         Runtime._sick.clear()
 
-    server = Flaky()
+    server = HangingRecorder(mode="error")
+    release, entered = server.release, server.entered
     spec = parse_spec(spec_dict())
     a, b, new = ("team-a", "one"), ("team-a", "two"), ("team-a", "three")
     try:
@@ -658,25 +661,8 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
     from llmscale.controller import opmetrics
     from llmscale.controller.handlers import Runtime
 
-    release, entered = threading.Event(), threading.Event()
-
-    class Slow(Recorder):
-        def __init__(self) -> None:
-            super().__init__()
-            inner = self.server.RequestHandlerClass
-            self.hang = False
-            rec = self
-
-            class Handler(inner):  # type: ignore[misc, valid-type]
-                def do_GET(self) -> None:  # noqa: N802
-                    if rec.hang:
-                        entered.set()
-                        release.wait(30)
-                    super().do_GET()
-
-            self.server.RequestHandlerClass = Handler
-
-    server = Slow()
+    server = HangingRecorder()
+    release, entered = server.release, server.entered
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
         for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source):
