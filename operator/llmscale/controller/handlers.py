@@ -498,7 +498,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         if not counts and not kube.deployments(namespace, name, fresh=True):
             _reconcile(body, status, patch, name, namespace)
             return
-        if _legacy(body, patch, st, name, [c.name for c in counts]):
+        if _legacy(body, patch, dict(status or {}), name, [c.name for c in counts]):
             return
         m.CURRENT.labels(namespace, name).set(sum(c.replicas for c in counts))
         m.READY.labels(namespace, name).set(sum(c.ready for c in counts))
@@ -509,7 +509,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         # earlier version was just deleted: create the first shape's now.
         _reconcile(body, status, patch, name, namespace)
         return
-    if _legacy(body, patch, st, name, [d.name for d in deps]):
+    if _legacy(body, patch, dict(status or {}), name, [d.name for d in deps]):  # status as written: its Ready says it once
         return  # the single Deployment of an earlier version is still there
     memo["last_decision"] = now
     pods = kube.pods(namespace, name)
