@@ -263,3 +263,21 @@ def test_a_status_that_lags_several_writes_is_still_recognised_as_this_operators
         _, hist, _, mine = continue_from_memory(statuses[-back], own)
         assert (mine is not None) == recognised, back
         assert hist == (own.history if recognised else History.parse(statuses[-back]["history"])[0])
+
+
+def test_a_lagging_status_gives_the_next_decision_the_conditions_it_last_computed() -> None:
+    """While kopf's copy lags the operator's writes, the conditions (and warnings, Ready pods, cold
+    starts) come from memory: read from the lagging copy, a condition flip already written would
+    be seen again, its Event posted twice and its lastTransitionTime moved."""
+    from llmscale.controller.handlers import FRESH_KEYS, continue_from_memory
+    from llmscale.policy import History
+
+    memo: dict = {}
+    old_conds = [{"type": "SLOMet", "status": "False", "reason": "SLOBreachTTFT"}]
+    new_conds = [{"type": "SLOMet", "status": "True", "reason": "SLOMet"}]
+    out1, _ = _decision(memo, {}, History(rate_samples=((1.0, 10.0),)), 100.0, {"conditions": old_conds, "warnings": ["w"]})
+    lagging = {**out1}
+    _decision(memo, lagging, History(rate_samples=((16.0, 20.0),)), 115.0, {"conditions": new_conds, "warnings": []})
+    st, _, _, own = continue_from_memory(lagging, memo["own_status"])  # kopf still hands over the first write
+    assert own is not None and {"conditions", "warnings", "readyPods", "coldStartSeconds"} <= set(FRESH_KEYS)
+    assert st["conditions"] == new_conds and st["warnings"] == []
