@@ -64,6 +64,36 @@ def test_a_steady_state_near_the_sequence_limit_is_found_not_reported_as_saturat
         q._State(H100, 60.0, mix)  # no steady state: the replica saturates
 
 
+def test_a_saturated_replica_is_known_after_a_few_tries_not_forty(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prefill outgrowing the time at a gap and at a longer one has no steady state; the search
+    # used to find that in 40 settles, a third of the model's time over a fleet's token mixes.
+    tries = 0
+    settle = q._State._settle
+
+    def counted(self: q._State, *args: object) -> float:
+        nonlocal tries
+        tries += 1
+        return settle(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q._State, "_settle", counted)
+    with pytest.raises(OverflowError):
+        q._State(H100, 200.0, q.Mix(8000, 100, 0.7, 1.0, 1e9))
+    assert tries <= 6
+    tries = 0
+    st = q._State(H100, 18.7, q.Mix(1024, 256, 0.7, 1.0, 1e9))  # a steady state is still settled
+    assert st.busy_share < 1 and tries <= 10
+
+
+def test_a_pickled_profile_finds_the_same_cached_answers() -> None:
+    # The profile keeps its hash (the capacity caches are keyed by it); a copy in another process
+    # must compute its own, not carry this one's (string hashes differ between processes).
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(H100))
+    assert copy == H100 and hash(copy) == hash(H100) and "_hash" not in copy.__getstate__()
+    assert q.modelled_curve(copy, 1024, 256, 0.1, 1.0) is q.modelled_curve(H100, 1024, 256, 0.1, 1.0)
+
+
 @pytest.mark.parametrize(("mean_in", "mean_out"), [(300, 100), (1024, 256), (2048, 30), (4000, 100), (1024, 800)])
 def test_pooling_never_lowers_and_tighter_targets_never_raise_capacity(mean_in: float, mean_out: float) -> None:
     # (each answer is searched to RELATIVE_PRECISION, so "never lower" holds to that precision)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from llmscale.api import parse_spec
+from llmscale.perf.queueing import modelled_capacity
 from llmscale.policy import Signals
 from llmscale.policy.capacity import (
+    capacity_curve,
     max_model_len,
     misses_beyond_chance,
     refine_correction,
@@ -59,6 +61,27 @@ def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
         alone = variant_capacity(spec, v, Signals(), 1.0, mix, 1)
         assert n <= -(-demand // (alone.per_replica * u))  # never more than lone replicas would need
     assert replicas_for(spec, v, Signals(), 1.0, mix, 0.0, u)[0] == 0
+
+
+def test_the_capacity_curve_read_at_a_fleet_size_is_the_model_at_that_size() -> None:
+    # A decision looks the mix up once and reads the curve at every fleet size the plan asks about.
+    spec = parse_spec(spec_dict(engineArgs=["--max-model-len=16384"]))
+    v, mix = spec.variants[0], (2500.0, 180.0)
+    curve = capacity_curve(spec, v, Signals(), mix)
+    itl, ttft = spec.slo.itl_target(), spec.slo.ttft
+    assert itl is not None and ttft is not None
+    for n in (1, 2, 3, 4, 7, 16, 40):
+        model = modelled_capacity(replica_profile(spec, v), *mix, itl.seconds, ttft.seconds, itl.percentile,
+                                  ttft.percentile, max_prompt=16384, replicas=n)
+        at = curve.at(n, 0.8)
+        assert (at.per_replica, at.limited_by) == (model.requests_per_s * 0.8, model.limited_by)
+        assert at == variant_capacity(spec, v, Signals(), 0.8, mix, n)
+    # a shape vLLM would refuse sustains nothing at any size, unless its pods have started
+    l4 = parse_spec(spec_dict(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}]))
+    refused = capacity_curve(l4, l4.variants[0], Signals(), mix)
+    assert refused.refused and all(refused.at(n, 1.0).per_replica == 0 for n in (1, 4, 16))
+    assert refused.at(4, 1.0).limited_by.startswith("infeasible: vLLM would not start")
+    assert capacity_curve(l4, l4.variants[0], Signals(), (800.0, 150.0), started=True).at(4, 1.0).per_replica > 0
 
 
 @pytest.mark.parametrize(("args", "limit", "refused"), [

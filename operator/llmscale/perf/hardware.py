@@ -147,6 +147,19 @@ class ServerProfile:
             return f"its KV cache holds {tokens:,} tokens, less than {how}"
         return None
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        # Kept: the capacity model's caches are keyed by the profile, and hashing its nested
+        # dataclasses field by field at every lookup was a tenth of a decision.
+        return hash((self.model, self.gpu, self.tp, self.max_num_seqs, self.max_batched_tokens, self.gpu_memory_utilization))
+
+    def __getstate__(self) -> dict[str, object]:
+        # A string's hash differs between processes: a pickled copy computes its own.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @functools.cached_property
     def _step_constants(self) -> tuple[float, ...]:
         # Hoisted out of step_seconds (called hundreds of thousands of times by the capacity
@@ -170,8 +183,10 @@ class ServerProfile:
         tokens = decode_seqs + prefill_tokens
         linear = flops_per_token * tokens / flops
         attn = attn_per_pair * prefill_tokens * prefill_ctx / flops
-        # Memory reads and compute overlap: the step costs the larger of the two.
-        body = max(weights + kv, linear + attn) + 0.15 * min(weights + kv, linear + attn)
+        # Memory reads and compute overlap: the step costs the larger of the two (written out, not
+        # max/min: this runs a hundred thousand times per token mix).
+        memory, compute = weights + kv, linear + attn
+        body = memory + 0.15 * compute if memory >= compute else compute + 0.15 * memory
         body += decode_seqs * SEQ_OVERHEAD_S * depth * speed
         return fixed + body * comm
 

@@ -62,9 +62,12 @@ _NODES = tuple((_NORMAL.inv_cdf((a + b) / 2), b - a) for a, b in zip(_BIN_EDGES,
 _RESIDUAL = (0.125, 0.375, 0.625, 0.875)
 
 
+_SQRT2 = math.sqrt(2)
+
+
 def _phi(z: float) -> float:
     """Standard normal CDF."""
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    return 0.5 * (1 + math.erf(z / _SQRT2))
 
 
 def _lengths(mean: float, sigma: float, cap: float) -> tuple[tuple[float, float], ...]:
@@ -122,10 +125,16 @@ class _State:
         g0 = gap or profile.step_seconds(1, mix.mean_in, 0)
         h0 = self._settle(profile, lam, mix, g0) - g0
         g1 = g0 + h0
+        saturated = self.busy_share >= 1
         for _ in range(40):
             h1 = self._settle(profile, lam, mix, g1) - g1
             if abs(h1) < 1e-5 * g1:
                 break
+            if saturated and self.busy_share >= 1 and g1 > g0:
+                # Prefill outgrew the time at a gap and at a longer one: a longer gap only lengthens
+                # the steps, so no gap settles (the search used to find that in 40 tries).
+                raise OverflowError
+            saturated = self.busy_share >= 1
             slope = (h1 - h0) / (g1 - g0) if g1 != g0 else -1.0
             nxt = g1 - h1 / slope if slope < -1e-9 else g1 + h1 / 2
             g0, h0, g1 = g1, h1, max(1e-6, nxt if nxt > 0 else g1 / 2)
@@ -198,41 +207,51 @@ def _sharers(st: _State, mean_in: float, replicas: int) -> list[tuple[float, flo
     return out
 
 
-def _prefill_gaps(profile: ServerProfile, st: _State, mix: Mix, replicas: int) -> list[tuple[float, float]]:
-    """(how much longer than a decode step, probability) over the prefill-carrying steps: each
-    prompt's chunks, with the prompts that share the step."""
+class _Gaps(NamedTuple):
+    """The inter-token gaps at one load: by how much a prefill-carrying step outlasts a decode step
+    (mean and second moment), and every gap as vLLM's histogram would count it (cumulative)."""
+
+    mean: float
+    second: float
+    histogram: list[float]
+
+
+def _prefill_gaps(profile: ServerProfile, st: _State, mix: Mix, replicas: int) -> _Gaps:
+    """The gaps over the prefill-carrying steps (each prompt's chunks, with the prompts that share
+    the step) and the decode-only ones, in one pass: the capacity search reads them at every rate."""
     total = sum(w for _, w in st.prefill_steps)
-    out: list[tuple[float, float]] = []
+    dec, f, itl = st.decode_step, st.prefill_share, buckets.ITL
+    counts = [0.0] * (len(itl) + 1)
+    counts[bisect.bisect_left(itl, dec)] += 1 - f
+    d1 = d2 = 0.0
     for k, kw in _sharers(st, mix.mean_in, replicas):
         tokens = min(k * mix.mean_in, st.budget)
-        shared = profile.step_seconds(st.batch_int, st.context, int(tokens), tokens / 2) if tokens >= 1 else st.decode_step
+        shared = profile.step_seconds(st.batch_int, st.context, int(tokens), tokens / 2) if tokens >= 1 else dec
         for d, w in st.prefill_steps:
-            out.append((d + shared - 2 * st.decode_step, kw * w / total))
-    return out
-
-
-def _itl_attainment(st: _State, gaps: list[tuple[float, float]], target: float) -> float:
-    """Share of inter-token gaps at or under target, read from vLLM's buckets as Prometheus would."""
-    counts = [0.0] * (len(buckets.ITL) + 1)
-    f = st.prefill_share
-    counts[bisect.bisect_left(buckets.ITL, st.decode_step)] += 1 - f
-    for extra, q in gaps:
-        counts[bisect.bisect_left(buckets.ITL, st.decode_step + extra)] += f * q
+            extra, q = d + shared - 2 * dec, kw * w / total
+            d1 += extra * q
+            d2 += extra * extra * q
+            counts[bisect.bisect_left(itl, dec + extra)] += f * q
     acc = 0.0
     for i, c in enumerate(counts):
         acc += c
         counts[i] = acc
-    share, _ = attainment(target, buckets.ITL, counts)
+    return _Gaps(d1, d2, counts)
+
+
+def _itl_attainment(gaps: _Gaps, target: float) -> float:
+    """Share of inter-token gaps at or under target, read from vLLM's buckets as Prometheus would."""
+    share, _ = attainment(target, buckets.ITL, gaps.histogram)
     return 1.0 if share is None else share
 
 
-def _request_itl_attainment(st: _State, mix: Mix, gaps: list[tuple[float, float]], target: float) -> float:
+def _request_itl_attainment(st: _State, mix: Mix, gaps: _Gaps, target: float) -> float:
     """Share of requests whose mean inter-token latency is at or under target. A request with g gaps
     meets a Poisson number (mean f g) of prefill-carrying steps, each longer than a decode step by
     delta; short outputs meet few, so one long prefill decides their mean."""
-    d1 = sum(x * q for x, q in gaps)
-    d2 = sum(x * x * q for x, q in gaps)
+    d1, d2 = gaps.mean, gaps.second
     sd = math.sqrt(max(0.0, d2 - d1 * d1))
+    erf, sqrt = math.erf, math.sqrt
     ok = weight = 0.0
     for o, w in mix.outputs:
         if o < 2:
@@ -252,7 +271,7 @@ def _request_itl_attainment(st: _State, mix: Mix, gaps: list[tuple[float, float]
         while k < 200:
             k += 1
             p *= mu / k
-            term = _phi((slack - k * d1) / (math.sqrt(k) * sd + 1e-12))
+            term = 0.5 * (1 + erf((slack - k * d1) / (sqrt(k) * sd + 1e-12) / _SQRT2))  # _phi, inlined: the hot loop
             part += p * term
             if k > mu and (p < 1e-7 or term < 1e-7):  # both fall from here on
                 break
@@ -285,10 +304,16 @@ def _ttft_attainment(lam: float, st: _State, target: float, replicas: int) -> fl
     # Cramer-Lundberg: lam_n (E[exp(g V/n)] - 1) = g, by Newton from the diffusion estimate.
     lam_n = lam * replicas
     g = 2 * (1 - rho) * mean / sum(v * v * w for v, w in service) * replicas
+    exp = math.exp
     for _ in range(30):
-        e = [(w, v / replicas, math.exp(min(50.0, g * v / replicas))) for v, w in service]
-        f = lam_n * (sum(w * x for w, _, x in e) - 1) - g
-        fd = lam_n * sum(w * v * x for w, v, x in e) - 1
+        s0 = s1 = 0.0
+        for v, w in service:
+            vn, z = v / replicas, g * v / replicas
+            x = exp(z if z < 50.0 else 50.0)
+            s0 += w * x
+            s1 += w * vn * x
+        f = lam_n * (s0 - 1) - g
+        fd = lam_n * s1 - 1
         if fd <= 0:
             break
         step = f / fd
@@ -336,7 +361,7 @@ def _margin(profile: ServerProfile, lam: float, replicas: int, mix: Mix, slo: Ta
         if slo.itl_s <= st.decode_step:
             return slo.itl_s / st.decode_step - 1, "itl"
         gaps = _prefill_gaps(profile, st, mix, replicas)
-        margins.append((min(_itl_attainment(st, gaps, slo.itl_s),
+        margins.append((min(_itl_attainment(gaps, slo.itl_s),
                             _request_itl_attainment(st, mix, gaps, slo.itl_s)) - slo.itl_pct / 100, "itl"))
     if slo.ttft_s is not None:
         blocked = blocking(profile, st.batch, mix)
@@ -386,11 +411,28 @@ def modelled_capacity(
 ) -> Capacity:
     """Largest Poisson arrival rate per replica that meets the targets in a fleet of `replicas`:
     the question `perf.capacity.simulated_capacity` answers by simulation."""
-    curve = _model_curve(profile, _snap(mean_in), _snap(mean_out),
-                         None if itl_target_s is None else round(itl_target_s, 4),
-                         None if ttft_target_s is None else round(ttft_target_s, 4),
-                         itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt)
-    return at_fleet_size(curve, replicas)
+    return at_fleet_size(modelled_curve(profile, mean_in, mean_out, itl_target_s, ttft_target_s, itl_pct, ttft_pct,
+                                        sigma_in, sigma_out, max_prompt), replicas)
+
+
+def modelled_curve(
+    profile: ServerProfile,
+    mean_in: float,
+    mean_out: float,
+    itl_target_s: float | None,
+    ttft_target_s: float | None,
+    itl_pct: float = 95.0,
+    ttft_pct: float = 95.0,
+    sigma_in: float = DEFAULT_SIGMA_IN,
+    sigma_out: float = DEFAULT_SIGMA_OUT,
+    max_prompt: int | None = None,
+) -> tuple[tuple[int, Capacity], ...]:
+    """(fleet size, capacity per replica) at the POOL_ANCHORS, for `at_fleet_size` to read between:
+    a caller that asks about several fleet sizes looks the mix up once."""
+    return _model_curve(profile, _snap(mean_in), _snap(mean_out),
+                        None if itl_target_s is None else round(itl_target_s, 4),
+                        None if ttft_target_s is None else round(ttft_target_s, 4),
+                        itl_pct, ttft_pct, round(sigma_in, 1), round(sigma_out, 1), max_prompt)
 
 
 def _rate_ceiling(profile: ServerProfile, mix: Mix) -> float:

@@ -3,6 +3,7 @@ corrected online from observed load versus observed latency."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
+from llmscale.perf.capacity import Capacity, at_fleet_size
 from llmscale.perf.hardware import ServerProfile, server_profile
-from llmscale.perf.queueing import modelled_capacity
+from llmscale.perf.queueing import modelled_curve
 
 from .reasons import Code, Reason
 from .types import Condition, History, Signals, Workload
@@ -67,7 +69,11 @@ def human_int(text: str) -> int | None:
 def max_model_len(spec: LLMDeploymentSpec) -> int | None:
     """--max-model-len from the engine args: vLLM refuses longer prompts, which bounds the tail.
     None when absent, unreadable, or left to vLLM ('auto', -1: it fits the length to memory)."""
-    raw = engine_arg(spec, "max-model-len")
+    return _max_len(tuple(spec.engine_args))
+
+
+def _max_len(args: Sequence[str]) -> int | None:
+    raw = arg_value(args, "max-model-len")
     n = human_int(raw) if raw is not None else None
     return n if n is not None and n > 0 else None
 
@@ -85,10 +91,14 @@ def memory_utilization(args: Sequence[str]) -> float | None:
 
 def replica_profile(spec: LLMDeploymentSpec, variant: Variant) -> ServerProfile:
     """The performance model of one replica of `variant`, with the memory share its engine args give."""
-    util = memory_utilization(spec.engine_args)
+    return _profile(spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica)
+
+
+def _profile(model: str, args: Sequence[str], accelerator: str, gpus: int) -> ServerProfile:
+    util = memory_utilization(args)
     if util is None:
-        return server_profile(spec.model, variant.accelerator, variant.gpus_per_replica)
-    return server_profile(spec.model, variant.accelerator, variant.gpus_per_replica, util)
+        return server_profile(model, accelerator, gpus)
+    return server_profile(model, accelerator, gpus, util)
 
 
 # Engine args that change what a token or the weights take in GPU memory (or where they live), and
@@ -102,7 +112,12 @@ QUANTIZED_NAME = re.compile(r"awq|gptq|int4|int8|fp8|w4a16|w8a8|bnb|gguf|4bit|8b
 def shape_key(spec: LLMDeploymentSpec, variant: str) -> str:
     """A shape as run: its name, and a hash of the model and the engine args (a proof that vLLM
     starts on it holds for these only)."""
-    digest = hashlib.sha256("\0".join((spec.model, *spec.engine_args)).encode()).hexdigest()[:10]
+    return _shape_key(variant, spec.model, tuple(spec.engine_args))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_key(variant: str, model: str, args: tuple[str, ...]) -> str:
+    digest = hashlib.sha256("\0".join((model, *args)).encode()).hexdigest()[:10]
     return f"{variant}@{digest}"
 
 
@@ -123,19 +138,24 @@ def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
     what the engine args say for certain counts: an unreadable or automatic --max-model-len, an
     argument or a checkpoint that changes the memory a token or the weights take (MEMORY_ARGS,
     QUANTIZED_NAME), or an unreadable --gpu-memory-utilization checks nothing."""
-    raw = engine_arg(spec, "max-model-len")
-    limit = max_model_len(spec)
-    if raw is not None and limit is None:
+    return _refusal(spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica)
+
+
+@functools.lru_cache(maxsize=1024)
+def _refusal(model: str, args: tuple[str, ...], accelerator: str, gpus: int) -> str | None:
+    # Cached: every decision asks, and the answer depends on these alone.
+    limit = _max_len(args)
+    if arg_value(args, "max-model-len") is not None and limit is None:
         return None
     for name in MEMORY_ARGS:
-        value = engine_arg(spec, name)
+        value = arg_value(args, name)
         if value is not None and not (name == "kv-cache-dtype" and value.lower() == "auto"):
             return None
-    if QUANTIZED_NAME.search(spec.model):
+    if QUANTIZED_NAME.search(model):
         return None
-    if engine_arg(spec, "gpu-memory-utilization") is not None and memory_utilization(spec.engine_args) is None:
+    if arg_value(args, "gpu-memory-utilization") is not None and memory_utilization(args) is None:
         return None
-    return replica_profile(spec, variant).refuses_to_start(limit)
+    return _profile(model, args, accelerator, gpus).refuses_to_start(limit)
 
 
 # The token mix is a mean over requests, weighted by how many each rate window saw, and planned for
@@ -193,30 +213,58 @@ def observed_mix(signals: Signals, window_s: float, prev: ObservedMix | None = N
     return ObservedMix(mean(prev.mean_input, w_in), mean(prev.mean_output, w_out), min(weight + n, MIX_MEMORY_REQUESTS))
 
 
-def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                     mix: tuple[float, float] | None = None, replicas: int = 1, started: bool = False) -> VariantCapacity:
-    """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (pooling helps).
-    A shape vLLM would not start on sustains nothing, unless its pods have started (`started`: Ready
+@dataclass(frozen=True)
+class CapacityCurve:
+    """What one replica of a variant sustains at the SLO for one token mix, by fleet size, before
+    the correction: looked up once per decision, read at as many fleet sizes as the plan asks."""
+
+    variant: Variant
+    anchors: tuple[tuple[int, Capacity], ...]  # (fleet size, capacity); () when vLLM would not start
+    refused: str | None  # why vLLM would not start on this shape
+    unloaded_itl_s: float
+
+    def at(self, replicas: int, correction: float) -> VariantCapacity:
+        """One replica's capacity in a fleet of `replicas` (pooling helps), times `correction`."""
+        if self.refused is not None:
+            return VariantCapacity(self.variant, 0.0, f"infeasible: vLLM would not start: {self.refused}", 0.0)
+        cap = at_fleet_size(self.anchors, replicas)
+        return VariantCapacity(self.variant, cap.requests_per_s * correction, cap.limited_by, self.unloaded_itl_s)
+
+
+def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
+                   mix: tuple[float, float] | None = None, started: bool = False) -> CapacityCurve:
+    """The capacity of `variant` by fleet size for this mix (the observed one when `mix` is None). A
+    shape vLLM would not start on sustains nothing, unless its pods have started (`started`: Ready
     pods prove the rule wrong for them, whatever the engine args seemed to say)."""
-    profile = replica_profile(spec, variant)
-    refused = None if started else refused_start(spec, variant)
-    if refused is not None:
-        return VariantCapacity(variant, 0.0, f"infeasible: vLLM would not start: {refused}", 0.0)
     mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
-    cap = modelled_capacity(
-        profile,
-        mean_in,
-        mean_out,
-        itl.seconds if itl else None,
-        ttft.seconds if ttft else None,
-        itl_pct=itl.percentile if itl else 95.0,
-        ttft_pct=ttft.percentile if ttft else 95.0,
-        max_prompt=max_model_len(spec),
-        replicas=replicas,
-    )
-    return VariantCapacity(variant, cap.requests_per_s * correction, cap.limited_by, profile.unloaded_itl(mean_in + mean_out / 2))
+    anchors, refused, unloaded_itl = _curve(
+        spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica,
+        itl.seconds if itl else None, itl.percentile if itl else 95.0,
+        ttft.seconds if ttft else None, ttft.percentile if ttft else 95.0,
+        mean_in, mean_out, started)
+    return CapacityCurve(variant, anchors, refused, unloaded_itl)
+
+
+@functools.lru_cache(maxsize=4096)
+def _curve(model: str, args: tuple[str, ...], accelerator: str, gpus: int, itl_s: float | None, itl_pct: float,
+           ttft_s: float | None, ttft_pct: float, mean_in: float, mean_out: float,
+           started: bool) -> tuple[tuple[tuple[int, Capacity], ...], str | None, float]:
+    # Cached: a decision asks two or three times, and the mix to plan for rarely moves between decisions.
+    refused = None if started else _refusal(model, args, accelerator, gpus)
+    if refused is not None:
+        return (), refused, 0.0
+    profile = _profile(model, args, accelerator, gpus)
+    anchors = modelled_curve(profile, mean_in, mean_out, itl_s, ttft_s, itl_pct=itl_pct, ttft_pct=ttft_pct,
+                             max_prompt=_max_len(args))
+    return anchors, None, profile.unloaded_itl(mean_in + mean_out / 2)
+
+
+def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
+                     mix: tuple[float, float] | None = None, replicas: int = 1, started: bool = False) -> VariantCapacity:
+    """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (capacity_curve)."""
+    return capacity_curve(spec, variant, signals, mix, started).at(replicas, correction)
 
 
 def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
@@ -224,19 +272,20 @@ def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, co
     """The fewest replicas whose pooled capacity, at `utilization`, carries `demand` req/s, and
     the per-replica capacity at that fleet size. Pooled capacity grows with the fleet, so the
     count a lone replica's capacity gives is an upper bound; bisect below it."""
-    single = variant_capacity(spec, variant, signals, correction, mix, 1, started)
+    curve = capacity_curve(spec, variant, signals, mix, started)
+    single = curve.at(1, correction)
     if not single.feasible or demand <= 0:
         return 0, single
     hi = max(1, math.ceil(demand / (single.per_replica * utilization) - 1e-9))
     lo = 1
     while lo < hi:
         mid = (lo + hi) // 2
-        cap = variant_capacity(spec, variant, signals, correction, mix, mid, started)
+        cap = curve.at(mid, correction)
         if cap.feasible and mid * cap.per_replica * utilization >= demand - 1e-9:
             hi = mid
         else:
             lo = mid + 1
-    return hi, variant_capacity(spec, variant, signals, correction, mix, hi, started)
+    return hi, curve.at(hi, correction)
 
 
 def misses_beyond_chance(attainment: float, target_share: float, observed: float | None) -> bool:

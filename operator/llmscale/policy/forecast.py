@@ -32,6 +32,7 @@ An unknown request rate is not replaced by a stored sample: unknown means hold.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
@@ -41,6 +42,7 @@ from .reasons import Code, Reason
 from .types import History, Signals, Workload
 
 DEFAULT_COLD_START_S = 120.0
+_TIME, _RATE = operator.itemgetter(0), operator.itemgetter(1)  # of a (time, rate) sample
 SAMPLES_KEPT_S = 1800.0  # the burst memory looks back this far
 MAX_SAMPLES = 120
 QUIET_SHARE = 0.5  # a lull: load under half the held peak
@@ -154,12 +156,13 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     n = len(points)
     if n < 3:
         return None
-    mt = sum(t for t, _ in points) / n
-    mv = sum(v for _, v in points) / n
-    var = sum((t - mt) ** 2 for t, _ in points)
+    ts, vs = list(map(_TIME, points)), list(map(_RATE, points))
+    mt = sum(ts) / n
+    mv = sum(vs) / n
+    var = sum((t - mt) ** 2 for t in ts)
     if var <= 0:
         return None
-    return sum((t - mt) * (v - mv) for t, v in points) / var
+    return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / var
 
 
 def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
@@ -171,7 +174,8 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     if not samples:
         return None
     current = samples[-1][1]
-    recent = [(t, v) for t, v in samples if now - t <= max(120.0, horizon_s)]
+    reach = max(120.0, horizon_s)
+    recent = [s for s in samples if now - s[0] <= reach]
     slope = _slope(recent)
     if slope is None:
         return current
@@ -183,8 +187,7 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
 
 def recent_peak(samples: tuple[tuple[float, float], ...], now: float, hold_s: float) -> float | None:
     """The highest rate seen within `hold_s`."""
-    recent = [v for t, v in samples if now - t <= hold_s]
-    return max(recent) if recent else None
+    return max((v for t, v in samples if now - t <= hold_s), default=None)
 
 
 def chance_excess(peak: float, hold_s: float, window_s: float) -> float:
@@ -210,7 +213,7 @@ def quantile(values: tuple[float, ...], q: float) -> float:
 def error_budget(samples: tuple[tuple[float, float], ...], miss_share: float) -> float:
     """Requests the SLO allows to miss over the burst memory: `miss_share` of the requests it holds
     (the mean of the samples kept, over the whole span; thinning keeps peaks, so this errs high)."""
-    return miss_share * sum(v for _, v in samples) / len(samples) * SAMPLES_KEPT_S if samples else 0.0
+    return miss_share * sum(map(_RATE, samples)) / len(samples) * SAMPLES_KEPT_S if samples else 0.0
 
 
 def over_budget(budget: float, peak: float, horizon_s: float) -> bool:
@@ -282,10 +285,10 @@ def rise_within(samples: tuple[tuple[float, float], ...], now: float, rate: floa
     of the k windows within the horizon lies about sqrt(2 ln k) spreads below the load by chance:
     both count as no rise (on a steady 1 req/s a rise of 0.4 req/s is chance). (0, now) when
     nothing within the horizon is lower."""
-    before = [(t, v) for t, v in samples if 0 < now - t <= horizon_s]
+    before = [s for s in samples if 0 < now - s[0] <= horizon_s]
     if not before:
         return 0.0, now
-    t_low, low = min(before, key=lambda x: x[1])
+    t_low, low = min(before, key=_RATE)
     spread = math.sqrt(max(rate, 0.0) / window_s) if window_s > 0 else 0.0
     rise = rate - low - (math.sqrt(2.0) + math.sqrt(2 * math.log(max(2, len(before))))) * spread
     return (rise, t_low) if rise > 0 else (0.0, now)
@@ -341,7 +344,7 @@ def long_memory(record: tuple[tuple[float, float, float, float], ...], rate: flo
 
 
 def _keep(samples: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
-    recent = [(t, v) for t, v in samples if now - t <= SAMPLES_KEPT_S]
+    recent = [s for s in samples if now - s[0] <= SAMPLES_KEPT_S]
     while len(recent) > MAX_SAMPLES:
         # Thin the older half by pairs, keeping each pair's peak (at the later time, so a held peak
         # is never forgotten early): the burst memory lives on peaks.
@@ -399,7 +402,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     samples = _keep(history.rate_samples + ((now, rate),), now)
     miss_share = 1 - (spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95)
     budget = error_budget(samples, miss_share)
-    longest = max(v for _, v in samples)  # every sample kept is within the burst memory
+    longest = max(map(_RATE, samples))  # every sample kept is within the burst memory
     overspent = over_budget(budget, longest, horizon)
     hold = hold_time(history.burst_gaps, horizon, first_hold, overspent)
     trend = trend_forecast(samples, now, horizon) or rate

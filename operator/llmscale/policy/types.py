@@ -298,9 +298,8 @@ class History:
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
         dataclasses.replace would build, at a tenth of its cost; a decision makes a dozen)."""
-        unknown = changes.keys() - self.__dataclass_fields__.keys()
-        if unknown:
-            raise TypeError(f"History has no field(s) {', '.join(sorted(unknown))}")
+        if not _FIELDS.issuperset(changes):
+            raise TypeError(f"History has no field(s) {', '.join(sorted(changes.keys() - _FIELDS))}")
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
@@ -407,6 +406,7 @@ GROWTH_KEPT = 12  # returning bursts remembered
 
 
 _KEYS = {f.name: _camel(f.name) for f in fields(History)}
+_FIELDS = frozenset(_KEYS)
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "recommendations": _pairs(_count),
     "rate_samples": _pairs(lambda x: float(x)),
