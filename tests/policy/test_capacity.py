@@ -84,6 +84,19 @@ def test_the_capacity_curve_read_at_a_fleet_size_is_the_model_at_that_size() -> 
     assert capacity_curve(l4, l4.variants[0], Signals(), (800.0, 150.0), started=True).at(4, 1.0).per_replica > 0
 
 
+@pytest.mark.parametrize("args", [["--gpu-memory-utilization=0.5"], ["--max-model-len=2048"]])
+def test_the_cached_capacity_follows_every_engine_arg_that_changes_it(args: list[str]) -> None:
+    # The curve is cached by what it depends on: a spec that differs only in an engine arg that sizes
+    # the KV cache or bounds the prompts gets its own answer, not the last one asked for.
+    mix = (1500.0, 600.0)
+    plain = parse_spec(spec_dict())
+    changed = parse_spec(spec_dict(engineArgs=args))
+    a = capacity_curve(plain, plain.variants[0], Signals(), mix).at(4, 1.0)
+    b = capacity_curve(changed, changed.variants[0], Signals(), mix).at(4, 1.0)
+    assert a.per_replica != b.per_replica
+    assert capacity_curve(plain, plain.variants[0], Signals(), mix).at(4, 1.0) == a
+
+
 @pytest.mark.parametrize(("args", "limit", "refused"), [
     ([], None, True),  # Llama-3.1's own 131,072 tokens on an L4
     (["--max-model-len=8192"], 8192, False),

@@ -81,10 +81,18 @@ def parse_quantity(text: str | int | float) -> Decimal:
     return Decimal(m.group(1)) * _SUFFIX[m.group(3) or ""]
 
 
-@functools.lru_cache(maxsize=1024, typed=True)
 def parse_money(text: str | int | float) -> Decimal:
     """A non-negative amount of money per hour, written as a decimal string such as "40.00"."""
-    # Cached: every decision prices its pods a few times, from a spec that has a handful of prices.
+    # Strings cached: every decision prices its pods a few times, from a spec with a handful of prices.
+    return _money(text) if isinstance(text, str) else _parse_money(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _money(text: str) -> Decimal:
+    return _parse_money(text)
+
+
+def _parse_money(text: str | int | float) -> Decimal:
     s = str(text).strip()
     if not _MONEY_FULL.match(s):
         raise ValueError(f"{text!r} is not an amount: write a non-negative decimal such as '4.00' or '0.8048'")

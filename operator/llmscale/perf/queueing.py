@@ -125,16 +125,10 @@ class _State:
         g0 = gap or profile.step_seconds(1, mix.mean_in, 0)
         h0 = self._settle(profile, lam, mix, g0) - g0
         g1 = g0 + h0
-        saturated = self.busy_share >= 1
         for _ in range(40):
             h1 = self._settle(profile, lam, mix, g1) - g1
             if abs(h1) < 1e-5 * g1:
                 break
-            if saturated and self.busy_share >= 1 and g1 > g0:
-                # Prefill outgrew the time at a gap and at a longer one: a longer gap only lengthens
-                # the steps, so no gap settles (the search used to find that in 40 tries).
-                raise OverflowError
-            saturated = self.busy_share >= 1
             slope = (h1 - h0) / (g1 - g0) if g1 != g0 else -1.0
             nxt = g1 - h1 / slope if slope < -1e-9 else g1 + h1 / 2
             g0, h0, g1 = g1, h1, max(1e-6, nxt if nxt > 0 else g1 / 2)

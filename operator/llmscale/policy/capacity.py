@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
-from llmscale.perf.capacity import Capacity, at_fleet_size
+from llmscale.perf.capacity import Capacity, _snap, at_fleet_size
 from llmscale.perf.hardware import ServerProfile, server_profile
 from llmscale.perf.queueing import modelled_curve
 
@@ -115,7 +115,7 @@ def shape_key(spec: LLMDeploymentSpec, variant: str) -> str:
     return _shape_key(variant, spec.model, tuple(spec.engine_args))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8192)
 def _shape_key(variant: str, model: str, args: tuple[str, ...]) -> str:
     digest = hashlib.sha256("\0".join((model, *args)).encode()).hexdigest()[:10]
     return f"{variant}@{digest}"
@@ -141,7 +141,7 @@ def refused_start(spec: LLMDeploymentSpec, variant: Variant) -> str | None:
     return _refusal(spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8192)
 def _refusal(model: str, args: tuple[str, ...], accelerator: str, gpus: int) -> str | None:
     # Cached: every decision asks, and the answer depends on these alone.
     limit = _max_len(args)
@@ -239,26 +239,25 @@ def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
     mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
-    anchors, refused, unloaded_itl = _curve(
-        spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica,
-        itl.seconds if itl else None, itl.percentile if itl else 95.0,
-        ttft.seconds if ttft else None, ttft.percentile if ttft else 95.0,
-        mean_in, mean_out, started)
-    return CapacityCurve(variant, anchors, refused, unloaded_itl)
-
-
-@functools.lru_cache(maxsize=4096)
-def _curve(model: str, args: tuple[str, ...], accelerator: str, gpus: int, itl_s: float | None, itl_pct: float,
-           ttft_s: float | None, ttft_pct: float, mean_in: float, mean_out: float,
-           started: bool) -> tuple[tuple[tuple[int, Capacity], ...], str | None, float]:
-    # Cached: a decision asks two or three times, and the mix to plan for rarely moves between decisions.
-    refused = None if started else _refusal(model, args, accelerator, gpus)
+    args = tuple(spec.engine_args)
+    refused = None if started else _refusal(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     if refused is not None:
-        return (), refused, 0.0
-    profile = _profile(model, args, accelerator, gpus)
-    anchors = modelled_curve(profile, mean_in, mean_out, itl_s, ttft_s, itl_pct=itl_pct, ttft_pct=ttft_pct,
-                             max_prompt=_max_len(args))
-    return anchors, None, profile.unloaded_itl(mean_in + mean_out / 2)
+        return CapacityCurve(variant, (), refused, 0.0)
+    profile = _profile(spec.model, args, variant.accelerator, variant.gpus_per_replica)
+    # The model reads the mix on its 8 % grid: the cache is keyed by the cell, so a mix that drifts
+    # within it is answered from the cache (the idle inter-token floor is read at the mix itself).
+    anchors = _curve(profile, args, itl.seconds if itl else None, itl.percentile if itl else 95.0,
+                     ttft.seconds if ttft else None, ttft.percentile if ttft else 95.0, _snap(mean_in), _snap(mean_out))
+    return CapacityCurve(variant, anchors, None, profile.unloaded_itl(mean_in + mean_out / 2))
+
+
+@functools.lru_cache(maxsize=16384)
+def _curve(profile: ServerProfile, args: tuple[str, ...], itl_s: float | None, itl_pct: float, ttft_s: float | None,
+           ttft_pct: float, cell_in: float, cell_out: float) -> tuple[tuple[int, Capacity], ...]:
+    # Cached: a decision asks two or three times, and the mix to plan for rarely leaves its cell.
+    # (The model snaps the mix to its cell itself, and snapping a cell gives the cell.)
+    return modelled_curve(profile, cell_in, cell_out, itl_s, ttft_s, itl_pct=itl_pct, ttft_pct=ttft_pct,
+                          max_prompt=_max_len(args))
 
 
 def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
