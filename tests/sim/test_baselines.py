@@ -76,6 +76,7 @@ def test_keda_queue_threshold_per_replica_and_no_fallback() -> None:
     p = started(KEDAQueuePolicy())
     assert p.decide(view(0, 2, signals=Signals(requests_waiting=31))).replicas == 6  # ceil(31 / 5), 2 + 4 cap
     assert p.decide(view(30, 2, signals=Signals())).replicas == 2  # metric missing: hold
+    assert p.interval(SPEC) == 15.0  # a KEDA-owned HPA reads the trigger at its own 15 s sync
 
 
 # ---- Knative KPA -------------------------------------------------------------------------------

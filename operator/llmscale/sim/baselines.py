@@ -79,8 +79,15 @@ class HPAAlgorithm(Baseline):
 
 
 class HPAGPUUtilPolicy(HPAAlgorithm):
-    """HPA on DCGM GPU utilisation (`DCGM_FI_DEV_GPU_UTIL` through an adapter), target 70 %: the
-    rule of the GKE and NVIDIA guides. Knob: the utilisation target."""
+    """The HPA algorithm above on DCGM GPU utilisation: `DCGM_FI_DEV_GPU_UTIL` from NVIDIA's
+    dcgm-exporter, averaged per pod and served to the HPA by prometheus-adapter as a Pods metric
+    (the pipeline of GKE's "Best practices for autoscaling LLM inference workloads with GPUs",
+    cloud.google.com/kubernetes-engine/docs/best-practices/machine-learning/inference/autoscaling,
+    which lists this metric and warns that it is a duty cycle: busy with one request reads as busy).
+    No vendor publishes a default target for it; published examples range from 50 % to 90 % (Red
+    Hat's Custom Metrics Autoscaler GPU example uses 90), so the default here is 70 %, the middle,
+    and `bench/frontier.py` sweeps 35-100 %. The twin's utilisation is the share of GPU-seconds in
+    which an engine had work (`sim.promstore`), the same duty cycle. Knob: the utilisation target."""
 
     name = "hpa-gpu-util"
     knob_name = "target utilisation"
@@ -95,14 +102,18 @@ class HPAGPUUtilPolicy(HPAAlgorithm):
 
 
 class KEDAQueuePolicy(HPAAlgorithm):
-    """KEDA's Prometheus scaler on `vllm:num_requests_waiting` (AverageValue threshold 5 per
-    replica, 30 s polling: the vLLM production-stack and KServe tutorials), through the HPA it
-    creates. Knob: the threshold."""
+    """KEDA's Prometheus scaler on `vllm:num_requests_waiting`, as the vLLM production-stack
+    tutorial configures it (vllm-project/production-stack, docs/source/use_cases/autoscaling-keda.rst:
+    `threshold: '5'`, `pollingInterval: 15`, `cooldownPeriod: 360`), through the HPA that KEDA
+    creates. The trigger's default metric type is AverageValue, so that HPA wants
+    ceil(waiting in all pods / 5) replicas, with the HPA's tolerance, stabilization and step limits
+    above; from one replica up KEDA answers each 15 s HPA sync (the polling interval and the
+    cooldown govern only the step to and from zero, which this baseline never takes:
+    replicas.min >= 1). Knob: the threshold."""
 
     name = "keda-queue"
     knob_name = "waiting per replica"
     default_knob = 5.0
-    sync_s = 30.0
 
     def desired(self, view: View) -> int | None:
         current, waiting = view.workload.replicas, view.signals.requests_waiting
