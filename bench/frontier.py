@@ -99,6 +99,8 @@ LEVELS = (0.95, 0.96, 0.97, 0.98, 0.99)
 
 def attainment(p: Point, metric: str) -> float:
     """TTFT attainment, or joint (every SLO target met at once)."""
+    if metric not in ("ttft", "joint"):
+        raise ValueError(f"unknown attainment {metric!r}: ttft or joint")
     return p.joint if metric == "joint" else p.ttft
 
 

@@ -74,7 +74,15 @@ def test_a_replica_saturated_at_two_growing_gaps_can_still_settle(model: str, ac
     # the secant can step back: a search that gave up after two saturated settles at growing gaps
     # (tried to save time) lost these steady states and changed capacities by up to 5 %.
     profile = server_profile(model, accelerator, tp)
-    st = q._State(profile, lam, q.Mix(mean_in, 30, sigma_in, 1.0, max(1, profile.kv_capacity_tokens // 2)), warm)
+    mix = q.Mix(mean_in, 30, sigma_in, 1.0, max(1, profile.kv_capacity_tokens // 2))
+    # the case is what it claims: saturated at the start and at the next, longer gap
+    probe = object.__new__(q._State)
+    g0 = warm or profile.step_seconds(1, mix.mean_in, 0)
+    g1 = probe._settle(profile, lam, mix, g0)
+    assert probe.busy_share >= 1 and g1 > g0
+    probe._settle(profile, lam, mix, g1)
+    assert probe.busy_share >= 1
+    st = q._State(profile, lam, mix, warm)
     assert st.busy_share < 1 and st.batch < profile.max_num_seqs
 
 

@@ -94,7 +94,25 @@ def test_the_cached_capacity_follows_every_engine_arg_that_changes_it(args: list
     a = capacity_curve(plain, plain.variants[0], Signals(), mix).at(4, 1.0)
     b = capacity_curve(changed, changed.variants[0], Signals(), mix).at(4, 1.0)
     assert a.per_replica != b.per_replica
-    assert capacity_curve(plain, plain.variants[0], Signals(), mix).at(4, 1.0) == a
+
+
+@pytest.mark.parametrize("mix", [(0.5, 0.2), (1019.0, 30.0), (1033.7, 29.1), (12345.6, 800.0), (3.0e5, 7.0)])
+def test_the_capacity_cached_by_mix_cell_is_the_model_at_the_mix_itself(mix: tuple[float, float]) -> None:
+    # The cache is keyed by the 8 % cell the model snaps a mix to: the answer for any mix in the
+    # cell must be the model's for that exact mix (snapping a cell gives the cell).
+    from llmscale.perf.capacity import _snap
+    from llmscale.perf.queueing import modelled_curve
+
+    for x in mix:
+        assert _snap(_snap(x)) == _snap(x)
+    spec = parse_spec(spec_dict(engineArgs=["--max-model-len=65536"]))
+    v = spec.variants[0]
+    itl, ttft = spec.slo.itl_target(), spec.slo.ttft
+    assert itl is not None and ttft is not None
+    curve = capacity_curve(spec, v, Signals(), mix)
+    assert curve.anchors == modelled_curve(replica_profile(spec, v), *mix, itl.seconds, ttft.seconds, itl.percentile,
+                                           ttft.percentile, max_prompt=65536)
+    assert curve.unloaded_itl_s == replica_profile(spec, v).unloaded_itl(mix[0] + mix[1] / 2)
 
 
 @pytest.mark.parametrize(("args", "limit", "refused"), [

@@ -80,14 +80,16 @@ class HPAAlgorithm(Baseline):
 
 class HPAGPUUtilPolicy(HPAAlgorithm):
     """The HPA algorithm above on DCGM GPU utilisation: `DCGM_FI_DEV_GPU_UTIL` from NVIDIA's
-    dcgm-exporter, averaged per pod and served to the HPA by prometheus-adapter as a Pods metric
-    (the pipeline of GKE's "Best practices for autoscaling LLM inference workloads with GPUs",
-    cloud.google.com/kubernetes-engine/docs/best-practices/machine-learning/inference/autoscaling,
-    which lists this metric and warns that it is a duty cycle: busy with one request reads as busy).
-    No vendor publishes a default target for it; published examples range from 50 % to 90 % (Red
-    Hat's Custom Metrics Autoscaler GPU example uses 90), so the default here is 70 %, the middle,
-    and `bench/frontier.py` sweeps 35-100 %. The twin's utilisation is the share of GPU-seconds in
-    which an engine had work (`sim.promstore`), the same duty cycle. Knob: the utilisation target."""
+    dcgm-exporter, averaged per pod and served to the HPA as a Pods metric by a metrics adapter
+    (prometheus-adapter; GKE's guide uses its Custom Metrics Stackdriver Adapter). GKE's "Best
+    practices for autoscaling LLM inference workloads with GPUs"
+    (cloud.google.com/kubernetes-engine/docs/best-practices/machine-learning/inference/autoscaling)
+    lists the metric and warns that it is a duty cycle: busy with one request reads as busy. We
+    found no vendor default target for it (OpenShift's Custom Metrics Autoscaler GPU example,
+    openshift-docs modules/nodes-cma-autoscaling-custom-trigger-prom-gpu.adoc, uses 90 on a sum):
+    70 % is our assumption, and `bench/frontier.py` sweeps 35-100 %. The twin's utilisation is the
+    share of GPU-seconds in which an engine had work (`sim.promstore`), the same duty cycle. Knob:
+    the utilisation target."""
 
     name = "hpa-gpu-util"
     knob_name = "target utilisation"
@@ -102,14 +104,17 @@ class HPAGPUUtilPolicy(HPAAlgorithm):
 
 
 class KEDAQueuePolicy(HPAAlgorithm):
-    """KEDA's Prometheus scaler on `vllm:num_requests_waiting`, as the vLLM production-stack
-    tutorial configures it (vllm-project/production-stack, docs/source/use_cases/autoscaling-keda.rst:
+    """KEDA's Prometheus scaler on the requests waiting, with the settings of the vLLM
+    production-stack tutorial (vllm-project/production-stack, docs/source/use_cases/autoscaling-keda.rst:
     `threshold: '5'`, `pollingInterval: 15`, `cooldownPeriod: 360`), through the HPA that KEDA
-    creates. The trigger's default metric type is AverageValue, so that HPA wants
-    ceil(waiting in all pods / 5) replicas, with the HPA's tolerance, stabilization and step limits
-    above; from one replica up KEDA answers each 15 s HPA sync (the polling interval and the
-    cooldown govern only the step to and from zero, which this baseline never takes:
-    replicas.min >= 1). Knob: the threshold."""
+    creates. The tutorial's query is a bare `vllm:num_requests_waiting`, one series per pod, which
+    KEDA's Prometheus scaler refuses (it wants one element): this models the working form,
+    `sum(vllm:num_requests_waiting)`. The trigger's default metric type is AverageValue, so the HPA
+    wants ceil(waiting in all pods / 5) replicas, with the HPA's tolerance, stabilization and step
+    limits above. From one replica up the HPA reads the trigger at each 15 s sync (KEDA queries
+    Prometheus then unless `useCachedMetrics` is set, which caches for the polling interval, 15 s
+    here too); the polling interval and the cooldown otherwise govern only the step to and from
+    zero, which this baseline never takes (replicas.min >= 1). Knob: the threshold."""
 
     name = "keda-queue"
     knob_name = "waiting per replica"
