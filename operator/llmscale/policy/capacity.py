@@ -37,11 +37,6 @@ class VariantCapacity:
         return self.per_replica > 0
 
 
-def engine_arg(spec: LLMDeploymentSpec, name: str) -> str | None:
-    """The value of a vLLM flag in the engine args (arg_value)."""
-    return arg_value(spec.engine_args, name)
-
-
 def arg_value(args: Sequence[str], name: str) -> str | None:
     """The value of a vLLM flag in a command line, as vLLM's parser reads it: every `_` in a flag
     is a `-`, `=value` or the next argument, the last occurrence winning; None when absent."""
