@@ -10,7 +10,7 @@ import llmscale.perf.engine as engine_module
 from llmscale.api import parse_spec
 from llmscale.perf import queueing as q
 from llmscale.perf import server_profile
-from llmscale.perf.capacity import steady_state_meets
+from llmscale.perf.capacity import at_fleet_size, steady_state_meets
 from llmscale.policy import History, Signals, Workload, decide
 
 H100 = server_profile("meta-llama/Llama-3.1-8B-Instruct", "nvidia-h100", 1)
@@ -18,7 +18,7 @@ H100 = server_profile("meta-llama/Llama-3.1-8B-Instruct", "nvidia-h100", 1)
 
 def capacity(mean_in: float, mean_out: float, replicas: int, itl: float | None = 0.1, ttft: float | None = 1.0,
              ttft_pct: float = 99.0, profile: q.ServerProfile = H100) -> q.Capacity:
-    return q.modelled_capacity(profile, mean_in, mean_out, itl, ttft, itl_pct=95.0, ttft_pct=ttft_pct, replicas=replicas)
+    return at_fleet_size(q.modelled_curve(profile, mean_in, mean_out, itl, ttft, itl_pct=95.0, ttft_pct=ttft_pct), replicas)
 
 
 # Each case: a mix the model must place within the simulated fleet's limit. At 0.8x the model's

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llmscale.api import parse_spec
-from llmscale.perf.queueing import modelled_capacity
+from llmscale.perf.capacity import at_fleet_size
+from llmscale.perf.queueing import modelled_curve
 from llmscale.policy import Signals
 from llmscale.policy.capacity import (
     capacity_curve,
@@ -71,8 +72,8 @@ def test_the_capacity_curve_read_at_a_fleet_size_is_the_model_at_that_size() -> 
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
     assert itl is not None and ttft is not None
     for n in (1, 2, 3, 4, 7, 16, 40):
-        model = modelled_capacity(replica_profile(spec, v), *mix, itl.seconds, ttft.seconds, itl.percentile,
-                                  ttft.percentile, max_prompt=16384, replicas=n)
+        model = at_fleet_size(modelled_curve(replica_profile(spec, v), *mix, itl.seconds, ttft.seconds, itl.percentile,
+                                             ttft.percentile, max_prompt=16384), n)
         at = curve.at(n, 0.8)
         assert (at.per_replica, at.limited_by) == (model.requests_per_s * 0.8, model.limited_by)
         assert at == variant_capacity(spec, v, Signals(), 0.8, mix, n)
@@ -101,7 +102,6 @@ def test_the_capacity_cached_by_mix_cell_is_the_model_at_the_mix_itself(mix: tup
     # The cache is keyed by the 8 % cell the model snaps a mix to: the answer for any mix in the
     # cell must be the model's for that exact mix (snapping a cell gives the cell).
     from llmscale.perf.capacity import _snap
-    from llmscale.perf.queueing import modelled_curve
 
     for x in mix:
         assert _snap(_snap(x)) == _snap(x)

@@ -41,7 +41,6 @@ from .capacity import (
     POOL_ANCHORS,
     Capacity,
     _snap,
-    at_fleet_size,
     unloaded_floor,
 )
 from .hardware import ServerProfile
@@ -390,25 +389,6 @@ def _largest_rate(f: Callable[[float], tuple[float, str]], lo: float, f_lo: floa
     return lo, reason
 
 
-def modelled_capacity(
-    profile: ServerProfile,
-    mean_in: float,
-    mean_out: float,
-    itl_target_s: float | None,
-    ttft_target_s: float | None,
-    itl_pct: float = 95.0,
-    ttft_pct: float = 95.0,
-    sigma_in: float = DEFAULT_SIGMA_IN,
-    sigma_out: float = DEFAULT_SIGMA_OUT,
-    max_prompt: int | None = None,
-    replicas: int = 1,
-) -> Capacity:
-    """Largest Poisson arrival rate per replica that meets the targets in a fleet of `replicas`:
-    the question `perf.capacity.simulated_capacity` answers by simulation."""
-    return at_fleet_size(modelled_curve(profile, mean_in, mean_out, itl_target_s, ttft_target_s, itl_pct, ttft_pct,
-                                        sigma_in, sigma_out, max_prompt), replicas)
-
-
 def modelled_curve(
     profile: ServerProfile,
     mean_in: float,
@@ -421,8 +401,9 @@ def modelled_curve(
     sigma_out: float = DEFAULT_SIGMA_OUT,
     max_prompt: int | None = None,
 ) -> tuple[tuple[int, Capacity], ...]:
-    """(fleet size, capacity per replica) at the POOL_ANCHORS, for `at_fleet_size` to read between:
-    a caller that asks about several fleet sizes looks the mix up once."""
+    """The question `perf.capacity.simulated_capacity` answers by simulation, without one: the
+    largest Poisson arrival rate per replica that meets the targets, as (fleet size, capacity per
+    replica) at the POOL_ANCHORS, for `at_fleet_size` to read a fleet of any size from."""
     return _model_curve(profile, _snap(mean_in), _snap(mean_out),
                         None if itl_target_s is None else round(itl_target_s, 4),
                         None if ttft_target_s is None else round(ttft_target_s, 4),
