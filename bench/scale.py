@@ -20,7 +20,10 @@ Reported per size: take-over time; decisions per cycle; the age of each deployme
 decision (p50/p99, sampled every 5 s: it stays under one interval while the operator keeps up);
 the lag from the first scrape that carries a traffic change to the next decision for that
 deployment (p50/p99; up to one interval by design; a change with no decision by the end counts
-with its lag up to the end); actions per cycle (changes of a deployment's desired replicas seen
+with its lag up to the end); how old the Prometheus read each decision used was (read age,
+p50/p99 as histogram bucket edges: a decision that comes while its endpoint's batch is read again
+uses the last read, up to one interval old, rather than wait; add it to the lag for when a change
+reaches a decision) and how many decisions were put off a tick instead (put off); actions per cycle (changes of a deployment's desired replicas seen
 on the operator's gauge); Prometheus queries, Kubernetes requests of
 the operator's client, and status writes per cycle (by why); CPU per decision; the operator's
 peak RSS. Ratios are against the first size, measured in the same run.
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -127,6 +131,7 @@ class Scrape:
     last_decision: dict[tuple[str, str], float] = field(default_factory=dict)
     desired: dict[tuple[str, str], float] = field(default_factory=dict)  # llmscale_desired_replicas
     totals: dict[str, float] = field(default_factory=dict)  # summed counters, keyed by name (and a label)
+    read_age: dict[float, float] = field(default_factory=dict)  # llmscale_decision_signals_age_seconds, cumulative by le
 
 
 def read_operator() -> Scrape | None:
@@ -149,7 +154,11 @@ def read_operator() -> Scrape | None:
         elif metric == "llmscale_desired_replicas":
             lab = dict(_LABEL.findall(labels))
             out.desired[(lab.get("namespace", ""), lab.get("llmdeployment", ""))] = value
-        elif metric in ("llmscale_prometheus_queries_total", "process_cpu_seconds_total", "process_resident_memory_bytes"):
+        elif metric == "llmscale_decision_signals_age_seconds_bucket":
+            le = dict(_LABEL.findall(labels)).get("le", "+Inf")
+            out.read_age[math.inf if le == "+Inf" else float(le)] = value
+        elif metric in ("llmscale_prometheus_queries_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
+                        "llmscale_prometheus_read_waits_abandoned_total"):
             out.totals[metric] = out.totals.get(metric, 0.0) + value
         elif metric == "llmscale_kube_requests_total":
             verb = dict(_LABEL.findall(labels)).get("verb", "?")
@@ -160,6 +169,16 @@ def read_operator() -> Scrape | None:
             out.totals[f"writes {why}"] = out.totals.get(f"writes {why}", 0.0) + value
             out.totals["writes"] = out.totals.get("writes", 0.0) + value
     return out
+
+
+def bucket_quantile(first: dict[float, float], last: dict[float, float], q: float) -> float:
+    """The upper edge of the histogram bucket holding quantile q of the observations between two
+    scrapes (nan without any)."""
+    counts = sorted((le, n - first.get(le, 0.0)) for le, n in last.items())
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return float("nan")
+    return next(le for le, n in counts if n >= q * total)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -181,6 +200,9 @@ class Result:
     lag_p99: float
     lag_missed: int  # changes with no decision after their scrape before the run ended (their lag counted up to the end)
     lag_unjudged: int  # changes whose scrape came less than an interval before the end: too recent to judge
+    read_age_p50: float  # how old the Prometheus read a decision used was (upper bucket edge)
+    read_age_p99: float
+    put_off_per_cycle: float  # decisions put off a tick: their endpoint's read in flight and their last one too old
     watched_writes: float  # MODIFIED events per cycle on the LLMDeployments (every writer)
     unchanged_writes: float  # of them, writes that changed nothing a user reads
     moved: dict[str, float]  # per cycle: the writes that changed each field a user reads
@@ -411,6 +433,8 @@ def measure(n: int, cycles: int, changing: float, rng: random.Random, rates: dic
         whys = {k.split(" ", 1)[1]: per_cycle(k) for k in last.totals if k.startswith("writes ")}
         return Result(n, take_over, cycles, made / span_cycles, quantile(ages, 0.5), quantile(ages, 0.99),
                       quantile(lags, 0.5), quantile(lags, 0.99), missed, unjudged,
+                      bucket_quantile(first.read_age, last.read_age, 0.5), bucket_quantile(first.read_age, last.read_age, 0.99),
+                      per_cycle("llmscale_prometheus_read_waits_abandoned_total"),
                       status_watch.writes / span_cycles, status_watch.unchanged / span_cycles,
                       {k: v / span_cycles for k, v in status_watch.moved.items()}, len(changes), actions / span_cycles,
                       per_cycle("llmscale_prometheus_queries_total"), per_cycle("kube"), verbs, per_cycle("writes"), whys,
@@ -444,11 +468,12 @@ def ensure_deployments(n: int, have: int, rng: random.Random, rates: dict[int, f
 def table(results: list[Result]) -> str:
     base = results[0]
     head = ("deployments", "take over", "decisions/cycle", "actions/cycle", "decision age p50/p99", "change->decision p50/p99",
-            "Prom queries/cycle", "kube requests/cycle", "status writes/cycle", "CPU/decision", "vs first", "RSS")
+            "read age p50/p99", "put off/cycle", "Prom queries/cycle", "kube requests/cycle", "status writes/cycle", "CPU/decision", "vs first", "RSS")
     rows = [head]
     for r in results:
         rows.append((str(r.deployments), f"{r.take_over_s:.0f} s", f"{r.decisions_per_cycle:.0f}", f"{r.actions_per_cycle:.1f}",
                      f"{r.age_p50:.1f} / {r.age_p99:.1f} s", f"{r.lag_p50:.1f} / {r.lag_p99:.1f} s",
+                     f"<={r.read_age_p50:g} / <={r.read_age_p99:g} s", f"{r.put_off_per_cycle:.1f}",
                      f"{r.queries_per_cycle:.1f}", f"{r.kube_per_cycle:.0f}", f"{r.writes_per_cycle:.0f}",
                      f"{r.cpu_ms_per_decision:.1f} ms", f"{r.cpu_ms_per_decision / base.cpu_ms_per_decision:.2f}x",
                      f"{r.rss_mib:.0f} MiB"))

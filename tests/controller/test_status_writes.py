@@ -241,6 +241,25 @@ def test_decisions_fall_on_ticks_at_the_interval_rounded_up(interval: float, due
     assert next(t for t in range(5, 100, 5) if t >= due) == every
 
 
+@pytest.mark.parametrize(("since", "ticks", "interval", "due"), [
+    (12.5, 1, 15.0, True),    # by time: half a tick early still decides
+    (12.0, 2, 15.0, False),   # neither: too early, and not yet the third tick
+    (11.0, 3, 15.0, True),    # the third tick since a decision that began 4 s late: decides on the grid
+    (10.0, 3, 15.0, False),   # a tick (or a retry) a whole tick early: not on the grid, waits
+    (4.0, 3, 15.0, False),    # three quick retries after a failure are not three ticks of time
+    (0.5, 1, 5.0, True),      # an interval of one tick: every tick
+    (3.0, 2, 10.0, False),
+    (6.0, 2, 10.0, True),
+])
+def test_a_decision_that_began_late_does_not_put_the_next_off_a_tick(since: float, ticks: int, interval: float,
+                                                                     due: bool) -> None:
+    """At a thousand deployments a handler thread may start its tick seconds late; the next
+    decision, judged by time alone, then came a whole tick late (decision age p99 20 s at 15 s)."""
+    from llmscale.controller.handlers import decision_due
+
+    assert decision_due(since, ticks, interval, 5.0) is due
+
+
 def test_a_status_that_lags_several_writes_is_still_recognised_as_this_operators_own() -> None:
     """kopf hands the timer the object as its watch last saw it: at a thousand deployments the
     watch fell several writes behind, each such lag was read as someone else's write, and each cost

@@ -706,3 +706,53 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
         Runtime.reader = None
         server.close()
         Runtime.max_waiters = 8
+
+
+def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
+    """At a thousand deployments a batch read takes seconds, and each decision that came meanwhile
+    waited for it or, past the waiter cap, was put off a tick (a sixth of them on the scale bed).
+    Signals from the last read within usable_s now answer at once; older ones wait as before."""
+    from llmscale.controller.handlers import Runtime
+
+    server = HangingRecorder()
+    release, entered = server.release, server.entered
+    try:
+        Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source,
+                  Runtime._got_at):
+            d.clear()
+        Runtime._sick.clear()
+        spec = parse_spec(spec_dict())
+        a, b, c = ("team-a", "one"), ("team-a", "two"), ("team-a", "three")
+        Runtime._specs[b] = Runtime._specs[c] = spec  # deciding already: in the batch's read
+        first = Runtime.signals(a, spec, 0.0)
+        assert first is not None and first.unavailable is None and set(Runtime._signals) == {a, b, c}
+        server.hang = True
+        Runtime._read_at.clear()  # the batch is old: a's next decision reads it again, and hangs
+        result: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: result.update(a=Runtime.signals(a, spec, 0.0, usable_s=60.0)), daemon=True)
+        t.start()
+        assert entered.wait(10), "the second read never reached the server"
+        asked = len(server.requests)
+        started = time.monotonic()
+        got = Runtime.signals(b, spec, 0.0, wait_s=5.0, usable_s=60.0)
+        assert got is Runtime._signals[b] and got.unavailable is None  # the last read's answer, at once
+        assert time.monotonic() - started < 1.0 and len(server.requests) == asked and t.is_alive()
+        # Older than usable_s: waited for too, not answered.
+        Runtime._got_at[c] -= 120.0
+        assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
+        # Without usable_s (the old contract) a caller waits.
+        assert Runtime.signals(("team-a", "four"), spec, 0.0, wait_s=0.3) is None
+        release.set()
+        t.join(30)
+        assert result["a"] is not None and result["a"].unavailable is None
+        again = Runtime.signals(b, spec, 60.0, wait_s=0.3, usable_s=60.0)  # the read that came back answers
+        assert again is not None and again.unavailable is None and again is not got
+    finally:
+        release.set()
+        Runtime.reader = None
+        server.close()
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source,
+                  Runtime._got_at):
+            d.clear()
+        Runtime._sick.clear()

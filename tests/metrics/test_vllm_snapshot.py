@@ -78,3 +78,17 @@ def test_sampled_at_is_the_scrape_of_the_gauges_not_the_read() -> None:
     raw = copy.deepcopy(RECORDED)
     raw["freshness"] = []  # no timestamp: the read's time stands in
     assert build_signals(spec, KEY, _results(raw), scraped + 3, 60.0).sampled_at == scraped + 3
+
+
+def test_a_sample_keeps_its_bucket_edge_pod_and_value_or_why_not() -> None:
+    """The batch answer is kept as Sample tuples (a thousand deployments' histogram was 15.7 MiB
+    of decoded JSON): what the signals read survives, garbage becomes a reason, and a bucket edge
+    is one string for every deployment."""
+    from llmscale.metrics.snapshot import Sample, to_sample
+
+    a = to_sample({"metric": {"namespace": "n", "llmd": "a", "le": "".join(["0.", "25"])}, "value": [1.0, "3"]})
+    b = to_sample({"metric": {"namespace": "n", "llmd": "b", "le": "".join(["0.2", "5"])}, "value": [1.0, "NaN"]})
+    assert a == Sample("0.25", None, 3.0, None) and b == Sample("0.25", None, None, "NaN")
+    assert a.le is b.le  # interned
+    assert to_sample({"metric": {"pod": "p-1"}, "value": [1.0, "-2"]}) == Sample(None, "p-1", None, "negative value -2")
+    assert to_sample({"metric": {}, "value": "x"}) == Sample(None, None, None, "malformed sample")

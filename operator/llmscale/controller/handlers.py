@@ -59,6 +59,10 @@ log = logging.getLogger("llmscale.controller")
 # applying the first step of a change of pod shape (the switch must finish once).
 FAILPOINT = os.environ.get("LLMSCALE_FAILPOINT", "")
 READ_SHARE = 0.1  # an endpoint's batch reads may take about this share of the time (see Runtime.signals)
+# A batch is read again at most this share of an interval after the last read: decisions that
+# come while it is read use the last one (see Runtime.signals), up to USABLE_INTERVALS old.
+REFRESH_SHARE = 0.8
+USABLE_INTERVALS = 2.0
 
 
 def failpoint(name: str) -> None:
@@ -90,6 +94,7 @@ class Runtime:
     _read_took: dict[str, float] = {}  # seconds the endpoint's last batch read took
     _sick: set[str] = set()  # endpoints whose last batch read answered for nobody (failed, or refused)
     _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
+    _got_at: dict[tuple[str, str], float] = {}  # when the read that gave each deployment's signals began
     _objects: dict[tuple[str, str], threading.Lock] = {}  # one per LLMDeployment: reconcile and the timer in turn
 
     @classmethod
@@ -109,10 +114,11 @@ class Runtime:
 
     @classmethod
     def signals(cls, key: tuple[str, str], spec: LLMDeploymentSpec, max_age_s: float,
-                wait_s: float | None = None) -> Signals | None:
+                wait_s: float | None = None, usable_s: float | None = None) -> Signals | None:
         """The deployment's signals from its endpoint's batched read, read again when older than
-        max_age_s. None: another read of the endpoint was in flight for longer than wait_s (the
-        caller decides at its next tick)."""
+        max_age_s. While another thread reads the endpoint again, signals no older than usable_s
+        answer at once. None: that read was in flight for longer than wait_s (the caller decides
+        at its next tick)."""
         if cls.reader is None:
             return Signals.unreachable("no Prometheus URL configured (--prometheus-url or spec.metrics.prometheusURL)")
         endpoint = cls.endpoint_of(key, spec)
@@ -120,43 +126,21 @@ class Runtime:
             cls._specs[key] = spec
             lock = cls._locks.setdefault(endpoint, threading.Lock())
             sick = endpoint in cls._sick
-        # While a read of an endpoint whose last read failed is in flight, the others on it do not
-        # wait: each waiter holds one of kopf's handler threads for up to the read's two timeouts,
-        # and enough of them hold every thread, stalling deployments on healthy endpoints too. They
-        # get the failure (unknown: the policy holds). A healthy endpoint's read is waited for, up
-        # to wait_s: one that answers slowly but within its timeout would otherwise hold as many
-        # threads as it has deployments deciding, and with them every other endpoint's decisions.
-        # At most max_waiters threads wait on one endpoint at a time: a slow endpoint with many
-        # deployments deciding would otherwise hold every thread for 2.5 s each.
-        if not sick and not lock.acquire(blocking=False):
-            with cls._guard:
-                crowded = wait_s is not None and cls._waiting.get(endpoint, 0) >= cls.max_waiters
-                if not crowded:
-                    cls._waiting[endpoint] = cls._waiting.get(endpoint, 0) + 1
-            acquired = False
-            if not crowded:
-                try:
-                    acquired = lock.acquire(timeout=-1 if wait_s is None else wait_s)
-                finally:
-                    with cls._guard:
-                        cls._waiting[endpoint] -= 1
-            if not acquired:
-                m.READ_WAITS_ABANDONED.inc()
-                return None
-        if sick and not lock.acquire(blocking=False):
-            with cls._guard:
-                last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
-            if last is not None and last.unavailable is not None:
-                return last
-            return Signals.unreachable("Prometheus could not be read: its last read failed and the next one is in flight")
+            last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
+            recent = (last is not None and usable_s is not None and not sick and last.unavailable is None
+                      and 0.0 <= time.time() - cls._got_at.get(key, -math.inf) <= usable_s)
+        if not lock.acquire(blocking=False):
+            answer = cls._while_read_in_flight(endpoint, lock, last, recent, sick, wait_s)
+            if answer is not lock:
+                return answer if isinstance(answer, Signals) else None
         with _held(lock):
             now = time.time()
             with cls._guard:
                 # A batch that takes long to read (a thousand deployments: ~1.5 s of JSON, with every
                 # decision of the endpoint waiting) is read again only once it is older than its own
-                # read time / READ_SHARE, and never older than one interval.
+                # read time / READ_SHARE, and never older than REFRESH_SHARE of an interval.
                 took = cls._read_took.get(endpoint, 0.0)
-                max_age_s = max(max_age_s, min(took / READ_SHARE, 0.9 * parse_duration(spec.scaling.interval)))
+                max_age_s = max(max_age_s, min(took / READ_SHARE, REFRESH_SHARE * parse_duration(spec.scaling.interval)))
                 old = now - cls._read_at.get(endpoint, 0.0) > max_age_s
                 missing = key not in cls._signals or cls._source.get(key) != endpoint
                 # An old read: everyone's again. A fresh one without this deployment (new, or just
@@ -169,6 +153,7 @@ class Runtime:
                 with cls._guard:
                     cls._signals.update(got)
                     cls._source.update(dict.fromkeys(got, endpoint))
+                    cls._got_at.update(dict.fromkeys(got, now))
                     if old:
                         cls._read_at[endpoint] = now
                         cls._read_took[endpoint] = time.monotonic() - started
@@ -180,11 +165,64 @@ class Runtime:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
     @classmethod
+    def _while_read_in_flight(cls, endpoint: str, lock: threading.Lock, last: Signals | None,
+                              recent: bool, sick: bool, wait_s: float | None) -> Signals | threading.Lock | None:
+        """Another thread reads the endpoint: what this deployment gets meanwhile. The lock (now
+        held) when it waited for that read to end, signals to answer with, or None: put off."""
+        # The endpoint's batch grew older than max_age_s and another thread reads it again: a read
+        # of a thousand deployments takes seconds, and every decision that came meanwhile waited
+        # for it, or, past the waiter cap, was put off a whole tick (a sixth of the decisions at a
+        # thousand): it came 5 s late for data a few seconds fresher. Signals from the last read
+        # within usable_s (two intervals: a read slow but within its timeouts, not a dead
+        # endpoint, which the sick rule below answers) answer at once instead.
+        # Two decisions may then see the same read, as they see the same scrape whenever
+        # Prometheus scrapes less often than they come: the policy learns from a rate window by
+        # decision time and measures the queue between distinct scrapes, so nothing counts twice.
+        if recent:
+            return last
+        # While a read of an endpoint whose last read failed is in flight, the others on it do not
+        # wait: each waiter holds one of kopf's handler threads for up to the read's two timeouts,
+        # and enough of them hold every thread, stalling deployments on healthy endpoints too. They
+        # get the failure (unknown: the policy holds).
+        if sick:
+            if last is not None and last.unavailable is not None:
+                return last
+            return Signals.unreachable("Prometheus could not be read: its last read failed and the next one is in flight")
+        # A healthy endpoint's read is waited for, up to wait_s: one that answers slowly but within
+        # its timeout would otherwise hold as many threads as it has deployments deciding, and with
+        # them every other endpoint's decisions. At most max_waiters threads wait on one endpoint
+        # at a time: a slow endpoint with many deployments deciding would otherwise hold every
+        # thread for 2.5 s each.
+        with cls._guard:
+            crowded = wait_s is not None and cls._waiting.get(endpoint, 0) >= cls.max_waiters
+            if not crowded:
+                cls._waiting[endpoint] = cls._waiting.get(endpoint, 0) + 1
+        acquired = False
+        if not crowded:
+            try:
+                acquired = lock.acquire(timeout=-1 if wait_s is None else wait_s)
+            finally:
+                with cls._guard:
+                    cls._waiting[endpoint] -= 1
+        if acquired:
+            return lock
+        m.READ_WAITS_ABANDONED.inc()
+        return None
+
+    @classmethod
+    def read_age(cls, key: tuple[str, str], now: float) -> float | None:
+        """Seconds since the read that gave the deployment's signals began."""
+        with cls._guard:
+            at = cls._got_at.get(key)
+        return None if at is None else max(0.0, now - at)
+
+    @classmethod
     def forget(cls, key: tuple[str, str]) -> None:
         with cls._guard:
             cls._specs.pop(key, None)
             cls._signals.pop(key, None)
             cls._source.pop(key, None)
+            cls._got_at.pop(key, None)
             cls._objects.pop(key, None)
             if cls.reader is not None:
                 cls.reader.pod_load.pop(key, None)
@@ -419,6 +457,16 @@ def decision_due_s(interval: float, tick: float) -> float:
     return max(1, math.ceil(interval / tick - 1e-6)) * tick - tick / 2
 
 
+def decision_due(since_s: float, ticks_since: int, interval: float, tick: float) -> bool:
+    """Whether a tick decides, since_s and ticks_since (this one included) after the last decision.
+    A handler thread that starts late (a thousand deployments on 16 threads) moves when its
+    decision began, not the ticks (kopf's sharp timer keeps its grid): the tick a whole interval of
+    ticks on decides even when the last decision began up to a tick late. By time alone, a decision
+    more than half a tick late put the next one off a whole tick (20 s apart, not 15)."""
+    per_decision = max(1, math.ceil(interval / tick - 1e-6))
+    return since_s >= decision_due_s(interval, tick) or (ticks_since >= per_decision and since_s > (per_decision - 1) * tick)
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=Runtime.tick_s, initial_delay=1.0, sharp=True)
 def autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: str, namespace: str | None,
               memo: Any, **_: Any) -> None:
@@ -484,7 +532,9 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     last_ts = memo.get("last_decision", 0.0)
     now = time.time()
     kube = Runtime.kube
-    deciding = last is None or now - last_ts >= decision_due_s(interval, Runtime.tick_s)
+    ticks = memo.get("ticks", 0) + 1
+    memo["ticks"] = ticks
+    deciding = last is None or decision_due(now - last_ts, ticks, interval, Runtime.tick_s)
     if not deciding:
         # Between decisions nothing is written (status moves only with a decision, issue 11): the
         # tick puts a Deployment someone deleted back at once and keeps the operator's replica
@@ -511,7 +561,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         return
     if _legacy(body, patch, dict(status or {}), name, [d.name for d in deps]):  # status as written: its Ready says it once
         return  # the single Deployment of an earlier version is still there
-    memo["last_decision"] = now
+    memo["last_decision"], memo["ticks"] = now, 0
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
     competing = kube.competing_autoscaler(namespace, name, {x.name for x in deps})
@@ -525,13 +575,15 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     })
 
     signals = Runtime.signals((namespace, name), spec, max_age_s=min(interval, Runtime.tick_s) * 0.9,
-                              wait_s=Runtime.tick_s / 2)
+                              wait_s=Runtime.tick_s / 2, usable_s=USABLE_INTERVALS * interval)
     if signals is None:
         # Its endpoint's read is still in flight: this decision waits for the next tick (nothing
         # written, the handler thread free for deployments on other endpoints).
-        memo["last_decision"] = last_ts
+        memo["last_decision"], memo["ticks"] = last_ts, ticks
         patch.pop("status", None)
         return
+    if (age := Runtime.read_age((namespace, name), now)) is not None and signals.unavailable is None:
+        m.SIGNALS_AGE.observe(age)
     if dropped:
         # Only our own field names: the values may be anything someone wrote into status.
         kopf.warn(body, reason="HistoryFieldsReset",

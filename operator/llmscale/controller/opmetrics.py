@@ -16,6 +16,9 @@ HOURLY_COST = Gauge("llmscale_hourly_cost", "Hourly cost of the current replicas
                     ["namespace", "llmdeployment"])
 RECONCILE = Histogram("llmscale_reconcile_duration_seconds", "Time to reconcile one LLMDeployment.", ["kind"],
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SIGNALS_AGE = Histogram("llmscale_decision_signals_age_seconds", "How long before a decision began the Prometheus "
+                        "read it decided on began (a batch read serves every deployment of its endpoint).",
+                        buckets=(1, 2.5, 5, 7.5, 10, 12.5, 15, 20, 30, 60))
 APPLY_ERRORS = Counter("llmscale_apply_errors", "Failed applies of owned objects.", ["namespace", "llmdeployment"])
 STATUS_WRITES = Counter("llmscale_status_writes", "Status writes by why: first (this process's first decision), changed "
                         "(something a user reads), reread (status did not hold this process's last writes: someone "

@@ -33,7 +33,7 @@ from .endpoints import (
     describe_failure,
     session_for,
 )
-from .snapshot import Key, build_signals, index_by_deployment, index_by_pool, sample_value
+from .snapshot import Key, Sample, build_signals, index_by_deployment, index_by_pool, to_sample
 
 log = logging.getLogger("llmscale.metrics")
 
@@ -63,7 +63,7 @@ class _Answers:
     raw answer (indexed by the asking deployments' pools each time)."""
 
     at: float
-    indexed: dict[str, dict[Key, list[dict[str, Any]]]]
+    indexed: dict[str, dict[Key, list[Sample]]]
     pending: list[dict[str, Any]] | None
     asked: frozenset[str]  # the latency histograms asked for
 
@@ -130,7 +130,7 @@ class PrometheusReader:
             groups.setdefault((target.identity, spec.metrics.rate_window), (target, []))[1].append(key)
         for group, (target, keys) in groups.items():
             window = group[1]
-            results: dict[str, dict[Key, list[dict[str, Any]]]] = {}
+            results: dict[str, dict[Key, list[Sample]]] = {}
             failure: str | None = None
             pools: dict[tuple[str, str], list[Key]] = {}
             for key in keys:
@@ -188,8 +188,7 @@ class PrometheusReader:
                 if key not in batch:
                     continue  # an answer about another batch's deployment (whoever shaped it) steers nothing
                 # A pod whose load cannot be read is left out: the scale-down treats it as busy.
-                self.pod_load[key] = {s["metric"]["pod"]: v for s in samples
-                                      if isinstance(s.get("metric", {}).get("pod"), str) and (v := sample_value(s)[0]) is not None}
+                self.pod_load[key] = {s.pod: s.value for s in samples if isinstance(s.pod, str) and s.value is not None}
             for key in keys:
                 spec = deployments[key]
                 if failure:
@@ -214,11 +213,11 @@ class PrometheusReader:
                 out[key] = signals
         return out
 
-    def _demand(self, target: Target, promql: str, key: Key) -> list[dict[str, Any]]:
+    def _demand(self, target: Target, promql: str, key: Key) -> list[Sample]:
         """A deployment's own demand query (scaleToZero.demand.query), as samples of the batch."""
         q = promql.replace("{namespace}", key[0]).replace("{name}", key[1])
         try:
-            return self._query(target, q, "demand")
+            return [to_sample(s) for s in self._query(target, q, "demand")]
         except Exception as e:
             QUERY_ERRORS.labels("demand").inc()
             log.warning("demand query for %s/%s failed: %s", *key, type(e).__name__)

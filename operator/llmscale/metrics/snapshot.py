@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmscale.api.models import LLMDeploymentSpec
 from llmscale.perf import buckets
@@ -31,34 +32,53 @@ def sample_value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
     return v, None
 
 
-def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+class Sample(NamedTuple):
+    """One series of an instant-vector answer, as much of it as the signals read: its `le` (a
+    histogram bucket's) and `pod` labels, when it has them, and its value, or None with why it is
+    unusable. The reader keeps a batch's answer for the deployments that join it; as decoded JSON,
+    a thousand deployments' latency histograms were ~16 MiB each, held next to the read that
+    replaced them."""
+
+    le: Any
+    pod: Any
+    value: float | None
+    why: str | None
+
+
+def to_sample(raw: dict[str, Any]) -> Sample:
+    m = raw.get("metric", {})
+    le = m.get("le")
+    v, why = sample_value(raw)
+    # Bucket edges repeat across every deployment: one string each.
+    return Sample(sys.intern(le) if isinstance(le, str) else le, m.get("pod"), v, why)
+
+
+def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[Sample]]:
+    out: dict[Key, list[Sample]] = defaultdict(list)
     for s in result:
         m = s.get("metric", {})
         if "namespace" in m and "llmd" in m:
-            out[(m["namespace"], m["llmd"])].append(s)
+            out[(m["namespace"], m["llmd"])].append(to_sample(s))
     return out
 
 
-def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str], list[Key]]) -> dict[Key, list[dict[str, Any]]]:
+def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str], list[Key]]) -> dict[Key, list[Sample]]:
     """Samples grouped by (namespace, inference_pool), handed to every deployment that names the pool."""
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    out: dict[Key, list[Sample]] = defaultdict(list)
     for s in result:
         m = s.get("metric", {})
         for key in pools.get((m.get("namespace", ""), m.get("inference_pool", "")), []):
-            out[key].append(s)
+            out[key].append(to_sample(s))
     return out
 
 
-def _buckets(samples: list[dict[str, Any]]) -> list[float] | None:
+def _buckets(samples: list[Sample]) -> list[float] | None:
     """Cumulative per-second bucket rates ordered by le, +Inf last; None if incomplete."""
     by_le: dict[float, float] = {}
     for s in samples:
-        le = s.get("metric", {}).get("le")
-        v, _ = sample_value(s)
-        if le is None or v is None:
+        if s.le is None or s.value is None:
             continue
-        by_le[math.inf if le == "+Inf" else float(le)] = v
+        by_le[math.inf if s.le == "+Inf" else float(s.le)] = s.value
     if math.inf not in by_le:
         return None
     les = sorted(k for k in by_le if k != math.inf)
@@ -68,15 +88,15 @@ def _buckets(samples: list[dict[str, Any]]) -> list[float] | None:
     return [by_le[le] for le in les] + [by_le[math.inf]]
 
 
-def _edges(samples: list[dict[str, Any]]) -> tuple[float, ...]:
-    les = sorted({float(s["metric"]["le"]) for s in samples if s.get("metric", {}).get("le") not in (None, "+Inf")})
+def _edges(samples: list[Sample]) -> tuple[float, ...]:
+    les = sorted({float(s.le) for s in samples if s.le not in (None, "+Inf")})
     return tuple(les)
 
 
 def build_signals(
     spec: LLMDeploymentSpec,
     key: Key,
-    results: dict[str, dict[Key, list[dict[str, Any]]]],
+    results: dict[str, dict[Key, list[Sample]]],
     now: float,
     stale_after_s: float,
     overrides: dict[str, float | None] | None = None,
@@ -90,7 +110,7 @@ def build_signals(
     stale = False
     scraped_at: float | None = None
     if fresh:
-        ts, why = sample_value(fresh[0])
+        ts, why = fresh[0].value, fresh[0].why
         if ts is None:
             unknown["freshness"] = why or "unusable"
         elif now - ts > stale_after_s:
@@ -107,7 +127,7 @@ def build_signals(
             if name not in ("gatewayPending", "gpuUtilization"):
                 unknown[name] = "no series for this deployment"
             continue
-        v, why = sample_value(samples[0])
+        v, why = samples[0].value, samples[0].why
         if v is None:
             unknown[name] = f"ignored: {why}"
         elif stale and name != "gatewayPending":
@@ -183,4 +203,4 @@ def build_signals(
     )
 
 
-__all__ = ["Key", "build_signals", "buckets", "index_by_deployment", "index_by_pool"]
+__all__ = ["Key", "Sample", "build_signals", "buckets", "index_by_deployment", "index_by_pool", "to_sample"]
