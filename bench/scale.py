@@ -22,7 +22,7 @@ the lag from the first scrape that carries a traffic change to the next decision
 deployment (p50/p99; up to one interval by design; a change with no decision by the end counts
 with its lag up to the end); how old the Prometheus read each decision used was (read age,
 p50/p99 as histogram bucket edges: a decision that comes while its endpoint's batch is read again
-uses the last read, up to one interval old, rather than wait; add it to the lag for when a change
+uses the last read, up to two intervals old, rather than wait; add it to the lag for when a change
 reaches a decision) and how many decisions were put off a tick instead (put off); actions per cycle (changes of a deployment's desired replicas seen
 on the operator's gauge); Prometheus queries, Kubernetes requests of
 the operator's client, and status writes per cycle (by why); CPU per decision; the operator's

@@ -3,6 +3,7 @@ HTTP servers on loopback that record what reaches them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -27,6 +28,7 @@ from llmscale.metrics.endpoints import (
     load_config,
 )
 from llmscale.metrics.prometheus import PrometheusReader
+from llmscale.policy.types import Signals
 from tests.conftest import spec_dict
 
 EMPTY = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
@@ -741,8 +743,20 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
         # Older than usable_s: waited for too, not answered.
         Runtime._got_at[c] -= 120.0
         assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
-        # Without usable_s (the old contract) a caller waits.
-        assert Runtime.signals(("team-a", "four"), spec, 0.0, wait_s=0.3) is None
+        # Read recently, but its newest scrape is now stale: judged again, waited for (unknown holds).
+        Runtime._got_at[c] += 120.0
+        Runtime._signals[c] = dataclasses.replace(Runtime._signals[c], sampled_at=time.time() - 1000.0)
+        assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
+        # Without usable_s (the old contract) a caller waits, b with a recent read too.
+        assert Runtime.signals(b, spec, 0.0, wait_s=0.3) is None
+        # A last read that failed is never "recent": the failure answers (the sick rule), not old data.
+        Runtime._signals[b] = Signals.unreachable("Prometheus 'default' could not be read (HTTP 503)")
+        assert Runtime.signals(b, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
+        Runtime._sick.add(Runtime.endpoint_of(b, spec))
+        Runtime._signals[b] = got
+        sick = Runtime.signals(b, spec, 0.0, wait_s=0.3, usable_s=60.0)
+        assert sick is not None and sick.unavailable is not None  # an endpoint that failed: unknown, held
+        Runtime._sick.clear()
         release.set()
         t.join(30)
         assert result["a"] is not None and result["a"].unavailable is None

@@ -55,6 +55,24 @@ def test_the_token_mix_is_learnt_once_per_window() -> None:
     assert d3.history.mean_input == pytest.approx(1000.0 + 240 / 480 * 2000.0) and d3.history.mix_requests == 480.0
 
 
+def test_a_read_decided_on_twice_teaches_once() -> None:
+    """The operator may decide twice on one Prometheus read (while its endpoint's batch is read
+    again, up to two intervals later): what a window teaches is dated by the read, so a decision a
+    window later on the same read learns nothing; one on a read a window later does."""
+    spec = parse_spec(spec_dict())
+    h = History(observing_since=0.0)
+    read = Signals(**{**missing(4.0, 0.80).__dict__, "read_at": 995.0})
+    d = decide(spec, Workload("h100x1", 2, 2), read, h, 1000.0)
+    assert (round(d.history.capacity_correction, 3), d.history.learned_at, d.history.mix_at) == (0.7, 995.0, 995.0)
+    longer = Signals(**{**read.__dict__, "prompt_tokens_rate": 4.0 * 3000})  # were it taught again, the mix would move
+    d2 = decide(spec, Workload("h100x1", 2, 2), longer, d.history, 1060.0)  # a window later, the same read
+    assert (d2.history.capacity_correction, d2.history.learned_at) == (d.history.capacity_correction, 995.0)
+    assert (d2.history.mean_input, d2.history.mix_at) == (1000.0, 995.0) and Code.CAPACITY_LEARNED not in d2.codes
+    fresh = Signals(**{**missing(4.0, 0.80).__dict__, "read_at": 1058.0})
+    d3 = decide(spec, Workload("h100x1", 2, 2), fresh, d2.history, 1075.0)
+    assert d3.history.capacity_correction < d.history.capacity_correction and d3.history.learned_at == 1058.0
+
+
 def test_one_long_prompt_does_not_size_a_burst_of_short_ones() -> None:
     """The token mix was a moving average started from the first window's mean, whatever its size:
     one 3,418-token request in a quiet first minute set the mix, the capacity fell 17.5 -> 3.7 req/s

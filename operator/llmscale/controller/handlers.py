@@ -29,7 +29,7 @@ from llmscale import GROUP, VERSION
 from llmscale.api.crd import PLURAL
 from llmscale.api.models import LLMDeploymentSpec, ScalingMode, explain_errors, parse_spec
 from llmscale.api.units import parse_duration
-from llmscale.metrics.prometheus import PrometheusReader
+from llmscale.metrics.prometheus import PrometheusReader, stale_after_s
 from llmscale.policy import History, decide
 from llmscale.policy.ceilings import ceiling_replicas
 from llmscale.policy.idleness import DECISION_TICK_S
@@ -127,10 +127,13 @@ class Runtime:
             lock = cls._locks.setdefault(endpoint, threading.Lock())
             sick = endpoint in cls._sick
             last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
+            now = time.time()
+            # Judged stale or not when read: reused later, it is judged again (unknown means hold).
             recent = (last is not None and usable_s is not None and not sick and last.unavailable is None
-                      and 0.0 <= time.time() - cls._got_at.get(key, -math.inf) <= usable_s)
+                      and 0.0 <= now - cls._got_at.get(key, -math.inf) <= usable_s
+                      and (last.sampled_at is None or now - last.sampled_at <= stale_after_s(spec)))
         if not lock.acquire(blocking=False):
-            answer = cls._while_read_in_flight(endpoint, lock, last, recent, sick, wait_s)
+            answer = cls._while_read_in_flight(key, endpoint, lock, last, recent, sick, wait_s)
             if answer is not lock:
                 return answer if isinstance(answer, Signals) else None
         with _held(lock):
@@ -151,9 +154,13 @@ class Runtime:
                 started = time.monotonic()
                 got = cls.reader.read(batch, now, reuse_s=0.0 if old else max_age_s)
                 with cls._guard:
+                    # Not for a deployment forgotten (deleted) while the read was in flight.
+                    got = {k: v for k, v in got.items() if k in cls._specs}
                     cls._signals.update(got)
                     cls._source.update(dict.fromkeys(got, endpoint))
-                    cls._got_at.update(dict.fromkeys(got, now))
+                    # When the answer's read began: a deployment that joins is answered from an
+                    # earlier read, whose age its reuse and the read-age histogram must see.
+                    cls._got_at.update({k: now if v.read_at is None else v.read_at for k, v in got.items()})
                     if old:
                         cls._read_at[endpoint] = now
                         cls._read_took[endpoint] = time.monotonic() - started
@@ -165,7 +172,7 @@ class Runtime:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
     @classmethod
-    def _while_read_in_flight(cls, endpoint: str, lock: threading.Lock, last: Signals | None,
+    def _while_read_in_flight(cls, key: tuple[str, str], endpoint: str, lock: threading.Lock, last: Signals | None,
                               recent: bool, sick: bool, wait_s: float | None) -> Signals | threading.Lock | None:
         """Another thread reads the endpoint: what this deployment gets meanwhile. The lock (now
         held) when it waited for that read to end, signals to answer with, or None: put off."""
@@ -176,10 +183,12 @@ class Runtime:
         # within usable_s (two intervals: a read slow but within its timeouts, not a dead
         # endpoint, which the sick rule below answers) answer at once instead.
         # Two decisions may then see the same read, as they see the same scrape whenever
-        # Prometheus scrapes less often than they come: the policy learns from a rate window by
-        # decision time and measures the queue between distinct scrapes, so nothing counts twice.
+        # Prometheus scrapes less often than they come: the policy dates what a rate window
+        # teaches by the read (Signals.read_at) and measures the queue between distinct scrapes,
+        # so nothing counts twice.
         if recent:
-            return last
+            with cls._guard:  # the newest, should a read have ended since
+                return cls._signals.get(key, last) if cls._source.get(key) == endpoint else last
         # While a read of an endpoint whose last read failed is in flight, the others on it do not
         # wait: each waiter holds one of kopf's handler threads for up to the read's two timeouts,
         # and enough of them hold every thread, stalling deployments on healthy endpoints too. They

@@ -76,6 +76,11 @@ HISTOGRAMS: dict[str, Callable[[LLMDeploymentSpec], object]] = {
 }
 
 
+def stale_after_s(spec: LLMDeploymentSpec) -> float:
+    """A deployment's gauges whose newest sample is older than this are stale (unknown)."""
+    return 2 * max(parse_duration(spec.scaling.interval), 15.0)
+
+
 class PrometheusReader:
     """Reads every deployment's signals, batched per (endpoint, rate window), through the endpoints
     the platform team configured (see `endpoints`): a credential goes only to its own endpoint."""
@@ -145,6 +150,7 @@ class PrometheusReader:
             if fresh and answered is not None:
                 asked |= answered.asked  # a read for one joiner never narrows what the group's answer holds
             reuse = fresh and answered is not None and asked <= answered.asked and (not pools or answered.pending is not None)
+            answer_at = answered.at if reuse and answered is not None else now  # when the answer's read began
             if reuse and answered is not None:
                 results = dict(answered.indexed)
                 if pools and answered.pending is not None:
@@ -197,11 +203,11 @@ class PrometheusReader:
                 demand = spec.scaling.scale_to_zero.demand
                 if demand is not None and demand.query and self.endpoints.allow_query_overrides:
                     results.setdefault("gatewayPending", {})[key] = self._demand(target, demand.query, key)
-                stale_after = 2 * max(parse_duration(spec.scaling.interval), 15.0)
+                stale_after = stale_after_s(spec)
                 allowed = self.endpoints.allow_query_overrides
                 overrides = self._overrides(target, spec, key) if spec.metrics.queries and allowed else None
                 try:
-                    signals = build_signals(spec, key, results, now, stale_after, overrides)
+                    signals = build_signals(spec, key, results, now, stale_after, overrides, read_at=answer_at)
                 except Exception as e:  # a malformed series (e.g. a non-numeric le) holds its own deployment only
                     log.warning("%s/%s: malformed series from %s (%s)", *key, target.label, type(e).__name__)
                     out[key] = Signals.unreachable(f"{target.label} returned a malformed series for this deployment "

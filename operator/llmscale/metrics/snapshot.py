@@ -21,7 +21,7 @@ def sample_value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
     try:
         raw = sample["value"][1]
         v = float(raw)
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):  # 1e999 as an integer overflows
         return None, "malformed sample"
     if math.isnan(v):
         return None, "NaN"
@@ -56,8 +56,9 @@ def to_sample(raw: dict[str, Any]) -> Sample:
 def index_by_deployment(result: Iterable[dict[str, Any]]) -> dict[Key, list[Sample]]:
     out: dict[Key, list[Sample]] = defaultdict(list)
     for s in result:
-        m = s.get("metric", {})
-        if "namespace" in m and "llmd" in m:
+        m = s.get("metric") if isinstance(s, dict) else None
+        # A series of another shape is nobody's: it must not fail the read for everyone.
+        if isinstance(m, dict) and isinstance(m.get("namespace"), str) and isinstance(m.get("llmd"), str):
             out[(m["namespace"], m["llmd"])].append(to_sample(s))
     return out
 
@@ -66,7 +67,9 @@ def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str],
     """Samples grouped by (namespace, inference_pool), handed to every deployment that names the pool."""
     out: dict[Key, list[Sample]] = defaultdict(list)
     for s in result:
-        m = s.get("metric", {})
+        m = s.get("metric") if isinstance(s, dict) else None
+        if not isinstance(m, dict):
+            continue
         for key in pools.get((m.get("namespace", ""), m.get("inference_pool", "")), []):
             out[key].append(to_sample(s))
     return out
@@ -100,8 +103,11 @@ def build_signals(
     now: float,
     stale_after_s: float,
     overrides: dict[str, float | None] | None = None,
+    read_at: float | None = None,
 ) -> Signals:
-    """Signals for one deployment from the batched results (signal -> deployment -> samples)."""
+    """Signals for one deployment from the batched results (signal -> deployment -> samples),
+    answered at `now` from a read that began at `read_at` (default: now)."""
+    read_at = now if read_at is None else read_at
     unknown: dict[str, str] = {}
     warnings: list[str] = []
     vals: dict[str, float | None] = {}
@@ -197,7 +203,8 @@ def build_signals(
         request_rate=vals.get("requestRate"),
         prompt_tokens_rate=vals.get("promptTokensRate"),
         generation_tokens_rate=vals.get("generationTokensRate"),
-        sampled_at=scraped_at if scraped_at is not None else now,  # the gauges' scrape, which growth is measured between
+        sampled_at=scraped_at if scraped_at is not None else read_at,  # the gauges' scrape, which growth is measured between
+        read_at=read_at,
         unknown=unknown,
         warnings=tuple(dict.fromkeys(warnings)),
     )

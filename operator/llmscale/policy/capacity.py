@@ -393,19 +393,22 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # Requests of that backlog complete until the next decision: the window holds them one interval longer.
     backlog_in_window = hist.backlog_at is not None and now - hist.backlog_at <= window_s + parse_duration(spec.scaling.interval)
 
+    # A window is dated by the read that measured it: the operator may decide twice on one read
+    # (while its endpoint's batch is read again), and that read teaches once.
+    read_at = signals.read_at if signals.read_at is not None else now
     seen = seen_mix(hist)
-    if hist.mix_at is None or now - hist.mix_at >= window_s:
+    if hist.mix_at is None or read_at - hist.mix_at >= window_s:
         seen = observed_mix(signals, window_s, seen)
         if seen != seen_mix(hist):
             hist = hist.with_(mean_input=seen.mean_input, mean_output=seen.mean_output,
-                              mix_requests=round(seen.requests, 3), mix_at=now)
+                              mix_requests=round(seen.requests, 3), mix_at=read_at)
     mix = planning_mix(with_defaults(seen.mean_input, seen.mean_output) if seen.known else with_defaults(None, None),
                        hist.planned_mix)
     hist = hist.with_(planned_mix=mix)
 
     correction = hist.capacity_correction
     reasons: tuple[Reason, ...] = ()
-    fresh = hist.learned_at is None or now - hist.learned_at >= window_s
+    fresh = hist.learned_at is None or read_at - hist.learned_at >= window_s
     if (fresh and settled and not backlog_in_window and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
@@ -417,7 +420,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
             reasons = (Reason(Code.CAPACITY_LEARNED, f"capacity estimate x{correction:.2f} -> x{learned:.2f} from the last "
                               f"{spec.metrics.rate_window} (TTFT attainment {signals.ttft_attainment:.1%})"),)
         correction = learned
-        hist = hist.with_(capacity_correction=correction, learned_at=now)
+        hist = hist.with_(capacity_correction=correction, learned_at=read_at)
 
     started = has_started(spec, workload, hist, variant.name)
     cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1), started)

@@ -44,6 +44,7 @@ class Signals:
     prompt_tokens_rate: float | None = None
     generation_tokens_rate: float | None = None
     sampled_at: float | None = None
+    read_at: float | None = None  # when the Prometheus read these came from began (None: at the decision)
     unavailable: str | None = None  # Prometheus could not be read at all
     unknown: dict[str, str] = field(default_factory=dict)  # signal -> why it is unknown
     warnings: tuple[str, ...] = ()  # e.g. target between histogram bucket edges
