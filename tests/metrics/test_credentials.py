@@ -268,6 +268,60 @@ def test_a_malformed_series_holds_only_its_own_deployment(servers: tuple[Recorde
     assert out[("a", "fine")].unavailable is None and out[("a", "fine")].request_rate == 2.5
 
 
+@pytest.mark.parametrize("odd", [
+    {"metric": "not a label set", "value": [1.0, "3"]},
+    {"metric": {"namespace": ["a"], "llmd": "bad"}, "value": [1.0, "3"]},
+    {"metric": {"namespace": "a", "llmd": {"x": 1}}, "value": [1.0, "3"]},
+    "not a series",
+])
+def test_a_series_of_another_shape_is_nobody_s_and_fails_no_read(servers: tuple[Recorder, Recorder], odd: Any) -> None:
+    """Review: a series whose labels are not strings (or that is not a series) failed the batched
+    read for every deployment on the endpoint; it is skipped, and a value too large for a float is
+    its own deployment's unknown signal."""
+    good, _ = servers
+    huge = '{"metric": {"namespace": "a", "llmd": "huge"}, "value": [1.0, ' + "9" * 400 + "]}"
+    rate = {"metric": {"namespace": "a", "llmd": "fine"}, "value": [1.0, "2.5"]}
+    pool = {"metric": {"namespace": ["a"], "inference_pool": "p"}, "value": [1.0, "1"]}
+    result = "[" + ", ".join([json.dumps(odd), huge, json.dumps(rate), json.dumps(pool)]) + "]"
+    good.body = ('{"status": "success", "data": {"resultType": "vector", "result": ' + result + "}}").encode()
+    zero = parse_spec(spec_dict(scaling={"scaleToZero": {"enabled": True, "demand": {"inferencePool": "p"}}}))
+    out = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url))).read(
+        {("a", "huge"): parse_spec(spec_dict()), ("a", "fine"): parse_spec(spec_dict()), ("a", "zero"): zero}, 1.0)
+    assert out[("a", "fine")].unavailable is None and out[("a", "fine")].request_rate == 2.5
+    assert out[("a", "huge")].unavailable is None and out[("a", "huge")].request_rate is None
+    assert out[("a", "huge")].unknown["requestRate"] == "ignored: malformed sample"
+    assert out[("a", "zero")].unavailable is None
+
+
+def test_a_deployment_answered_from_an_earlier_read_is_dated_by_that_read(servers: tuple[Recorder, Recorder]) -> None:
+    """Review: a deployment joining a fresh batch was answered from the cached answer but dated by
+    the join, so its reuse window and the read-age histogram started late."""
+    from llmscale.controller.handlers import Runtime
+
+    good, _ = servers
+    reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
+    spec = parse_spec(spec_dict())
+    first = reader.read({("a", "one"): spec}, 100.0)
+    joined = reader.read({("a", "two"): spec}, 105.0, reuse_s=10.0)
+    assert first[("a", "one")].read_at == 100.0 and joined[("a", "two")].read_at == 100.0
+    assert joined[("a", "two")].sampled_at == 100.0  # no freshness series: the read's time, not the join's
+    try:
+        Runtime.reader = reader
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._got_at):
+            d.clear()
+        Runtime._sick.clear()
+        Runtime.signals(("a", "one"), spec, 60.0)
+        at = Runtime._got_at[("a", "one")]
+        time.sleep(0.05)
+        Runtime.signals(("a", "two"), spec, 60.0)  # a joiner: answered from that read, no query
+        assert Runtime._got_at[("a", "two")] == at
+        assert Runtime.read_age(("a", "two"), at + 1.0) == 1.0
+    finally:
+        Runtime.reader = None
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._got_at):
+            d.clear()
+
+
 def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) -> None:
     """Issue 11: reads ran under one process-wide lock, so one slow Prometheus stalled every
     deployment's timer. Now each endpoint has its own batch and lock: while `slow` hangs in a read,

@@ -156,6 +156,8 @@ class Runtime:
                 with cls._guard:
                     # Not for a deployment forgotten (deleted) while the read was in flight.
                     got = {k: v for k, v in got.items() if k in cls._specs}
+                    for k in batch.keys() - cls._specs.keys():
+                        cls.reader.pod_load.pop(k, None)
                     cls._signals.update(got)
                     cls._source.update(dict.fromkeys(got, endpoint))
                     # When the answer's read began: a deployment that joins is answered from an

@@ -68,9 +68,9 @@ def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str],
     out: dict[Key, list[Sample]] = defaultdict(list)
     for s in result:
         m = s.get("metric") if isinstance(s, dict) else None
-        if not isinstance(m, dict):
-            continue
-        for key in pools.get((m.get("namespace", ""), m.get("inference_pool", "")), []):
+        if not isinstance(m, dict) or not isinstance(m.get("namespace"), str) or not isinstance(m.get("inference_pool"), str):
+            continue  # nobody's (see index_by_deployment)
+        for key in pools.get((m["namespace"], m["inference_pool"]), []):
             out[key].append(to_sample(s))
     return out
 

@@ -381,7 +381,9 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # Latency in a window that began before the Ready set last grew includes the backlog the new
     # replicas were started for: it says nothing about what today's replicas sustain.
     grew_at = now if history.ready_seen is not None and ready > history.ready_seen else history.ready_grew_at
-    settled = grew_at is None or now - grew_at > window_s
+    # The window is the read's (the operator may decide on a read made before this decision).
+    read_at = signals.read_at if signals.read_at is not None else now
+    settled = grew_at is None or read_at - grew_at > window_s
     hist = seen_started(spec, workload, history.with_(ready_seen=ready, ready_grew_at=grew_at))
 
     # With requests queued, the counters show what the replicas completed, not what arrived: the
@@ -395,7 +397,6 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
 
     # A window is dated by the read that measured it: the operator may decide twice on one read
     # (while its endpoint's batch is read again), and that read teaches once.
-    read_at = signals.read_at if signals.read_at is not None else now
     seen = seen_mix(hist)
     if hist.mix_at is None or read_at - hist.mix_at >= window_s:
         seen = observed_mix(signals, window_s, seen)
