@@ -36,6 +36,24 @@ def test_one_request_on_an_idle_replica() -> None:
     assert e.counters.ttft.count == 1 and e.counters.itl.count == 9
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_request_submitted_ahead_of_the_clock_starts_when_it_arrives(busy: bool) -> None:
+    # The fleet simulator submits a tick's arrivals at once: a step must not start on a request
+    # before it arrives (its TTFT came out under one prefill step, even negative, before the fix).
+    e = Engine(PROFILE)
+    if busy:
+        e.submit(Request(0, 0.0, 100, 2000))  # decoding while the next request arrives
+    e.submit(Request(1, 0.07, 100, 10))
+    e.advance(100.0)
+    f = next(x for x in e.drain_finished() if x.id == 1)
+    prefill = PROFILE.step_seconds(0, 0, 100, 50)
+    if busy:
+        # It joins at the first step boundary after it arrives: within one decode step of it.
+        assert prefill <= f.ttft_s <= 2 * PROFILE.step_seconds(1, 3000, 100, 50)
+    else:
+        assert f.ttft_s == pytest.approx(prefill)
+
+
 def test_two_simultaneous_requests_share_the_prefill_step() -> None:
     e = Engine(PROFILE)
     e.submit(Request(0, 0.0, 100, 1))

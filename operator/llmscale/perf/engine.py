@@ -138,6 +138,10 @@ class Engine:
         p = self.profile
         while self.waiting and len(self.running) + len(self.prefilling) < p.max_num_seqs:
             req = self.waiting[0]
+            if req.arrival > self.clock:
+                # Not here yet: a caller may submit ahead of the engine's clock (the fleet simulator
+                # submits a tick's arrivals at once), and a step must not start on it early.
+                break
             need = req.input_tokens + req.output_tokens
             if need > self.kv_capacity or need > self.max_model_len:  # can never fit: vLLM rejects it at the API
                 self.waiting.popleft()
@@ -224,6 +228,8 @@ class Engine:
                 if self.waiting and len(self.running) < p.max_num_seqs:
                     # A blocked queue may unblock at the next completion; until then decode only.
                     k = max(1, min(k, to_finish))
+                    if self.waiting[0].arrival > self.clock:  # and a request yet to arrive joins at its arrival
+                        k = max(1, min(k, math.ceil((self.waiting[0].arrival - self.clock) / dt)))
                 if k > 1:
                     dt = p.step_seconds(b, self._context_tokens() + b * k / 2, 0)
                 self.clock += k * dt
@@ -232,6 +238,9 @@ class Engine:
                 c.itl.observe(dt, b * k)
                 self._finish_due()
             else:
+                if self.waiting and self.waiting[0].arrival > self.clock:  # idle until the next arrival
+                    self.clock = min(until, self.waiting[0].arrival)
+                    continue
                 if self.waiting:  # nothing runs and the head cannot be admitted: reject it
                     self._reject(self.waiting.popleft())
                     continue

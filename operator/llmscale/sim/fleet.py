@@ -11,7 +11,11 @@ Control API (JSON):
   PUT  /traffic/<namespace>/<name>  {"rate": 5, "meanInput": 1024, "meanOutput": 256}
                                     or {"scenario": "step", "rate": 5, "duration": 600, "seed": 0}
                                     or {"trace": "/path/file.csv", "rateScale": 1, "speedup": 10}
+                                    any of them with "slo": {"ttft": 1.0, "itl": 0.1} (seconds)
+                                    starts counting that deployment's requests against those
+                                    targets, one by one (see Tally), until the next "slo"
   GET  /traffic                     current traffic per deployment
+  GET  /traffic/<namespace>/<name>  its traffic and, once an "slo" was given, its Tally
   GET  /healthz                     ok
   GET  /metrics                     Prometheus exposition
 """
@@ -34,6 +38,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from llmscale.perf import Engine, Request, buckets, server_profile
+from llmscale.perf.engine import Finished
 from llmscale.policy.capacity import arg_value, human_int, memory_utilization
 
 from .traffic import SCENARIOS, Trace, TraceError, load_trace, scenario
@@ -94,6 +99,57 @@ class Traffic:
         return out
 
 
+@dataclass
+class Tally:
+    """Request-level accounting of one deployment against SLO targets, as the twin does it (a
+    request meets the inter-token target when its mean gap between output tokens does), for
+    benchmarks that compare the test bed with the twin: vLLM's histograms count gaps, not
+    requests, so the joint attainment (every target met by the same request) cannot be read from
+    Prometheus. Requests that arrived since the targets were set and were never served (still
+    queued, rejected) count against `arrived` only."""
+
+    ttft_s: float | None
+    itl_s: float | None
+    since: float
+    arrived: int = 0
+    finished: int = 0
+    rejected: int = 0
+    within_ttft: int = 0
+    within_itl: int = 0
+    within_all: int = 0
+
+    def add(self, f: Finished) -> None:
+        if f.arrival < self.since:
+            return
+        if f.rejected:
+            self.rejected += 1
+            return
+        self.finished += 1
+        ttft_ok = self.ttft_s is None or f.ttft_s <= self.ttft_s
+        itl_ok = self.itl_s is None or f.output_tokens <= 1 or f.itl_s <= self.itl_s
+        self.within_ttft += ttft_ok
+        self.within_itl += itl_ok
+        self.within_all += ttft_ok and itl_ok
+
+    def as_json(self) -> dict[str, Any]:
+        return {"targets": {"ttft": self.ttft_s, "itl": self.itl_s}, "arrived": self.arrived, "finished": self.finished,
+                "rejected": self.rejected, "withinTTFT": self.within_ttft, "withinITL": self.within_itl,
+                "withinAll": self.within_all}
+
+
+def slo_targets(body: Any) -> tuple[float | None, float | None]:
+    """(TTFT, inter-token) targets in seconds from a traffic body's "slo" object."""
+    if not isinstance(body, dict) or not body.keys() <= {"ttft", "itl"}:
+        raise TraceError('slo must be an object with "ttft" and/or "itl" targets in seconds')
+    out: list[float | None] = []
+    for k in ("ttft", "itl"):
+        v = body.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
+            raise TraceError(f"slo.{k} must be a positive number of seconds")
+        out.append(None if v is None else float(v))
+    return out[0], out[1]
+
+
 def _poisson(rng: random.Random, lam: float) -> int:
     if lam > 50:
         return max(0, int(round(rng.gauss(lam, math.sqrt(lam)))))
@@ -112,6 +168,7 @@ class Fleet:
         self.traffic: dict[tuple[str, str], Traffic] = {}
         self.gateway: dict[tuple[str, str], deque[Request]] = {}
         self.arrived: dict[tuple[str, str], int] = {}
+        self.tallies: dict[tuple[str, str], Tally] = {}
         self.rng = random.Random(seed)
         self.t0 = time.monotonic()
         self.last = 0.0
@@ -176,6 +233,9 @@ class Fleet:
                     self.gateway.setdefault(key, deque()).append(Request(self.next_id, t, inp, outp))
                     self.arrived[key] = self.arrived.get(key, 0) + 1
                     self.next_id += 1
+                    tally = self.tallies.get(key)
+                    if tally is not None and t >= tally.since:
+                        tally.arrived += 1
             serving: dict[tuple[str, str], list[SimPod]] = {}
             for p in self.pods.values():
                 if not p.draining:
@@ -187,7 +247,12 @@ class Fleet:
                     best.engine.submit(q.popleft())
             gone = []
             for uid, p in self.pods.items():
+                tally = self.tallies.get((p.namespace, p.deployment))
+                p.engine.record = tally is not None  # per-request records only where they are counted
                 p.engine.advance(now)
+                for f in p.engine.drain_finished():  # drained even where not counted: rejections are always recorded
+                    if tally is not None:
+                        tally.add(f)
                 if p.draining and p.engine.outstanding == 0:
                     gone.append(uid)
             for uid in gone:
@@ -195,6 +260,7 @@ class Fleet:
 
     # ---- traffic control --------------------------------------------------------------------
     def set_traffic(self, namespace: str, name: str, body: dict[str, Any]) -> Traffic:
+        targets = slo_targets(body["slo"]) if "slo" in body else None
         if "trace" in body:
             trace = load_trace(body["trace"]).scaled(float(body.get("rateScale", 1)), float(body.get("speedup", 1)))
             tr = Traffic(trace=trace, trace_start=self.now(), description=f"trace {trace.name}")
@@ -213,7 +279,18 @@ class Fleet:
                          description=f"poisson {rate:g} req/s")
         with self.lock:
             self.traffic[(namespace, name)] = tr
+            if targets is not None:
+                self.tallies[(namespace, name)] = Tally(*targets, since=self.now())
         return tr
+
+    def traffic_of(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One deployment's traffic and, once targets were set, its request tally; None if unknown."""
+        with self.lock:
+            tr = self.traffic.get((namespace, name))
+            tally = self.tallies.get((namespace, name))
+            if tr is None and tally is None:
+                return None
+            return {"traffic": tr.description if tr else "idle", **({"requests": tally.as_json()} if tally else {})}
 
     # ---- metrics -----------------------------------------------------------------------------
     def collect(self) -> list[Any]:
@@ -314,6 +391,12 @@ def serve(fleet: Fleet, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServ
                 with fleet.lock:
                     body = {f"{k[0]}/{k[1]}": v.description for k, v in fleet.traffic.items()}
                 self._send(200, json.dumps(body).encode())
+            elif self.path.startswith("/traffic/") and len(parts := self.path.strip("/").split("/")) == 3:
+                one = fleet.traffic_of(parts[1], parts[2])
+                if one is None:
+                    self._send(404, b'{"error": "no traffic was set for this deployment"}')
+                else:
+                    self._send(200, json.dumps(one).encode())
             else:
                 self._send(404, b'{"error": "not found"}')
 
