@@ -300,3 +300,39 @@ def test_a_lagging_status_gives_the_next_decision_the_conditions_it_last_compute
     st, _, _, own = continue_from_memory(lagging, memo["own_status"])  # kopf still hands over the first write
     assert own is not None and {"conditions", "warnings", "readyPods", "coldStartSeconds"} <= set(FRESH_KEYS)
     assert st["conditions"] == new_conds and st["warnings"] == []
+
+
+def test_at_take_over_a_lagging_copy_of_the_predecessors_status_is_not_read_again() -> None:
+    """The scale bench's second mode: a new operator's watch lagged its first writes at 1,000
+    deployments, so the timer was handed the predecessor's status again and again; each time it was
+    read as someone else's write, decided from again (the predecessor's history: the window it had
+    observed since restarted) and written once more, 156 writes a cycle, which lagged the watch
+    further. A status read again once and written over is recognised when handed over again; a new
+    foreign write, or a corrupt one, is still read again, and the operator's own writes from before
+    a reread stay recognised."""
+    from llmscale.controller.handlers import continue_from_memory
+    from llmscale.policy import History
+
+    predecessor = {"desiredReplicas": 2, "history": History(rate_samples=((1.0, 10.0),), observing_since=1.0).to_dict()}
+    memo: dict = {}
+    mine = History(rate_samples=((1.0, 10.0), (16.0, 11.0)), observing_since=1.0)
+    out, _ = _decision(memo, predecessor, mine, 100.0, {"desiredReplicas": 2})
+    assert out  # read again and written: a new operator writes what it decided
+    first = {**predecessor, **out}
+    for _ in range(3):  # kopf keeps handing over the predecessor's copy
+        st, hist, dropped, own = continue_from_memory(dict(predecessor), memo["own_status"])
+        assert own is not None and hist == mine and dropped == ()
+    # Someone else's new write is news: read again, written over; and our first write, handed over
+    # late after it, is still ours.
+    foreign = {**first, "history": {**first["history"], "capacityCorrection": 0.5}}
+    _, hist, _, own = continue_from_memory(foreign, memo["own_status"])
+    assert own is None and hist.capacity_correction == 0.5
+    later = History(rate_samples=((1.0, 10.0), (31.0, 12.0)), capacity_correction=0.5, observing_since=1.0)
+    out, _ = _decision(memo, foreign, later, 115.0, {"desiredReplicas": 3})
+    assert out
+    for lagging in (first, foreign, predecessor):
+        _, hist, _, own = continue_from_memory(dict(lagging), memo["own_status"])
+        assert own is not None and hist == later
+    corrupt = {**first, "history": {**first["history"], "queueScrapes": "garbage"}}
+    _, _, dropped, own = continue_from_memory(corrupt, memo["own_status"])
+    assert own is None and dropped == ("queueScrapes",)

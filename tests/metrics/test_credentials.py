@@ -307,18 +307,26 @@ def test_a_deployment_answered_from_an_earlier_read_is_dated_by_that_read(server
     assert joined[("a", "two")].sampled_at == 100.0  # no freshness series: the read's time, not the join's
     try:
         Runtime.reader = reader
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._got_at):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
         Runtime.signals(("a", "one"), spec, 60.0)
-        at = Runtime._got_at[("a", "one")]
+        at = Runtime._signals[("a", "one")].read_at
+        assert at is not None
         time.sleep(0.05)
         Runtime.signals(("a", "two"), spec, 60.0)  # a joiner: answered from that read, no query
-        assert Runtime._got_at[("a", "two")] == at
+        assert Runtime._signals[("a", "two")].read_at == at
         assert Runtime.read_age(("a", "two"), at + 1.0) == 1.0
+        # Its spec changed since (another TTFT target): answered again, for the new spec, from the
+        # same read (no query), not with the signals built for the old one.
+        before, asked = Runtime._signals[("a", "two")], len(good.requests)
+        retargeted = parse_spec(spec_dict(slo={**spec_dict()["slo"], "ttft": {"target": "2s", "percentile": 99}}))
+        again = Runtime.signals(("a", "two"), retargeted, 60.0)
+        assert again is not None and again is not before and again.read_at == at and len(good.requests) == asked
+        assert Runtime._read_for[("a", "two")] == retargeted
     finally:
         Runtime.reader = None
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._got_at):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
 
 
@@ -354,6 +362,7 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         Runtime._read_at.clear()
         Runtime._read_took.clear()
         Runtime._source.clear()
+        Runtime._read_for.clear()
         Runtime._sick.clear()
         a, b = ("team-a", "slow-chat"), ("team-b", "fast-chat")
         spec_a = parse_spec(spec_dict())
@@ -386,7 +395,7 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
 
     def fresh_runtime(url: str) -> None:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=url)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
 
@@ -611,7 +620,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
     good, _ = servers
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
         spec = parse_spec(spec_dict())
@@ -632,7 +641,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         assert set(Runtime._signals) == {("team-a", f"d{i}") for i in range(1, 6)}
     finally:
         Runtime.reader = None
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
 
@@ -721,7 +730,7 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
     release, entered = server.release, server.entered
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
         spec = parse_spec(spec_dict())
@@ -774,8 +783,7 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
     release, entered = server.release, server.entered
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source,
-                  Runtime._got_at):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()
         spec = parse_spec(spec_dict())
@@ -795,12 +803,18 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
         assert got is Runtime._signals[b] and got.unavailable is None  # the last read's answer, at once
         assert time.monotonic() - started < 1.0 and len(server.requests) == asked and t.is_alive()
         # Older than usable_s: waited for too, not answered.
-        Runtime._got_at[c] -= 120.0
+        read_c = Runtime._signals[c]
+        assert read_c.read_at is not None
+        Runtime._signals[c] = dataclasses.replace(read_c, read_at=read_c.read_at - 120.0)
         assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
         # Read recently, but its newest scrape is now stale: judged again, waited for (unknown holds).
-        Runtime._got_at[c] += 120.0
-        Runtime._signals[c] = dataclasses.replace(Runtime._signals[c], sampled_at=time.time() - 1000.0)
+        Runtime._signals[c] = dataclasses.replace(read_c, sampled_at=time.time() - 1000.0)
         assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is None
+        # Read for a spec that changed since (another TTFT target): waited for, not answered from it.
+        Runtime._signals[c] = read_c
+        retargeted = parse_spec(spec_dict(slo={**spec_dict()["slo"], "ttft": {"target": "2s", "percentile": 99}}))
+        assert Runtime.signals(c, retargeted, 0.0, wait_s=0.3, usable_s=60.0) is None
+        assert Runtime.signals(c, spec, 0.0, wait_s=0.3, usable_s=60.0) is read_c  # the spec it was read for: at once
         # Without usable_s (the old contract) a caller waits, b with a recent read too.
         assert Runtime.signals(b, spec, 0.0, wait_s=0.3) is None
         # A last read that failed is never "recent": the failure answers (the sick rule), not old data.
@@ -820,7 +834,6 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
         release.set()
         Runtime.reader = None
         server.close()
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source,
-                  Runtime._got_at):
+        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
             d.clear()
         Runtime._sick.clear()

@@ -94,7 +94,7 @@ class Runtime:
     _read_took: dict[str, float] = {}  # seconds the endpoint's last batch read took
     _sick: set[str] = set()  # endpoints whose last batch read answered for nobody (failed, or refused)
     _source: dict[tuple[str, str], str] = {}  # the endpoint each deployment's signals came from
-    _got_at: dict[tuple[str, str], float] = {}  # when the read that gave each deployment's signals began
+    _read_for: dict[tuple[str, str], LLMDeploymentSpec] = {}  # the spec each deployment's signals were read for
     _objects: dict[tuple[str, str], threading.Lock] = {}  # one per LLMDeployment: reconcile and the timer in turn
 
     @classmethod
@@ -129,13 +129,17 @@ class Runtime:
             last = cls._signals.get(key) if cls._source.get(key) == endpoint else None
             now = time.time()
             # Judged stale or not when read: reused later, it is judged again (unknown means hold).
+            # A read for an older spec (another SLO target, rate window, queries) is not reused.
             recent = (last is not None and usable_s is not None and not sick and last.unavailable is None
-                      and 0.0 <= now - cls._got_at.get(key, -math.inf) <= usable_s
+                      and cls._read_for.get(key) == spec
+                      and last.read_at is not None and 0.0 <= now - last.read_at <= usable_s
                       and (last.sampled_at is None or now - last.sampled_at <= stale_after_s(spec)))
         if not lock.acquire(blocking=False):
-            answer = cls._while_read_in_flight(key, endpoint, lock, last, recent, sick, wait_s)
-            if answer is not lock:
-                return answer if isinstance(answer, Signals) else None
+            answer = cls._answer_meanwhile(key, endpoint, last, recent, sick)
+            if answer is not None:
+                return answer
+            if not cls._wait_for_read(endpoint, lock, wait_s):
+                return None
         with _held(lock):
             now = time.time()
             with cls._guard:
@@ -145,9 +149,10 @@ class Runtime:
                 took = cls._read_took.get(endpoint, 0.0)
                 max_age_s = max(max_age_s, min(took / READ_SHARE, REFRESH_SHARE * parse_duration(spec.scaling.interval)))
                 old = now - cls._read_at.get(endpoint, 0.0) > max_age_s
-                missing = key not in cls._signals or cls._source.get(key) != endpoint
-                # An old read: everyone's again. A fresh one without this deployment (new, or just
-                # taken over): its answer is in that read's, so no query goes out for it alone.
+                missing = key not in cls._signals or cls._source.get(key) != endpoint or cls._read_for.get(key) != spec
+                # An old read: everyone's again. A fresh one without this deployment (new, just
+                # taken over, or its spec changed since): its answer is in that read's, so no query
+                # goes out for it alone.
                 batch = {k: s for k, s in cls._specs.items() if cls.endpoint_of(k, s) == endpoint} if old else (
                     {key: spec} if missing else {})
             if batch:
@@ -159,10 +164,11 @@ class Runtime:
                     for k in batch.keys() - cls._specs.keys():
                         cls.reader.pod_load.pop(k, None)
                     cls._signals.update(got)
+                    # Each answer carries when its read began (Signals.read_at): a deployment that
+                    # joins is answered from an earlier read, whose age its reuse and the read-age
+                    # histogram must see.
                     cls._source.update(dict.fromkeys(got, endpoint))
-                    # When the answer's read began: a deployment that joins is answered from an
-                    # earlier read, whose age its reuse and the read-age histogram must see.
-                    cls._got_at.update({k: now if v.read_at is None else v.read_at for k, v in got.items()})
+                    cls._read_for.update({k: batch[k] for k in got})
                     if old:
                         cls._read_at[endpoint] = now
                         cls._read_took[endpoint] = time.monotonic() - started
@@ -174,10 +180,10 @@ class Runtime:
                 return cls._signals.get(key) or Signals.unreachable("no snapshot")
 
     @classmethod
-    def _while_read_in_flight(cls, key: tuple[str, str], endpoint: str, lock: threading.Lock, last: Signals | None,
-                              recent: bool, sick: bool, wait_s: float | None) -> Signals | threading.Lock | None:
-        """Another thread reads the endpoint: what this deployment gets meanwhile. The lock (now
-        held) when it waited for that read to end, signals to answer with, or None: put off."""
+    def _answer_meanwhile(cls, key: tuple[str, str], endpoint: str, last: Signals | None, recent: bool,
+                          sick: bool) -> Signals | None:
+        """Another thread reads the endpoint: signals this deployment decides on meanwhile without
+        waiting for that read, or None (it waits, see _wait_for_read)."""
         # The endpoint's batch grew older than max_age_s and another thread reads it again: a read
         # of a thousand deployments takes seconds, and every decision that came meanwhile waited
         # for it, or, past the waiter cap, was put off a whole tick (a sixth of the decisions at a
@@ -199,6 +205,12 @@ class Runtime:
             if last is not None and last.unavailable is not None:
                 return last
             return Signals.unreachable("Prometheus could not be read: its last read failed and the next one is in flight")
+        return None
+
+    @classmethod
+    def _wait_for_read(cls, endpoint: str, lock: threading.Lock, wait_s: float | None) -> bool:
+        """Wait for the endpoint's read in flight to end; True with its lock then held, False when
+        it did not end within wait_s or too many threads wait already (the decision is put off)."""
         # A healthy endpoint's read is waited for, up to wait_s: one that answers slowly but within
         # its timeout would otherwise hold as many threads as it has deployments deciding, and with
         # them every other endpoint's decisions. At most max_waiters threads wait on one endpoint
@@ -215,17 +227,17 @@ class Runtime:
             finally:
                 with cls._guard:
                     cls._waiting[endpoint] -= 1
-        if acquired:
-            return lock
-        m.READ_WAITS_ABANDONED.inc()
-        return None
+        if not acquired:
+            m.READ_WAITS_ABANDONED.inc()
+        return acquired
 
     @classmethod
     def read_age(cls, key: tuple[str, str], now: float) -> float | None:
-        """Seconds since the read that gave the deployment's signals began."""
+        """Seconds since the read that gave the deployment's signals began (None: no answer yet, or
+        a failed read's, which has no read time)."""
         with cls._guard:
-            at = cls._got_at.get(key)
-        return None if at is None else max(0.0, now - at)
+            got = cls._signals.get(key)
+        return None if got is None or got.read_at is None else max(0.0, now - got.read_at)
 
     @classmethod
     def forget(cls, key: tuple[str, str]) -> None:
@@ -233,7 +245,7 @@ class Runtime:
             cls._specs.pop(key, None)
             cls._signals.pop(key, None)
             cls._source.pop(key, None)
-            cls._got_at.pop(key, None)
+            cls._read_for.pop(key, None)
             cls._objects.pop(key, None)
             if cls.reader is not None:
                 cls.reader.pod_load.pop(key, None)
@@ -499,6 +511,12 @@ class OwnStatus:
     history: History  # the policy's memory, as last computed
     written: tuple[int, ...]  # hashes of the histories of the last writes, as status gives them back
     written_view: dict[str, Any] | None  # user_view() of the last write
+    # Hashes of the histories of statuses read again and written over (a predecessor's at take-over,
+    # someone else's write): kopf handing one of them over again is its watch lagging, not news.
+    superseded: tuple[int, ...] = ()
+
+    def recognises(self, history_hash: int) -> bool:
+        return history_hash in self.written or history_hash in self.superseded
 
 
 WRITES_RECOGNISED = 8  # a status holding one of this operator's last this-many writes is its own (see continue_from_memory)
@@ -517,9 +535,13 @@ def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
     deployments, and each lag read as someone else's write cost one more write), the operator's
     memory carries on from there. Anything else (a
     restart, someone else's write, a corrupt field) and status is read again, and the memory is
-    dropped, so that this decision's status is written whatever it holds."""
+    dropped, so that this decision's status is written whatever it holds. A status read again once
+    and written over is recognised too when kopf hands it over again: at take-over its watch lags
+    the new operator's first writes, and each lagging copy read as news was decided from again
+    (the predecessor's history, its observation window restarted) and written once more, which
+    lagged the watch further (the scale bench's second mode: 156 such writes a cycle at 1,000)."""
     history, dropped = History.parse(st.get("history"))
-    if own is not None and not dropped and hash(history) in own.written:
+    if own is not None and not dropped and own.recognises(hash(history)):
         return {**st, **own.fresh}, own.history, (), own
     return st, history, dropped, None
 
@@ -713,7 +735,10 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
 def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict[str, Any], history: History,
                    key: tuple[str, str], unknown: str = "first") -> None:
     """Write this decision's status only when it changes something a user reads; remember what was
-    computed either way. `unknown`: why it is written when status was read again (no memory)."""
+    computed either way. `unknown`: why it is written when status was read again (no memory).
+    When it was (`own` None), the hashes of this operator's earlier writes are kept, and the status
+    read is remembered as written over (see continue_from_memory)."""
+    before: OwnStatus | None = memo.get("own_status") if own is None else None
     new = {**st, **dict(patch.get("status") or {})}
     view = user_view(new)
     why = needs_write(own.written_view if own else None, view)
@@ -727,9 +752,15 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
     else:
         m.STATUS_WRITES.labels(*key, unknown if why == "first" else why or unknown).inc()
         # As status will give it back (rounded), so the next decision recognises its own write.
-        written = (own.written[1 - WRITES_RECOGNISED:] if own else ()) + (hash(History.parse(history.to_dict())[0]),)
+        earlier = own or before
+        written = (earlier.written[1 - WRITES_RECOGNISED:] if earlier else ()) + (hash(History.parse(history.to_dict())[0]),)
         written_view = view
-    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view)
+    superseded = own.superseded if own else ()
+    if own is None:
+        read, dropped = History.parse(st.get("history"))
+        if not dropped:  # a status with fields that did not parse is always read again
+            superseded = ((before.superseded if before else ())[1 - WRITES_RECOGNISED:]) + (hash(read),)
+    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, superseded)
 
 
 def settled(workload: Workload, applied: bool) -> bool:
