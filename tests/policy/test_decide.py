@@ -361,3 +361,32 @@ def test_a_learnt_burst_headroom_reaches_the_plan_and_every_shape_weighed() -> N
 
 
 NOW_D = 100_000.0
+
+
+def test_steady_load_at_a_replica_boundary_is_not_held_at_the_upper_count() -> None:
+    """A steady load whose noisy windows straddle the plan's boundary between 3 and 4 replicas, all
+    within the 10 % tolerance band of 3 and within chance of each other (the burst memory holds
+    none of them as a peak): the scale-down window remembers the 3 the band keeps, not the 4 the
+    plan rounds the higher windows to, so the fleet settles at 3 and stays (a scale-up from 3
+    needs the load past the band). Before, every 4 in the window held 4 for good (mooncake: five
+    replicas for forty minutes where four met the SLO)."""
+    from llmscale.policy.capacity import variant_capacity
+
+    spec = parse_spec(spec_dict(scaling={"interval": "15s"}))
+    v = spec.variants[0]
+    util = spec.scaling.target_utilization
+    cap3 = 3 * variant_capacity(spec, v, healthy(30.0), 1.0, (1000.0, 200.0), 3).per_replica * util
+    spread = (cap3 / 60) ** 0.5  # a 60 s window's Poisson spread
+    high, low = cap3 + 0.5 * spread, cap3 - 0.5 * spread
+    assert high <= cap3 * (1 + spec.scaling.tolerance)
+    h, n = History(observing_since=-1_000.0), 4
+    seen = []
+    for k, t in enumerate(range(0, 1200, 15)):
+        rate = high if k % 2 == 0 else low
+        signals = Signals(**{**healthy(rate).__dict__, "sampled_at": float(t)})
+        d = decide(spec, Workload("h100x1", n, n), signals, h, float(t))
+        if rate == high:
+            assert d.estimate.planned_replicas == 4, d.reasons  # the plan rounds the high windows up
+        h, n = d.history, d.to_replicas
+        seen.append(n)
+    assert seen[-40:] == [3] * 40, seen

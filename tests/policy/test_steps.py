@@ -1027,6 +1027,26 @@ def test_plan_is_the_fewest_pooled_replicas_that_carry_the_forecast(demand: floa
     assert [r.code for r in got.proposal.reasons] == [Code.CAPACITY_PLAN]
 
 
+@pytest.mark.parametrize(("util", "over", "planned", "kept"), [
+    (0.85, 0.95, 3, None),  # under 3's plan: 3, and 3 is what the window remembers
+    (0.85, 1.05, 4, 3),     # past 3's plan by 5 %, within the 10 % band: 4 planned, the window keeps 3
+    (0.85, 1.15, 4, None),  # past the band: 4 is what the load asks for
+    (0.95, 1.06, 4, 4),     # within the band of 3's plan but past 3's full capacity: the band keeps 4
+])
+def test_plan_remembers_the_fewest_replicas_the_tolerance_band_keeps(util: float, over: float, planned: int,
+                                                                     kept: int | None) -> None:
+    spec = SPEC.model_copy(update={"scaling": SPEC.scaling.model_copy(update={"target_utilization": util})})
+    per3 = variant_capacity(spec, V, sig(30.0), 1.0, (1000.0, 200.0), 3).per_replica
+    demand = 3 * per3 * util * over
+    got = plan(spec, V, sig(demand), cap_step(), Forecast(demand, 105.0, 300.0, History()), 4)
+    per = variant_capacity(spec, V, sig(demand), 1.0, (1000.0, 200.0), planned).per_replica
+    why = Reason(Code.CAPACITY_PLAN, f"forecast {demand:.2f} req/s over 105s / {per:.2f} req/s per replica (in a fleet of "
+                                     f"{planned}) at {util:.0%} -> {planned}")
+    # load_asks None: the window remembers the plan itself (4 == 4 is said as None too).
+    assert got == Plan(Proposal(planned, (why,), kept if kept is not None and kept < planned else None), planned)
+    assert got.proposal.recommendation == (kept or planned)
+
+
 def test_plan_holds_when_there_is_nothing_to_plan_for() -> None:
     assert plan(SPEC, V, sig(None), cap_step(), Forecast(None, 105.0, 300.0, History()), 3) == Plan(Proposal(3), None)
     assert plan(SPEC, V, sig(5.0), cap_step(per_replica=0.0), Forecast(5.0, 105.0, 300.0, History()), 3) == Plan(Proposal(3), None)

@@ -28,6 +28,16 @@ PANIC_HOLD_S = 60.0
 # maxStep makes 5 from one replica, bought the demo 2 more points for 15 % more GPU-hours, and
 # azure-code 0.7 points for 16 %).
 BREACH_STEP_MAX = 4.0
+# A breach in which few requests missed (at most MILD_MISS_FACTOR times the SLO's allowance, and
+# at most MILD_MISS_MARGIN past it: 5 % of requests at p99, 10 % at p95) finds the replicas at the
+# edge, not far behind: one replica more, and the next window judges again. The latency ratio
+# then says little about the shortfall: with long prompts the window's p99 is its second-worst
+# request queued behind a few long prefills (mooncake: TTFT p99 at 1.76x its 10 s target with
+# 4.2 % of the requests late, on four replicas at 78 % of the plan, asked for eight, held for the
+# scale-down window; one more met the SLO). A hidden burst leaves many late, and is corrected in
+# proportion as before.
+MILD_MISS_FACTOR = 5.0
+MILD_MISS_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,14 @@ def breach_ratio(spec: LLMDeploymentSpec, signals: Signals) -> float | None:
     return max(ratios) if ratios else None
 
 
+def mild(attainment: float | None, target_share: float) -> bool:
+    """Did few requests miss (see MILD_MISS_FACTOR)? Not when the share within target is unknown."""
+    if attainment is None:
+        return False
+    allowed = 1 - target_share
+    return 1 - attainment <= min(MILD_MISS_FACTOR * allowed, allowed + MILD_MISS_MARGIN)
+
+
 def breach_step(spec: LLMDeploymentSpec, signals: Signals, ttft_missed: bool, itl_missed: bool,
                 unexplained: bool) -> float:
     """How many times the Ready replicas a breach asks for: the ratio of each latency that missed
@@ -60,8 +78,14 @@ def breach_step(spec: LLMDeploymentSpec, signals: Signals, ttft_missed: bool, it
     PANIC_RATIO, as the inter-token latency's always (it falls with the batch, not in proportion
     to the load). A breach the plan explains is a load rise the rate already shows: the plan sizes
     it, and the queue's latency, which outruns the load, would overshoot (a 28 req/s burst on one
-    replica of 20: the plan said 2, TTFT at 4x and more said 4, on the test bed)."""
+    replica of 20: the plan said 2, TTFT at 4x and more said 4, on the test bed). A breach in
+    which every latency that missed missed mildly (see `mild`) asks for one replica more (1.0)."""
     ttft, itl = latency_ratios(spec, signals)
+    ttft_t, itl_t = spec.slo.ttft, spec.slo.itl_target()
+    if (ttft_missed or itl_missed) and \
+            (not ttft_missed or (ttft_t is not None and mild(signals.ttft_attainment, ttft_t.percentile / 100))) and \
+            (not itl_missed or (itl_t is not None and mild(signals.itl_attainment, itl_t.percentile / 100))):
+        return 1.0
     steps = [1.0]
     if ttft_missed and ttft is not None:
         steps.append(min(ttft, BREACH_STEP_MAX if unexplained else PANIC_RATIO))

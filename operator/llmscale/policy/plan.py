@@ -1,4 +1,13 @@
-"""Step 4: the fewest replicas whose pooled capacity, at targetUtilization, carries the forecast."""
+"""Step 4: the fewest replicas whose pooled capacity, at targetUtilization, carries the forecast.
+
+What the scale-down window remembers of the plan is the fewest replicas the tolerance band would
+have kept for the load (see `tolerated`), not the plan's own rounding: on steady traffic the load
+straddles a replica boundary by noise, and the window, holding the highest of a score of noisy
+decisions, kept the upper count for good (mooncake: five replicas for forty minutes, where four,
+whose plan stretched by the 10 % tolerance carried every one of those loads, met the SLO). A
+scale-up from those replicas needs the load past the band, and so does holding the count it
+scaled to: the two sides of a boundary are judged alike.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 
-from .capacity import CapacityStep, replicas_for
+from .capacity import CapacityStep, capacity_curve, replicas_for
 from .forecast import Forecast
 from .reasons import Code, Reason
 from .types import Proposal, Signals
@@ -18,6 +27,22 @@ class Plan:
     planned: int | None  # None when nothing could be planned (rate unknown, SLO infeasible)
 
 
+def tolerated(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: CapacityStep, demand: float,
+              utilization: float, planned: int) -> int:
+    """The fewest replicas (at most `planned`) that the tolerance band keeps for `demand`: their
+    plan stretched by scaling.tolerance carries it, and so does their full capacity (the band
+    never keeps replicas that cannot carry the load at all; see the tolerance step)."""
+    tol = spec.scaling.tolerance
+    if tol <= 0 or planned <= 1:
+        return planned
+    n, _ = replicas_for(spec, variant, signals, cap.correction, cap.mix, demand / (1 + tol), utilization, cap.started)
+    n = max(1, n)
+    curve = capacity_curve(spec, variant, signals, cap.mix, cap.started)
+    while n < planned and demand > n * curve.at(n, cap.correction).per_replica:
+        n += 1
+    return min(n, planned)
+
+
 def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: CapacityStep, fc: Forecast, current: int) -> Plan:
     if fc.rate is None or not cap.current.feasible:
         return Plan(Proposal(current), None)
@@ -25,4 +50,5 @@ def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: Capac
     n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
                                      f"per replica (in a fleet of {n}) at {util:.0%} -> {n}")
-    return Plan(Proposal(n, (why,)), n)
+    kept = tolerated(spec, variant, signals, cap, fc.rate, util, n)
+    return Plan(Proposal(n, (why,), kept if kept < n else None), n)
