@@ -567,6 +567,38 @@ def test_feedback_corrects_a_ttft_breach_the_plan_does_not_explain_in_proportion
         want, True, Condition("False", "SLOBreached", f"latency at {ratio:.2f}x target"), History(panic_until=NOW + 60))
 
 
+@pytest.mark.parametrize(("quantile", "within", "ready", "want", "panic"), [
+    # 9 % late at a p95 (beyond chance with 600 requests, within 10 %), TTFT at 1.6x: mild, one band more.
+    (0.8, 0.91, 4, 5, False),
+    (0.8, 0.91, 40, 44, False),  # a band of a big fleet: 10 % of it, not one replica
+    # Few late but TTFT at 2.4x its target, or many late: in proportion, as before.
+    (1.2, 0.91, 4, 10, True),
+    (0.8, 0.85, 4, 7, False),
+    (0.8, None, 4, 7, False),  # the share within target unknown: never mild
+])
+def test_feedback_a_breach_with_few_requests_late_asks_for_one_tolerance_band_more(
+        quantile: float, within: float | None, ready: int, want: int, panic: bool) -> None:
+    got = _fb(sig(10.0, ttft_quantile=quantile, ttft_attainment=within, itl_quantile=0.03), Workload("h100x1", ready, ready),
+              proposal=ready)
+    reasons = (Reason(Code.SLO_BREACH_TTFT, f"TTFT p95 {quantile * 1000:.0f}ms > target 500ms"),) + (
+        (Reason(Code.PANIC, "burst: scale-down suspended for 60s"),) if panic else ())
+    assert got == Feedback(Proposal(want, reasons), want, True,
+                           Condition("False", "SLOBreached", f"latency at {quantile / 0.5:.2f}x target"),
+                           History(panic_until=NOW + 60) if panic else History())
+
+
+def test_feedback_the_window_remembers_what_a_breach_asked_for_not_the_bands_count() -> None:
+    """Review: a breach that asked for exactly the plan's 4 left the plan's load_asks (3, the count
+    the tolerance band keeps) in place, so the window recorded 3 right after 3 proved too few."""
+    got = feedback(SPEC, V, Workload("h100x1", 3, 3), sig(10.0, ttft_quantile=0.8, ttft_attainment=0.91, itl_quantile=0.03),
+                   cap_step(), Proposal(4, (), 3), History(), NOW)
+    assert got.proposal.replicas == 4 and got.replicas == 4 and got.proposal.recommendation == 4
+    # A breach asking for fewer than the plan: the window keeps at least what it asked for.
+    got = feedback(SPEC, V, Workload("h100x1", 3, 3), sig(10.0, ttft_quantile=0.8, ttft_attainment=0.91, itl_quantile=0.03),
+                   cap_step(), Proposal(6, (), 3), History(), NOW)
+    assert got.proposal.replicas == 6 and got.replicas == 4 and got.proposal.recommendation == 4
+
+
 def test_feedback_an_inter_token_breach_at_most_doubles() -> None:
     # Inter-token latency falls with the batch, not in proportion to the load: 3x on two -> 4.
     got = _fb(sig(10.0, ttft_quantile=0.3, itl_quantile=0.3, itl_attainment=0.2), Workload("h100x1", 2, 2), proposal=2)

@@ -29,13 +29,14 @@ PANIC_HOLD_S = 60.0
 # azure-code 0.7 points for 16 %).
 BREACH_STEP_MAX = 4.0
 # A breach in which few requests missed (at most MILD_MISS_FACTOR times the SLO's allowance, and
-# at most MILD_MISS_MARGIN past it: 5 % of requests at p99, 10 % at p95) finds the replicas at the
-# edge, not far behind: one replica more, and the next window judges again. The latency ratio
-# then says little about the shortfall: with long prompts the window's p99 is its second-worst
-# request queued behind a few long prefills (mooncake: TTFT p99 at 1.76x its 10 s target with
-# 4.2 % of the requests late, on four replicas at 78 % of the plan, asked for eight, held for the
-# scale-down window; one more met the SLO). A hidden burst leaves many late, and is corrected in
-# proportion as before.
+# at most MILD_MISS_MARGIN past it: 5 % of requests at p99, 10 % at p95), each latency under
+# PANIC_RATIO times its target, finds the replicas at the edge, not far behind: one tolerance band
+# more (scaling.tolerance of the Ready replicas, at least one), and the next window judges again.
+# The latency ratio then says little about the shortfall: with long prompts the window's p99 is
+# its second-worst request queued behind a few long prefills (mooncake: TTFT p99 at 1.76x its
+# 10 s target with 4.2 % of the requests late, on four replicas at 78 % of the plan, asked for
+# eight, held for the scale-down window; one more met the SLO). A hidden burst leaves many late,
+# or the latency far over target, and is corrected in proportion as before.
 MILD_MISS_FACTOR = 5.0
 MILD_MISS_MARGIN = 0.05
 
@@ -79,13 +80,17 @@ def breach_step(spec: LLMDeploymentSpec, signals: Signals, ttft_missed: bool, it
     to the load). A breach the plan explains is a load rise the rate already shows: the plan sizes
     it, and the queue's latency, which outruns the load, would overshoot (a 28 req/s burst on one
     replica of 20: the plan said 2, TTFT at 4x and more said 4, on the test bed). A breach in
-    which every latency that missed missed mildly (see `mild`) asks for one replica more (1.0)."""
+    which every latency that missed missed mildly (few requests late, see `mild`, and the latency
+    under PANIC_RATIO times its target) asks for one tolerance band more (1 + scaling.tolerance;
+    the caller adds at least one replica)."""
     ttft, itl = latency_ratios(spec, signals)
     ttft_t, itl_t = spec.slo.ttft, spec.slo.itl_target()
     if (ttft_missed or itl_missed) and \
-            (not ttft_missed or (ttft_t is not None and mild(signals.ttft_attainment, ttft_t.percentile / 100))) and \
-            (not itl_missed or (itl_t is not None and mild(signals.itl_attainment, itl_t.percentile / 100))):
-        return 1.0
+            (not ttft_missed or (ttft_t is not None and ttft is not None and ttft < PANIC_RATIO
+                                 and mild(signals.ttft_attainment, ttft_t.percentile / 100))) and \
+            (not itl_missed or (itl_t is not None and itl is not None and itl < PANIC_RATIO
+                                and mild(signals.itl_attainment, itl_t.percentile / 100))):
+        return 1.0 + spec.scaling.tolerance
     steps = [1.0]
     if ttft_missed and ttft is not None:
         steps.append(min(ttft, BREACH_STEP_MAX if unexplained else PANIC_RATIO))
@@ -186,6 +191,10 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     if wanted is not None:
         if wanted > out.replicas:
             out = out.to(wanted)
+        elif out.recommendation < wanted:
+            # The scale-down window remembers what the feedback asked for, not fewer (the plan's
+            # count that the tolerance band keeps): the breach showed those too few.
+            out = Proposal(out.replicas, out.reasons, None if wanted >= out.replicas else wanted)
         if workload.starting > 0 and out.replicas <= workload.replicas:
             reasons.append(Reason(Code.COLD_START, f"{workload.starting} replicas still loading count as capacity on its way"))
         if (breached and (ratio or 0) >= PANIC_RATIO) or wanted >= PANIC_RATIO * base:

@@ -7,7 +7,9 @@ are recorded inside the bounds and ceilings, so a spike that wanted more than th
 ceiling no longer than any other recommendation would; and a count held only while a backlog
 drains is recorded as what the load asked for (Proposal.load_asks), since the hold ends with its cause
 (the backlog of a first burst, drained on six replicas where the load asked for four, held the six
-for a window after it was gone). A recommendation stands until the next one:
+for a window after it was gone); and a plan is recorded as the count the tolerance band keeps for
+its load, not its rounding up (policy/plan.py). (With a scale-up window, which is 0 s by default,
+its lowest recommendation is then that count too.) A recommendation stands until the next one:
 the newest made before the scale-down window began still counts, so a gap in the decisions (the API
 server or the operator down, a restart) is not time the load was seen to stay low. Without this, a
 recommendation of 3 aged out of a 60 s window during an outage and the first decision after it

@@ -507,8 +507,10 @@ class Proposal:
 
     replicas: int
     reasons: tuple[Reason, ...] = ()
-    # What the load itself asks for when a hold that lasts only as long as its cause (a queue that
-    # costs TTFT) keeps more: the scale-down window remembers this, not the hold. None: `replicas`.
+    # What the scale-down window remembers when it is fewer than `replicas`: the count the tolerance
+    # band keeps for the load where the plan rounds up (plan.tolerated), or what the load itself
+    # asks for while a hold that lasts only as long as its cause (a backlog draining) keeps more.
+    # None: `replicas`. A step that changes `replicas` drops it.
     load_asks: int | None = None
 
     def to(self, replicas: int, *reasons: Reason) -> Proposal:
