@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                  "{:.1f}/{:.1f}s".format(*got.cadence())]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
     if rows:
-        print(f"\nworst attainment gap {max(abs(g) for g in gaps):.2f} pts TTFT, {max(abs(g) for g in joint_gaps):.2f} pts "
+        print(f"\nworst attainment gap {max(abs(g) for g in gaps):.2f} pts TTFT, "
+              f"{max((abs(g) for g in joint_gaps if not math.isnan(g)), default=math.nan):.2f} pts "
               f"joint (goal <= 2); GPU-hours bed / twin "
               f"{min(ratios):.2f}x-{max(ratios):.2f}x (goal within 10 %)")
         print(f"against the twin's band over decision phases {', '.join(f'{p:g}' for p in PHASES_S)} s: worst "

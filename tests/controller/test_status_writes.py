@@ -336,3 +336,18 @@ def test_at_take_over_a_lagging_copy_of_the_predecessors_status_is_not_read_agai
     corrupt = {**first, "history": {**first["history"], "queueScrapes": "garbage"}}
     _, _, dropped, own = continue_from_memory(corrupt, memo["own_status"])
     assert own is None and dropped == ("queueScrapes",)
+
+
+def test_a_status_with_no_history_is_never_taken_for_a_lagging_copy() -> None:
+    """Review: the first decision of a new object reads an empty status; remembered as written
+    over, a status someone later cleared was taken for a lagging copy and never written again, and
+    a restart then found nothing of what the operator had learnt."""
+    from llmscale.controller.handlers import continue_from_memory
+    from llmscale.policy import History
+
+    memo: dict = {}
+    out, _ = _decision(memo, {}, History(rate_samples=((1.0, 10.0),)), 100.0, {"desiredReplicas": 2})
+    assert out and memo["own_status"].superseded == ()
+    for cleared in ({}, {"history": None}, {"desiredReplicas": 2, "history": {}}):
+        _, hist, _, own = continue_from_memory(dict(cleared), memo["own_status"])
+        assert own is None and hist == History(), cleared

@@ -758,7 +758,9 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
     superseded = own.superseded if own else ()
     if own is None:
         read, dropped = History.parse(st.get("history"))
-        if not dropped:  # a status with fields that did not parse is always read again
+        # A status with fields that did not parse is always read again; and so is one with no
+        # history (a new object's, or a status someone cleared): it is written over at once.
+        if not dropped and read != History():
             superseded = ((before.superseded if before else ())[1 - WRITES_RECOGNISED:]) + (hash(read),)
     memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, superseded)
 

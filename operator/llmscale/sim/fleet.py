@@ -261,16 +261,17 @@ class Fleet:
     # ---- traffic control --------------------------------------------------------------------
     def set_traffic(self, namespace: str, name: str, body: dict[str, Any]) -> Traffic:
         targets = slo_targets(body["slo"]) if "slo" in body else None
+        now = self.now()  # one instant for the trace's start and the count's: an arrival at 0 counts
         if "trace" in body:
             trace = load_trace(body["trace"]).scaled(float(body.get("rateScale", 1)), float(body.get("speedup", 1)))
-            tr = Traffic(trace=trace, trace_start=self.now(), description=f"trace {trace.name}")
+            tr = Traffic(trace=trace, trace_start=now, description=f"trace {trace.name}")
         elif "scenario" in body:
             name_ = str(body["scenario"])
             if name_ not in SCENARIOS:
                 raise TraceError(f"unknown scenario {name_!r}; choose one of {', '.join(SCENARIOS)}")
             trace = scenario(name_, float(body.get("rate", 5)), float(body.get("duration", 600)),
                              int(body.get("meanInput", 1024)), int(body.get("meanOutput", 256)), int(body.get("seed", 0)))
-            tr = Traffic(trace=trace, trace_start=self.now(), description=f"scenario {name_}")
+            tr = Traffic(trace=trace, trace_start=now, description=f"scenario {name_}")
         else:
             rate = float(body.get("rate", 0))
             if not math.isfinite(rate) or rate < 0:
@@ -280,7 +281,7 @@ class Fleet:
         with self.lock:
             self.traffic[(namespace, name)] = tr
             if targets is not None:
-                self.tallies[(namespace, name)] = Tally(*targets, since=self.now())
+                self.tallies[(namespace, name)] = Tally(*targets, since=now)
         return tr
 
     def traffic_of(self, namespace: str, name: str) -> dict[str, Any] | None:
