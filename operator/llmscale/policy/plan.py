@@ -35,12 +35,17 @@ def tolerated(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: 
     tol = spec.scaling.tolerance
     if tol <= 0 or planned <= 1:
         return planned
-    n, _ = replicas_for(spec, variant, signals, cap.correction, cap.mix, demand / (1 + tol), utilization, cap.started)
-    n = max(1, n)
+    # Both tests only get easier with more replicas (pooled capacity grows with the fleet): step
+    # down from the plan while one fewer still passes them (once, mostly: a 10 % band spans more
+    # than one replica only past a dozen).
     curve = capacity_curve(spec, variant, signals, cap.mix, cap.started)
-    while n < planned and demand > n * curve.at(n, cap.correction).per_replica:
-        n += 1
-    return min(n, planned)
+    n = planned
+    while n > 1:
+        fewer = (n - 1) * curve.at(n - 1, cap.correction).per_replica
+        if demand > fewer * utilization * (1 + tol) or demand > fewer:
+            break
+        n -= 1
+    return n
 
 
 def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: CapacityStep, fc: Forecast, current: int) -> Plan:
