@@ -336,6 +336,13 @@ def test_at_take_over_a_lagging_copy_of_the_predecessors_status_is_not_read_agai
     corrupt = {**first, "history": {**first["history"], "queueScrapes": "garbage"}}
     _, _, dropped, own = continue_from_memory(corrupt, memo["own_status"])
     assert own is None and dropped == ("queueScrapes",)
+    # Once one of its own writes comes back, the watch has passed what it wrote over: the
+    # superseded copies are news again (a write that failed is not masked for longer than that).
+    latest = {**foreign, **out}
+    _, _, _, own = continue_from_memory(dict(latest), memo["own_status"])
+    assert own is not None and own.superseded == ()
+    _, _, _, own = continue_from_memory(dict(predecessor), own)
+    assert own is None
 
 
 def test_a_status_with_no_history_is_never_taken_for_a_lagging_copy() -> None:

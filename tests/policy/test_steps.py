@@ -590,13 +590,23 @@ def test_feedback_a_breach_with_few_requests_late_asks_for_one_tolerance_band_mo
 def test_feedback_the_window_remembers_what_a_breach_asked_for_not_the_bands_count() -> None:
     """Review: a breach that asked for exactly the plan's 4 left the plan's load_asks (3, the count
     the tolerance band keeps) in place, so the window recorded 3 right after 3 proved too few."""
-    got = feedback(SPEC, V, Workload("h100x1", 3, 3), sig(10.0, ttft_quantile=0.8, ttft_attainment=0.91, itl_quantile=0.03),
-                   cap_step(), Proposal(4, (), 3), History(), NOW)
-    assert got.proposal.replicas == 4 and got.replicas == 4 and got.proposal.recommendation == 4
+    breach = sig(10.0, ttft_quantile=0.8, ttft_attainment=0.91, itl_quantile=0.03)
+    why = (Reason(Code.SLO_BREACH_TTFT, "TTFT p95 800ms > target 500ms"),)
+    met = Condition("False", "SLOBreached", "latency at 1.60x target")
+    got = feedback(SPEC, V, Workload("h100x1", 3, 3), breach, cap_step(), Proposal(4, (), 3), History(), NOW)
+    assert got == Feedback(Proposal(4, why), 4, True, met, History())
     # A breach asking for fewer than the plan: the window keeps at least what it asked for.
-    got = feedback(SPEC, V, Workload("h100x1", 3, 3), sig(10.0, ttft_quantile=0.8, ttft_attainment=0.91, itl_quantile=0.03),
-                   cap_step(), Proposal(6, (), 3), History(), NOW)
-    assert got.proposal.replicas == 6 and got.replicas == 4 and got.proposal.recommendation == 4
+    got = feedback(SPEC, V, Workload("h100x1", 3, 3), breach, cap_step(), Proposal(6, (), 3), History(), NOW)
+    assert got == Feedback(Proposal(6, why, 4), 4, True, met, History())
+
+
+def test_feedback_a_queue_at_todays_plan_is_remembered_as_the_plan() -> None:
+    """Review: a queue seen once while the plan equals today's count kept the band's fewer
+    replicas for the window."""
+    queue = sig(10.0, ttft_quantile=0.3, ttft_attainment=1.0, itl_quantile=0.03, requests_waiting=6.0, requests_running=20.0)
+    got = feedback(SPEC, V, Workload("h100x1", 4, 4), queue, cap_step(), Proposal(4, (), 3), History(), NOW)
+    assert got == Feedback(Proposal(4), None, False, Condition("True", "SLOMet", "latency at 0.60x target"),
+                           History(queued_at=NOW))
 
 
 def test_feedback_an_inter_token_breach_at_most_doubles() -> None:
@@ -804,6 +814,10 @@ def test_unknowns_never_scale_down() -> None:
     assert unknowns(4, sig(None, unknown={"requestRate": "x"}), ("requestRate",), Proposal(2)) == Proposal(4)
     assert unknowns(4, sig(None), (), Proposal(6)) == Proposal(6)
     assert unknowns(4, sig(3.0), (), Proposal(2)) == Proposal(2)
+    # The count the tolerance band keeps is not remembered from unknown data (review): the plan is.
+    assert unknowns(4, sig(None), (), Proposal(4, (), 3)) == Proposal(4)
+    assert unknowns(4, sig(None, unknown={"requestRate": "x"}), ("requestRate",), Proposal(5, (), 4)) == Proposal(5)
+    assert unknowns(4, sig(3.0), (), Proposal(4, (), 3)) == Proposal(4, (), 3)  # known: it stands
 
 
 # ---- 9. stabilization -------------------------------------------------------------------------------
@@ -891,6 +905,21 @@ def test_a_hold_for_a_queue_records_what_the_load_asks_not_the_hold() -> None:
     assert got == Stabilized(held, History(recommendations=((NOW, 4),), observing_since=0.0))
     # A later step that changes the count drops it: the count it sets is what is recorded.
     assert held.to(7).recommendation == 7 and held.to(6).recommendation == 4 and held.note().recommendation == 4
+
+
+def test_a_scale_up_is_remembered_as_the_count_it_goes_to_not_the_bands() -> None:
+    """Review: from 3, a plan of 5 whose load the band keeps at 4 recorded 4, and the next noisy
+    decision planning 4 scaled 5 -> 4 at once, pods still loading. A scale-up records its count;
+    the band's count is recorded at today's count or below."""
+    up = Proposal(5, (Reason(Code.CAPACITY_PLAN, "plan"),), load_asks=4)
+    got = stabilization(SPEC, V, Workload("h100x1", 3, 3), up, False, History(observing_since=0.0), NOW)
+    assert got == Stabilized(up, History(recommendations=((NOW, 5),), observing_since=0.0))
+    at = Proposal(5, (Reason(Code.CAPACITY_PLAN, "plan"),), load_asks=4)
+    got = stabilization(SPEC, V, Workload("h100x1", 5, 5), at, False, History(observing_since=0.0), NOW)
+    assert got == Stabilized(at, History(recommendations=((NOW, 4),), observing_since=0.0))
+    # The scale-up to 5 holds for the window against later decisions that plan 4.
+    h = History(recommendations=((NOW - 60, 5), (NOW - 15, 4)), observing_since=0.0)
+    assert _stab(4, 5, h).proposal == Proposal(5, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 5 (highest recommendation in 300s)"),))
 
 
 def test_stabilization_records_within_the_ceiling_and_limits_the_step_up() -> None:

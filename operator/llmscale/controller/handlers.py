@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import kopf
@@ -230,14 +230,6 @@ class Runtime:
         if not acquired:
             m.READ_WAITS_ABANDONED.inc()
         return acquired
-
-    @classmethod
-    def read_age(cls, key: tuple[str, str], now: float) -> float | None:
-        """Seconds since the read that gave the deployment's signals began (None: no answer yet, or
-        a failed read's, which has no read time)."""
-        with cls._guard:
-            got = cls._signals.get(key)
-        return None if got is None or got.read_at is None else max(0.0, now - got.read_at)
 
     @classmethod
     def forget(cls, key: tuple[str, str]) -> None:
@@ -542,6 +534,11 @@ def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
     lagged the watch further (the scale bench's second mode: 156 such writes a cycle at 1,000)."""
     history, dropped = History.parse(st.get("history"))
     if own is not None and not dropped and own.recognises(hash(history)):
+        if own.superseded and hash(history) in own.written:
+            # One of this operator's writes came back: the watch has passed what it wrote over,
+            # which from now on is news again (a write that failed leaves it unrecognised no longer
+            # than the watch lags).
+            own = replace(own, superseded=())
         return {**st, **own.fresh}, own.history, (), own
     return st, history, dropped, None
 
@@ -615,8 +612,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         memo["last_decision"], memo["ticks"] = last_ts, ticks
         patch.pop("status", None)
         return
-    if (age := Runtime.read_age((namespace, name), now)) is not None and signals.unavailable is None:
-        m.SIGNALS_AGE.observe(age)
+    if signals.read_at is not None and signals.unavailable is None:  # the read this decision uses
+        m.SIGNALS_AGE.observe(max(0.0, now - signals.read_at))
     if dropped:
         # Only our own field names: the values may be anything someone wrote into status.
         kopf.warn(body, reason="HistoryFieldsReset",

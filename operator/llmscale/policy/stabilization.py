@@ -1,5 +1,5 @@
-"""Step 9: stabilization windows (HPA semantics), the panic hold, step limits, and no scale-up
-while pods wait for GPUs.
+"""Step 9: stabilization windows (HPA's, with the recommendations recorded as below), the panic
+hold, step limits, and no scale-up while pods wait for GPUs.
 
 A window is measured from the recommendations, as HPA does: a scale-down to N happens only when
 every recommendation of the last scaleDown.stabilizationWindow was N or less. The recommendations
@@ -8,8 +8,9 @@ ceiling no longer than any other recommendation would; and a count held only whi
 drains is recorded as what the load asked for (Proposal.load_asks), since the hold ends with its cause
 (the backlog of a first burst, drained on six replicas where the load asked for four, held the six
 for a window after it was gone); and a plan is recorded as the count the tolerance band keeps for
-its load, not its rounding up (policy/plan.py). (With a scale-up window, which is 0 s by default,
-its lowest recommendation is then that count too.) A recommendation stands until the next one:
+its load, not its rounding up (policy/plan.py), unless the plan scales up: so the window runs
+from the last decision whose load passed the band (HPA's records today's count inside the band,
+the plan's beyond it). A recommendation stands until the next one:
 the newest made before the scale-down window began still counts, so a gap in the decisions (the API
 server or the operator down, a restart) is not time the load was seen to stay low. Without this, a
 recommendation of 3 aged out of a 60 s window during an outage and the first decision after it
@@ -84,7 +85,12 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     span = max(up_w, down_w)
     before = standing_before(history.recommendations, now, span)
     recs = ((before,) if before else ()) + tuple((t, r) for t, r in history.recommendations if now - t <= span)
-    recommendation = within_bounds(spec, variant, proposal.recommendation, to_zero)
+    # A scale-up is recorded as the count it goes to: the plan's rounding past the tolerance band
+    # is what the load asked for then, and a scale-up not held for the window would be undone by
+    # the next noisy decision, pods still loading (the band's count is recorded at today's count
+    # or below only).
+    recommendation = within_bounds(spec, variant, proposal.replicas if proposal.replicas > current
+                                   else proposal.recommendation, to_zero)
     out = proposal
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
