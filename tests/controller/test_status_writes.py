@@ -336,13 +336,23 @@ def test_at_take_over_a_lagging_copy_of_the_predecessors_status_is_not_read_agai
     corrupt = {**first, "history": {**first["history"], "queueScrapes": "garbage"}}
     _, _, dropped, own = continue_from_memory(corrupt, memo["own_status"])
     assert own is None and dropped == ("queueScrapes",)
-    # Once one of its own writes comes back, the watch has passed what it wrote over: the
-    # superseded copies are news again (a write that failed is not masked for longer than that).
+    # An older write of its own coming back (first) says the watch may still hand over a copy
+    # written over after it (foreign): still recognised, the memory carried on in order.
+    own = memo["own_status"]
+    for lagging in (first, foreign, predecessor):
+        _, hist, _, own = continue_from_memory(dict(lagging), own)
+        assert own is not None and hist == later, lagging
+    # Once the newest write comes back, the watch has passed everything it wrote over: those
+    # copies are news again.
     latest = {**foreign, **out}
-    _, _, _, own = continue_from_memory(dict(latest), memo["own_status"])
+    _, _, _, own = continue_from_memory(dict(latest), own)
     assert own is not None and own.superseded == ()
     _, _, _, own = continue_from_memory(dict(predecessor), own)
     assert own is None
+    # And a write that never came back (it failed) masks them for SUPERSEDED_FOR_S at most.
+    until = memo["own_status"].superseded_until
+    assert continue_from_memory(dict(predecessor), memo["own_status"], now=until - 1.0)[3] is not None
+    assert continue_from_memory(dict(predecessor), memo["own_status"], now=until)[3] is None
 
 
 def test_a_status_with_no_history_is_never_taken_for_a_lagging_copy() -> None:

@@ -390,3 +390,29 @@ def test_steady_load_at_a_replica_boundary_is_not_held_at_the_upper_count() -> N
         h, n = d.history, d.to_replicas
         seen.append(n)
     assert seen[-40:] == [3] * 40, seen
+
+
+def test_a_scale_up_past_the_band_is_held_for_the_window_against_a_plan_one_lower() -> None:
+    """Review: from 2 replicas, a load the plan rounds to 4 but the tolerance band keeps at 3
+    scaled to 4 and recorded 3, and the next decision planning 3 undid the scale-up at once, pods
+    still loading. A scale-up is remembered as its count: the 4 holds for the window."""
+    from llmscale.policy.capacity import variant_capacity
+
+    spec = parse_spec(spec_dict(scaling={"interval": "15s"}))
+    v = spec.variants[0]
+    util = spec.scaling.target_utilization
+    cap3 = 3 * variant_capacity(spec, v, healthy(30.0), 1.0, (1000.0, 200.0), 3).per_replica * util
+    spread = (cap3 / 60) ** 0.5
+    h = History(observing_since=-1_000.0, mean_input=1000.0, mean_output=200.0, mix_requests=500.0,
+                planned_mix=(1000.0, 200.0))
+    d = decide(spec, Workload("h100x1", 2, 2), Signals(**{**healthy(cap3 + 0.5 * spread).__dict__, "sampled_at": 0.0}), h, 0.0)
+    assert (d.estimate.planned_replicas, d.to_replicas, d.history.recommendations[-1][1]) == (4, 4, 4), d.reasons
+    seen = []
+    h, n = d.history, 4
+    for t in range(15, 300, 15):  # the load a hair under 3's plan, pods loading then Ready
+        signals = Signals(**{**healthy(cap3 - 0.5 * spread).__dict__, "sampled_at": float(t)})
+        d = decide(spec, Workload("h100x1", n, n), signals, h, float(t))
+        h, n = d.history, d.to_replicas
+        seen.append(n)
+    assert seen == [4] * len(seen), seen
+    assert Code.SCALE_DOWN_STABILIZED in d.codes

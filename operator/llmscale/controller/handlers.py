@@ -504,21 +504,25 @@ class OwnStatus:
     written: tuple[int, ...]  # hashes of the histories of the last writes, as status gives them back
     written_view: dict[str, Any] | None  # user_view() of the last write
     # Hashes of the histories of statuses read again and written over (a predecessor's at take-over,
-    # someone else's write): kopf handing one of them over again is its watch lagging, not news.
+    # someone else's write): kopf handing one of them over again is its watch lagging, not news,
+    # until the newest write comes back or SUPERSEDED_FOR_S have passed since the last was added
+    # (a write that failed would otherwise leave the copy it meant to replace unread for good).
     superseded: tuple[int, ...] = ()
+    superseded_until: float = 0.0
 
-    def recognises(self, history_hash: int) -> bool:
-        return history_hash in self.written or history_hash in self.superseded
+    def recognises(self, history_hash: int, now: float) -> bool:
+        return history_hash in self.written or (history_hash in self.superseded and now < self.superseded_until)
 
 
 WRITES_RECOGNISED = 8  # a status holding one of this operator's last this-many writes is its own (see continue_from_memory)
+SUPERSEDED_FOR_S = 600.0  # a watch lagging longer than this at take-over costs one reread per copy again
 # What the next decision reads from status besides the history, taken from memory while status holds
 # one of this operator's writes: kopf's copy may lag several writes (a condition flip seen twice
 # would post its Event twice and move its lastTransitionTime).
 FRESH_KEYS = ("lastDecision", "conditions", "warnings", "readyPods", "coldStartSeconds")
 
 
-def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
+def continue_from_memory(st: dict[str, Any], own: OwnStatus | None, now: float | None = None
                          ) -> tuple[dict[str, Any], History, tuple[str, ...], OwnStatus | None]:
     """(status to decide from, history, history fields that did not parse, memory to write against).
 
@@ -533,12 +537,12 @@ def continue_from_memory(st: dict[str, Any], own: OwnStatus | None
     (the predecessor's history, its observation window restarted) and written once more, which
     lagged the watch further (the scale bench's second mode: 156 such writes a cycle at 1,000)."""
     history, dropped = History.parse(st.get("history"))
-    if own is not None and not dropped and own.recognises(hash(history)):
-        if own.superseded and hash(history) in own.written:
-            # One of this operator's writes came back: the watch has passed what it wrote over,
-            # which from now on is news again (a write that failed leaves it unrecognised no longer
-            # than the watch lags).
-            own = replace(own, superseded=())
+    if own is not None and not dropped and own.recognises(hash(history), time.time() if now is None else now):
+        if own.superseded and hash(history) == own.written[-1]:
+            # The newest write came back: the watch has passed everything it wrote over, which
+            # from now on is news again. (An older write coming back says less: a copy written
+            # over after it may still come.)
+            own = replace(own, superseded=(), superseded_until=0.0)
         return {**st, **own.fresh}, own.history, (), own
     return st, history, dropped, None
 
@@ -752,14 +756,16 @@ def _write_or_keep(patch: kopf.Patch, memo: Any, own: OwnStatus | None, st: dict
         earlier = own or before
         written = (earlier.written[1 - WRITES_RECOGNISED:] if earlier else ()) + (hash(History.parse(history.to_dict())[0]),)
         written_view = view
-    superseded = own.superseded if own else ()
+    superseded, until = (own.superseded, own.superseded_until) if own else ((), 0.0)
     if own is None:
         read, dropped = History.parse(st.get("history"))
         # A status with fields that did not parse is always read again; and so is one with no
         # history (a new object's, or a status someone cleared): it is written over at once.
         if not dropped and read != History():
             superseded = ((before.superseded if before else ())[1 - WRITES_RECOGNISED:]) + (hash(read),)
-    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, superseded)
+            until = time.time() + SUPERSEDED_FOR_S
+    memo["own_status"] = OwnStatus({k: new.get(k) for k in FRESH_KEYS}, history, written, written_view, superseded,
+                                   until)
 
 
 def settled(workload: Workload, applied: bool) -> bool:

@@ -188,7 +188,7 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         # requests waiting with no rate to read the load from, is a shortage: the hold is recorded.
         # (While a backlog drains, the feedback asks for nothing more, so nothing else is lost.)
         out = out.held(workload.replicas, why) if draining and queued else out.to(workload.replicas, why)
-    elif out.load_asks is not None and not draining and (queued or (waiting >= 1 and not rate)):
+    elif out.load_asks is not None and ((queued and not draining) or (waiting >= 1 and not rate)):
         # A queue at today's plan: the window remembers the plan, not the band's fewer replicas.
         out = Proposal(out.replicas, out.reasons)
     if wanted is not None:

@@ -6,7 +6,8 @@ straddles a replica boundary by noise, and the window, holding the highest of a 
 decisions, kept the upper count for good (mooncake: five replicas for forty minutes, where four,
 whose plan stretched by the 10 % tolerance carried every one of those loads, met the SLO). A
 scale-up from those replicas needs the load past the band, and so does holding the count it
-scaled to: the two sides of a boundary are judged alike.
+scaled to: the two sides of a boundary are judged alike. The band's count is recorded at or below
+today's count only (policy/stabilization.py): a scale-up is recorded as the count it goes to.
 """
 
 from __future__ import annotations

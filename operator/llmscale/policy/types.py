@@ -508,9 +508,10 @@ class Proposal:
     replicas: int
     reasons: tuple[Reason, ...] = ()
     # What the scale-down window remembers when it is fewer than `replicas`: the count the tolerance
-    # band keeps for the load where the plan rounds up (plan.tolerated), or what the load itself
-    # asks for while a hold that lasts only as long as its cause (a backlog draining) keeps more.
-    # None: `replicas`. A step that changes `replicas` drops it.
+    # band keeps for the load where the plan rounds up (plan.tolerated; recorded only at or below
+    # today's count, a scale-up is recorded as its count), or what the load itself asks for while a
+    # hold that lasts only as long as its cause (a backlog draining) keeps more. None: `replicas`.
+    # A step that changes `replicas` drops it.
     load_asks: int | None = None
 
     def to(self, replicas: int, *reasons: Reason) -> Proposal:
