@@ -104,6 +104,15 @@ def servers() -> Iterator[tuple[Recorder, Recorder]]:
     evil.close()
 
 
+def _clear_reads() -> None:
+    """The operator's per-process read state (Runtime's class attributes), as at start."""
+    from llmscale.controller.handlers import Runtime
+
+    for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for,
+              Runtime._sick):
+        d.clear()
+
+
 def _token(tmp_path: Path, value: str = "s3cret-token") -> str:
     p = tmp_path / "token"
     p.write_text(value + "\n")
@@ -307,9 +316,7 @@ def test_a_deployment_answered_from_an_earlier_read_is_dated_by_that_read(server
     assert joined[("a", "two")].sampled_at == 100.0  # no freshness series: the read's time, not the join's
     try:
         Runtime.reader = reader
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
         Runtime.signals(("a", "one"), spec, 60.0)
         at = Runtime._signals[("a", "one")].read_at
         assert at is not None
@@ -325,8 +332,7 @@ def test_a_deployment_answered_from_an_earlier_read_is_dated_by_that_read(server
         assert Runtime._read_for[("a", "two")] == retargeted
     finally:
         Runtime.reader = None
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
+        _clear_reads()
 
 
 def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) -> None:
@@ -356,13 +362,7 @@ def test_a_hanging_prometheus_holds_up_only_its_own_deployments(tmp_path: Path) 
         eps = Endpoints.build(Endpoint(name="default", url=slow.url),
                               EndpointsConfig(endpoints=[Endpoint(name="fast", url=fast.url)]))
         Runtime.reader = PrometheusReader(eps)
-        Runtime._specs.clear()
-        Runtime._signals.clear()
-        Runtime._read_at.clear()
-        Runtime._read_took.clear()
-        Runtime._source.clear()
-        Runtime._read_for.clear()
-        Runtime._sick.clear()
+        _clear_reads()
         a, b = ("team-a", "slow-chat"), ("team-b", "fast-chat")
         spec_a = parse_spec(spec_dict())
         spec_b = parse_spec(spec_dict(metrics={"prometheus": "fast"}))
@@ -394,9 +394,7 @@ def test_while_a_failing_endpoint_is_read_again_its_other_deployments_do_not_wai
 
     def fresh_runtime(url: str) -> None:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=url)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
 
     server = HangingRecorder(mode="error")
     release, entered = server.release, server.entered
@@ -619,9 +617,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
     good, _ = servers
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=good.url)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
         spec = parse_spec(spec_dict())
         assert Runtime.signals(("team-a", "d1"), spec, 60.0).unavailable is None
         one_read = len(good.requests)
@@ -640,9 +636,7 @@ def test_deployments_joining_a_fresh_read_add_no_queries(servers: tuple[Recorder
         assert set(Runtime._signals) == {("team-a", f"d{i}") for i in range(1, 6)}
     finally:
         Runtime.reader = None
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._source, Runtime._read_took, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
 
 
 def test_only_the_latency_histograms_some_deployment_has_a_target_on_are_asked(servers: tuple[Recorder, Recorder]) -> None:
@@ -729,9 +723,7 @@ def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> Non
     release, entered = server.release, server.entered
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
         spec = parse_spec(spec_dict())
         a, b = ("team-a", "one"), ("team-a", "two")
         assert Runtime.signals(a, spec, 0.0) is not None and not Runtime._sick  # a healthy first read
@@ -782,9 +774,7 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
     release, entered = server.release, server.entered
     try:
         Runtime.reader = PrometheusReader(Endpoints.build(Endpoint(name="default", url=server.url, timeout_seconds=30)))
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
         spec = parse_spec(spec_dict())
         a, b, c = ("team-a", "one"), ("team-a", "two"), ("team-a", "three")
         Runtime._specs[b] = Runtime._specs[c] = spec  # deciding already: in the batch's read
@@ -833,6 +823,4 @@ def test_while_the_batch_is_read_again_a_recent_answer_serves_at_once() -> None:
         release.set()
         Runtime.reader = None
         server.close()
-        for d in (Runtime._specs, Runtime._signals, Runtime._read_at, Runtime._read_took, Runtime._source, Runtime._read_for):
-            d.clear()
-        Runtime._sick.clear()
+        _clear_reads()
