@@ -28,6 +28,11 @@ HOLDOUT = ROOT.parent / "holdout" / "traces"
 # or reject changes on traffic the earlier tuning never saw (see bench/README.md).
 ONOFF_SEEDS = tuple(range(11, 23))
 ONOFF_DURATION_S = 2400.0
+# What spreads requests over the pods (spec.routing), for every policy alike. The tables assume a
+# load-aware gateway, as LLM serving stacks put in front of vLLM (llm-d's endpoint picker, the vLLM
+# production-stack router, AIBrix, KServe with the Inference Extension) and as llm-d's autoscaler
+# is built for; --routing Service gives the tables for pods reached through a plain Service.
+ROUTING = "LoadAware"
 
 
 def deployment(ttft: str, ttft_pct: float, itl: str, max_replicas: int, cold: str = "90s") -> dict[str, Any]:
@@ -38,6 +43,7 @@ def deployment(ttft: str, ttft_pct: float, itl: str, max_replicas: int, cold: st
         "slo": {"ttft": {"target": ttft, "percentile": ttft_pct}, "interTokenLatency": {"target": itl, "percentile": 95}},
         "cost": {"maxGPUs": max_replicas, "prices": {"nvidia-h100": "4.00"}},
         "scaling": {"interval": "15s"},
+        "routing": ROUTING,
     }
 
 
@@ -116,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onoff-minutes", type=float, metavar="M",
                     help="length of each on/off trace (default 40; e.g. 240 for the long memory's test)")
     ap.add_argument("--only-onoff", action="store_true", help="leave out the real traces")
+    ap.add_argument("--routing", choices=["LoadAware", "Service"], default="LoadAware",
+                    help="what spreads requests over the pods, for every policy (default LoadAware: a gateway that picks "
+                         "the least-loaded pod; Service: kube-proxy, equal shares); Service writes to <out>/service")
     args = ap.parse_args(argv)
+    global ROUTING
+    ROUTING = args.routing  # the workers are forked: they see it
     if args.onoff_minutes is not None:
         global ONOFF_DURATION_S
         if not 1 <= args.onoff_minutes <= 7 * 24 * 60:
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.out) / ("service" if ROUTING == "Service" else "")
     out.mkdir(parents=True, exist_ok=True)
     policies = args.policy or list(POLICIES)
     all_rows: list[tuple[Case, RunResult]] = []
@@ -155,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         trace = load(case)
         print(f"{case.name}: {len(trace.arrivals)} requests, {trace.duration / 60:.0f} min, mean {trace.mean_rate:.2f} req/s, "
               f"peak minute {trace.peak_rate():.2f} req/s; {case.note}", file=sys.stderr)
+    print(f"routing: {ROUTING} (spec.routing of every case, for every policy)", file=sys.stderr)
     tasks = [(case.name, p) for case in chosen for p in policies]
     t0 = time.monotonic()
     done: dict[tuple[str, str], RunResult] = {}

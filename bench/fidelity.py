@@ -185,7 +185,9 @@ class Bed:
                 raise SystemExit(f"bench: {warm} warm replicas not Ready after 180 s")
             time.sleep(1)
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(cr(spec, "Auto")))
-        self.traffic({**traffic, "slo": {"ttft": TTFT_TARGET_S, "itl": ITL_TARGET_S}})
+        # The fleet routes as the spec says the path does (the twin reads spec.routing itself).
+        self.traffic({**traffic, "slo": {"ttft": TTFT_TARGET_S, "itl": ITL_TARGET_S},
+                      "routing": spec.get("routing", "Service")})
         start = time.monotonic()
         seen: dict[str, PodSeen] = {}
         ready: list[tuple[float, int]] = []

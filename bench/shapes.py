@@ -64,7 +64,7 @@ def specs() -> dict[str, tuple[dict[str, Any], str]]:
     # requests: vLLM answers 400 to a prompt and output longer than that).
     seventy = yaml.safe_load((ROOT / "examples" / "llama-70b-variants.yaml").read_text())["spec"]
     moon = next(c for c in cases() if c.name == "mooncake")
-    out["mooncake/70b"] = ({**seventy, "slo": moon.spec["slo"],
+    out["mooncake/70b"] = ({**seventy, "slo": moon.spec["slo"], "routing": moon.spec["routing"],  # as every case routes
                             "engineArgs": [*seventy.get("engineArgs", []), "--max-model-len=131072"]}, "mooncake")
     return out
 

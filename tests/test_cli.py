@@ -114,3 +114,22 @@ def test_a_bad_operator_setting_is_one_line_not_a_traceback(monkeypatch: pytest.
     assert main(["run", "--kubeconfig", "/nonexistent"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "llmscale run: workers (LLMSCALE_WORKERS): Input should be greater than or equal to 1"
+
+
+def test_simulate_routing_overrides_the_deployment_and_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bundled deployment routes through a load-aware gateway; --routing Service runs the same
+    trace behind a Service, says so, and records it in the JSON. A fixed pool misses more there."""
+    args = ["simulate", "--scenario", "constant", "--duration", "300", "--scenario-rate", "30", "--policy", "static-peak"]
+    got = {}
+    for routing in ("LoadAware", "Service"):
+        assert main([*args, "--json", "--routing", routing]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["routing"] == routing
+        got[routing] = out["results"][0]["ttft_p99_s"]
+    assert got["Service"] > got["LoadAware"]
+    assert main([*args, "--routing", "Service"]) == 0
+    assert "; routing Service (a Service: every pod an equal share)" in capsys.readouterr().out
+    assert main([*args]) == 0
+    assert "; routing LoadAware (a gateway picks the least-loaded pod)" in capsys.readouterr().out
+    r = run("simulate", "--routing", "RoundRobin")
+    assert r.returncode == 2 and "invalid choice: 'RoundRobin'" in r.stderr

@@ -67,6 +67,7 @@ def cmd_api_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from .api.models import Routing
     from .policy.capacity import refused_start
     from .sim.policies import POLICIES, make_policy
     from .sim.report import Progress, plot, settled_table, table
@@ -74,6 +75,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.twin import SETTLE_S, Twin, has_settled_view
 
     doc, spec = _load_deployment(args.deployment)
+    if args.routing:
+        spec = spec.model_copy(update={"routing": Routing(args.routing)})
     try:
         if args.trace and args.scenario:
             raise CLIError("give --trace or --scenario, not both")
@@ -117,12 +120,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"  {name}: simulated in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     if args.json:
         print(json.dumps({"trace": trace.name, "deployment": doc.get("metadata", {}).get("name"),
-                          "results": [r.as_json() for r in results]}))
+                          "routing": spec.routing.value, "results": [r.as_json() for r in results]}))
         return 0
     ttft = spec.slo.ttft
     itl = spec.slo.itl_target()
     print(f"\nSLO: TTFT p{ttft.percentile:g} <= {ttft.target}" if ttft else "\nSLO: none on TTFT", end="")
-    print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "")
+    print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "", end="")
+    print(f"; routing {spec.routing.value} (" + ("a gateway picks the least-loaded pod" if spec.routing == Routing.LOAD_AWARE
+                                                else "a Service: every pod an equal share") + ")")
     print("attainment = share of requests within the target\n")
     baselines = [b for b in ("static-peak", "oracle") if b in policies]
     print(table(results, baselines))
@@ -133,7 +138,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"trace": trace.name, "results": [r.as_json() for r in results]}, indent=2))
+        (out / "results.json").write_text(json.dumps({"trace": trace.name, "routing": spec.routing.value,
+                                                           "results": [r.as_json() for r in results]}, indent=2))
         png = plot(results, ttft.seconds if ttft else None, out / "simulate.png", f"{trace.name}: {spec.model}",
                    SETTLE_S if has_settled_view(trace) else None)
         if png:
@@ -180,7 +186,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .api.crd import PLURAL
-    from .api.models import explain_errors, parse_spec
+    from .api.models import Routing, explain_errors, parse_spec
     from .controller.kube import Kube, observe_workload
     from .metrics.endpoints import EndpointError
     from .metrics.prometheus import PrometheusReader
@@ -242,8 +248,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     est = d.estimate
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
+    print("routing: " + ("LoadAware (a gateway picks the least-loaded pod: the fleet pools its capacity)"
+                         if spec.routing == Routing.LOAD_AWARE else
+                         "Service (every pod an equal share: each replica planned alone; set spec.routing: LoadAware "
+                         "where a load-aware gateway routes every request)"))
     if est.shapes:
-        print("\npod shapes for the forecast (the cheapest that fits the ceilings; a switch made for a saving needs 20 %):")
+        print("\npod shapes for the forecast (the cheapest that fits the ceilings, else the one that carries the most "
+              "within them; a switch made for a saving needs 20 %):")
         for o in est.shapes:
             need = f"{o.replicas} x {o.variant}" if o.replicas is not None else f"{o.variant}: cannot meet the SLO"
             cost = f"{o.hourly_cost:.2f}/h" if o.hourly_cost is not None else "-"
@@ -311,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--speedup", type=float, default=1.0, help="compress the trace's time by this factor")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="directory for results.json and simulate.png")
+    s.add_argument("--routing", choices=["Service", "LoadAware"],
+                   help="what spreads requests over the pods, overriding the deployment's spec.routing (the bundled one "
+                        "says LoadAware)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     s.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     s.set_defaults(func=cmd_simulate)

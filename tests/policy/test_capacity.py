@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from llmscale.api import parse_spec
@@ -51,7 +53,8 @@ def test_refine_correction(name: str, kwargs: dict, expect: float) -> None:
 
 
 def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
-    spec = parse_spec(spec_dict(slo={"ttft": {"target": "10s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}}))
+    spec = parse_spec(spec_dict(slo={"ttft": {"target": "10s", "percentile": 99}, "interTokenLatency": {"target": "100ms"}},
+                                routing="LoadAware"))
     v, mix, u = spec.variants[0], (12000.0, 350.0), 0.85
     for demand in (0.5, 3.0, 9.0):
         n, cap = replicas_for(spec, v, Signals(), 1.0, mix, demand, u)
@@ -66,7 +69,7 @@ def test_replicas_for_is_the_fewest_pooled_replicas() -> None:
 
 def test_the_capacity_curve_read_at_a_fleet_size_is_the_model_at_that_size() -> None:
     # A decision looks the mix up once and reads the curve at every fleet size the plan asks about.
-    spec = parse_spec(spec_dict(engineArgs=["--max-model-len=16384"]))
+    spec = parse_spec(spec_dict(engineArgs=["--max-model-len=16384"], routing="LoadAware"))
     v, mix = spec.variants[0], (2500.0, 180.0)
     curve = capacity_curve(spec, v, Signals(), mix)
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
@@ -167,3 +170,22 @@ def test_the_memory_share_in_the_engine_args_sizes_the_kv_cache_and_the_fit(args
     cap = variant_capacity(spec, v, Signals(), 1.0, (2000.0, 200.0), 1, started=True)
     assert cap.feasible is feasible, cap
     assert (refused_start(spec, v) is not None) is refused
+
+
+@pytest.mark.parametrize("routing", ["Service", "LoadAware"])
+def test_only_a_load_aware_gateway_pools_the_fleet(routing: str) -> None:
+    """Behind a Service every replica gets an equal share and is a queue of its own: per-replica
+    capacity is a lone replica's at every fleet size, and the plan needs demand / that. Behind a
+    load-aware gateway the fleet pools its capacity and fewer replicas carry the same load."""
+    spec = parse_spec(spec_dict(routing=routing))
+    v, mix, u = spec.variants[0], (1000.0, 200.0), 0.85
+    curve = capacity_curve(spec, v, Signals(), mix)
+    alone = curve.at(1, 1.0).per_replica
+    per = [curve.at(n, 1.0).per_replica for n in (1, 2, 4, 8, 16)]
+    n, cap = replicas_for(spec, v, Signals(), 1.0, mix, 150.0, u)
+    if routing == "Service":
+        assert per == [alone] * 5
+        assert (n, cap.per_replica) == (math.ceil(150.0 / (alone * u)), alone)
+    else:
+        assert per == sorted(per) and per[-1] > 1.1 * alone
+        assert n < math.ceil(150.0 / (alone * u)) and cap.per_replica == curve.at(n, 1.0).per_replica

@@ -233,7 +233,7 @@ def test_a_drained_backlog_is_not_held_for_the_scale_down_window() -> None:
     arrive, which two replicas carry: the queue holds the six while it lasts, and once it is gone
     they go down at once, one per interval (scaleDown.maxStep), not five minutes later (the window
     had recorded the hold, 6, at every decision of the drain)."""
-    spec = parse_spec(spec_dict(scaling={"interval": "15s"}))
+    spec = parse_spec(spec_dict(scaling={"interval": "15s"}, routing="LoadAware"))  # pooled: two carry 30 req/s with room
     h, n = History(observing_since=-1_000.0, queue_scrapes=((-15.0, 360.0, 120.0),)), 6
     seen = []
     for k, t in enumerate(range(0, 135, 15)):
@@ -336,7 +336,8 @@ def test_a_learnt_burst_headroom_reaches_the_plan_and_every_shape_weighed() -> N
     spec = parse_spec(spec_dict(
         engineArgs=["--max-model-len=8192"], replicas={"min": 1, "max": 16}, cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
         variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "90s"},
-                  {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}]))
+                  {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}],
+        routing="LoadAware"))  # pooled: the two utilizations plan different counts at this load
     samples = tuple((NOW_D - 300.0 + 15.0 * i, 60.0 if i < 2 else 3.0) for i in range(20))
     h = History(rate_samples=samples, observing_since=0.0, recommendations=((NOW_D - 15.0, 6),), mean_input=1000.0,
                 mean_output=200.0, mix_requests=500.0, mix_at=NOW_D - 5.0, planned_mix=(1000.0, 200.0),

@@ -1078,7 +1078,7 @@ def test_capacity_plans_for_a_mix_that_moves_in_steps() -> None:
 # ---- 4. plan ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("demand", [5.0, 40.0, 120.0])
-def test_plan_is_the_fewest_pooled_replicas_that_carry_the_forecast(demand: float) -> None:
+def test_plan_is_the_fewest_replicas_that_carry_the_forecast(demand: float) -> None:
     got = plan(SPEC, V, sig(demand), cap_step(), Forecast(demand, 105.0, 300.0, History()), 3)
     n = got.planned
     assert n is not None and got.proposal.replicas == n
@@ -1101,8 +1101,8 @@ def test_plan_remembers_the_fewest_replicas_the_tolerance_band_keeps(util: float
     demand = 3 * per3 * util * over
     got = plan(spec, V, sig(demand), cap_step(), Forecast(demand, 105.0, 300.0, History()), 4)
     per = variant_capacity(spec, V, sig(demand), 1.0, (1000.0, 200.0), planned).per_replica
-    why = Reason(Code.CAPACITY_PLAN, f"forecast {demand:.2f} req/s over 105s / {per:.2f} req/s per replica (in a fleet of "
-                                     f"{planned}) at {util:.0%} -> {planned}")
+    why = Reason(Code.CAPACITY_PLAN, f"forecast {demand:.2f} req/s over 105s / {per:.2f} req/s per replica (equal shares "
+                                     f"behind a Service) at {util:.0%} -> {planned}")
     # load_asks None: the window remembers the plan itself (4 == 4 is said as None too).
     assert got == Plan(Proposal(planned, (why,), kept if kept is not None and kept < planned else None), planned)
     assert got.proposal.recommendation == (kept or planned)

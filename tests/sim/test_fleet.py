@@ -135,3 +135,34 @@ def test_http_get_one_deployment() -> None:
         assert e.value.code == 400
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("routing", "share_to_busy"), [(None, (0.35, 0.65)), ("Service", (0.35, 0.65)),
+                                                         ("LoadAware", (0.0, 0.0))])
+def test_requests_take_the_path_the_traffic_names(routing: str | None, share_to_busy: tuple[float, float]) -> None:
+    """A Service (the default) sends each request to a Ready pod at random, whatever its queue; a
+    load-aware gateway sends none to a pod with a backlog while another has room."""
+    from llmscale.perf import Request
+
+    fleet = Fleet(seed=5)
+    clock = Clock(fleet)
+    fleet.sync_pods([pod("a"), pod("b")])
+    busy = fleet.pods["a"].engine
+    for i in range(200):  # a backlog of long requests that outlasts the run
+        busy.submit(Request(10_000 + i, 0.0, 4000, 2000))
+    body: dict[str, Any] = {"rate": 20, "meanInput": 200, "meanOutput": 20}
+    if routing is not None:
+        body["routing"] = routing
+    fleet.set_traffic(*KEY, body)
+    clock.run(fleet, 10)
+    to_busy = busy.outstanding - 200 + busy.counters.success
+    share = to_busy / fleet.arrived[KEY]
+    assert fleet.arrived[KEY] > 150 and share_to_busy[0] <= share <= share_to_busy[1]
+
+
+def test_an_unknown_routing_is_refused_and_changes_nothing() -> None:
+    fleet = Fleet()
+    fleet.set_traffic(*KEY, {"rate": 1})
+    with pytest.raises(TraceError, match="routing"):
+        fleet.set_traffic(*KEY, {"rate": 5, "routing": "RoundRobin"})
+    assert fleet.traffic[KEY].rate == 1

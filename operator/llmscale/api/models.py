@@ -287,6 +287,17 @@ class ScalingMode(StrEnum):
     PAUSED = "Paused"
 
 
+class Routing(StrEnum):
+    """What spreads requests over the Ready pods. The plan depends on it: a pod that gets an equal
+    share of the requests whatever its queue holds gains nothing from its neighbours' spare room,
+    while a gateway that picks the least-loaded pod pools the fleet's capacity (a larger fleet
+    carries more per replica), and a mix of shapes carries what its pods carry together only where
+    the gateway weighs them by load."""
+
+    SERVICE = "Service"  # the operator's Service (kube-proxy): each request to any Ready pod, equal shares
+    LOAD_AWARE = "LoadAware"  # a gateway that sends each request to the least-loaded pod (llm-d's EPP, ...)
+
+
 class ScaleBehavior(_Model):
     """How fast the operator may move in one direction."""
 
@@ -609,6 +620,15 @@ class LLMDeploymentSpec(_Model):
     scaling: Scaling = Field(default_factory=Scaling, description="Scaling behaviour.")
     metrics: MetricsSource = Field(default_factory=MetricsSource, description="Metric source.")
     serving: Serving = Field(default_factory=Serving, description="Server container settings.")
+    routing: Routing = Field(
+        Routing.SERVICE,
+        description="What spreads requests over the Ready pods, which the plan counts on. Service (the default): requests "
+                    "reach the pods through the operator's Service, whose kube-proxy picks any Ready pod, so every pod "
+                    "gets an equal share and is planned alone. LoadAware: a gateway in front sends each request to the "
+                    "least-loaded pod (the Gateway API Inference Extension with llm-d's endpoint picker, Envoy AI "
+                    "Gateway, the vLLM production-stack router), so the fleet pools its capacity and fewer replicas "
+                    "carry the same load; declare it only where every request takes that path.",
+    )
 
     @model_validator(mode="after")
     def _cross(self) -> LLMDeploymentSpec:

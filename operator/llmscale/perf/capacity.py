@@ -128,8 +128,9 @@ def replica_capacity(
 # replica busy with a long prefill, so the tail a lone replica shows (everyone queued behind the
 # 80k-token prompt) mostly disappears with pooling. With long, spread prompts a replica in a fleet
 # of eight sustains nearly twice what it does alone. So capacity is simulated for fleets of 1, 4
-# and 16 replicas behind the same least-outstanding-requests router as the twin and the gateway,
-# and read between them on a log scale of the fleet size.
+# and 16 replicas behind a least-outstanding-requests router (a load-aware gateway), and read
+# between them on a log scale of the fleet size; behind a Service the plan reads the lone replica
+# (policy.capacity.CapacityCurve).
 #
 # Inter-token latency is checked as vLLM's histogram reports it, one observation per gap (a step
 # that carries a prefill chunk is a long gap for every running stream), and as each request's mean

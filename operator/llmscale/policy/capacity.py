@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import Capacity, _snap, at_fleet_size
 from llmscale.perf.hardware import ServerProfile, server_profile
@@ -217,12 +217,15 @@ class CapacityCurve:
     anchors: tuple[tuple[int, Capacity], ...]  # (fleet size, capacity); () when vLLM would not start
     refused: str | None  # why vLLM would not start on this shape
     unloaded_itl_s: float
+    pooled: bool  # a load-aware gateway routes (spec.routing): the fleet pools its capacity
 
     def at(self, replicas: int, correction: float) -> VariantCapacity:
-        """One replica's capacity in a fleet of `replicas` (pooling helps), times `correction`."""
+        """One replica's capacity in a fleet of `replicas`, times `correction`. Pooling helps only
+        behind a load-aware gateway: with equal shares (a Service) each replica is a queue of its own,
+        fed a Poisson share of the load, and carries what a lone replica does at any fleet size."""
         if self.refused is not None:
             return VariantCapacity(self.variant, 0.0, f"infeasible: vLLM would not start: {self.refused}", 0.0)
-        cap = at_fleet_size(self.anchors, replicas)
+        cap = at_fleet_size(self.anchors, replicas if self.pooled else 1)
         return VariantCapacity(self.variant, cap.requests_per_s * correction, cap.limited_by, self.unloaded_itl_s)
 
 
@@ -237,13 +240,14 @@ def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
     args = tuple(spec.engine_args)
     refused = None if started else _refusal(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     if refused is not None:
-        return CapacityCurve(variant, (), refused, 0.0)
+        return CapacityCurve(variant, (), refused, 0.0, spec.routing == Routing.LOAD_AWARE)
     profile = _profile(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     # The model reads the mix on its 8 % grid: the cache is keyed by the cell, so a mix that drifts
     # within it is answered from the cache (the idle inter-token floor is read at the mix itself).
     anchors = _curve(profile, args, itl.seconds if itl else None, itl.percentile if itl else 95.0,
                      ttft.seconds if ttft else None, ttft.percentile if ttft else 95.0, _snap(mean_in), _snap(mean_out))
-    return CapacityCurve(variant, anchors, None, profile.unloaded_itl(mean_in + mean_out / 2))
+    return CapacityCurve(variant, anchors, None, profile.unloaded_itl(mean_in + mean_out / 2),
+                         spec.routing == Routing.LOAD_AWARE)
 
 
 @functools.lru_cache(maxsize=16384)
@@ -263,9 +267,9 @@ def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals
 
 def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
                  mix: tuple[float, float], demand: float, utilization: float, started: bool = False) -> tuple[int, VariantCapacity]:
-    """The fewest replicas whose pooled capacity, at `utilization`, carries `demand` req/s, and
-    the per-replica capacity at that fleet size. Pooled capacity grows with the fleet, so the
-    count a lone replica's capacity gives is an upper bound; bisect below it."""
+    """The fewest replicas whose capacity, at `utilization`, carries `demand` req/s, and the
+    per-replica capacity at that fleet size. Pooled capacity (a load-aware gateway) grows with the
+    fleet, so the count a lone replica's capacity gives is an upper bound; bisect below it."""
     curve = capacity_curve(spec, variant, signals, mix, started)
     single = curve.at(1, correction)
     if not single.feasible or demand <= 0:

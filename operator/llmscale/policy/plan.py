@@ -1,4 +1,5 @@
-"""Step 4: the fewest replicas whose pooled capacity, at targetUtilization, carries the forecast.
+"""Step 4: the fewest replicas whose capacity (pooled behind a load-aware gateway, each replica
+alone behind a Service), at targetUtilization, carries the forecast.
 
 What the scale-down window remembers of the plan is the fewest replicas the tolerance band would
 have kept for the load (see `tolerated`), not the plan's own rounding: on steady traffic the load
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 
 from .capacity import CapacityStep, capacity_curve, replicas_for
 from .forecast import Forecast
@@ -36,7 +37,7 @@ def tolerated(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: 
     tol = spec.scaling.tolerance
     if tol <= 0 or planned <= 1:
         return planned
-    # Both tests only get easier with more replicas (pooled capacity grows with the fleet): step
+    # Both tests only get easier with more replicas (capacity never shrinks with the fleet): step
     # down from the plan while one fewer still passes them (once, mostly: a 10 % band spans more
     # than one replica only past a dozen).
     curve = capacity_curve(spec, variant, signals, cap.mix, cap.started)
@@ -54,7 +55,8 @@ def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: Capac
         return Plan(Proposal(current), None)
     util = fc.plan_utilization(spec)
     n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
+    pooled = f"in a fleet of {n}" if spec.routing == Routing.LOAD_AWARE else "equal shares behind a Service"
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
-                                     f"per replica (in a fleet of {n}) at {util:.0%} -> {n}")
+                                     f"per replica ({pooled}) at {util:.0%} -> {n}")
     kept = tolerated(spec, variant, signals, cap, fc.rate, util, n)
     return Plan(Proposal(n, (why,), kept if kept < n else None), n)

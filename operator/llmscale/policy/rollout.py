@@ -10,6 +10,8 @@ arithmetic stays simple:
 - pods of a retiring shape are kept, Ready ones only, while the target's Ready pods fall short of
   the target: they retire as Ready new-shape capacity replaces theirs (capacity ratio from the
   per-replica capacity at the SLO; when unknown, all of them until the target is fully Ready).
+  What a mix of shapes carries depends on the routing (`carried`): behind a Service every pod gets
+  an equal share, so an old pod kept beside stronger new ones carries only its own share.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 
 from .reasons import Code, Reason
 from .types import PodCounts, Workload
@@ -49,6 +51,30 @@ def shape_of(spec: LLMDeploymentSpec, workload: Workload, name: str) -> tuple[in
     return gpus, float(price) * gpus if price is not None else 0.0
 
 
+def carried(spec: LLMDeploymentSpec, ready: Mapping[str, int], per_replica: Mapping[str, float]) -> float:
+    """Requests/s at the SLO that these Ready pods (by variant) carry together. Behind a load-aware
+    gateway each pod takes what it has room for: the capacities add up. Behind a Service each takes
+    an equal share, so the fleet carries its weakest pod's capacity times its pods (an L4 beside
+    H100s gets an H100's share and is the first to miss)."""
+    present = [(n, per_replica.get(v, 0.0)) for v, n in ready.items() if n > 0]
+    if not present:
+        return 0.0
+    if spec.routing == Routing.LOAD_AWARE:
+        return sum(n * c for n, c in present)
+    return sum(n for n, _ in present) * min(c for _, c in present)
+
+
+def keep_beside(spec: LLMDeploymentSpec, serving: Mapping[str, int], old: str, ready: int,
+                per_replica: Mapping[str, float], need: float) -> int:
+    """How many of `ready` Ready pods of the `old` shape to keep serving beside `serving` (Ready pods
+    by shape) behind a Service: the fewest with which they all carry `need`; where none do, as many as
+    carry the most (a weaker pod at an equal share lowers what every pod beside it carries, so the
+    weak ones go once the stronger new pods carry more without them; ties keep more)."""
+    options = [(carried(spec, {**serving, old: j}, per_replica), j) for j in range(ready + 1)]
+    enough = next((j for c, j in options if c >= need - 1e-9), None)
+    return enough if enough is not None else max(options)[1]
+
+
 def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, others_gpus: int, others_cost: float) -> int:
     """The most non-terminating pods of the target that the ceilings allow beside what others hold."""
     gpus, price = shape_of(spec, workload, target.name)
@@ -73,8 +99,12 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     """
     t = target.name
     mine = workload.pods.get(t, PodCounts())
+    equal_shares = spec.routing != Routing.LOAD_AWARE
+    # Behind a Service the strongest old pods are weighed first: at equal shares they carry the most
+    # beside the new ones (seven L4 pods kept where one A100 pod would do hold seven pods' GPUs).
     others = sorted((v for v in set(workload.desired) | set(workload.pods) if v != t),
-                    key=lambda v: (-workload.pods.get(v, PodCounts()).ready, v))
+                    key=lambda v: ((-per_replica.get(v, 0.0) if equal_shares else 0.0),
+                                   -workload.pods.get(v, PodCounts()).ready, v))
     # 1. Retiring shapes: their Ready pods serve while the target's Ready pods fall short (of the
     # target, or of the demand when it is smaller), in target pods.
     short = float(max(0, replicas - mine.ready))
@@ -87,11 +117,14 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     out: dict[str, int] = {}
     retiring: dict[str, int] = {}
     others_gpus, others_cost = 0, 0.0
+    need = (mine.ready + short) * cap_target  # what the target's pods would carry once Ready
     for o in others:
         pods = workload.pods.get(o, PodCounts())
         cap_t, cap_o = per_replica.get(t, 0.0), per_replica.get(o, 0.0)
         if short <= 0:
             keep = 0
+        elif equal_shares and cap_t > 0 and o in per_replica:
+            keep = keep_beside(spec, {t: mine.ready, **retiring}, o, pods.ready, per_replica, need)
         elif cap_t > 0 and cap_o > 0:
             ratio = cap_t / cap_o  # old pods one new pod replaces
             keep = min(pods.ready, math.ceil(short * ratio - 1e-9))
@@ -139,13 +172,14 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     t = target.name
     mine = workload.pods.get(t, PodCounts())
     cap_t = per_replica.get(t, 0.0)
+    equal_shares = spec.routing != Routing.LOAD_AWARE
     if (out[t] > mine.live or replicas <= mine.live or not retiring or demand is None or demand <= 0 or cap_t <= 0
             or mine.starting or mine.unschedulable or any(o not in per_replica for o in retiring)):
         return None
     # What the plan will serve (a ceiling may hold it under the demand) and the load itself.
     planned = min(demand, replicas * cap_t)
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
-    serving = mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items())
+    serving = carried(spec, {t: mine.ready, **retiring}, per_replica)
     load = demand * (spec.scaling.target_utilization if utilization is None else utilization)
     if serving >= load and serving >= planned:
         # Carrying the load with the headroom the plan gives (a switch to save, at a ceiling the old
@@ -172,13 +206,19 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
         return None  # pods draining or being released will make the room
     # The least capacity per GPU first; never more capacity than the one new pod brings.
     freed: dict[str, int] = {}
-    lost = 0.0
+
+    def serving_without(o: str) -> float:  # what stays serving once one more pod of `o` is released
+        left = {x: n - freed.get(x, 0) - (x == o) for x, n in retiring.items()}
+        return carried(spec, {t: mine.ready, **left}, per_replica)
+
     for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
         g, p = shape_of(spec, workload, o)
-        while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and lost + per_replica[o] < cap_t
-               and serving - lost - per_replica[o] >= keep_serving):
+        # Never more capacity than the one new pod brings (behind a Service, releasing a stronger old
+        # pod beside Ready new ones loses exactly one new pod's share: that is even, not a loss).
+        while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9)
+               and serving - serving_without(o) < cap_t + (1e-9 if equal_shares else 0.0)
+               and serving_without(o) >= keep_serving):
             freed[o] = freed.get(o, 0) + 1
-            lost += per_replica[o]
             need_g -= g
             need_c -= p
     if need_g > 0 or need_c > 1e-9:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 from llmscale.api.units import parse_duration
 
 from .capacity import CapacityStep, VariantCapacity, has_started, refused_start, replicas_for, seen_mix
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
-from .rollout import held, room_for, shape_of
+from .rollout import carried, held, keep_beside, room_for, shape_of
 from .types import Condition, History, PodCounts, Proposal, ShapeOption, Signals, Workload
 
 SAVING_TO_SWITCH = 0.2  # a switch must save at least this share of the hourly cost
@@ -26,26 +26,30 @@ class VariantPlan:
     replicas: int
     cost: float  # per hour, or GPU count when unpriced
     fits_ceiling: bool
+    at_ceiling: float = 0.0  # req/s at the SLO that the most replicas the ceilings allow carry (at most `replicas`)
 
 
 def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, replicas: int) -> VariantPlan | None:
-    """What running `replicas` of a variant (the count its pooled capacity needs) costs."""
+    """What running `replicas` of a variant (the count its capacity needs) costs, and what the
+    most replicas the ceilings allow of it carry."""
     if not cap.feasible:
         return None
     n = max(spec.replicas.min, 1, replicas)
     limit, _ = ceiling_replicas(spec, cap.variant)
     price = spec.cost.price(cap.variant.accelerator)
     unit = float(price) if price is not None else 1.0
-    return VariantPlan(cap, n, n * cap.variant.gpus_per_replica * unit, n <= limit)
+    return VariantPlan(cap, n, n * cap.variant.gpus_per_replica * unit, n <= limit, min(n, limit) * cap.per_replica)
 
 
 def best_variant(plans: list[VariantPlan]) -> VariantPlan | None:
+    """The cheapest shape that carries the load within the ceilings; when none does, the one that
+    carries the most within them (four L4 pods at a GPU ceiling carry a tenth of what one 2 x H100
+    pod does, and the cheapest at the load, which the ceiling cuts anyway, says nothing)."""
     fitting = [p for p in plans if p.fits_ceiling]
-    pool = fitting or plans
-    if not pool:
-        return None
-    # Cheapest; ties go to the earlier (preferred) variant, since sorted() is stable.
-    return sorted(pool, key=lambda p: (not p.fits_ceiling, p.cost))[0]
+    if fitting:
+        # Cheapest; ties go to the earlier (preferred) variant, since sorted() is stable.
+        return sorted(fitting, key=lambda p: p.cost)[0]
+    return sorted(plans, key=lambda p: (-p.at_ceiling, p.cost))[0] if plans else None
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,29 @@ def switch_failed(spec: LLMDeploymentSpec, workload: Workload, now_failed: tuple
 
 def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: VariantPlan, old_live: int) -> bool:
     """Can the switch go pod by pod without a gap: at every stage, k Ready new pods plus one starting
-    and the old pods the load still needs beside them (`old.replicas` carry all of it), within both
-    ceilings? (Linear in k: check the ends.)"""
+    and the old pods the rollout keeps beside them (`old.replicas` carry all of the load), within both
+    ceilings? Behind a Service, also: do the Ready pods at every stage carry what the old ones carry
+    now (within the tolerance)? At equal shares a weaker new pod beside stronger old ones lowers what
+    every pod carries, so a switch to many small pods from a few large ones dips until most are Ready."""
     g_new, g_old = new.capacity.variant.gpus_per_replica, old.capacity.variant.gpus_per_replica
     p_new = float(spec.cost.price(new.capacity.variant.accelerator) or 0) * g_new
     p_old = float(spec.cost.price(old.capacity.variant.accelerator) or 0) * g_old
-    ratio = new.capacity.per_replica / old.capacity.per_replica if old.capacity.per_replica > 0 else math.inf
-    for k in (0, max(0, new.replicas - 1)):
-        keep = old_live if math.isinf(ratio) else min(old_live, old.replicas, math.ceil((new.replicas - k) * ratio - 1e-9))
+    cap_new, cap_old = new.capacity.per_replica, old.capacity.per_replica
+    a, b = new.capacity.variant.name, old.capacity.variant.name
+    caps = {a: cap_new, b: cap_old}
+    equal_shares = spec.routing != Routing.LOAD_AWARE
+    most = min(old_live, old.replicas)
+    now = carried(spec, {b: most}, caps)
+    ratio = cap_new / cap_old if cap_old > 0 else math.inf
+    for k in range(max(1, new.replicas)):
+        if math.isinf(ratio):
+            keep = old_live
+        elif equal_shares:
+            keep = keep_beside(spec, {a: k}, b, most, caps, new.replicas * cap_new)
+            if k and carried(spec, {a: k, b: keep}, caps) < (1 - spec.scaling.tolerance) * min(now, new.replicas * cap_new):
+                return False
+        else:
+            keep = min(most, math.ceil((new.replicas - k) * ratio - 1e-9))
         if spec.cost.max_gpus is not None and (k + 1) * g_new + keep * g_old > spec.cost.max_gpus:
             return False
         ceiling = spec.cost.hourly_ceiling
@@ -224,10 +243,13 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                                      f"carry {fc.rate:.2f} req/s for {going_back.cost:.2f}/h")),
                 hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)
     if best is not None and best.capacity.variant.name != current.name and not mid_switch:
-        cannot = cur is None or (not cur.fits_ceiling and best.fits_ceiling)
+        # The current shape cannot carry the load within the ceilings and another can, or carries
+        # clearly more of it (beyond the tolerance: two shapes that both fall short do not flap).
+        cannot = cur is None or (not cur.fits_ceiling and (
+            best.fits_ceiling or best.at_ceiling > (1 + sc.tolerance) * cur.at_ceiling))
         if cannot:
-            # The current shape cannot carry the load within the ceilings: switch now, in smaller
-            # steps when it must (the rollout releases old pods one new pod at a time).
+            # Switch now, in smaller steps when it must (the rollout releases old pods one new pod
+            # at a time).
             switch = True
         elif cur is not None and best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost and settled:
             if not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
@@ -235,7 +257,10 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                 return Shape(current, proposal.note(Reason(
                     Code.WAITING_FOR_ROOM, f"{best.capacity.variant.name} would cost {best.cost:.2f}/h against "
                                            f"{cur.cost:.2f}/h, but the ceilings leave no room to start it while "
-                                           f"{current.name} serves")), hist.with_(variant_candidate=None,
+                                           f"{current.name} serves" + (
+                                               "" if spec.routing == Routing.LOAD_AWARE else
+                                               ", or its pods beside them would carry less at equal shares "
+                                               "(spec.routing: Service)"))), hist.with_(variant_candidate=None,
                                                                                    variant_candidate_since=None), per_replica)
             name = best.capacity.variant.name
             since = hist.variant_candidate_since if hist.variant_candidate == name else None
@@ -252,7 +277,12 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
         return Shape(current, proposal, hist, per_replica)
     target = best.capacity.variant
     n = within_bounds(spec, target, best.replicas)  # the ceiling wins over replicas.min
-    why_ = Reason(Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: {best.replicas} x {target.gpus_per_replica} GPU serve "
-                                       f"{fc.rate:.2f} req/s for {best.cost:.2f}/h"
-                                       + (f" vs {cur.cost:.2f}/h" if cur else " (current shape cannot meet the SLO)"))
+    if best.fits_ceiling or cur is None:
+        why_ = Reason(Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: {best.replicas} x {target.gpus_per_replica} GPU serve "
+                                           f"{fc.rate:.2f} req/s for {best.cost:.2f}/h"
+                                           + (f" vs {cur.cost:.2f}/h" if cur else " (current shape cannot meet the SLO)"))
+    else:  # neither carries the load within the ceilings: the one that carries more of it
+        why_ = Reason(Code.VARIANT_SWITCH, f"{current.name} -> {target.name}: neither carries {fc.rate:.2f} req/s with the "
+                                           f"plan's headroom within the ceilings; {target.name} carries up to "
+                                           f"{best.at_ceiling:.2f} req/s there, {current.name} {cur.at_ceiling:.2f}")
     return Shape(target, proposal.to(n, why_), hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)

@@ -4,13 +4,16 @@ One process that watches the pods of every LLMDeployment through the API server 
 Ready pod, runs the performance model (llmscale.perf.Engine) in wall-clock time and serves its
 metrics in vLLM's and dcgm-exporter's formats, labelled as Prometheus would label a scraped pod
 (namespace, pod) plus `llmd`, the LLMDeployment name that the chart's PodMonitor relabels from
-the pod label llmscale.io/deployment. A gateway routes each deployment's traffic to its Ready
-pods (least outstanding requests) and queues it while none is Ready.
+the pod label llmscale.io/deployment. A gateway queues each deployment's traffic while none of
+its pods is Ready and routes it to them as its traffic's "routing" says, which should be the
+LLMDeployment's spec.routing: "Service" (the default, as the operator's Service spreads requests:
+each to a Ready pod at random) or "LoadAware" (to the pod with the fewest outstanding requests).
 
 Control API (JSON):
   PUT  /traffic/<namespace>/<name>  {"rate": 5, "meanInput": 1024, "meanOutput": 256}
                                     or {"scenario": "step", "rate": 5, "duration": 600, "seed": 0}
                                     or {"trace": "/path/file.csv", "rateScale": 1, "speedup": 10}
+                                    any of them with "routing": "Service" (default) or "LoadAware"
                                     any of them with "slo": {"ttft": 1.0, "itl": 0.1} (seconds)
                                     starts counting that deployment's requests against those
                                     targets, one by one (see Tally), until the next "slo"
@@ -72,6 +75,7 @@ class Traffic:
     trace_start: float = 0.0
     trace_index: int = 0
     description: str = "idle"
+    load_aware: bool = False  # routed to the least-loaded pod, not at random (a Service)
 
     def arrivals(self, rng: random.Random, t0: float, t1: float) -> list[tuple[float, int, int]]:
         out = []
@@ -170,6 +174,7 @@ class Fleet:
         self.arrived: dict[tuple[str, str], int] = {}
         self.tallies: dict[tuple[str, str], Tally] = {}
         self.rng = random.Random(seed)
+        self.pick = random.Random(seed + 1)  # the Service's choice of pod (apart, so arrivals do not move with it)
         self.t0 = time.monotonic()
         self.last = 0.0
         self.next_id = 0
@@ -242,8 +247,13 @@ class Fleet:
                     serving.setdefault((p.namespace, p.deployment), []).append(p)
             for key, q in self.gateway.items():
                 ready = serving.get(key, [])
+                routed = self.traffic.get(key)
+                load_aware = routed is not None and routed.load_aware
                 while q and ready:
-                    best = min(ready, key=lambda p: (p.engine.outstanding, p.name))
+                    if load_aware:
+                        best = min(ready, key=lambda p: (p.engine.outstanding, p.name))
+                    else:
+                        best = ready[self.pick.randrange(len(ready))]
                     best.engine.submit(q.popleft())
             gone = []
             for uid, p in self.pods.items():
@@ -261,6 +271,9 @@ class Fleet:
     # ---- traffic control --------------------------------------------------------------------
     def set_traffic(self, namespace: str, name: str, body: dict[str, Any]) -> Traffic:
         targets = slo_targets(body["slo"]) if "slo" in body else None
+        routing = body.get("routing", "Service")
+        if routing not in ("Service", "LoadAware"):
+            raise TraceError('routing must be "Service" or "LoadAware"')
         now = self.now()  # one instant for the trace's start and the count's: an arrival at 0 counts
         if "trace" in body:
             trace = load_trace(body["trace"]).scaled(float(body.get("rateScale", 1)), float(body.get("speedup", 1)))
@@ -278,6 +291,7 @@ class Fleet:
                 raise TraceError("rate must be a non-negative number of requests per second")
             tr = Traffic(rate=rate, mean_input=int(body.get("meanInput", 1024)), mean_output=int(body.get("meanOutput", 256)),
                          description=f"poisson {rate:g} req/s")
+        tr.load_aware = routing == "LoadAware"
         with self.lock:
             self.traffic[(namespace, name)] = tr
             if targets is not None:

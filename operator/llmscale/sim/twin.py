@@ -1,18 +1,20 @@
 """The twin: a virtual-time fleet of simulated vLLM replicas driven by a trace and a policy.
 
-Pods start (cold start), become Ready, take traffic from a least-outstanding-requests router,
-drain when removed, and hold GPUs from creation until drained; a finite GPU pool per
-accelerator leaves pods Pending when it runs out. Every request is accounted for.
+Pods start (cold start), become Ready, take traffic routed as spec.routing says (a Service: each
+request to a Ready pod at random; a load-aware gateway: to the one with the fewest outstanding),
+drain when removed, and hold GPUs from creation until drained; a finite GPU pool per accelerator
+leaves pods Pending when it runs out. Every request is accounted for.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmscale.api.models import LLMDeploymentSpec, Variant
+from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf import Engine, Request
 from llmscale.perf.engine import Finished
@@ -201,6 +203,10 @@ class Twin:
         self.pods: list[Pod] = []
         self.next_pod = 0
         self.gateway: deque[Request] = deque()
+        # Requests reach the pods the way spec.routing says: through a Service (kube-proxy picks a
+        # Ready pod at random, seeded so a run repeats) or a load-aware gateway (the least-loaded).
+        self.load_aware = spec.routing == Routing.LOAD_AWARE
+        self.pick = random.Random(0)
         self.finished: list[Finished] = []
         self.prom = PromStore()
         self.totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # requests, prompt, generation, busy GPU-s, ready GPU-s
@@ -369,7 +375,10 @@ class Twin:
         if not ready:
             self.gateway.append(req)
             return
-        best = min(ready, key=lambda p: (p.engine.outstanding, p.id))  # type: ignore[union-attr]
+        if self.load_aware:
+            best = min(ready, key=lambda p: (p.engine.outstanding, p.id))  # type: ignore[union-attr]
+        else:
+            best = ready[self.pick.randrange(len(ready))]
         best.engine.submit(req)  # type: ignore[union-attr]
 
     def _advance(self, t: float) -> None:
