@@ -468,6 +468,9 @@ def test_when_no_shape_carries_the_load_within_the_ceilings_the_one_that_carries
     h100 = VariantPlan(VariantCapacity(H, 32.0, "ttft", 0.02), 2, 16.0, False, 32.0)
     dear = VariantPlan(VariantCapacity(H, 32.0, "ttft", 0.02), 1, 60.0, True, 32.0)
     assert best_variant([l4, h100]) is h100  # neither fits: the one that carries the most
+    # the cheapest at the load is not the one that carries most (before: the cheapest won)
+    few_l4 = VariantPlan(VariantCapacity(L, 0.56, "ttft", 0.02), 12, 9.6, False, 2.24)
+    assert best_variant([few_l4, h100]) is h100
     assert best_variant([h100, l4]) is h100
     assert best_variant([l4, h100, dear]) is dear  # one that fits beats any that does not
     assert best_variant([]) is None
@@ -482,11 +485,27 @@ def test_behind_a_service_the_strongest_old_pods_serve_first_and_a_hopeless_shap
     w = wl("h100x2", {"l4x1": 8, "a100x4": 2, "h100x2": 2},
            {"l4x1": PodCounts(ready=8), "a100x4": PodCounts(ready=2), "h100x2": PodCounts(ready=1, starting=1)})
     assert rollout(spec, w, spec.variant("h100x2"), 2, caps).replicas_by_variant == {"a100x4": 1, "l4x1": 0, "h100x2": 2}
+    # (five L4 pods: by Ready count they were weighed first, and all five were kept)
     caps = {"l4x1": 0.0, "h100x2": 10.0, "a100x4": 12.0}
-    w = wl("a100x4", {"l4x1": 2, "h100x2": 3, "a100x4": 3},
-           {"l4x1": PodCounts(ready=2), "h100x2": PodCounts(ready=3), "a100x4": PodCounts(starting=3)})
+    w = wl("a100x4", {"l4x1": 5, "h100x2": 3, "a100x4": 3},
+           {"l4x1": PodCounts(ready=5), "h100x2": PodCounts(ready=3), "a100x4": PodCounts(starting=3)})
     assert rollout(spec, w, spec.variant("a100x4"), 3, caps, demand=25.0).replicas_by_variant == {"h100x2": 3, "l4x1": 0,
                                                                                                  "a100x4": 3}
+
+
+def test_behind_a_service_a_small_step_gives_up_nothing_the_new_pod_does_not_bring_back() -> None:
+    """Review: with no room for a third h100x2 pod at maxGPUs 10, releasing one of two Ready a100x4
+    pods (6 req/s each) beside one Ready h100x2 (4) costs nothing at equal shares: the three pods
+    carry 3 x 4 = 12 before and after the new one is Ready. Releasing four of eight L4 pods for one
+    a100x4 (4 req/s) is a loss: at equal shares the A100 takes an L4's share (8 -> 5)."""
+    spec = parse_spec(spec_dict(variants=SHAPES, replicas={"min": 1, "max": 16}, cost={"maxGPUs": 10, "prices": PRICES}))
+    w = wl("h100x2", {"a100x4": 2, "h100x2": 1}, {"a100x4": PodCounts(ready=2), "h100x2": PodCounts(ready=1)})
+    got = rollout(spec, w, spec.variant("h100x2"), 3, {"h100x2": 4.0, "a100x4": 6.0}, demand=9.0)
+    assert got.replicas_by_variant == {"a100x4": 1, "h100x2": 1}
+    w = wl("a100x4", {"l4x1": 8, "a100x4": 0}, {"l4x1": PodCounts(ready=8)})
+    spec8 = parse_spec(spec_dict(variants=SHAPES, replicas={"min": 1, "max": 16}, cost={"maxGPUs": 8, "prices": PRICES}))
+    got = rollout(spec8, w, spec8.variant("a100x4"), 5, {"l4x1": 1.0, "a100x4": 4.0}, demand=20.0)
+    assert got.replicas_by_variant == {"l4x1": 8, "a100x4": 0}
 
 
 @pytest.mark.parametrize(("routing", "ceiling", "fits"), [

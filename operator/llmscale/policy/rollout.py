@@ -179,7 +179,8 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     # What the plan will serve (a ceiling may hold it under the demand) and the load itself.
     planned = min(demand, replicas * cap_t)
     # A shape that cannot meet the SLO at all (capacity 0) serves nothing within it.
-    serving = carried(spec, {t: mine.ready, **retiring}, per_replica)
+    serving = (carried(spec, {t: mine.ready, **retiring}, per_replica) if equal_shares
+               else mine.ready * cap_t + sum(n * per_replica[o] for o, n in retiring.items()))
     load = demand * (spec.scaling.target_utilization if utilization is None else utilization)
     if serving >= load and serving >= planned:
         # Carrying the load with the headroom the plan gives (a switch to save, at a ceiling the old
@@ -206,19 +207,31 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
         return None  # pods draining or being released will make the room
     # The least capacity per GPU first; never more capacity than the one new pod brings.
     freed: dict[str, int] = {}
+    lost = 0.0
 
-    def serving_without(o: str) -> float:  # what stays serving once one more pod of `o` is released
-        left = {x: n - freed.get(x, 0) - (x == o) for x, n in retiring.items()}
-        return carried(spec, {t: mine.ready, **left}, per_replica)
+    def left_after(o: str) -> dict[str, int]:  # the old pods left once one more pod of `o` is released
+        return {x: n - freed.get(x, 0) - (x == o) for x, n in retiring.items()}
+
+    def pays(o: str) -> bool:
+        """Never more capacity given up than the one new pod brings: behind a gateway the pods
+        released carry less than it; behind a Service the mix with the new pod Ready carries at least
+        what serves now (at equal shares a weak old pod released beside another weak one is a loss the
+        new pod does not make up, whatever it carries alone)."""
+        if not equal_shares:
+            return lost + per_replica[o] < cap_t
+        return carried(spec, {t: mine.ready + 1, **left_after(o)}, per_replica) >= serving - 1e-9
+
+    def still_serving(o: str) -> float:
+        if not equal_shares:
+            return serving - lost - per_replica[o]
+        return carried(spec, {t: mine.ready, **left_after(o)}, per_replica)
 
     for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
         g, p = shape_of(spec, workload, o)
-        # Never more capacity than the one new pod brings (behind a Service, releasing a stronger old
-        # pod beside Ready new ones loses exactly one new pod's share: that is even, not a loss).
-        while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9)
-               and serving - serving_without(o) < cap_t + (1e-9 if equal_shares else 0.0)
-               and serving_without(o) >= keep_serving):
+        while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and pays(o)
+               and still_serving(o) >= keep_serving):
             freed[o] = freed.get(o, 0) + 1
+            lost += per_replica[o]
             need_g -= g
             need_c -= p
     if need_g > 0 or need_c > 1e-9:
