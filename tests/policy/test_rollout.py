@@ -530,3 +530,18 @@ def test_a_switch_for_a_saving_goes_only_where_every_stage_fits(routing: str, ce
     old, new = plan_for(spec, VariantCapacity(h100, 4.0, "ttft", 0.02), 2), plan_for(spec, VariantCapacity(l4, 1.0, "ttft", 0.02), 8)
     assert old is not None and new is not None
     assert fits_make_before_break(spec, old, new, 2) is fits
+
+
+def test_behind_a_service_the_old_pods_kept_are_chosen_together() -> None:
+    """Review: weighed one shape at a time, the one A100-class pod (4 req/s) was dropped because on
+    its own it lowered the mix (3 H100 at 6 and it: 4 x 4 = 16 < 18), and then all six L4 pods (2)
+    were kept anyway: 18, no more than keeping nothing. Together, all of them carry 10 x 2 = 20."""
+    spec = parse_spec(spec_dict(variants=SHAPES, replicas={"min": 1, "max": 16}, cost={"maxGPUs": 64, "prices": PRICES}))
+    w = wl("h100x2", {"l4x1": 6, "a100x4": 1, "h100x2": 10},
+           {"l4x1": PodCounts(ready=6), "a100x4": PodCounts(ready=1), "h100x2": PodCounts(ready=3, starting=7)})
+    got = rollout(spec, w, spec.variant("h100x2"), 10, {"h100x2": 6.0, "a100x4": 4.0, "l4x1": 2.0})
+    assert got.replicas_by_variant == {"a100x4": 1, "l4x1": 6, "h100x2": 10}
+    # Enough without the weak ones: three Ready H100 pods (6) and an A100-class one at 5.5 carry a
+    # demand of 20 (4 x 5.5 = 22); no L4 is kept.
+    got = rollout(spec, w, spec.variant("h100x2"), 10, {"h100x2": 6.0, "a100x4": 5.5, "l4x1": 2.0}, demand=20.0)
+    assert got.replicas_by_variant == {"a100x4": 1, "l4x1": 0, "h100x2": 10}

@@ -64,15 +64,24 @@ def carried(spec: LLMDeploymentSpec, ready: Mapping[str, int], per_replica: Mapp
     return sum(n for n, _ in present) * min(c for _, c in present)
 
 
-def keep_beside(spec: LLMDeploymentSpec, serving: Mapping[str, int], old: str, ready: int,
-                per_replica: Mapping[str, float], need: float) -> int:
-    """How many of `ready` Ready pods of the `old` shape to keep serving beside `serving` (Ready pods
-    by shape) behind a Service: the fewest with which they all carry `need`; where none do, as many as
-    carry the most (a weaker pod at an equal share lowers what every pod beside it carries, so the
-    weak ones go once the stronger new pods carry more without them; ties keep more)."""
-    options = [(carried(spec, {**serving, old: j}, per_replica), j) for j in range(ready + 1)]
-    enough = next((j for c, j in options if c >= need - 1e-9), None)
-    return enough if enough is not None else max(options)[1]
+def keep_beside(spec: LLMDeploymentSpec, serving: Mapping[str, int], old: Mapping[str, int],
+                per_replica: Mapping[str, float], need: float) -> dict[str, int]:
+    """Which Ready old pods (`old`: Ready pods by shape, strongest first) to keep serving beside
+    `serving` behind a Service, chosen together: at equal shares a mix carries its weakest pod's
+    capacity times its pods, so the options are the strongest shapes kept whole and some pods of the
+    next one. The fewest pods with which all carry `need`; where none do, the option that carries
+    the most (ties keep more): weak pods go once the stronger ones carry more without them."""
+    options: list[dict[str, int]] = [{}]
+    whole: dict[str, int] = {}
+    for o, n in old.items():
+        options += [{**whole, o: j} for j in range(1, n + 1)]
+        whole[o] = n
+    scored = [(carried(spec, {**serving, **opt}, per_replica), opt) for opt in options]  # pods only grow
+    enough = next((opt for c, opt in scored if c >= need - 1e-9), None)
+    if enough is not None:
+        return enough
+    most = max(c for c, _ in scored)
+    return [opt for c, opt in scored if c >= most - 1e-9][-1]
 
 
 def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, others_gpus: int, others_cost: float) -> int:
@@ -118,13 +127,18 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     retiring: dict[str, int] = {}
     others_gpus, others_cost = 0, 0.0
     need = (mine.ready + short) * cap_target  # what the target's pods would carry once Ready
+    kept_together: dict[str, int] = {}
+    if equal_shares and short > 0 and cap_target > 0:
+        # Shapes whose capacity is unknown are kept whole below and left out of the choice.
+        known = {o: workload.pods.get(o, PodCounts()).ready for o in others if o in per_replica}
+        kept_together = keep_beside(spec, {t: mine.ready}, known, per_replica, need)
     for o in others:
         pods = workload.pods.get(o, PodCounts())
         cap_t, cap_o = per_replica.get(t, 0.0), per_replica.get(o, 0.0)
         if short <= 0:
             keep = 0
         elif equal_shares and cap_t > 0 and o in per_replica:
-            keep = keep_beside(spec, {t: mine.ready, **retiring}, o, pods.ready, per_replica, need)
+            keep = kept_together.get(o, 0)
         elif cap_t > 0 and cap_o > 0:
             ratio = cap_t / cap_o  # old pods one new pod replaces
             keep = min(pods.ready, math.ceil(short * ratio - 1e-9))

@@ -123,7 +123,7 @@ def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: Varia
         if math.isinf(ratio):
             keep = old_live
         elif equal_shares:
-            keep = keep_beside(spec, {a: k}, b, most, caps, new.replicas * cap_new)
+            keep = keep_beside(spec, {a: k}, {b: most}, caps, new.replicas * cap_new).get(b, 0)
             if k and carried(spec, {a: k, b: keep}, caps) < (1 - spec.scaling.tolerance) * min(now, new.replicas * cap_new):
                 return False
         else:
