@@ -545,3 +545,17 @@ def test_behind_a_service_the_old_pods_kept_are_chosen_together() -> None:
     # demand of 20 (4 x 5.5 = 22); no L4 is kept.
     got = rollout(spec, w, spec.variant("h100x2"), 10, {"h100x2": 6.0, "a100x4": 5.5, "l4x1": 2.0}, demand=20.0)
     assert got.replicas_by_variant == {"a100x4": 1, "l4x1": 0, "h100x2": 10}
+
+
+def test_what_a_shape_carries_at_the_ceiling_is_read_at_the_ceilings_fleet_size() -> None:
+    """Behind a gateway per-replica capacity grows with the fleet: a plan for 40 replicas that the
+    ceiling holds to 2 carries 2 replicas' worth at a fleet of 2, not at 40 (12.5 vs 10.9 each)."""
+    from llmscale.policy.capacity import variant_capacity
+    from llmscale.policy.variant import plan_for
+
+    spec = parse_spec(spec_dict(routing="LoadAware", cost={"maxGPUs": 2, "prices": {"nvidia-h100": "4.00"}}))
+    v, mix = spec.variants[0], (2048.0, 28.0)
+    big, at2 = variant_capacity(spec, v, Signals(), 1.0, mix, 40), variant_capacity(spec, v, Signals(), 1.0, mix, 2)
+    assert big.per_replica > 1.1 * at2.per_replica
+    p = plan_for(spec, big, 40, at2)
+    assert p is not None and not p.fits_ceiling and p.at_ceiling == 2 * at2.per_replica

@@ -10,7 +10,15 @@ from dataclasses import dataclass, replace
 from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
 from llmscale.api.units import parse_duration
 
-from .capacity import CapacityStep, VariantCapacity, has_started, refused_start, replicas_for, seen_mix
+from .capacity import (
+    CapacityStep,
+    VariantCapacity,
+    has_started,
+    refused_start,
+    replicas_for,
+    seen_mix,
+    variant_capacity,
+)
 from .ceilings import ceiling_replicas, within_bounds
 from .forecast import Forecast
 from .reasons import Code, Reason
@@ -29,7 +37,8 @@ class VariantPlan:
     at_ceiling: float = 0.0  # req/s at the SLO that the most replicas the ceilings allow carry (at most `replicas`)
 
 
-def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, replicas: int) -> VariantPlan | None:
+def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, replicas: int,
+             at_limit: VariantCapacity | None = None) -> VariantPlan | None:
     """What running `replicas` of a variant (the count its capacity needs) costs, and what the
     most replicas the ceilings allow of it carry."""
     if not cap.feasible:
@@ -38,7 +47,10 @@ def plan_for(spec: LLMDeploymentSpec, cap: VariantCapacity, replicas: int) -> Va
     limit, _ = ceiling_replicas(spec, cap.variant)
     price = spec.cost.price(cap.variant.accelerator)
     unit = float(price) if price is not None else 1.0
-    return VariantPlan(cap, n, n * cap.variant.gpus_per_replica * unit, n <= limit, min(n, limit) * cap.per_replica)
+    # What the most replicas the ceilings allow carry: each at its capacity in a fleet that size
+    # (`at_limit`; pooled capacity grows with the fleet, so the plan's size would overstate it).
+    most = cap if n <= limit or at_limit is None else at_limit
+    return VariantPlan(cap, n, n * cap.variant.gpus_per_replica * unit, n <= limit, min(n, limit) * most.per_replica)
 
 
 def best_variant(plans: list[VariantPlan]) -> VariantPlan | None:
@@ -181,7 +193,12 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                                 fc.plan_utilization(spec), has_started(spec, workload, history, v.name))
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
-            p = plan_for(spec, c, n)
+            limit, _ = ceiling_replicas(spec, v)
+            at_limit = None
+            if 0 < limit < n:
+                at_limit = variant_capacity(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
+                                            cap.mix, limit, has_started(spec, workload, history, v.name))
+            p = plan_for(spec, c, n, at_limit)
             if p is not None:
                 plans.append(p)
     # Rollback: the new shape cannot start. Go back to the shape still serving most.
