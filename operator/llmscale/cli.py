@@ -126,8 +126,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     itl = spec.slo.itl_target()
     print(f"\nSLO: TTFT p{ttft.percentile:g} <= {ttft.target}" if ttft else "\nSLO: none on TTFT", end="")
     print(f", inter-token p{itl.percentile:g} <= {itl.target}" if itl else "", end="")
-    print(f"; routing {spec.routing.value} (" + ("a gateway picks the least-loaded pod" if spec.routing == Routing.LOAD_AWARE
-                                                else "a Service: every pod an equal share") + ")")
+    print(f"; routing {spec.routing.value} ({spec.routing.says})")
     print("attainment = share of requests within the target\n")
     baselines = [b for b in ("static-peak", "oracle") if b in policies]
     print(table(results, baselines))
@@ -186,7 +185,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .api.crd import PLURAL
-    from .api.models import Routing, explain_errors, parse_spec
+    from .api.models import explain_errors, parse_spec
     from .controller.kube import Kube, observe_workload
     from .metrics.endpoints import EndpointError
     from .metrics.prometheus import PrometheusReader
@@ -248,10 +247,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     est = d.estimate
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
-    print("routing: " + ("LoadAware (a gateway picks the least-loaded pod: the fleet pools its capacity)"
-                         if spec.routing == Routing.LOAD_AWARE else
-                         "Service (every pod an equal share: each replica planned alone; set spec.routing: LoadAware "
-                         "where a load-aware gateway routes every request)"))
+    print(f"routing: {spec.routing.value} ({spec.routing.says}: " + ("the fleet pools its capacity)" if spec.routing.pools else
+                                                                    "each replica planned alone; set spec.routing: LoadAware "
+                                                                    "where a load-aware gateway routes every request)"))
     if est.shapes:
         print("\npod shapes for the forecast (the cheapest that fits the ceilings, else the one that carries the most "
               "within them; a switch made for a saving needs 20 %):")
@@ -322,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--speedup", type=float, default=1.0, help="compress the trace's time by this factor")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="directory for results.json and simulate.png")
-    s.add_argument("--routing", choices=["Service", "LoadAware"],
+    s.add_argument("--routing", choices=["Service", "LoadAware"],  # llmscale.api.models.Routing (not imported here: startup)
                    help="what spreads requests over the pods, overriding the deployment's spec.routing (the bundled one "
                         "says LoadAware)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

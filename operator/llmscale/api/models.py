@@ -297,6 +297,17 @@ class Routing(StrEnum):
     SERVICE = "Service"  # the operator's Service (kube-proxy): each request to any Ready pod, equal shares
     LOAD_AWARE = "LoadAware"  # a gateway that sends each request to the least-loaded pod (llm-d's EPP, ...)
 
+    @property
+    def pools(self) -> bool:
+        """Does the fleet pool its capacity (each request to the pod with room), or does every pod
+        take an equal share whatever its queue holds?"""
+        return self is Routing.LOAD_AWARE
+
+    @property
+    def says(self) -> str:
+        """What it means, in a few words, for the CLI."""
+        return "a gateway picks the least-loaded pod" if self.pools else "a Service: every pod an equal share"
+
 
 class ScaleBehavior(_Model):
     """How fast the operator may move in one direction."""

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import Capacity, _snap, at_fleet_size
 from llmscale.perf.hardware import ServerProfile, server_profile
@@ -240,14 +240,14 @@ def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
     args = tuple(spec.engine_args)
     refused = None if started else _refusal(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     if refused is not None:
-        return CapacityCurve(variant, (), refused, 0.0, spec.routing == Routing.LOAD_AWARE)
+        return CapacityCurve(variant, (), refused, 0.0, spec.routing.pools)
     profile = _profile(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     # The model reads the mix on its 8 % grid: the cache is keyed by the cell, so a mix that drifts
     # within it is answered from the cache (the idle inter-token floor is read at the mix itself).
     anchors = _curve(profile, args, itl.seconds if itl else None, itl.percentile if itl else 95.0,
                      ttft.seconds if ttft else None, ttft.percentile if ttft else 95.0, _snap(mean_in), _snap(mean_out))
     return CapacityCurve(variant, anchors, None, profile.unloaded_itl(mean_in + mean_out / 2),
-                         spec.routing == Routing.LOAD_AWARE)
+                         spec.routing.pools)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 
 from .capacity import CapacityStep, capacity_curve, replicas_for
 from .forecast import Forecast
@@ -55,7 +55,7 @@ def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: Capac
         return Plan(Proposal(current), None)
     util = fc.plan_utilization(spec)
     n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
-    pooled = f"in a fleet of {n}" if spec.routing == Routing.LOAD_AWARE else "equal shares behind a Service"
+    pooled = f"in a fleet of {n}" if spec.routing.pools else "equal shares behind a Service"
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
                                      f"per replica ({pooled}) at {util:.0%} -> {n}")
     kept = tolerated(spec, variant, signals, cap, fc.rate, util, n)

@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 
 from .reasons import Code, Reason
 from .types import PodCounts, Workload
@@ -59,7 +59,7 @@ def carried(spec: LLMDeploymentSpec, ready: Mapping[str, int], per_replica: Mapp
     present = [(n, per_replica.get(v, 0.0)) for v, n in ready.items() if n > 0]
     if not present:
         return 0.0
-    if spec.routing == Routing.LOAD_AWARE:
+    if spec.routing.pools:
         return sum(n * c for n, c in present)
     return sum(n for n, _ in present) * min(c for _, c in present)
 
@@ -108,7 +108,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     """
     t = target.name
     mine = workload.pods.get(t, PodCounts())
-    equal_shares = spec.routing != Routing.LOAD_AWARE
+    equal_shares = not spec.routing.pools
     # Behind a Service the strongest old pods are weighed first: at equal shares they carry the most
     # beside the new ones (seven L4 pods kept where one A100 pod would do hold seven pods' GPUs).
     others = sorted((v for v in set(workload.desired) | set(workload.pods) if v != t),
@@ -186,7 +186,7 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     t = target.name
     mine = workload.pods.get(t, PodCounts())
     cap_t = per_replica.get(t, 0.0)
-    equal_shares = spec.routing != Routing.LOAD_AWARE
+    equal_shares = not spec.routing.pools
     if (out[t] > mine.live or replicas <= mine.live or not retiring or demand is None or demand <= 0 or cap_t <= 0
             or mine.starting or mine.unschedulable or any(o not in per_replica for o in retiring)):
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 
 from .capacity import (
@@ -127,7 +127,7 @@ def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: Varia
     cap_new, cap_old = new.capacity.per_replica, old.capacity.per_replica
     a, b = new.capacity.variant.name, old.capacity.variant.name
     caps = {a: cap_new, b: cap_old}
-    equal_shares = spec.routing != Routing.LOAD_AWARE
+    equal_shares = not spec.routing.pools
     most = min(old_live, old.replicas)
     now = carried(spec, {b: most}, caps)
     ratio = cap_new / cap_old if cap_old > 0 else math.inf
@@ -188,16 +188,13 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             # A correction below 1 is mostly about the traffic (bursts, the token spread), not the
             # shape: other shapes are compared under it too, or the corrected shape loses to
             # uncorrected ones. One above 1 was learnt on this shape's pods and stays with them.
-            n, c = replicas_for(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
-                                cap.mix, fc.rate,
-                                fc.plan_utilization(spec), has_started(spec, workload, history, v.name))
+            correction = cap.correction if v.name == current.name else min(1.0, cap.correction)
+            started = has_started(spec, workload, history, v.name)
+            n, c = replicas_for(spec, v, signals, correction, cap.mix, fc.rate, fc.plan_utilization(spec), started)
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
             limit, _ = ceiling_replicas(spec, v)
-            at_limit = None
-            if 0 < limit < n:
-                at_limit = variant_capacity(spec, v, signals, cap.correction if v.name == current.name else min(1.0, cap.correction),
-                                            cap.mix, limit, has_started(spec, workload, history, v.name))
+            at_limit = variant_capacity(spec, v, signals, correction, cap.mix, limit, started) if 0 < limit < n else None
             p = plan_for(spec, c, n, at_limit)
             if p is not None:
                 plans.append(p)
@@ -275,7 +272,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                     Code.WAITING_FOR_ROOM, f"{best.capacity.variant.name} would cost {best.cost:.2f}/h against "
                                            f"{cur.cost:.2f}/h, but the ceilings leave no room to start it while "
                                            f"{current.name} serves" + (
-                                               "" if spec.routing == Routing.LOAD_AWARE else
+                                               "" if spec.routing.pools else
                                                ", or its pods beside them would carry less at equal shares "
                                                "(spec.routing: Service)"))), hist.with_(variant_candidate=None,
                                                                                    variant_candidate_since=None), per_replica)

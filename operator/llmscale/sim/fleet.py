@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from llmscale.api.models import Routing
 from llmscale.perf import Engine, Request, buckets, server_profile
 from llmscale.perf.engine import Finished
 from llmscale.policy.capacity import arg_value, human_int, memory_utilization
@@ -271,9 +272,10 @@ class Fleet:
     # ---- traffic control --------------------------------------------------------------------
     def set_traffic(self, namespace: str, name: str, body: dict[str, Any]) -> Traffic:
         targets = slo_targets(body["slo"]) if "slo" in body else None
-        routing = body.get("routing", "Service")
-        if routing not in ("Service", "LoadAware"):
-            raise TraceError('routing must be "Service" or "LoadAware"')
+        try:
+            routing = Routing(body.get("routing", Routing.SERVICE))
+        except ValueError:
+            raise TraceError(f"routing must be one of {', '.join(r.value for r in Routing)}") from None
         now = self.now()  # one instant for the trace's start and the count's: an arrival at 0 counts
         if "trace" in body:
             trace = load_trace(body["trace"]).scaled(float(body.get("rateScale", 1)), float(body.get("speedup", 1)))
@@ -291,7 +293,7 @@ class Fleet:
                 raise TraceError("rate must be a non-negative number of requests per second")
             tr = Traffic(rate=rate, mean_input=int(body.get("meanInput", 1024)), mean_output=int(body.get("meanOutput", 256)),
                          description=f"poisson {rate:g} req/s")
-        tr.load_aware = routing == "LoadAware"
+        tr.load_aware = routing.pools
         with self.lock:
             self.traffic[(namespace, name)] = tr
             if targets is not None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from llmscale.api.models import LLMDeploymentSpec, Routing
+from llmscale.api.models import LLMDeploymentSpec
 from llmscale.api.units import parse_duration
 from llmscale.perf.capacity import simulated_capacity
 from llmscale.policy.capacity import replica_profile
@@ -71,7 +71,7 @@ def problem(spec: LLMDeploymentSpec, trace: Trace, cold_start_s: float) -> Probl
     for m in range(1, max(1, limit) + 1):
         cap = simulated_capacity(profile, mean_in, mean_out, itl.seconds if itl else None, ttft.seconds if ttft else None,
                                  itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0,
-                                 replicas=m if spec.routing == Routing.LOAD_AWARE else 1)
+                                 replicas=m if spec.routing.pools else 1)
         fleet.append(max(fleet[-1], m * cap.requests_per_s))
     steps = int(math.ceil((arr[-1].t if arr else 0.0) / step)) + 1
     counts = [0] * steps

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmscale.api.models import LLMDeploymentSpec, Routing, Variant
+from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf import Engine, Request
 from llmscale.perf.engine import Finished
@@ -205,7 +205,7 @@ class Twin:
         self.gateway: deque[Request] = deque()
         # Requests reach the pods the way spec.routing says: through a Service (kube-proxy picks a
         # Ready pod at random, seeded so a run repeats) or a load-aware gateway (the least-loaded).
-        self.load_aware = spec.routing == Routing.LOAD_AWARE
+        self.load_aware = spec.routing.pools
         self.pick = random.Random(0)
         self.finished: list[Finished] = []
         self.prom = PromStore()
