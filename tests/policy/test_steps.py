@@ -36,6 +36,7 @@ from llmscale.policy.forecast import (
     record_load,
     rise_within,
     thin_scrapes,
+    trend_forecast,
     window_arrivals,
 )
 from llmscale.policy.idleness import Idleness, idleness
@@ -406,6 +407,45 @@ def test_a_returning_burst_s_height_is_learnt_once_when_the_next_lull_begins() -
     assert mid == Forecast(38.0, 105.0, 300.0, History(
         rate_samples=((NOW - 60.0, 36.0), (NOW - 15.0, 30.0), (NOW, 38.0)), load_record=((7200.0, 38.0, rise, 38.0 * 15.0),),
         burst_from=40.0, burst_since=NOW - 60.0, burst_top=38.0, queue_scrapes=(SEEN,), rise_since=NOW - 15.0))
+
+
+def ols_slope(points: list[tuple[float, float]]) -> float:
+    """Least squares slope of (time, rate) points, written out."""
+    mt = sum(t for t, _ in points) / len(points)
+    mv = sum(v for _, v in points) / len(points)
+    return sum((t - mt) * (v - mv) for t, v in points) / sum((t - mt) ** 2 for t, _ in points)
+
+
+RAMP = [(NOW - 120.0 + 15.0 * i, 10.0 + 1.5 * i) for i in range(9)]  # +0.1 req/s every second, still rising
+# A burst from 2 to 40 req/s: the rate windows show it over one window (2 -> 40 from 120 s to 60 s
+# ago), then flat for the last window.
+STEP = [(NOW - 120.0 + 15.0 * i, r) for i, r in enumerate((2.0, 11.5, 21.0, 30.5, 40.0, 40.0, 40.0, 40.0, 40.0))]
+TURNED = STEP[:-2] + [(NOW - 15.0, 38.0), (NOW, 36.0)]  # the burst already falling within the window
+SPARSE = [(NOW - 90.0, 10.0), (NOW - 45.0, 14.5), (NOW, 19.0)]  # decisions 45 s apart: one sample in the last window but now
+
+TREND = [
+    ("a ramp still rising within the last window: extrapolated, damped, over the horizon",
+     RAMP, 22.0 + 0.5 * 0.1 * 105.0),
+    # The slope over the 120 s reach (0.2 req/s per s) said 40 + 0.5 x 0.2 x 105 = 51.1 req/s: a
+    # levelled-off step planned as a ramp.
+    ("a step that levelled off a window ago: the load now, not the step's slope", STEP, 40.0),
+    ("a rise that turned down within the last window: the load now", TURNED, 36.0),
+    ("too few samples in the last window to tell: the slope over the reach", SPARSE,
+     19.0 + 0.5 * ols_slope(SPARSE) * 105.0),
+    ("a falling load: not extrapolated", [(t, 22.0 - 1.5 * i) for i, (t, _) in enumerate(RAMP)], 10.0),
+    ("no samples: unknown", [], None),
+]
+
+
+@pytest.mark.parametrize(("samples", "expect"), [c[1:] for c in TREND], ids=[c[0] for c in TREND])
+def test_trend_forecast(samples: list[tuple[float, float]], expect: float | None) -> None:
+    got = trend_forecast(tuple(samples), NOW, 105.0, 60.0)
+    assert got == (None if expect is None else pytest.approx(expect))
+
+
+def test_a_step_that_levelled_off_was_extrapolated_over_the_whole_reach() -> None:
+    """The defect the last-window slope mends: the slope over the reach alone plans 51 req/s."""
+    assert ols_slope(STEP) * 0.5 * 105.0 + 40.0 > 51.0
 
 
 def run_forecasts(spec_: Any, steps: list[tuple[float, float]], h: History) -> History:

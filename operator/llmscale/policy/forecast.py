@@ -165,11 +165,17 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / var
 
 
-def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float) -> float | None:
+def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float, window_s: float) -> float | None:
     """Current rate plus the upward trend over the horizon (least squares over recent samples).
 
     Only upward trends are extrapolated: a falling trend is left to the burst memory and the
     scale-down window, since under-forecasting costs SLO and over-forecasting costs money.
+    Nor is a rise that has stopped: the slope is the lesser of the one over the reach and the one
+    over the last rate window. Each sample is a window's rate, so a step shows in full one window
+    after it came; past that, the slope over the reach still carried the step and extrapolated a
+    load that had levelled off (onoff-14's first burst, flat at 45 req/s, was planned as 86 for two
+    minutes: six replicas where three carried it, held for the scale-down window). A ramp still
+    under way rises within the last window too.
     """
     if not samples:
         return None
@@ -179,6 +185,9 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     slope = _slope(recent)
     if slope is None:
         return current
+    if slope > 0:
+        last = _slope([s for s in recent if now - s[0] <= window_s])
+        slope = slope if last is None else min(slope, last)
     if slope <= 0:
         return current
     # Damp the extrapolation: a trend seen over a short window is weak evidence.
@@ -405,7 +414,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     longest = max(map(_RATE, samples))  # every sample kept is within the burst memory
     overspent = over_budget(budget, longest, horizon)
     hold = hold_time(history.burst_gaps, horizon, first_hold, overspent)
-    trend = trend_forecast(samples, now, horizon) or rate
+    trend = trend_forecast(samples, now, horizon, window) or rate
     held = longest if hold >= SAMPLES_KEPT_S else recent_peak(samples, now, hold)
     peak = held or rate
     if held is not None:
