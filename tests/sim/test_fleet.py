@@ -166,3 +166,27 @@ def test_an_unknown_routing_is_refused_and_changes_nothing() -> None:
     with pytest.raises(TraceError, match="routing"):
         fleet.set_traffic(*KEY, {"rate": 5, "routing": "RoundRobin"})
     assert fleet.traffic[KEY].rate == 1
+
+
+def test_the_tokens_of_each_finished_request_are_exported_as_vllm_does() -> None:
+    """vllm:request_prompt_tokens and vllm:request_generation_tokens (the operator's token mix: their
+    sums over request_success_total) count each request once, when it finishes, with its own tokens."""
+    fleet = Fleet(seed=5)
+    clock = Clock(fleet)
+    fleet.sync_pods([pod("a")])
+    fleet.set_traffic(*KEY, {"rate": 4, "meanInput": 300, "meanOutput": 30})
+    clock.run(fleet, 20)
+    fleet.set_traffic(*KEY, {"rate": 0})
+    clock.run(fleet, 10)
+    fams = {f.name: f for f in fleet.collect()}
+    done = {s.name: s.value for s in fams["vllm:request_success"].samples}["vllm:request_success_total"]
+    engine = next(iter(fleet.pods.values())).engine
+    assert done == engine.counters.success == fleet.arrived[KEY] > 40  # every request finished
+    for name, tokens in (("vllm:request_prompt_tokens", engine.counters.prompt_tokens),
+                         ("vllm:request_generation_tokens", engine.counters.generation_tokens)):
+        got = {s.name: s.value for s in fams[name].samples if s.name != f"{name}_bucket"}
+        assert got == {f"{name}_count": done, f"{name}_sum": tokens}, name
+        buckets = [s for s in fams[name].samples if s.name == f"{name}_bucket"]
+        assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == done
+        assert [b.value for b in buckets] == sorted(b.value for b in buckets)  # cumulative
+    assert 150 < engine.counters.prompt_tokens / done < 600  # the mean prompt, about the traffic's 300

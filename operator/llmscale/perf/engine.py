@@ -80,6 +80,9 @@ class EngineCounters:
     itl: Histogram = field(default_factory=lambda: Histogram(buckets.ITL))
     e2e: Histogram = field(default_factory=lambda: Histogram(buckets.REQUEST_LATENCY))
     queue: Histogram = field(default_factory=lambda: Histogram(buckets.REQUEST_LATENCY))
+    # Tokens of each finished request, observed when it finishes (vLLM's request-level histograms).
+    request_prompt: Histogram = field(default_factory=lambda: Histogram(buckets.REQUEST_TOKENS))
+    request_generation: Histogram = field(default_factory=lambda: Histogram(buckets.REQUEST_TOKENS))
 
 
 class Engine:
@@ -178,6 +181,8 @@ class Engine:
         c.prompt_tokens += req.input_tokens
         c.e2e.observe(e2e)
         c.queue.observe(admitted - req.arrival)
+        c.request_prompt.observe(req.input_tokens)
+        c.request_generation.observe(req.output_tokens)
         if self.record:
             self.finished.append(
                 Finished(req.id, req.arrival, admitted - req.arrival, ttft, itl, e2e, req.input_tokens, req.output_tokens)

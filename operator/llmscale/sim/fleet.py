@@ -334,6 +334,8 @@ def _families(pods: list[SimPod], gateway: dict, arrived: dict) -> list[Any]:
     h_itl = HistogramMetricFamily("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", labels=lab)
     h_e2e = HistogramMetricFamily("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", labels=lab)
     h_q = HistogramMetricFamily("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", labels=lab)
+    h_prompt = HistogramMetricFamily("vllm:request_prompt_tokens", "Number of prefill tokens processed.", labels=lab)
+    h_gen = HistogramMetricFamily("vllm:request_generation_tokens", "Number of generation tokens processed.", labels=lab)
     dlab = ["gpu", "UUID", "device", "modelName", "Hostname", "namespace", "pod", "container", "llmd"]
     d_util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=dlab)
     d_fb = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=dlab)
@@ -353,6 +355,8 @@ def _families(pods: list[SimPod], gateway: dict, arrived: dict) -> list[Any]:
         _hist(h_itl, lv, buckets.ITL, c.itl)
         _hist(h_e2e, lv, buckets.REQUEST_LATENCY, c.e2e)
         _hist(h_q, lv, buckets.REQUEST_LATENCY, c.queue)
+        _hist(h_prompt, lv, buckets.REQUEST_TOKENS, c.request_prompt)
+        _hist(h_gen, lv, buckets.REQUEST_TOKENS, c.request_generation)
         # dcgm-exporter samples a duty cycle: busy whenever any request is in flight.
         util = 100.0 if e.outstanding > 0 else 0.0
         prof = e.profile
@@ -373,7 +377,7 @@ def _families(pods: list[SimPod], gateway: dict, arrived: dict) -> list[Any]:
         g_pending.add_metric([ns, dep, "", "", "default", "0"], len(q))
     for (ns, dep), n in arrived.items():
         c_arr.add_metric([ns, dep], n)
-    return [g_run, g_wait, g_kv, c_prompt, c_gen, c_succ, c_pre, h_ttft, h_itl, h_e2e, h_q, d_util, d_fb, d_active, g_pending, c_arr]
+    return [g_run, g_wait, g_kv, c_prompt, c_gen, c_succ, c_pre, h_ttft, h_itl, h_e2e, h_q, h_prompt, h_gen, d_util, d_fb, d_active, g_pending, c_arr]
 
 
 class _Collector(Collector):
