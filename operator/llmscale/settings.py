@@ -17,6 +17,9 @@ class OperatorSettings(BaseSettings):
     prometheus_bearer_token_file: str | None = Field(None, description="File with a bearer token for Prometheus.")
     prometheus_ca_bundle: str | None = Field(None, description="CA bundle to verify Prometheus' TLS certificate.")
     prometheus_insecure_skip_verify: bool = Field(False, description="Skip TLS verification (not recommended).")
+    prometheus_allow_plain_http: bool = Field(
+        False, description="Send the bearer token over plain http:// to a Prometheus off the operator's host "
+                           "(refused at start otherwise).")
     prometheus_timeout_s: float = Field(5.0, gt=0, le=60, description="Timeout of one Prometheus query, seconds.")
     prometheus_endpoints_file: str | None = Field(
         None, description="YAML file of further named Prometheus endpoints with their credentials, allowedURLs and "
@@ -29,6 +32,7 @@ class OperatorSettings(BaseSettings):
         if self.prometheus_url:
             default = Endpoint(name=DEFAULT, url=self.prometheus_url, bearer_token_file=self.prometheus_bearer_token_file,
                                ca_file=self.prometheus_ca_bundle, insecure_skip_verify=self.prometheus_insecure_skip_verify,
+                               allow_plain_http=self.prometheus_allow_plain_http,
                                timeout_seconds=self.prometheus_timeout_s)
         config = load_config(self.prometheus_endpoints_file) if self.prometheus_endpoints_file else None
         return Endpoints.build(default, config)

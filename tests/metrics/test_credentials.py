@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from llmscale.metrics.endpoints import (
 )
 from llmscale.metrics.prometheus import PrometheusReader
 from llmscale.policy.types import Signals
+from llmscale.settings import OperatorSettings
 from tests.conftest import spec_dict
 
 EMPTY = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
@@ -686,29 +688,56 @@ def test_joiners_with_different_targets_widen_the_groups_answer_and_do_not_read_
     assert len(good.requests) > n
 
 
-def test_a_credential_on_a_plain_http_endpoint_is_warned_about_once_at_start(
-        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    """TLS is the default the platform team should keep: an endpoint that would send its credential
-    over http:// off the operator's host is said at start (not refused); one without a credential,
-    on https://, or on loopback (a sidecar proxy) is not."""
+@pytest.mark.parametrize(("endpoint", "refused"), [
+    ({"name": "default", "url": "http://prom:9090", "bearer_token_file": "TOKEN"}, "'default' would send its credential "
+     "over plain http:// to prom; use https://, or set allowPlainHTTP on it where the network path is trusted"),
+    ({"name": "tenants", "url": "http://proxy:8080", "namespace_secret": "prom-token"}, "'tenants' would send"),
+    ({"name": "basic", "url": "http://10.0.0.7:9090",
+      "basic_auth": {"username_file": "TOKEN", "password_file": "TOKEN"}}, "'basic' would send"),
+    ({"name": "open", "url": "http://prom-open:9090"}, None),  # no credential to leak
+    ({"name": "tls", "url": "https://prom-tls:9090", "bearer_token_file": "TOKEN"}, None),
+    ({"name": "sidecar", "url": "http://127.0.0.1:9091", "bearer_token_file": "TOKEN"}, None),  # the operator's own host
+    ({"name": "sidecar6", "url": "http://[::1]:9091", "bearer_token_file": "TOKEN"}, None),
+    ({"name": "local", "url": "http://localhost:9091", "bearer_token_file": "TOKEN"}, None),
+])
+def test_a_credential_goes_over_plain_http_only_to_the_operators_own_host(
+        endpoint: dict[str, Any], refused: str | None, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """TLS by default: an endpoint that would send its credential over http:// off the operator's
+    host is refused at start with one line (it was only warned about), whether it is the default
+    endpoint or one in the endpoints file; one without a credential, on https://, or on loopback (a
+    sidecar proxy) starts."""
     token = tmp_path / "token"
     token.write_text("t0ken")
+    raw = json.loads(json.dumps(endpoint).replace('"TOKEN"', json.dumps(str(token))))
+    ep = Endpoint(**raw)
     with caplog.at_level(logging.WARNING, logger="llmscale.metrics"):
-        Endpoints.build(Endpoint(name="default", url="http://prom:9090", bearer_token_file=str(token)),
-                        EndpointsConfig(endpoints=[
-                            Endpoint(name="open", url="http://prom-open:9090"),
-                            Endpoint(name="tls", url="https://prom-tls:9090", bearer_token_file=str(token)),
-                            Endpoint(name="tenants", url="http://proxy:8080", namespace_secret="prom-token"),
-                            Endpoint(name="sidecar", url="http://127.0.0.1:9091", bearer_token_file=str(token)),
-                            Endpoint(name="sidecar6", url="http://[::1]:9091", bearer_token_file=str(token)),
-                            Endpoint(name="local", url="http://localhost:9091", bearer_token_file=str(token))]))
-    warned = [r.getMessage() for r in caplog.records if "plain http://" in r.getMessage()]
-    assert warned == [
-        "Prometheus endpoint 'default' sends its credential over plain http://; use https:// unless the endpoint "
-        "is on the operator's own host",
-        "Prometheus endpoint 'tenants' sends its credential over plain http://; use https:// unless the endpoint "
-        "is on the operator's own host"]
-    assert "t0ken" not in caplog.text
+        for build in (lambda: Endpoints.build(ep), lambda: Endpoints.build(None, EndpointsConfig(endpoints=[ep]))):
+            if refused:
+                with pytest.raises(EndpointError, match=re.escape(refused)):
+                    build()
+            else:
+                assert ep.name in build().by_name
+    assert "t0ken" not in caplog.text and "plain http://" not in caplog.text
+
+
+def test_a_trusted_plain_http_path_is_allowed_and_said_at_start(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """allowPlainHTTP (the chart's prometheus.allowPlainHTTP, or the key on an endpoint of the file)
+    lets the credential go over http:// where the platform team trusts the path, and says so once."""
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    file = tmp_path / "endpoints.yaml"  # as the chart renders it
+    file.write_text(f"endpoints:\n- {{name: mesh, url: 'http://prom.monitoring.svc:9090', bearerTokenFile: '{token}', "
+                    f"allowPlainHTTP: true}}\n")
+    settings = OperatorSettings(prometheus_url="http://prom:9090", prometheus_bearer_token_file=str(token),
+                                prometheus_allow_plain_http=True, prometheus_endpoints_file=str(file))
+    with caplog.at_level(logging.WARNING, logger="llmscale.metrics"):
+        eps = settings.endpoints()
+    assert set(eps.by_name) == {"default", "mesh"}
+    assert [r.getMessage() for r in caplog.records if "plain http://" in r.getMessage()] == [
+        "Prometheus endpoint 'default' sends its credential over plain http:// (allowPlainHTTP)",
+        "Prometheus endpoint 'mesh' sends its credential over plain http:// (allowPlainHTTP)"]
+    with pytest.raises(EndpointError, match="'default' would send its credential"):
+        OperatorSettings(prometheus_url="http://prom:9090", prometheus_bearer_token_file=str(token)).endpoints()
 
 
 def test_a_slow_healthy_endpoint_holds_a_waiter_only_for_its_wait_bound() -> None:

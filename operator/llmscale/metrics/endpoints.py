@@ -74,6 +74,10 @@ class Endpoint(_Config):
     basic_auth: BasicAuthFiles | None = None
     ca_file: str | None = None
     insecure_skip_verify: bool = False
+    allow_plain_http: bool = Field(
+        False, alias="allowPlainHTTP",
+        description="Send this endpoint's credential over plain http:// to a host other than the operator's own (a "
+                    "path the platform team trusts, such as a mesh with mTLS). Off: such an endpoint is refused at start.")
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     namespaces: tuple[str, ...] | None = Field(
@@ -227,10 +231,13 @@ class Endpoints:
                 raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
             eps.by_name[ep.name] = ep
             if plain_http_off_host(ep.url) and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
-                # Allowed, but said once at start: anyone on the path between the operator and that
-                # endpoint can read the credential.
-                log.warning("Prometheus endpoint %r sends its credential over plain http://; use https:// unless "
-                            "the endpoint is on the operator's own host", ep.name)
+                # Anyone on the path between the operator and that endpoint could read the credential:
+                # refused unless the platform team says the path is trusted, and then said at start.
+                if not ep.allow_plain_http:
+                    raise EndpointError(f"Prometheus endpoint {ep.name!r} would send its credential over plain "
+                                        f"http:// to {urlsplit(ep.url).hostname}; use https://, or set allowPlainHTTP "
+                                        f"on it where the network path is trusted")
+                log.warning("Prometheus endpoint %r sends its credential over plain http:// (allowPlainHTTP)", ep.name)
         if config:
             for u in config.allowed_urls:
                 why = plain_url_problem(u)
