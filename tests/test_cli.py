@@ -36,6 +36,9 @@ def test_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.Cap
 @pytest.mark.parametrize(("env", "args", "message"), [
     ({}, ["run", "--kubeconfig", "/nope/kubeconfig"], "no usable Kubernetes configuration"),
     ({"LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": "/nope/endpoints.yaml"}, ["run", "--kubeconfig", "KUBECONFIG"], "No such file"),
+    ({"LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": "/dev/null"},
+     ["run", "--kubeconfig", "KUBECONFIG", "--prometheus-url", "http://prometheus.monitoring:9090"],
+     "'default' would send its credential over plain http:// to prometheus.monitoring"),
 ])
 def test_run_refuses_bad_configuration_in_one_line(env: dict[str, str], args: list[str], message: str, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
