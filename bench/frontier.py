@@ -172,8 +172,11 @@ def plot(trace: str, points: list[Point], path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:  # pragma: no cover - plotting is optional
         return
+    # Plain numbers on the log axis (2, 3, 5, 10, 20 ...): matplotlib's 3x10^0 labels run together.
+    plain = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
     for ax, metric, label in ((axes[0], "ttft", "TTFT attainment (%)"),
                               (axes[1], "joint", "joint attainment: TTFT and inter-token (%)")):
@@ -191,6 +194,8 @@ def plot(trace: str, points: list[Point], path: Path) -> None:
                     ax.plot([p.gpu_hours], [100 * getattr(p, metric)], marker="*", ms=14, color=line.get_color(), mec="black")
         ax.axhline(99, color="grey", ls="--", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("GPU-hours (log)")
         ax.set_ylabel(label)
         ax.set_ylim(max(0, min(100 * getattr(p, metric) for p in points) - 2), 100.5)
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", action="append", help=f"only these policies (from {', '.join(TUNED)}, oracle)")
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "frontier"))
-    ap.add_argument("--report", action="store_true", help="print the levels report from the last run's points.json")
+    ap.add_argument("--report", action="store_true", help="print the levels report (and draw the PNGs again) from the last run's points.json")
     args = ap.parse_args(argv)
     if args.report:
         saved_file = Path(args.out) / "points.json"
@@ -217,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = [Point(**d) for d in json.loads(saved_file.read_text())]
         names = list(dict.fromkeys(p.trace for p in saved))
         print("\n".join(report(names, saved)))
+        for n in names:  # and the plots again, from the same points
+            plot(n, [p for p in saved if p.trace == n], Path(args.out) / f"{n}.png")
         return 0
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
