@@ -1169,35 +1169,6 @@ def test_a_switch_from_a_shape_that_cannot_meet_the_slo_keeps_the_gpu_ceiling_ov
     assert [r.code for r in got.proposal.reasons] == [Code.VARIANT_SWITCH]
 
 
-@pytest.mark.parametrize(("on_shape_s", "switches"), [(60.0, False), (900.0, True)])
-def test_a_switch_to_the_shape_that_carries_more_waits_for_the_dwell(on_shape_s: float, switches: bool) -> None:
-    """Neither shape carries 200 req/s within maxGPUs 4, and four H100 pods carry far more than four
-    L4 pods: the switch goes once the L4 shape has run for the dwell (15 min), not a minute after it
-    became the shape (it went at once, held only by the tolerance: two shapes that both fall short
-    trade places as the token mix moves, a cold start each time)."""
-    sp = spec(variants=[{"name": "l4x1", "accelerator": "nvidia-l4"}, {"name": "h100x1", "accelerator": "nvidia-h100"}],
-              replicas={"min": 1, "max": 16}, slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
-              cost={"maxGPUs": 4, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
-              scaling={"variantSwitch": {"dwell": "15m"}})
-    l4, h100 = sp.variants
-    w = Workload(variant="l4x1", replicas=4, ready=4, desired={"l4x1": 4}, target_since=NOW - on_shape_s,
-                 pods={"l4x1": PodCounts(ready=4)})
-    seen = History(mean_input=1000.0, mean_output=200.0, variant_candidate="h100x1", variant_candidate_since=NOW - 30)
-    got = variant(sp, w, l4, sig(200.0), cap_step(), Forecast(200.0, 105.0, 300.0, History()), Proposal(4), seen, NOW)
-    per = got.per_replica  # behind a Service a replica carries what a lone one does, at any fleet size
-    assert set(per) == {"l4x1", "h100x1"} and 4 * per["h100x1"] > 1.1 * 4 * per["l4x1"] > 0
-    cleared = seen.with_(variant_candidate=None, variant_candidate_since=None)
-    if switches:
-        assert (got.variant, got.proposal.replicas, got.history, got.failed) == (h100, 4, cleared, None)
-        assert [r.code for r in got.proposal.reasons] == [Code.VARIANT_SWITCH]
-        assert "neither carries 200.00 req/s" in got.proposal.reasons[0].message
-    else:
-        held = Reason(Code.VARIANT_SWITCH, f"h100x1 would carry {4 * per['h100x1']:.2f} req/s within the ceilings, "
-                                           f"l4x1 {4 * per['l4x1']:.2f}: held, l4x1 became the shape 60s ago "
-                                           f"(scaling.variantSwitch.dwell 15m)")
-        assert (got.variant, got.proposal, got.history, got.failed) == (l4, Proposal(4, (held,)), cleared, None)
-
-
 def test_no_switch_with_a_single_shape_or_no_forecast() -> None:
     assert variant(SPEC, W2, V, sig(5.0), cap_step(), Forecast(5.0, 105.0, 300.0, History()), Proposal(2), History(), NOW) == \
         Shape(V, Proposal(2), History(), {})

@@ -257,23 +257,14 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                                      f"carry {fc.rate:.2f} req/s for {going_back.cost:.2f}/h")),
                 hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)
     if best is not None and best.capacity.variant.name != current.name and not mid_switch:
-        # The current shape cannot carry the load within the ceilings and another can: switch now,
-        # in smaller steps when it must (the rollout releases old pods one new pod at a time).
-        rescue = cur is None or (not cur.fits_ceiling and best.fits_ceiling)
-        # Neither can, and another carries clearly more of it (beyond the tolerance): switch too,
-        # but not within the dwell of the last switch. Two shapes that both fall short trade places
-        # as the token mix moves, and each switch costs a cold start of pods that serve nothing.
-        carries_more = (cur is not None and not cur.fits_ceiling and not best.fits_ceiling
-                        and best.at_ceiling > (1 + sc.tolerance) * cur.at_ceiling)
-        if rescue or (carries_more and settled):
+        # The current shape cannot carry the load within the ceilings and another can, or carries
+        # clearly more of it (beyond the tolerance: two shapes that both fall short do not flap).
+        cannot = cur is None or (not cur.fits_ceiling and (
+            best.fits_ceiling or best.at_ceiling > (1 + sc.tolerance) * cur.at_ceiling))
+        if cannot:
+            # Switch now, in smaller steps when it must (the rollout releases old pods one new pod
+            # at a time).
             switch = True
-        elif carries_more and cur is not None and workload.target_since is not None:
-            return Shape(current, proposal.note(Reason(
-                Code.VARIANT_SWITCH, f"{best.capacity.variant.name} would carry {best.at_ceiling:.2f} req/s within the "
-                                     f"ceilings, {current.name} {cur.at_ceiling:.2f}: held, {current.name} became the "
-                                     f"shape {now - workload.target_since:.0f}s ago (scaling.variantSwitch.dwell "
-                                     f"{sc.variant_switch.dwell})")),
-                hist.with_(variant_candidate=None, variant_candidate_since=None), per_replica)
         elif cur is not None and best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost and settled:
             if not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
                 # A switch for a saving goes without a gap or not at all.
