@@ -63,9 +63,8 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
 
     wait_for("TTFT p95 back under the SLO", recovered, 150, 2)
     assert _replicas(bed, namespace) <= 8  # within replicas.max and maxGPUs
-    # The token mix, learnt from vLLM's request-level histograms through the real Prometheus (each
-    # request counted once, when it finishes): the traffic's 1,000 in / 200 out, within the spread
-    # of the few hundred requests the mix stands for.
+    # The token mix, learnt through the real Prometheus from vLLM's token and request counters: the
+    # traffic's 1,000 in / 200 out, within the spread of the few hundred requests the mix stands for.
     mix = _status(bed, namespace)["history"]
     assert 850 < mix["meanInput"] < 1150 and 170 < mix["meanOutput"] < 230, mix
 

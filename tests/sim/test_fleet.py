@@ -169,8 +169,9 @@ def test_an_unknown_routing_is_refused_and_changes_nothing() -> None:
 
 
 def test_the_tokens_of_each_finished_request_are_exported_as_vllm_does() -> None:
-    """vllm:request_prompt_tokens and vllm:request_generation_tokens (the operator's token mix: their
-    sums over request_success_total) count each request once, when it finishes, with its own tokens."""
+    """vllm:request_prompt_tokens and vllm:request_generation_tokens, as vLLM exports them: each
+    request once, when it finishes, with its own tokens, in vLLM's 1-2-5 buckets. (The simulator's
+    token counters also count at completion, where vLLM's count tokens as they are processed.)"""
     fleet = Fleet(seed=5)
     clock = Clock(fleet)
     fleet.sync_pods([pod("a")])

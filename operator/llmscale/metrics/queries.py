@@ -13,13 +13,8 @@ BATCH: dict[str, str] = {
     "itlBuckets": f"sum by ({GROUP}, le) (rate(vllm:inter_token_latency_seconds_bucket[{{w}}]))",
     "e2eBuckets": f"sum by ({GROUP}, le) (rate(vllm:e2e_request_latency_seconds_bucket[{{w}}]))",
     "requestRate": f"sum by ({GROUP}) (rate(vllm:request_success_total[{{w}}]))",
-    # Tokens of the requests that finished in the window, from vLLM's request-level histograms,
-    # which count a request when it finishes, as request_success_total does: their ratio is the
-    # mean request. vLLM's prompt_tokens_total and generation_tokens_total count tokens as they are
-    # processed, so at a burst's onset they run ahead of the completions (more prompts than
-    # finished requests: a longer mean prompt, less capacity planned) and behind them after it.
-    "promptTokensRate": f"sum by ({GROUP}) (rate(vllm:request_prompt_tokens_sum[{{w}}]))",
-    "generationTokensRate": f"sum by ({GROUP}) (rate(vllm:request_generation_tokens_sum[{{w}}]))",
+    "promptTokensRate": f"sum by ({GROUP}) (rate(vllm:prompt_tokens_total[{{w}}]))",
+    "generationTokensRate": f"sum by ({GROUP}) (rate(vllm:generation_tokens_total[{{w}}]))",
     "requestsWaiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
     "requestsRunning": f"sum by ({GROUP}) (vllm:num_requests_running)",
     "kvCacheUsage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc)",
