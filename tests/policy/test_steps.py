@@ -31,6 +31,7 @@ from llmscale.policy.forecast import (
     forecast,
     held_share,
     hold_time,
+    last_window_slope,
     long_memory,
     over_budget,
     record_load,
@@ -422,16 +423,24 @@ RAMP = [(NOW - 120.0 + 15.0 * i, 10.0 + 1.5 * i) for i in range(9)]  # +0.1 req/
 STEP = [(NOW - 120.0 + 15.0 * i, r) for i, r in enumerate((2.0, 11.5, 21.0, 30.5, 40.0, 40.0, 40.0, 40.0, 40.0))]
 TURNED = STEP[:-2] + [(NOW - 15.0, 38.0), (NOW, 36.0)]  # the burst already falling within the window
 SPARSE = [(NOW - 90.0, 10.0), (NOW - 45.0, 14.5), (NOW, 19.0)]  # decisions 45 s apart: one sample in the last window but now
+SPARSE_STEP = [(NOW - 90.0, 2.0), (NOW - 45.0, 40.0), (NOW, 40.0)]  # the same spacing, a step that levelled off
+# Decisions 30 s apart, the one a window back 0.4 ms late: it still marks the window's start.
+JITTER = [(NOW - 120.0, 2.0), (NOW - 90.0, 21.0), (NOW - 60.0004, 40.0), (NOW - 30.0, 40.0), (NOW, 40.0)]
 
 TREND = [
     ("a ramp still rising within the last window: extrapolated, damped, over the horizon",
      RAMP, 22.0 + 0.5 * 0.1 * 105.0),
-    # The slope over the 120 s reach (0.2 req/s per s) said 40 + 0.5 x 0.2 x 105 = 51.1 req/s: a
+    # The slope over the 120 s reach (0.317 req/s per s) said 40 + 0.5 x 0.317 x 105 = 56.6 req/s: a
     # levelled-off step planned as a ramp.
     ("a step that levelled off a window ago: the load now, not the step's slope", STEP, 40.0),
     ("a rise that turned down within the last window: the load now", TURNED, 36.0),
-    ("too few samples in the last window to tell: the slope over the reach", SPARSE,
-     19.0 + 0.5 * ols_slope(SPARSE) * 105.0),
+    ("decisions half a window apart, rising: the change since the sample nearest one window back", SPARSE,
+     19.0 + 0.5 * (4.5 / 45.0) * 105.0),
+    # The reach's slope (0.422) said 62.2; the change over the last 45 s is none.
+    ("decisions half a window apart, a step that levelled off: the load now", SPARSE_STEP, 40.0),
+    ("a decision that came a little late still marks the window's start", JITTER, 40.0),
+    ("a rise all within the last window: its own slope", [(NOW - 20.0, 30.0), (NOW - 10.0, 35.0), (NOW, 40.0)],
+     40.0 + 0.5 * 0.5 * 105.0),
     ("a falling load: not extrapolated", [(t, 22.0 - 1.5 * i) for i, (t, _) in enumerate(RAMP)], 10.0),
     ("no samples: unknown", [], None),
 ]
@@ -443,9 +452,17 @@ def test_trend_forecast(samples: list[tuple[float, float]], expect: float | None
     assert got == (None if expect is None else pytest.approx(expect))
 
 
-def test_a_step_that_levelled_off_was_extrapolated_over_the_whole_reach() -> None:
-    """The defect the last-window slope mends: the slope over the reach alone plans 51 req/s."""
-    assert ols_slope(STEP) * 0.5 * 105.0 + 40.0 > 51.0
+def test_the_last_windows_slope_needs_a_sample_half_a_window_back() -> None:
+    assert last_window_slope([(NOW - 10.0, 1.0), (NOW, 2.0)], NOW, 60.0) is None
+    assert last_window_slope([(NOW - 40.0, 1.0), (NOW, 2.0)], NOW, 60.0) == pytest.approx(1.0 / 40.0)
+    assert last_window_slope([], NOW, 60.0) is None
+
+
+def test_a_rate_window_as_long_as_the_reach_extrapolates_the_step_as_before() -> None:
+    """With a two-minute rate window the last window is the reach: the step is extrapolated by the
+    reach's slope (what every window did before), since its rates still lag the load."""
+    assert trend_forecast(tuple(STEP), NOW, 105.0, 120.0) == pytest.approx(40.0 + 0.5 * ols_slope(STEP) * 105.0)
+    assert trend_forecast(tuple(STEP), NOW, 105.0, 120.0) == pytest.approx(56.625)
 
 
 def run_forecasts(spec_: Any, steps: list[tuple[float, float]], h: History) -> History:

@@ -165,6 +165,25 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / var
 
 
+TIME_SLACK_S = 1.0  # decisions come a little late or early: a sample this much past the window still marks its start
+
+
+def last_window_slope(samples: list[tuple[float, float]], now: float, window_s: float) -> float | None:
+    """The slope over the last rate window (a little slack for decisions that jitter): least squares
+    over its samples, or, with fewer than three (decisions half a window apart or more), from the
+    sample nearest one window back to the newest. None when no sample lies at least half a window
+    back (nothing to measure a window's change by)."""
+    within = [s for s in samples if now - s[0] <= window_s + TIME_SLACK_S]
+    if len(within) >= 3:
+        return _slope(within)
+    back = [s for s in samples[:-1] if now - s[0] >= window_s / 2]
+    if not back or not samples:
+        return None
+    t0, v0 = min(back, key=lambda s: abs(now - s[0] - window_s))
+    t1, v1 = samples[-1]
+    return (v1 - v0) / (t1 - t0) if t1 > t0 else None
+
+
 def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon_s: float, window_s: float) -> float | None:
     """Current rate plus the upward trend over the horizon (least squares over recent samples).
 
@@ -175,7 +194,8 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     after it came; past that, the slope over the reach still carried the step and extrapolated a
     load that had levelled off (onoff-14's first burst, flat at 45 req/s, was planned as 86 for two
     minutes: six replicas where three carried it, held for the scale-down window). A ramp still
-    under way rises within the last window too.
+    under way rises within the last window too. (A rate window as long as the reach changes
+    nothing: its rates lag a step for that long, and the rise they show is still arriving.)
     """
     if not samples:
         return None
@@ -186,7 +206,7 @@ def trend_forecast(samples: tuple[tuple[float, float], ...], now: float, horizon
     if slope is None:
         return current
     if slope > 0:
-        last = _slope([s for s in recent if now - s[0] <= window_s])
+        last = last_window_slope(recent, now, window_s)
         slope = slope if last is None else min(slope, last)
     if slope <= 0:
         return current
