@@ -140,8 +140,17 @@ def test_chart_renders(bed: Bed) -> None:
     for bad, says in ((["--set", "replicacount=2"], "additional properties 'replicacount' not allowed"),
                       (["--set", "logFormat=xml"], "/logFormat"),
                       (["--set", "prometheus.credentialsSecret=c", "--set", "prometheus.endpoints[0].name=t", "--set",
-                        "prometheus.endpoints[0].url=http://p:9090", "--set", "prometheus.endpoints[0].namespaceSecret=c"],
-                       "the operator's own credentialsSecret")):
+                        "prometheus.endpoints[0].url=https://p:9090", "--set", "prometheus.endpoints[0].namespaceSecret=c"],
+                       "the operator's own credentialsSecret"),
+                      # A credential over plain http:// off the operator's host, refused at template time
+                      # as the operator refuses it at start.
+                      (["--set", "prometheus.bearerTokenFile=/etc/llmscale/credentials/token"],
+                       "is plain http:// and prometheus.bearerTokenFile is set"),
+                      (["--set", "prometheus.endpoints[0].name=t", "--set", "prometheus.endpoints[0].url=http://p:9090",
+                        "--set", "prometheus.endpoints[0].namespaceSecret=tok"],
+                       "prometheus.endpoints t: http://p:9090 is plain http://"),
+                      (["--set", "prometheus.endpoints[0].name=t", "--set", "prometheus.endpoints[0].url=https://p:9090",
+                        "--set", "prometheus.endpoints[0].allowPlainHttp=true"], "additional properties 'allowPlainHttp'")):
         r = subprocess.run([str(helm), "template", "llmscale", str(ROOT / "charts/llmscale"), *bad], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and says in r.stderr, r.stderr
     # The chart's alerts are valid PromQL and alerting rules (promtool, from the Prometheus package).

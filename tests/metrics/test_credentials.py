@@ -720,6 +720,20 @@ def test_a_credential_goes_over_plain_http_only_to_the_operators_own_host(
     assert "t0ken" not in caplog.text and "plain http://" not in caplog.text
 
 
+def test_a_credential_sent_without_checking_the_certificate_is_said_at_start(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken")
+    with caplog.at_level(logging.WARNING, logger="llmscale.metrics"):
+        Endpoints.build(Endpoint(name="default", url="https://prom:9090", bearer_token_file=str(token),
+                                 insecure_skip_verify=True),
+                        EndpointsConfig(endpoints=[Endpoint(name="open", url="https://prom-open:9090", insecure_skip_verify=True)]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "Prometheus endpoint 'default' sends its credential without checking the server's certificate "
+        "(insecureSkipVerify): whoever can intercept the connection can take it"]
+    assert "t0ken" not in caplog.text
+
+
 def test_a_trusted_plain_http_path_is_allowed_and_said_at_start(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """allowPlainHTTP (the chart's prometheus.allowPlainHTTP, or the key on an endpoint of the file)
     lets the credential go over http:// where the platform team trusts the path, and says so once."""

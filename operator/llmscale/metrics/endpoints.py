@@ -238,6 +238,9 @@ class Endpoints:
                                         f"http:// to {urlsplit(ep.url).hostname}; use https://, or set allowPlainHTTP "
                                         f"on it where the network path is trusted")
                 log.warning("Prometheus endpoint %r sends its credential over plain http:// (allowPlainHTTP)", ep.name)
+            if ep.insecure_skip_verify and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
+                log.warning("Prometheus endpoint %r sends its credential without checking the server's certificate "
+                            "(insecureSkipVerify): whoever can intercept the connection can take it", ep.name)
         if config:
             for u in config.allowed_urls:
                 why = plain_url_problem(u)
