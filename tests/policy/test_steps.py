@@ -422,7 +422,7 @@ RAMP = [(NOW - 120.0 + 15.0 * i, 10.0 + 1.5 * i) for i in range(9)]  # +0.1 req/
 # ago), then flat for the last window.
 STEP = [(NOW - 120.0 + 15.0 * i, r) for i, r in enumerate((2.0, 11.5, 21.0, 30.5, 40.0, 40.0, 40.0, 40.0, 40.0))]
 TURNED = STEP[:-2] + [(NOW - 15.0, 38.0), (NOW, 36.0)]  # the burst already falling within the window
-SPARSE = [(NOW - 90.0, 10.0), (NOW - 45.0, 14.5), (NOW, 19.0)]  # decisions 45 s apart: one sample in the last window but now
+SPARSE = [(NOW - 90.0, 10.0), (NOW - 45.0, 16.0), (NOW, 19.0)]  # decisions 45 s apart, the rise slowing
 SPARSE_STEP = [(NOW - 90.0, 2.0), (NOW - 45.0, 40.0), (NOW, 40.0)]  # the same spacing, a step that levelled off
 # Decisions 30 s apart, the one a window back 0.4 ms late: it still marks the window's start.
 JITTER = [(NOW - 120.0, 2.0), (NOW - 90.0, 21.0), (NOW - 60.0004, 40.0), (NOW - 30.0, 40.0), (NOW, 40.0)]
@@ -434,10 +434,12 @@ TREND = [
     # levelled-off step planned as a ramp.
     ("a step that levelled off a window ago: the load now, not the step's slope", STEP, 40.0),
     ("a rise that turned down within the last window: the load now", TURNED, 36.0),
-    ("decisions half a window apart, rising: the change since the sample nearest one window back", SPARSE,
-     19.0 + 0.5 * (4.5 / 45.0) * 105.0),
+    # Two samples in the last window: the change since the one nearest a window back (3 in 45 s), not
+    # the reach's slope (0.1).
+    ("decisions 45 s apart, a rise slowing: the change since the sample nearest one window back", SPARSE,
+     19.0 + 0.5 * (3.0 / 45.0) * 105.0),
     # The reach's slope (0.422) said 62.2; the change over the last 45 s is none.
-    ("decisions half a window apart, a step that levelled off: the load now", SPARSE_STEP, 40.0),
+    ("decisions 45 s apart, a step that levelled off: the load now", SPARSE_STEP, 40.0),
     ("a decision that came a little late still marks the window's start", JITTER, 40.0),
     ("a rise all within the last window: its own slope", [(NOW - 20.0, 30.0), (NOW - 10.0, 35.0), (NOW, 40.0)],
      40.0 + 0.5 * 0.5 * 105.0),
@@ -450,6 +452,13 @@ TREND = [
 def test_trend_forecast(samples: list[tuple[float, float]], expect: float | None) -> None:
     got = trend_forecast(tuple(samples), NOW, 105.0, 60.0)
     assert got == (None if expect is None else pytest.approx(expect))
+
+
+def test_a_sample_just_past_the_window_does_not_lift_a_levelled_step() -> None:
+    """Review: a 1 s slack let the sample 60.5 s back (still rising) into the least squares of a
+    step that had levelled off, decisions 20 s apart: 50.7 req/s planned for a flat 40."""
+    step = [(NOW - 100.0, 2.0), (NOW - 80.0, 15.0), (NOW - 60.5, 28.0), (NOW - 40.0, 40.0), (NOW - 20.0, 40.0), (NOW, 40.0)]
+    assert trend_forecast(tuple(step), NOW, 105.0, 60.0) == pytest.approx(40.0)
 
 
 def test_the_last_windows_slope_needs_a_sample_half_a_window_back() -> None:

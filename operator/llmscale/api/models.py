@@ -398,7 +398,8 @@ class VariantSwitch(_Model):
 
     dwell: Duration = Field(
         "15m",
-        description="Least time on one shape before the next switch, and before a shape that failed to start is tried again.",
+        description="Least time on one shape before a switch for a saving, and before a shape that failed to start is tried "
+                    "again. A switch away from a shape that cannot carry the load within the ceilings goes at once.",
     )
     unschedulable_timeout: Duration = Field(
         "5m",

@@ -165,15 +165,13 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / var
 
 
-TIME_SLACK_S = 1.0  # decisions come a little late or early: a sample this much past the window still marks its start
-
-
 def last_window_slope(samples: list[tuple[float, float]], now: float, window_s: float) -> float | None:
-    """The slope over the last rate window (a little slack for decisions that jitter): least squares
-    over its samples, or, with fewer than three (decisions half a window apart or more), from the
-    sample nearest one window back to the newest. None when no sample lies at least half a window
-    back (nothing to measure a window's change by)."""
-    within = [s for s in samples if now - s[0] <= window_s + TIME_SLACK_S]
+    """The slope over the last rate window: least squares over its samples, or, with fewer than
+    three in it (decisions a third of a window apart or more, or one a little late), from the sample
+    nearest one window back to the newest; then None when no sample lies at least half a window
+    back (nothing to measure a window's change by). No slack past the window: an older sample comes
+    from the rise itself and would lift the slope of a load that levelled off."""
+    within = [s for s in samples if now - s[0] <= window_s]
     if len(within) >= 3:
         return _slope(within)
     back = [s for s in samples[:-1] if now - s[0] >= window_s / 2]
