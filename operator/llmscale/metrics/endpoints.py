@@ -88,6 +88,11 @@ class Endpoint(_Config):
                     "namespace (key `token`, or `username` and `password`), never with another namespace's; the "
                     "operator's own credential files are not used for this endpoint.")
 
+    @property
+    def sends_credential(self) -> bool:
+        """Reads carry a credential: the operator's files, or each namespace's own Secret."""
+        return bool(self.bearer_token_file or self.basic_auth or self.namespace_secret)
+
     @model_validator(mode="after")
     def _one_credential(self) -> Endpoint:
         if self.namespace_secret and (self.bearer_token_file or self.basic_auth):
@@ -230,7 +235,7 @@ class Endpoints:
             if ep.name in eps.by_name:
                 raise EndpointError(f"Prometheus endpoint {ep.name!r} is configured twice")
             eps.by_name[ep.name] = ep
-            if plain_http_off_host(ep.url) and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
+            if plain_http_off_host(ep.url) and ep.sends_credential:
                 # Anyone on the path between the operator and that endpoint could read the credential:
                 # refused unless the platform team says the path is trusted, and then said at start.
                 if not ep.allow_plain_http:
@@ -238,7 +243,7 @@ class Endpoints:
                                         f"http:// to {urlsplit(ep.url).hostname}; use https://, or set allowPlainHTTP "
                                         f"on it where the network path is trusted")
                 log.warning("Prometheus endpoint %r sends its credential over plain http:// (allowPlainHTTP)", ep.name)
-            if ep.insecure_skip_verify and (ep.bearer_token_file or ep.basic_auth or ep.namespace_secret):
+            if ep.insecure_skip_verify and ep.sends_credential:
                 log.warning("Prometheus endpoint %r sends its credential without checking the server's certificate "
                             "(insecureSkipVerify): whoever can intercept the connection can take it", ep.name)
         if config:

@@ -175,7 +175,7 @@ def last_window_slope(samples: list[tuple[float, float]], now: float, window_s: 
     if len(within) >= 3:
         return _slope(within)
     back = [s for s in samples[:-1] if now - s[0] >= window_s / 2]
-    if not back or not samples:
+    if not back:
         return None
     t0, v0 = min(back, key=lambda s: abs(now - s[0] - window_s))
     t1, v1 = samples[-1]
