@@ -15,6 +15,8 @@ from llmscale.policy.types import Signals
 
 Key = tuple[str, str]  # (namespace, name)
 
+NO_SERIES = "no series for this deployment"
+
 
 def sample_value(sample: dict[str, Any]) -> tuple[float | None, str | None]:
     """A Prometheus instant-vector sample's value, or None with the reason it is unusable."""
@@ -131,7 +133,7 @@ def build_signals(
         if not samples:
             vals[name] = None
             if name not in ("gatewayPending", "gpuUtilization"):
-                unknown[name] = "no series for this deployment"
+                unknown[name] = NO_SERIES
             continue
         v, why = samples[0].value, samples[0].why
         if v is None:
@@ -185,10 +187,13 @@ def build_signals(
 
     waiting = vals.get("requestsWaiting")
     pending = vals.get("gatewayPending")
-    if pending is not None:
+    if pending is not None and (waiting is not None or unknown.get("requestsWaiting") == NO_SERIES):
+        # The gateway's queue adds to vLLM's, and stands for it where vLLM has no series (no pods:
+        # the requests wait at the gateway). A vLLM queue that was read and is unusable (NaN, a
+        # malformed sample) stays unknown: the gateway's count is not the whole queue then.
         waiting = (waiting or 0.0) + pending
         unknown.pop("requestsWaiting", None)
-    elif spec.scaling.scale_to_zero.demand is not None and "gatewayDemand" not in unknown:
+    elif pending is None and spec.scaling.scale_to_zero.demand is not None and "gatewayDemand" not in unknown:
         unknown["gatewayDemand"] = "no series for the gateway's demand signal (scaleToZero.demand)"
     return Signals(
         ttft_quantile=ttft_q,

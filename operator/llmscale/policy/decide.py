@@ -54,7 +54,12 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 10. Bounds and ceilings: they always win.
     bounded = ceilings(spec, running, stable.proposal, idle.to_zero)
     # 11. The pod shape (vertical), with hysteresis, a dwell time and rollback.
-    shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now)
+    # A switch for a saving retires pods: it waits while a scale-down would (unknown metrics, the
+    # panic hold, the scale-down window, scaleDown.maxStep held today's pods above the plan).
+    held = "signals unknown" if gate.unknown_critical else (
+        f"the scale-down to {steady.replicas} is held at {stable.proposal.replicas}"
+        if stable.proposal.replicas > steady.replicas else None)
+    shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now, held)
     # 12. Replicas per shape now: make before break, no pod created over a ceiling.
     demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None
     moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec))

@@ -37,17 +37,26 @@ def tolerated(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: 
     tol = spec.scaling.tolerance
     if tol <= 0 or planned <= 1:
         return planned
-    # Both tests only get easier with more replicas (capacity never shrinks with the fleet): step
-    # down from the plan while one fewer still passes them (once, mostly: a 10 % band spans more
-    # than one replica only past a dozen).
+    # Both tests only get easier with more replicas (capacity never shrinks with the fleet): the
+    # fewest that pass. One fewer than the plan is tried first (a 10 % band spans more than one
+    # replica only past a dozen); past that, a bisection (a plan of millions, from a rate no
+    # fleet sees, costs a few lookups, not a step per replica).
     curve = capacity_curve(spec, variant, signals, cap.mix, cap.started)
-    n = planned
-    while n > 1:
-        fewer = (n - 1) * curve.at(n - 1, cap.correction).per_replica
-        if demand > fewer * utilization * (1 + tol) or demand > fewer:
-            break
-        n -= 1
-    return n
+
+    def passes(n: int) -> bool:
+        carried = n * curve.at(n, cap.correction).per_replica
+        return not (demand > carried * utilization * (1 + tol) or demand > carried)
+
+    if not passes(planned - 1):
+        return planned
+    lo, hi = 1, planned - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: CapacityStep, fc: Forecast, current: int) -> Plan:

@@ -63,6 +63,9 @@ class Code(StrEnum):
     """A cheaper (or feasible) pod shape serves the forecast load within the SLO."""
     WAITING_FOR_ROOM = "WaitingForRoom"
     """New pods wait until pods that still hold GPUs (draining, or of the old shape) leave room under the ceilings."""
+    VARIANT_SWITCH_HELD = "VariantSwitchHeld"
+    """A switch for a saving waits while today's pods may not go down (unknown metrics, the panic
+    hold, the scale-down window or scaleDown.maxStep)."""
     VARIANT_SWITCH_FAILED = "VariantSwitchFailed"
     """The new shape's pods could not be scheduled or did not become Ready in time: the old shape is kept."""
     PAUSED = "Paused"

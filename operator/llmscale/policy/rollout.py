@@ -39,15 +39,20 @@ def held(desired: int, pods: PodCounts) -> int:
     return max(desired, pods.live) + pods.terminating
 
 
-def shape_of(spec: LLMDeploymentSpec, workload: Workload, name: str) -> tuple[int, float]:
+def shape_of(spec: LLMDeploymentSpec, workload: Workload, name: str, room: bool = False) -> tuple[int, float]:
     """(GPUs per pod, hourly price per pod) of a variant; a variant gone from the spec keeps the
-    shape its Deployment was rendered with."""
+    shape its Deployment was rendered with. With `room` (the arithmetic of what fits under the
+    ceilings), a pod whose price is unknown (its shape and its price removed from the spec while
+    its pods still serve) counts as costing all of maxHourlyCost: nothing is started beside it
+    that the ceiling might not allow."""
     v = next((x for x in spec.variants if x.name == name), None)
     if v is not None:
         accelerator, gpus = v.accelerator, v.gpus_per_replica
     else:
         accelerator, gpus = workload.shapes.get(name, ("", 1))
     price = spec.cost.price(accelerator) if accelerator else None
+    if price is None and room and spec.cost.hourly_ceiling is not None:
+        return gpus, float(spec.cost.hourly_ceiling)
     return gpus, float(price) * gpus if price is not None else 0.0
 
 
@@ -86,7 +91,7 @@ def keep_beside(spec: LLMDeploymentSpec, serving: Mapping[str, int], old: Mappin
 
 def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, others_gpus: int, others_cost: float) -> int:
     """The most non-terminating pods of the target that the ceilings allow beside what others hold."""
-    gpus, price = shape_of(spec, workload, target.name)
+    gpus, price = shape_of(spec, workload, target.name, room=True)
     term = workload.pods.get(target.name, PodCounts()).terminating
     allowed = 1 << 30
     if spec.cost.max_gpus is not None:
@@ -148,7 +153,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         out[o] = keep
         if keep:
             retiring[o] = keep
-        gpus, price = shape_of(spec, workload, o)
+        gpus, price = shape_of(spec, workload, o, room=True)
         n = held(keep, pods)  # lowering frees nothing until the pods have drained
         others_gpus += n * gpus
         others_cost += n * price
@@ -168,9 +173,13 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         reasons.append(Reason(Code.VARIANT_SWITCH, f"to {t}: {mine.ready}/{replicas} Ready; {kept} kept serving until "
                                                    "the new shape carries the load"))
     if want < replicas:
+        unpriced = [o for o in others if held(out.get(o, 0), workload.pods.get(o, PodCounts()))
+                    and shape_of(spec, workload, o)[1] != shape_of(spec, workload, o, room=True)[1]]
+        why_unpriced = (f"; {', '.join(unpriced)} has no price in cost.prices: its pods count as all of maxHourlyCost"
+                        if unpriced else "")
         reasons.append(Reason(Code.WAITING_FOR_ROOM, f"{replicas - want} x {t} wait for room under the ceilings "
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
-                                                     f"{mine.terminating} x {t} draining)"))
+                                                     f"{mine.terminating} x {t} draining){why_unpriced}"))
     return Rollout(out, tuple(reasons), replicas - want, retiring)
 
 
@@ -207,11 +216,11 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     else:
         keep_serving = 0.0  # short of the load itself: the SLO is missed either way, the new pod helps most
     # What will be held once the pods being released and those draining are gone.
-    g_t, p_t = shape_of(spec, workload, t)
+    g_t, p_t = shape_of(spec, workload, t, room=True)
     held_g, held_c = mine.live * g_t, mine.live * p_t
     for o, n in out.items():
         if o != t:
-            g, p = shape_of(spec, workload, o)
+            g, p = shape_of(spec, workload, o, room=True)
             held_g += n * g
             held_c += n * p
     need_g = held_g + g_t - spec.cost.max_gpus if spec.cost.max_gpus is not None else 0
@@ -241,7 +250,7 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
         return carried(spec, {t: mine.ready, **left_after(o)}, per_replica)
 
     for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
-        g, p = shape_of(spec, workload, o)
+        g, p = shape_of(spec, workload, o, room=True)
         while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and pays(o)
                and still_serving(o) >= keep_serving):
             freed[o] = freed.get(o, 0) + 1

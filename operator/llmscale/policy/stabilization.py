@@ -42,7 +42,9 @@ def stabilize(
     and of the newest recommendation before it (it stands until the next): "carried" when that one
     alone holds the scale-down."""
     if desired > current and up_window_s > 0:
-        window = [r for t, r in recommendations if now - t <= up_window_s] + [desired]
+        # Recommendations dated after now (a clock that stepped back) hold nothing up: a scale-up
+        # held by them would wait as long as the step. (In the down window they hold, the safe side.)
+        window = [r for t, r in recommendations if 0 <= now - t <= up_window_s] + [desired]
         held = max(current, min(window))
         if held < desired:
             return held, "up"

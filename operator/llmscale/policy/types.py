@@ -205,6 +205,8 @@ def _pairs(kind: Callable[[Any], Any]) -> Callable[[Any], tuple[tuple[float, Any
             raise ValueError("not a list")
         out = []
         for item in v:
+            if not isinstance(item, list | tuple) or len(item) != 2:
+                raise ValueError("not a pair")
             t, x = item
             t = float(t)
             x = kind(x)
@@ -355,7 +357,9 @@ class History:
                 continue
             try:
                 kept[name] = parse(d[key])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, LookupError, ArithmeticError):
+                # Anything a hand-edited or foreign status can hold there (an object where a pair
+                # was, digits past a float's range): that field is dropped, the others are kept.
                 dropped.append(key)
         if "recommendations" in dropped:
             # The scale-down window's evidence is gone: it must be covered again, as for a new
@@ -423,8 +427,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "mean_output": _opt_float,
     "mix_at": _opt_float,
     "mix_requests": _opt_count_float,
-    "planned_mix": lambda v: None if v is None else (float(v[0]), float(v[1])) if len(v) == 2 and all(
-        math.isfinite(float(x)) and float(x) > 0 for x in v) else _invalid(),
+    "planned_mix": lambda v: None if v is None else (float(v[0]), float(v[1])) if isinstance(v, list | tuple) and len(v) == 2
+        and all(math.isfinite(float(x)) and float(x) > 0 for x in v) else _invalid(),
     "queued_at": _opt_float,
     "ready_seen": _opt_int,
     "ready_grew_at": _opt_float,

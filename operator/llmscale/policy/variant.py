@@ -96,7 +96,7 @@ def no_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant) -> boo
     others_g, others_c = 0, 0.0
     for v in set(workload.desired) | set(workload.pods):
         if v != target.name:
-            g, p = shape_of(spec, workload, v)
+            g, p = shape_of(spec, workload, v, room=True)
             n = held(workload.desired.get(v, 0), workload.pods.get(v, PodCounts()))
             others_g += n * g
             others_c += n * p
@@ -149,11 +149,12 @@ def fits_make_before_break(spec: LLMDeploymentSpec, old: VariantPlan, new: Varia
 
 
 def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signals: Signals, cap: CapacityStep,
-            fc: Forecast, proposal: Proposal, history: History, now: float) -> Shape:
-    """Step 11, with every shape as weighed attached for `llmscale explain`."""
+            fc: Forecast, proposal: Proposal, history: History, now: float, held: str | None = None) -> Shape:
+    """Step 11, with every shape as weighed attached for `llmscale explain`. `held`: why today's pods
+    may not go down now (a switch for a saving then waits; one the running shape needs goes)."""
     caps: dict[str, VariantCapacity] = {}
     plans: list[VariantPlan] = []
-    shape = _variant(spec, workload, current, signals, cap, fc, proposal, history, now, caps, plans)
+    shape = _variant(spec, workload, current, signals, cap, fc, proposal, history, now, caps, plans, held)
     if len(spec.variants) < 2 or not caps:
         return shape
     dwell = parse_duration(spec.scaling.variant_switch.dwell)
@@ -176,7 +177,7 @@ def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signa
 
 def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signals: Signals, cap: CapacityStep,
              fc: Forecast, proposal: Proposal, history: History, now: float, caps: dict[str, VariantCapacity],
-             plans: list[VariantPlan]) -> Shape:
+             plans: list[VariantPlan], held: str | None = None) -> Shape:
     """The shape to run; fills `caps` and `plans` with every shape as weighed."""
     sc = spec.scaling
     dwell = parse_duration(sc.variant_switch.dwell)
@@ -266,6 +267,11 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             # at a time).
             switch = True
         elif cur is not None and best.fits_ceiling and best.cost <= (1 - SAVING_TO_SWITCH) * cur.cost and settled:
+            if held is not None:
+                # It would retire pods a scale-down may not retire now; the candidate keeps its time.
+                return Shape(current, proposal.note(Reason(
+                    Code.VARIANT_SWITCH_HELD, f"{best.capacity.variant.name} would cost {best.cost:.2f}/h against "
+                                              f"{cur.cost:.2f}/h; the switch waits: {held}")), hist, per_replica)
             if not fits_make_before_break(spec, cur, best, workload.pods.get(current.name, PodCounts()).live):
                 # A switch for a saving goes without a gap or not at all.
                 return Shape(current, proposal.note(Reason(

@@ -1,0 +1,178 @@
+"""Defects a fresh-eyes review of the core found in session 26, one test each; every test here failed
+before its fix (the values main produced are in the docstrings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmscale.api import parse_spec
+from llmscale.metrics.snapshot import build_signals, to_sample
+from llmscale.policy import Code, History, Signals, Workload, decide
+from llmscale.policy.capacity import CapacityCurve
+from llmscale.policy.types import PodCounts
+from tests.conftest import spec_dict
+
+NOW = 10_000.0
+
+H100 = {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1, "coldStart": "90s"}
+A100 = {"name": "a100x1", "accelerator": "nvidia-a100", "gpusPerReplica": 1, "coldStart": "60s"}
+H100X2 = {"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2, "coldStart": "90s"}
+L4 = {"name": "l4x1", "accelerator": "nvidia-l4", "gpusPerReplica": 1, "coldStart": "60s"}
+
+
+def codes(d: Any) -> list[str]:
+    return [r.code.value for r in d.reasons]
+
+
+def test_a_shape_switch_in_flight_teaches_the_capacity_estimate_nothing() -> None:
+    """The rate is the whole fleet's (both shapes) while `ready` counts the new shape's pods: one new
+    pod seemed to carry five old pods' load (main: correction 1.0 -> 4.0 from one window)."""
+    spec = parse_spec(spec_dict(variants=[H100, A100], replicas={"min": 1, "max": 16},
+                                cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-a100": "2.50"}}))
+    s = Signals(ttft_quantile=0.15, itl_quantile=0.02, ttft_attainment=1.0, itl_attainment=1.0, request_rate=40.0,
+                prompt_tokens_rate=40000.0, generation_tokens_rate=8000.0, requests_waiting=0.0, requests_running=30.0,
+                sampled_at=NOW, read_at=NOW)
+    h = History(observing_since=0.0, mean_input=1000.0, mean_output=200.0, mix_requests=500.0, mix_at=NOW - 120)
+    alone = Workload("a100x1", 6, 6, pods={"a100x1": PodCounts(ready=6)})
+    d = decide(spec, alone, s, h.with_(ready_seen=6), NOW)
+    assert d.history.capacity_correction > 1.0  # one shape at this load does teach (the control)
+    mid = Workload("a100x1", 1, 1, pods={"a100x1": PodCounts(ready=1), "h100x1": PodCounts(ready=5)},
+                   desired={"a100x1": 1, "h100x1": 5}, target_since=NOW - 600)
+    d = decide(spec, mid, s, h.with_(ready_seen=1), NOW)
+    assert d.history.capacity_correction == 1.0
+    assert d.history.learned_at is None
+    assert Code.CAPACITY_LEARNED.value not in codes(d)
+
+
+def _saving_switch() -> tuple[Any, History, Workload]:
+    spec = parse_spec(spec_dict(
+        variants=[H100X2, L4], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"], routing="LoadAware",
+        slo={"ttft": {"target": "3s", "percentile": 95}, "interTokenLatency": {"target": "150ms", "percentile": 95}},
+        cost={"maxGPUs": 20, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    hist = History(observing_since=0.0, mean_input=1000.0, mean_output=200.0, mix_requests=500.0, mix_at=NOW - 30,
+                   variant_candidate="l4x1", variant_candidate_since=NOW - 3600,
+                   recommendations=((NOW - 400, 1), (NOW - 200, 1), (NOW - 15, 1)))
+    return spec, hist, Workload("h100x2", 6, 6, pods={"h100x2": PodCounts(ready=6)})
+
+
+def _light(waiting: float | None = 0.0, unknown: dict[str, str] | None = None) -> Signals:
+    return Signals(ttft_quantile=0.1, itl_quantile=0.02, request_rate=1.0, prompt_tokens_rate=1000.0,
+                   generation_tokens_rate=200.0, requests_waiting=waiting, requests_running=2.0, sampled_at=NOW,
+                   unknown=unknown or {})
+
+
+def test_a_saving_switch_waits_while_metrics_are_unknown() -> None:
+    """main: 6 x h100x2 -> 3 x l4x1 with 1 x h100x2 kept (five serving pods released in one applied
+    decision) while its own reasons said "scale-down disabled"."""
+    spec, hist, w = _saving_switch()
+    d = decide(spec, w, _light(None, {"requestsWaiting": "ignored: NaN"}), hist, NOW)
+    assert (d.action, d.to_replicas, d.variant, d.replicas_by_variant) == ("NoChange", 6, "h100x2", {"h100x2": 6})
+    assert codes(d) == ["CapacityPlan", "MetricsUnknown", "VariantSwitchHeld"]
+    assert d.reasons[-1].message.endswith("the switch waits: signals unknown")
+    assert d.history.variant_candidate == "l4x1" and d.history.variant_candidate_since == NOW - 3600
+
+
+def test_a_saving_switch_waits_out_the_panic_hold_and_the_step_limit() -> None:
+    """main: the switch released five of six pods under the panic hold, and past scaleDown.maxStep 1."""
+    spec, hist, w = _saving_switch()
+    d = decide(spec, w, _light(), hist.with_(panic_until=NOW + 60), NOW)
+    assert (d.action, d.replicas_by_variant) == ("NoChange", {"h100x2": 6})
+    assert codes(d) == ["CapacityPlan", "PanicMode", "VariantSwitchHeld"]
+    d = decide(spec, w, _light(), hist, NOW)
+    assert (d.action, d.to_replicas, d.replicas_by_variant) == ("ScaleDown", 5, {"h100x2": 5})
+    assert codes(d) == ["CapacityPlan", "RateLimitedDown", "VariantSwitchHeld"]
+    assert d.reasons[-1].message.endswith("the switch waits: the scale-down to 1 is held at 5")
+    # Once the running shape is down to its plan nothing holds it: the saving switch goes.
+    d = decide(spec, Workload("h100x2", 1, 1, pods={"h100x2": PodCounts(ready=1)}), _light(), hist, NOW)
+    assert d.variant == "l4x1" and "VariantSwitch" in codes(d)
+
+
+def _read(waiting: str | None, pending: str | None) -> Signals:
+    spec = parse_spec(spec_dict(replicas={"min": 0, "max": 8}, scaling={
+        "interval": "15s", "scaleToZero": {"enabled": True, "demand": {"inferencePool": "chat"}}}))
+    key = ("ns", "llm")
+
+    def one(v: str) -> list[Any]:
+        return [to_sample({"metric": {"namespace": "ns", "llmd": "llm"}, "value": [NOW, v]})]
+
+    results: dict[str, Any] = {"freshness": {key: one(str(NOW - 5))}, "requestRate": {key: one("2.0")},
+                               "requestsRunning": {key: one("4")}}
+    if waiting is not None:
+        results["requestsWaiting"] = {key: one(waiting)}
+    if pending is not None:
+        results["gatewayPending"] = {key: one(pending)}
+    return build_signals(spec, key, results, NOW, 30.0)
+
+
+def test_an_unusable_vllm_queue_stays_unknown_beside_the_gateways() -> None:
+    """main: vLLM's NaN queue became 0 + the gateway's 0, 'all signals read', and 6 -> 1."""
+    s = _read("NaN", "0")
+    assert s.requests_waiting is None
+    assert s.unknown["requestsWaiting"] == "ignored: NaN"
+    assert "gatewayDemand" not in s.unknown
+    # Read, the two queues add up; with no vLLM series (no pods) the gateway's queue is the queue.
+    assert _read("3", "2").requests_waiting == 5.0 and "requestsWaiting" not in _read("3", "2").unknown
+    s = _read(None, "7")
+    assert s.requests_waiting == 7.0 and "requestsWaiting" not in s.unknown
+
+
+def test_a_plan_of_millions_costs_a_few_capacity_lookups(monkeypatch: Any) -> None:
+    """A finite but absurd rate (a counter glitch, a hand-edited rate sample) planned 66 million
+    replicas and the tolerance band stepped down from there one replica at a time (main: 12 s for
+    one decision at 1e9 req/s, over a minute at 1e12)."""
+    spec = parse_spec(spec_dict())
+    calls = 0
+    real = CapacityCurve.at
+
+    def counted(self: CapacityCurve, replicas: int, correction: float) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, replicas, correction)
+
+    monkeypatch.setattr(CapacityCurve, "at", counted)
+    s = Signals(ttft_quantile=0.2, itl_quantile=0.03, request_rate=1e9, prompt_tokens_rate=1e12,
+                generation_tokens_rate=2e11, requests_waiting=0.0, requests_running=5.0, sampled_at=NOW)
+    d = decide(spec, Workload("h100x1", 2, 2), s, History(), NOW)
+    assert d.estimate.planned_replicas is not None and d.estimate.planned_replicas > 10**7
+    assert (d.action, d.to_replicas) == ("ScaleUp", 6)  # scaleUp.maxStep 4
+    assert calls < 200
+
+
+def test_a_malformed_history_field_is_dropped_alone() -> None:
+    """main: plannedMix as an object raised KeyError out of the parse (every tick failed); the
+    string "12" was read as the mix (1, 2), and ["15", "95"] as two rate samples."""
+    h, dropped = History.parse({"capacityCorrection": 0.7, "plannedMix": {"1": 1000, "2": 200}})
+    assert (h.capacity_correction, h.planned_mix, dropped) == (0.7, None, ("plannedMix",))
+    h, dropped = History.parse({"capacityCorrection": 0.7, "plannedMix": "12", "rateSamples": ["15", "95"]})
+    assert (h.capacity_correction, h.planned_mix, h.rate_samples) == (0.7, None, ())
+    assert set(dropped) == {"plannedMix", "rateSamples"}
+    h, dropped = History.parse({"capacityCorrection": 0.7, "lastScaleAt": 10**400})
+    assert (h.capacity_correction, h.last_scale_at, dropped) == (0.7, None, ("lastScaleAt",))
+
+
+def test_a_retiring_shape_without_a_price_leaves_no_room_under_the_cost_ceiling() -> None:
+    """Its variant and price removed from the spec while 3 of its pods serve: main counted them as
+    free and started 3 H100 pods (25.00/h at the A100's real price against a 16.00/h ceiling)."""
+    spec = parse_spec(spec_dict(variants=[H100], replicas={"min": 1, "max": 8},
+                                cost={"maxHourlyCost": "16.00", "prices": {"nvidia-h100": "4.00"}}))
+    w = Workload("h100x1", 1, 1, pods={"h100x1": PodCounts(ready=1), "a100x1": PodCounts(ready=3)},
+                 desired={"h100x1": 1, "a100x1": 3}, shapes={"a100x1": ("nvidia-a100", 1), "h100x1": ("nvidia-h100", 1)})
+    s = Signals(ttft_quantile=0.2, itl_quantile=0.03, request_rate=60.0, prompt_tokens_rate=60000.0,
+                generation_tokens_rate=12000.0, requests_waiting=0.0, requests_running=20.0, sampled_at=NOW)
+    d = decide(spec, w, s, History(observing_since=0.0), NOW)
+    assert d.replicas_by_variant == {"h100x1": 1, "a100x1": 3}
+    assert codes(d) == ["CapacityPlan", "VariantSwitch", "WaitingForRoom"]
+    assert d.reasons[-1].message.endswith("a100x1 has no price in cost.prices: its pods count as all of maxHourlyCost")
+
+
+def test_recommendations_dated_after_now_hold_no_scale_up() -> None:
+    """The clock stepped back five minutes: main kept 2 replicas through a 4x TTFT breach, the
+    'future' recommendations inside the scale-up window until the clock caught up."""
+    spec = parse_spec(spec_dict(scaling={"interval": "15s", "scaleUp": {"stabilizationWindow": "30s", "maxStep": 4}}))
+    s = Signals(ttft_quantile=2.0, itl_quantile=0.03, ttft_attainment=0.5, request_rate=60.0, prompt_tokens_rate=60000.0,
+                generation_tokens_rate=12000.0, requests_waiting=30.0, requests_running=40.0, sampled_at=0.0)
+    recs = tuple((t, 2) for t in (9_700.0, 9_715.0, 9_730.0))
+    d = decide(spec, Workload("h100x1", 2, 2), s, History(observing_since=0.0, recommendations=recs), 9_445.0)
+    d = decide(spec, Workload("h100x1", 2, 2), s, d.history, 9_480.0)
+    assert (d.action, d.to_replicas) == ("ScaleUp", 5)
+    assert "ScaleUpStabilized" not in codes(d)
