@@ -136,3 +136,13 @@ def test_simulate_routing_overrides_the_deployment_and_is_reported(capsys: pytes
     assert "; routing LoadAware (a gateway picks the least-loaded pod)" in capsys.readouterr().out
     r = run("simulate", "--routing", "RoundRobin")
     assert r.returncode == 2 and "invalid choice: 'RoundRobin'" in r.stderr
+
+
+def test_explain_reads_the_time_status_was_written() -> None:
+    """explain says when the status it replays from is older than two intervals (the operator writes
+    only changes): it needs the write's time, as status gives it."""
+    from llmscale.cli import _epoch
+
+    assert _epoch("2026-12-07T02:23:51Z") == 1796610231.0
+    assert _epoch("2026-12-07T02:23:51.500000+00:00") == 1796610231.5
+    assert _epoch("yesterday") is None and _epoch(None) is None

@@ -186,6 +186,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .api.crd import PLURAL
     from .api.models import explain_errors, parse_spec
+    from .api.units import parse_duration
     from .controller.kube import Kube, observe_workload
     from .metrics.endpoints import EndpointError
     from .metrics.prometheus import PrometheusReader
@@ -265,7 +266,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
     last = status.get("lastDecision")
     if last:
         print(f"\nlast decision by the operator at {last.get('time')}: {last.get('action')} {last.get('from')} -> {last.get('to')}")
+        written = _epoch(last.get("time"))
+        interval = parse_duration(spec.scaling.interval)
+        if written is not None and now - written > 2 * interval:
+            # The operator writes status only when something a user reads changes and decides from its
+            # own memory in between: this replay starts from the last write, whose history stops there.
+            print(f"  status was written {now - written:.0f}s ago (only changes are written); this replay starts from "
+                  "that write, so a window or a hold may read differently from the operator's own decision, whose live "
+                  "view is its metrics (llmscale_desired_replicas, llmscale_decisions_total)")
     return 0
+
+
+def _epoch(stamp: Any) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time as status writes it, or None."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def cmd_fleet_sim(args: argparse.Namespace) -> int:
