@@ -39,16 +39,26 @@ def test_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.Cap
     ({"LLMSCALE_PROMETHEUS_BEARER_TOKEN_FILE": "/dev/null"},
      ["run", "--kubeconfig", "KUBECONFIG", "--prometheus-url", "http://prometheus.monitoring:9090"],
      "'default' would send its credential over plain http:// to prometheus.monitoring"),
+    # Review (session 26): the refusal of a URL with a password printed the URL, password and all.
+    ({}, ["run", "--kubeconfig", "KUBECONFIG", "--prometheus-url", "https://user:s3cr3t@prom:9090"],
+     "--prometheus-url (LLMSCALE_PROMETHEUS_URL): an endpoint URL carries a user"),
+    ({"LLMSCALE_PROMETHEUS_ENDPOINTS_FILE": "ALLOWED"}, ["run", "--kubeconfig", "KUBECONFIG"],
+     "allowedURLs entry 1 (host prom.example) carries a user"),
+    ({"LLMSCALE_NAMESPACES": "team-a"}, ["run", "--kubeconfig", "KUBECONFIG"], "a list setting takes JSON"),
 ])
 def test_run_refuses_bad_configuration_in_one_line(env: dict[str, str], args: list[str], message: str, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
                           "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
                           "current-context: x\n")
+    allowed = tmp_path / "endpoints.yaml"
+    allowed.write_text('allowedURLs:\n  - "https://admin:hunter2@prom.example:9090"\n')
+    env = {k: str(allowed) if v == "ALLOWED" else v for k, v in env.items()}
     r = subprocess.run([sys.executable, "-m", "llmscale.cli", *[str(kubeconfig) if a == "KUBECONFIG" else a for a in args]],
                        capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "s3cr3t" not in r.stderr and "hunter2" not in r.stderr
 
 
 def test_invalid_deployment_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

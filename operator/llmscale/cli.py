@@ -161,9 +161,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         "disruption_budget": args.disruption_budget,
     }.items() if v is not None}
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         settings = OperatorSettings(**overrides)
+    except SettingsError as e:
+        # A variable that is not even of its type's form, e.g. LLMSCALE_NAMESPACES=team-a (a list takes JSON).
+        print(f"llmscale run: {e} (a list setting takes JSON, e.g. LLMSCALE_NAMESPACES='[\"team-a\"]')", file=sys.stderr)
+        return 2
     except ValidationError as e:
         # A bad LLMSCALE_* variable or flag: one line naming it, not a traceback.
         err = e.errors()[0]

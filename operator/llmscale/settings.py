@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llmscale.metrics.endpoints import DEFAULT, Endpoint, Endpoints, load_config
+from llmscale.metrics.endpoints import DEFAULT, Endpoint, EndpointError, Endpoints, load_config
 
 
 class OperatorSettings(BaseSettings):
@@ -30,10 +30,15 @@ class OperatorSettings(BaseSettings):
         from the endpoints file. Raises EndpointError on a file that cannot be used."""
         default = None
         if self.prometheus_url:
-            default = Endpoint(name=DEFAULT, url=self.prometheus_url, bearer_token_file=self.prometheus_bearer_token_file,
-                               ca_file=self.prometheus_ca_bundle, insecure_skip_verify=self.prometheus_insecure_skip_verify,
-                               allow_plain_http=self.prometheus_allow_plain_http,
-                               timeout_seconds=self.prometheus_timeout_s)
+            try:
+                default = Endpoint(name=DEFAULT, url=self.prometheus_url, bearer_token_file=self.prometheus_bearer_token_file,
+                                   ca_file=self.prometheus_ca_bundle, insecure_skip_verify=self.prometheus_insecure_skip_verify,
+                                   allow_plain_http=self.prometheus_allow_plain_http,
+                                   timeout_seconds=self.prometheus_timeout_s)
+            except ValidationError as e:
+                # The message only: pydantic's text repeats the input, and a URL may carry a password.
+                msg = e.errors()[0].get("msg", "invalid").removeprefix("Value error, ")
+                raise EndpointError(f"--prometheus-url (LLMSCALE_PROMETHEUS_URL): {msg}") from None
         config = load_config(self.prometheus_endpoints_file) if self.prometheus_endpoints_file else None
         return Endpoints.build(default, config)
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of the operator's own /metrics; 0 disables.")

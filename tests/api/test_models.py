@@ -81,6 +81,12 @@ BAD = [
     ("no variants", {"variants": []}, "spec.variants"),
     ("both speed units", {"slo": {"streamSpeed": {"tokensPerSecond": 10, "wordsPerMinute": 600}}}, "set exactly one"),
     ("itl twice", {"slo": {"interTokenLatency": {"target": "50ms"}, "streamSpeed": {"tokensPerSecond": 10}}}, "not both"),
+    # Review (session 26): these gave an inter-token target of '0.0ms', or one too long for its own
+    # field, which raised at every read of the endpoint's batch (every deployment on it held).
+    ("speed past 1000 tokens/s", {"slo": {"streamSpeed": {"wordsPerMinute": 60000, "wordsPerToken": 1e-6}}},
+     "0.01 to 1000 tokens per second"),
+    ("speed under 0.01 tokens/s", {"slo": {"streamSpeed": {"wordsPerMinute": 1e-30}}}, "0.01 to 1000 tokens per second"),
+    ("tokens/s near zero", {"slo": {"streamSpeed": {"tokensPerSecond": 1e-30}}}, "spec.slo.streamSpeed.tokensPerSecond"),
     ("gpus too many", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 16}]}, "gpusPerReplica"),
     ("maxGPUs below every variant", {"cost": {"maxGPUs": 2}, "variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 4}]},
      "no replica could ever run"),

@@ -266,10 +266,13 @@ def test_an_endpoints_file_that_cannot_be_used_is_one_line(tmp_path: Path) -> No
         Endpoints.build(Endpoint(name="default", url="http://a"), EndpointsConfig(endpoints=[Endpoint(name="default", url="http://b")]))
 
 
-def test_a_malformed_series_holds_only_its_own_deployment(servers: tuple[Recorder, Recorder]) -> None:
-    """A non-numeric `le` in one deployment's TTFT buckets: that deployment holds, its neighbour is read."""
+@pytest.mark.parametrize("le", ["fast", "NaN", "-1", "-Inf"])
+def test_a_malformed_series_holds_only_its_own_deployment(servers: tuple[Recorder, Recorder], le: str) -> None:
+    """A non-numeric `le` in one deployment's TTFT buckets: that deployment holds, its neighbour is read.
+    (Review, session 26: "NaN" passed float() and came out as a NaN quantile, 'SLO met' and a status
+    patch that is not JSON.)"""
     good, _ = servers
-    bad = {"metric": {"namespace": "a", "llmd": "bad", "le": "fast"}, "value": [1.0, "3"]}
+    bad = {"metric": {"namespace": "a", "llmd": "bad", "le": le}, "value": [1.0, "3"]}
     inf = {"metric": {"namespace": "a", "llmd": "bad", "le": "+Inf"}, "value": [1.0, "3"]}
     rate = {"metric": {"namespace": "a", "llmd": "fine"}, "value": [1.0, "2.5"]}
     good.body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [bad, inf, rate]}}).encode()

@@ -163,11 +163,16 @@ class StreamSpeed(_Model):
                 _cel(
                     "has(self.tokensPerSecond) != has(self.wordsPerMinute)",
                     "set exactly one of streamSpeed.tokensPerSecond and streamSpeed.wordsPerMinute",
-                )
+                ),
+                _cel(
+                    "!has(self.wordsPerMinute) || (self.wordsPerMinute / 60.0 / (has(self.wordsPerToken) ? self.wordsPerToken : 0.75)"
+                    " >= 0.01 && self.wordsPerMinute / 60.0 / (has(self.wordsPerToken) ? self.wordsPerToken : 0.75) <= 1000.0)",
+                    "streamSpeed.wordsPerMinute / 60 / wordsPerToken must give 0.01 to 1000 tokens per second",
+                ),
             ]
         }
     )
-    tokens_per_second: float | None = Field(None, gt=0, le=1000, description="Output tokens per second per stream.")
+    tokens_per_second: float | None = Field(None, ge=0.01, le=1000, description="Output tokens per second per stream.")
     words_per_minute: float | None = Field(None, gt=0, le=60000, description="Words per minute per stream, e.g. 250-1000.")
     words_per_token: float = Field(
         DEFAULT_WORDS_PER_TOKEN, gt=0, le=4, description="Words per token of the model's tokenizer (about 0.75 for English)."
@@ -178,6 +183,9 @@ class StreamSpeed(_Model):
     def _one(self) -> StreamSpeed:
         if (self.tokens_per_second is None) == (self.words_per_minute is None):
             raise ValueError("set exactly one of streamSpeed.tokensPerSecond and streamSpeed.wordsPerMinute")
+        if self.words_per_minute is not None and not 0.01 <= self.words_per_minute / 60.0 / self.words_per_token <= 1000:
+            # Past these the inter-token target is under a millisecond or over 100 s: no stream speed.
+            raise ValueError("streamSpeed.wordsPerMinute / 60 / wordsPerToken must give 0.01 to 1000 tokens per second")
         return self
 
     @property

@@ -128,6 +128,14 @@ def plain_http_off_host(url: str) -> bool:
         return host != "localhost"
 
 
+def _host(url: str) -> str:
+    """The host of a URL for a message (never its user or password), or '?' when none can be read."""
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
 def plain_url_problem(url: str) -> str | None:
     """Why `url` is not a plain scheme://host[:port][/path], or None. Anything that URL parsers may
     read differently (userinfo, backslashes, whitespace, queries, fragments) is refused, so the
@@ -247,10 +255,11 @@ class Endpoints:
                 log.warning("Prometheus endpoint %r sends its credential without checking the server's certificate "
                             "(insecureSkipVerify): whoever can intercept the connection can take it", ep.name)
         if config:
-            for u in config.allowed_urls:
+            for i, u in enumerate(config.allowed_urls):
                 why = plain_url_problem(u)
                 if why:
-                    raise EndpointError(f"allowedURLs entry {u!r} {why}")
+                    # Not the URL itself: one written with user:password@ would put the password in the log.
+                    raise EndpointError(f"allowedURLs entry {i + 1} (host {_host(u)}) {why}")
                 eps.allowed.setdefault(origin(u), u)
             eps.allow_query_overrides = config.allow_query_overrides
         return eps

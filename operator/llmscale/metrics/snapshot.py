@@ -77,13 +77,24 @@ def index_by_pool(result: Iterable[dict[str, Any]], pools: dict[tuple[str, str],
     return out
 
 
+def _le(le: Any) -> float:
+    """A bucket's upper edge. ValueError when it is none (not a number, NaN, negative, -Inf): the
+    reader then holds that deployment as a malformed series, never reads a NaN quantile."""
+    if le == "+Inf":
+        return math.inf
+    x = float(le)
+    if not (math.isfinite(x) and x >= 0):
+        raise ValueError("a bucket edge that is not a number")
+    return x
+
+
 def _buckets(samples: list[Sample]) -> list[float] | None:
     """Cumulative per-second bucket rates ordered by le, +Inf last; None if incomplete."""
     by_le: dict[float, float] = {}
     for s in samples:
         if s.le is None or s.value is None:
             continue
-        by_le[math.inf if s.le == "+Inf" else float(s.le)] = s.value
+        by_le[_le(s.le)] = s.value
     if math.inf not in by_le:
         return None
     les = sorted(k for k in by_le if k != math.inf)
@@ -94,7 +105,7 @@ def _buckets(samples: list[Sample]) -> list[float] | None:
 
 
 def _edges(samples: list[Sample]) -> tuple[float, ...]:
-    les = sorted({float(s.le) for s in samples if s.le not in (None, "+Inf")})
+    les = sorted({_le(s.le) for s in samples if s.le not in (None, "+Inf")})
     return tuple(les)
 
 
