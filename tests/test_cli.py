@@ -25,6 +25,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["simulate", "--policy", "magic"], "unknown policy"),
         (["simulate", "--deployment", "/nope.yaml"], "no such file"),
         (["simulate", "--scenario", "step", "--rate-scale", "-1"], "must be positive"),
+        # Review (session 26): NaN passed every check and a scenario ran for ever, growing memory.
+        (["simulate", "--scenario", "step", "--duration", "nan"], "--duration must be positive and finite"),
+        (["simulate", "--scenario", "step", "--rate-scale", "nan"], "must be positive and finite"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         if args.trace and args.scenario:
             raise CLIError("give --trace or --scenario, not both")
+        for flag, v in (("--duration", args.duration), ("--scenario-rate", args.scenario_rate)):
+            if not (v > 0 and math.isfinite(v)):  # NaN ran a scenario for ever
+                raise CLIError(f"{flag} must be positive and finite")
         if args.trace:
             trace = load_trace(args.trace)
         elif args.scenario:

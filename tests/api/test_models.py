@@ -87,6 +87,8 @@ BAD = [
      "0.01 to 1000 tokens per second"),
     ("speed under 0.01 tokens/s", {"slo": {"streamSpeed": {"wordsPerMinute": 1e-30}}}, "0.01 to 1000 tokens per second"),
     ("tokens/s near zero", {"slo": {"streamSpeed": {"tokensPerSecond": 1e-30}}}, "spec.slo.streamSpeed.tokensPerSecond"),
+    # Review (session 26): a misspelt signal ran its query with the operator's credential, its answer unread.
+    ("query for no signal", {"metrics": {"queries": {"requestWaiting": "sum(x)"}}}, "'requestWaiting': not a signal"),
     ("gpus too many", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 16}]}, "gpusPerReplica"),
     ("maxGPUs below every variant", {"cost": {"maxGPUs": 2}, "variants": [{"name": "a", "accelerator": "nvidia-h100", "gpusPerReplica": 4}]},
      "no replica could ever run"),

@@ -7,6 +7,7 @@ several fields sit next to the model they constrain (`x-kubernetes-validations`)
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -30,6 +31,11 @@ DEFAULT_WORDS_PER_TOKEN = 0.75
 
 # Flags that the operator sets itself; a user engine arg that sets them conflicts.
 OPERATOR_OWNED_ENGINE_FLAGS = ("--model", "--port", "--tensor-parallel-size", "--host")
+
+
+# Signals a per-CR query override (spec.metrics.queries) may replace: value queries returning one number.
+QUERY_SIGNALS = ("requestRate", "promptTokensRate", "generationTokensRate", "requestsWaiting", "requestsRunning",
+                 "kvCacheUsage", "gpuUtilization", "ttftQuantile", "interTokenLatencyQuantile")
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -478,12 +484,24 @@ class MetricsSource(_Model):
     queries: dict[str, str] = Field(
         default_factory=dict,
         description="PromQL overrides by signal name (ttftQuantile, interTokenLatencyQuantile, requestsWaiting, requestsRunning, kvCacheUsage, requestRate, promptTokensRate, generationTokensRate, gpuUtilization). Use {namespace} and {name} placeholders.",
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel("self.all(k, k in " + json.dumps(list(QUERY_SIGNALS)) + ")",
+                 "spec.metrics.queries: a key is one of " + ", ".join(QUERY_SIGNALS))]},
     )
 
     @field_validator("rate_window")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
+        return v
+
+    @field_validator("queries")
+    @classmethod
+    def _signals(cls, v: dict[str, str]) -> dict[str, str]:
+        # A misspelt name ran its query with the operator's credential and its answer went nowhere.
+        unknown = sorted(k for k in v if k not in QUERY_SIGNALS)
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not a signal; a key is one of {', '.join(QUERY_SIGNALS)}")
         return v
 
 

@@ -4,6 +4,8 @@ llmscale.io/deployment. Per-CR overrides (spec.metrics.queries) use {namespace} 
 
 from __future__ import annotations
 
+from llmscale.api.models import QUERY_SIGNALS
+
 GROUP = "namespace, llmd"
 
 # Each takes the rate window, e.g. "1m". Bucket queries keep `le` so that any percentile and any
@@ -30,18 +32,8 @@ BATCH: dict[str, str] = {
     "freshness": f"max by ({GROUP}) (timestamp(vllm:num_requests_running))",
 }
 
-# Signals a per-CR override may replace (value queries returning one number).
-OVERRIDABLE = (
-    "requestRate",
-    "promptTokensRate",
-    "generationTokensRate",
-    "requestsWaiting",
-    "requestsRunning",
-    "kvCacheUsage",
-    "gpuUtilization",
-    "ttftQuantile",
-    "interTokenLatencyQuantile",
-)
+# Signals a per-CR override may replace (value queries returning one number): the API model's list.
+OVERRIDABLE = QUERY_SIGNALS
 
 
 def render(template: str, window: str) -> str:

@@ -60,8 +60,8 @@ class Trace:
     def scaled(self, rate_scale: float = 1.0, speedup: float = 1.0, seed: int = 0) -> Trace:
         """Multiply the arrival rate by rate_scale (superposed, jittered copies keep the shape and the
         token mix) and compress time by speedup."""
-        if rate_scale <= 0 or speedup <= 0:
-            raise TraceError("--rate-scale and --speedup must be positive")
+        if not (rate_scale > 0 and speedup > 0 and math.isfinite(rate_scale) and math.isfinite(speedup)):
+            raise TraceError("--rate-scale and --speedup must be positive and finite")
         rng = random.Random(seed)
         out: list[Arrival] = []
         whole = int(math.floor(rate_scale))
