@@ -366,8 +366,12 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                     if replicas > limit:
                         kopf.warn(body, reason="BudgetLimited", message=f"replicas capped at {limit} by {why} (was {replicas})")
                         replicas = desired[variant] = limit
+                # A count someone set by hand (kubectl scale) is left to its owner here, unless a ceiling
+                # cuts it: taking the field over would hide it from the timer, which reports it (an
+                # Event and ReplicasSetOutside) and takes it back at its next change.
+                hand_set = dep.replicas_set_by is not None and replicas == dep.replicas
                 _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), workload.variant or variant,
-                             include_replicas=competing is None)
+                             include_replicas=competing is None and not hand_set)
         Runtime.kube.apply(render_service(dict(body), spec))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
