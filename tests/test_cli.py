@@ -159,3 +159,18 @@ def test_explain_reads_the_time_status_was_written() -> None:
     assert _epoch("2026-12-07T02:23:51Z") == 1796610231.0
     assert _epoch("2026-12-07T02:23:51.500000+00:00") == 1796610231.5
     assert _epoch("yesterday") is None and _epoch(None) is None
+
+
+def test_a_path_of_the_wrong_kind_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review (session 26): a directory, a missing directory, a file where a directory goes, and a
+    file that is not UTF-8 each ended in a traceback."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "latin1.yaml").write_bytes(b"\xff\xfe kind: x")
+    for args, says in ((["crds", "-o", str(tmp_path)], "Is a directory"),
+                       (["crds", "-o", str(tmp_path / "no" / "x.yaml")], "No such file or directory"),
+                       (["simulate", "--scenario", "step", "--duration", "60", "--policy", "static-peak",
+                         "--out", str(tmp_path / "afile")], "a file, not a directory"),
+                       (["simulate", "--deployment", str(tmp_path / "latin1.yaml")], "not UTF-8 text")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err, err

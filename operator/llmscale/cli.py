@@ -74,6 +74,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .sim.traffic import TraceError, load_trace, scenario
     from .sim.twin import SETTLE_S, Twin, has_settled_view
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out}: a file, not a directory")  # said before the run, not after it
     doc, spec = _load_deployment(args.deployment)
     if args.routing:
         spec = spec.model_copy(update={"routing": Routing(args.routing)})
@@ -205,12 +207,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
         config.load_kube_config(config_file=args.kubeconfig)
     except Exception as e:
         raise CLIError(f"cannot load a kubeconfig: {e}") from None
+    from urllib3.exceptions import HTTPError
+
     api = client.CustomObjectsApi()
     try:
         obj: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
             "llmscale.io", "v1alpha1", args.namespace, PLURAL, args.name)
     except ApiException as e:
         raise CLIError(f"LLMDeployment {args.namespace}/{args.name}: {e.reason} ({e.status})") from None
+    except HTTPError as e:  # no API server there (refused, timed out)
+        raise CLIError(f"cannot reach the Kubernetes API server ({type(e).__name__})") from None
     try:
         spec = parse_spec(obj["spec"])
     except ValidationError as e:
@@ -298,10 +304,15 @@ def _epoch(stamp: Any) -> float | None:
 def cmd_fleet_sim(args: argparse.Namespace) -> int:
     import logging
 
+    from kubernetes.config import ConfigException
+
     from .sim.fleet import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args.kubeconfig, args.port, list_every_s=args.list_every)
+    try:
+        run(args.kubeconfig, args.port, list_every_s=args.list_every)
+    except ConfigException as e:
+        raise CLIError(f"no usable Kubernetes configuration ({str(e).splitlines()[0][:200]})") from None
     return 0
 
 
@@ -384,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CLIError as e:
         print(f"llmscale: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print("llmscale: a file given is not UTF-8 text", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that is a directory, a missing directory, a file where a directory goes
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"llmscale: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -55,6 +55,25 @@ def test_bad_files_give_one_line(tmp_path: Path, content: bytes, message: str) -
     assert "\n" not in str(e.value)
 
 
+def test_odd_rows_are_bad_rows_or_one_line(tmp_path: Path) -> None:
+    """Review (session 26): each of these ended in a traceback, or a replay of decades."""
+    az = tmp_path / "az.csv"  # a row with a zone beside rows without (its zone was cut with the 7th digit)
+    az.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,10,1\n"
+                  "2023-11-16 18:17:04.9799600+00:00,10,1\n2023-11-16 19:17:05.9799600+01:00,10,1\n")
+    assert [round(a.t, 3) for a in load_trace(az).arrivals] == [0.0, 1.0, 2.0]
+    mc = tmp_path / "mc.jsonl"  # Infinity and NaN are bad rows
+    mc.write_text('{"timestamp": 0, "input_length": 10, "output_length": 1}\n'
+                  '{"timestamp": 5, "input_length": Infinity, "output_length": 1}\n'
+                  '{"timestamp": NaN, "input_length": 10, "output_length": 1}\n')
+    t = load_trace(mc)
+    assert len(t.arrivals) == 1 and t.bad_rows == 2
+    far = tmp_path / "far.jsonl"  # one row in epoch milliseconds among offsets
+    far.write_text('{"timestamp": 0, "input_length": 10, "output_length": 1}\n'
+                   '{"timestamp": 1700000000000, "input_length": 10, "output_length": 1}\n')
+    with pytest.raises(TraceError, match="spans 19676 days; traces of up to 7 days are replayed"):
+        load_trace(far)
+
+
 def test_missing_file() -> None:
     with pytest.raises(TraceError, match="no such file"):
         load_trace("/nonexistent/trace.csv")

@@ -11,10 +11,13 @@ import csv
 import json
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+
+_FRACTION = re.compile(r"\.(\d+)")  # the fractional seconds of a timestamp
 
 
 class TraceError(ValueError):
@@ -95,10 +98,11 @@ def load_azure_csv(path: Path) -> Trace:
             for n, row in enumerate(reader, start=2):
                 try:
                     ts = row[0].strip()
-                    if "." in ts:  # 7 fractional digits in the published file; datetime takes 6
-                        head, frac = ts.split(".", 1)
-                        ts = f"{head}.{frac[:6]}"
+                    if frac := _FRACTION.search(ts):  # 7 fractional digits in the published file; datetime takes 6
+                        ts = ts[:frac.start(1)] + frac.group(1)[:6] + ts[frac.end(1):]  # (a zone after it stays)
                     when = datetime.fromisoformat(ts)
+                    if when.tzinfo is not None:  # one clock for every row: a zone-less row reads as UTC
+                        when = when.astimezone(UTC).replace(tzinfo=None)
                     inp, out = int(row[1]), int(row[2])
                     if inp < 0 or out < 0:
                         raise ValueError("negative token count")
@@ -127,9 +131,9 @@ def load_mooncake_jsonl(path: Path) -> Trace:
                     d = json.loads(line)
                     t = float(d["timestamp"]) / 1000.0
                     inp, out = int(d["input_length"]), int(d["output_length"])
-                    if t < 0 or inp < 0 or out < 0:
-                        raise ValueError("negative value")
-                except (ValueError, KeyError, TypeError) as e:
+                    if not math.isfinite(t) or t < 0 or inp < 0 or out < 0:
+                        raise ValueError("negative or not finite")
+                except (ValueError, KeyError, TypeError, OverflowError) as e:
                     bad += 1
                     _bad(examples, n, f"{type(e).__name__}: {e}")
                     continue
@@ -212,12 +216,21 @@ def load_trace(path: str | Path, **servegen: object) -> Trace:
         raise TraceError(f"{p}: not a text trace (binary content)") from None
     first = text.lstrip().splitlines()[0] if text.strip() else ""
     if first.startswith("{"):
-        return load_mooncake_jsonl(p)
-    if first.startswith("TIMESTAMP"):
-        return load_azure_csv(p)
-    if "total_rate_rps" in first:
-        return load_servegen_rates(p, **servegen)  # type: ignore[arg-type]
-    raise TraceError(f"{p}: unknown trace format (expected Azure CSV, Mooncake JSONL or ServeGen rates)")
+        trace = load_mooncake_jsonl(p)
+    elif first.startswith("TIMESTAMP"):
+        trace = load_azure_csv(p)
+    elif "total_rate_rps" in first:
+        trace = load_servegen_rates(p, **servegen)  # type: ignore[arg-type]
+    else:
+        raise TraceError(f"{p}: unknown trace format (expected Azure CSV, Mooncake JSONL or ServeGen rates)")
+    if trace.arrivals and trace.arrivals[-1].t > MAX_TRACE_S:
+        # One row in other units (epoch milliseconds in a file of offsets) made a replay of decades.
+        raise TraceError(f"{p}: spans {trace.arrivals[-1].t / 86400:.0f} days; traces of up to "
+                         f"{MAX_TRACE_S / 86400:.0f} days are replayed (a timestamp in other units?)")
+    return trace
+
+
+MAX_TRACE_S = 7 * 86400.0
 
 
 # ---- scenarios ----------------------------------------------------------------------------------
