@@ -396,12 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"llmscale: {e}", file=sys.stderr)
         return 2
-    except UnicodeDecodeError:
-        print("llmscale: a file given is not UTF-8 text", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path that is a directory, a missing directory, a file where a directory goes
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"llmscale: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
+    except (UnicodeDecodeError, OSError) as e:
+        # A file given that is not UTF-8, a path that is a directory, a missing directory: a file's
+        # error, said in one line. Past its start, the operator's own failures keep their traceback.
+        if args.func is cmd_run and not (isinstance(e, UnicodeDecodeError) or e.filename):
+            raise
+        if isinstance(e, UnicodeDecodeError):
+            print("llmscale: a file given is not UTF-8 text", file=sys.stderr)
+        else:
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"llmscale: {where}{e.strerror or type(e).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

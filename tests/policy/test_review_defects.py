@@ -42,6 +42,17 @@ def test_a_shape_switch_in_flight_teaches_the_capacity_estimate_nothing() -> Non
     assert d.history.capacity_correction == 1.0
     assert d.history.learned_at is None
     assert Code.CAPACITY_LEARNED.value not in codes(d)
+    # Nor while the old pods drain, nor from a window that still holds the time they served (the
+    # first fix looked at Ready pods only: x4 again a decision after they began to drain).
+    draining = Workload("a100x1", 1, 1, pods={"a100x1": PodCounts(ready=1), "h100x1": PodCounts(terminating=5)},
+                        desired={"a100x1": 1}, target_since=NOW - 600)
+    d = decide(spec, draining, s, h.with_(ready_seen=1), NOW)
+    assert (d.history.capacity_correction, d.history.mixed_at) == (1.0, NOW)
+    gone = Workload("a100x1", 1, 1, pods={"a100x1": PodCounts(ready=1)})
+    later = s.__class__(**{**s.__dict__, "sampled_at": NOW + 45, "read_at": NOW + 45})
+    assert decide(spec, gone, later, d.history, NOW + 45).history.capacity_correction == 1.0
+    after = s.__class__(**{**s.__dict__, "sampled_at": NOW + 75, "read_at": NOW + 75})
+    assert decide(spec, gone, after, d.history, NOW + 75).history.capacity_correction > 1.0
 
 
 def _saving_switch() -> tuple[Any, History, Workload]:
@@ -72,22 +83,37 @@ def test_a_saving_switch_waits_while_metrics_are_unknown() -> None:
     assert d.history.variant_candidate == "l4x1" and d.history.variant_candidate_since == NOW - 3600
 
 
-def test_a_saving_switch_waits_out_the_panic_hold_and_the_step_limit() -> None:
-    """main: the switch released five of six pods under the panic hold, and past scaleDown.maxStep 1."""
+def test_a_saving_switch_waits_out_the_panic_hold_and_the_scale_down_window() -> None:
+    """main: the switch released five of six pods under the panic hold, and inside the window."""
     spec, hist, w = _saving_switch()
     d = decide(spec, w, _light(), hist.with_(panic_until=NOW + 60), NOW)
     assert (d.action, d.replicas_by_variant) == ("NoChange", {"h100x2": 6})
     assert codes(d) == ["CapacityPlan", "PanicMode", "VariantSwitchHeld"]
-    d = decide(spec, w, _light(), hist, NOW)
-    assert (d.action, d.to_replicas, d.replicas_by_variant) == ("ScaleDown", 5, {"h100x2": 5})
-    assert codes(d) == ["CapacityPlan", "RateLimitedDown", "VariantSwitchHeld"]
-    assert d.reasons[-1].message.endswith("the switch waits: the scale-down to 1 is held at 5")
-    # Once the running shape is down to its plan nothing holds it: the saving switch goes.
-    d = decide(spec, Workload("h100x2", 1, 1, pods={"h100x2": PodCounts(ready=1)}), _light(), hist, NOW)
-    assert d.variant == "l4x1" and "VariantSwitch" in codes(d)
+    window = hist.with_(recommendations=((NOW - 200, 6), (NOW - 15, 6)))
+    d = decide(spec, w, _light(), window, NOW)
+    assert (d.action, d.replicas_by_variant) == ("NoChange", {"h100x2": 6})
+    assert codes(d) == ["CapacityPlan", "ScaleDownStabilized", "VariantSwitchHeld"]
+    assert d.reasons[-1].message.endswith("the switch waits: the scale-down to 1 is held at 6")
 
 
-def _read(waiting: str | None, pending: str | None) -> Signals:
+def test_what_never_ends_holds_no_saving_switch() -> None:
+    """Review of the fix: replicas.min holds the plan's count at the floor for ever, and in
+    Recommend scaleDown.maxStep holds it one below today's for ever; neither is a reason to wait
+    (the first version of the hold never switched in either). The switch releases old pods only as
+    the new ones carry the load."""
+    spec, hist, w = _saving_switch()
+    floor = parse_spec({**spec.model_dump(by_alias=True, exclude_none=True), "replicas": {"min": 2, "max": 16}})
+    for s_, why in ((floor, "replicas.min 2"), (spec, "scaleDown.maxStep 1")):
+        d = decide(s_, w, _light(), hist, NOW)
+        assert d.variant == "l4x1" and d.replicas_by_variant == {"h100x2": 1, "l4x1": 3}, why
+        assert "VariantSwitchHeld" not in codes(d), why
+    recommend = parse_spec({**spec.model_dump(by_alias=True, exclude_none=True),
+                            "scaling": {**spec.scaling.model_dump(by_alias=True, exclude_none=True), "mode": "Recommend"}})
+    d = decide(recommend, w, _light(), hist, NOW)
+    assert (d.variant, d.apply, codes(d)[-1]) == ("l4x1", False, "RecommendOnly")
+
+
+def _read(waiting: str | None, pending: str | None, fresh_s: float = 5) -> Signals:
     spec = parse_spec(spec_dict(replicas={"min": 0, "max": 8}, scaling={
         "interval": "15s", "scaleToZero": {"enabled": True, "demand": {"inferencePool": "chat"}}}))
     key = ("ns", "llm")
@@ -95,7 +121,7 @@ def _read(waiting: str | None, pending: str | None) -> Signals:
     def one(v: str) -> list[Any]:
         return [to_sample({"metric": {"namespace": "ns", "llmd": "llm"}, "value": [NOW, v]})]
 
-    results: dict[str, Any] = {"freshness": {key: one(str(NOW - 5))}, "requestRate": {key: one("2.0")},
+    results: dict[str, Any] = {"freshness": {key: one(str(NOW - fresh_s))}, "requestRate": {key: one("2.0")},
                                "requestsRunning": {key: one("4")}}
     if waiting is not None:
         results["requestsWaiting"] = {key: one(waiting)}
@@ -113,6 +139,10 @@ def test_an_unusable_vllm_queue_stays_unknown_beside_the_gateways() -> None:
     # Read, the two queues add up; with no vLLM series (no pods) the gateway's queue is the queue.
     assert _read("3", "2").requests_waiting == 5.0 and "requestsWaiting" not in _read("3", "2").unknown
     s = _read(None, "7")
+    assert s.requests_waiting == 7.0 and "requestsWaiting" not in s.unknown
+    # At zero replicas a Prometheus may still hold the last pods' series (stale): the gateway's
+    # queue stands for them (the first fix woke nothing up then).
+    s = _read("0", "7", fresh_s=90)
     assert s.requests_waiting == 7.0 and "requestsWaiting" not in s.unknown
 
 

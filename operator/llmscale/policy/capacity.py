@@ -416,9 +416,12 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     fresh = hist.learned_at is None or read_at - hist.learned_at >= window_s
     # During a switch the rate and the latency are the whole fleet's, both shapes, while `ready`
     # counts this shape's pods only: one new pod would seem to have carried the old pods' load
-    # (a correction of x4 from one window). Nothing is learnt about a shape while another serves.
-    others_serve = any(c.ready for v, c in workload.pods.items() if v != variant.name)
-    if (fresh and settled and not backlog_in_window and not others_serve and signals.ttft_attainment is not None
+    # (a correction of x4 from one window). Nothing is learnt about a shape while pods of another
+    # serve or drain, nor from a window that still holds the time they did.
+    if any(c.ready or c.terminating for v, c in workload.pods.items() if v != variant.name):
+        hist = hist.with_(mixed_at=now)
+    mixed = hist.mixed_at is not None and read_at - hist.mixed_at <= window_s
+    if (fresh and settled and not backlog_in_window and not mixed and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
         seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), has_started(spec, workload, hist, variant.name))

@@ -10,12 +10,13 @@ from llmscale.api.models import LLMDeploymentSpec
 
 from .availability import availability
 from .capacity import capacity
-from .ceilings import ceilings
+from .ceilings import ceilings, within_bounds
 from .feedback import breach_ratio, feedback
 from .forecast import forecast
 from .idleness import idleness
 from .mode import mode
 from .plan import plan
+from .reasons import Code
 from .rollout import rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
@@ -54,11 +55,15 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 10. Bounds and ceilings: they always win.
     bounded = ceilings(spec, running, stable.proposal, idle.to_zero)
     # 11. The pod shape (vertical), with hysteresis, a dwell time and rollback.
-    # A switch for a saving retires pods: it waits while a scale-down would (unknown metrics, the
-    # panic hold, the scale-down window, scaleDown.maxStep held today's pods above the plan).
+    # A switch for a saving retires pods: it waits while a scale-down may not happen (unknown
+    # metrics, the panic hold, the scale-down window). Not for replicas.min (the plan's count is
+    # held at the floor for ever) nor for scaleDown.maxStep (in Recommend the count never steps down;
+    # the switch releases old pods only as the new ones carry the load, make before break).
+    floor = within_bounds(spec, running, steady.replicas, idle.to_zero)
+    safety = {Code.SCALE_DOWN_STABILIZED, Code.PANIC}
     held = "signals unknown" if gate.unknown_critical else (
-        f"the scale-down to {steady.replicas} is held at {stable.proposal.replicas}"
-        if stable.proposal.replicas > steady.replicas else None)
+        f"the scale-down to {floor} is held at {stable.proposal.replicas}"
+        if stable.proposal.replicas > floor and any(r.code in safety for r in stable.proposal.reasons) else None)
     shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now, held)
     # 12. Replicas per shape now: make before break, no pod created over a ceiling.
     demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None

@@ -291,6 +291,7 @@ class History:
     load_record: tuple[tuple[float, float, float, float], ...] = ()
     rise_since: float | None = None
     backlog_at: float | None = None  # the last decision that saw requests waiting (more than one per Ready replica)
+    mixed_at: float | None = None  # the last decision that saw pods of another shape serving or draining (a switch)
     # (scrape time, requests waiting, running) of each distinct scrape seen within the rate window
     # (at least the last few intervals), oldest first: what the requests in flight grew or shrank by.
     queue_scrapes: tuple[tuple[float, float, float], ...] = ()
@@ -443,6 +444,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "load_record": _record,
     "rise_since": _opt_float,
     "backlog_at": _opt_float,
+    "mixed_at": _opt_float,
     "queue_scrapes": _scrapes,
     "started_shapes": _names,
 }
