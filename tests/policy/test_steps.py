@@ -896,7 +896,7 @@ def test_stabilization_holds_a_scale_down_to_the_window_high() -> None:
     h = History(recommendations=((NOW - 100, 6), (NOW - 15, 3)), observing_since=0.0)
     assert _stab(2, 6, h) == Stabilized(
         Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED, "held at 6 (highest recommendation in 300s)"),)),
-        History(recommendations=((NOW - 100, 6), (NOW - 15, 3), (NOW, 2)), observing_since=0.0))
+        History(recommendations=((NOW - 100, 6), (NOW - 15, 3), (NOW, 2)), observing_since=0.0), held_down=6)
 
 
 def test_stabilization_steps_down_one_after_the_window() -> None:
@@ -914,7 +914,7 @@ def test_a_recommendation_stands_until_the_next_so_a_gap_in_the_decisions_holds_
     assert _stab(2, 6, h) == Stabilized(
         Proposal(6, (Reason(Code.SCALE_DOWN_STABILIZED,
                             "held at 6 (the recommendation of 6, 400s ago, stands until the next, which came 400s after it)"),)),
-        History(recommendations=((NOW - 400, 6), (NOW, 2)), observing_since=0.0))
+        History(recommendations=((NOW - 400, 6), (NOW, 2)), observing_since=0.0), held_down=6)
     # The 6 stood until 290 s ago, inside the window: still held.
     h = History(recommendations=((NOW - 400, 6), (NOW - 290, 2), (NOW - 15, 2)), observing_since=0.0)
     assert _stab(2, 6, h).proposal == Proposal(6, (Reason(

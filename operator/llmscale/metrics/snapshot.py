@@ -198,13 +198,12 @@ def build_signals(
 
     waiting = vals.get("requestsWaiting")
     pending = vals.get("gatewayPending")
-    vllm_gone = unknown.get("requestsWaiting") == NO_SERIES or unknown.get("requestsWaiting", "").startswith("stale")
-    if pending is not None and (waiting is not None or vllm_gone):
-        # The gateway's queue adds to vLLM's, and stands for it where vLLM has no fresh series (no
-        # pods: the requests wait at the gateway; a federated Prometheus may keep the last pods'
-        # series for minutes). A vLLM queue that was read and is unusable (NaN, a malformed sample)
-        # stays unknown: the gateway's count is not the whole queue then. (With pods whose series
-        # are stale, the rate and the running count are stale too: the decision holds on those.)
+    if pending is not None and (waiting is not None or unknown.get("requestsWaiting") == NO_SERIES):
+        # The gateway's queue adds to vLLM's, and stands for it where vLLM has no series (no pods:
+        # the requests wait at the gateway). A vLLM queue that was read and is unusable (NaN, a
+        # malformed sample) or stale stays unknown: the gateway's count is not the whole queue then
+        # (with a requestRate override nothing else would hold a scale-down on pods whose series
+        # went stale).
         waiting = (waiting or 0.0) + pending
         unknown.pop("requestsWaiting", None)
     elif pending is None and spec.scaling.scale_to_zero.demand is not None and "gatewayDemand" not in unknown:

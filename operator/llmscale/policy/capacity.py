@@ -420,7 +420,8 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # serve or drain, nor from a window that still holds the time they did.
     if any(c.ready or c.terminating for v, c in workload.pods.items() if v != variant.name):
         hist = hist.with_(mixed_at=now)
-    mixed = hist.mixed_at is not None and read_at - hist.mixed_at <= window_s
+    # (One interval more: the pods last seen then may have served until just before this decision.)
+    mixed = hist.mixed_at is not None and read_at - hist.mixed_at <= window_s + parse_duration(spec.scaling.interval)
     if (fresh and settled and not backlog_in_window and not mixed and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95

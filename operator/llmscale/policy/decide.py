@@ -16,7 +16,6 @@ from .forecast import forecast
 from .idleness import idleness
 from .mode import mode
 from .plan import plan
-from .reasons import Code
 from .rollout import rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
@@ -60,10 +59,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # held at the floor for ever) nor for scaleDown.maxStep (in Recommend the count never steps down;
     # the switch releases old pods only as the new ones carry the load, make before break).
     floor = within_bounds(spec, running, steady.replicas, idle.to_zero)
-    safety = {Code.SCALE_DOWN_STABILIZED, Code.PANIC}
     held = "signals unknown" if gate.unknown_critical else (
-        f"the scale-down to {floor} is held at {stable.proposal.replicas}"
-        if stable.proposal.replicas > floor and any(r.code in safety for r in stable.proposal.reasons) else None)
+        f"the scale-down to {floor} is held at {stable.held_down}"
+        if stable.held_down is not None and stable.held_down > floor else None)
     shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now, held)
     # 12. Replicas per shape now: make before break, no pod created over a ceiling.
     demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None

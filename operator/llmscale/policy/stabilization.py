@@ -75,6 +75,9 @@ def limit_step(desired: int, current: int, max_up: int, max_down: int) -> tuple[
 class Stabilized:
     proposal: Proposal
     history: History
+    # The count the panic hold or the scale-down window keep (before scaleDown.maxStep), None when
+    # neither holds: what a switch for a saving waits on (the step limit is no reason to wait).
+    held_down: int | None = None
 
 
 def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, proposal: Proposal, to_zero: bool,
@@ -94,8 +97,10 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     recommendation = within_bounds(spec, variant, proposal.replicas if proposal.replicas > current
                                    else proposal.recommendation, to_zero)
     out = proposal
+    held_down: int | None = None
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
+        held_down = current
     observing_since = history.observing_since if history.observing_since is not None else now
     if to_zero and out.replicas == 0:
         held_to, held = 0, None  # scaleToZero.idleFor is this step's own stabilization
@@ -119,6 +124,8 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
                                      f"{now - t0:.0f}s ago, stands until the next, which came {hole:.0f}s after it)"))
     elif held == "down":
         out = out.to(held_to, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {held_to} (highest recommendation in {sc.scale_down.stabilization_window})"))
+    if held in ("unseen", "carried", "down"):
+        held_down = held_to
     hist = history.with_(recommendations=recs + ((now, recommendation),), observing_since=observing_since)
     if current > 0 or out.replicas > 1:
         stepped, lim = limit_step(out.replicas, current, sc.scale_up.max_step, sc.scale_down.max_step)
@@ -130,4 +137,4 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
         # Say so whenever pods wait for GPUs, and add none while they do.
         more = ": not adding more" if out.replicas > current else ""
         out = out.to(current, Reason(Code.GPUS_UNAVAILABLE, f"{workload.pending_unschedulable} pods Pending without free GPUs{more}"))
-    return Stabilized(out, hist)
+    return Stabilized(out, hist, held_down)
