@@ -149,3 +149,37 @@ def test_the_old_spelling_of_the_e2e_latency_target_is_kept_and_both_are_refused
     r = bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert r.returncode != 0 and "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both" in r.stderr, r.stderr
     bed.kubectl("delete", "llmd", "old-e2e", "-n", namespace, "--wait=false")
+
+
+def test_names_and_scheduling_fields_the_rendered_pods_could_not_have_are_refused(bed: Bed, namespace: str) -> None:
+    """Review (session 26): a CR name with a dot or past 63 characters, and tolerations or node labels
+    Kubernetes refuses on a pod, were admitted, then every apply failed (ApplyFailed). The CRD
+    refuses them now, naming the field."""
+    scheduling = [
+        ({"tolerations": [{"value": "x"}]}, "spec.variants[0].tolerations[0]", "needs operator Exists"),
+        ({"tolerations": [{"key": "k", "tolerationSeconds": 5}]}, "spec.variants[0].tolerations[0]", "needs effect NoExecute"),
+        ({"tolerations": [{"key": "bad key"}]}, "spec.variants[0].tolerations[0].key", "should match"),
+        ({"nodeSelector": {"a/b/c": "x"}}, "spec.variants[0].nodeSelector", "must be a label key"),
+    ]
+    cases = [("a" * 64, {}, "metadata.name must be at most 63"), ("chat.prod", {}, "metadata.name must be at most 63")]
+    cases += [(f"sched-{i}", fields, f"{path}: Invalid value") for i, (fields, path, _) in enumerate(scheduling)]
+    for i, (name, fields, expected) in enumerate(cases):
+        spec = copy.deepcopy(VALID)
+        spec["variants"][0].update(fields)
+        doc = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+               "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        r = bed.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+        assert r.returncode != 0 and expected in r.stderr, (name, r.stderr)
+        if i >= 2:
+            assert scheduling[i - 2][2] in r.stderr, r.stderr
+    # The same fields, as Kubernetes allows them, are admitted.
+    spec = copy.deepcopy(VALID)
+    spec["variants"][0].update({"nodeSelector": {"example.com/pool": "llm"},
+                                "tolerations": [{"key": "dedicated", "value": "llm", "effect": "NoExecute", "tolerationSeconds": 30}]})
+    doc = {"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+           "metadata": {"name": "sched-ok", "namespace": namespace}, "spec": spec}
+    bed.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc))
+    # So is a toleration of every taint written with an empty key, and a name with a leading digit.
+    spec["variants"][0]["tolerations"] = [{"key": "", "operator": "Exists"}]
+    doc = {**doc, "metadata": {"name": "1chat", "namespace": namespace}, "spec": spec}
+    bed.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc))

@@ -72,3 +72,22 @@ def test_api_reference_is_current() -> None:
     from llmscale.api.reference import reference_markdown
 
     assert (ROOT / "docs/api-reference.md").read_text() == reference_markdown(), "run `llmscale api-reference -o docs/api-reference.md`"
+
+
+def test_the_crd_refuses_names_that_cannot_name_the_service() -> None:
+    """A name valid for the CR (a dot, 64+ characters) but not for the Service the
+    operator names after it was admitted, then failed at every apply (review, session 26)."""
+    import re
+
+    from llmscale.api.models import RESOURCE_NAME_MESSAGE, RESOURCE_NAME_PATTERN, RESOURCE_NAME_RULE
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # Checked at creation only: a CR stored before the rule still takes its status and its
+    # finalizer's removal (review: without optionalOldSelf every later write to it was refused).
+    assert schema["x-kubernetes-validations"] == [{"rule": RESOURCE_NAME_RULE, "message": RESOURCE_NAME_MESSAGE,
+                                                   "optionalOldSelf": True}]
+    assert RESOURCE_NAME_RULE.startswith("oldSelf.hasValue() || ")
+    # The rule's regex is the model's, and it is what a Service name allows (a DNS-1123 label).
+    assert f"matches('{RESOURCE_NAME_PATTERN}')" in RESOURCE_NAME_RULE and "<= 63" in RESOURCE_NAME_RULE
+    for name, ok in [("chat", True), ("c-1", True), ("1chat", True), ("a.b", False), ("a-", False)]:
+        assert bool(re.fullmatch(RESOURCE_NAME_PATTERN[1:-1], name)) == ok, name

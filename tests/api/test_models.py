@@ -111,6 +111,30 @@ BAD = [
      "a variable is set either in env or in secretEnv: HF_TOKEN"),
     ("bad env name", {"serving": {"secretEnv": [{"name": "HF-TOKEN", "secret": "hf", "key": "token"}]}},
      "spec.serving.secretEnv.0.name"),
+    # Review (session 26): admitted, then the API server refused the rendered pods (ApplyFailed).
+    ("toleration without key or Exists", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                         "tolerations": [{"value": "x"}]}]},
+     "a toleration without a key needs operator Exists"),
+    ("toleration Exists with a value", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                       "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}]},
+     "a toleration with operator Exists takes no value"),
+    ("tolerationSeconds without NoExecute", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                            "tolerations": [{"key": "k", "tolerationSeconds": 5}]}]},
+     "tolerationSeconds needs effect NoExecute"),
+    ("toleration key not a label key", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                      "tolerations": [{"key": "bad key"}]}]},
+     "spec.variants.0.tolerations.0.key"),
+    ("toleration value not a label value", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                          "tolerations": [{"key": "k", "value": "x" * 64}]}]},
+     "spec.variants.0.tolerations.0.value"),
+    ("nodeSelector key not a label key", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                        "nodeSelector": {"a/b/c": "x"}}]},
+     "nodeSelector keys ['a/b/c'] are not label keys"),
+    ("gpuProduct not a label value", {"variants": [{"name": "a", "accelerator": "nvidia-h100", "gpuProduct": "NVIDIA H100"}]},
+     "spec.variants.0.gpuProduct"),
+    ("nodeSelector value not a label value", {"variants": [{"name": "a", "accelerator": "nvidia-h100",
+                                                            "nodeSelector": {"example.com/gpu": "bad value!"}}]},
+     "spec.variants.0.nodeSelector.example.com/gpu"),
 ]
 
 
@@ -157,3 +181,33 @@ def test_the_crd_refuses_both_spellings_of_the_e2e_latency_target() -> None:
     assert {"rule": "!(has(self.e2eLatency) && has(self.e2ELatency))",
             "message": "set slo.e2eLatency (e2ELatency is its deprecated spelling), not both"} in rules
     assert set(spec_schema()["properties"]["slo"]["properties"]) >= {"e2eLatency", "e2ELatency"}
+
+
+GOOD_SCHEDULING = [
+    {"nodeSelector": {"example.com/gpu": "a100", "kubernetes.io/hostname": "n-1", "plain": ""}},
+    {"tolerations": [{"operator": "Exists"}]},  # every taint
+    {"tolerations": [{"key": "", "operator": "Exists"}]},  # the same, as charts often write it
+    {"tolerations": [{"key": "k", "operator": "", "value": "v", "effect": ""}]},  # empty: Equal, every effect
+    {"nodeSelector": {"a" * 253 + "/" + "b" * 63: "x"}},  # the longest label key
+    {"gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+    {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"tolerations": [{"key": "dedicated", "value": "llm", "effect": "NoExecute", "tolerationSeconds": 30}]},
+]
+
+
+@pytest.mark.parametrize("fields", GOOD_SCHEDULING)
+def test_what_kubernetes_accepts_for_scheduling_is_accepted(fields: dict) -> None:
+    parse_spec(spec_dict(variants=[{"name": "a", "accelerator": "nvidia-h100", **fields}]))
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("chat", True), ("llama-8b", True), ("a" * 63, True), ("a1", True), ("1chat", True),
+    ("chat.prod", False), ("Chat", False), ("chat-", False), ("-chat", False), ("a" * 64, False), ("", False),
+])
+def test_a_name_that_cannot_name_a_service_is_reported(name: str, ok: bool) -> None:
+    from llmscale.api.models import resource_name_problem
+
+    problem = resource_name_problem(name)
+    assert (problem is None) == ok, problem
+    if not ok:
+        assert problem is not None and problem.startswith("metadata.name must be at most 63 lower-case letters")

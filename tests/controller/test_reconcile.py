@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import kopf
@@ -14,10 +15,11 @@ from llmscale.controller.objects import DeploymentView
 class RecordingKube:
     """What reconcile reads (one Deployment) and what it writes."""
 
-    def __init__(self, replicas: int, set_by: str | None) -> None:
+    def __init__(self, replicas: int, set_by: str | None, generation_after: int | None = 3) -> None:
         self.dep = DeploymentView(name="llm-a", variant="a", replicas=replicas, ready_replicas=2, controller="llm",
                                   annotations={"llmscale.io/target-since": "1700000000"}, replicas_set_by=set_by,
-                                  owner="llm", namespace="ns")
+                                  owner="llm", namespace="ns", generation=3)
+        self.generation_after = generation_after  # what the API server answers the apply with
         self.applied: list[dict[str, Any]] = []
         self.handed_over: list[str] = []
 
@@ -30,8 +32,9 @@ class RecordingKube:
     def competing_autoscaler(self, *a: Any) -> None:
         return None
 
-    def apply(self, obj: dict[str, Any]) -> None:
+    def apply(self, obj: dict[str, Any]) -> int | None:
         self.applied.append(obj)
+        return self.generation_after if obj["kind"] == "Deployment" else None
 
     def hand_over_replicas(self, namespace: str, deployment: str, owner: str) -> None:
         self.handed_over.append(deployment)
@@ -40,7 +43,8 @@ class RecordingKube:
         return None
 
 
-def _reconcile(kube: RecordingKube, monkeypatch: pytest.MonkeyPatch, max_replicas: int = 8) -> list[tuple[str, str, str]]:
+def _reconcile(kube: RecordingKube, monkeypatch: pytest.MonkeyPatch, max_replicas: int = 8,
+               patch: kopf.Patch | None = None) -> list[tuple[str, str, str]]:
     events: list[tuple[str, str, str]] = []
     monkeypatch.setattr(kopf, "info", lambda body, reason, message: events.append(("Normal", reason, message)))
     monkeypatch.setattr(kopf, "warn", lambda body, reason, message: events.append(("Warning", reason, message)))
@@ -49,7 +53,7 @@ def _reconcile(kube: RecordingKube, monkeypatch: pytest.MonkeyPatch, max_replica
             "metadata": {"name": "llm", "namespace": "ns", "uid": "u1", "generation": 1},
             "spec": {"model": "m", "replicas": {"min": 1, "max": max_replicas},
                      "variants": [{"name": "a", "accelerator": "nvidia-l4"}]}}
-    h._reconcile(body, {}, kopf.Patch(), "llm", "ns")  # type: ignore[arg-type]
+    h._reconcile(body, {}, kopf.Patch() if patch is None else patch, "llm", "ns")  # type: ignore[arg-type]
     return events
 
 
@@ -79,3 +83,76 @@ def test_a_hand_set_count_over_the_ceiling_is_cut(monkeypatch: pytest.MonkeyPatc
     events = _reconcile(kube, monkeypatch, max_replicas=4)
     assert _deployment(kube)["spec"]["replicas"] == 4 and kube.handed_over == []
     assert ("Warning", "BudgetLimited", "replicas capped at 4 by replicas.max (was 6)") in events
+
+
+def _condition(patch: kopf.Patch, kind: str) -> tuple[str, str, str]:
+    c = next(c for c in patch.status["conditions"] if c["type"] == kind)
+    return c["status"], c["reason"], c["message"]
+
+
+@pytest.mark.parametrize(("generation_after", "expected"), [
+    # A resume that finds the Deployment as the spec says: the apply changes nothing (the API server
+    # keeps its generation), so nothing rolls out (session 26 found "rolling out" at every resume).
+    (3, ("False", "Stable", "all replicas settled")),
+    # A spec change that reaches the pod template or the count: the generation rises.
+    (4, ("True", "ReplicaSetUpdated", "rolling out the serving pods")),
+    # An answer without a generation: not known, so not said to be settled.
+    (None, ("True", "ReplicaSetUpdated", "rolling out the serving pods")),
+])
+def test_progressing_says_a_rollout_only_when_the_apply_changed_a_deployment(
+        monkeypatch: pytest.MonkeyPatch, generation_after: int | None, expected: tuple[str, str, str]) -> None:
+    kube = RecordingKube(2, None, generation_after)
+    patch = kopf.Patch()
+    _reconcile(kube, monkeypatch, patch=patch)
+    assert _condition(patch, "Progressing") == expected
+    assert _condition(patch, "Ready") == ("True", "Applied", "Deployments and Service applied: 2 x a")
+
+
+def test_a_created_deployment_is_rolling_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = RecordingKube(2, None)
+    monkeypatch.setattr(kube, "deployments", lambda ns, name, fresh=False: [])
+    patch = kopf.Patch()
+    _reconcile(kube, monkeypatch, patch=patch)
+    assert _deployment(kube)["spec"]["replicas"] == 1  # replicas.min
+    assert _condition(patch, "Progressing") == ("True", "ReplicaSetUpdated", "rolling out the serving pods")
+
+
+def test_a_stored_name_that_cannot_name_the_service_is_reported_not_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRD refuses such names now; one stored before it did is said in a condition and an Event."""
+    kube = RecordingKube(2, None)
+    events: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(kopf, "warn", lambda body, reason, message: events.append(("Warning", reason, message)))
+    monkeypatch.setattr(h.Runtime, "kube", kube, raising=False)
+    body = {"metadata": {"name": "chat.prod", "namespace": "ns", "uid": "u1", "generation": 1},
+            "spec": {"model": "m", "variants": [{"name": "a", "accelerator": "nvidia-l4"}]}}
+    patch = kopf.Patch()
+    h._reconcile(body, {}, patch, "chat.prod", "ns")  # type: ignore[arg-type]
+    assert kube.applied == []
+    status, reason, message = _condition(patch, "Ready")
+    assert (status, reason) == ("False", "InvalidName") and message.endswith("labels its pods ('chat.prod')")
+    assert events == [("Warning", "InvalidName", message)]
+
+
+def test_a_resume_mid_rollout_is_progressing_though_its_apply_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a resume after the timer applied a new shape (or a restart between an apply and the
+    status patch) changes nothing, yet pods of a shape still start; and a Deployment may still ask
+    for more Ready pods than it has."""
+    from llmscale.controller.objects import PodView
+
+    kube = RecordingKube(2, None)  # the apply answers the generation it had: nothing changed
+    starting = [PodView(name=f"llm-b-{i}", variant="b", created=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), owner="llm", namespace="ns") for i in range(2)]
+    other = DeploymentView(name="llm-b", variant="b", replicas=2, ready_replicas=0, controller="llm", owner="llm",
+                           namespace="ns", generation=1)
+    monkeypatch.setattr(kube, "deployments", lambda ns, name, fresh=False: [kube.dep, other])
+    monkeypatch.setattr(kube, "pods", lambda ns, name: starting)
+    patch = kopf.Patch()
+    _reconcile(kube, monkeypatch, patch=patch)
+    status, reason, message = _condition(patch, "Progressing")
+    assert (status, message) == ("True", "2 starting, 0 unschedulable (no free GPUs)"), message
+    # Fewer Ready than asked for, no pod seen starting yet (the ReplicaSet has not made them).
+    kube = RecordingKube(2, None)
+    kube.dep = DeploymentView(name="llm-a", variant="a", replicas=3, ready_replicas=2, controller="llm", owner="llm",
+                              namespace="ns", generation=3)
+    patch = kopf.Patch()
+    _reconcile(kube, monkeypatch, patch=patch)
+    assert _condition(patch, "Progressing") == ("True", "ReplicaSetUpdated", "rolling out the serving pods")

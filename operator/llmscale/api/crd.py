@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from llmscale import GROUP, VERSION
 
-from .models import LLMDeploymentSpec, LLMDeploymentStatus
+from .models import RESOURCE_NAME_MESSAGE, RESOURCE_NAME_RULE, LLMDeploymentSpec, LLMDeploymentStatus
 
 PLURAL = "llmdeployments"
 KIND = "LLMDeployment"
@@ -186,6 +186,8 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "LLMDeployment runs an LLM inference server (vLLM OpenAI-compatible) and autoscales it to hold latency SLOs inside GPU and cost ceilings.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [{"rule": RESOURCE_NAME_RULE, "message": RESOURCE_NAME_MESSAGE,
+                                                          "optionalOldSelf": True}],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

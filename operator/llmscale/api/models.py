@@ -57,7 +57,39 @@ class _Model(BaseModel):
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
+# What the API server requires of the objects the operator renders, checked here so that a CR it
+# could not serve is refused when applied (not admitted, then reported as ApplyFailed): a label
+# value (node labels, taint values), a qualified name (an optional DNS-subdomain prefix and '/',
+# then at most 63 characters: node label keys, taint keys), and the LLMDeployment's own name, which
+# names its Service and labels its pods: a DNS-1123 label (Kubernetes 1.34+ accepts a Service name
+# with a leading digit, RelaxedServiceNameValidation; older API servers refuse that one at apply).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+QUALIFIED_NAME_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+QUALIFIED_NAME_MAX = 253 + 1 + 63  # prefix, '/', name
+RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+RESOURCE_NAME_MAX = 63
+# Checked when the object is created only (`optionalOldSelf`: on an update `oldSelf` has a value):
+# a CR stored before the rule must still take its status, its finalizer's removal and its deletion.
+RESOURCE_NAME_RULE = (f"oldSelf.hasValue() || (self.metadata.name.matches('{RESOURCE_NAME_PATTERN}') "
+                      f"&& size(self.metadata.name) <= {RESOURCE_NAME_MAX})")
+RESOURCE_NAME_MESSAGE = (f"metadata.name must be at most {RESOURCE_NAME_MAX} lower-case letters, digits and '-', starting "
+                         "and ending with a letter or digit (no '.'): it names the LLMDeployment's Service and labels "
+                         "its pods")
+
+
+def resource_name_problem(name: str) -> str | None:
+    """Why an LLMDeployment cannot be served under this name (None when it can): the CRD refuses such
+    names at creation, but one stored before it did is reported, not applied."""
+    import re
+
+    if len(name) <= RESOURCE_NAME_MAX and re.fullmatch(RESOURCE_NAME_PATTERN[1:-1], name):
+        return None
+    return f"{RESOURCE_NAME_MESSAGE} ({name[:80]!r})"
+
+
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, max_length=24)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)]
 
 
@@ -70,13 +102,40 @@ def _check_duration(v: str | None) -> str | None:
 class Toleration(_Model):
     """A Kubernetes toleration, copied to the serving pods of this variant."""
 
-    key: str | None = Field(None, max_length=253, description="Taint key the toleration applies to.")
-    operator: str | None = Field(None, pattern=r"^(Exists|Equal)$", description="Exists or Equal.")
-    value: str | None = Field(None, max_length=253, description="Taint value to match with operator Equal.")
+    # The API server's own rules for a toleration (a pod with any other is refused).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                     "a toleration without a key needs operator Exists (it then tolerates every taint)"),
+                _cel("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                     "a toleration with operator Exists takes no value"),
+                _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                     "tolerationSeconds needs effect NoExecute"),
+            ]
+        }
+    )
+    # Empty with operator Exists: every taint (charts often write it so).
+    key: str | None = Field(None, max_length=QUALIFIED_NAME_MAX, pattern=f"^({QUALIFIED_NAME_PATTERN[1:-1]})?$",
+                            description="Taint key the toleration applies to (a label key, e.g. nvidia.com/gpu; empty "
+                                        "with operator Exists: every taint).")
+    operator: str | None = Field(None, pattern=r"^(Exists|Equal)?$", description="Exists or Equal (empty: Equal).")
+    value: str | None = Field(None, max_length=63, pattern=LABEL_VALUE_PATTERN,
+                              description="Taint value to match with operator Equal (a label value).")
     effect: str | None = Field(
-        None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$", description="Taint effect to match."
+        None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)?$", description="Taint effect to match (empty: every effect)."
     )
     toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound.")
+
+    @model_validator(mode="after")
+    def _as_kubernetes_requires(self) -> Toleration:
+        if not self.key and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator Exists (it then tolerates every taint)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class Variant(_Model):
@@ -94,12 +153,20 @@ class Variant(_Model):
     gpu_product: str | None = Field(
         None,
         max_length=63,
+        pattern=LABEL_VALUE_PATTERN,
         description="Value of the node label nvidia.com/gpu.product to schedule on (GPU Feature Discovery), e.g. NVIDIA-H100-80GB-HBM3. Defaults from the accelerator.",
     )
     cpu: Quantity = Field("8", description="CPU request per pod, e.g. '8' or '7500m'.")
     memory: Quantity = Field("64Gi", description="Memory request and limit per pod, e.g. '64Gi'.")
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels the pods of this variant require."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Extra node labels the pods of this variant require (label keys and values).",
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel(f"self.all(k, size(k) <= {QUALIFIED_NAME_MAX} && k.matches('{QUALIFIED_NAME_PATTERN}'))",
+                 "every nodeSelector key must be a label key: an optional DNS prefix and '/', then at most 63 "
+                 "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
+        ]},
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=16, description="Tolerations for the pods of this variant."
@@ -108,6 +175,17 @@ class Variant(_Model):
         None,
         description="Expected time from pod creation to Ready (model loading). Seeds the forecast horizon until the operator has measured it.",
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if len(k) > QUALIFIED_NAME_MAX or not re.fullmatch(QUALIFIED_NAME_PATTERN[1:-1], k)]
+        if bad:
+            raise ValueError(f"nodeSelector keys {[k[:80] for k in bad]} are not label keys: an optional DNS prefix and "
+                             "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
+        return v
 
     @field_validator("cpu", "memory")
     @classmethod

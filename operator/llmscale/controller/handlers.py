@@ -27,7 +27,13 @@ from pydantic import ValidationError
 
 from llmscale import GROUP, VERSION
 from llmscale.api.crd import PLURAL
-from llmscale.api.models import LLMDeploymentSpec, ScalingMode, explain_errors, parse_spec
+from llmscale.api.models import (
+    LLMDeploymentSpec,
+    ScalingMode,
+    explain_errors,
+    parse_spec,
+    resource_name_problem,
+)
 from llmscale.api.units import parse_duration
 from llmscale.metrics.prometheus import PrometheusReader, stale_after_s
 from llmscale.policy import History, decide
@@ -261,6 +267,10 @@ def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str)
 
 
 def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | None:
+    bad_name = resource_name_problem(str(body["metadata"].get("name") or ""))
+    if bad_name:
+        _fail(body, patch, status, "InvalidName", bad_name)
+        return None
     try:
         spec = parse_spec(dict(body["spec"]))
     except ValidationError as e:
@@ -295,7 +305,9 @@ def _room_for_one(spec: LLMDeploymentSpec, workload: Workload, desired: dict[str
 
 
 def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired: dict[str, int], variant: str,
-                 replicas: int, marks: dict[str, str], target: str, include_replicas: bool = True) -> None:
+                 replicas: int, marks: dict[str, str], target: str, include_replicas: bool = True) -> int | None:
+    """Apply one shape's Deployment; its metadata.generation after the apply (None when not known,
+    or when the shape, gone from the spec, was only scaled or deleted)."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if not any(v.name == variant for v in spec.variants):
         # A shape gone from the spec: only its replicas move (to zero), then it is deleted.
@@ -303,7 +315,7 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
             Runtime.kube.delete_deployment(namespace, deployment_name(name, variant), name)
         elif include_replicas:
             Runtime.kube.scale(namespace, deployment_name(name, variant), replicas, name)
-        return
+        return None
     # Only the target shape may surge on a template change (one pod at a time over all shapes).
     dep = render_deployment(body, spec, spec.variant(variant), replicas, marks,
                             surge=variant == target and _room_for_one(spec, workload, desired, variant))
@@ -312,7 +324,7 @@ def _apply_shape(body: Any, spec: LLMDeploymentSpec, workload: Workload, desired
         # a way that resets the count to 1.
         Runtime.kube.hand_over_replicas(namespace, deployment_name(name, variant), name)
         dep["spec"].pop("replicas")
-    Runtime.kube.apply(dep)
+    return Runtime.kube.apply(dep)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -342,8 +354,12 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     workload, _seen = observe_workload(deps, Runtime.kube.pods(namespace, name) if deps else [], {}, competing)
     desired = dict(workload.desired)
     by_variant = {d.variant: d for d in deps}
+    # Whether this apply rolls anything out: a Deployment created, or one whose spec it changed (its
+    # generation rose). A resume that finds everything as the spec says changes nothing.
+    rolled = False
     try:
         if not deps:
+            rolled = True
             v = spec.variants[0]
             limit, why = ceiling_replicas(spec, v)
             if spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is not None:
@@ -370,8 +386,9 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
                 # cuts it: taking the field over would hide it from the timer, which reports it (an
                 # Event and ReplicasSetOutside) and takes it back at its next change.
                 hand_set = dep.replicas_set_by is not None and replicas == dep.replicas
-                _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep), workload.variant or variant,
-                             include_replicas=competing is None and not hand_set)
+                generation = _apply_shape(body, spec, workload, desired, variant, replicas, _marks(dep),
+                                          workload.variant or variant, include_replicas=competing is None and not hand_set)
+                rolled = rolled or generation is None or generation != dep.generation
         Runtime.kube.apply(render_service(dict(body), spec))
     except Exception as e:
         m.APPLY_ERRORS.labels(namespace, name).inc()
@@ -379,7 +396,7 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         raise kopf.TemporaryError(f"apply failed: {_api_error(e)}", delay=15) from e
     _disruption_budget(body, namespace, name)
     conds = {"Ready": ("True", "Applied", "Deployments and Service applied: " + ", ".join(f"{n} x {v}" for v, n in desired.items())),
-             "Progressing": ("True", "ReplicaSetUpdated", "rolling out the serving pods")}
+             "Progressing": _progressing(workload, rolled, deps=deps)}
     if competing:
         conds["CompetingAutoscaler"] = ("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale reports but does not set replicas")
     new, _changes = merge_conditions(st.get("conditions"), conds, now, body["metadata"].get("generation"))
@@ -394,6 +411,23 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     kopf.info(body, reason="Applied", message="Deployments " + ", ".join(
         f"{deployment_name(name, v)}: {n} x {v}" for v, n in desired.items()))
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
+
+
+def _progressing(workload: Workload, changed: bool, reason: str = "ReplicaSetUpdated",
+                 deps: list[DeploymentView] | None = None) -> tuple[str, str, str]:
+    """The Progressing condition: True while pods of any shape start or wait for GPUs, while a
+    Deployment has fewer Ready pods than it asks for (`deps`, as listed), or when this handler just
+    changed the Deployments (`reason` says how); False ("all replicas settled") otherwise: a
+    restart that finds every shape as the spec says, and settled, rolls nothing out."""
+    starting = sum(c.starting for c in workload.pods.values())
+    unschedulable = sum(c.unschedulable for c in workload.pods.values())
+    if starting or unschedulable:
+        return ("True", "PodsUnschedulable" if unschedulable else reason,
+                f"{starting} starting, {unschedulable} unschedulable (no free GPUs)")
+    if changed or any(d.ready_replicas < d.replicas for d in deps or []):
+        return ("True", reason, "rolling out the serving pods" if reason == "ReplicaSetUpdated"
+                else "0 starting, 0 unschedulable (no free GPUs)")
+    return ("False", "Stable", "all replicas settled")
 
 
 def _disruption_budget(body: Any, namespace: str, name: str) -> None:
@@ -563,7 +597,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         spec = parse_spec(dict(body["spec"]))
     except ValidationError:
         return  # reconcile() reports it
-    if engine_arg_conflicts(spec) or host_paths_not_allowed(spec, Runtime.allowed_host_paths):
+    if (engine_arg_conflicts(spec) or host_paths_not_allowed(spec, Runtime.allowed_host_paths)
+            or resource_name_problem(name)):
         return  # reconcile() reports it
     interval = parse_duration(spec.scaling.interval)
     last = st.get("lastDecision", {}).get("time") if isinstance(st.get("lastDecision"), dict) else None
@@ -663,11 +698,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     conds["Ready"] = ("True" if serving > 0 or d.to_replicas == 0 else "False",
                       "ReplicasReady" if serving > 0 else ("ScaledToZero" if d.to_replicas == 0 else "NoReadyReplicas"),
                       f"{serving}/{sum(workload.desired.values())} replicas Ready")
-    progressing = workload.starting > 0 or workload.pending_unschedulable > 0 or applied
-    conds["Progressing"] = ("True" if progressing else "False",
-                            "PodsUnschedulable" if workload.pending_unschedulable else ("Scaling" if progressing else "Stable"),
-                            f"{workload.starting} starting, {workload.pending_unschedulable} unschedulable (no free GPUs)"
-                            if progressing else "all replicas settled")
+    conds["Progressing"] = _progressing(workload, applied, "Scaling")
     conds["CompetingAutoscaler"] = (("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale only recommends")
                                     if competing else ("False", "NoCompetingAutoscaler", ""))
     # Replicas someone set by hand (kubectl scale, an edit), in Auto where llmscale sets them: said

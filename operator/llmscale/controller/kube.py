@@ -116,7 +116,9 @@ class Kube:
             return True
         return False
 
-    def apply(self, obj: dict[str, Any]) -> None:
+    def apply(self, obj: dict[str, Any]) -> int | None:
+        """Server-side apply of an owned object; for a Deployment, its metadata.generation after the
+        apply (raised only when the apply changed its spec), else None."""
         md = obj["metadata"]
         kind = obj["kind"]
         if kind == "Deployment":
@@ -124,9 +126,11 @@ class Kube:
             replicas = (obj.get("spec") or {}).get("replicas")
             marks = {k: v for k, v in (md.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
             self._written(md["namespace"], owner, md["name"], replicas, marks)
-            self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
-                                                  force=True, _content_type=APPLY)
+            out = self.apps.patch_namespaced_deployment(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
+                                                        force=True, _content_type=APPLY)
             self._written(md["namespace"], owner, md["name"], replicas, marks)  # the wait counts from the answer
+            generation = getattr(getattr(out, "metadata", None), "generation", None)
+            return generation if isinstance(generation, int) else None
         elif kind == "Service":
             self.core.patch_namespaced_service(md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER,
                                                force=True, _content_type=APPLY)
@@ -135,6 +139,7 @@ class Kube:
                                                                force=True, _content_type=APPLY)
         else:  # pragma: no cover - only the kinds above are owned
             raise ValueError(f"cannot apply {kind}")
+        return None
 
     def hand_over_replicas(self, namespace: str, deployment: str, owner: str) -> None:
         """Leave a Deployment's replicas to another autoscaler without resetting them. Server-side

@@ -104,6 +104,7 @@ class DeploymentView:
     replicas_set_by: str | None = None  # replicas_set_outside() of its managed fields
     owner: str = ""  # the llmscale.io/deployment label
     namespace: str = ""
+    generation: int = 0  # metadata.generation: an apply that changes the spec (template or replicas) raises it
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DeploymentView:
@@ -118,7 +119,8 @@ class DeploymentView:
                    ready_replicas=_int(_dict(obj.get("status")).get("readyReplicas")),
                    annotations={k: str(annotations[k]) for k in KEPT_ANNOTATIONS if k in annotations},
                    controller=controller, replicas_set_by=replicas_set_outside(_list(md.get("managedFields"))),
-                   owner=str(labels.get(LABEL_DEPLOYMENT) or ""), namespace=str(md.get("namespace") or ""))
+                   owner=str(labels.get(LABEL_DEPLOYMENT) or ""), namespace=str(md.get("namespace") or ""),
+                   generation=_int(md.get("generation")))
 
 
 @dataclass(frozen=True)

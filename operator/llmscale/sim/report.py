@@ -124,12 +124,22 @@ class Progress:
         self.label = label
         self.enabled = enabled
         self.last = -1
+        # Redrawn in place on a terminal; elsewhere (a log, a pipe) a line per quarter done, not a
+        # hundred carriage returns run together on one line.
+        self.tty = sys.stderr.isatty()
 
     def __call__(self, frac: float) -> None:
         if not self.enabled:
             return
         pct = int(frac * 100)
         if pct == self.last:
+            return
+        if not self.tty:
+            if pct < 25 or (pct // 25 == self.last // 25 and frac < 1):
+                return
+            self.last = pct
+            sys.stderr.write(f"  {self.label:<28} {pct // 25 * 25 if frac < 1 else 100:3d}%\n")
+            sys.stderr.flush()
             return
         self.last = pct
         bar = "#" * (pct // 4) + "." * (25 - pct // 4)
