@@ -61,8 +61,8 @@ Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
 # could not serve is refused when applied (not admitted, then reported as ApplyFailed): a label
 # value (node labels, taint values), a qualified name (an optional DNS-subdomain prefix and '/',
 # then at most 63 characters: node label keys, taint keys), and the LLMDeployment's own name, which
-# names its Service and labels its pods: a DNS-1123 label (Kubernetes 1.34+ accepts a Service name
-# with a leading digit, RelaxedServiceNameValidation; older API servers refuse that one at apply).
+# names its Service and labels its pods: a DNS-1123 label (a Service name may start with a digit
+# where RelaxedServiceNameValidation is on, as in Kubernetes 1.36; elsewhere that one fails at apply).
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 QUALIFIED_NAME_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                           r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
