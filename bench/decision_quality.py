@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmscale.api import parse_spec
+from llmscale.sim.baselines import slo_met
 from llmscale.sim.policies import POLICIES, make_policy
 from llmscale.sim.report import plot
 from llmscale.sim.traffic import Trace, load_trace, on_off, scenario
@@ -125,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--routing", choices=["LoadAware", "Service"], default="LoadAware",
                     help="what spreads requests over the pods, for every policy (default LoadAware: a gateway that picks "
                          "the least-loaded pod; Service: kube-proxy, equal shares); Service writes to <out>/service")
+    ap.add_argument("--pod-slowdown", type=float, default=1.0, metavar="F",
+                    help="the twin's pods take F times the performance model's step time (default 1: the model llmscale "
+                         "plans with is exact); 1.1-1.3 measures what a model error costs; writes to <out>/slowdown-F")
     args = ap.parse_args(argv)
+    if not 0.2 <= args.pod_slowdown <= 5:  # also refuses NaN
+        print(f"bench: --pod-slowdown {args.pod_slowdown:g}: give 0.2 to 5", file=sys.stderr)
+        return 2
+    Twin.pod_slowdown = args.pod_slowdown  # the workers are forked: they see it
     global ROUTING
     ROUTING = args.routing  # the workers are forked: they see it
     if args.onoff_minutes is not None:
@@ -149,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2
     out = Path(args.out) / ("service" if ROUTING == "Service" else "")
+    if args.pod_slowdown != 1.0:
+        out = out / f"slowdown-{args.pod_slowdown:g}"
+        print(f"pods {args.pod_slowdown:g}x the performance model's step time (llmscale plans with the model)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     policies = args.policy or list(POLICIES)
     all_rows: list[tuple[Case, RunResult]] = []
@@ -185,8 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     heads = ["trace", "policy", "TTFT ok", "ITL ok", "joint ok", "TTFT ok >=10m", "joint >=10m", "vs static >=10m", "TTFT p99", "GPU-h", "vs static", "vs oracle",
              "vs lookahead", "cost", "actions", "goal", "goal >=10m"]
     rows = []
+    # The oracle is the cheapest plan its search found that replays within the SLO (sim/oracle.py),
+    # not a proven bound: a replayed policy that meets the SLO as the search tests it (slo_met) for
+    # fewer GPU-hours is a plan it missed, and the ratios are taken against that plan instead (the
+    # best known), so that a search that misses never flatters them (review, session 27: a constant
+    # 5 replicas, static-peak's plan, beat it on mooncake behind a Service).
+    best_known: dict[str, RunResult] = {}
     for case, r in all_rows:
-        oracle = next((x for c, x in all_rows if c is case and x.policy == "oracle"), None)
+        spec = parse_spec(case.spec)
+        if r.policy == "oracle" or (r.policy != "oracle-lookahead" and slo_met(spec, r)):
+            cur = best_known.get(case.name)
+            if cur is None or r.gpu_hours < cur.gpu_hours * 0.999 or (r.policy == "oracle" and r.gpu_hours <= cur.gpu_hours):
+                best_known[case.name] = r
+    for case, r in all_rows:
+        oracle = best_known.get(case.name) if any(c is case and x.policy == "oracle" for c, x in all_rows) else None
         static = next((x for c, x in all_rows if c is case and x.policy == "static-peak"), None)
         ahead = next((x for c, x in all_rows if c is case and x.policy == "oracle-lookahead"), None)
         ratio = r.gpu_hours / oracle.gpu_hours if oracle and oracle.gpu_hours > 0 else float("nan")
@@ -228,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     # The oracle is the cheapest plan its search found that replays within the SLO, not a proven
     # bound of the twin (sim/oracle.py): a policy at or above its attainment for fewer GPU-hours
     # means the search missed a cheaper plan.
-    beaten = [f"{c.name}: {r.policy}" for c, r in all_rows for o in [next((x for cc, x in all_rows if cc is c and x.policy == "oracle"), None)]
-              if o is not None and r.policy not in ("oracle", "oracle-lookahead") and r.ttft_attainment >= o.ttft_attainment
+    beaten = [f"{c.name}: {r.policy} {r.gpu_hours:.2f} GPU-h < {o.gpu_hours:.2f}"
+              for c, r in all_rows for o in [next((x for cc, x in all_rows if cc is c and x.policy == "oracle"), None)]
+              if o is not None and r.policy not in ("oracle", "oracle-lookahead") and slo_met(parse_spec(c.spec), r)
               and r.gpu_hours < o.gpu_hours * 0.999]
-    print(f"\npolicies that beat the oracle (a plan its search missed, if any): {', '.join(beaten) or 'none'}")
+    print(f"\npolicies that meet the SLO for fewer GPU-hours than the oracle (plans its search missed; the "
+          f"'vs oracle' ratios use the cheapest of them): {', '.join(beaten) or 'none'}")
     print(f"\nplots and JSON: {out}/")
     return 0
 

@@ -171,12 +171,34 @@ def test_llmd_scale_up_rate_is_per_60s_from_the_count_at_its_start() -> None:
     assert p.decide(view(60, 6)).replicas == 12  # a new period: max(2 x 6, 6 + 4)
 
 
-def test_llmd_scale_down_waits_for_the_300s_high() -> None:
-    p = started(ScriptedLLMD({0: 0.5, 15: 0.1, 300: 0.1, 301: 0.1}))
+def test_llmd_scale_down_waits_for_the_180s_high() -> None:
+    """The guide's ScaledObject: scale-down with a 180 s window (the highest recommendation in it)."""
+    p = started(ScriptedLLMD({0: 0.5, 15: 0.1, 165: 0.1, 180: 0.1}))
     assert p.decide(view(0, 4)).replicas == 4     # in the band: 4 recorded
-    assert p.decide(view(15, 4)).replicas == 4    # low, but 4 was recommended within 300 s
-    assert p.decide(view(300, 4)).replicas == 4
-    assert p.decide(view(301, 4)).replicas == 3   # the 4 left the window: one pod down
+    assert p.decide(view(15, 4)).replicas == 4    # low, but 4 was recommended within 180 s
+    assert p.decide(view(165, 4)).replicas == 4
+    assert p.decide(view(180, 4)).replicas == 3   # the 4 left the window: one pod down
+
+
+def test_llmd_scale_up_waits_for_the_30s_low() -> None:
+    """The guide's ScaledObject: scale-up with a 30 s window (the lowest recommendation in it): one
+    high reading right after a low one does not scale up until the low one has left the window."""
+    p = started(ScriptedLLMD({0: 0.5, 15: 1.1, 30: 1.1}))
+    assert p.decide(view(0, 4)).replicas == 4     # in the band: 4 recorded
+    assert p.decide(view(15, 4)).replicas == 4    # avg 0.8 asks 6, but 4 stands within 30 s
+    # At 30: the 4 of t=0 left the window; the lowest left is 6 (t=15), this one asks 7 (avg 0.93).
+    assert p.decide(view(30, 4)).replicas == 6
+
+
+def test_llmd_credit_is_ready_over_provisioned_only_while_some_are_ready() -> None:
+    """c = r/n when 0 < r < n, else 1 (the guide's formula): with no pod Ready the demand is not
+    discounted to one replica's."""
+    p = started(ScriptedLLMD({0: 1.1}))
+    assert p.decide(view(0, 2, ready=0)).replicas == 4  # 2 + ceil(2 x (1.1 / 0.55 - 1)) = 4
+    p = started(ScriptedLLMD({0: 1.1}))
+    # 3 + ceil(3 x (1.1 x 1/3 / 0.55 - 1)) = 2: the pods warming cover the deficit, and the credited
+    # signal never sheds (only the uncredited one below 0.40 does): 3 stand.
+    assert p.decide(view(0, 3, ready=1)).replicas == 3
 
 
 def test_llmd_holds_in_the_band_and_caps_the_signal_at_2() -> None:

@@ -199,3 +199,15 @@ def test_requests_take_the_path_spec_routing_names() -> None:
     assert min(ratios) > 1.0 and sum(ratios) / len(ratios) > 1.1, ratios
     again = Twin(parse_spec({**spec_dict(**SPEC_OVERRIDES), "routing": "Service"}), trace, Fixed(4)).run()
     assert again.as_json() == runs["Service"].as_json()
+
+
+def test_pods_slower_than_the_model_take_that_much_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench --pod-slowdown: the twin's pods run the model's step times times the factor; the
+    first token of a lone request on an idle pod is one prefill step, so it scales exactly."""
+    trace = Trace("one", [Arrival(0.0, 100, 10), Arrival(100.0, 100, 10)])
+    prof = server_profile(SPEC.model, "nvidia-h100", 1)
+    monkeypatch.setattr(Twin, "pod_slowdown", 1.5)
+    r = Twin(SPEC, trace, Fixed(1)).run()
+    assert r.ttft_p50_s == pytest.approx(1.5 * prof.step_seconds(0, 0, 100, 50))
+    monkeypatch.setattr(Twin, "pod_slowdown", 1.0)
+    assert Twin(SPEC, trace, Fixed(1)).run().ttft_p50_s == pytest.approx(prof.step_seconds(0, 0, 100, 50))

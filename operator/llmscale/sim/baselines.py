@@ -188,17 +188,19 @@ class KPAPolicy(Baseline):
 
 class LLMDSLOPolicy(Baseline):
     """llm-d's SLO-aware autoscaling path (llm-d/llm-d guides/workload-autoscaling/
-    README.slo-aware.md): KEDA driven by the router's latency signal
-    s = min(2.0, max(p90 TTFT / TTFT target, p90 TPOT / TPOT target)), averaged over 45 s; scale up
-    while s > 0.55 to ceil(ready x s / 0.55) (the demand multiplied by ready / provisioned
-    replicas, so pods still starting are not asked for twice), down while s < 0.40 to
-    ceil(replicas x s / 0.40); HPA behaviour up by max(100 %, 4 pods) per 60 s, down by 1 pod per
-    120 s, after the HPA's default 300 s scale-down stabilization. llm-d's router predicts each
-    request's p90 latency; the twin observes it from the vLLM histograms over the last minute (a
-    lagging stand-in); a window without requests reads as 0 (KEDA's `ignoreNullValues`, on by
-    default). The 300 s scale-down stabilization is the HPA's default, which the guide's
-    ScaledObject does not override as far as the anchors record. The token-backlog signal of the
-    same guide is not modelled. Knob: a factor on both thresholds (lower = more headroom)."""
+    README.slo-aware.md, as of commit d38c9f0): KEDA driven by the router's latency signal
+    s = min(2.0, max(p90 TTFT / TTFT target, p90 TPOT / TPOT target)), averaged over 45 s. Above
+    0.55: n + ceil(n (s c / 0.55 - 1)) replicas, with the in-flight credit c = ready / provisioned
+    (1 when none or all are Ready), so pods still starting are not asked for twice (never fewer
+    than n: the pool sheds only on the uncredited signal); below 0.40:
+    n - floor(n (1 - s / 0.40)), uncredited; in between, hold. The HPA behaviour the guide states
+    (its step 3): up by max(100 %, 4 pods) per 60 s with a 30 s stabilization window (the lowest
+    recommendation in it), down by 1 pod per 120 s with a 180 s window (the highest), as the
+    HPA's stabilizeRecommendationWithBehaviors clamps today's count between the two. llm-d's
+    router predicts each request's p90 latency; the twin observes it from the vLLM histograms over
+    the last minute (a lagging stand-in); a window without requests reads as 0 (KEDA's
+    `ignoreNullValues`, on by default). The token-backlog signal of the same guide is not
+    modelled. Knob: a factor on both thresholds (lower = more headroom)."""
 
     name = "llmd-slo"
     knob_name = "threshold factor"
@@ -207,14 +209,14 @@ class LLMDSLOPolicy(Baseline):
     average_s = 45.0
     sync_s = 15.0
     up_period_s, down_period_s = 60.0, 120.0
-    down_window_s = 300.0
+    up_window_s, down_window_s = 30.0, 180.0
 
     def __init__(self, knob: float | None = None) -> None:
         super().__init__(knob)
         self.samples: deque[tuple[float, float]] = deque()
         self.ups: list[tuple[float, int]] = []  # (time, replicas before) of each scale-up
         self.last_down: float | None = None
-        self.recs: list[tuple[float, int]] = []
+        self.recs: list[tuple[float, int]] = []  # the unstabilized recommendations, as the HPA keeps them
 
     def interval(self, spec: LLMDeploymentSpec) -> float:
         return self.sync_s
@@ -245,15 +247,24 @@ class LLMDSLOPolicy(Baseline):
             return Target(current, self.variant)  # no metric: hold
         avg = sum(v for _, v in self.samples) / len(self.samples)
         up, down = self.up_at * self.knob, self.down_at * self.knob
+        n = max(current, 1)
         if avg > up:
-            desired = max(current, math.ceil(max(1, w.ready) * avg / up))
+            credit = w.ready / n if 0 < w.ready < n else 1.0
+            # Never below n: the credit shrinks the ask to the deficit beyond pods already warming,
+            # and a pool sheds only on the uncredited signal (the guide's "three asymmetries").
+            desired = max(n, n + math.ceil(n * (avg * credit / up - 1) - 1e-9))
         elif avg < down:
-            desired = max(1, math.ceil(current * avg / down))
+            desired = n - math.floor(n * (1 - avg / down) + 1e-9)
         else:
             desired = current
-        self.recs = [(t, r) for t, r in self.recs if now - t <= self.down_window_s] + [(now, desired)]
+        # The HPA's stabilization: today's count clamped between the lowest recommendation of the
+        # up window and the highest of the down window (this one included).
+        self.recs = [(t, r) for t, r in self.recs if now - t < max(self.up_window_s, self.down_window_s)]
+        up_rec = min([r for t, r in self.recs if now - t < self.up_window_s] + [desired])
+        down_rec = max([r for t, r in self.recs if now - t < self.down_window_s] + [desired])
+        self.recs.append((now, desired))
+        desired = min(max(current, up_rec), down_rec)
         if desired < current:
-            desired = min(current, max(r for _, r in self.recs))
             if self.last_down is not None and now - self.last_down < self.down_period_s:
                 desired = current
             else:

@@ -18,6 +18,7 @@ from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf import Engine, Request
 from llmscale.perf.engine import Finished
+from llmscale.perf.hardware import ServerProfile
 from llmscale.policy.capacity import max_model_len, replica_profile
 from llmscale.policy.ceilings import ceiling_replicas
 from llmscale.policy.types import PodCounts, Signals, Workload
@@ -163,6 +164,21 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     return chosen.name, max(1, spec.replicas.min, min(n, limit))
 
 
+class SlowedProfile:
+    """A replica whose engine steps take `factor` times what the performance model says: the twin's
+    pods off the model llmscale plans with (bench: `--pod-slowdown`). Only the step time changes;
+    memory, limits and everything else are the model's."""
+
+    def __init__(self, base: ServerProfile, factor: float) -> None:
+        self._base, self._factor = base, factor
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._base, name)
+
+    def step_seconds(self, decode_seqs: int, context_tokens: float, prefill_tokens: int, prefill_ctx: float = 0.0) -> float:
+        return self._factor * self._base.step_seconds(decode_seqs, context_tokens, prefill_tokens, prefill_ctx)
+
+
 def _pct(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
         return math.nan
@@ -171,6 +187,11 @@ def _pct(sorted_vals: list[float], q: float) -> float:
 
 
 class Twin:
+    # The pods' engine steps take this many times what the performance model says (1.0: the model
+    # is exact). A class setting, so that the replays static-peak and the oracle size themselves
+    # with run on the same pods (bench/decision_quality.py --pod-slowdown).
+    pod_slowdown: float = 1.0
+
     def __init__(
         self,
         spec: LLMDeploymentSpec,
@@ -488,7 +509,10 @@ class Twin:
             for p in self.pods:
                 if not p.ready and not p.draining and p.ready_at is not None and p.ready_at <= t:
                     p.ready = True
-                    p.engine = Engine(replica_profile(spec, p.variant), start=t, max_model_len=max_model_len(spec))
+                    profile = replica_profile(spec, p.variant)
+                    if self.pod_slowdown != 1.0:
+                        profile = SlowedProfile(profile, self.pod_slowdown)  # type: ignore[assignment]
+                    p.engine = Engine(profile, start=t, max_model_len=max_model_len(spec))
                     if self.target.by_variant is None:
                         self._apply(self.target, t)  # may retire old-shape pods now (the operator's rollout does this at its next decision)
             while self.gateway and any(p.ready for p in self.pods):
