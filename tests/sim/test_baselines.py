@@ -186,7 +186,7 @@ def test_llmd_scale_up_waits_for_the_30s_low() -> None:
     p = started(ScriptedLLMD({0: 0.5, 15: 1.1, 30: 1.1}))
     assert p.decide(view(0, 4)).replicas == 4     # in the band: 4 recorded
     assert p.decide(view(15, 4)).replicas == 4    # avg 0.8 asks 6, but 4 stands within 30 s
-    # At 30: the 4 of t=0 left the window; the lowest left is 6 (t=15), this one asks 7 (avg 0.93).
+    # At 30: the 4 of t=0 left the window; the lowest left is 6 (t=15), this one asks 7 (avg 0.90).
     assert p.decide(view(30, 4)).replicas == 6
 
 
@@ -196,9 +196,22 @@ def test_llmd_credit_is_ready_over_provisioned_only_while_some_are_ready() -> No
     p = started(ScriptedLLMD({0: 1.1}))
     assert p.decide(view(0, 2, ready=0)).replicas == 4  # 2 + ceil(2 x (1.1 / 0.55 - 1)) = 4
     p = started(ScriptedLLMD({0: 1.1}))
-    # 3 + ceil(3 x (1.1 x 1/3 / 0.55 - 1)) = 2: the pods warming cover the deficit, and the credited
-    # signal never sheds (only the uncredited one below 0.40 does): 3 stand.
-    assert p.decide(view(0, 3, ready=1)).replicas == 3
+    # 3 + ceil(3 x (1.1 x 1/3 / 0.55 - 1)) = 2, as the guide writes it: with no earlier
+    # recommendation in the 180 s window to hold 3, the HPA walks down one pod.
+    assert p.decide(view(0, 3, ready=1)).replicas == 2
+
+
+@pytest.mark.parametrize(("signal", "expect"), [
+    (0.36, 12),  # 12 - floor(12 x 0.1) = 11: 11/12 within the HPA's 10 % tolerance, held
+    (0.58, 12),  # 12 + ceil(12 x 0.0545) = 13: 13/12 within it, held
+    (0.30, 11),  # 12 - floor(12 x 0.25) = 9: outside it; one pod per 120 s
+    (0.70, 16),  # 12 + ceil(12 x 0.27) = 16: outside it
+])
+def test_llmd_output_goes_through_the_hpa_tolerance(signal: float, expect: int) -> None:
+    """The formula's d reaches the HPA as an external metric with an AverageValue target of 1: the
+    HPA keeps today's count while d / n is within 10 % (review, session 27)."""
+    p = started(ScriptedLLMD({0: signal}))
+    assert p.decide(view(0, 12, ready=12)).replicas == expect
 
 
 def test_llmd_holds_in_the_band_and_caps_the_signal_at_2() -> None:

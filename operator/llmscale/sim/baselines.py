@@ -191,9 +191,10 @@ class LLMDSLOPolicy(Baseline):
     README.slo-aware.md, as of commit d38c9f0): KEDA driven by the router's latency signal
     s = min(2.0, max(p90 TTFT / TTFT target, p90 TPOT / TPOT target)), averaged over 45 s. Above
     0.55: n + ceil(n (s c / 0.55 - 1)) replicas, with the in-flight credit c = ready / provisioned
-    (1 when none or all are Ready), so pods still starting are not asked for twice (never fewer
-    than n: the pool sheds only on the uncredited signal); below 0.40:
-    n - floor(n (1 - s / 0.40)), uncredited; in between, hold. The HPA behaviour the guide states
+    (1 when none or all are Ready), so pods still starting are not asked for twice; below 0.40:
+    n - floor(n (1 - s / 0.40)), uncredited; in between, hold. The output reaches the HPA as an
+    external metric with an AverageValue target of 1, so its 10 % tolerance holds d within 10 % of
+    n. The HPA behaviour the guide states
     (its step 3): up by max(100 %, 4 pods) per 60 s with a 30 s stabilization window (the lowest
     recommendation in it), down by 1 pod per 120 s with a 180 s window (the highest), as the
     HPA's stabilizeRecommendationWithBehaviors clamps today's count between the two. llm-d's
@@ -250,12 +251,16 @@ class LLMDSLOPolicy(Baseline):
         n = max(current, 1)
         if avg > up:
             credit = w.ready / n if 0 < w.ready < n else 1.0
-            # Never below n: the credit shrinks the ask to the deficit beyond pods already warming,
-            # and a pool sheds only on the uncredited signal (the guide's "three asymmetries").
-            desired = max(n, n + math.ceil(n * (avg * credit / up - 1) - 1e-9))
+            # As written: the credit may bring the ask under n while pods warm; the HPA's windows
+            # (the highest recommendation of the last 180 s) then usually hold the count.
+            desired = n + math.ceil(n * (avg * credit / up - 1) - 1e-9)
         elif avg < down:
             desired = n - math.floor(n * (1 - avg / down) + 1e-9)
         else:
+            desired = current
+        # The formula's output reaches the HPA as an external metric with an AverageValue target of
+        # 1: the HPA keeps today's count while d / n is within its 10 % tolerance.
+        if abs(desired / n - 1) <= HPAAlgorithm.tolerance:
             desired = current
         # The HPA's stabilization: today's count clamped between the lowest recommendation of the
         # up window and the highest of the down window (this one included).

@@ -175,14 +175,15 @@ def _replay(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float], name:
     return Twin(spec, trace, Schedule(name, plan, step), cold).run()
 
 
-_CALIBRATED: dict[tuple[str, int, str, float], float] = {}
+_CALIBRATED: dict[tuple[str, int, str, float, float], float] = {}
 
 
 def calibrate_headroom(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float], p: Problem) -> float:
     """The least headroom (0.5 .. 16) whose no-miss lookahead plan, replayed, meets the SLO
     (bisection; cached per trace and deployment, since both oracles need it). When even 16x
     misses, 16 is returned and the replay reports the shortfall."""
-    key = (trace.name, len(trace.arrivals), spec.model_dump_json(), p.lead)
+    # The pods' speed too: a replay on pods slower than the model (Twin.pod_slowdown) needs its own.
+    key = (trace.name, len(trace.arrivals), spec.model_dump_json(), p.lead, Twin.pod_slowdown)
     if key in _CALIBRATED:
         return _CALIBRATED[key]
 

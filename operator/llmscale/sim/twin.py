@@ -173,6 +173,10 @@ class SlowedProfile:
         self._base, self._factor = base, factor
 
     def __getattr__(self, name: str) -> object:
+        # Only what the profile has; never our own fields or dunders (copy and pickle probe those
+        # before __init__ has run, and would recurse here for ever).
+        if name.startswith("__") or name in ("_base", "_factor"):
+            raise AttributeError(name)
         return getattr(self._base, name)
 
     def step_seconds(self, decode_seqs: int, context_tokens: float, prefill_tokens: int, prefill_ctx: float = 0.0) -> float:
