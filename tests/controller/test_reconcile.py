@@ -129,7 +129,8 @@ def test_a_stored_name_that_cannot_name_the_service_is_reported_not_applied(monk
     h._reconcile(body, {}, patch, "chat.prod", "ns")  # type: ignore[arg-type]
     assert kube.applied == []
     status, reason, message = _condition(patch, "Ready")
-    assert (status, reason) == ("False", "InvalidName") and message.endswith("labels its pods ('chat.prod')")
+    assert (status, reason) == ("False", "InvalidName") and "labels its pods ('chat.prod'); nothing is applied" in message
+    assert message.endswith("create it again under a valid name")
     assert events == [("Warning", "InvalidName", message)]
 
 

@@ -181,7 +181,9 @@ class Variant(_Model):
     def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
         import re
 
-        bad = [k for k in v if len(k) > QUALIFIED_NAME_MAX or not re.fullmatch(QUALIFIED_NAME_PATTERN[1:-1], k)]
+        # (The prefix's own limit, 253, is checked here only; the CRD bounds the whole key.)
+        bad = [k for k in v if len(k) > QUALIFIED_NAME_MAX or not re.fullmatch(QUALIFIED_NAME_PATTERN[1:-1], k)
+               or ("/" in k and len(k.split("/", 1)[0]) > 253)]
         if bad:
             raise ValueError(f"nodeSelector keys {[k[:80] for k in bad]} are not label keys: an optional DNS prefix and "
                              "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .crd import spec_schema, status_schema
+from .crd import crd, spec_schema, status_schema
 
 
 def _type(node: dict[str, Any]) -> str:
@@ -30,6 +30,10 @@ def _rows(node: dict[str, Any], path: str, required: set[str], out: list[str]) -
                 limits.append(f"{'>' if key == 'minimum' and strict else '<' if strict else label} {child[key]}")
         if "pattern" in child:
             limits.append("pattern `" + child["pattern"].replace("|", "\\|") + "`")
+        values = child.get("additionalProperties")
+        if isinstance(values, dict) and "pattern" in values:
+            limits.append("values: pattern `" + values["pattern"].replace("|", "\\|") + "`"
+                          + (f", at most {values['maxLength']} characters" if "maxLength" in values else ""))
         desc = (child.get("description") or "").replace("|", "\\|").replace("\n", " ")
         req = "yes" if name in required else ""
         out.append(f"| `{p}` | {_type(child)} | {req} | {show_default} | {desc}{' (' + ', '.join(limits) + ')' if limits else ''} |")
@@ -60,6 +64,9 @@ def reference_markdown() -> str:
     ]
     _rows(spec, "", set(spec.get("required", [])), out)
     out += ["", "### Validation rules (CEL, checked by the API server at apply time)", ""]
+    for r in crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get("x-kubernetes-validations", []):
+        when = " (checked when the object is created)" if r.get("optionalOldSelf") else ""
+        out.append(f"- `metadata.name`: {r['message']}{when} (`{r['rule']}`)")
     _rules(spec, "", out)
     out += ["", "## status (written by the operator)", "", "| field | type | required | default | description |", "|---|---|---|---|---|"]
     _rows(status, "", set(), out)

@@ -269,7 +269,10 @@ def _fail(body: Any, patch: kopf.Patch, status: dict, reason: str, message: str)
 def _parse(body: Any, patch: kopf.Patch, status: dict) -> LLMDeploymentSpec | None:
     bad_name = resource_name_problem(str(body["metadata"].get("name") or ""))
     if bad_name:
-        _fail(body, patch, status, "InvalidName", bad_name)
+        # Earlier builds created such a CR's Deployments (only its Service failed): they are left
+        # as they are, and go with the CR when it is deleted (owner references).
+        _fail(body, patch, status, "InvalidName", bad_name + "; nothing is applied: delete it (its Deployments go "
+                                                             "with it) and create it again under a valid name")
         return None
     try:
         spec = parse_spec(dict(body["spec"]))
@@ -698,7 +701,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     conds["Ready"] = ("True" if serving > 0 or d.to_replicas == 0 else "False",
                       "ReplicasReady" if serving > 0 else ("ScaledToZero" if d.to_replicas == 0 else "NoReadyReplicas"),
                       f"{serving}/{sum(workload.desired.values())} replicas Ready")
-    conds["Progressing"] = _progressing(workload, applied, "Scaling")
+    conds["Progressing"] = _progressing(workload, applied, "Scaling", deps)
     conds["CompetingAutoscaler"] = (("True", "CompetingAutoscaler", f"{competing} also scales this workload; llmscale only recommends")
                                     if competing else ("False", "NoCompetingAutoscaler", ""))
     # Replicas someone set by hand (kubectl scale, an edit), in Auto where llmscale sets them: said
