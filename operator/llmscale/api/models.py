@@ -8,6 +8,7 @@ several fields sit next to the model they constrain (`x-kubernetes-validations`)
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -81,9 +82,7 @@ RESOURCE_NAME_MESSAGE = (f"metadata.name must be at most {RESOURCE_NAME_MAX} low
 def resource_name_problem(name: str) -> str | None:
     """Why an LLMDeployment cannot be served under this name (None when it can): the CRD refuses such
     names at creation, but one stored before it did is reported, not applied."""
-    import re
-
-    if len(name) <= RESOURCE_NAME_MAX and re.fullmatch(RESOURCE_NAME_PATTERN[1:-1], name):
+    if len(name) <= RESOURCE_NAME_MAX and re.fullmatch(RESOURCE_NAME_PATTERN, name):
         return None
     return f"{RESOURCE_NAME_MESSAGE} ({name[:80]!r})"
 
@@ -179,10 +178,8 @@ class Variant(_Model):
     @field_validator("node_selector")
     @classmethod
     def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        import re
-
         # (The prefix's own limit, 253, is checked here only; the CRD bounds the whole key.)
-        bad = [k for k in v if len(k) > QUALIFIED_NAME_MAX or not re.fullmatch(QUALIFIED_NAME_PATTERN[1:-1], k)
+        bad = [k for k in v if len(k) > QUALIFIED_NAME_MAX or not re.fullmatch(QUALIFIED_NAME_PATTERN, k)
                or ("/" in k and len(k.split("/", 1)[0]) > 253)]
         if bad:
             raise ValueError(f"nodeSelector keys {[k[:80] for k in bad]} are not label keys: an optional DNS prefix and "
