@@ -81,6 +81,12 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
     at = _epoch(decision["time"])
     recent = [r for t, r in st["history"]["recommendations"] if at - 30 < t <= at + 1]
     assert recent and max(recent) <= decision["to"], (decision, st["history"]["recommendations"])
+    # The engine speed, read through the real Prometheus from vLLM's inter-token histogram (_sum and
+    # _count) in the steady windows: the bed's pods run the performance model itself (the fleet
+    # simulator), so each reading is about 1 and capacity is planned at the model's own speed.
+    readings = st["history"].get("speedReadings") or []
+    assert readings and all(0.9 < f < 1.1 for _, f in readings), readings
+    assert st["history"].get("plannedSpeed") is None and st["estimate"].get("stepTimeFactor") is None, st["history"]
     # Graceful scale-down: the pods were ranked by in-flight work for the ReplicaSet to pick from.
     pods = bed.core.list_namespaced_pod(namespace, label_selector="llmscale.io/deployment=chat").items
     costs = [(p.metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost") for p in pods

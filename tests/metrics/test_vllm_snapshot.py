@@ -92,3 +92,32 @@ def test_a_sample_keeps_its_bucket_edge_pod_and_value_or_why_not() -> None:
     assert a.le is b.le  # interned
     assert to_sample({"metric": {"pod": "p-1"}, "value": [1.0, "-2"]}) == Sample(None, "p-1", None, "negative value -2")
     assert to_sample({"metric": {}, "value": "x"}) == Sample(None, None, None, "malformed sample")
+
+
+def _with_itl(total: str, count: str) -> dict:
+    raw = copy.deepcopy(RECORDED)
+    for name, value in (("itlSum", total), ("itlCount", count)):
+        sample = copy.deepcopy(raw["requestRate"][0])
+        sample["value"][1] = value
+        raw[name] = [sample]
+    return raw
+
+
+@pytest.mark.parametrize(("total", "count", "mean", "decoding", "unknown"), [
+    ("12.5", "1000", 0.0125, 12.5, {}),  # 12.5 sequences decoding on average, 12.5 ms a token
+    ("0", "0", None, 0.0, {}),  # nothing decoded in the window: no mean, and none decoding
+    ("NaN", "1000", None, None, {"itlSum": "ignored: NaN"}),
+    ("12.5", "garbage", None, None, {"itlCount": "ignored: malformed sample"}),
+])
+def test_the_inter_token_sum_and_count_give_its_mean_and_the_sequences_decoding(
+        total: str, count: str, mean: float | None, decoding: float | None, unknown: dict) -> None:
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, KEY, _results(_with_itl(total, count)), RECORDED["_recorded_at"], 60.0)
+    assert (s.itl_mean, s.sequences_decoding) == (pytest.approx(mean) if mean else None, decoding)
+    assert {k: v for k, v in s.unknown.items() if k.startswith("itl")} == unknown
+
+
+def test_a_vllm_without_the_inter_token_histogram_loses_only_the_engine_speed() -> None:
+    spec = parse_spec(spec_dict())
+    s = build_signals(spec, KEY, _results(RECORDED), RECORDED["_recorded_at"], 60.0)
+    assert s.itl_mean is None and s.sequences_decoding is None and not s.unknown

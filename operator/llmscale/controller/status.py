@@ -83,6 +83,7 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
             "forecastRate": None if est.forecast_rate is None else round(est.forecast_rate, 4),
             "horizonSeconds": est.horizon_s,
             "ceilingReplicas": est.ceiling_replicas,
+            "stepTimeFactor": None if est.step_time_factor is None else round(est.step_time_factor, 4),
             "shapes": [{"variant": o.variant, "replicas": o.replicas, "hourlyCost": o.hourly_cost, "fitsCeiling": o.fits_ceiling,
                         "capacityPerReplica": o.capacity_per_replica, "limitedBy": o.limited_by, "note": o.note}
                        for o in est.shapes] or None,
@@ -139,7 +140,7 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
 # the operator carries its history in memory (see OwnStatus); a restart continues from the last
 # write, whose gaps the policy reads as time nobody saw (see policy.stabilization, policy.idleness).
 # What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
-LEARNT = ("capacityCorrection", "burstGaps", "burstGrowth", "burstFrom", "burstSince", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
+LEARNT = ("capacityCorrection", "plannedSpeed", "burstGaps", "burstGrowth", "burstFrom", "burstSince", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
           "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes")
 USER_FIELDS = ("desiredReplicas", "startingReplicas", "sloMet", "warnings", "variant", "replicas", "readyReplicas", "gpus",
                "hourlyCost", "shape", "variants", "switch", "observedGeneration", "coldStartSeconds", "readyPods")

@@ -17,6 +17,10 @@ BATCH: dict[str, str] = {
     "requestRate": f"sum by ({GROUP}) (rate(vllm:request_success_total[{{w}}]))",
     "promptTokensRate": f"sum by ({GROUP}) (rate(vllm:prompt_tokens_total[{{w}}]))",
     "generationTokensRate": f"sum by ({GROUP}) (rate(vllm:generation_tokens_total[{{w}}]))",
+    # The inter-token latency's _sum and _count: its mean, and the sequences decoding on average
+    # (the rate of the sum), which tell the pods' engine speed against the model (policy.speed).
+    "itlSum": f"sum by ({GROUP}) (rate(vllm:inter_token_latency_seconds_sum[{{w}}]))",
+    "itlCount": f"sum by ({GROUP}) (rate(vllm:inter_token_latency_seconds_count[{{w}}]))",
     "requestsWaiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
     "requestsRunning": f"sum by ({GROUP}) (vllm:num_requests_running)",
     "kvCacheUsage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc)",

@@ -139,11 +139,12 @@ def build_signals(
             # are used (the growth of the queue), never the gap to our clock.
             scraped_at = ts
     for name in ("requestRate", "promptTokensRate", "generationTokensRate", "requestsWaiting", "requestsRunning",
-                 "kvCacheUsage", "gpuUtilization", "gatewayPending"):
+                 "kvCacheUsage", "gpuUtilization", "gatewayPending", "itlSum", "itlCount"):
         samples = results.get(name, {}).get(key)
         if not samples:
             vals[name] = None
-            if name not in ("gatewayPending", "gpuUtilization"):
+            # Optional: the engine speed is read where vLLM exports the inter-token histogram.
+            if name not in ("gatewayPending", "gpuUtilization", "itlSum", "itlCount"):
                 unknown[name] = NO_SERIES
             continue
         v, why = samples[0].value, samples[0].why
@@ -208,6 +209,9 @@ def build_signals(
         unknown.pop("requestsWaiting", None)
     elif pending is None and spec.scaling.scale_to_zero.demand is not None and "gatewayDemand" not in unknown:
         unknown["gatewayDemand"] = "no series for the gateway's demand signal (scaleToZero.demand)"
+    itl_sum, itl_count = vals.get("itlSum"), vals.get("itlCount")
+    if itl_sum is None or itl_count is None:
+        itl_sum = None
     return Signals(
         ttft_quantile=ttft_q,
         itl_quantile=itl_q,
@@ -221,6 +225,8 @@ def build_signals(
         request_rate=vals.get("requestRate"),
         prompt_tokens_rate=vals.get("promptTokensRate"),
         generation_tokens_rate=vals.get("generationTokensRate"),
+        itl_mean=itl_sum / itl_count if itl_sum is not None and itl_count else None,
+        sequences_decoding=itl_sum,
         sampled_at=scraped_at if scraped_at is not None else read_at,  # the gauges' scrape, which growth is measured between
         read_at=read_at,
         unknown=unknown,

@@ -104,6 +104,7 @@ TP_COMM_PER_GPU = 0.08
 # batch away; scaled by depth and inversely by compute. Fitted to the mid-load TPOT points.
 SEQ_OVERHEAD_S = 50e-6  # extra time per step per additional tensor-parallel GPU (all-reduce)
 GPU_MEMORY_UTILIZATION = 0.9
+MAX_PREFILL_SHARE = 0.8  # beyond this share of the time prefilling, mean_itl says nothing
 MIN_KV_TOKENS = 2048  # less KV cache than this after the weights: the model does not fit
 ACTIVATION_RESERVE_GB = 2.0
 
@@ -118,6 +119,9 @@ class ServerProfile:
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
     gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION  # vLLM's --gpu-memory-utilization
+    # The pods' engine steps take this many times what the fitted model says: learnt from the
+    # inter-token latency they report (policy.speed); 1.0 until then.
+    step_scale: float = 1.0
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -154,7 +158,8 @@ class ServerProfile:
     def _hash(self) -> int:
         # Kept: the capacity model's caches are keyed by the profile, and hashing its nested
         # dataclasses field by field at every lookup was a tenth of a decision.
-        return hash((self.model, self.gpu, self.tp, self.max_num_seqs, self.max_batched_tokens, self.gpu_memory_utilization))
+        return hash((self.model, self.gpu, self.tp, self.max_num_seqs, self.max_batched_tokens, self.gpu_memory_utilization,
+                     self.step_scale))
 
     def __getstate__(self) -> dict[str, object]:
         # A string's hash differs between processes: a pickled copy computes its own.
@@ -188,7 +193,37 @@ class ServerProfile:
         memory, compute = weights + kv, linear + attn
         body = memory + 0.15 * compute if memory >= compute else compute + 0.15 * memory
         body += decode_seqs * SEQ_OVERHEAD_S * depth * speed
-        return fixed + body * comm
+        return (fixed + body * comm) * self.step_scale
+
+    def mean_itl(self, decoding: float, context_tokens: float, prompts_per_s: float, prompt_tokens: float) -> float | None:
+        """The mean inter-token latency (vLLM's histogram: _sum over _count, a mean over output
+        tokens) of a replica that decodes `decoding` sequences on average over time, each holding
+        `context_tokens` of KV cache, while prompts of `prompt_tokens` arrive at `prompts_per_s`; None
+        when prefill would take nearly all of its time (the mean then says little about the steps).
+
+        Weighted by tokens, the batch a token sees is larger than the time average by about its
+        variance over its mean, about one for requests that come and go at random. While it decodes,
+        each step lasts T_d, and each prompt (arriving at random, so at the same rate while it
+        decodes) adds E to the steps that prefill it, chunk by chunk: per second of decoding there
+        are (1 - rate x E) / T_d steps, so the mean step is T_d / (1 - rate x E)."""
+        b = min(float(self.max_num_seqs), decoding + 1.0)
+        lo, hi = math.floor(b), math.ceil(b)
+        at_lo = self._mean_step(lo, b * context_tokens, prompts_per_s, prompt_tokens)
+        if hi == lo or at_lo is None:
+            return at_lo
+        at_hi = self._mean_step(hi, b * context_tokens, prompts_per_s, prompt_tokens)
+        return None if at_hi is None else at_lo + (b - lo) * (at_hi - at_lo)
+
+    def _mean_step(self, batch: int, decode_ctx: float, prompts_per_s: float, prompt_tokens: float) -> float | None:
+        decode = self.step_seconds(batch, decode_ctx, 0)
+        extra, done, length = 0.0, 0, max(0, round(prompt_tokens))
+        budget = max(1, self.max_batched_tokens - batch)
+        while done < length:
+            take = min(budget, length - done)
+            extra += self.step_seconds(batch, decode_ctx, take, done + take / 2) - decode
+            done += take
+        busy = prompts_per_s * extra  # of each second of decoding, the share prefill adds
+        return decode / (1.0 - busy) if busy < MAX_PREFILL_SHARE else None
 
     def unloaded_itl(self, context_tokens: float = 1024) -> float:
         """Inter-token latency of a single stream on an idle replica: the floor no scaling can beat."""
@@ -209,8 +244,9 @@ class ServerProfile:
         return t
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def server_profile(model: str, accelerator: str, gpus: int,
-                   gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION) -> ServerProfile:
+                   gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION, step_scale: float = 1.0) -> ServerProfile:
     # Cached: every decision asks for it, and one instance keeps its hoisted step constants.
-    return ServerProfile(model_profile(model), gpu_for(accelerator), gpus, gpu_memory_utilization=gpu_memory_utilization)
+    return ServerProfile(model_profile(model), gpu_for(accelerator), gpus, gpu_memory_utilization=gpu_memory_utilization,
+                         step_scale=step_scale)

@@ -17,6 +17,7 @@ from llmscale.perf.hardware import ServerProfile, server_profile
 from llmscale.perf.queueing import modelled_curve
 
 from .reasons import Code, Reason
+from .speed import READINGS_KEPT, learnt_speed, planning_speed, speed_reading
 from .types import Condition, History, Signals, Workload
 
 # Token mix assumed before any traffic has been seen (chat-like).
@@ -84,16 +85,17 @@ def memory_utilization(args: Sequence[str]) -> float | None:
     return util if util is not None and 0 < util <= 1 else None
 
 
-def replica_profile(spec: LLMDeploymentSpec, variant: Variant) -> ServerProfile:
-    """The performance model of one replica of `variant`, with the memory share its engine args give."""
-    return _profile(spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica)
+def replica_profile(spec: LLMDeploymentSpec, variant: Variant, speed: float = 1.0) -> ServerProfile:
+    """The performance model of one replica of `variant`, with the memory share its engine args give,
+    its steps taking `speed` times the fitted model's (policy.speed)."""
+    return _profile(spec.model, tuple(spec.engine_args), variant.accelerator, variant.gpus_per_replica, speed)
 
 
-def _profile(model: str, args: Sequence[str], accelerator: str, gpus: int) -> ServerProfile:
+def _profile(model: str, args: Sequence[str], accelerator: str, gpus: int, speed: float = 1.0) -> ServerProfile:
     util = memory_utilization(args)
     if util is None:
-        return server_profile(model, accelerator, gpus)
-    return server_profile(model, accelerator, gpus, util)
+        return server_profile(model, accelerator, gpus, step_scale=speed)
+    return server_profile(model, accelerator, gpus, util, speed)
 
 
 # Engine args that change what a token or the weights take in GPU memory (or where they live), and
@@ -230,10 +232,11 @@ class CapacityCurve:
 
 
 def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
-                   mix: tuple[float, float] | None = None, started: bool = False) -> CapacityCurve:
-    """The capacity of `variant` by fleet size for this mix (the observed one when `mix` is None). A
-    shape vLLM would not start on sustains nothing, unless its pods have started (`started`: Ready
-    pods prove the rule wrong for them, whatever the engine args seemed to say)."""
+                   mix: tuple[float, float] | None = None, started: bool = False, speed: float = 1.0) -> CapacityCurve:
+    """The capacity of `variant` by fleet size for this mix (the observed one when `mix` is None),
+    with engine steps `speed` times the fitted model's. A shape vLLM would not start on sustains
+    nothing, unless its pods have started (`started`: Ready pods prove the rule wrong for them,
+    whatever the engine args seemed to say)."""
     mean_in, mean_out = mix or with_defaults(signals.mean_input_tokens, signals.mean_output_tokens)
     itl = spec.slo.itl_target()
     ttft = spec.slo.ttft
@@ -241,7 +244,7 @@ def capacity_curve(spec: LLMDeploymentSpec, variant: Variant, signals: Signals,
     refused = None if started else _refusal(spec.model, args, variant.accelerator, variant.gpus_per_replica)
     if refused is not None:
         return CapacityCurve(variant, (), refused, 0.0, spec.routing.pools)
-    profile = _profile(spec.model, args, variant.accelerator, variant.gpus_per_replica)
+    profile = _profile(spec.model, args, variant.accelerator, variant.gpus_per_replica, speed)
     # The model reads the mix on its 8 % grid: the cache is keyed by the cell, so a mix that drifts
     # within it is answered from the cache (the idle inter-token floor is read at the mix itself).
     anchors = _curve(profile, args, itl.seconds if itl else None, itl.percentile if itl else 95.0,
@@ -260,17 +263,19 @@ def _curve(profile: ServerProfile, args: tuple[str, ...], itl_s: float | None, i
 
 
 def variant_capacity(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                     mix: tuple[float, float] | None = None, replicas: int = 1, started: bool = False) -> VariantCapacity:
+                     mix: tuple[float, float] | None = None, replicas: int = 1, started: bool = False,
+                     speed: float = 1.0) -> VariantCapacity:
     """What one replica of `variant` sustains at the SLO in a fleet of `replicas` (capacity_curve)."""
-    return capacity_curve(spec, variant, signals, mix, started).at(replicas, correction)
+    return capacity_curve(spec, variant, signals, mix, started, speed).at(replicas, correction)
 
 
 def replicas_for(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, correction: float,
-                 mix: tuple[float, float], demand: float, utilization: float, started: bool = False) -> tuple[int, VariantCapacity]:
+                 mix: tuple[float, float], demand: float, utilization: float, started: bool = False,
+                 speed: float = 1.0) -> tuple[int, VariantCapacity]:
     """The fewest replicas whose capacity, at `utilization`, carries `demand` req/s, and the
     per-replica capacity at that fleet size. Pooled capacity (a load-aware gateway) grows with the
     fleet, so the count a lone replica's capacity gives is an upper bound; bisect below it."""
-    curve = capacity_curve(spec, variant, signals, mix, started)
+    curve = capacity_curve(spec, variant, signals, mix, started, speed)
     single = curve.at(1, correction)
     if not single.feasible or demand <= 0:
         return 0, single
@@ -359,6 +364,53 @@ def steady_load(samples: tuple[tuple[float, float], ...], rate: float | None, no
     return not seen or rate <= RAMP_FACTOR * min(seen)
 
 
+def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
+                read_at: float, window_s: float, clean: bool, mix: tuple[float, float],
+                started: bool) -> tuple[History, float, Reason | None]:
+    """The pods' speed against the model (policy.speed): a rate window not read yet is read when
+    `clean` (one shape serves, no requests waited, and the window began after the Ready set last
+    grew); the speed to plan for, and why it moved. When it moves, the part of the capacity correction it explains
+    (a correction below 1 for pods found slower, above 1 for pods found faster) moves into it, so
+    that one error is not counted twice."""
+    hist = history
+    last = hist.speed_readings[-1][0] if hist.speed_readings else None
+    counts = workload.pods.get(variant.name)
+    serving = (counts.ready + counts.terminating) if counts is not None else workload.ready
+    if clean and serving > 0 and (last is None or read_at - last >= window_s):
+        at = signals.sampled_at if signals.sampled_at is not None else read_at
+        running = [r for t, _, r in hist.queue_scrapes if at - window_s <= t < at - 1.0]
+        if signals.requests_running is not None:
+            running.append(signals.requests_running)
+        window_mix = (signals.mean_input_tokens or mix[0], signals.mean_output_tokens or mix[1])
+        reading = speed_reading(replica_profile(spec, variant), signals, serving, window_mix, running, window_s)
+        if reading.factor is not None:
+            hist = hist.with_(speed_readings=(hist.speed_readings + ((read_at, round(reading.factor, 4)),))[-READINGS_KEPT:])
+    before = hist.planned_speed or 1.0
+    planned = planning_speed(learnt_speed(hist.speed_readings), hist.planned_speed)
+    speed = planned or 1.0
+    if planned == hist.planned_speed:
+        return hist, speed, None
+    hist = hist.with_(planned_speed=planned)
+    if speed == before:
+        return hist, speed, None
+    fleet = max(workload.ready, 1)
+    old = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, before).per_replica
+    new = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, speed).per_replica
+    correction = hist.capacity_correction
+    if old > 0 and new > 0:
+        ratio = old / new
+        if correction < 1 < ratio:
+            correction = min(1.0, correction * ratio)
+        elif correction > 1 > ratio:
+            correction = max(1.0, correction * ratio)
+    why = (f"engine step time x{before:.3f} -> x{speed:.3f} of the model's, from the inter-token latency of "
+           f"{len(hist.speed_readings)} steady window(s)")
+    if correction != hist.capacity_correction:
+        why += f"; capacity estimate x{hist.capacity_correction:.2f} -> x{correction:.2f} (the speed explains it)"
+        hist = hist.with_(capacity_correction=correction)
+    return hist, speed, Reason(Code.CAPACITY_LEARNED, why)
+
+
 @dataclass(frozen=True)
 class CapacityStep:
     """Step 2's output: what one replica sustains at the SLO in today's fleet, and what was learnt."""
@@ -372,6 +424,7 @@ class CapacityStep:
     history: History
     reasons: tuple[Reason, ...] = ()
     started: bool = False  # the running shape's pods have become Ready (vLLM does start on it)
+    speed: float = 1.0  # the pods' step time over the model's, as planned for (policy.speed)
 
 
 def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
@@ -422,24 +475,31 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         hist = hist.with_(mixed_at=now)
     # (One interval more: the pods last seen then may have served until just before this decision.)
     mixed = hist.mixed_at is not None and read_at - hist.mixed_at <= window_s + parse_duration(spec.scaling.interval)
+
+    # The pods' speed against the model, from the inter-token latency they report at any load.
+    started = has_started(spec, workload, hist, variant.name)
+    hist, speed, learnt_why = learn_speed(spec, variant, workload, signals, hist, read_at, window_s,
+                                          settled and not mixed and not backlog_in_window, mix, started)
+    correction = hist.capacity_correction  # the speed may explain part of it (learn_speed)
+    if learnt_why is not None:
+        reasons = (learnt_why,)
     if (fresh and settled and not backlog_in_window and not mixed and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
-        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), has_started(spec, workload, hist, variant.name))
+        seed = variant_capacity(spec, variant, signals, 1.0, mix, max(ready, 1), started, speed)
         per_ready = rate / ready if rate is not None and ready > 0 else None
         learned = refine_correction(correction, signals.ttft_attainment, share, breach_ratio, True, per_ready,
                                     seed.per_replica, rate * window_s if rate is not None else None)
         if learned != correction:
-            reasons = (Reason(Code.CAPACITY_LEARNED, f"capacity estimate x{correction:.2f} -> x{learned:.2f} from the last "
+            reasons += (Reason(Code.CAPACITY_LEARNED, f"capacity estimate x{correction:.2f} -> x{learned:.2f} from the last "
                               f"{spec.metrics.rate_window} (TTFT attainment {signals.ttft_attainment:.1%})"),)
         correction = learned
         hist = hist.with_(capacity_correction=correction, learned_at=read_at)
 
-    started = has_started(spec, workload, hist, variant.name)
-    cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1), started)
+    cap = variant_capacity(spec, variant, signals, correction, mix, max(workload.replicas, 1), started, speed)
     if cap.feasible:
         feasible = Condition("True", "SLOFeasible", f"variant {variant.name} sustains {cap.per_replica:.2f} req/s per replica "
                                                    f"({cap.limited_by}-bound)")
     else:
         feasible = Condition("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
-    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons, started)
+    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons, started, speed)

@@ -50,7 +50,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 8. Unknown metrics never scale down.
     safe = unknowns(current, signals, gate.unknown_critical, steady)
     # 9. Stabilization windows, the panic hold, step limits, pods waiting for GPUs.
-    stable = stabilization(spec, running, workload, safe, idle.to_zero, idle.history, now)
+    stable = stabilization(spec, running, workload, safe, idle.to_zero, idle.history, now, fc.rising)
     # 10. Bounds and ceilings: they always win.
     bounded = ceilings(spec, running, stable.proposal, idle.to_zero)
     # 11. The pod shape (vertical), with hysteresis, a dwell time and rollback.
@@ -68,7 +68,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec))
     # 13. Recommend reports; Auto applies.
     estimate = Estimate(cap.current.per_replica if cap.current.feasible else 0.0, cap.current.limited_by, fc.rate,
-                        fc.horizon_s, planned.planned, fb.replicas, bounded.limit, shape.options)
+                        fc.horizon_s, planned.planned, fb.replicas, bounded.limit, shape.options,
+                        cap.history.planned_speed)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
     if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring):

@@ -99,14 +99,15 @@ def breach_step(spec: LLMDeploymentSpec, signals: Signals, ttft_missed: bool, it
     return max(steps)
 
 
-def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, ready: int, mean_input: float) -> float:
+def queue_delay_s(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, ready: int, mean_input: float,
+                  speed: float = 1.0) -> float:
     """Seconds of TTFT today's queue costs: the waiting prompts' prefill on the Ready replicas, or,
     when requests wait for a free slot, the time the completions take to make room (Little's law).
     With no completion in the window the slot wait is unknown and only the prefill counts."""
     waiting = signals.requests_waiting or 0.0
     if waiting <= 0:
         return 0.0
-    profile = replica_profile(spec, variant)
+    profile = replica_profile(spec, variant, speed)
     prefill = waiting * mean_input / (max(ready, 1) * profile.prefill_tokens_per_s())
     rate = signals.request_rate
     slots = waiting / rate if rate is not None and rate > 0 else 0.0
@@ -166,7 +167,7 @@ def feedback(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # decision saw one too, or when it costs more than twice the TTFT target at once.
     waiting = signals.requests_waiting or 0.0
     running = signals.requests_running or 0.0
-    delay = queue_delay_s(spec, variant, signals, ready, cap.mix[0])
+    delay = queue_delay_s(spec, variant, signals, ready, cap.mix[0], cap.speed)
     queued = ready > 0 and waiting > max(1.0, float(ready), 0.25 * running) and (ttft is None or delay > 0.5 * ttft.seconds)
     persistent = history.queued_at is not None and now - history.queued_at <= 1.5 * interval
     hist = history.with_(queued_at=now if queued else None)

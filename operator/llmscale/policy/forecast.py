@@ -66,6 +66,8 @@ class Forecast:
     # The utilisation to plan `rate` at, when the burst memory sets the plan with a headroom learnt
     # from returning bursts (see burst_headroom); None: the spec's targetUtilization.
     utilization: float | None = None
+    # The load rose since the decision before, beyond chance: (from, to) req/s; None otherwise.
+    rising: tuple[float, float] | None = None
 
     def plan_utilization(self, spec: LLMDeploymentSpec) -> float:
         return spec.scaling.target_utilization if self.utilization is None else self.utilization
@@ -304,6 +306,22 @@ BIG_RISE_SHARE = 0.5  # an hour whose largest rise is at least half the day's br
 MIN_BIG_RISES = 2  # a big rise held only once one has come back (a single load test is no pattern)
 
 
+RISING_FACTOR = 1.25
+
+
+def rising_since(samples: tuple[tuple[float, float], ...], now: float, rate: float, interval_s: float,
+                 window_s: float) -> tuple[float, float] | None:
+    """(the rate at the decision before, the rate now) when the load rose between them by more
+    than RISING_FACTOR and beyond chance (two windows' Poisson counts: twice the spread of their
+    difference); None otherwise, or when the decision before is more than two intervals old. (The
+    rate planned for moves by a tenth between decisions on a steady load as a queue's arrivals are
+    estimated; a burst's onset moves it by half or more.)"""
+    if not samples or not 0 < now - samples[-1][0] <= 2 * interval_s or window_s <= 0:
+        return None
+    before = samples[-1][1]
+    return (before, rate) if rate - RISING_FACTOR * before > 2 * math.sqrt(2 * max(rate, 0.0) / window_s) else None
+
+
 def rise_within(samples: tuple[tuple[float, float], ...], now: float, rate: float, horizon_s: float,
                 window_s: float) -> tuple[float, float]:
     """(how far the load rose within one horizon (cold start + interval) to `rate`, when the rise
@@ -419,6 +437,7 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     last = history.rate_samples[-1][0] if history.rate_samples else None
     span = interval if last is None else min(max(0.0, now - last), 2 * interval)
     rise, rise_at = rise_within(history.rate_samples, now, rate, horizon, window)
+    rising = rising_since(history.rate_samples, now, rate, interval, window)
     # A rise goes on while the load keeps rising within a horizon: it began when the first decision
     # saw it, not at the lowest window in reach of each later one (which slides past the turn of an
     # hour and would count one burst in two hours).
@@ -515,4 +534,4 @@ def forecast(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
         reasons += (Reason(Code.BURST_MEMORY, f"the last {len(hist.burst_growth)} returning bursts came back at most "
                            f"{headroom:.2f}x the load held for them: it is planned with that headroom, not "
                            f"targetUtilization's"),)
-    return Forecast(value + queue, horizon, hold, hist, reasons, arrivals, draining, utilization)
+    return Forecast(value + queue, horizon, hold, hist, reasons, arrivals, draining, utilization, rising)

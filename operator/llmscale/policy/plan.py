@@ -41,7 +41,7 @@ def tolerated(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: 
     # fewest that pass. One fewer than the plan is tried first (a 10 % band spans more than one
     # replica only past a dozen); past that, a bisection (a plan of millions, from a rate no
     # fleet sees, costs a few lookups, not a step per replica).
-    curve = capacity_curve(spec, variant, signals, cap.mix, cap.started)
+    curve = capacity_curve(spec, variant, signals, cap.mix, cap.started, cap.speed)
 
     def passes(n: int) -> bool:
         carried = n * curve.at(n, cap.correction).per_replica
@@ -63,7 +63,7 @@ def plan(spec: LLMDeploymentSpec, variant: Variant, signals: Signals, cap: Capac
     if fc.rate is None or not cap.current.feasible:
         return Plan(Proposal(current), None)
     util = fc.plan_utilization(spec)
-    n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started)
+    n, at = replicas_for(spec, variant, signals, cap.correction, cap.mix, fc.rate, util, cap.started, cap.speed)
     pooled = f"in a fleet of {n}" if spec.routing.pools else "equal shares behind a Service"
     why = Reason(Code.CAPACITY_PLAN, f"forecast {fc.rate:.2f} req/s over {fc.horizon_s:.0f}s / {at.per_replica:.2f} req/s "
                                      f"per replica ({pooled}) at {util:.0%} -> {n}")

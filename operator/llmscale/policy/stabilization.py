@@ -81,7 +81,10 @@ class Stabilized:
 
 
 def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, proposal: Proposal, to_zero: bool,
-                  history: History, now: float) -> Stabilized:
+                  history: History, now: float, rising: tuple[float, float] | None = None) -> Stabilized:
+    """`rising`: the load rose since the decision before (forecast.rising_since), (from, to) req/s:
+    no scale-down then (a plan that shrinks while the load climbs read a lull's mix or a held peak's
+    end, never the load to come)."""
     sc = spec.scaling
     current = workload.replicas
     interval = parse_duration(sc.interval)
@@ -100,6 +103,10 @@ def stabilization(spec: LLMDeploymentSpec, variant: Variant, workload: Workload,
     held_down: int | None = None
     if history.panic_until is not None and now < history.panic_until and out.replicas < current:
         out = out.to(current, Reason(Code.PANIC, f"scale-down to {out.replicas} suspended until the burst passes"))
+        held_down = current
+    if rising is not None and out.replicas < current:
+        out = out.to(current, Reason(Code.SCALE_DOWN_STABILIZED, f"held at {current}: the load is rising "
+                                     f"({rising[0]:.2f} -> {rising[1]:.2f} req/s since the decision before)"))
         held_down = current
     observing_since = history.observing_since if history.observing_since is not None else now
     if to_zero and out.replicas == 0:

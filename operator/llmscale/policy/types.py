@@ -43,6 +43,11 @@ class Signals:
     request_rate: float | None = None
     prompt_tokens_rate: float | None = None
     generation_tokens_rate: float | None = None
+    # From the inter-token latency histogram's _sum and _count over the rate window: the mean gap
+    # between output tokens, and the mean number of sequences decoding (all pods; the rate of the
+    # sum: each step adds its length once per sequence in it).
+    itl_mean: float | None = None
+    sequences_decoding: float | None = None
     sampled_at: float | None = None
     read_at: float | None = None  # when the Prometheus read these came from began (None: at the decision)
     unavailable: str | None = None  # Prometheus could not be read at all
@@ -298,6 +303,11 @@ class History:
     # Shapes whose pods have been Ready, as "<variant>@<hash of model and engine args>": vLLM does
     # start on them, whatever the memory model says, also once their pods are gone (scale to zero).
     started_shapes: tuple[str, ...] = ()
+    # The pods' engine speed against the performance model (policy.speed): (read time, step time
+    # over the model's) of the last rate windows that showed it, oldest first; and the speed capacity
+    # is planned for (None: the model's own, nothing learnt yet).
+    speed_readings: tuple[tuple[float, float], ...] = ()
+    planned_speed: float | None = None
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -330,6 +340,8 @@ class History:
                 out[key] = [[round(r[0], 3), round(r[1], 4), round(r[2], 4), round(r[3], 1)] for r in v]
             elif f.name == "started_shapes":
                 out[key] = list(v)
+            elif f.name == "speed_readings":
+                out[key] = [[round(t, 3), round(x, 4)] for t, x in v]
             elif isinstance(v, float):
                 out[key] = round(v, 6)
             else:
@@ -407,6 +419,25 @@ def _growth(v: Any) -> tuple[float, ...]:
     return out
 
 
+def _speeds(v: Any) -> tuple[tuple[float, float], ...]:
+    out = _pairs(float)(v)
+    if len(out) > SPEED_READINGS_KEPT or any(not SPEED_RANGE[0] <= x <= SPEED_RANGE[1] for _, x in out) or any(
+            b[0] <= a[0] for a, b in zip(out, out[1:], strict=False)):
+        raise ValueError("not speed readings")
+    return out
+
+
+def _opt_speed(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    if not SPEED_RANGE[0] <= f <= SPEED_RANGE[1]:
+        raise ValueError("not a speed")
+    return f
+
+
+SPEED_READINGS_KEPT = 8  # policy.speed.READINGS_KEPT
+SPEED_RANGE = (0.5, 3.0)  # policy.speed.SPEED_MIN, SPEED_MAX
 RECORD_HOURS_KEPT = 25  # a day of hourly records and the hour under way
 GROWTH_KEPT = 12  # returning bursts remembered
 
@@ -447,6 +478,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "mixed_at": _opt_float,
     "queue_scrapes": _scrapes,
     "started_shapes": _names,
+    "speed_readings": _speeds,
+    "planned_speed": _opt_speed,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 
@@ -479,6 +512,9 @@ class Estimate:
     feedback_replicas: int | None = None
     ceiling_replicas: int | None = None
     shapes: tuple[ShapeOption, ...] = ()  # every pod shape weighed at this decision (several variants only)
+    # The pods' engine step time over the performance model's, as planned for (policy.speed);
+    # None while nothing showed it off the model's own.
+    step_time_factor: float | None = None
 
 
 @dataclass(frozen=True)

@@ -190,12 +190,16 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             # shape: other shapes are compared under it too, or the corrected shape loses to
             # uncorrected ones. One above 1 was learnt on this shape's pods and stays with them.
             correction = cap.correction if v.name == current.name else min(1.0, cap.correction)
+            # Likewise the engine speed: pods found slower than the model say more about the model
+            # (and the engine) than about the GPU, so every shape is planned as slow; faster pods
+            # speak for their own shape only.
+            speed = cap.speed if v.name == current.name else max(1.0, cap.speed)
             started = has_started(spec, workload, history, v.name)
-            n, c = replicas_for(spec, v, signals, correction, cap.mix, fc.rate, fc.plan_utilization(spec), started)
+            n, c = replicas_for(spec, v, signals, correction, cap.mix, fc.rate, fc.plan_utilization(spec), started, speed)
             per_replica[v.name] = c.per_replica
             caps[v.name] = c
             limit, _ = ceiling_replicas(spec, v)
-            at_limit = variant_capacity(spec, v, signals, correction, cap.mix, limit, started) if 0 < limit < n else None
+            at_limit = variant_capacity(spec, v, signals, correction, cap.mix, limit, started, speed) if 0 < limit < n else None
             p = plan_for(spec, c, n, at_limit)
             if p is not None:
                 plans.append(p)

@@ -25,6 +25,8 @@ class Sample:
     waiting: float
     running: float
     kv_usage: float | None
+    itl_sum: float = 0.0  # the inter-token latency histogram's _sum and _count
+    itl_count: float = 0.0
 
 
 @dataclass
@@ -58,6 +60,7 @@ class PromStore:
             itl_att, _ = attainment(itl_target[0], buckets.ITL, itl_c)
         gpu_s = last.gpu_s - first.gpu_s
         util = (last.busy_gpu_s - first.busy_gpu_s) / gpu_s if gpu_s > 0 else None
+        tokens = last.itl_count - first.itl_count
         return Signals(
             ttft_quantile=ttft_q,
             itl_quantile=itl_q,
@@ -70,6 +73,8 @@ class PromStore:
             request_rate=(last.requests - first.requests) / dt,
             prompt_tokens_rate=(last.prompt_tokens - first.prompt_tokens) / dt,
             generation_tokens_rate=(last.generation_tokens - first.generation_tokens) / dt,
+            itl_mean=(last.itl_sum - first.itl_sum) / tokens if tokens > 0 else None,
+            sequences_decoding=(last.itl_sum - first.itl_sum) / dt,
             sampled_at=last.t,
         )
 

@@ -18,7 +18,6 @@ from llmscale.api.models import LLMDeploymentSpec, Variant
 from llmscale.api.units import parse_duration
 from llmscale.perf import Engine, Request
 from llmscale.perf.engine import Finished
-from llmscale.perf.hardware import ServerProfile
 from llmscale.policy.capacity import max_model_len, replica_profile
 from llmscale.policy.ceilings import ceiling_replicas
 from llmscale.policy.types import PodCounts, Signals, Workload
@@ -164,25 +163,6 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     return chosen.name, max(1, spec.replicas.min, min(n, limit))
 
 
-class SlowedProfile:
-    """A replica whose engine steps take `factor` times what the performance model says: the twin's
-    pods off the model llmscale plans with (bench: `--pod-slowdown`). Only the step time changes;
-    memory, limits and everything else are the model's."""
-
-    def __init__(self, base: ServerProfile, factor: float) -> None:
-        self._base, self._factor = base, factor
-
-    def __getattr__(self, name: str) -> object:
-        # Only what the profile has; never our own fields or dunders (copy and pickle probe those
-        # before __init__ has run, and would recurse here for ever).
-        if name.startswith("__") or name in ("_base", "_factor"):
-            raise AttributeError(name)
-        return getattr(self._base, name)
-
-    def step_seconds(self, decode_seqs: int, context_tokens: float, prefill_tokens: int, prefill_ctx: float = 0.0) -> float:
-        return self._factor * self._base.step_seconds(decode_seqs, context_tokens, prefill_tokens, prefill_ctx)
-
-
 def _pct(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
         return math.nan
@@ -234,7 +214,8 @@ class Twin:
         self.pick = random.Random(0)
         self.finished: list[Finished] = []
         self.prom = PromStore()
-        self.totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # requests, prompt, generation, busy GPU-s, ready GPU-s
+        # requests, prompt, generation, busy GPU-s, ready GPU-s, inter-token latency _sum and _count
+        self.totals = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.ttft_tot = [0] * 23
         self.itl_tot = [0] * 20
         self.gpu_seconds = 0.0
@@ -424,10 +405,10 @@ class Twin:
         if e is None:
             return
         c = e.counters
-        now_counts = (c.success, c.prompt_tokens, c.generation_tokens, c.busy_s * p.gpus)
-        prev = p.last_counts or (0.0, 0.0, 0.0, 0.0)
-        for i in range(4):
-            self.totals[i] += now_counts[i] - prev[i]
+        now_counts = (c.success, c.prompt_tokens, c.generation_tokens, c.busy_s * p.gpus, c.itl.sum, c.itl.count)
+        prev = p.last_counts or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        for i, total in enumerate((0, 1, 2, 3, 5, 6)):
+            self.totals[total] += now_counts[i] - prev[i]
         p.last_counts = now_counts
         tt, it = c.ttft.counts, c.itl.counts
         pt = p.last_ttft or [0] * len(tt)
@@ -454,7 +435,8 @@ class Twin:
                 self.totals[4] += dt_since * p.gpus
         cum = lambda xs: [sum(xs[: i + 1]) for i in range(len(xs))]  # noqa: E731
         self.prom.add(Sample(now, self.totals[0], self.totals[1], self.totals[2], self.totals[3], self.totals[4],
-                             cum(self.ttft_tot), cum(self.itl_tot), waiting, running, kv / n_ready if n_ready else None))
+                             cum(self.ttft_tot), cum(self.itl_tot), waiting, running, kv / n_ready if n_ready else None,
+                             self.totals[5], self.totals[6]))
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -513,9 +495,7 @@ class Twin:
             for p in self.pods:
                 if not p.ready and not p.draining and p.ready_at is not None and p.ready_at <= t:
                     p.ready = True
-                    profile = replica_profile(spec, p.variant)
-                    if self.pod_slowdown != 1.0:
-                        profile = SlowedProfile(profile, self.pod_slowdown)  # type: ignore[assignment]
+                    profile = replica_profile(spec, p.variant, self.pod_slowdown)
                     p.engine = Engine(profile, start=t, max_model_len=max_model_len(spec))
                     if self.target.by_variant is None:
                         self._apply(self.target, t)  # may retire old-shape pods now (the operator's rollout does this at its next decision)
