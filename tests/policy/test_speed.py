@@ -14,7 +14,7 @@ from llmscale.api import parse_spec
 from llmscale.perf.engine import Engine, Request
 from llmscale.perf.hardware import server_profile
 from llmscale.policy import Code, History, Proposal, Reason, Signals, Workload
-from llmscale.policy.capacity import capacity, variant_capacity
+from llmscale.policy.capacity import capacity, shape_key, variant_capacity
 from llmscale.policy.forecast import rising_since
 from llmscale.policy.speed import (
     SPEED_GRID,
@@ -88,7 +88,7 @@ def test_the_model_gives_no_mean_when_prefill_would_take_nearly_all_the_time() -
 
 PROFILE = server_profile(MODEL, GPU, 1)
 MIX = (1000.0, 200.0)
-STEADY = [8.0, 9.0, 8.0, 9.0]
+STEADY = [(0.0, 8.0), (1.0, 9.0), (0.0, 8.0), (0.0, 9.0)]  # (waiting, running) at each scrape
 
 
 def window(decoding: float, rate: float, scale: float = 1.2, pods: int = 1, **kw: Any) -> Signals:
@@ -100,7 +100,7 @@ def window(decoding: float, rate: float, scale: float = 1.2, pods: int = 1, **kw
     return Signals(**{**fields, **kw})
 
 
-@pytest.mark.parametrize(("signals", "serving", "running", "expect"), [
+@pytest.mark.parametrize(("signals", "serving", "scrapes", "expect"), [
     (window(8.0, 0.5), 1, STEADY, SpeedReading(1.2)),
     (window(8.0, 0.5, pods=2), 2, STEADY, SpeedReading(1.2)),
     (window(8.0, 0.5, 0.8), 1, STEADY, SpeedReading(0.8)),
@@ -108,13 +108,17 @@ def window(decoding: float, rate: float, scale: float = 1.2, pods: int = 1, **kw
      SpeedReading(None, "the inter-token latency's mean or the request rate is unknown")),
     (window(8.0, 0.5), 0, STEADY, SpeedReading(None, "the inter-token latency's mean or the request rate is unknown")),
     (window(0.01, 0.01), 1, STEADY, SpeedReading(None, "fewer than 200 output tokens in the window")),
-    (window(8.0, 0.5), 1, [2.0, 9.0, 30.0], SpeedReading(None, "the load did not hold steady over the window")),
-    (window(8.0, 0.5), 1, [8.0, 9.0], SpeedReading(None, "the load did not hold steady over the window")),
+    (window(8.0, 0.5), 1, [(0.0, 2.0), (0.0, 9.0), (0.0, 30.0)],
+     SpeedReading(None, "the load did not hold steady over the window")),
+    (window(8.0, 0.5), 1, [(0.0, 8.0), (0.0, 9.0)], SpeedReading(None, "the load did not hold steady over the window")),
+    (window(2.0, 0.2), 1, [(0.0, 1.0), (0.0, 1.0), (0.0, 5.0)], SpeedReading(1.2)),  # a light load jumps by chance
+    (window(8.0, 0.5), 1, [(0.0, 8.0), (3.0, 9.0), (0.0, 8.0)], SpeedReading(None, "requests waited within the window")),
+    (window(8.0, 0.5, kv_cache_usage=0.95), 1, STEADY, SpeedReading(None, "the KV cache is nearly full (vLLM may preempt)")),
     (window(8.0, 6.0), 1, STEADY, SpeedReading(None, "prefill is too large a part of the inter-token latency")),
     (window(8.0, 0.5, 4.0), 1, STEADY, SpeedReading(None, "a mean inter-token latency 4.00x the model's is not a speed")),
 ])
-def test_speed_reading(signals: Signals, serving: int, running: list[float], expect: SpeedReading) -> None:
-    got = speed_reading(PROFILE, signals, serving, MIX, running, 60.0)
+def test_speed_reading(signals: Signals, serving: int, scrapes: list[tuple[float, float]], expect: SpeedReading) -> None:
+    got = speed_reading(PROFILE, signals, serving, MIX, scrapes, 60.0)
     assert got.why == expect.why
     if expect.factor is None:
         assert got.factor is None
@@ -124,9 +128,8 @@ def test_speed_reading(signals: Signals, serving: int, running: list[float], exp
 
 @pytest.mark.parametrize(("readings", "expect"), [
     ((), None),
-    (((0.0, 1.3),), 1.3),
-    (((0.0, 2.6), (60.0, 1.2)), 1.2),  # two that disagree: the one nearer the model
-    (((0.0, 0.7), (60.0, 1.2)), 1.2),
+    (((0.0, 1.3),), None),  # one window moves nothing
+    (((0.0, 1.3), (60.0, 1.3)), None),
     (((0.0, 2.6), (60.0, 1.2), (120.0, 1.22)), 1.22),  # from three on: the median
     (((0.0, 1.1), (60.0, 1.2), (120.0, 1.3), (180.0, 1.4)), 1.25),
 ])
@@ -144,6 +147,7 @@ def test_learnt_speed(readings: tuple[tuple[float, float], ...], expect: float |
     (1.22, SPEED_GRID ** 7, SPEED_GRID ** 7),  # within 4 %: kept
     (1.25, SPEED_GRID ** 7, SPEED_GRID ** 9),
     (0.8, 1.0, SPEED_GRID ** -9),
+    (1.0, SPEED_GRID ** 7, None),  # back at the model: its own, not a factor of 1
 ])
 def test_planning_speed(learnt: float | None, planned: float | None, expect: float | None) -> None:
     got = planning_speed(learnt, planned)
@@ -158,64 +162,93 @@ def one_pod(ready: int = 1, **counts: Any) -> Workload:
 
 
 def steady_history(read_at: float, **kw: Any) -> History:
+    """A history whose scrapes show a steady load over the window before `read_at`, with two
+    readings of 1.2 from earlier windows."""
     scrapes = tuple((read_at - 45.0 + 15.0 * i, 0.0, 8.0 + i % 2) for i in range(3))
-    return History(queue_scrapes=scrapes, **kw)
+    fields: dict[str, Any] = {"queue_scrapes": scrapes, "speed_readings": ((read_at - 180.0, 1.2), (read_at - 120.0, 1.21)),
+                              "speed_shape": shape_key(spec(), "h100x1"), "ready_seen": 1}
+    return History(**{**fields, **kw})
+
+
+def read(t: float = 1000.0, scale: float = 1.2, **kw: Any) -> Signals:
+    return dataclasses.replace(window(8.0, 0.5, scale), **{"requests_running": 9.0, "requests_waiting": 0.0,
+                                                            "read_at": t, "sampled_at": t, **kw})
 
 
 def test_a_window_teaches_the_speed_once_and_capacity_is_planned_with_it() -> None:
     s = spec()
     v = s.variants[0]
-    sig = dataclasses.replace(window(8.0, 0.5), requests_running=9.0, requests_waiting=0.0, read_at=1000.0,
-                              sampled_at=1000.0)
+    sig = read()
     step = capacity(s, v, one_pod(), sig, steady_history(1000.0), 1000.0, None)
-    speed = SPEED_GRID ** 7  # 1.2, on the grid
-    assert step.history.speed_readings == ((1000.0, pytest.approx(1.2, abs=1e-4)),)
+    speed = SPEED_GRID ** 7  # the median, 1.2, on the grid
+    assert step.history.speed_readings == ((820.0, 1.2), (880.0, 1.21), (1000.0, pytest.approx(1.2, abs=1e-4)))
     assert step.history.planned_speed == pytest.approx(speed)
     assert step.speed == pytest.approx(speed)
     assert step.current == variant_capacity(s, v, sig, 1.0, step.mix, 1, False, speed)
     assert step.current.per_replica < variant_capacity(s, v, sig, 1.0, step.mix, 1).per_replica
     assert step.reasons == (Reason(Code.CAPACITY_LEARNED, "engine step time x1.000 -> x1.189 of the model's, from the "
-                                                          "inter-token latency of 1 steady window(s)"),)
+                                                          "median of 3 steady windows' inter-token latency"),)
     # The next decision on the same read (or a window overlapping it) learns nothing more.
     again = capacity(s, v, one_pod(), sig, step.history, 1015.0, None)
     assert again.history.speed_readings == step.history.speed_readings and again.reasons == ()
-    later = dataclasses.replace(sig, read_at=1030.0, sampled_at=1030.0)
+    later = read(1030.0)
     assert capacity(s, v, one_pod(), later, step.history, 1030.0, None).history.speed_readings == step.history.speed_readings
+
+
+def test_two_windows_move_nothing() -> None:
+    s = spec()
+    h = steady_history(1000.0, speed_readings=((880.0, 1.2),))
+    step = capacity(s, s.variants[0], one_pod(), read(), h, 1000.0, None)
+    assert len(step.history.speed_readings) == 2 and step.history.planned_speed is None and step.speed == 1.0
 
 
 @pytest.mark.parametrize(("why", "workload", "history_kw", "signals_kw"), [
     ("requests waited", one_pod(), {}, {"requests_waiting": 5.0}),
     ("another shape serves", Workload(replicas=2, ready=1, variant="h100x1",
                                       pods={"h100x1": PodCounts(ready=1), "l4": PodCounts(ready=1)}), {}, {}),
-    ("the Ready set grew within the window", one_pod(), {"ready_seen": 1, "ready_grew_at": 980.0}, {}),
+    ("the Ready set changed within the window", one_pod(), {"ready_changed_at": 980.0}, {}),
+    ("the Ready set shrank at this decision", one_pod(), {"ready_seen": 2}, {}),
+    ("a pod drains", one_pod(terminating=1), {}, {}),
 ])
 def test_no_speed_is_read_from_a_window_that_cannot_show_it(why: str, workload: Workload, history_kw: dict,
                                                             signals_kw: dict) -> None:
     s = spec(variants=[{"name": "h100x1", "accelerator": "nvidia-h100"}, {"name": "l4", "accelerator": "nvidia-l4"}])
-    sig = dataclasses.replace(window(8.0, 0.5), **{"requests_running": 9.0, "requests_waiting": 0.0, "read_at": 1000.0,
-                                                   "sampled_at": 1000.0, **signals_kw})
-    step = capacity(s, s.variants[0], workload, sig, steady_history(1000.0, **history_kw), 1000.0, None)
-    assert step.history.speed_readings == (), why
+    h = steady_history(1000.0, **history_kw)
+    step = capacity(s, s.variants[0], workload, read(**signals_kw), h, 1000.0, None)
+    assert step.history.speed_readings == h.speed_readings, why
     assert step.speed == 1.0 and step.history.planned_speed is None
 
 
-@pytest.mark.parametrize(("correction", "expect"), [
-    (0.7, "min(1, 0.7 x ratio)"),  # pods found slower explain a correction below 1
-    (1.3, 1.3),  # a correction above 1 is not what slower pods explain
+@pytest.mark.parametrize(("scale", "correction", "transfer"), [
+    (1.2, 0.7, True),  # pods found slower explain a correction below 1
+    (1.2, 1.3, False),  # a correction above 1 is not what slower pods explain
+    (0.8, 1.3, True),  # pods found faster explain a correction above 1
+    (0.8, 0.7, False),
 ])
-def test_the_correction_the_speed_explains_moves_into_it(correction: float, expect: Any) -> None:
+def test_the_correction_the_speed_explains_moves_into_it(scale: float, correction: float, transfer: bool) -> None:
     s = spec()
     v = s.variants[0]
-    sig = dataclasses.replace(window(8.0, 0.5), requests_running=9.0, requests_waiting=0.0, read_at=1000.0,
-                              sampled_at=1000.0)
-    step = capacity(s, v, one_pod(), sig, steady_history(1000.0, capacity_correction=correction), 1000.0, None)
-    if isinstance(expect, str):
-        ratio = (variant_capacity(s, v, sig, 1.0, step.mix, 1).per_replica
-                 / variant_capacity(s, v, sig, 1.0, step.mix, 1, False, step.speed).per_replica)
-        assert ratio > 1.1
-        expect = min(1.0, correction * ratio)
-        assert "(the speed explains it)" in step.reasons[0].message
+    sig = read(scale=scale)
+    h = steady_history(1000.0, capacity_correction=correction, speed_readings=((820.0, scale), (880.0, scale)))
+    step = capacity(s, v, one_pod(), sig, h, 1000.0, None)
+    assert step.speed == pytest.approx(SPEED_GRID ** round(math.log(scale) / math.log(SPEED_GRID)))
+    ratio = (variant_capacity(s, v, sig, 1.0, step.mix, 1).per_replica
+             / variant_capacity(s, v, sig, 1.0, step.mix, 1, False, step.speed).per_replica)
+    assert (ratio > 1.1) if scale > 1 else (ratio < 0.9)
+    expect = (min(1.0, correction * ratio) if correction < 1 else max(1.0, correction * ratio)) if transfer else correction
     assert step.correction == pytest.approx(expect) == step.history.capacity_correction
+    assert ("(the speed explains it)" in step.reasons[0].message) == transfer
+
+
+@pytest.mark.parametrize(("planned", "kept"), [(1.2, 1.2), (0.8, None)])
+def test_a_new_shape_starts_from_the_model_but_stays_slow(planned: float, kept: float | None) -> None:
+    """Readings belong to the shape they were read on: new engine args (or a switch) read again;
+    pods found slower keep the new shape planned as slow, faster ones do not speak for it."""
+    s = spec(engineArgs=["--max-num-seqs=128"])
+    h = steady_history(1000.0, planned_speed=planned)  # read on the shape without the engine arg
+    step = capacity(s, s.variants[0], one_pod(), read(itl_mean=None), h, 1000.0, None)
+    assert step.history.speed_readings == () and step.history.planned_speed == kept
+    assert step.history.speed_shape == shape_key(s, "h100x1")
 
 
 def test_speed_fields_in_status_are_kept_field_by_field() -> None:

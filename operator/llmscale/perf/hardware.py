@@ -104,7 +104,7 @@ TP_COMM_PER_GPU = 0.08
 # batch away; scaled by depth and inversely by compute. Fitted to the mid-load TPOT points.
 SEQ_OVERHEAD_S = 50e-6  # extra time per step per additional tensor-parallel GPU (all-reduce)
 GPU_MEMORY_UTILIZATION = 0.9
-MAX_PREFILL_SHARE = 0.8  # beyond this share of the time prefilling, mean_itl says nothing
+PREFILL_SATURATED = 0.8  # beyond this share of the time prefilling, mean_itl says nothing
 MIN_KV_TOKENS = 2048  # less KV cache than this after the weights: the model does not fit
 ACTIVATION_RESERVE_GB = 2.0
 
@@ -223,7 +223,7 @@ class ServerProfile:
             extra += self.step_seconds(batch, decode_ctx, take, done + take / 2) - decode
             done += take
         busy = prompts_per_s * extra  # of each second of decoding, the share prefill adds
-        return decode / (1.0 - busy) if busy < MAX_PREFILL_SHARE else None
+        return decode / (1.0 - busy) if busy < PREFILL_SATURATED else None
 
     def unloaded_itl(self, context_tokens: float = 1024) -> float:
         """Inter-token latency of a single stream on an idle replica: the floor no scaling can beat."""

@@ -368,32 +368,38 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
                 read_at: float, window_s: float, clean: bool, mix: tuple[float, float],
                 started: bool) -> tuple[History, float, Reason | None]:
     """The pods' speed against the model (policy.speed): a rate window not read yet is read when
-    `clean` (one shape serves, no requests waited, and the window began after the Ready set last
-    grew); the speed to plan for, and why it moved. When it moves, the part of the capacity correction it explains
-    (a correction below 1 for pods found slower, above 1 for pods found faster) moves into it, so
-    that one error is not counted twice."""
+    `clean` (one shape serves, no backlog, and the window began after the Ready set last changed)
+    and no pod of the shape drains; the speed to plan for, and why it moved. When it moves, the
+    part of the capacity correction it explains (a correction below 1 for pods found slower, above 1
+    for pods found faster) moves into it, so that one error is not counted twice."""
     hist = history
+    shape = shape_key(spec, variant.name)
+    if hist.speed_shape != shape:
+        # Readings belong to the shape they were read on; pods found slower keep a new shape
+        # planned as slow (as the variant step weighs other shapes), faster ones speak for theirs.
+        kept = hist.planned_speed if hist.planned_speed is not None and hist.planned_speed > 1 else None
+        hist = hist.with_(speed_shape=shape, speed_readings=(), planned_speed=kept if hist.speed_shape else hist.planned_speed)
     last = hist.speed_readings[-1][0] if hist.speed_readings else None
     counts = workload.pods.get(variant.name)
-    serving = (counts.ready + counts.terminating) if counts is not None else workload.ready
-    if clean and serving > 0 and (last is None or read_at - last >= window_s):
+    ready = counts.ready if counts is not None else workload.ready
+    draining = counts.terminating if counts is not None else workload.terminating
+    if clean and not draining and ready > 0 and (last is None or read_at - last >= window_s):
         at = signals.sampled_at if signals.sampled_at is not None else read_at
-        running = [r for t, _, r in hist.queue_scrapes if at - window_s <= t < at - 1.0]
+        # A scrape a little before the window's start still shows how it began.
+        scrapes = [(w, r) for t, w, r in hist.queue_scrapes if at - window_s * 1.25 <= t < at - 1.0]
         if signals.requests_running is not None:
-            running.append(signals.requests_running)
+            scrapes.append((signals.requests_waiting or 0.0, signals.requests_running))
         window_mix = (signals.mean_input_tokens or mix[0], signals.mean_output_tokens or mix[1])
-        reading = speed_reading(replica_profile(spec, variant), signals, serving, window_mix, running, window_s)
+        reading = speed_reading(replica_profile(spec, variant), signals, ready, window_mix, scrapes, window_s)
         if reading.factor is not None:
             hist = hist.with_(speed_readings=(hist.speed_readings + ((read_at, round(reading.factor, 4)),))[-READINGS_KEPT:])
-    before = hist.planned_speed or 1.0
+    before = history.planned_speed or 1.0
     planned = planning_speed(learnt_speed(hist.speed_readings), hist.planned_speed)
     speed = planned or 1.0
-    if planned == hist.planned_speed:
-        return hist, speed, None
     hist = hist.with_(planned_speed=planned)
     if speed == before:
         return hist, speed, None
-    fleet = max(workload.ready, 1)
+    fleet = max(ready, 1)
     old = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, before).per_replica
     new = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, speed).per_replica
     correction = hist.capacity_correction
@@ -403,8 +409,9 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
             correction = min(1.0, correction * ratio)
         elif correction > 1 > ratio:
             correction = max(1.0, correction * ratio)
-    why = (f"engine step time x{before:.3f} -> x{speed:.3f} of the model's, from the inter-token latency of "
-           f"{len(hist.speed_readings)} steady window(s)")
+    source = (f"the median of {len(hist.speed_readings)} steady windows' inter-token latency" if hist.speed_readings
+              else "a new pod shape")
+    why = f"engine step time x{before:.3f} -> x{speed:.3f} of the model's, from {source}"
     if correction != hist.capacity_correction:
         why += f"; capacity estimate x{hist.capacity_correction:.2f} -> x{correction:.2f} (the speed explains it)"
         hist = hist.with_(capacity_correction=correction)
@@ -438,10 +445,12 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # Latency in a window that began before the Ready set last grew includes the backlog the new
     # replicas were started for: it says nothing about what today's replicas sustain.
     grew_at = now if history.ready_seen is not None and ready > history.ready_seen else history.ready_grew_at
+    changed_at = now if history.ready_seen is not None and ready != history.ready_seen else history.ready_changed_at
     # The window is the read's (the operator may decide on a read made before this decision).
     read_at = signals.read_at if signals.read_at is not None else now
     settled = grew_at is None or read_at - grew_at > window_s
-    hist = seen_started(spec, workload, history.with_(ready_seen=ready, ready_grew_at=grew_at))
+    same_pods = changed_at is None or read_at - changed_at > window_s
+    hist = seen_started(spec, workload, history.with_(ready_seen=ready, ready_grew_at=grew_at, ready_changed_at=changed_at))
 
     # With requests queued, the counters show what the replicas completed, not what arrived: the
     # load was above what they carry, so misses say the plan was late, not that the estimate is
@@ -479,7 +488,7 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
     # The pods' speed against the model, from the inter-token latency they report at any load.
     started = has_started(spec, workload, hist, variant.name)
     hist, speed, learnt_why = learn_speed(spec, variant, workload, signals, hist, read_at, window_s,
-                                          settled and not mixed and not backlog_in_window, mix, started)
+                                          same_pods and not mixed and not backlog_in_window, mix, started)
     correction = hist.capacity_correction  # the speed may explain part of it (learn_speed)
     if learnt_why is not None:
         reasons = (learnt_why,)

@@ -9,14 +9,21 @@ histogram gives its mean over a rate window (_sum over _count) and, from the sam
 sequences decoded on average (each step adds its length once per sequence in it), so the model
 predicts that mean for the load the pods carried, and the ratio is their speed against it.
 
-A window is read only where that prediction is sound: the load held steady over it (a window
-with a burst in half of it hides the batch its tokens saw), no requests waited (a queue feeds the
-engines in lumps, not at random), and prefill is a small part of the
+A window is read only where that prediction is sound: one shape served with the same Ready pods
+throughout and none draining (gone pods' tokens are in the window, the count in it is today's);
+the load held steady over it (a window with a burst in half of it hides the batch its tokens
+saw); no more requests waited than pods at any scrape (a queue feeds the engines in lumps, not at
+random) and the KV cache was not full (a preempted sequence's wait lands in the mean); and prefill is a small part of the
 predicted mean (with long or varied prompts the mean is mostly prefill, which the mix's mean
-prompt cannot predict). The speed is the median of the last readings (each window read once), nearest the model while
-fewer than three; the
+prompt cannot predict). The speed is the median of the last readings (each window read once), from three on; the
 plan moves with it in steps of 2.5 %, and only once it moved by more than 4 %. It scales the whole
-step, prefill too: the capacity correction still learns what it leaves.
+step, prefill too: the capacity correction still learns what it leaves. It belongs to the shape it
+was read on (variant, model and engine args): a new shape starts from the model again, except
+that pods found slower keep the new shape planned as slow (policy.variant says why).
+
+Known biases on a real vLLM, none in the twin: prefix caching makes prefill cheaper than the model
+predicts, so pods read faster by up to the prefill share (under a tenth); a router that loads pods
+unevenly weighs the busy ones more in the mean; --max-num-batched-tokens is taken as 8,192.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from .types import SPEED_RANGE, SPEED_READINGS_KEPT, Signals
 SPEED_MIN, SPEED_MAX = SPEED_RANGE  # a reading outside is another engine or another unit, not a speed
 MAX_PREFILL_SHARE = 0.1  # of the predicted mean inter-token latency
 MIN_TOKENS = 200.0  # output tokens in the window
-MIN_SCRAPES = 3  # scrapes of the requests running within the window, to call its load steady
+MIN_SCRAPES = 3  # scrapes of the requests in flight within the window, to call its load steady
+MIN_READINGS = 3  # the plan leaves the model's speed on the median of this many readings, not on one window
+FULL_CACHE = 0.9  # KV cache use at which vLLM may preempt (a preempted sequence's wait lands in the histogram)
 READINGS_KEPT = SPEED_READINGS_KEPT
 SPEED_GRID = 1.025  # the speed planned for is a power of this
 SPEED_MOVE = 1.04  # and moves only when the learnt speed left it by more than this factor
@@ -47,23 +56,29 @@ class SpeedReading:
 
 
 def steady(running: list[float]) -> bool:
-    """Did the requests running hold steady over the window (spread within half their mean, or two)?"""
+    """Did the requests running hold steady over the window: their spread over the scrapes within
+    half their mean, or within chance (four Poisson spreads and two)? At a light load the count
+    jumps by chance, and the batch hardly moves the step time there."""
     if len(running) < MIN_SCRAPES:
         return False
     mean = sum(running) / len(running)
-    return max(running) - min(running) <= max(2.0, 0.5 * mean)
+    return max(running) - min(running) <= max(0.5 * mean, 4 * math.sqrt(mean) + 2)
 
 
 def speed_reading(profile: ServerProfile, signals: Signals, serving: int, mix: tuple[float, float],
-                  running: list[float], window_s: float) -> SpeedReading:
-    """The speed one rate window shows, from `serving` pods of one shape (`profile` at the model's
-    own speed) whose requests running were scraped as `running` within the window."""
+                  scrapes: list[tuple[float, float]], window_s: float) -> SpeedReading:
+    """The speed one rate window shows, from `serving` Ready pods of one shape (`profile` at the
+    model's own speed), whose requests (waiting, running) were scraped as `scrapes` over the window."""
     itl, decoding, rate = signals.itl_mean, signals.sequences_decoding, signals.request_rate
     if itl is None or decoding is None or rate is None or itl <= 0 or serving <= 0:
         return SpeedReading(None, "the inter-token latency's mean or the request rate is unknown")
     if decoding / itl * window_s < MIN_TOKENS:
         return SpeedReading(None, f"fewer than {MIN_TOKENS:.0f} output tokens in the window")
-    if not steady(running):
+    if any(waiting > serving for waiting, _ in scrapes):
+        return SpeedReading(None, "requests waited within the window")
+    if signals.kv_cache_usage is not None and signals.kv_cache_usage >= FULL_CACHE:
+        return SpeedReading(None, "the KV cache is nearly full (vLLM may preempt)")
+    if not steady([running for _, running in scrapes]):
         return SpeedReading(None, "the load did not hold steady over the window")
     mean_in, mean_out = mix
     context = mean_in + mean_out / 2
@@ -80,12 +95,9 @@ def speed_reading(profile: ServerProfile, signals: Signals, serving: int, mix: t
 
 
 def learnt_speed(readings: tuple[tuple[float, float], ...]) -> float | None:
-    """The median of the readings kept, from three on; before that the one nearest the model (one
-    odd window moves nothing while a second says otherwise). None before the first."""
-    factors = [f for _, f in readings]
-    if len(factors) >= 3:
-        return statistics.median(factors)
-    return min(factors, key=lambda f: abs(math.log(f))) if factors else None
+    """The median of the readings kept, from MIN_READINGS on (one odd window moves nothing, nor
+    does the first window after a restart that kept the plan but not the readings); None before."""
+    return statistics.median(f for _, f in readings) if len(readings) >= MIN_READINGS else None
 
 
 def planning_speed(learnt: float | None, planned: float | None) -> float | None:
@@ -94,4 +106,5 @@ def planning_speed(learnt: float | None, planned: float | None) -> float | None:
     simulation, and the reading itself is good to a few per cent). None: the model's own."""
     if learnt is None or 1 / SPEED_MOVE <= learnt / (planned or 1.0) <= SPEED_MOVE:
         return planned
-    return SPEED_GRID ** round(math.log(learnt) / math.log(SPEED_GRID))
+    step = round(math.log(learnt) / math.log(SPEED_GRID))
+    return None if step == 0 else SPEED_GRID ** step

@@ -308,6 +308,8 @@ class History:
     # is planned for (None: the model's own, nothing learnt yet).
     speed_readings: tuple[tuple[float, float], ...] = ()
     planned_speed: float | None = None
+    speed_shape: str | None = None  # the shape (policy.capacity.shape_key) the readings were taken on
+    ready_changed_at: float | None = None  # when the Ready count last changed, up or down
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -480,6 +482,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "started_shapes": _names,
     "speed_readings": _speeds,
     "planned_speed": _opt_speed,
+    "speed_shape": _opt_str,
+    "ready_changed_at": _opt_float,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

@@ -65,7 +65,7 @@ def problem(spec: LLMDeploymentSpec, trace: Trace, cold_start_s: float) -> Probl
     arr = trace.arrivals
     mean_in = sum(a.input_tokens for a in arr) / len(arr) if arr else 1024.0
     mean_out = sum(a.output_tokens for a in arr) / len(arr) if arr else 256.0
-    profile = replica_profile(spec, variant)
+    profile = replica_profile(spec, variant, Twin.pod_slowdown)  # full knowledge: the pods as they run
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
     fleet = [0.0]
     for m in range(1, max(1, limit) + 1):
