@@ -1080,7 +1080,8 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
     mix = (1000.0, 200.0)  # the window's 240 requests: enough to plan for
     corr = max(0.5, 1 - 2 * (0.95 - 0.8))  # twice the missing share
     expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_requests=240.0, mix_at=NOW, planned_mix=mix,
-                          capacity_correction=corr, learned_at=NOW, started_shapes=(shape_key(SPEC, "h100x1"),))
+                          capacity_correction=corr, learned_at=NOW, started_shapes=(shape_key(SPEC, "h100x1"),),
+                          speed_shape=shape_key(SPEC, "h100x1"))
     cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
     assert got == CapacityStep(cap, corr, mix, True, False, feasible, expect_hist,
