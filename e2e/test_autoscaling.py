@@ -161,6 +161,8 @@ def test_lowering_the_cost_ceiling_scales_down_to_it(bed: Bed, operator: object,
                           str(bed.kubeconfig), "--prometheus-url", bed.prom_url], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "decision now:" in out.stdout and "BudgetLimitedCost" in out.stdout and "TTFT p95" in out.stdout, out.stdout
+    # The bed's pods run the performance model: the plan stays at its speed, and says what the window showed.
+    assert "engine speed: steps planned at the performance model's own" in out.stdout, out.stdout
 
 
 def test_a_competing_hpa_is_reported_not_fought(bed: Bed, operator: object, namespace: str) -> None:

@@ -262,8 +262,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     est = d.estimate
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
-    if est.step_time_factor is not None:
-        print(f"engine: steps take {est.step_time_factor:.2f}x the performance model's (learnt from the pods' inter-token latency)")
+    factor = "the performance model's own" if est.step_time_factor is None else f"{est.step_time_factor:.3f}x the model's"
+    print(f"engine speed: steps planned at {factor} (from the pods' inter-token latency; this window: {est.speed_note or '-'})")
     print(f"routing: {spec.routing.value} ({spec.routing.says}: " + ("the fleet pools its capacity)" if spec.routing.pools else
                                                                     "each replica planned alone; set spec.routing: LoadAware "
                                                                     "where a load-aware gateway routes every request)"))

@@ -188,9 +188,11 @@ def test_a_window_teaches_the_speed_once_and_capacity_is_planned_with_it() -> No
     assert step.current.per_replica < variant_capacity(s, v, sig, 1.0, step.mix, 1).per_replica
     assert step.reasons == (Reason(Code.CAPACITY_LEARNED, "engine step time x1.000 -> x1.189 of the model's, from the "
                                                           "median of 3 steady windows' inter-token latency"),)
+    assert step.speed_note == "read x1.200"
     # The next decision on the same read (or a window overlapping it) learns nothing more.
     again = capacity(s, v, one_pod(), sig, step.history, 1015.0, None)
     assert again.history.speed_readings == step.history.speed_readings and again.reasons == ()
+    assert again.speed_note == "this window was read already"
     later = read(1030.0)
     assert capacity(s, v, one_pod(), later, step.history, 1030.0, None).history.speed_readings == step.history.speed_readings
 
@@ -217,6 +219,7 @@ def test_no_speed_is_read_from_a_window_that_cannot_show_it(why: str, workload: 
     step = capacity(s, s.variants[0], workload, read(**signals_kw), h, 1000.0, None)
     assert step.history.speed_readings == h.speed_readings, why
     assert step.speed == 1.0 and step.history.planned_speed is None
+    assert step.speed_note.startswith("not read: "), step.speed_note
 
 
 @pytest.mark.parametrize(("scale", "correction", "transfer"), [

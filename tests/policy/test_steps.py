@@ -1086,7 +1086,8 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
     assert got == CapacityStep(cap, corr, mix, True, False, feasible, expect_hist,
                                (Reason(Code.CAPACITY_LEARNED, "capacity estimate x1.00 -> x0.70 from the last 1m (TTFT attainment 80.0%)"),),
-                               True)  # two Ready pods: vLLM does start on this shape
+                               True,  # two Ready pods: vLLM does start on this shape
+                               speed_note="not read: the inter-token latency's mean or the request rate is unknown")
     again = capacity(SPEC, V, Workload("h100x1", 2, 2), MISSING, got.history, NOW + 15, 1.8)
     assert again.correction == corr and again.reasons == () and again.history.learned_at == NOW
 

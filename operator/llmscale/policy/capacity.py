@@ -364,9 +364,16 @@ def steady_load(samples: tuple[tuple[float, float], ...], rate: float | None, no
     return not seen or rate <= RAMP_FACTOR * min(seen)
 
 
+@dataclass(frozen=True)
+class SpeedStep:
+    history: History
+    speed: float  # the step time over the model's to plan for (1.0: the model's own)
+    reason: Reason | None  # why it moved, when it did
+    note: str  # what this decision's window showed of it, for `llmscale explain`
+
+
 def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
-                read_at: float, window_s: float, clean: bool, mix: tuple[float, float],
-                started: bool) -> tuple[History, float, Reason | None]:
+                read_at: float, window_s: float, clean: bool, mix: tuple[float, float], started: bool) -> SpeedStep:
     """The pods' speed against the model (policy.speed): a rate window not read yet is read when
     `clean` (one shape serves, no backlog, and the window began after the Ready set last changed)
     and no pod of the shape drains; the speed to plan for, and why it moved. When it moves, the
@@ -383,7 +390,14 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
     counts = workload.pods.get(variant.name)
     ready = counts.ready if counts is not None else workload.ready
     draining = counts.terminating if counts is not None else workload.terminating
-    if clean and not draining and ready > 0 and (last is None or read_at - last >= window_s):
+    note = ""
+    if not clean:
+        note = "not read: another shape serves, requests queued, or the Ready pods changed within the window"
+    elif draining:
+        note = "not read: a pod drains"
+    elif last is not None and read_at - last < window_s:
+        note = "this window was read already"
+    if not note and ready > 0:
         at = signals.sampled_at if signals.sampled_at is not None else read_at
         # A scrape a little before the window's start still shows how it began.
         scrapes = [(w, r) for t, w, r in hist.queue_scrapes if at - window_s * 1.25 <= t < at - 1.0]
@@ -393,12 +407,15 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
         reading = speed_reading(replica_profile(spec, variant), signals, ready, window_mix, scrapes, window_s)
         if reading.factor is not None:
             hist = hist.with_(speed_readings=(hist.speed_readings + ((read_at, round(reading.factor, 4)),))[-READINGS_KEPT:])
+            note = f"read x{reading.factor:.3f}"
+        else:
+            note = f"not read: {reading.why}"
     before = history.planned_speed or 1.0
     planned = planning_speed(learnt_speed(hist.speed_readings), hist.planned_speed)
     speed = planned or 1.0
     hist = hist.with_(planned_speed=planned)
     if speed == before:
-        return hist, speed, None
+        return SpeedStep(hist, speed, None, note)
     fleet = max(ready, 1)
     old = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, before).per_replica
     new = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, speed).per_replica
@@ -415,7 +432,7 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
     if correction != hist.capacity_correction:
         why += f"; capacity estimate x{hist.capacity_correction:.2f} -> x{correction:.2f} (the speed explains it)"
         hist = hist.with_(capacity_correction=correction)
-    return hist, speed, Reason(Code.CAPACITY_LEARNED, why)
+    return SpeedStep(hist, speed, Reason(Code.CAPACITY_LEARNED, why), note)
 
 
 @dataclass(frozen=True)
@@ -432,6 +449,7 @@ class CapacityStep:
     reasons: tuple[Reason, ...] = ()
     started: bool = False  # the running shape's pods have become Ready (vLLM does start on it)
     speed: float = 1.0  # the pods' step time over the model's, as planned for (policy.speed)
+    speed_note: str = ""  # what this decision's window showed of the speed
 
 
 def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, signals: Signals, history: History,
@@ -487,11 +505,12 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
 
     # The pods' speed against the model, from the inter-token latency they report at any load.
     started = has_started(spec, workload, hist, variant.name)
-    hist, speed, learnt_why = learn_speed(spec, variant, workload, signals, hist, read_at, window_s,
-                                          same_pods and not mixed and not backlog_in_window, mix, started)
+    sp = learn_speed(spec, variant, workload, signals, hist, read_at, window_s,
+                     same_pods and not mixed and not backlog_in_window, mix, started)
+    hist, speed = sp.history, sp.speed
     correction = hist.capacity_correction  # the speed may explain part of it (learn_speed)
-    if learnt_why is not None:
-        reasons = (learnt_why,)
+    if sp.reason is not None:
+        reasons = (sp.reason,)
     if (fresh and settled and not backlog_in_window and not mixed and signals.ttft_attainment is not None
             and steady_load(hist.rate_samples, rate, now, window_s)):
         share = spec.slo.ttft.percentile / 100 if spec.slo.ttft else 0.95
@@ -511,4 +530,4 @@ def capacity(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, sign
                                                    f"({cap.limited_by}-bound)")
     else:
         feasible = Condition("False", Code.SLO_INFEASIBLE.value, f"variant {variant.name}: {cap.limited_by}")
-    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons, started, speed)
+    return CapacityStep(cap, correction, mix, settled, backlog_in_window, feasible, hist, reasons, started, speed, sp.note)

@@ -69,7 +69,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 13. Recommend reports; Auto applies.
     estimate = Estimate(cap.current.per_replica if cap.current.feasible else 0.0, cap.current.limited_by, fc.rate,
                         fc.horizon_s, planned.planned, fb.replicas, bounded.limit, shape.options,
-                        cap.history.planned_speed)
+                        cap.history.planned_speed, cap.speed_note)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
     if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring):

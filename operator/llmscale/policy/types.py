@@ -519,6 +519,7 @@ class Estimate:
     # The pods' engine step time over the performance model's, as planned for (policy.speed);
     # None while nothing showed it off the model's own.
     step_time_factor: float | None = None
+    speed_note: str = ""  # what this decision's rate window showed of the speed (read, or why not)
 
 
 @dataclass(frozen=True)
