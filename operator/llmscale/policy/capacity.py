@@ -411,6 +411,8 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
         else:
             note = f"not read: {reading.why}"
     before = history.planned_speed or 1.0
+    if hist is history:  # nothing new was read: the plan stands (and costs nothing to keep)
+        return SpeedStep(hist, before, None, note)
     planned = planning_speed(learnt_speed(hist.speed_readings), hist.planned_speed)
     speed = planned or 1.0
     hist = hist.with_(planned_speed=planned)
