@@ -263,7 +263,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"\nestimate: {fmt(est.capacity_per_replica)} req/s per replica ({est.capacity_limited_by or '-'}), forecast "
           f"{fmt(est.forecast_rate)} req/s over {fmt(est.horizon_s, 1, 's')}, ceiling {est.ceiling_replicas} replicas")
     factor = "the performance model's own" if est.step_time_factor is None else f"{est.step_time_factor:.3f}x the model's"
-    print(f"engine speed: steps planned at {factor} (from the pods' inter-token latency; this window: {est.speed_note or '-'})")
+    print(f"engine speed: steps planned at {factor} (from the pods' inter-token latency; explain's own look at the "
+          f"window now: {est.speed_note or '-'})")
     print(f"routing: {spec.routing.value} ({spec.routing.says}: " + ("the fleet pools its capacity)" if spec.routing.pools else
                                                                     "each replica planned alone; set spec.routing: LoadAware "
                                                                     "where a load-aware gateway routes every request)"))

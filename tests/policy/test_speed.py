@@ -14,7 +14,7 @@ from llmscale.api import parse_spec
 from llmscale.perf.engine import Engine, Request
 from llmscale.perf.hardware import server_profile
 from llmscale.policy import Code, History, Proposal, Reason, Signals, Workload
-from llmscale.policy.capacity import capacity, shape_key, variant_capacity
+from llmscale.policy.capacity import capacity, speed_key, variant_capacity
 from llmscale.policy.forecast import rising_since
 from llmscale.policy.speed import (
     SPEED_GRID,
@@ -66,7 +66,7 @@ def engine_run(scale: float, rate: float, prompt: int, output: int, seconds: flo
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.3])
-@pytest.mark.parametrize(("rate", "prompt", "output"), [(1.0, 1000, 200), (4.0, 500, 300), (2.0, 200, 800)])
+@pytest.mark.parametrize(("rate", "prompt", "output"), [(1.0, 1000, 200), (4.0, 500, 300), (2.0, 200, 800), (6.0, 500, 300)])
 def test_the_model_predicts_the_mean_inter_token_latency_of_its_engine_where_decode_dominates(
         scale: float, rate: float, prompt: int, output: int) -> None:
     itl, decoding, served = engine_run(scale, rate, prompt, output)
@@ -75,8 +75,9 @@ def test_the_model_predicts_the_mean_inter_token_latency_of_its_engine_where_dec
     decode_only = model.mean_itl(decoding, prompt + output / 2, 0.0, prompt)
     assert predicted is not None and decode_only is not None
     assert (predicted - decode_only) / predicted < 0.1  # the regime the speed is read in
-    # Good to a few per cent (the planned speed moves only past 4 %).
-    assert itl / predicted == pytest.approx(scale, rel=0.035)
+    # Good to a few per cent, and never fast: the predictor's batch and prefill terms run short of
+    # the engine's, so pods read up to 5-6 % slower than they are (more at heavier loads).
+    assert scale <= itl / predicted <= 1.06 * scale
 
 
 def test_the_model_gives_no_mean_when_prefill_would_take_nearly_all_the_time() -> None:
@@ -114,6 +115,7 @@ def window(decoding: float, rate: float, scale: float = 1.2, pods: int = 1, **kw
     (window(2.0, 0.2), 1, [(0.0, 1.0), (0.0, 1.0), (0.0, 5.0)], SpeedReading(1.2)),  # a light load jumps by chance
     (window(8.0, 0.5), 1, [(0.0, 8.0), (3.0, 9.0), (0.0, 8.0)], SpeedReading(None, "requests waited within the window")),
     (window(8.0, 0.5, kv_cache_usage=0.95), 1, STEADY, SpeedReading(None, "the KV cache is nearly full (vLLM may preempt)")),
+    (window(8.0, 0.5, preemptions=2.0), 1, STEADY, SpeedReading(None, "vLLM preempted sequences within the window")),
     (window(8.0, 6.0), 1, STEADY, SpeedReading(None, "prefill is too large a part of the inter-token latency")),
     (window(8.0, 0.5, 4.0), 1, STEADY, SpeedReading(None, "a mean inter-token latency 4.00x the model's is not a speed")),
 ])
@@ -166,7 +168,7 @@ def steady_history(read_at: float, **kw: Any) -> History:
     readings of 1.2 from earlier windows."""
     scrapes = tuple((read_at - 45.0 + 15.0 * i, 0.0, 8.0 + i % 2) for i in range(3))
     fields: dict[str, Any] = {"queue_scrapes": scrapes, "speed_readings": ((read_at - 180.0, 1.2), (read_at - 120.0, 1.21)),
-                              "speed_shape": shape_key(spec(), "h100x1"), "ready_seen": 1}
+                              "speed_shape": speed_key(spec(), spec().variants[0]), "ready_seen": 1}
     return History(**{**fields, **kw})
 
 
@@ -243,15 +245,43 @@ def test_the_correction_the_speed_explains_moves_into_it(scale: float, correctio
     assert ("(the speed explains it)" in step.reasons[0].message) == transfer
 
 
-@pytest.mark.parametrize(("planned", "kept"), [(1.2, 1.2), (0.8, None)])
-def test_a_new_shape_starts_from_the_model_but_stays_slow(planned: float, kept: float | None) -> None:
-    """Readings belong to the shape they were read on: new engine args (or a switch) read again;
-    pods found slower keep the new shape planned as slow, faster ones do not speak for it."""
-    s = spec(engineArgs=["--max-num-seqs=128"])
-    h = steady_history(1000.0, planned_speed=planned)  # read on the shape without the engine arg
+@pytest.mark.parametrize("change", [{"engineArgs": ["--max-num-seqs=128"]}, {"image": "vllm/vllm-openai:v0.12.0"},
+                                    {"variants": [{"name": "h100x1", "accelerator": "nvidia-h200"}],
+                                     "cost": {"maxGPUs": 8, "prices": {"nvidia-h200": "5.00"}}},
+                                    {"variants": [{"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 2}]}])
+@pytest.mark.parametrize(("planned", "correction", "kept"), [(1.2, 0.7, 1.2), (0.8, 0.7, None), (0.8, 1.3, None)])
+def test_a_new_shape_is_read_again_and_its_correction_stays(change: dict, planned: float, correction: float,
+                                                             kept: float | None) -> None:
+    """Readings belong to the shape they were read on (variant, GPU type and count, model, image,
+    engine args): another is read again. Pods found slower keep the new shape planned as slow;
+    faster ones do not speak for it; and the capacity correction is left as it was (nothing read on
+    the new shape explains any of it)."""
+    s = spec(**change)
+    h = steady_history(1000.0, planned_speed=planned, capacity_correction=correction)  # read on the bed's spec
     step = capacity(s, s.variants[0], one_pod(), read(itl_mean=None), h, 1000.0, None)
     assert step.history.speed_readings == () and step.history.planned_speed == kept
-    assert step.history.speed_shape == shape_key(s, "h100x1")
+    assert step.history.speed_shape == speed_key(s, s.variants[0]) != h.speed_shape
+    assert step.correction == correction == step.history.capacity_correction
+    if kept is None:
+        assert step.reasons == (Reason(Code.CAPACITY_LEARNED, f"engine step time x{planned:.3f} -> x1.000 of the model's: "
+                                                              "a new pod shape is read again"),)
+
+
+def test_a_history_without_a_shape_is_read_as_a_new_one() -> None:
+    """A status written before the shape was kept: its speed is not known to be this shape's."""
+    s = spec()
+    h = steady_history(1000.0, planned_speed=0.8, speed_shape=None)
+    step = capacity(s, s.variants[0], one_pod(), read(itl_mean=None), h, 1000.0, None)
+    assert step.history.planned_speed is None and step.history.speed_readings == ()
+
+
+def test_a_scrape_just_before_the_window_still_shows_how_it_began() -> None:
+    """30 s scrapes under a 60 s window: the oldest falls a little before the window's start."""
+    s = spec()
+    scrapes = ((930.0, 0.0, 8.0), (970.0, 0.0, 9.0))
+    h = steady_history(1000.0, queue_scrapes=scrapes)
+    step = capacity(s, s.variants[0], one_pod(), read(), h, 1000.0, None)
+    assert len(step.history.speed_readings) == 3 and step.speed_note == "read x1.200"
 
 
 def test_speed_fields_in_status_are_kept_field_by_field() -> None:

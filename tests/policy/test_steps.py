@@ -19,6 +19,7 @@ from llmscale.policy.capacity import (
     observed_mix,
     seen_mix,
     shape_key,
+    speed_key,
     variant_capacity,
 )
 from llmscale.policy.ceilings import Bounded, ceilings
@@ -1081,7 +1082,7 @@ def test_capacity_learns_from_a_steady_window_once() -> None:
     corr = max(0.5, 1 - 2 * (0.95 - 0.8))  # twice the missing share
     expect_hist = h.with_(ready_seen=2, mean_input=1000.0, mean_output=200.0, mix_requests=240.0, mix_at=NOW, planned_mix=mix,
                           capacity_correction=corr, learned_at=NOW, started_shapes=(shape_key(SPEC, "h100x1"),),
-                          speed_shape=shape_key(SPEC, "h100x1"))
+                          speed_shape=speed_key(SPEC, V))
     cap = variant_capacity(SPEC, V, MISSING, corr, mix, 2)
     feasible = Condition("True", "SLOFeasible", f"variant h100x1 sustains {cap.per_replica:.2f} req/s per replica ({cap.limited_by}-bound)")
     assert got == CapacityStep(cap, corr, mix, True, False, feasible, expect_hist,

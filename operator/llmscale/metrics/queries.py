@@ -21,6 +21,8 @@ BATCH: dict[str, str] = {
     # (the rate of the sum), which tell the pods' engine speed against the model (policy.speed).
     "itlSum": f"sum by ({GROUP}) (rate(vllm:inter_token_latency_seconds_sum[{{w}}]))",
     "itlCount": f"sum by ({GROUP}) (rate(vllm:inter_token_latency_seconds_count[{{w}}]))",
+    # Preemptions over the window: a preempted sequence's wait lands in the inter-token mean.
+    "preemptions": f"sum by ({GROUP}) (increase(vllm:num_preemptions_total[{{w}}]))",
     "requestsWaiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
     "requestsRunning": f"sum by ({GROUP}) (vllm:num_requests_running)",
     "kvCacheUsage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc)",

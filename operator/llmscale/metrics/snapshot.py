@@ -139,12 +139,12 @@ def build_signals(
             # are used (the growth of the queue), never the gap to our clock.
             scraped_at = ts
     for name in ("requestRate", "promptTokensRate", "generationTokensRate", "requestsWaiting", "requestsRunning",
-                 "kvCacheUsage", "gpuUtilization", "gatewayPending", "itlSum", "itlCount"):
+                 "kvCacheUsage", "gpuUtilization", "gatewayPending", "itlSum", "itlCount", "preemptions"):
         samples = results.get(name, {}).get(key)
         if not samples:
             vals[name] = None
             # Optional: the engine speed is read where vLLM exports the inter-token histogram.
-            if name not in ("gatewayPending", "gpuUtilization", "itlSum", "itlCount"):
+            if name not in ("gatewayPending", "gpuUtilization", "itlSum", "itlCount", "preemptions"):
                 unknown[name] = NO_SERIES
             continue
         v, why = samples[0].value, samples[0].why
@@ -227,6 +227,7 @@ def build_signals(
         generation_tokens_rate=vals.get("generationTokensRate"),
         itl_mean=itl_sum / itl_count if itl_sum is not None and itl_count else None,
         sequences_decoding=itl_sum,
+        preemptions=vals.get("preemptions"),
         sampled_at=scraped_at if scraped_at is not None else read_at,  # the gauges' scrape, which growth is measured between
         read_at=read_at,
         unknown=unknown,

@@ -118,6 +118,19 @@ def _shape_key(variant: str, model: str, args: tuple[str, ...]) -> str:
     return f"{variant}@{digest}"
 
 
+def speed_key(spec: LLMDeploymentSpec, variant: Variant) -> str:
+    """What the engine speed is read on: the shape as run (shape_key), its GPU type and count, and
+    the server image (another vLLM is another engine)."""
+    return _speed_key(variant.name, variant.accelerator, variant.gpus_per_replica, spec.model, spec.image,
+                      tuple(spec.engine_args))
+
+
+@functools.lru_cache(maxsize=8192)
+def _speed_key(variant: str, accelerator: str, gpus: int, model: str, image: str, args: tuple[str, ...]) -> str:
+    digest = hashlib.sha256("\0".join((accelerator, str(gpus), model, image, *args)).encode()).hexdigest()[:10]
+    return f"{variant}@{digest}"
+
+
 def has_started(spec: LLMDeploymentSpec, workload: Workload, history: History, variant: str) -> bool:
     """Have pods of this shape been Ready, now or before (with today's model and engine args)?"""
     return workload.started(variant) or shape_key(spec, variant) in history.started_shapes
@@ -380,12 +393,13 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
     part of the capacity correction it explains (a correction below 1 for pods found slower, above 1
     for pods found faster) moves into it, so that one error is not counted twice."""
     hist = history
-    shape = shape_key(spec, variant.name)
-    if hist.speed_shape != shape:
+    shape = speed_key(spec, variant)
+    reset = hist.speed_shape != shape
+    if reset:
         # Readings belong to the shape they were read on; pods found slower keep a new shape
         # planned as slow (as the variant step weighs other shapes), faster ones speak for theirs.
         kept = hist.planned_speed if hist.planned_speed is not None and hist.planned_speed > 1 else None
-        hist = hist.with_(speed_shape=shape, speed_readings=(), planned_speed=kept if hist.speed_shape else hist.planned_speed)
+        hist = hist.with_(speed_shape=shape, speed_readings=(), planned_speed=kept)
     last = hist.speed_readings[-1][0] if hist.speed_readings else None
     counts = workload.pods.get(variant.name)
     ready = counts.ready if counts is not None else workload.ready
@@ -418,6 +432,10 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
     hist = hist.with_(planned_speed=planned)
     if speed == before:
         return SpeedStep(hist, speed, None, note)
+    if reset:
+        # A new shape: nothing was read on it, so nothing of the correction is explained.
+        return SpeedStep(hist, speed, Reason(Code.CAPACITY_LEARNED, f"engine step time x{before:.3f} -> x{speed:.3f} of "
+                                             "the model's: a new pod shape is read again"), note)
     fleet = max(ready, 1)
     old = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, before).per_replica
     new = variant_capacity(spec, variant, signals, 1.0, mix, fleet, started, speed).per_replica
@@ -428,9 +446,8 @@ def learn_speed(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, s
             correction = min(1.0, correction * ratio)
         elif correction > 1 > ratio:
             correction = max(1.0, correction * ratio)
-    source = (f"the median of {len(hist.speed_readings)} steady windows' inter-token latency" if hist.speed_readings
-              else "a new pod shape")
-    why = f"engine step time x{before:.3f} -> x{speed:.3f} of the model's, from {source}"
+    why = (f"engine step time x{before:.3f} -> x{speed:.3f} of the model's, from the median of "
+           f"{len(hist.speed_readings)} steady windows' inter-token latency")
     if correction != hist.capacity_correction:
         why += f"; capacity estimate x{hist.capacity_correction:.2f} -> x{correction:.2f} (the speed explains it)"
         hist = hist.with_(capacity_correction=correction)

@@ -33,7 +33,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
         moved = rollout(spec, workload, running, gate.final.replicas, {})
-        return mode(spec, workload, running, running, gate.final, gate.apply, history, Estimate(), conditions, now, moved)
+        return mode(spec, workload, running, running, gate.final, gate.apply, history,
+                    Estimate(step_time_factor=history.planned_speed), conditions, now, moved)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
     # 3. The load to plan for over the cold start (trend, burst memory, queue).

@@ -13,7 +13,8 @@ A window is read only where that prediction is sound: one shape served with the 
 throughout and none draining (gone pods' tokens are in the window, the count in it is today's);
 the load held steady over it (a window with a burst in half of it hides the batch its tokens
 saw); no more requests waited than pods at any scrape (a queue feeds the engines in lumps, not at
-random) and the KV cache was not full (a preempted sequence's wait lands in the mean); and prefill is a small part of the
+random), vLLM preempted nothing over it and the KV cache is not nearly full (a preempted
+sequence's wait lands in the mean); and prefill is a small part of the
 predicted mean (with long or varied prompts the mean is mostly prefill, which the mix's mean
 prompt cannot predict). The speed is the median of the last readings (each window read once), from three on; the
 plan moves with it in steps of 2.5 %, and only once it moved by more than 4 %. It scales the whole
@@ -76,6 +77,8 @@ def speed_reading(profile: ServerProfile, signals: Signals, serving: int, mix: t
         return SpeedReading(None, f"fewer than {MIN_TOKENS:.0f} output tokens in the window")
     if any(waiting > serving for waiting, _ in scrapes):
         return SpeedReading(None, "requests waited within the window")
+    if signals.preemptions is not None and signals.preemptions > 0:
+        return SpeedReading(None, "vLLM preempted sequences within the window")
     if signals.kv_cache_usage is not None and signals.kv_cache_usage >= FULL_CACHE:
         return SpeedReading(None, "the KV cache is nearly full (vLLM may preempt)")
     if not steady([running for _, running in scrapes]):

@@ -48,6 +48,7 @@ class Signals:
     # sum: each step adds its length once per sequence in it).
     itl_mean: float | None = None
     sequences_decoding: float | None = None
+    preemptions: float | None = None  # sequences vLLM preempted over the rate window (all pods)
     sampled_at: float | None = None
     read_at: float | None = None  # when the Prometheus read these came from began (None: at the decision)
     unavailable: str | None = None  # Prometheus could not be read at all

@@ -75,6 +75,7 @@ class PromStore:
             generation_tokens_rate=(last.generation_tokens - first.generation_tokens) / dt,
             itl_mean=(last.itl_sum - first.itl_sum) / tokens if tokens > 0 else None,
             sequences_decoding=(last.itl_sum - first.itl_sum) / dt,
+            preemptions=0.0,  # the twin's engine never preempts (it reserves a request's KV cache whole)
             sampled_at=last.t,
         )
 
