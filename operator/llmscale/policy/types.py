@@ -431,10 +431,8 @@ def _speeds(v: Any) -> tuple[tuple[float, float], ...]:
 
 
 def _opt_speed(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    if not SPEED_RANGE[0] <= f <= SPEED_RANGE[1]:
+    f = _opt_float(v)
+    if f is not None and not SPEED_RANGE[0] <= f <= SPEED_RANGE[1]:
         raise ValueError("not a speed")
     return f
 
