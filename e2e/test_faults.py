@@ -5,12 +5,20 @@ nothing down for want of what it had learnt, and keeps what it had learnt."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .conftest import OPERATOR_TOKEN, STATE, Bed, CeilingWatcher, chat_doc, last_decided, wait_for
 
@@ -348,3 +356,96 @@ def test_killed_in_the_middle_of_a_shape_switch_the_operator_finishes_it_once(
         assert ceilings.created > created and not ceilings.violations, ceilings.violations
     finally:
         _stop(op)
+
+
+class Federator:
+    """A second, real Prometheus that federates the bed's (as a global Prometheus, or Thanos and
+    Mimir in front of per-cluster ones, do): a series that leaves the bed's Prometheus lingers here
+    with its last sample's timestamp for the lookback (five minutes), stale."""
+
+    def __init__(self, upstream: str, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        up = urllib.parse.urlsplit(upstream)
+        config = {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+                  "scrape_configs": [{"job_name": "federate", "honor_labels": True, "metrics_path": "/federate",
+                                      "scheme": up.scheme,
+                                      "params": {"match[]": ['{__name__=~"vllm:.*|inference_extension_.*"}']},
+                                      "static_configs": [{"targets": [up.netloc]}]}]}
+        (directory / "federate.yml").write_text(yaml.safe_dump(config))
+        self.log = open(STATE / "logs" / "prometheus-federate.log", "ab")
+        self.proc = subprocess.Popen(
+            [shutil.which("prometheus") or "prometheus", f"--config.file={directory / 'federate.yml'}",
+             f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for("the federating Prometheus ready", lambda: self._ready(), 30)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the federating Prometheus exited: {STATE / 'logs' / 'prometheus-federate.log'}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def query(self, promql: str) -> float | None:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            result = json.load(r)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def close(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+def test_through_federation_the_deleted_pods_stale_series_do_not_hold_a_deployment_at_zero(
+        bed: Bed, solo: str, ceilings: CeilingWatcher, tmp_path: Path) -> None:
+    """Scaled to zero, a deployment read through a federating Prometheus still sees its deleted
+    pods' last vLLM samples (stale, with their old timestamps) for five minutes: its vLLM queue is
+    unknown, and the requests the gateway holds were not counted, so it stayed at zero with requests
+    waiting until the stale series aged out. With no pod left, the gateway's queue is the demand."""
+    fed = Federator(bed.prom_url, tmp_path)
+    log = STATE / "logs" / f"operator-{solo}.log"
+    op = subprocess.Popen(
+        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "operator.kubeconfig"), "--prometheus-url", fed.url,
+         "--metrics-port", "0", "--health-port", "18091", "--namespace", solo],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_FAILPOINT": ""})
+    try:
+        bed.kubectl("apply", "-f", "-", input=chat_doc(
+            solo, replicas={"min": 0, "max": 2},
+            scaling={"interval": "3s", "scaleDown": {"stabilizationWindow": "10s", "maxStep": 1},
+                     "scaleToZero": {"enabled": True, "idleFor": "15s", "demand": {"inferencePool": "chat"}}}))
+        # Serve once from zero, so that the deployment's pods have had series, then idle back to zero.
+        bed.traffic(solo, "chat", rate=2, meanInput=500, meanOutput=100)
+        try:
+            wait_for("one Ready replica", lambda: _status(bed, solo).get("readyReplicas") == 1, 120)
+        except AssertionError as e:
+            st = _status(bed, solo)
+            raise AssertionError(f"{e}; lastDecision {st.get('lastDecision')}; conditions {st.get('conditions')}") from None
+        wait_for("its series federated", lambda: fed.query(f'sum(vllm:num_requests_running{{namespace="{solo}"}})')
+                 is not None, 60)
+        bed.traffic(solo, "chat", rate=0)
+        wait_for("scaled to zero", lambda: _replicas(bed, solo) == 0, 180, 2)
+        wait_for("no pod left", lambda: not bed.core.list_namespaced_pod(solo).items, 120, 2)
+        gone = time.time()
+        # The premise: the bed's Prometheus has dropped the deleted pod's series, the federating one
+        # still answers with its last sample, older than the operator's staleness bound (two
+        # intervals, at least 30 s: metrics.prometheus.stale_after_s), with a margin.
+        age = f'time() - max(timestamp(vllm:num_requests_running{{namespace="{solo}"}}))'
+        wait_for("the federated series stale", lambda: (fed.query(age) or 0) > 45, 90, 2)
+        assert bed.prom(f'sum(vllm:num_requests_running{{namespace="{solo}"}})') is None
+        bed.traffic(solo, "chat", rate=2, meanInput=500, meanOutput=100)
+        wait_for("a replica started from zero on the gateway's queue", lambda: _replicas(bed, solo) == 1, 90, 2)
+        assert time.time() - gone < 240, "the stale series had nearly aged out: the test did not test them"
+        assert fed.query(age) is not None, "the stale series were gone when the operator decided"
+        events = bed.core.list_namespaced_event(solo).items
+        assert any(e.reason == "ScaleUp" and "ScaleFromZero" in (e.message or "") for e in events), [e.message for e in events]
+        assert op.poll() is None, f"the operator exited; log: {log}"
+        assert not ceilings.violations, ceilings.violations
+    finally:
+        _stop(op)
+        fed.close()

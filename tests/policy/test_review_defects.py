@@ -149,6 +149,23 @@ def test_an_unusable_vllm_queue_stays_unknown_beside_the_gateways() -> None:
     assert s.requests_waiting is None and s.unknown["requestsWaiting"].startswith("stale")
 
 
+def test_stale_series_of_deleted_pods_do_not_hold_a_deployment_at_zero() -> None:
+    """Behind federation (or Thanos, Mimir) the last samples of pods deleted at the scale to zero
+    linger for the lookback, up to five minutes, with their old timestamps: vLLM's queue read as
+    stale, the gateway's 7 waiting were not added to it, and the deployment stayed at zero while
+    they waited. With no pod left, the gateway's queue is the whole demand; with one draining, its
+    stale series keep the queue unknown, as before."""
+    spec = parse_spec(spec_dict(replicas={"min": 0, "max": 8}, scaling={
+        "interval": "15s", "scaleToZero": {"enabled": True, "demand": {"inferencePool": "chat"}}}))
+    s = _read("40", "7", fresh_s=240)
+    assert s.requests_waiting is None and s.unknown["requestsWaiting"].startswith("stale")
+    assert s.gateway_pending == 7.0
+    d = decide(spec, Workload("h100x1", 0, 0), s, History(observing_since=0.0), NOW)
+    assert (d.action, d.to_replicas, codes(d)[-1]) == ("ScaleUp", 1, "ScaleFromZero")
+    held = decide(spec, Workload("h100x1", 0, 0, terminating=1), s, History(observing_since=0.0), NOW)
+    assert (held.action, held.to_replicas) == ("NoChange", 0)
+
+
 def test_a_plan_of_millions_costs_a_few_capacity_lookups(monkeypatch: Any) -> None:
     """A finite but absurd rate (a counter glitch, a hand-edited rate sample) planned 66 million
     replicas and the tolerance band stepped down from there one replica at a time (main: 12 s for

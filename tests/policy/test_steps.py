@@ -846,6 +846,24 @@ IDLENESS = [
     ("demand at zero starts one", STZ, Workload("h100x1", 0, 0), sig(None, requests_waiting=3.0, unknown={"requestRate": "no series"}),
      History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting at the gateway"),)),
                          False, False, History())),
+    # Behind federation (or remote storage) the deleted pods' last samples linger for the lookback:
+    # vLLM's series read stale, so its queue is unknown, and the gateway's 4 were not added to it.
+    # With no pod left, the gateway's count is the whole demand.
+    ("at zero with no pod left, vLLM's series stale: the gateway's queue starts one", STZ, Workload("h100x1", 0, 0),
+     sig(None, requests_waiting=None, requests_running=None, gateway_pending=4.0,
+         unknown={"requestRate": "stale: newest sample older than 30s", "requestsWaiting": "stale: newest sample older than 30s"}),
+     History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 4 waiting at the gateway"),)),
+                         False, False, History())),
+    ("at zero with no pod left, vLLM's series stale, nothing at the gateway: stay", STZ, Workload("h100x1", 0, 0),
+     sig(None, requests_waiting=None, requests_running=None, gateway_pending=0.0,
+         unknown={"requestRate": "stale: newest sample older than 30s", "requestsWaiting": "stale: newest sample older than 30s"}),
+     History(), Idleness(Proposal(0, (Reason(Code.IDLE, "at zero, no request waiting at the gateway"),)), False, True, History())),
+    # A pod still draining at zero: its queue is vLLM's to report, and unknown stays unknown.
+    ("at zero with a pod draining and its series stale: hold at zero", STZ, Workload("h100x1", 0, 0, terminating=1),
+     sig(None, requests_waiting=None, requests_running=None, gateway_pending=4.0,
+         unknown={"requestRate": "stale: newest sample older than 30s", "requestsWaiting": "stale: newest sample older than 30s"}),
+     History(), Idleness(Proposal(0, (Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero"),)),
+                         False, True, History())),
     ("idle long enough, but the door back is not proven: stay at one", STZ, Workload("h100x1", 1, 1),
      sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), SEEN_IDLE,
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(

@@ -228,6 +228,7 @@ def build_signals(
         itl_mean=itl_sum / itl_count if itl_sum is not None and itl_count else None,
         sequences_decoding=itl_sum,
         preemptions=vals.get("preemptions"),
+        gateway_pending=pending,
         sampled_at=scraped_at if scraped_at is not None else read_at,  # the gauges' scrape, which growth is measured between
         read_at=read_at,
         unknown=unknown,

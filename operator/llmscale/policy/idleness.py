@@ -41,6 +41,12 @@ class Idleness:
     history: History
 
 
+def no_pods(workload: Workload) -> bool:
+    """No pod of any shape exists: none starting, Ready or draining."""
+    return (workload.ready == 0 and workload.starting == 0 and workload.terminating == 0
+            and all(c.holding_gpus == 0 for c in workload.pods.values()))
+
+
 def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, proposal: Proposal, history: History,
              now: float) -> Idleness:
     rate, waiting = signals.request_rate, signals.requests_waiting or 0.0
@@ -65,6 +71,12 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     # The door back from zero is the gateway's demand signal: it must have been read to close it.
     demand_known = "gatewayDemand" not in signals.unknown and "requestsWaiting" not in signals.unknown
     out, to_zero = proposal, False
+    if workload.replicas == 0 and may_zero and no_pods(workload) and signals.gateway_pending is not None:
+        # No pod is left to serve or queue anything: whatever vLLM's series still say (behind
+        # federation or remote storage the last samples of deleted pods linger, stale, for the
+        # lookback, up to five minutes), the requests the gateway holds are the whole demand. The
+        # stale series made the queue unknown and held the deployment at zero with requests waiting.
+        waiting, demand_known = signals.gateway_pending, True
     if workload.replicas == 0 and may_zero:
         if (rate or 0) > 0 or waiting > 0:
             return Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, "

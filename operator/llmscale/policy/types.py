@@ -49,6 +49,9 @@ class Signals:
     itl_mean: float | None = None
     sequences_decoding: float | None = None
     preemptions: float | None = None  # sequences vLLM preempted over the rate window (all pods)
+    # Requests the gateway holds for the deployment (scaleToZero.demand), as read, whatever vLLM's
+    # series say; None when not read. requests_waiting already includes it where vLLM's queue is known.
+    gateway_pending: float | None = None
     sampled_at: float | None = None
     read_at: float | None = None  # when the Prometheus read these came from began (None: at the decision)
     unavailable: str | None = None  # Prometheus could not be read at all
