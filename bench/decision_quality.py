@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmscale.api import parse_spec
-from llmscale.sim.baselines import slo_met
+from llmscale.sim.oracle import beat_oracle, yardstick
 from llmscale.sim.policies import POLICIES, make_policy
 from llmscale.sim.report import plot
 from llmscale.sim.traffic import Trace, load_trace, on_off, scenario
@@ -205,12 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     # minute ten each take their own cheapest among the plans that meet it over the whole run.
     best_known: dict[str, tuple[float, float]] = {}
     for case in {c.name: c for c, _ in all_rows}.values():
-        rs = {r.policy: r for c, r in all_rows if c is case}
-        if "oracle" not in rs:
-            continue
-        spec = parse_spec(case.spec)
-        plans = [rs["oracle"]] + [r for p, r in sorted(rs.items()) if p not in ("oracle", "llmscale") and slo_met(spec, r)]
-        best_known[case.name] = (min(r.gpu_hours for r in plans), min(r.settled_gpu_hours for r in plans))
+        known = yardstick(parse_spec(case.spec), [r for c, r in all_rows if c is case])
+        if known is not None:
+            best_known[case.name] = known
     for case, r in all_rows:
         known = best_known.get(case.name)
         oracle_gpu_h, oracle_settled_gpu_h = known if known is not None else (float("nan"), float("nan"))
@@ -255,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     # The oracle is the cheapest plan its search found that replays within the SLO, not a proven
     # bound of the twin (sim/oracle.py): a policy at or above its attainment for fewer GPU-hours
     # means the search missed a cheaper plan.
-    beaten = [f"{c.name}: {r.policy} {r.gpu_hours:.2f} GPU-h < {o.gpu_hours:.2f}"
-              for c, r in all_rows for o in [next((x for cc, x in all_rows if cc is c and x.policy == "oracle"), None)]
-              if o is not None and r.policy != "oracle" and slo_met(parse_spec(c.spec), r)
-              and r.gpu_hours < o.gpu_hours * 0.999]
+    beaten = []
+    for case in {c.name: c for c, _ in all_rows}.values():
+        rs = [r for c, r in all_rows if c is case]
+        oracle = next((r for r in rs if r.policy == "oracle"), None)
+        beaten += [f"{case.name}: {p} {r.gpu_hours:.2f} GPU-h < {oracle.gpu_hours:.2f}"
+                   for p in beat_oracle(parse_spec(case.spec), rs) for r in rs if r.policy == p and oracle is not None]
     print(f"\npolicies that meet the SLO for fewer GPU-hours than the oracle (plans its search missed; the "
           f"'vs oracle' ratios use the cheapest baseline among them, never llmscale): {', '.join(beaten) or 'none'}")
     print(f"\nplots and JSON: {out}/")

@@ -298,10 +298,32 @@ def test_knobs_trade_headroom() -> None:
 
 
 # ---- static-peak --------------------------------------------------------------------------------
+def test_static_peak_takes_the_fewest_that_meets_the_slo_even_where_attainment_is_not_monotone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search used to bisect, which assumes a larger fleet never meets the SLO less: with 2
+    meeting it, 3 and 4 not and 5 again, the bisection answered 5. Each size is tried upward."""
+    import llmscale.sim.baselines as b
+    from llmscale.sim.traffic import scenario
+
+    spec = parse_spec(spec_dict(
+        replicas={"min": 1, "max": 6}, variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        cost={"maxGPUs": 6, "prices": {"nvidia-h100": "4.00"}}))
+    tried: list[int] = []
+
+    def meets(_spec: object, r: b.RunResult) -> bool:  # the fleet size is the GPUs it held (one each)
+        tried.append(r.peak_gpus)
+        return r.peak_gpus in (2, 5, 6)
+
+    monkeypatch.setattr(b, "slo_met", meets)
+    trace = scenario("constant", rate=1, duration=30, seed=3)
+    assert b.StaticPeakPolicy().start(spec, trace, {"h100x1": 60.0}).replicas == 2
+    assert tried == [1, 2]
+
+
 
 def test_static_peak_is_the_fewest_constant_replicas_that_meet_the_slo_and_its_knob_adds_replicas() -> None:
     """Sized in hindsight: the smallest fixed fleet whose run of the whole trace meets every target
-    (found by bisection; checked here against every fleet size in turn), held at every decision;
+    (found by trying each size upward; checked here against every fleet size in turn), held at every decision;
     the knob adds (or takes) replicas, never below one nor past the ceiling."""
     from llmscale.sim.baselines import Fixed, StaticPeakPolicy, slo_met
     from llmscale.sim.traffic import scenario

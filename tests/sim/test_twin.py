@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmscale.api import parse_spec
+from llmscale.api.models import LLMDeploymentSpec
 from llmscale.perf import server_profile
 from llmscale.sim.policies import make_policy
 from llmscale.sim.traffic import Arrival, Trace, scenario
@@ -211,3 +212,19 @@ def test_pods_slower_than_the_model_take_that_much_longer(monkeypatch: pytest.Mo
     assert r.ttft_p50_s == pytest.approx(1.5 * prof.step_seconds(0, 0, 100, 50))
     monkeypatch.setattr(Twin, "pod_slowdown", 1.0)
     assert Twin(SPEC, trace, Fixed(1)).run().ttft_p50_s == pytest.approx(prof.step_seconds(0, 0, 100, 50))
+
+
+def test_the_warm_fleet_is_sized_for_the_routing_that_serves_it() -> None:
+    """Behind a load-aware gateway a fleet pools its capacity: the warm fleet is the fewest replicas
+    whose pooled capacity carries the first minute (long prompts: a lone replica's tail sizes a
+    fleet twice too large), and behind a Service each replica carries what a lone one does."""
+    from llmscale.sim.twin import warm_fleet
+
+    def spec(routing: str) -> LLMDeploymentSpec:
+        return parse_spec(spec_dict(slo={"ttft": {"target": "10s", "percentile": 99},
+                                         "interTokenLatency": {"target": "100ms", "percentile": 95}},
+                                    replicas={"min": 1, "max": 32}, cost={"maxGPUs": 32}, routing=routing))
+
+    trace = scenario("constant", rate=2.5, duration=120, mean_in=18000, mean_out=300, seed=4)
+    pooled, alone = warm_fleet(spec("LoadAware"), trace)[1], warm_fleet(spec("Service"), trace)[1]
+    assert 1 < pooled < alone, (pooled, alone)

@@ -398,17 +398,14 @@ class StaticPeakPolicy(Baseline):
     def start(self, spec: LLMDeploymentSpec, trace: Trace, cold_start: dict[str, float]) -> Target:
         v = spec.variants[0].name
         limit, _ = ceiling_replicas(spec, spec.variant(v))
-        lo, hi = max(1, spec.replicas.min), max(1, limit)
-        if not slo_met(spec, Twin(spec, trace, Fixed(hi, v), cold_start).run()):
-            self.target = clamp(spec, v, hi + 1)  # even the ceiling misses: run at it, report capped
-            return self.target
-        while lo < hi:  # attainment grows with replicas: bisect for the smallest that meets the SLO
-            mid = (lo + hi) // 2
-            if slo_met(spec, Twin(spec, trace, Fixed(mid, v), cold_start).run()):
-                hi = mid
-            else:
-                lo = mid + 1
-        self.target = clamp(spec, v, max(1, hi + round(self.knob)))
+        # Upward, one count at a time, from the floor: the first that meets the SLO is the fewest,
+        # whether or not attainment grows with every replica added (a bisection assumes it does; a
+        # replay takes about a second, and the answer is a handful of replicas).
+        for n in range(max(1, spec.replicas.min), max(1, limit) + 1):
+            if slo_met(spec, Twin(spec, trace, Fixed(n, v), cold_start).run()):
+                self.target = clamp(spec, v, max(1, n + round(self.knob)))
+                return self.target
+        self.target = clamp(spec, v, max(1, limit) + 1)  # even the ceiling misses: run at it, report capped
         return self.target
 
     def decide(self, view: View) -> Target:

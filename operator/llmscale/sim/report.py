@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .twin import RunResult
@@ -31,8 +31,11 @@ def _cell(fmt: str, v: object) -> str:
     return fmt.format(v)
 
 
-def table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
-    return _table(results, COLUMNS, baselines, "gpu_hours")
+def table(results: list[RunResult], baselines: Sequence[str] = (), yardsticks: Mapping[str, float] | None = None) -> str:
+    """One row per run; one `GPU-h / <baseline>` column per baseline in the run, over that
+    baseline's GPU-hours or over `yardsticks[baseline]` when given (the oracle's: the cheapest
+    replayed plan known to meet the SLO, see sim.oracle.yardstick)."""
+    return _table(results, COLUMNS, baselines, "gpu_hours", yardsticks)
 
 
 SETTLED_COLUMNS = [
@@ -44,15 +47,17 @@ SETTLED_COLUMNS = [
 ]
 
 
-def settled_table(results: list[RunResult], baselines: Sequence[str] = ()) -> str:
+def settled_table(results: list[RunResult], baselines: Sequence[str] = (),
+                  yardsticks: Mapping[str, float] | None = None) -> str:
     """The same runs from minute ten on (SETTLE_S): the requests arriving from then and the GPU time
     held from then, so that the first minutes, when no policy has history yet, do not decide."""
-    return _table(results, SETTLED_COLUMNS, baselines, "settled_gpu_hours")
+    return _table(results, SETTLED_COLUMNS, baselines, "settled_gpu_hours", yardsticks)
 
 
-def _table(results: list[RunResult], columns: list[tuple[str, str, str]], baselines: Sequence[str], attr: str) -> str:
+def _table(results: list[RunResult], columns: list[tuple[str, str, str]], baselines: Sequence[str], attr: str,
+           yardsticks: Mapping[str, float] | None = None) -> str:
     """`columns` (heading, RunResult field, format) and one column per baseline in the run: each
-    policy's GPU-hours (`attr`) over the baseline's."""
+    policy's GPU-hours (`attr`) over the baseline's, or over its yardstick."""
     heads = [c[0] for c in columns]
     rows = [[_cell(fmt, getattr(r, field)) for _, field, fmt in columns] for r in results]
     for name in baselines:
@@ -60,7 +65,7 @@ def _table(results: list[RunResult], columns: list[tuple[str, str, str]], baseli
         if base is None:
             continue
         heads.append(f"GPU-h / {name}")
-        b = getattr(base, attr)
+        b = (yardsticks or {}).get(name, getattr(base, attr))
         for r, row in zip(results, rows, strict=True):
             row.append(f"{getattr(r, attr) / b:.2f}x" if b > 0 else "-")
     return _render(heads, rows)

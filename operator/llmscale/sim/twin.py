@@ -134,7 +134,9 @@ def warm_start(spec: LLMDeploymentSpec, trace: Trace) -> int:
 
 def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
     """The shape llmscale's own plan finds cheapest for the trace's first minute, and the replicas
-    of that shape for it at the SLO (the first variant when none is priced or the minute is empty)."""
+    of that shape for it at the SLO (the first variant when none is priced or the minute is empty):
+    the fewest whose simulated capacity, pooled when a load-aware gateway routes, carries the
+    minute's mean rate."""
     from llmscale.perf.capacity import simulated_capacity
     from llmscale.policy.capacity import replicas_for
     from llmscale.policy.types import Signals
@@ -155,11 +157,22 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
             if best is None or key < best:
                 best, chosen = key, v
     itl, ttft = spec.slo.itl_target(), spec.slo.ttft
-    cap1 = simulated_capacity(replica_profile(spec, chosen), mean_in, mean_out,
-                              itl.seconds if itl else None, ttft.seconds if ttft else None,
-                              itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0)
+    profile = replica_profile(spec, chosen)
     limit, _ = ceiling_replicas(spec, chosen)
-    n = math.ceil(len(first) / 60.0 / cap1.requests_per_s) if cap1.requests_per_s > 0 else limit
+    rate = len(first) / 60.0
+
+    def carried(n: int) -> float:
+        # Behind a load-aware gateway the fleet pools its capacity (a replica in a fleet of n carries
+        # more than a lone one); behind a Service each replica is a queue of its own.
+        cap = simulated_capacity(profile, mean_in, mean_out, itl.seconds if itl else None, ttft.seconds if ttft else None,
+                                 itl_pct=itl.percentile if itl else 95.0, ttft_pct=ttft.percentile if ttft else 95.0,
+                                 replicas=n if spec.routing.pools else 1)
+        return n * cap.requests_per_s
+
+    single = carried(1)
+    n = math.ceil(rate / single) if single > 0 else limit  # a lone replica's count: an upper bound when pooled
+    while n > 1 and n <= limit and single > 0 and carried(n - 1) >= rate:
+        n -= 1
     return chosen.name, max(1, spec.replicas.min, min(n, limit))
 
 
