@@ -380,7 +380,11 @@ class Federator:
             [shutil.which("prometheus") or "prometheus", f"--config.file={directory / 'federate.yml'}",
              f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for("the federating Prometheus ready", lambda: self._ready(), 30)
+        try:
+            wait_for("the federating Prometheus ready", lambda: self._ready(), 30)
+        except BaseException:
+            self.close()
+            raise
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -408,13 +412,16 @@ def test_through_federation_the_deleted_pods_stale_series_do_not_hold_a_deployme
     pods' last vLLM samples (stale, with their old timestamps) for five minutes: its vLLM queue is
     unknown, and the requests the gateway holds were not counted, so it stayed at zero with requests
     waiting until the stale series aged out. With no pod left, the gateway's queue is the demand."""
-    fed = Federator(bed.prom_url, tmp_path)
     log = STATE / "logs" / f"operator-{solo}.log"
-    op = subprocess.Popen(
-        [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "operator.kubeconfig"), "--prometheus-url", fed.url,
-         "--metrics-port", "0", "--health-port", "18091", "--namespace", solo],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_FAILPOINT": ""})
+    fed: Federator | None = None
+    op: subprocess.Popen[bytes] | None = None
     try:
+        fed = Federator(bed.prom_url, tmp_path)
+        with open(log, "ab") as out:
+            op = subprocess.Popen(
+                [sys.executable, "-m", "llmscale.cli", "run", "--kubeconfig", str(STATE / "operator.kubeconfig"),
+                 "--prometheus-url", fed.url, "--metrics-port", "0", "--health-port", "18091", "--namespace", solo],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LLMSCALE_FAILPOINT": ""})
         bed.kubectl("apply", "-f", "-", input=chat_doc(
             solo, replicas={"min": 0, "max": 2},
             scaling={"interval": "3s", "scaleDown": {"stabilizationWindow": "10s", "maxStep": 1},
@@ -438,14 +445,23 @@ def test_through_federation_the_deleted_pods_stale_series_do_not_hold_a_deployme
         age = f'time() - max(timestamp(vllm:num_requests_running{{namespace="{solo}"}}))'
         wait_for("the federated series stale", lambda: (fed.query(age) or 0) > 45, 90, 2)
         assert bed.prom(f'sum(vllm:num_requests_running{{namespace="{solo}"}})') is None
+        before = _from_zero_events(bed, solo)
         bed.traffic(solo, "chat", rate=2, meanInput=500, meanOutput=100)
         wait_for("a replica started from zero on the gateway's queue", lambda: _replicas(bed, solo) == 1, 90, 2)
         assert time.time() - gone < 240, "the stale series had nearly aged out: the test did not test them"
         assert fed.query(age) is not None, "the stale series were gone when the operator decided"
-        events = bed.core.list_namespaced_event(solo).items
-        assert any(e.reason == "ScaleUp" and "ScaleFromZero" in (e.message or "") for e in events), [e.message for e in events]
+        # This scale-up's own Event (the first one from zero, before the scale-down, counts in `before`).
+        wait_for("a second ScaleFromZero event", lambda: _from_zero_events(bed, solo) > before, 30)
         assert op.poll() is None, f"the operator exited; log: {log}"
         assert not ceilings.violations, ceilings.violations
     finally:
-        _stop(op)
-        fed.close()
+        if op is not None:
+            _stop(op)
+        if fed is not None:
+            fed.close()
+
+
+def _from_zero_events(bed: Bed, ns: str) -> int:
+    """ScaleUp Events from zero so far, repeats counted (the API server folds an Event that repeats)."""
+    return sum(e.count or 1 for e in bed.core.list_namespaced_event(ns).items
+               if e.reason == "ScaleUp" and "ScaleFromZero" in (e.message or ""))

@@ -862,8 +862,16 @@ IDLENESS = [
     ("at zero with a pod draining and its series stale: hold at zero", STZ, Workload("h100x1", 0, 0, terminating=1),
      sig(None, requests_waiting=None, requests_running=None, gateway_pending=4.0,
          unknown={"requestRate": "stale: newest sample older than 30s", "requestsWaiting": "stale: newest sample older than 30s"}),
-     History(), Idleness(Proposal(0, (Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero"),)),
+     History(), Idleness(Proposal(0, (Reason(Code.METRICS_UNKNOWN, "at zero and the requests waiting in vLLM are unknown "
+                                                                   "(stale: newest sample older than 30s): holding at zero"),)),
                          False, True, History())),
+    # A queue that was read (here a requestsWaiting query override) already counts the gateway's:
+    # its 3 start a replica though the gateway's own count says 0 (review: the first version of the
+    # stale-series fix put the gateway's 0 in its place).
+    ("at zero with no pod left, a queue read by an override: it stands", STZ, Workload("h100x1", 0, 0),
+     sig(None, requests_waiting=3.0, requests_running=None, gateway_pending=0.0, unknown={"requestRate": "no series"}),
+     History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting at the gateway"),)),
+                         False, False, History())),
     ("idle long enough, but the door back is not proven: stay at one", STZ, Workload("h100x1", 1, 1),
      sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), SEEN_IDLE,
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(

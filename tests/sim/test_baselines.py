@@ -317,7 +317,12 @@ def test_static_peak_takes_the_fewest_that_meets_the_slo_even_where_attainment_i
     monkeypatch.setattr(b, "slo_met", meets)
     trace = scenario("constant", rate=1, duration=30, seed=3)
     assert b.StaticPeakPolicy().start(spec, trace, {"h100x1": 60.0}).replicas == 2
-    assert tried == [1, 2]
+    assert tried == [6, 1, 2]  # the ceiling first (does anything meet it?), then upward from the floor
+    # Nothing meets it: one replay (the ceiling's), and the policy runs at the ceiling, capped.
+    tried.clear()
+    monkeypatch.setattr(b, "slo_met", lambda _s, r: tried.append(r.peak_gpus) is not None)
+    target = b.StaticPeakPolicy().start(spec, trace, {"h100x1": 60.0})
+    assert (target.replicas, target.capped, tried) == (6, True, [6])
 
 
 

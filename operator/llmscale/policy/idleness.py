@@ -42,7 +42,8 @@ class Idleness:
 
 
 def no_pods(workload: Workload) -> bool:
-    """No pod of any shape exists: none starting, Ready or draining."""
+    """No pod of any shape that vLLM could queue requests in: none starting, Ready or draining
+    (pods Pending for want of a GPU have no engine, and no series)."""
     return (workload.ready == 0 and workload.starting == 0 and workload.terminating == 0
             and all(c.holding_gpus == 0 for c in workload.pods.values()))
 
@@ -71,18 +72,25 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
     # The door back from zero is the gateway's demand signal: it must have been read to close it.
     demand_known = "gatewayDemand" not in signals.unknown and "requestsWaiting" not in signals.unknown
     out, to_zero = proposal, False
-    if workload.replicas == 0 and may_zero and no_pods(workload) and signals.gateway_pending is not None:
+    if (workload.replicas == 0 and may_zero and "requestsWaiting" in signals.unknown and no_pods(workload)
+            and signals.gateway_pending is not None):
         # No pod is left to serve or queue anything: whatever vLLM's series still say (behind
         # federation or remote storage the last samples of deleted pods linger, stale, for the
         # lookback, up to five minutes), the requests the gateway holds are the whole demand. The
         # stale series made the queue unknown and held the deployment at zero with requests waiting.
-        waiting, demand_known = signals.gateway_pending, True
+        # (A queue that was read, vLLM's or a query override, already counts the gateway's.)
+        waiting, demand_known = signals.gateway_pending, "gatewayDemand" not in signals.unknown
     if workload.replicas == 0 and may_zero:
         if (rate or 0) > 0 or waiting > 0:
             return Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, "
                                                                       f"{waiting:.0f} waiting at the gateway"),)), False, False, hist)
-        why = (Reason(Code.IDLE, "at zero, no request waiting at the gateway") if demand_known else
-               Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero"))
+        if demand_known:
+            why = Reason(Code.IDLE, "at zero, no request waiting at the gateway")
+        elif "gatewayDemand" in signals.unknown:
+            why = Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero")
+        else:
+            why = Reason(Code.METRICS_UNKNOWN, "at zero and the requests waiting in vLLM are unknown "
+                                               f"({signals.unknown['requestsWaiting']}): holding at zero")
         return Idleness(Proposal(0, (*proposal.reasons, why)), idle, True, hist)
     if idle:
         # The plan already sizes for zero load (and for what the burst memory holds): idleness

@@ -170,8 +170,9 @@ def warm_fleet(spec: LLMDeploymentSpec, trace: Trace) -> tuple[str, int]:
         return n * cap.requests_per_s
 
     single = carried(1)
-    n = math.ceil(rate / single) if single > 0 else limit  # a lone replica's count: an upper bound when pooled
-    while n > 1 and n <= limit and single > 0 and carried(n - 1) >= rate:
+    # A lone replica's count (an upper bound when pooled), within the ceiling; then fewer while they carry it.
+    n = min(math.ceil(rate / single), limit) if single > 0 else limit
+    while n > 1 and single > 0 and carried(n - 1) >= rate:
         n -= 1
     return chosen.name, max(1, spec.replicas.min, min(n, limit))
 
