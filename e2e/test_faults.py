@@ -462,6 +462,6 @@ def test_through_federation_the_deleted_pods_stale_series_do_not_hold_a_deployme
 
 
 def _from_zero_events(bed: Bed, ns: str) -> int:
-    """ScaleUp Events from zero so far, repeats counted (the API server folds an Event that repeats)."""
+    """ScaleUp Events from zero so far (kopf posts each anew; `count` covers a client that folds repeats)."""
     return sum(e.count or 1 for e in bed.core.list_namespaced_event(ns).items
                if e.reason == "ScaleUp" and "ScaleFromZero" in (e.message or ""))

@@ -872,6 +872,12 @@ IDLENESS = [
      sig(None, requests_waiting=3.0, requests_running=None, gateway_pending=0.0, unknown={"requestRate": "no series"}),
      History(), Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, "demand while at zero: 0.00 req/s, 3 waiting at the gateway"),)),
                          False, False, History())),
+    ("idle long enough, vLLM's queue unusable: stay at one, and say which", STZ, Workload("h100x1", 1, 1),
+     sig(0.0, requests_waiting=None, requests_running=0.0, gateway_pending=0.0, unknown={"requestsWaiting": "ignored: NaN"}),
+     SEEN_IDLE,
+     Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(
+         Code.METRICS_UNKNOWN, "not scaling to zero: the requests waiting in vLLM are unknown (ignored: NaN)"))),
+              True, False, SEEN_IDLE)),
     ("idle long enough, but the door back is not proven: stay at one", STZ, Workload("h100x1", 1, 1),
      sig(0.0, requests_running=0.0, unknown={"gatewayDemand": "no series"}), SEEN_IDLE,
      Idleness(Proposal(1, (Reason(Code.IDLE, "request counters at zero"), Reason(

@@ -323,6 +323,13 @@ def test_static_peak_takes_the_fewest_that_meets_the_slo_even_where_attainment_i
     monkeypatch.setattr(b, "slo_met", lambda _s, r: tried.append(r.peak_gpus) is not None)
     target = b.StaticPeakPolicy().start(spec, trace, {"h100x1": 60.0})
     assert (target.replicas, target.capped, tried) == (6, True, [6])
+    # replicas.min above the ceiling (maxGPUs 2): the ceiling meets the SLO and is the answer (the
+    # scan from replicas.min had nothing to try and raised StopIteration; review).
+    above = parse_spec(spec_dict(
+        replicas={"min": 4, "max": 6}, variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"}],
+        cost={"maxGPUs": 2, "prices": {"nvidia-h100": "4.00"}}))
+    monkeypatch.setattr(b, "slo_met", lambda _s, _r: True)
+    assert b.StaticPeakPolicy().start(above, trace, {"h100x1": 60.0}).replicas == 2
 
 
 

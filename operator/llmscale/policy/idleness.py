@@ -99,9 +99,12 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
         if may_zero and since is not None and now - since >= parse_duration(stz.idle_for):
             if demand_known:
                 out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {now - since:.0f}s >= {stz.idle_for}")), True
-            else:
+            elif "gatewayDemand" in signals.unknown or "requestsWaiting" not in signals.unknown:
                 out = out.note(Reason(Code.METRICS_UNKNOWN, "not scaling to zero: the gateway's demand signal is unknown "
                                                             f"({signals.unknown.get('gatewayDemand', 'no series')})"))
+            else:
+                out = out.note(Reason(Code.METRICS_UNKNOWN, "not scaling to zero: the requests waiting in vLLM are unknown "
+                                                            f"({signals.unknown['requestsWaiting']})"))
     if workload.replicas == 0 and ((rate or 0) > 0 or waiting > 0):
         out = out.to(max(out.replicas, 1),
                      Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, {waiting:.0f} waiting"))

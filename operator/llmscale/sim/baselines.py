@@ -406,8 +406,8 @@ class StaticPeakPolicy(Baseline):
         # whether or not attainment grows with every replica added (a bisection assumes it does).
         # An answer of n costs n replays, each longer as the fleet grows (a second or two for the
         # benchmarks' fleets of up to a dozen replicas).
-        n = next(n for n in range(max(1, spec.replicas.min), top + 1)
-                 if n == top or slo_met(spec, Twin(spec, trace, Fixed(n, v), cold_start).run()))
+        n = next((n for n in range(min(max(1, spec.replicas.min), top), top + 1)
+                  if n == top or slo_met(spec, Twin(spec, trace, Fixed(n, v), cold_start).run())), top)
         self.target = clamp(spec, v, max(1, n + round(self.knob)))
         return self.target
 
