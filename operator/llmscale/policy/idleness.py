@@ -48,15 +48,6 @@ def no_pods(workload: Workload) -> bool:
             and all(c.holding_gpus == 0 for c in workload.pods.values()))
 
 
-def unknown_demand(signals: Signals, why: bool) -> str:
-    """Which half of the demand at zero is unknown: the gateway's signal, or vLLM's queue (with
-    its reason when `why`; the gateway's signal always names its own)."""
-    if "gatewayDemand" in signals.unknown or "requestsWaiting" not in signals.unknown:
-        return "the gateway's demand signal is unknown" + (
-            f" ({signals.unknown.get('gatewayDemand', 'no series')})" if why else "")
-    return f"the requests waiting in vLLM are unknown ({signals.unknown['requestsWaiting']})"
-
-
 def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, proposal: Proposal, history: History,
              now: float) -> Idleness:
     rate, waiting = signals.request_rate, signals.requests_waiting or 0.0
@@ -93,8 +84,13 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
         if (rate or 0) > 0 or waiting > 0:
             return Idleness(Proposal(1, (Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, "
                                                                       f"{waiting:.0f} waiting at the gateway"),)), False, False, hist)
-        why = (Reason(Code.IDLE, "at zero, no request waiting at the gateway") if demand_known else
-               Reason(Code.METRICS_UNKNOWN, f"at zero and {unknown_demand(signals, False)}: holding at zero"))
+        if demand_known:
+            why = Reason(Code.IDLE, "at zero, no request waiting at the gateway")
+        elif "gatewayDemand" in signals.unknown:
+            why = Reason(Code.METRICS_UNKNOWN, "at zero and the gateway's demand signal is unknown: holding at zero")
+        else:
+            why = Reason(Code.METRICS_UNKNOWN, "at zero and the requests waiting in vLLM are unknown "
+                                               f"({signals.unknown['requestsWaiting']}): holding at zero")
         return Idleness(Proposal(0, (*proposal.reasons, why)), idle, True, hist)
     if idle:
         # The plan already sizes for zero load (and for what the burst memory holds): idleness
@@ -103,8 +99,12 @@ def idleness(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, prop
         if may_zero and since is not None and now - since >= parse_duration(stz.idle_for):
             if demand_known:
                 out, to_zero = out.to(0, Reason(Code.SCALE_TO_ZERO, f"idle for {now - since:.0f}s >= {stz.idle_for}")), True
+            elif "gatewayDemand" in signals.unknown or "requestsWaiting" not in signals.unknown:
+                out = out.note(Reason(Code.METRICS_UNKNOWN, "not scaling to zero: the gateway's demand signal is unknown "
+                                                            f"({signals.unknown.get('gatewayDemand', 'no series')})"))
             else:
-                out = out.note(Reason(Code.METRICS_UNKNOWN, f"not scaling to zero: {unknown_demand(signals, True)}"))
+                out = out.note(Reason(Code.METRICS_UNKNOWN, "not scaling to zero: the requests waiting in vLLM are unknown "
+                                                            f"({signals.unknown['requestsWaiting']})"))
     if workload.replicas == 0 and ((rate or 0) > 0 or waiting > 0):
         out = out.to(max(out.replicas, 1),
                      Reason(Code.SCALE_FROM_ZERO, f"demand while at zero: {rate or 0:.2f} req/s, {waiting:.0f} waiting"))
