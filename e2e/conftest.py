@@ -66,10 +66,15 @@ class Bed:
 
     def prom(self, query: str) -> float | None:
         """The bed's Prometheus: the first sample of an instant query (None when it has none)."""
-        url = f"{self.prom_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-        with urllib.request.urlopen(url, timeout=10) as r:
-            result = json.load(r)["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
+        return instant_query(self.prom_url, query)
+
+
+def instant_query(prom_url: str, query: str) -> float | None:
+    """The first sample of an instant query to the Prometheus at `prom_url` (None when it has none)."""
+    url = f"{prom_url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        result = json.load(r)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
 
 
 def last_decided(namespace: str, name: str, port: int = 18080) -> float | None:

@@ -5,7 +5,6 @@ nothing down for want of what it had learnt, and keeps what it had learnt."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,16 @@ from typing import Any
 
 import yaml
 
-from .conftest import OPERATOR_TOKEN, STATE, Bed, CeilingWatcher, chat_doc, last_decided, wait_for
+from .conftest import (
+    OPERATOR_TOKEN,
+    STATE,
+    Bed,
+    CeilingWatcher,
+    chat_doc,
+    instant_query,
+    last_decided,
+    wait_for,
+)
 
 METRICS_PORT = 18089  # the operator these tests start: its own metrics (when it last decided)
 
@@ -396,10 +404,7 @@ class Federator:
             return False
 
     def query(self, promql: str) -> float | None:
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as r:
-            result = json.load(r)["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
+        return instant_query(self.url, promql)
 
     def close(self) -> None:
         _stop(self.proc)
