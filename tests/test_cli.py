@@ -174,3 +174,29 @@ def test_a_path_of_the_wrong_kind_is_one_line(tmp_path: Path, capsys: pytest.Cap
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_simulate_names_the_plan_that_sets_the_oracle_yardstick_from_minute_ten(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The view from minute ten divides by the cheapest plan that meets the SLO over the whole run
+    from then (sim.oracle.yardstick_plans): when that is not the oracle's, simulate says whose, and
+    it never takes llmscale's own."""
+    from llmscale.sim.twin import RunResult, Twin
+
+    def fixed(gpu_h: dict[str, tuple[float, float]]) -> None:
+        def run(self: Twin) -> RunResult:
+            whole, late = gpu_h[self.policy.name]
+            return RunResult(self.policy.name, "t", 1000, 0.995, 0.99, 0.99, 0.995, 0.99, 800, late, 0.1, 0.2, 0.3,
+                             0.05, whole, None, 0, 0.0, 0)
+        monkeypatch.setattr(Twin, "run", run)
+
+    args = ["simulate", "--scenario", "constant", "--duration", "1200", "--scenario-rate", "2",
+            "--policy", "llmscale", "--policy", "static-peak", "--policy", "oracle"]
+    fixed({"llmscale": (2.0, 1.0), "static-peak": (7.0, 3.0), "oracle": (6.0, 4.0)})
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert ("from minute ten 'GPU-h / oracle' is taken against static-peak's 3.00 GPU-h: it meets the SLO over "
+            "the whole run and holds less than the oracle's plan (4.00) from minute ten") in out
+    fixed({"llmscale": (2.0, 1.0), "static-peak": (7.0, 5.0), "oracle": (6.0, 4.0)})
+    assert main(args) == 0
+    assert "from minute ten 'GPU-h / oracle' is taken against" not in capsys.readouterr().out

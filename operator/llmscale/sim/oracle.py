@@ -296,7 +296,8 @@ def yardstick(spec: LLMDeploymentSpec, results: list[RunResult], judged: str = "
     if oracle is None:
         return None
     whole, settled = yardstick_plans(spec, results, judged)
-    return (whole or oracle).gpu_hours, (settled or oracle).settled_gpu_hours
+    return ((whole if whole is not None else oracle).gpu_hours,
+            (settled if settled is not None else oracle).settled_gpu_hours)
 
 
 def yardstick_plans(spec: LLMDeploymentSpec, results: list[RunResult],
