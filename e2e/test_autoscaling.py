@@ -63,6 +63,20 @@ def test_step_up_recovers_the_slo_and_steps_down_only_after_the_window(bed: Bed,
 
     wait_for("TTFT p95 back under the SLO", recovered, 150, 2)
     assert _replicas(bed, namespace) <= 8  # within replicas.max and maxGPUs
+    # The engine speed is read only from a rate window that the same Ready pods served throughout,
+    # none draining (policy/speed.py). Hold the load until the pods have been so for a window (20 s)
+    # and two decisions past it, whatever the steps do meanwhile: a run whose last step came late
+    # stepped down before any window was clean and had nothing to read (fresh-clone CI, session 30:
+    # speedReadings [] at the scale-down).
+    def one_clean_window() -> bool:
+        pods = bed.core.list_namespaced_pod(namespace, label_selector="llmscale.io/deployment=chat").items
+        ready_since = [c.last_transition_time for p in pods if p.metadata.deletion_timestamp is None
+                       for c in (p.status.conditions or []) if c.type == "Ready" and c.status == "True"]
+        if not pods or len(ready_since) != len(pods):  # a pod starting, not Ready, or draining
+            return False
+        return (dt.datetime.now(dt.UTC) - max(ready_since)).total_seconds() >= 20 + 2 * 5
+
+    wait_for("the same Ready pods for a rate window", one_clean_window, 180, 1)
     # The token mix, learnt through the real Prometheus from vLLM's token and request counters: the
     # traffic's 1,000 in / 200 out, within the spread of the few hundred requests the mix stands for.
     mix = _status(bed, namespace)["history"]
