@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llmscale.api import parse_spec
-from llmscale.sim.oracle import beat_oracle, yardstick, yardstick_plans
+from llmscale.sim.oracle import beat_oracle, oracle_run, yardstick, yardstick_plans
 from llmscale.sim.policies import POLICIES, make_policy
 from llmscale.sim.report import plot
 from llmscale.sim.traffic import Trace, load_trace, on_off, scenario
@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     best_known: dict[str, tuple[float, float]] = {}
     late_yardsticks: list[str] = []  # from minute ten, whose plan is the yardstick where it is not the oracle's
     for case in {c.name: c for c, _ in all_rows}.values():
-        runs = [r for c, r in all_rows if c is case]
-        known = yardstick(parse_spec(case.spec), runs)
+        runs, case_spec = [r for c, r in all_rows if c is case], parse_spec(case.spec)
+        known = yardstick(case_spec, runs)
         if known is not None:
             best_known[case.name] = known
-        late_plan = yardstick_plans(parse_spec(case.spec), runs)[1]
-        late_oracle = next((r for r in runs if r.policy == "oracle"), None)
+        late_plan = yardstick_plans(case_spec, runs)[1]
+        late_oracle = oracle_run(runs)
         if late_plan is not None and late_oracle is not None:
             late_yardsticks.append(f"{case.name}: {late_plan.policy} {late_plan.settled_gpu_hours:.2f} GPU-h "
                                    f"< {late_oracle.settled_gpu_hours:.2f}")
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     beaten = []
     for case in {c.name: c for c, _ in all_rows}.values():
         rs = [r for c, r in all_rows if c is case]
-        oracle = next((r for r in rs if r.policy == "oracle"), None)
+        oracle = oracle_run(rs)
         beaten += [f"{case.name}: {p} {r.gpu_hours:.2f} GPU-h < {oracle.gpu_hours:.2f}"
                    for p in beat_oracle(parse_spec(case.spec), rs) for r in rs if r.policy == p and oracle is not None]
     print(f"\npolicies that meet the SLO for fewer GPU-hours than the oracle (plans its search missed; the "

@@ -69,7 +69,7 @@ def cmd_api_reference(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .api.models import Routing
     from .policy.capacity import refused_start
-    from .sim.oracle import beat_oracle, yardstick, yardstick_plans
+    from .sim.oracle import beat_oracle, oracle_run, yardstick, yardstick_plans
     from .sim.policies import POLICIES, make_policy
     from .sim.report import Progress, plot, settled_table, table
     from .sim.traffic import TraceError, load_trace, scenario
@@ -154,7 +154,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               "from then, the GPU time held from then\n")
         print(settled_table(results, baselines, settled))
         late = yardstick_plans(spec, results)[1]
-        oracle = next((r for r in results if r.policy == "oracle"), None)
+        oracle = oracle_run(results)
         if late is not None and oracle is not None:
             print(f"\nfrom minute ten 'GPU-h / oracle' is taken against {late.policy}'s {late.settled_gpu_hours:.2f} GPU-h: it "
                   f"meets the SLO over the whole run and holds less than the oracle's plan ({oracle.settled_gpu_hours:.2f}) "

@@ -285,6 +285,11 @@ def frontier(spec: LLMDeploymentSpec, trace: Trace, cold: dict[str, float] | Non
 BEATEN_BY = 0.999  # fewer GPU-hours than the oracle's by more than a replay's rounding
 
 
+def oracle_run(results: list[RunResult]) -> RunResult | None:
+    """The oracle's replay among a run's results, if the run has one."""
+    return next((r for r in results if r.policy == "oracle"), None)
+
+
 def yardstick(spec: LLMDeploymentSpec, results: list[RunResult], judged: str = "llmscale") -> tuple[float, float] | None:
     """The oracle's yardstick: the fewest GPU-hours, over the whole run and from minute ten on, of
     the replayed plans that meet the SLO as written (`slo_met`), each view its own cheapest: the
@@ -292,7 +297,7 @@ def yardstick(spec: LLMDeploymentSpec, results: list[RunResult], judged: str = "
     it is not a proven bound).
     The policy judged (`judged`) is never its own yardstick, so a search that misses never flatters
     it. None without an oracle in the run."""
-    oracle = next((r for r in results if r.policy == "oracle"), None)
+    oracle = oracle_run(results)
     if oracle is None:
         return None
     whole, settled = yardstick_plans(spec, results, judged)
@@ -307,7 +312,7 @@ def yardstick_plans(spec: LLMDeploymentSpec, results: list[RunResult],
     there is no oracle). The view from minute ten may take a policy that `beat_oracle` does not
     name: one that meets the SLO over the whole run and holds less than the oracle's plan from
     minute ten, though more over the whole run; the report names it."""
-    oracle = next((r for r in results if r.policy == "oracle"), None)
+    oracle = oracle_run(results)
     if oracle is None:
         return None, None
     meeting = [r for r in results if r.policy not in ("oracle", judged) and slo_met(spec, r)]
@@ -321,7 +326,7 @@ def yardstick_plans(spec: LLMDeploymentSpec, results: list[RunResult],
 
 def beat_oracle(spec: LLMDeploymentSpec, results: list[RunResult]) -> list[str]:
     """The policies whose replay meets the SLO for fewer GPU-hours than the oracle's plan."""
-    oracle = next((r for r in results if r.policy == "oracle"), None)
+    oracle = oracle_run(results)
     if oracle is None:
         return []
     return [r.policy for r in results
