@@ -119,3 +119,65 @@ def test_no_free_h100_rolls_the_switch_back_with_a_condition_and_keeps_l4_servin
         assert _replicas(bed, namespace, "h100x1") == 0 and _status(bed, namespace).get("variant") == "l4x1"
         __import__("time").sleep(1)
     assert not ceilings.violations, ceilings.violations
+
+
+# Past what one H100 pod carries at this SLO and mix (some 78 req/s; an L4 pod about 4): two H100 pods
+# are planned, and one H100 GPU is free.
+SPILL_LOAD = 100
+
+
+def _spill_doc(namespace: str) -> str:
+    # H100 first, and a dwell that keeps it: a platform team that prefers H100 pods. Behind a
+    # load-aware gateway (the fleet simulator routes to the least-loaded pod), so L4 pods beside an
+    # H100 carry their own capacity.
+    spec: dict[str, Any] = yaml.safe_load(_doc(namespace))["spec"]
+    spec["variants"] = [SHAPES[1], SHAPES[0]]
+    spec["routing"] = "LoadAware"
+    spec["cost"]["maxGPUs"] = 12
+    spec["cost"].pop("maxHourlyCost")
+    spec["scaling"]["variantSwitch"] = {"dwell": "30m", "unschedulableTimeout": "20s", "spillAfter": "10s"}
+    return yaml.safe_dump({"apiVersion": "llmscale.io/v1alpha1", "kind": "LLMDeployment",
+                           "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
+
+
+def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_free_up(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    # Every H100 but one taken by other pods (four nodes of eight).
+    labels = {"app": "h100-hog"}
+    hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h100-hog", "labels": labels},
+           "spec": {"replicas": 31, "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels},
+                                 "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                                          "containers": [{"name": "hog", "image": "busybox",
+                                                          "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
+    bed.apps.create_namespaced_deployment(namespace, hog)
+    wait_for("31 H100 GPUs taken", lambda: sum(1 for p in bed.core.list_namespaced_pod(namespace, label_selector="app=h100-hog").items
+                                               if p.spec.node_name) == 31, 90)
+    bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
+    bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
+    wait_for("one H100 pod serving", lambda: _status(bed, namespace).get("shape") == "h100x1"
+             and _status(bed, namespace).get("readyReplicas"), 90)
+    # The load outgrows the one H100 pod: the next ones wait for GPUs, and after spillAfter L4 pods carry their share.
+    bed.traffic(namespace, "chat", rate=SPILL_LOAD, meanInput=200, meanOutput=100, routing="LoadAware")
+    wait_for("L4 pods beside the H100 one", lambda: (_replicas(bed, namespace, "l4x1") or 0) > 0
+             and _status(bed, namespace).get("shape", "").endswith("+l4x1"), 120)
+    st = _status(bed, namespace)
+    assert st["variant"] == "h100x1" and st["history"].get("spillShape") == "l4x1", st
+    assert any(v["name"] == "l4x1" and v["role"] == "Spill" for v in st["variants"]), st["variants"]
+    assert _cond(bed, namespace, "VariantSwitchFailed").get("status") != "True"
+    wait_for("L4 pods Ready", lambda: any(v["name"] == "l4x1" and v["readyReplicas"] for v in _status(bed, namespace)["variants"]), 60)
+    # No rollback while the L4 pods serve beside the H100 one (unschedulableTimeout is 20 s).
+    for _ in range(25):
+        st = _status(bed, namespace)
+        assert st["variant"] == "h100x1" and (_replicas(bed, namespace, "h100x1") or 0) >= 2, st
+        __import__("time").sleep(1)
+    assert _cond(bed, namespace, "VariantSwitchFailed").get("status") != "True"
+    # H100s free up: the waiting pods start, and the L4 pods retire once the H100 pods carry the load.
+    bed.apps.delete_namespaced_deployment("h100-hog", namespace)
+    wait_for("the L4 pods retired", lambda: _replicas(bed, namespace, "l4x1") == 0 and _status(bed, namespace).get("shape") == "h100x1", 180)
+    st = _status(bed, namespace)
+    assert st["variants"][0]["name"] == "h100x1" and st["variants"][0]["readyReplicas"] >= 2, st["variants"]
+    reasons = {e.reason for e in bed.core.list_namespaced_event(namespace).items}
+    assert "VariantSwitchFailed" not in reasons, reasons
+    assert ceilings.created > 0 and not ceilings.violations, ceilings.violations

@@ -145,6 +145,21 @@ def test_status_counts_every_pod_holding_gpus_at_its_own_price() -> None:
     }
 
 
+def test_status_shows_spill_pods_beside_the_target_not_as_a_switch() -> None:
+    spec = parse_spec(spec_dict(variants=[{"name": "h100x2", "accelerator": "nvidia-h100", "gpusPerReplica": 2},
+                                          {"name": "l4x1", "accelerator": "nvidia-l4"}],
+                                cost={"maxGPUs": 16, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}}))
+    w = Workload(variant="h100x2", replicas=4, ready=2, desired={"h100x2": 4, "l4x1": 3},
+                 pods={"h100x2": PodCounts(ready=2, unschedulable=2), "l4x1": PodCounts(ready=1, starting=2)})
+    assert shape_status(spec, w, {"h100x2": 4, "l4x1": 3}, spill="l4x1") == {
+        "variant": "h100x2", "replicas": 7, "readyReplicas": 3, "gpus": 11, "hourlyCost": "34.40",
+        "shape": "h100x2+l4x1",
+        "variants": [{"name": "h100x2", "replicas": 4, "readyReplicas": 2, "gpus": 8, "role": "Target"},
+                     {"name": "l4x1", "replicas": 3, "readyReplicas": 1, "gpus": 3, "role": "Spill"}],
+        "switch": None,
+    }
+
+
 def test_conditions_keep_transition_time_until_status_flips() -> None:
     c1, ch1 = merge_conditions([], {"SLOMet": ("True", "SLOMet", "ok")}, 1000.0, 1)
     assert ch1 == [("SLOMet", "", "True", "SLOMet")]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Reason, Signals, Workload, decide
-from llmscale.policy.rollout import Rollout, gpus_held, rollout
+from llmscale.policy.rollout import Rollout, Spill, gpus_held, rollout
 from llmscale.policy.types import PodCounts
 from llmscale.policy.variant import stuck
 from tests.conftest import spec_dict
@@ -228,7 +228,7 @@ def test_stuck_names_the_cause_only_after_the_timeout_and_only_mid_switch() -> N
 # ---- properties ---------------------------------------------------------------------------------------
 
 counts = st.builds(PodCounts, starting=st.integers(0, 4), ready=st.integers(0, 8), terminating=st.integers(0, 4),
-                   unschedulable=st.integers(0, 2))
+                   unschedulable=st.integers(0, 2), waiting_since=st.one_of(st.none(), st.floats(0, 200)))
 SHAPES = [L4, H100, {"name": "a100x4", "accelerator": "nvidia-a100", "gpusPerReplica": 4, "coldStart": "120s"}]
 PRICES = {"nvidia-h100": "4.00", "nvidia-l4": "0.80", "nvidia-a100": "2.50"}
 
@@ -245,25 +245,54 @@ def fleets(draw: Any) -> tuple[Any, Workload, Any, int, dict[str, float], float 
     desired.setdefault(target.name, 0)
     caps = {v.name: draw(st.floats(0.1, 10)) for v in sp.variants if draw(st.booleans())}
     demand = draw(st.one_of(st.none(), st.floats(0, 100)))
+    # Spill-over on or off, at any time after the target's pods began to wait, from any shape in use.
+    names = [v.name for v in sp.variants]
+    spill = draw(st.one_of(st.none(), st.builds(Spill, st.floats(0, 400), st.sampled_from([None, 0.0, 60.0]),
+                                                st.one_of(st.none(), st.sampled_from(names)),
+                                                st.lists(st.sampled_from(names), unique=True).map(tuple), st.booleans())))
+    if draw(st.booleans()):
+        # A spill scene: target pods wait for GPUs past spillAfter, no switch under way, spill pods
+        # of one other shape (or none yet) in any phase.
+        other = draw(st.sampled_from([n for n in names if n != target.name]))
+        pods = {target.name: draw(counts).__class__(**{**vars(draw(counts)), "unschedulable": draw(st.integers(1, 3)),
+                                                        "waiting_since": 0.0})}
+        if draw(st.booleans()):
+            pods[other] = draw(counts)
+        desired = {v: max(0, p.live + draw(st.integers(-1, 1))) for v, p in pods.items()}
+        desired[target.name] = pods[target.name].live
+        caps = {v.name: draw(st.floats(0.1, 10)) for v in sp.variants}
+        spill = Spill(draw(st.floats(60, 400)), 60.0, draw(st.sampled_from([None, other])), tuple(names),
+                      draw(st.sampled_from([False, False, False, True])))
+        replicas = desired[target.name]
+    else:
+        replicas = draw(st.integers(0, 16))
     return sp, Workload(variant=target.name, replicas=desired[target.name], ready=pods.get(target.name, PodCounts()).ready,
-                        desired=desired, pods=pods), target, draw(st.integers(0, 16)), caps, demand
+                        desired=desired, pods=pods), target, replicas, caps, demand, spill
 
 
 @settings(max_examples=500, deadline=None)
 @given(fleets())
 def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple[Any, Workload, Any, int, dict[str, float],
-                                                                                  float | None]) -> None:
-    sp, w, target, replicas, caps, demand = case
-    out = rollout(sp, w, target, replicas, caps, demand).replicas_by_variant
+                                                                                  float | None, Spill | None]) -> None:
+    sp, w, target, replicas, caps, demand, spill = case
+    moved = rollout(sp, w, target, replicas, caps, demand, spill=spill)
+    out = moved.replicas_by_variant
     creates = any(out.get(v, 0) > w.pods.get(v, PodCounts()).live for v in out)
     if creates:
         gpus, cost = gpus_held(sp, w, out)
         assert gpus <= sp.cost.max_gpus  # type: ignore[operator]
         assert cost <= float(sp.cost.max_hourly_cost) + 1e-6  # type: ignore[arg-type]
-    for v, n in out.items():
-        if v != target.name:
-            assert n <= w.pods.get(v, PodCounts()).ready  # a retiring shape keeps Ready pods only
     mine = w.pods.get(target.name, PodCounts())
+    for v, n in out.items():
+        if v == moved.spill and spill is not None:
+            # Spill pods: added only for target pods that wait for GPUs (spillAfter passed), on
+            # another GPU type; held as they are while the metrics are unknown.
+            if n > w.pods.get(v, PodCounts()).ready and not (spill.hold and n <= w.pods.get(v, PodCounts()).live):
+                assert spill.after_s is not None and mine.unschedulable and mine.waiting_since is not None
+                assert spill.now - mine.waiting_since >= spill.after_s and v in spill.candidates
+                assert sp.variant(v).accelerator != target.accelerator
+        elif v != target.name:
+            assert n <= w.pods.get(v, PodCounts()).ready  # a retiring shape keeps Ready pods only
 
     def carries(ready: dict[str, int]) -> float:
         # Behind a load-aware gateway capacities add up; behind a Service every pod takes an equal share.
@@ -559,3 +588,164 @@ def test_what_a_shape_carries_at_the_ceiling_is_read_at_the_ceilings_fleet_size(
     assert big.per_replica > 1.1 * at2.per_replica
     p = plan_for(spec, big, 40, at2)
     assert p is not None and not p.fits_ceiling and p.at_ceiling == 2 * at2.per_replica
+
+
+# ---- spill-over: another shape carries the share of target pods that wait for GPUs -------------------
+
+WIDE = parse_spec({**SPEC.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 20, "prices": {
+    "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
+WIDE_SERVICE = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "routing": "Service"})
+T0 = 1000.0
+
+
+def waiting(ready: int = 2, starting: int = 0, unschedulable: int = 2, since: float = T0) -> PodCounts:
+    return PodCounts(ready=ready, starting=starting, unschedulable=unschedulable,
+                     waiting_since=since if unschedulable else None)
+
+
+SPILL_CASES: list[tuple[str, Any, Workload, int, Spill, float | None, Rollout]] = [
+    ("two h100x2 Pending past spillAfter: eight L4 pods carry their 8 req/s (16 with the two Ready)",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4, "l4x1": 8}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                "61s (spillAfter 60s): 8 x l4x1 carry their share meanwhile "
+                                                                "(16.00 of 16.00 req/s)"),), 0, {}, "l4x1")),
+    ("the share the forecast needs only: a demand of 10 takes two L4 pods",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), 10.0,
+     Rollout({"h100x2": 4, "l4x1": 2}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                "61s (spillAfter 60s): 2 x l4x1 carry their share meanwhile "
+                                                                "(10.00 of 10.00 req/s)"),), 0, {}, "l4x1")),
+    ("within the ceiling: the Pending pods count against maxGPUs, two L4 pods fit beside them",
+     SPEC, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4, "l4x1": 2}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                "61s (spillAfter 60s): 2 x l4x1 carry their share meanwhile "
+                                                                "(10.00 of 16.00 req/s)"),), 0, {}, "l4x1")),
+    ("before spillAfter: the Pending pods may yet be scheduled",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 59, 60.0, None, ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4}, (), 0, {})),
+    ("spillAfter: never",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 600, None, None, ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4}, (), 0, {})),
+    ("the pods on nodes carry the demand already: nothing to spill",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting(ready=1, starting=1)}), 4,
+     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), 7.0, Rollout({"h100x2": 4}, (), 0, {})),
+    ("a shape that failed to start lately (not a candidate) is not spilled onto",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("h100x2",)), None,
+     Rollout({"h100x2": 4}, (), 0, {})),
+    ("during a switch the rollback (unschedulableTimeout) decides, not a spill",
+     WIDE, wl("h100x2", {"l4x1": 8, "h100x2": 2}, {"l4x1": PodCounts(ready=8), "h100x2": waiting(ready=0)}), 2,
+     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None,
+     Rollout({"l4x1": 8, "h100x2": 2}, (Reason(Code.VARIANT_SWITCH, "to h100x2: 0/2 Ready; 8 x l4x1 kept serving until "
+                                                                    "the new shape carries the load"),), 0, {"l4x1": 8})),
+    ("spill pods on their way count: the same eight, no more",
+     WIDE, wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(), "l4x1": PodCounts(ready=3, starting=5)}), 4,
+     Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4, "l4x1": 8}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                "90s (spillAfter 60s): 8 x l4x1 carry their share meanwhile "
+                                                                "(16.00 of 16.00 req/s)"),), 0, {}, "l4x1")),
+    ("the H100s come free: while the target's pods start, Ready spill pods serve and those still starting go",
+     WIDE, wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": PodCounts(ready=2, starting=2), "l4x1": PodCounts(ready=6, starting=2)}), 4,
+     Spill(T0 + 120, 60.0, "l4x1", ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4, "l4x1": 6}, (Reason(Code.SPILL_OVER, "6 x l4x1 keep serving until h100x2's pods carry the load "
+                                                                "(2/4 Ready)"),), 0, {}, "l4x1")),
+    ("the target's pods all Ready: the spill pods retire (and stay the spill shape until drained)",
+     WIDE, wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": PodCounts(ready=4), "l4x1": PodCounts(ready=6)}), 4,
+     Spill(T0 + 180, 60.0, "l4x1", ("l4x1", "h100x2")), None, Rollout({"h100x2": 4, "l4x1": 0}, (), 0, {}, "l4x1")),
+    ("drained: no spill shape left",
+     WIDE, wl("h100x2", {"h100x2": 4, "l4x1": 0}, {"h100x2": PodCounts(ready=4)}), 4,
+     Spill(T0 + 240, 60.0, "l4x1", ("l4x1", "h100x2")), None, Rollout({"h100x2": 4, "l4x1": 0}, (), 0, {}, None)),
+    ("metrics unknown: the spill pods stay as they are",
+     WIDE, wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(), "l4x1": PodCounts(ready=3, starting=5)}), 4,
+     Spill(T0 + 90, None, "l4x1", hold=True), None,
+     Rollout({"h100x2": 4, "l4x1": 8}, (Reason(Code.SPILL_OVER, "8 x l4x1 keep serving until h100x2's pods carry the load "
+                                                                "(2/4 Ready)"),), 0, {}, "l4x1")),
+    ("behind a Service two L4 pods (all maxGPUs leaves) at an H100's share would carry 4 of what two H100s carry alone (8):"
+     " none added", SERVICE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4,
+     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None, Rollout({"h100x2": 4}, (), 0, {})),
+    ("behind a Service with room: fourteen L4 pods and two H100s carry 16 req/s at equal shares",
+     WIDE_SERVICE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4,
+     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None,
+     Rollout({"h100x2": 4, "l4x1": 12}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                 "61s (spillAfter 60s): 12 x l4x1 carry their share meanwhile "
+                                                                 "(14.00 of 16.00 req/s)"),), 0, {}, "l4x1")),
+]
+
+
+@pytest.mark.parametrize(("spec", "workload", "replicas", "spill", "demand", "expect"), [c[1:] for c in SPILL_CASES],
+                         ids=[c[0] for c in SPILL_CASES])
+def test_spill_over(spec: Any, workload: Workload, replicas: int, spill: Spill, demand: float | None, expect: Rollout) -> None:
+    assert rollout(spec, workload, spec.variant("h100x2"), replicas, CAP, demand=demand, spill=spill) == expect
+
+
+def test_a_spill_shape_of_the_same_gpu_type_waits_too_and_is_not_used() -> None:
+    one = {"name": "h100x1", "accelerator": "nvidia-h100", "gpusPerReplica": 1}
+    sp = parse_spec(spec_dict(variants=[one, H100], cost={"maxGPUs": 20, "prices": {"nvidia-h100": "4.00"}}, routing="LoadAware"))
+    w = wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()})
+    got = rollout(sp, w, sp.variant("h100x2"), 4, {"h100x1": 2.0, "h100x2": 4.0}, spill=Spill(T0 + 61, 60.0, None, ("h100x1", "h100x2")))
+    assert got == Rollout({"h100x2": 4}, (), 0, {})
+
+
+def test_spill_pods_are_no_switch_to_roll_back() -> None:
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(), "l4x1": PodCounts(ready=8)})
+    assert stuck(SPEC, w, T0 + 400) is not None  # without the spill shape known, it looks like a stuck switch
+    assert stuck(SPEC, w, T0 + 400, spill="l4x1") is None
+
+
+def test_through_the_core_spill_pods_carry_the_h100_pods_that_wait_and_retire_when_h100s_free_up() -> None:
+    """The whole core against pods that start and drain: H100 pods serve, the load outgrows them and
+    one H100 node is all there is. After spillAfter, L4 pods carry the share of the Pending H100 pods
+    (never over a ceiling, no rollback: the H100 pods serving are no switch to undo); when H100s free
+    up, the Pending pods start and the L4 pods retire once they are Ready."""
+    spec = parse_spec(spec_dict(
+        variants=[H100, L4], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],
+        slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms", "percentile": 95}},
+        cost={"maxGPUs": 24, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"interval": "15s", "scaleDown": {"stabilizationWindow": "60s", "maxStep": 2},
+                 "variantSwitch": {"dwell": "1h", "unschedulableTimeout": "1m", "spillAfter": "45s"}}, routing="LoadAware"))
+    cluster = Cluster(spec, {"nvidia-l4": 64, "nvidia-h100": 4})  # two h100x2 pods at most
+    cluster.target, cluster.since = "h100x2", 0.0  # on H100 for good: the dwell keeps a switch for a saving away
+    cluster.desired["h100x2"] = 1
+    cluster.pods.append(Pod("h100x2", -200.0, -100.0))
+
+    def signals(w: Workload, load: float) -> Signals:
+        # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
+        ok = load <= 30.0 * w.pods.get("h100x2", PodCounts()).ready + 6.0 * w.pods.get("l4x1", PodCounts()).ready
+        ready = sum(p.ready for p in w.pods.values())
+        return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
+                       prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
+                       requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
+                       ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
+                       gpu_utilization=0.5, sampled_at=now)
+    history, now = History(), 0.0
+    seen: list[tuple[float, dict[str, int], tuple[str, ...]]] = []
+
+    def run(load: float, steps: int) -> None:
+        nonlocal history, now
+        for _ in range(steps):
+            now += 15.0
+            cluster.step(now)
+            w = cluster.workload(now)
+            d = decide(spec, w, signals(w, load), history, now)
+            history = d.history
+            if d.apply:
+                creates = any(d.replicas_by_variant.get(v, 0) > w.pods.get(v, PodCounts()).live for v in d.replicas_by_variant)
+                cluster.apply(d.replicas_by_variant, d.variant, d.failed_variant, now)
+                if creates:
+                    assert cluster.held()[0] <= 24, (now, d.reasons)
+            assert d.failed_variant is None and cluster.target == "h100x2", (now, d.reasons)
+            seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons)))
+
+    run(2.0, 8)  # learn the token mix at a load one pod carries
+    run(100.0, 24)  # six minutes past what two H100 pods carry
+    spilled = [s for s in seen if s[1].get("l4x1", 0) > 0]
+    assert spilled and "SpillOver" in spilled[0][2], seen[-6:]
+    first = spilled[0][0]
+    waiting_since = min(p.created for p in cluster.pods if p.variant == "h100x2" and p.ready_at is None)
+    assert first - waiting_since >= 45, (first, waiting_since)
+    assert history.spill_shape == "l4x1"
+    l4_ready = sum(1 for p in cluster.pods if p.variant == "l4x1" and p.ready_at is not None and p.ready_at <= now)
+    assert l4_ready > 0
+    # H100s free up: the waiting pods start; the L4 pods retire once the H100 pods are Ready.
+    cluster.pool["nvidia-h100"] = 64
+    run(100.0, 24)
+    assert cluster.desired.get("l4x1", 0) == 0 and history.spill_shape is None, seen[-4:]
+    assert cluster.desired["h100x2"] >= 3

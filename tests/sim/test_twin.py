@@ -9,7 +9,7 @@ from llmscale.api.models import LLMDeploymentSpec
 from llmscale.perf import server_profile
 from llmscale.sim.policies import make_policy
 from llmscale.sim.traffic import Arrival, Trace, scenario
-from llmscale.sim.twin import Policy, Target, Twin, View
+from llmscale.sim.twin import Policy, RunResult, Target, Twin, View
 from tests.conftest import spec_dict
 
 SPEC_OVERRIDES = dict(
@@ -235,3 +235,32 @@ def test_the_warm_fleet_is_sized_for_the_routing_that_serves_it() -> None:
                                      routing="LoadAware"), "replicas": {"min": 1, "max": alone - 1},
                          "cost": {"maxGPUs": alone - 1}})
     assert warm_fleet(capped, trace)[1] == pooled
+
+
+@pytest.mark.parametrize("routing", ["LoadAware", "Service"])
+def test_with_h100s_run_out_l4_pods_carry_the_share_of_those_pending_behind_a_load_aware_gateway(routing: str) -> None:
+    """A finite H100 pool (two GPUs) and a step to 60 req/s that needs four H100 pods: the two that
+    cannot be scheduled wait, and after spillAfter L4 pods carry their share, within maxGPUs
+    (counting the Pending H100 pods). Behind a load-aware gateway that recovers much of the SLO the
+    H100s alone miss; behind a Service an L4 beside an H100 gets an H100's share, so L4 pods would
+    lower what every pod carries, and none is added."""
+    def run(spill_after: str) -> RunResult:
+        spec = parse_spec(spec_dict(
+            replicas={"min": 1, "max": 24}, engineArgs=["--max-model-len=8192"], routing=routing,
+            variants=[{"name": "h100x1", "accelerator": "nvidia-h100", "coldStart": "60s"},
+                      {"name": "l4x1", "accelerator": "nvidia-l4", "coldStart": "30s"}],
+            slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
+            cost={"maxGPUs": 24, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+            scaling={"interval": "15s", "variantSwitch": {"dwell": "30m", "spillAfter": spill_after}}))
+        trace = scenario("step", rate=20, duration=1800, mean_in=1000, mean_out=200, seed=2)
+        return Twin(spec, trace, make_policy("llmscale"), gpu_pool={"nvidia-h100": 2}).run()
+
+    spill, never = run("60s"), run("never")
+    assert set(never.variants) == {"h100x1"}
+    if routing == "Service":
+        assert spill.variants == never.variants and spill.ttft_attainment == never.ttft_attainment
+        return
+    assert spill.variants.get("l4x1", 0) > 0 and spill.peak_gpus <= 24, (spill.variants, spill.peak_gpus)
+    assert spill.ttft_attainment > never.ttft_attainment + 0.3, (spill.ttft_attainment, never.ttft_attainment)
+    # The L4 pods are gone once the step is over (the H100 pods left carry the load).
+    assert not any(row["ready"].get("l4x1") for row in spill.timeline[-10:]), spill.timeline[-1]

@@ -57,6 +57,7 @@ class _Model(BaseModel):
 
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+DurationOrNever = Annotated[str, Field(pattern=f"^(never|{DURATION_PATTERN.strip('^$')})$", max_length=32)]
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=32)]
 # What the API server requires of the objects the operator renders, checked here so that a CR it
 # could not serve is refused when applied (not admitted, then reported as ApplyFailed): a label
@@ -499,11 +500,25 @@ class VariantSwitch(_Model):
                     "serving.startupTimeout.",
     )
 
-    @field_validator("dwell", "unschedulable_timeout")
+    spill_after: DurationOrNever = Field(
+        "60s",
+        description="How long pods of the running shape may stay Pending for lack of GPUs of their type before pods of "
+                    "another shape (the cheapest that vLLM starts on, of another GPU type, within the ceilings) are added "
+                    "to carry their share of the load; they retire as the running shape's pods become Ready. Not during "
+                    "a switch (there unschedulableTimeout rolls back). 'never' turns it off.",
+    )
+
+    @field_validator("dwell", "unschedulable_timeout", "spill_after")
     @classmethod
     def _duration(cls, v: str) -> str:
-        parse_duration(v)
+        if v != "never":
+            parse_duration(v)
         return v
+
+    @property
+    def spill_after_s(self) -> float | None:
+        """spillAfter in seconds; None: never."""
+        return None if self.spill_after == "never" else parse_duration(self.spill_after)
 
 
 class Scaling(_Model):

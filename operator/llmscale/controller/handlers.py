@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -409,11 +409,19 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         "variant": target,
         "selector": f"llmscale.io/deployment={name}",
         "conditions": new,
-        **shape_status(spec, workload if deps else Workload(variant=target, replicas=desired[target], ready=0), desired),
+        **shape_status(spec, workload if deps else Workload(variant=target, replicas=desired[target], ready=0), desired,
+                       spill=_spill_shape(st)),
     })
     kopf.info(body, reason="Applied", message="Deployments " + ", ".join(
         f"{deployment_name(name, v)}: {n} x {v}" for v, n in desired.items()))
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
+
+
+def _spill_shape(st: Mapping[str, Any]) -> str | None:
+    """The spill shape in status (history.spillShape), when it is a name."""
+    hist = st.get("history")
+    v = hist.get("spillShape") if isinstance(hist, Mapping) else None
+    return v if isinstance(v, str) else None
 
 
 def _progressing(workload: Workload, changed: bool, reason: str = "ReplicaSetUpdated",
@@ -689,7 +697,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         if dep.variant not in known and not dep.replicas and not workload.pods.get(dep.variant):
             kube.delete_deployment(namespace, dep.name, name)
     shown = d.replicas_by_variant if applied else dict(workload.desired)
-    patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None))
+    patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None,
+                                     d.history.spill_shape if applied else history.spill_shape))
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))
     m.READY.labels(namespace, name).set(sum(p.ready for p in workload.pods.values()))
     if d.failed_variant is not None and applied:

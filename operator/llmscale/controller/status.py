@@ -103,9 +103,10 @@ def decision_status(decision: Decision, signals: Signals, workload: Workload, no
 
 
 def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int],
-                 target: str | None = None) -> dict[str, Any]:
+                 target: str | None = None, spill: str | None = None) -> dict[str, Any]:
     """Replicas, GPUs and cost over every shape (each pod at its own price), and the switch in
-    progress; `target` is the shape just applied (default: the one observed)."""
+    progress; `target` is the shape just applied (default: the one observed), `spill` the shape
+    carrying the share of target pods that wait for GPUs (shown as "<target>+<spill>")."""
     target = target or workload.variant or spec.variants[0].name
     names = [target] + sorted(v for v in set(desired) | set(workload.pods) if v != target)
     shapes: list[dict[str, Any]] = []
@@ -115,9 +116,10 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
             continue
         shapes.append({"name": v, "replicas": desired.get(v, 0), "readyReplicas": pods.ready,
                        "gpus": held(desired.get(v, 0), pods) * shape_of(spec, workload, v)[0],
-                       "role": "Target" if v == target else "Retiring"})
+                       "role": "Target" if v == target else "Spill" if v == spill else "Retiring"})
     gpus, cost = gpus_held(spec, workload, desired)
     retiring = [str(x["name"]) for x in shapes if x["role"] == "Retiring" and x["replicas"] > 0]
+    spilling = [str(x["name"]) for x in shapes if x["role"] == "Spill" and x["replicas"] > 0]
     priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
     return {
         "variant": target,
@@ -125,7 +127,7 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
         "readyReplicas": sum(p.ready for p in workload.pods.values()),
         "gpus": gpus,
         "hourlyCost": f"{cost:.2f}" if priced else None,
-        "shape": f"{'+'.join(retiring)}->{target}" if retiring else target,
+        "shape": (f"{'+'.join(retiring)}->{target}" if retiring else target) + "".join(f"+{v}" for v in spilling),
         "variants": shapes,
         "switch": {"from": "+".join(retiring), "to": target, "ready": workload.pods.get(target, PodCounts()).ready,
                    "target": desired.get(target, 0)} if retiring else None,
@@ -141,7 +143,8 @@ def shape_status(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[s
 # write, whose gaps the policy reads as time nobody saw (see policy.stabilization, policy.idleness).
 # What the policy has learnt, or marks it must not lose across a restart: a change is written at once.
 LEARNT = ("capacityCorrection", "plannedSpeed", "burstGaps", "burstGrowth", "burstFrom", "burstSince", "quietSince", "lullPeak", "plannedMix", "variantCandidate",
-          "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes")
+          "variantCandidateSince", "panicUntil", "idleSince", "lastScaleAt", "observingSince", "startedShapes",
+          "spillShape")
 USER_FIELDS = ("desiredReplicas", "startingReplicas", "sloMet", "warnings", "variant", "replicas", "readyReplicas", "gpus",
                "hourlyCost", "shape", "variants", "switch", "observedGeneration", "coldStartSeconds", "readyPods")
 

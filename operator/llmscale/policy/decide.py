@@ -6,6 +6,8 @@ call `decide`, which is the list of steps below, one module each, in the order t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from llmscale.api.models import LLMDeploymentSpec
 
 from .availability import availability
@@ -16,12 +18,12 @@ from .forecast import forecast
 from .idleness import idleness
 from .mode import mode
 from .plan import plan
-from .rollout import rollout
+from .rollout import Spill, rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
 from .types import Condition, Decision, Estimate, History, Signals, Workload
 from .unknowns import unknowns
-from .variant import switch_failed
+from .variant import spill_candidates, switch_failed
 from .variant import variant as choose_variant
 
 
@@ -32,7 +34,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     gate = availability(spec, running, workload, signals)
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
-        moved = rollout(spec, workload, running, gate.final.replicas, {})
+        moved = rollout(spec, workload, running, gate.final.replicas, {}, spill=Spill(now, None, history.spill_shape, hold=True))
         return mode(spec, workload, running, running, gate.final, gate.apply, history,
                     Estimate(step_time_factor=history.planned_speed), conditions, now, moved)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
@@ -64,9 +66,15 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         f"the scale-down to {floor} is held at {stable.held_down}"
         if stable.held_down is not None and stable.held_down > floor else None)
     shape = choose_variant(spec, workload, running, signals, cap, fc, bounded.proposal, stable.history, now, held)
-    # 12. Replicas per shape now: make before break, no pod created over a ceiling.
+    # 12. Replicas per shape now: make before break, no pod created over a ceiling; spill-over
+    # while the target's pods wait for GPUs.
     demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None
-    moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec))
+    spill = Spill(now, spec.scaling.variant_switch.spill_after_s, shape.history.spill_shape,
+                  spill_candidates(spec, workload, shape.history, now))
+    moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec),
+                    spill)
+    if moved.spill != shape.history.spill_shape:
+        shape = replace(shape, history=shape.history.with_(spill_shape=moved.spill))
     # 13. Recommend reports; Auto applies.
     estimate = Estimate(cap.current.per_replica if cap.current.feasible else 0.0, cap.current.limited_by, fc.rate,
                         fc.horizon_s, planned.planned, fb.replicas, bounded.limit, shape.options,

@@ -28,7 +28,13 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
     reasons = reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
     scaling = act != Action.NO_CHANGE
     if moving:
-        act = Action.SWITCH_VARIANT
+        spilled = [v for v, n in moved.replicas_by_variant.items() if workload.desired.get(v, 0) != n]
+        if moved.spill is not None and spilled == [moved.spill]:
+            # Only the spill pods change: more or fewer pods, no change of shape.
+            grew = moved.replicas_by_variant[moved.spill] > workload.desired.get(moved.spill, 0)
+            act = Action.SCALE_UP if grew else Action.SCALE_DOWN
+        else:
+            act = Action.SWITCH_VARIANT
     if spec.scaling.mode == ScalingMode.RECOMMEND and act != Action.NO_CHANGE:
         reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {proposal.replicas}; not applied"),)
         apply = False

@@ -68,6 +68,8 @@ class Code(StrEnum):
     hold, the scale-down window or scaleDown.maxStep)."""
     VARIANT_SWITCH_FAILED = "VariantSwitchFailed"
     """The new shape's pods could not be scheduled or did not become Ready in time: the old shape is kept."""
+    SPILL_OVER = "SpillOver"
+    """Pods of the running shape wait for GPUs of their type: pods of another shape carry their share meanwhile."""
     PAUSED = "Paused"
     """scaling.mode is Paused: nothing changes."""
     RECOMMEND_ONLY = "RecommendOnly"

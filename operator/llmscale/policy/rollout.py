@@ -32,6 +32,20 @@ class Rollout:
     reasons: tuple[Reason, ...]
     waiting_for_room: int  # target pods wanted but not created yet: no room under the ceilings
     retiring: dict[str, int]  # old-shape replicas kept serving until the target's are Ready
+    spill: str | None = None  # the shape carrying the share of target pods that wait for GPUs, while it has pods
+
+
+@dataclass(frozen=True)
+class Spill:
+    """What the spill-over needs beside the pods: the clock, spillAfter, the spill shape in use
+    (from history) and the shapes it may use (vLLM starts on them, none failed lately), in order of
+    preference."""
+
+    now: float
+    after_s: float | None  # None: never spill
+    shape: str | None = None
+    candidates: tuple[str, ...] = ()
+    hold: bool = False  # the metrics are unknown or scaling is paused: the spill pods stay as they are
 
 
 def held(desired: int, pods: PodCounts) -> int:
@@ -103,13 +117,15 @@ def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, other
 
 
 def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
-            per_replica: Mapping[str, float], demand: float | None = None, utilization: float | None = None) -> Rollout:
+            per_replica: Mapping[str, float], demand: float | None = None, utilization: float | None = None,
+            spill: Spill | None = None) -> Rollout:
     """Desired replicas per variant now, for `replicas` of `target` in the end.
 
     `per_replica` is each variant's capacity at the SLO (requests/s per replica), for how many
     old-shape pods one new-shape pod replaces; `demand` the capacity the forecast needs (requests/s
     at the planned `utilization`, targetUtilization when None): old pods beyond it are not needed even
-    while the target is short.
+    while the target is short. With `spill`, target pods Pending for lack of GPUs for longer than
+    spillAfter have their share carried by pods of another shape (see `_spill_over`).
     """
     t = target.name
     mine = workload.pods.get(t, PodCounts())
@@ -168,6 +184,14 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring, utilization)
     if released:
         reasons.append(released)
+    spilled, spill_why = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
+    if spill_why is not None:
+        reasons.append(spill_why)
+    if spilled is not None:
+        retiring.pop(spilled, None)  # spill pods are no switch's old shape
+        if spill_why is None and out.get(spilled, 0):
+            reasons.append(Reason(Code.SPILL_OVER, f"{out[spilled]} x {spilled} keep serving until {t}'s pods carry the "
+                                                   f"load ({mine.ready}/{replicas} Ready)"))
     if retiring:
         kept = ", ".join(f"{n} x {o}" for o, n in retiring.items())
         reasons.append(Reason(Code.VARIANT_SWITCH, f"to {t}: {mine.ready}/{replicas} Ready; {kept} kept serving until "
@@ -180,7 +204,91 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         reasons.append(Reason(Code.WAITING_FOR_ROOM, f"{replicas - want} x {t} wait for room under the ceilings "
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
                                                      f"{mine.terminating} x {t} draining){why_unpriced}"))
-    return Rollout(out, tuple(reasons), replicas - want, retiring)
+    return Rollout(out, tuple(reasons), replicas - want, retiring, spilled)
+
+
+def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
+                per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
+                ctx: Spill | None) -> tuple[str | None, Reason | None]:
+    """Spill-over: target pods Pending for lack of GPUs of their type for longer than spillAfter
+    (the cluster has none free) serve nothing; pods of another shape, on another GPU type, carry
+    their share meanwhile. The target keeps asking for its count (its Pending pods take GPUs as
+    they free up, and count against the ceilings from creation), so spill pods go only in the room
+    left beside them. Once the target's pods stop waiting, spill pods are an old shape to the rule
+    above: Ready ones serve until the target's Ready pods carry the need, then retire.
+
+    Chosen: the fewest pods of the shape that covers the share for the least hourly cost (behind a
+    Service at equal shares, where a weak pod beside strong ones lowers what each carries, only a
+    count that carries more than the target's pods alone); the spill shape in use is kept while it
+    serves. Not during a switch: there the new shape's Pending pods are rolled back instead
+    (unschedulableTimeout). Returns the spill shape while it has pods, and why pods were added."""
+    if ctx is None:
+        return None, None
+    t = target.name
+    mine = workload.pods.get(t, PodCounts())
+    current = ctx.shape if ctx.shape is not None and ctx.shape != t else None
+
+    def has_pods(v: str) -> bool:
+        return out.get(v, 0) > 0 or workload.pods.get(v, PodCounts()).holding_gpus > 0
+
+    if ctx.hold and current is not None:
+        # Unknown means hold: the spill pods there are stay (none is asked for anew).
+        pods = workload.pods.get(current, PodCounts())
+        out[current] = max(out.get(current, 0), min(workload.desired.get(current, 0), pods.live))
+    still = current if current is not None and has_pods(current) else None
+    if ctx.hold:
+        return still, None
+    switching = any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
+                    for v in set(workload.desired) | set(workload.pods) if v not in (t, current))
+    cap_t = per_replica.get(t, 0.0)
+    if (ctx.after_s is None or switching or not mine.unschedulable or mine.waiting_since is None
+            or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0):
+        return still, None
+    soon = mine.ready + mine.starting  # target pods on nodes: Ready, or Ready within a cold start
+    need = min(replicas, mine.live) * cap_t
+    if demand is not None and demand > 0:
+        need = min(need, demand)
+    alone = carried(spec, {t: soon}, per_replica)
+    if need <= alone + 1e-9:
+        return still, None  # the target's pods on nodes carry the need: nothing to spill
+    best: tuple[tuple[float, ...], str, int, float] | None = None
+    for v in ctx.candidates:
+        pods = workload.pods.get(v, PodCounts())
+        shape = next((x for x in spec.variants if x.name == v), None)
+        if (shape is None or v == t or shape.accelerator == target.accelerator or per_replica.get(v, 0.0) <= 0
+                or (pods.unschedulable and pods.waiting_since is not None and ctx.now - pods.waiting_since >= ctx.after_s)):
+            continue  # the same GPU type waits too; no capacity known; its own pods wait for GPUs
+        g_o, c_o = 0, 0.0
+        for o in set(out) | set(workload.pods):
+            if o != v:
+                g, p = shape_of(spec, workload, o, room=True)
+                n = held(out.get(o, 0), workload.pods.get(o, PodCounts()))
+                g_o, c_o = g_o + n * g, c_o + n * p
+        room = min(room_for(spec, workload, shape, g_o, c_o), spec.replicas.max)
+        if room <= 0:
+            continue
+        scored = [(carried(spec, {t: soon, v: k}, per_replica), k) for k in range(1, room + 1)]
+        enough = next(((c, k) for c, k in scored if c >= need - 1e-9), None)
+        if enough is None:
+            most = max(c for c, _ in scored)
+            enough = next((c, k) for c, k in scored if c >= most - 1e-9)
+        c, k = enough
+        if c <= alone + 1e-9:
+            continue  # at equal shares these pods beside the target's would carry no more than they do alone
+        price = shape_of(spec, workload, v)[1]
+        # The shape in use first (a second spill shape would make the first an old one to retire);
+        # then covering the need, for the least cost; then the most carried.
+        key = (0.0 if v == current else 1.0, 0.0 if c >= need - 1e-9 else 1.0, k * price if c >= need - 1e-9 else -c)
+        if best is None or key < best[0]:
+            best = (key, v, k, c)
+    if best is None:
+        return still, None
+    _, v, k, c = best
+    out[v] = max(out.get(v, 0), k)
+    why = Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs for "
+                                  f"{ctx.now - mine.waiting_since:.0f}s (spillAfter {spec.scaling.variant_switch.spill_after}): "
+                                  f"{out[v]} x {v} carry their share meanwhile ({c:.2f} of {need:.2f} req/s)")
+    return v, why
 
 
 def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,

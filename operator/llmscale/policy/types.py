@@ -314,6 +314,9 @@ class History:
     planned_speed: float | None = None
     speed_shape: str | None = None  # the shape (policy.capacity.shape_key) the readings were taken on
     ready_changed_at: float | None = None  # when the Ready count last changed, up or down
+    # The shape whose pods carry the share of the target's pods that wait for GPUs (spill-over, see
+    # policy.rollout): its pods are not a switch's old shape, so no rollback goes to it.
+    spill_shape: str | None = None
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -486,6 +489,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "planned_speed": _opt_speed,
     "speed_shape": _opt_str,
     "ready_changed_at": _opt_float,
+    "spill_shape": _opt_str,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

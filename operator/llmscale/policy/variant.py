@@ -74,11 +74,12 @@ class Shape:
     options: tuple[ShapeOption, ...] = ()  # every shape as weighed (for explain and status)
 
 
-def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float) -> str | None:
+def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float, spill: str | None = None) -> str | None:
     """Why the target shape's new pods cannot start, once they have waited too long; None otherwise.
-    Only during a switch: with no other shape serving there is nothing to go back to."""
+    Only during a switch: with no other shape serving there is nothing to go back to (and spill pods,
+    `spill`, carry the share of pods that wait, beside the target's own: no switch to undo)."""
     name = workload.variant
-    if name is None or not any(n for v, n in workload.desired.items() if v != name):
+    if name is None or not any(n for v, n in workload.desired.items() if v not in (name, spill)):
         return None
     pods = workload.pods.get(name, PodCounts())
     if pods.unschedulable and pods.waiting_since is not None and \
@@ -89,6 +90,15 @@ def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float) -> str | None
     if pods.starting and pods.starting_since is not None and now - pods.starting_since > parse_duration(spec.serving.startup_timeout):
         return f"NotReady: {pods.starting} x {name} not Ready within serving.startupTimeout ({spec.serving.startup_timeout})"
     return None
+
+
+def spill_candidates(spec: LLMDeploymentSpec, workload: Workload, history: History, now: float) -> tuple[str, ...]:
+    """Shapes that may carry the share of target pods waiting for GPUs (spill-over), in order of
+    preference: vLLM starts on them and none failed to start within the dwell time."""
+    dwell = parse_duration(spec.scaling.variant_switch.dwell)
+    return tuple(v.name for v in spec.variants
+                 if not (v.name in workload.failed and now - workload.failed[v.name][0] < dwell)
+                 and (refused_start(spec, v) is None or has_started(spec, workload, history, v.name)))
 
 
 def no_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant) -> bool:
@@ -204,7 +214,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             if p is not None:
                 plans.append(p)
     # Rollback: the new shape cannot start. Go back to the shape still serving most.
-    why = stuck(spec, workload, now)
+    why = stuck(spec, workload, now, history.spill_shape)
     if why is not None:
         failed_lately = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
         back = max((v for v in workload.desired if v != current.name and v not in failed_lately
@@ -240,7 +250,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     hist = history
     switch = False
     settled = workload.target_since is None or now - workload.target_since >= dwell
-    mid_switch = any(n for v, n in workload.desired.items() if v != current.name)
+    mid_switch = any(n for v, n in workload.desired.items() if v not in (current.name, history.spill_shape))
     # A switch stalls when nothing moves (no pod starting, waiting or draining) while old-shape pods
     # still serve: the ceilings leave no room for the rest of the new shape and the old pods are all
     # needed. Then the shapes already running are weighed again, the dwell aside: going back to a
