@@ -1,7 +1,7 @@
 """Pod shapes: llmscale choosing among shapes against llmscale pinned to each one (`fixed:<variant>`),
 per trace, in the twin. Is choosing shapes worth it, and does every switch stay inside the ceilings?
 
-    python -m bench.shapes [--trace NAME ...] [--jobs 2]
+    python -m bench.shapes [--trace NAME ...] [--jobs 2] [--h100-pool GPUS]
 
 The shared traces run an 8B model on L4, H100 and 2 x H100 (tensor parallel) pods; Mooncake's long
 prompts also run `examples/llama-70b-variants.yaml` (4 or 8 H100s per pod) under the Mooncake
@@ -10,6 +10,10 @@ case's SLO (TTFT p99 <= 10 s). Prices are the spec's
 is at least llmscale's; the verdict says whether choosing shapes cost less at equal or better
 attainment. peak GPUs and peak cost count every pod holding GPUs (starting, Ready, draining) at
 its own price, at every instant.
+
+With `--h100-pool GPUS` the cluster has only that many H100 GPUs (L4s without limit): pods past it
+stay Pending, and llmscale runs twice, with spill-over (the default spillAfter, 60 s: L4 pods carry
+the share of H100 pods that wait) and without (`spillAfter: never`: the pods wait).
 """
 
 from __future__ import annotations
@@ -70,15 +74,21 @@ def specs() -> dict[str, tuple[dict[str, Any], str]]:
 
 
 _TRACES: dict[str, Trace] = {}
+_POOL: dict[str, int] = {}  # GPUs per type in the cluster (none: without limit); set before the workers fork
+NO_SPILL = "llmscale (no spill)"
 
 
 def _run(task: tuple[str, str]) -> tuple[tuple[str, str], RunResult | str]:
     name, policy = task
     spec, case_name = specs()[name]
+    if policy == NO_SPILL:
+        scaling = spec.get("scaling", {})
+        spec = {**spec, "scaling": {**scaling, "variantSwitch": {**scaling.get("variantSwitch", {}), "spillAfter": "never"}}}
+        policy = "llmscale"
     if case_name not in _TRACES:
         _TRACES[case_name] = load(next(c for c in cases() if c.name == case_name))
     try:
-        return task, Twin(parse_spec(spec), _TRACES[case_name], make_policy(policy)).run()
+        return task, Twin(parse_spec(spec), _TRACES[case_name], make_policy(policy), gpu_pool=_POOL or None).run()
     except ValueError as e:  # a shape vLLM would not start on (its KV cache cannot hold the longest sequence)
         return task, str(e)
 
@@ -87,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trace", action="append", help="run only these (azure-code/8b, mooncake/8b, servegen-day/8b, mooncake/70b)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--h100-pool", type=int, metavar="GPUS",
+                    help="only this many H100 GPUs in the cluster; llmscale runs with and without spill-over")
     args = ap.parse_args(argv)
+    if args.h100_pool is not None and args.h100_pool < 0:
+        print("bench: --h100-pool must be >= 0", file=sys.stderr)
+        return 2
+    _POOL.clear()
+    if args.h100_pool is not None:
+        _POOL["nvidia-h100"] = args.h100_pool
     if not SHARED.is_dir():
         print(f"bench: {SHARED} not found (the shared traces sit beside the checkout)", file=sys.stderr)
         return 2
@@ -97,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"bench: unknown trace {bad[0]!r}; choose from {', '.join(all_specs)}", file=sys.stderr)
         return 2
-    tasks = [(n, p) for n in chosen for p in ["llmscale"] + [f"fixed:{v['name']}" for v in all_specs[n][0]["variants"]]]
+    mine_first = ["llmscale"] + ([NO_SPILL] if _POOL else [])
+    tasks = [(n, p) for n in chosen for p in mine_first + [f"fixed:{v['name']}" for v in all_specs[n][0]["variants"]]]
     done: dict[tuple[str, str], RunResult | str] = {}
     t0 = time.monotonic()
     with multiprocessing.get_context("fork").Pool(max(1, args.jobs)) as pool:
@@ -110,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in chosen:
         spec = all_specs[n][0]
         mine = done[(n, "llmscale")]
-        for p in ["llmscale"] + [f"fixed:{v['name']}" for v in spec["variants"]]:
+        for p in mine_first + [f"fixed:{v['name']}" for v in spec["variants"]]:
             r = done[(n, p)]
             if isinstance(r, str):
                 rows.append([n, p, "-", "-", "-", "-", "-", "-", r[:200]])
@@ -122,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(mine, str):
             verdicts.append(f"{n}: llmscale did not run ({mine})")
             continue
-        fixed = [(p, r) for (t, p), r in done.items() if t == n and p.startswith("fixed:") and not isinstance(r, str)]
+        waited = done.get((n, NO_SPILL))
+        if isinstance(waited, RunResult):
+            verdicts.append(f"{n}: with {_POOL['nvidia-h100']} H100 GPUs, spill-over {mine.ttft_attainment:.2%} TTFT / "
+                            f"{mine.joint_attainment:.2%} joint for {mine.gpu_hours:.2f} GPU-h"
+                            + (f" ({mine.cost:.2f})" if mine.cost is not None else "")
+                            + f"; waiting for H100s {waited.ttft_attainment:.2%} / {waited.joint_attainment:.2%} for "
+                            f"{waited.gpu_hours:.2f} GPU-h" + (f" ({waited.cost:.2f})" if waited.cost is not None else ""))
+        fixed = [(p, r) for (t, p), r in done.items() if t == n and p.startswith("fixed:") and isinstance(r, RunResult)]
         ok = [(p, r) for p, r in fixed if r.ttft_attainment >= mine.ttft_attainment - 1e-9]
         if not ok:
             verdicts.append(f"{n}: no fixed shape reaches llmscale's {mine.ttft_attainment:.2%} TTFT attainment")

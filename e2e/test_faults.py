@@ -411,6 +411,51 @@ class Federator:
         self.log.close()
 
 
+def test_killed_right_after_a_spill_over_the_restarted_operator_keeps_it_a_spill_not_a_switch_to_roll_back(
+        bed: Bed, solo: str, ceilings: CeilingWatcher) -> None:
+    """Issue 12 (review): SIGKILLed right after applying a spill-over (before its status says so),
+    the restarted operator reads the spill from the L4 Deployment's mark (llmscale.io/spill-for):
+    with the H100 pods Pending past unschedulableTimeout the L4 pods are still spill-over, not a
+    switch's old shape to roll back to, and the H100 shape is not marked failed."""
+    from .test_variants import SPILL_LOAD, _spill_doc, take_all_h100s_but_one
+
+    def status() -> dict[str, Any]:
+        return _status(bed, solo)
+
+    op = _operator(bed, solo)
+    try:
+        take_all_h100s_but_one(bed, solo)
+        bed.kubectl("apply", "-f", "-", input=_spill_doc(solo))
+        bed.traffic(solo, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
+        wait_for("one H100 pod serving", lambda: status().get("shape") == "h100x1" and status().get("readyReplicas"), 90)
+        _stop(op)
+        op = _operator(bed, solo, failpoint="after-spill-apply")
+        bed.traffic(solo, "chat", rate=SPILL_LOAD, meanInput=200, meanOutput=100, routing="LoadAware")
+        wait_for("the operator killed by its failpoint after the spill's first apply", lambda: op.poll() is not None, 150)
+        assert op.returncode == -9, op.returncode
+        l4 = bed.apps.read_namespaced_deployment("chat-l4x1", solo)
+        assert l4.spec.replicas and (l4.metadata.annotations or {}).get("llmscale.io/spill-for") == "h100x1", l4.metadata.annotations
+        assert "spillShape" not in status().get("history", {})  # the status write never happened
+
+        op = _operator(bed, solo)
+        wait_for("the restarted operator's spill in status", lambda: status().get("history", {}).get("spillShape") == "l4x1", 90)
+        # The H100 pods have waited past unschedulableTimeout (20 s): a switch would be rolled back by now.
+        pending = [p for p in bed.core.list_namespaced_pod(solo, label_selector="llmscale.io/deployment=chat").items
+                   if p.status.phase == "Pending" and not p.spec.node_name]
+        assert pending, "no H100 pod waits"
+        for _ in range(25):
+            st = status()
+            assert st.get("variant") == "h100x1" and st.get("shape", "").endswith("+l4x1"), st.get("shape")
+            time.sleep(1)
+        failed = next((c for c in status().get("conditions", []) if c["type"] == "VariantSwitchFailed"), {})
+        assert failed.get("status") != "True", failed
+        assert "llmscale.io/switch-failed" not in (bed.apps.read_namespaced_deployment("chat-h100x1", solo).metadata.annotations or {})
+        assert op.poll() is None
+        assert not ceilings.violations, ceilings.violations
+    finally:
+        _stop(op)
+
+
 def test_through_federation_the_deleted_pods_stale_series_do_not_hold_a_deployment_at_zero(
         bed: Bed, solo: str, ceilings: CeilingWatcher, tmp_path: Path) -> None:
     """Scaled to zero, a deployment read through a federating Prometheus still sees its deleted

@@ -140,9 +140,8 @@ def _spill_doc(namespace: str) -> str:
                            "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
 
 
-def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_free_up(
-        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
-    # Every H100 but one taken by other pods (four nodes of eight).
+def take_all_h100s_but_one(bed: Bed, ns: str) -> None:
+    """Every H100 GPU but one taken by other pods (four nodes of eight), one GPU a pod."""
     labels = {"app": "h100-hog"}
     hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h100-hog", "labels": labels},
            "spec": {"replicas": 31, "selector": {"matchLabels": labels},
@@ -151,9 +150,14 @@ def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_
                                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                                           "containers": [{"name": "hog", "image": "busybox",
                                                           "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
-    bed.apps.create_namespaced_deployment(namespace, hog)
-    wait_for("31 H100 GPUs taken", lambda: sum(1 for p in bed.core.list_namespaced_pod(namespace, label_selector="app=h100-hog").items
+    bed.apps.create_namespaced_deployment(ns, hog)
+    wait_for("31 H100 GPUs taken", lambda: sum(1 for p in bed.core.list_namespaced_pod(ns, label_selector="app=h100-hog").items
                                                if p.spec.node_name) == 31, 90)
+
+
+def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_free_up(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    take_all_h100s_but_one(bed, namespace)
     bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
     bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
     wait_for("one H100 pod serving", lambda: _status(bed, namespace).get("shape") == "h100x1"
@@ -165,6 +169,9 @@ def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_
     st = _status(bed, namespace)
     assert st["variant"] == "h100x1" and st["history"].get("spillShape") == "l4x1", st
     assert any(v["name"] == "l4x1" and v["role"] == "Spill" for v in st["variants"]), st["variants"]
+    # Marked on its Deployment too: a restart that lost status still knows spill pods from a switch.
+    ann = bed.apps.read_namespaced_deployment("chat-l4x1", namespace).metadata.annotations
+    assert ann.get("llmscale.io/spill-for") == "h100x1", ann
     assert _cond(bed, namespace, "VariantSwitchFailed").get("status") != "True"
     wait_for("L4 pods Ready", lambda: any(v["name"] == "l4x1" and v["readyReplicas"] for v in _status(bed, namespace)["variants"]), 60)
     # No rollback while the L4 pods serve beside the H100 one (unschedulableTimeout is 20 s).
@@ -178,6 +185,8 @@ def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_
     wait_for("the L4 pods retired", lambda: _replicas(bed, namespace, "l4x1") == 0 and _status(bed, namespace).get("shape") == "h100x1", 180)
     st = _status(bed, namespace)
     assert st["variants"][0]["name"] == "h100x1" and st["variants"][0]["readyReplicas"] >= 2, st["variants"]
+    wait_for("the spill mark gone", lambda: "llmscale.io/spill-for" not in (
+        bed.apps.read_namespaced_deployment("chat-l4x1", namespace).metadata.annotations or {}), 60)
     reasons = {e.reason for e in bed.core.list_namespaced_event(namespace).items}
     assert "VariantSwitchFailed" not in reasons, reasons
     assert ceilings.created > 0 and not ceilings.violations, ceilings.violations

@@ -51,6 +51,15 @@ def test_a_failed_switch_is_read_back_and_without_marks_the_biggest_shape_is_the
     assert w.failed == {"h100x2": (1500.0, "Unschedulable: 1 x h100x2 Pending")}  # an unreadable mark is ignored
 
 
+def test_a_spill_shape_is_read_back_from_its_deployments_mark_only_for_the_target_it_names() -> None:
+    deps = [_dep("h100x2", 4, **{"llmscale.io/target-since": "2000"}), _dep("l4x1", 8, **{"llmscale.io/spill-for": "h100x2"})]
+    w, _ = observe_workload(deps, [], {}, None)
+    assert (w.variant, w.spill) == ("h100x2", "l4x1")
+    # A mark left from an older target is no spill of today's (a switch has happened since).
+    deps = [_dep("a100x4", 2, **{"llmscale.io/target-since": "3000"}), _dep("l4x1", 8, **{"llmscale.io/spill-for": "h100x2"})]
+    assert observe_workload(deps, [], {}, None)[0].spill is None
+
+
 def test_replicas_set_outside_llmscale_are_named_from_the_managed_fields() -> None:
     ours = {"manager": "llmscale", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}
     status = {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",

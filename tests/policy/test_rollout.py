@@ -3,7 +3,7 @@ and the switch through the whole decision core against pods that take time to st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -285,12 +285,17 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
     mine = w.pods.get(target.name, PodCounts())
     for v, n in out.items():
         if v == moved.spill and spill is not None:
-            # Spill pods: added only for target pods that wait for GPUs (spillAfter passed), on
-            # another GPU type; held as they are while the metrics are unknown.
-            if n > w.pods.get(v, PodCounts()).ready and not (spill.hold and n <= w.pods.get(v, PodCounts()).live):
-                assert spill.after_s is not None and mine.unschedulable and mine.waiting_since is not None
+            pods = w.pods.get(v, PodCounts())
+            if n > pods.live:
+                # Spill pods are created only for target pods that wait for GPUs past spillAfter,
+                # on another GPU type, with the metrics known.
+                assert not spill.hold and spill.after_s is not None and mine.unschedulable and mine.waiting_since is not None
                 assert spill.now - mine.waiting_since >= spill.after_s and v in spill.candidates
                 assert sp.variant(v).accelerator != target.accelerator
+            elif n > pods.ready:
+                assert spill.hold or mine.unschedulable  # starting spill pods kept only while held or while target pods wait
+            if v == spill.shape and spill.hold:
+                assert n >= min(w.desired.get(v, 0), pods.live)  # none goes on unknown metrics
         elif v != target.name:
             assert n <= w.pods.get(v, PodCounts()).ready  # a retiring shape keeps Ready pods only
 
@@ -609,11 +614,11 @@ SPILL_CASES: list[tuple[str, Any, Workload, int, Spill, float | None, Rollout]] 
      Rollout({"h100x2": 4, "l4x1": 8}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
                                                                 "61s (spillAfter 60s): 8 x l4x1 carry their share meanwhile "
                                                                 "(16.00 of 16.00 req/s)"),), 0, {}, "l4x1")),
-    ("the share the forecast needs only: a demand of 10 takes two L4 pods",
-     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), 10.0,
-     Rollout({"h100x2": 4, "l4x1": 2}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
-                                                                "61s (spillAfter 60s): 2 x l4x1 carry their share meanwhile "
-                                                                "(10.00 of 10.00 req/s)"),), 0, {}, "l4x1")),
+    ("one H100 pod waits: four L4 pods carry its share",
+     WIDE, wl("h100x2", {"h100x2": 3}, {"h100x2": waiting(unschedulable=1)}), 3, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")),
+     None, Rollout({"h100x2": 3, "l4x1": 4}, (Reason(Code.SPILL_OVER, "1 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
+                                                                     "61s (spillAfter 60s): 4 x l4x1 carry their share meanwhile "
+                                                                     "(12.00 of 12.00 req/s)"),), 0, {}, "l4x1")),
     ("within the ceiling: the Pending pods count against maxGPUs, two L4 pods fit beside them",
      SPEC, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None,
      Rollout({"h100x2": 4, "l4x1": 2}, (Reason(Code.SPILL_OVER, "2 x h100x2 Pending for lack of free nvidia-h100 GPUs for "
@@ -625,9 +630,10 @@ SPILL_CASES: list[tuple[str, Any, Workload, int, Spill, float | None, Rollout]] 
     ("spillAfter: never",
      WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 600, None, None, ("l4x1", "h100x2")), None,
      Rollout({"h100x2": 4}, (), 0, {})),
-    ("the pods on nodes carry the demand already: nothing to spill",
-     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting(ready=1, starting=1)}), 4,
-     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), 7.0, Rollout({"h100x2": 4}, (), 0, {})),
+    ("the target's count came down to the pods on nodes (the Pending ones not yet gone): nothing to spill",
+     WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting(ready=1, starting=1)}), 2,
+     Spill(T0 + 61, 60.0, None, ("l4x1", "h100x2")), None, Rollout({"h100x2": 2}, (), 0, {})),
+
     ("a shape that failed to start lately (not a candidate) is not spilled onto",
      WIDE, wl("h100x2", {"h100x2": 4}, {"h100x2": waiting()}), 4, Spill(T0 + 61, 60.0, None, ("h100x2",)), None,
      Rollout({"h100x2": 4}, (), 0, {})),
@@ -749,3 +755,91 @@ def test_through_the_core_spill_pods_carry_the_h100_pods_that_wait_and_retire_wh
     run(100.0, 24)
     assert cluster.desired.get("l4x1", 0) == 0 and history.spill_shape is None, seen[-4:]
     assert cluster.desired["h100x2"] >= 3
+
+
+def test_while_target_pods_wait_and_their_share_cannot_be_judged_the_spill_pods_stay() -> None:
+    """Review: a precondition that lapsed for one decision (capacity unknown, a Pending pod re-created
+    so that it has not waited spillAfter yet) cut the starting spill pods, re-created at the next."""
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2, starting=4)})
+    for caps, now in (({"l4x1": 1.0}, T0 + 90), (CAP, T0 + 30)):
+        got = rollout(WIDE, w, H, 4, caps, spill=Spill(now, 60.0, "l4x1", ("l4x1", "h100x2")))
+        assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 6} and got.spill == "l4x1", (caps, got)
+    # Nothing waits any more: the starting spill pods go, the Ready ones serve until the target's are Ready.
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": PodCounts(ready=2, starting=2), "l4x1": PodCounts(ready=2, starting=4)})
+    assert rollout(WIDE, w, H, 4, CAP, spill=Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2"))).replicas_by_variant == {
+        "h100x2": 4, "l4x1": 2}
+
+
+def test_one_spill_shape_at_a_time() -> None:
+    """Review: when the spill shape's own pods came to wait for GPUs, a second shape was started and
+    the first looked like a switch's old shape (rolled back to, at the next decision)."""
+    sp = parse_spec(spec_dict(variants=SHAPES, replicas={"min": 1, "max": 16}, routing="LoadAware",
+                              cost={"maxGPUs": 40, "prices": PRICES}))
+    caps = {"l4x1": 1.0, "h100x2": 4.0, "a100x4": 3.0}
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=3, unschedulable=3, waiting_since=T0)})
+    got = rollout(sp, w, sp.variant("h100x2"), 4, caps, spill=Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2", "a100x4")))
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 3} and got.spill == "l4x1", got  # L4 pods that wait go
+    # Without spill pods left, another shape may take over.
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 0}, {"h100x2": waiting()})
+    got = rollout(sp, w, sp.variant("h100x2"), 4, caps, spill=Spill(T0 + 90, 60.0, "l4x1", ("h100x2", "a100x4")))
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 0, "a100x4": 3} and got.spill == "a100x4", got
+
+
+def test_spill_pods_not_ready_within_the_startup_timeout_fail_their_shape() -> None:
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(),
+                                               "l4x1": PodCounts(ready=2, starting=6, starting_since=T0 + 60)})
+    spill = Spill(T0 + 60 + 1801, 60.0, "l4x1", ("l4x1", "h100x2"), startup_timeout_s=1800.0)
+    got = rollout(WIDE, w, H, 4, CAP, spill=spill)
+    assert got.spill_failed == ("l4x1", "NotReady: 6 x l4x1 (spill-over) not Ready within serving.startupTimeout (30m)")
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 2}
+    assert rollout(WIDE, w, H, 4, CAP, spill=replace(spill, now=T0 + 60 + 1799)).spill_failed is None
+
+
+def test_spill_pods_follow_the_forecast_down_a_step_at_a_time_while_target_pods_wait() -> None:
+    """Review: one decision's dip in the forecast retired every spill pod beyond it at once (they came
+    back at the next decision): now at most scaleDown.maxStep (1 here) a decision."""
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(), "l4x1": PodCounts(ready=8)})
+    got = rollout(WIDE, w, H, 4, CAP, demand=10.0, spill=Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2")))
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 7} and got.spill == "l4x1"
+    got = rollout(WIDE, w, H, 4, CAP, demand=6.0, spill=Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2")))
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 7}  # the H100 pods on nodes carry it: still one at a time
+
+
+def _spill_scene(l4: PodCounts, spill: str | None = None, h100: PodCounts | None = None) -> Workload:
+    pods = {"h100x2": h100 or PodCounts(ready=2, unschedulable=2, waiting_since=T0), "l4x1": l4}
+    return Workload(variant="h100x2", replicas=4, ready=2, pending_unschedulable=pods["h100x2"].unschedulable,
+                    desired={"h100x2": 4, "l4x1": 8}, pods=pods, target_since=T0 - 3600, spill=spill)
+
+
+def _busy(now: float, rate: float | None = 12.0) -> Signals:
+    return Signals(ttft_quantile=0.2, itl_quantile=0.03, request_rate=rate, prompt_tokens_rate=12000.0,
+                   generation_tokens_rate=2400.0, requests_waiting=0.0, requests_running=8.0, ttft_attainment=0.99,
+                   itl_attainment=0.99, kv_cache_usage=0.3, gpu_utilization=0.5, sampled_at=now,
+                   unknown={} if rate is not None else {"requestRate": "no samples in the rate window"})
+
+
+def test_after_a_restart_that_lost_status_the_spill_deployments_mark_keeps_it_a_spill_not_a_switch_to_roll_back() -> None:
+    """Review: killed between applying a spill and writing status, the operator read the spill pods
+    as a switch's old shape and, the H100 pods Pending past unschedulableTimeout, rolled back to
+    L4 and marked the H100 shape failed. The mark on the spill Deployment (llmscale.io/spill-for)
+    comes back as Workload.spill."""
+    now = T0 + 400  # past unschedulableTimeout (5m)
+    lost = decide(WIDE, _spill_scene(PodCounts(ready=8)), _busy(now), History(), now)
+    assert lost.failed_variant is not None and lost.variant == "l4x1"  # what a restart without the mark does
+    d = decide(WIDE, _spill_scene(PodCounts(ready=8), spill="l4x1"), _busy(now), History(), now)
+    assert d.failed_variant is None and d.variant == "h100x2", d.reasons
+    assert d.replicas_by_variant["h100x2"] == 4 and d.replicas_by_variant["l4x1"] >= 1, d.replicas_by_variant
+    assert d.history.spill_shape == "l4x1"
+
+
+def test_with_the_request_rate_unknown_no_spill_pod_goes() -> None:
+    """Review: only Paused and an unreachable Prometheus held the spill pods; with requestRate
+    unknown the decision cut five starting L4 pods ("ScaleDown") beside "scale-down disabled"."""
+    now = T0 + 90
+    # The H100s came free: their pods start, and spill pods still on their way would go were the metrics known.
+    scene = _spill_scene(PodCounts(ready=3, starting=5), h100=PodCounts(ready=2, starting=2, starting_since=T0 + 80))
+    d = decide(WIDE, scene, _busy(now, rate=None), History(spill_shape="l4x1"), now)
+    assert d.replicas_by_variant == {"h100x2": 4, "l4x1": 8}, (d.replicas_by_variant, d.reasons)
+    assert d.history.spill_shape == "l4x1"
+    known = decide(WIDE, scene, _busy(now), History(spill_shape="l4x1"), now)
+    assert known.replicas_by_variant == {"h100x2": 4, "l4x1": 0}, known.replicas_by_variant  # two H100 pods carry 12 req/s

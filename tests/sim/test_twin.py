@@ -252,7 +252,7 @@ def test_with_h100s_run_out_l4_pods_carry_the_share_of_those_pending_behind_a_lo
             slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms"}},
             cost={"maxGPUs": 24, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
             scaling={"interval": "15s", "variantSwitch": {"dwell": "30m", "spillAfter": spill_after}}))
-        trace = scenario("step", rate=20, duration=1800, mean_in=1000, mean_out=200, seed=2)
+        trace = scenario("step", rate=20, duration=2400, mean_in=1000, mean_out=200, seed=2)
         return Twin(spec, trace, make_policy("llmscale"), gpu_pool={"nvidia-h100": 2}).run()
 
     spill, never = run("60s"), run("never")

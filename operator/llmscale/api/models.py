@@ -840,7 +840,8 @@ class ShapeStatus(_Model):
     replicas: int = Field(0, description="Desired replicas of its Deployment.")
     ready_replicas: int = Field(0, description="Ready pods.")
     gpus: int = Field(0, description="GPUs held by its pods: starting, Ready and draining.")
-    role: str = Field("Target", description="Target (the shape switched to) or Retiring (serving until the target's pods are Ready).")
+    role: str = Field("Target", description="Target (the shape switched to), Retiring (serving until the target's pods are "
+                                            "Ready) or Spill (carrying the share of target pods Pending for lack of GPUs).")
 
 
 class SwitchStatus(_Model):
@@ -870,7 +871,8 @@ class LLMDeploymentStatus(_Model):
                                                  "llmscale_last_decision_timestamp_seconds says when it last decided).")
     cold_start_seconds: dict[str, float] | None = Field(None, description="Measured cold start per variant: pod creation to its first Ready.")
     ready_pods: list[str] | None = Field(None, description="Live pods the operator has seen Ready: a pod's cold start is measured once, at its first Ready.")
-    shape: str | None = Field(None, description="The pod shape for kubectl get: the variant, or 'old->new' during a switch.")
+    shape: str | None = Field(None, description="The pod shape for kubectl get: the variant, 'old->new' during a switch, "
+                                                "'<variant>+<spill>' while spill pods serve.")
     variants: list[ShapeStatus] | None = Field(None, description="Every pod shape that has a Deployment, with its replicas and GPUs.")
     switch: SwitchStatus | None = Field(None, description="The change of pod shape in progress, if any.")
     conditions: list[Condition] = Field(default_factory=list)

@@ -46,6 +46,7 @@ from . import opmetrics as m
 from .kube import Kube, observe_workload
 from .objects import DeploymentView, PodView
 from .render import (
+    ANNOTATION_SPILL_FOR,
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
     deployment_name,
@@ -297,7 +298,7 @@ def _marks(dep: DeploymentView | None) -> dict[str, str]:
     """The operator's annotations on a shape's Deployment, carried over when it is applied again
     (server-side apply would drop a field its manager stops sending)."""
     ann = dep.annotations if dep is not None else {}
-    return {k: v for k, v in ann.items() if k in (ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED)}
+    return {k: v for k, v in ann.items() if k in (ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED, ANNOTATION_SPILL_FOR)}
 
 
 def _room_for_one(spec: LLMDeploymentSpec, workload: Workload, desired: dict[str, int], variant: str) -> bool:
@@ -687,6 +688,8 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             failpoint("after-apply")
             if d.variant != workload.variant:
                 failpoint("after-switch-apply")
+            if d.history.spill_shape is not None and d.history.spill_shape != history.spill_shape:
+                failpoint("after-spill-apply")
         except Exception as e:
             m.APPLY_ERRORS.labels(namespace, name).inc()
             kopf.warn(body, reason="ScaleFailed", message=f"setting {d.replicas_by_variant} failed: {_api_error(e)}")
@@ -848,6 +851,10 @@ def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: D
             marks[ANNOTATION_TARGET_SINCE] = f"{now:.0f}"
         if d.failed_variant is not None and variant == d.failed_variant[0]:
             marks[ANNOTATION_SWITCH_FAILED] = f"{now:.0f} {d.failed_variant[1]}"[:500]
+        if variant == d.history.spill_shape and variant != d.variant:
+            marks[ANNOTATION_SPILL_FOR] = d.variant
+        else:
+            marks.pop(ANNOTATION_SPILL_FOR, None)
         if n == workload.desired.get(variant, 0) and marks == _marks(by_variant.get(variant)) and (variant in by_variant or n == 0):
             continue
         if n < workload.desired.get(variant, 0):

@@ -23,6 +23,7 @@ from .informer import OwnedObjects
 from .objects import HANDOVER_MANAGER, KEPT_ANNOTATIONS, DeploymentView, PodView
 from .opmetrics import KUBE_REQUESTS
 from .render import (
+    ANNOTATION_SPILL_FOR,
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
     FIELD_MANAGER,
@@ -358,6 +359,7 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             failed[v] = (at, bad.split(" ", 1)[1] if " " in bad else "")
     # The target: the newest mark; without marks, the shape with the most replicas.
     target = max(desired, key=lambda v: (marks[v], desired[v], v))
+    spill = next((d.variant for d in deps if d.variant != target and d.annotations.get(ANNOTATION_SPILL_FOR) == target), None)
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
     # variant -> [since when the oldest starting pod is on a node, when the oldest unschedulable one was created]
@@ -408,4 +410,5 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
         shapes=shapes,
         target_since=marks[target] if marks[target] >= 0 else None,
         failed=failed,
+        spill=spill,
     ), sorted(seen)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .render import (
+    ANNOTATION_SPILL_FOR,
     ANNOTATION_SWITCH_FAILED,
     ANNOTATION_TARGET_SINCE,
     FIELD_MANAGER,
@@ -20,7 +21,8 @@ from .render import (
 HANDOVER_MANAGER = "llmscale-handover"  # holds `replicas` while a competing autoscaler takes them
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 # The Deployment annotations a decision reads: the shape, and the operator's own switch marks.
-KEPT_ANNOTATIONS = ("llmscale.io/gpus", "llmscale.io/accelerator", ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED)
+KEPT_ANNOTATIONS = ("llmscale.io/gpus", "llmscale.io/accelerator", ANNOTATION_TARGET_SINCE, ANNOTATION_SWITCH_FAILED,
+                    ANNOTATION_SPILL_FOR)
 
 
 def parse_time(text: Any) -> dt.datetime | None:

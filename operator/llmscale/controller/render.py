@@ -25,6 +25,9 @@ LABEL_VARIANT = "llmscale.io/variant"
 # when and why a switch to it failed. Kept on the owned objects so that a restart resumes a switch.
 ANNOTATION_TARGET_SINCE = "llmscale.io/target-since"
 ANNOTATION_SWITCH_FAILED = "llmscale.io/switch-failed"
+# On a spill shape's Deployment, naming the target whose Pending pods it stands in for: written with
+# its replicas, so that a restart that lost status still knows spill pods from a switch's old shape.
+ANNOTATION_SPILL_FOR = "llmscale.io/spill-for"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 

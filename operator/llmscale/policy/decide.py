@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from llmscale.api.models import LLMDeploymentSpec
+from llmscale.api.units import parse_duration
 
 from .availability import availability
 from .capacity import capacity
@@ -18,6 +19,7 @@ from .forecast import forecast
 from .idleness import idleness
 from .mode import mode
 from .plan import plan
+from .reasons import Code
 from .rollout import Spill, rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
@@ -34,7 +36,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     gate = availability(spec, running, workload, signals)
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
-        moved = rollout(spec, workload, running, gate.final.replicas, {}, spill=Spill(now, None, history.spill_shape, hold=True))
+        moved = rollout(spec, workload, running, gate.final.replicas, {},
+                        spill=Spill(now, None, history.spill_shape or workload.spill, hold=True))
         return mode(spec, workload, running, running, gate.final, gate.apply, history,
                     Estimate(step_time_factor=history.planned_speed), conditions, now, moved)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
@@ -69,8 +72,11 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # 12. Replicas per shape now: make before break, no pod created over a ceiling; spill-over
     # while the target's pods wait for GPUs.
     demand = fc.rate / fc.plan_utilization(spec) if fc.rate is not None else None
-    spill = Spill(now, spec.scaling.variant_switch.spill_after_s, shape.history.spill_shape,
-                  spill_candidates(spec, workload, shape.history, now))
+    # The spill shape in use (from history, or from its Deployment's mark after a restart that lost
+    # status); none once a switch starts: its pods are then an old shape like any other.
+    in_use = None if shape.variant.name != running.name else shape.history.spill_shape or workload.spill
+    spill = Spill(now, spec.scaling.variant_switch.spill_after_s, in_use, spill_candidates(spec, workload, shape.history, now),
+                  hold=bool(gate.unknown_critical), startup_timeout_s=parse_duration(spec.serving.startup_timeout))
     moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec),
                     spill)
     if moved.spill != shape.history.spill_shape:
@@ -81,9 +87,11 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
                         cap.history.planned_speed, cap.speed_note)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
-    if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring):
-        conditions["BudgetLimited"] = Condition("True", "WaitingForRoom", moved.reasons[-1].message)
+    if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring or moved.spill is not None):
+        waiting = next(r for r in reversed(moved.reasons) if r.code == Code.WAITING_FOR_ROOM)
+        conditions["BudgetLimited"] = Condition("True", "WaitingForRoom", waiting.message)
+    failed = shape.failed or moved.spill_failed
     if len(spec.variants) > 1 or len(workload.desired) > 1:
-        conditions["VariantSwitchFailed"] = switch_failed(spec, workload, shape.failed, now)
+        conditions["VariantSwitchFailed"] = switch_failed(spec, workload, failed, now)
     return mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
-                moved, shape.failed)
+                moved, failed)

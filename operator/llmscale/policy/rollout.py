@@ -33,6 +33,7 @@ class Rollout:
     waiting_for_room: int  # target pods wanted but not created yet: no room under the ceilings
     retiring: dict[str, int]  # old-shape replicas kept serving until the target's are Ready
     spill: str | None = None  # the shape carrying the share of target pods that wait for GPUs, while it has pods
+    spill_failed: tuple[str, str] | None = None  # (spill shape, why) when its pods did not become Ready in time
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Spill:
     shape: str | None = None
     candidates: tuple[str, ...] = ()
     hold: bool = False  # the metrics are unknown or scaling is paused: the spill pods stay as they are
+    startup_timeout_s: float | None = None  # serving.startupTimeout: spill pods not Ready by then fail their shape
 
 
 def held(desired: int, pods: PodCounts) -> int:
@@ -184,7 +186,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring, utilization)
     if released:
         reasons.append(released)
-    spilled, spill_why = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
+    spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
     if spill_why is not None:
         reasons.append(spill_why)
     if spilled is not None:
@@ -204,55 +206,84 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         reasons.append(Reason(Code.WAITING_FOR_ROOM, f"{replicas - want} x {t} wait for room under the ceilings "
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
                                                      f"{mine.terminating} x {t} draining){why_unpriced}"))
-    return Rollout(out, tuple(reasons), replicas - want, retiring, spilled)
+    return Rollout(out, tuple(reasons), replicas - want, retiring, spilled, spill_failed)
 
 
 def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
                 per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
-                ctx: Spill | None) -> tuple[str | None, Reason | None]:
+                ctx: Spill | None) -> tuple[str | None, Reason | None, tuple[str, str] | None]:
     """Spill-over: target pods Pending for lack of GPUs of their type for longer than spillAfter
     (the cluster has none free) serve nothing; pods of another shape, on another GPU type, carry
     their share meanwhile. The target keeps asking for its count (its Pending pods take GPUs as
     they free up, and count against the ceilings from creation), so spill pods go only in the room
-    left beside them. Once the target's pods stop waiting, spill pods are an old shape to the rule
-    above: Ready ones serve until the target's Ready pods carry the need, then retire.
+    left beside them.
 
     Chosen: the fewest pods of the shape that covers the share for the least hourly cost (behind a
     Service at equal shares, where a weak pod beside strong ones lowers what each carries, only a
-    count that carries more than the target's pods alone); the spill shape in use is kept while it
-    serves. Not during a switch: there the new shape's Pending pods are rolled back instead
-    (unschedulableTimeout). Returns the spill shape while it has pods, and why pods were added."""
+    count that carries more than the target's pods alone). One spill shape at a time: while its
+    pods are there no other is started (a second would make the first look like a switch's old
+    shape). The spill pods stand in for the waiting pods as far as the forecast needs them, and
+    go at most scaleDown.maxStep a decision while target pods wait; while that cannot be judged
+    (capacity unknown, a Pending pod re-created), they stay. Once none waits, spill pods are an
+    old shape to the rule above: Ready ones serve until the target's Ready pods carry the need,
+    then retire. Spill pods
+    not Ready within serving.startupTimeout fail the shape (kept out for the dwell time). Not during
+    a switch: there the new shape's Pending pods are rolled back instead (unschedulableTimeout).
+
+    Returns the spill shape while it has pods, why pods were added, and a failed spill shape."""
     if ctx is None:
-        return None, None
+        return None, None, None
     t = target.name
     mine = workload.pods.get(t, PodCounts())
     current = ctx.shape if ctx.shape is not None and ctx.shape != t else None
+    cur_pods = workload.pods.get(current, PodCounts()) if current is not None else PodCounts()
 
     def has_pods(v: str) -> bool:
         return out.get(v, 0) > 0 or workload.pods.get(v, PodCounts()).holding_gpus > 0
 
-    if ctx.hold and current is not None:
-        # Unknown means hold: the spill pods there are stay (none is asked for anew).
-        pods = workload.pods.get(current, PodCounts())
-        out[current] = max(out.get(current, 0), min(workload.desired.get(current, 0), pods.live))
-    still = current if current is not None and has_pods(current) else None
-    if ctx.hold:
-        return still, None
+    def hold() -> str | None:
+        """The spill pods there stay (none is asked for anew); the spill shape while it has pods."""
+        if current is None:
+            return None
+        out[current] = max(out.get(current, 0), min(workload.desired.get(current, 0), cur_pods.live))
+        return current if has_pods(current) else None
+
+    if ctx.hold:  # the metrics are unknown or scaling is paused: unknown means hold
+        return hold(), None, None
+    if (current is not None and cur_pods.starting and cur_pods.starting_since is not None
+            and ctx.startup_timeout_s is not None and ctx.now - cur_pods.starting_since > ctx.startup_timeout_s):
+        out[current] = min(out.get(current, 0), cur_pods.ready)  # the pods that never became Ready go
+        failure = f"NotReady: {cur_pods.starting} x {current} (spill-over) not Ready within serving.startupTimeout " \
+                  f"({spec.serving.startup_timeout})"
+        return (current if has_pods(current) else None), None, (current, failure)
     switching = any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
                     for v in set(workload.desired) | set(workload.pods) if v not in (t, current))
     cap_t = per_replica.get(t, 0.0)
-    if (ctx.after_s is None or switching or not mine.unschedulable or mine.waiting_since is None
-            or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0):
-        return still, None
+    if switching:
+        return (current if current is not None and has_pods(current) else None), None, None
+    still = current if current is not None and has_pods(current) else None
+    if not mine.unschedulable:
+        return still, None, None  # nothing waits: spill pods are an old shape to the rule above
+    if ctx.after_s is None or mine.waiting_since is None or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0:
+        return hold(), None, None  # target pods still wait but their share cannot be judged now (a pod re-created, capacity unknown)
+    # The share of the target's pods that wait, as far as the forecast needs it (a count held up by
+    # the scale-down window is no reason for spill pods); spill pods go at most scaleDown.maxStep a
+    # decision while target pods wait (a forecast that dips for one decision takes few of them).
     soon = mine.ready + mine.starting  # target pods on nodes: Ready, or Ready within a cold start
     need = min(replicas, mine.live) * cap_t
     if demand is not None and demand > 0:
         need = min(need, demand)
     alone = carried(spec, {t: soon}, per_replica)
+    floor = max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step) \
+        if current is not None else 0
     if need <= alone + 1e-9:
-        return still, None  # the target's pods on nodes carry the need: nothing to spill
+        if current is not None:
+            out[current] = max(out.get(current, 0), floor)
+        return (current if current is not None and has_pods(current) else None), None, None  # nothing to spill
+    # One spill shape at a time: the one in use while it has pods, else any candidate.
+    candidates: tuple[str, ...] = (still,) if still is not None else ctx.candidates
     best: tuple[tuple[float, ...], str, int, float] | None = None
-    for v in ctx.candidates:
+    for v in candidates:
         pods = workload.pods.get(v, PodCounts())
         shape = next((x for x in spec.variants if x.name == v), None)
         if (shape is None or v == t or shape.accelerator == target.accelerator or per_replica.get(v, 0.0) <= 0
@@ -275,20 +306,21 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         c, k = enough
         if c <= alone + 1e-9:
             continue  # at equal shares these pods beside the target's would carry no more than they do alone
-        price = shape_of(spec, workload, v)[1]
-        # The shape in use first (a second spill shape would make the first an old one to retire);
-        # then covering the need, for the least cost; then the most carried.
-        key = (0.0 if v == current else 1.0, 0.0 if c >= need - 1e-9 else 1.0, k * price if c >= need - 1e-9 else -c)
+        gpus, price = shape_of(spec, workload, v)
+        # Covering the need first, for the least cost (an unpriced shape after every priced one,
+        # by its GPUs); then the most carried.
+        cost = k * price if price > 0 else 1e9 * k * gpus
+        key = (0.0 if c >= need - 1e-9 else 1.0, cost if c >= need - 1e-9 else -c)
         if best is None or key < best[0]:
             best = (key, v, k, c)
     if best is None:
-        return still, None
+        return still, None, None  # no room left (a ceiling lowered?) or no shape that helps
     _, v, k, c = best
-    out[v] = max(out.get(v, 0), k)
+    out[v] = max(out.get(v, 0), k, floor if v == current else 0)
     why = Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs for "
                                   f"{ctx.now - mine.waiting_since:.0f}s (spillAfter {spec.scaling.variant_switch.spill_after}): "
                                   f"{out[v]} x {v} carry their share meanwhile ({c:.2f} of {need:.2f} req/s)")
-    return v, why
+    return v, why, None
 
 
 def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,

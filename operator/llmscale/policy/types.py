@@ -132,6 +132,7 @@ class Workload:
     shapes: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # variant -> (accelerator, GPUs) as rendered
     target_since: float | None = None  # when the target shape became the target (the dwell runs from here)
     failed: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # variant -> (when, why) its switch failed
+    spill: str | None = None  # the shape marked on its Deployment as spill-over for the target (llmscale.io/spill-for)
 
     def __post_init__(self) -> None:
         if not self.desired and self.variant is not None:

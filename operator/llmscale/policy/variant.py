@@ -214,10 +214,11 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
             if p is not None:
                 plans.append(p)
     # Rollback: the new shape cannot start. Go back to the shape still serving most.
-    why = stuck(spec, workload, now, history.spill_shape)
+    spill = history.spill_shape or workload.spill  # spill pods are no switch's old shape: no rollback to them
+    why = stuck(spec, workload, now, spill)
     if why is not None:
         failed_lately = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
-        back = max((v for v in workload.desired if v != current.name and v not in failed_lately
+        back = max((v for v in workload.desired if v not in (current.name, spill) and v not in failed_lately
                     and any(x.name == v for x in spec.variants)),
                    key=lambda v: (workload.pods.get(v, PodCounts()).ready, workload.desired.get(v, 0)), default=None)
         if back is not None:
@@ -250,7 +251,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     hist = history
     switch = False
     settled = workload.target_since is None or now - workload.target_since >= dwell
-    mid_switch = any(n for v, n in workload.desired.items() if v not in (current.name, history.spill_shape))
+    mid_switch = any(n for v, n in workload.desired.items() if v not in (current.name, spill))
     # A switch stalls when nothing moves (no pod starting, waiting or draining) while old-shape pods
     # still serve: the ceilings leave no room for the rest of the new shape and the old pods are all
     # needed. Then the shapes already running are weighed again, the dwell aside: going back to a
