@@ -411,7 +411,7 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
         "selector": f"llmscale.io/deployment={name}",
         "conditions": new,
         **shape_status(spec, workload if deps else Workload(variant=target, replicas=desired[target], ready=0), desired,
-                       spill=_spill_shape(st)),
+                       spill=_spill_shape(st) or workload.spill),
     })
     kopf.info(body, reason="Applied", message="Deployments " + ", ".join(
         f"{deployment_name(name, v)}: {n} x {v}" for v, n in desired.items()))
@@ -705,7 +705,10 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))
     m.READY.labels(namespace, name).set(sum(p.ready for p in workload.pods.values()))
     if d.failed_variant is not None and applied:
-        kopf.warn(body, reason="VariantSwitchFailed", message=f"switch to {d.failed_variant[0]} rolled back: {d.failed_variant[1]}"[:1000])
+        if d.failed_variant[0] == d.variant or d.failed_variant[0] not in (history.spill_shape, workload.spill):
+            kopf.warn(body, reason="VariantSwitchFailed", message=f"switch to {d.failed_variant[0]} rolled back: {d.failed_variant[1]}"[:1000])
+        else:
+            kopf.warn(body, reason="SpillFailed", message=f"spill-over to {d.failed_variant[0]} stopped: {d.failed_variant[1]}"[:1000])
 
     # Report.
     conds: dict[str, tuple[str, str, str]] = dict(d.conditions)
@@ -851,8 +854,8 @@ def _apply_decision(body: Any, spec: LLMDeploymentSpec, workload: Workload, d: D
             marks[ANNOTATION_TARGET_SINCE] = f"{now:.0f}"
         if d.failed_variant is not None and variant == d.failed_variant[0]:
             marks[ANNOTATION_SWITCH_FAILED] = f"{now:.0f} {d.failed_variant[1]}"[:500]
-        if variant == d.history.spill_shape and variant != d.variant:
-            marks[ANNOTATION_SPILL_FOR] = d.variant
+        if variant == d.history.spill_shape and variant != d.variant and n > 0:
+            marks[ANNOTATION_SPILL_FOR] = d.variant  # with its replicas: gone with the last of them
         else:
             marks.pop(ANNOTATION_SPILL_FOR, None)
         if n == workload.desired.get(variant, 0) and marks == _marks(by_variant.get(variant)) and (variant in by_variant or n == 0):

@@ -37,9 +37,12 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
         moved = rollout(spec, workload, running, gate.final.replicas, {},
-                        spill=Spill(now, None, history.spill_shape or workload.spill, hold=True))
+                        spill=Spill(now, None, history.spill_shape or workload.spill, hold=True,
+                                    startup_timeout_s=parse_duration(spec.serving.startup_timeout)))
+        if moved.spill != history.spill_shape:
+            history = history.with_(spill_shape=moved.spill)  # what is applied is marked on the Deployments as it is
         return mode(spec, workload, running, running, gate.final, gate.apply, history,
-                    Estimate(step_time_factor=history.planned_speed), conditions, now, moved)
+                    Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
     # 3. The load to plan for over the cold start (trend, burst memory, queue).

@@ -241,30 +241,60 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     def has_pods(v: str) -> bool:
         return out.get(v, 0) > 0 or workload.pods.get(v, PodCounts()).holding_gpus > 0
 
-    def hold() -> str | None:
-        """The spill pods there stay (none is asked for anew); the spill shape while it has pods."""
+    def room_of(v: str) -> int:
+        """The most non-terminating pods of `v` the ceilings allow beside everything else held."""
+        g_o, c_o = 0, 0.0
+        for o in set(out) | set(workload.pods):
+            if o != v:
+                g, p = shape_of(spec, workload, o, room=True)
+                n = held(out.get(o, 0), workload.pods.get(o, PodCounts()))
+                g_o, c_o = g_o + n * g, c_o + n * p
+        shape = next((x for x in spec.variants if x.name == v), None)
+        return room_for(spec, workload, shape, g_o, c_o) if shape is not None else 0
+
+    def keep(n: int) -> str | None:
+        """Keep `n` of the spill pods there (none asked for anew): those on nodes (they hold their
+        GPUs already), and Pending ones only in the room the ceilings leave (a user may have lowered
+        them). The spill shape while it has pods."""
         if current is None:
             return None
-        out[current] = max(out.get(current, 0), min(workload.desired.get(current, 0), cur_pods.live))
+        on_nodes = cur_pods.ready + cur_pods.starting
+        n = min(n, workload.desired.get(current, 0), cur_pods.live)
+        stuck_too = (cur_pods.waiting_since is not None and ctx.after_s is not None
+                     and ctx.now - cur_pods.waiting_since >= ctx.after_s)  # its own GPUs ran out too: those serve nothing
+        if n > on_nodes:
+            n = on_nodes if stuck_too else max(on_nodes, min(n, room_of(current)))
+        kept = out.get(current, 0)
+        if (n > kept and not spec.routing.pools and per_replica.get(t, 0.0) > 0 and current in per_replica
+                and carried(spec, {t: mine.ready, current: min(n, cur_pods.ready)}, per_replica)
+                < carried(spec, {t: mine.ready, current: min(kept, cur_pods.ready)}, per_replica) - 1e-9):
+            n = kept  # behind a Service these pods, at an equal share, would lower what every pod carries
+        out[current] = max(kept, n)
         return current if has_pods(current) else None
 
-    if ctx.hold:  # the metrics are unknown or scaling is paused: unknown means hold
-        return hold(), None, None
-    if (current is not None and cur_pods.starting and cur_pods.starting_since is not None
+    def hold() -> str | None:
+        return keep(cur_pods.live)
+
+    if (current is not None and cur_pods.starting and not cur_pods.ready and cur_pods.starting_since is not None
             and ctx.startup_timeout_s is not None and ctx.now - cur_pods.starting_since > ctx.startup_timeout_s):
-        out[current] = min(out.get(current, 0), cur_pods.ready)  # the pods that never became Ready go
+        # No pod of the spill shape became Ready in time (one that did would prove the shape starts:
+        # a pod's own trouble is no reason to fail it). Cutting pods that serve nothing gives up no
+        # capacity, so this goes even while the metrics are unknown.
+        out[current] = 0
         failure = f"NotReady: {cur_pods.starting} x {current} (spill-over) not Ready within serving.startupTimeout " \
                   f"({spec.serving.startup_timeout})"
         return (current if has_pods(current) else None), None, (current, failure)
+    if ctx.hold:  # the metrics are unknown or scaling is paused: unknown means hold
+        return hold(), None, None
     switching = any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
                     for v in set(workload.desired) | set(workload.pods) if v not in (t, current))
     cap_t = per_replica.get(t, 0.0)
     if switching:
         return (current if current is not None and has_pods(current) else None), None, None
     still = current if current is not None and has_pods(current) else None
-    if not mine.unschedulable:
-        return still, None, None  # nothing waits: spill pods are an old shape to the rule above
-    if ctx.after_s is None or mine.waiting_since is None or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0:
+    if not mine.unschedulable or ctx.after_s is None:
+        return still, None, None  # nothing waits (or spill-over turned off): spill pods are an old shape to the rule above
+    if mine.waiting_since is None or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0:
         return hold(), None, None  # target pods still wait but their share cannot be judged now (a pod re-created, capacity unknown)
     # The share of the target's pods that wait, as far as the forecast needs it (a count held up by
     # the scale-down window is no reason for spill pods); spill pods go at most scaleDown.maxStep a
@@ -274,13 +304,14 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     if demand is not None and demand > 0:
         need = min(need, demand)
     alone = carried(spec, {t: soon}, per_replica)
-    floor = max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step) \
+    step_down = max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step) \
         if current is not None else 0
     if need <= alone + 1e-9:
-        if current is not None:
-            out[current] = max(out.get(current, 0), floor)
-        return (current if current is not None and has_pods(current) else None), None, None  # nothing to spill
-    # One spill shape at a time: the one in use while it has pods, else any candidate.
+        return keep(step_down), None, None  # nothing to spill: the spill pods go a step at a time
+    # One spill shape at a time: the one in use while it has pods (never one failed lately: its
+    # Ready pods stay a step at a time, none is started), else any candidate.
+    if still is not None and still not in ctx.candidates:
+        return keep(min(step_down, cur_pods.ready)), None, None
     candidates: tuple[str, ...] = (still,) if still is not None else ctx.candidates
     best: tuple[tuple[float, ...], str, int, float] | None = None
     for v in candidates:
@@ -289,13 +320,7 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         if (shape is None or v == t or shape.accelerator == target.accelerator or per_replica.get(v, 0.0) <= 0
                 or (pods.unschedulable and pods.waiting_since is not None and ctx.now - pods.waiting_since >= ctx.after_s)):
             continue  # the same GPU type waits too; no capacity known; its own pods wait for GPUs
-        g_o, c_o = 0, 0.0
-        for o in set(out) | set(workload.pods):
-            if o != v:
-                g, p = shape_of(spec, workload, o, room=True)
-                n = held(out.get(o, 0), workload.pods.get(o, PodCounts()))
-                g_o, c_o = g_o + n * g, c_o + n * p
-        room = min(room_for(spec, workload, shape, g_o, c_o), spec.replicas.max)
+        room = min(room_of(v), spec.replicas.max)
         if room <= 0:
             continue
         scored = [(carried(spec, {t: soon, v: k}, per_replica), k) for k in range(1, room + 1)]
@@ -314,9 +339,11 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         if best is None or key < best[0]:
             best = (key, v, k, c)
     if best is None:
-        return still, None, None  # no room left (a ceiling lowered?) or no shape that helps
+        return keep(step_down), None, None  # no room left, or no shape that helps: a step at a time
     _, v, k, c = best
-    out[v] = max(out.get(v, 0), k, floor if v == current else 0)
+    out[v] = max(out.get(v, 0), k)
+    if v == current:
+        keep(step_down)
     why = Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs for "
                                   f"{ctx.now - mine.waiting_since:.0f}s (spillAfter {spec.scaling.variant_switch.spill_after}): "
                                   f"{out[v]} x {v} carry their share meanwhile ({c:.2f} of {need:.2f} req/s)")
