@@ -781,7 +781,8 @@ def test_one_spill_shape_at_a_time() -> None:
     caps = {"l4x1": 1.0, "h100x2": 4.0, "a100x4": 3.0}
     w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=3, unschedulable=3, waiting_since=T0)})
     got = rollout(sp, w, sp.variant("h100x2"), 4, caps, spill=Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2", "a100x4")))
-    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 3} and got.spill == "l4x1", got  # L4 pods that wait go
+    # Its own pods wait for GPUs too: no second shape; the L4 pods on nodes serve, the rest go a step at a time.
+    assert got.replicas_by_variant == {"h100x2": 4, "l4x1": 5} and got.spill == "l4x1", got
     # Without spill pods left, another shape may take over.
     w = wl("h100x2", {"h100x2": 4, "l4x1": 0}, {"h100x2": waiting()})
     got = rollout(sp, w, sp.variant("h100x2"), 4, caps, spill=Spill(T0 + 90, 60.0, "l4x1", ("h100x2", "a100x4")))
@@ -862,3 +863,40 @@ def test_paused_the_spill_is_held_and_still_named_so_its_mark_stays() -> None:
     now = T0 + 90
     d = decide(paused, _spill_scene(PodCounts(ready=3, starting=5), spill="l4x1"), _busy(now), History(), now)
     assert d.replicas_by_variant == {"h100x2": 5, "l4x1": 8} and d.history.spill_shape == "l4x1", d
+
+
+def test_spill_holds_keep_what_is_on_nodes_within_the_ceilings() -> None:
+    """Review (third round): each of these reverted left every other test green."""
+    spill = Spill(T0 + 90, 60.0, "l4x1", ("l4x1", "h100x2"), hold=True)
+    # Metrics unknown, maxGPUs 10 lowered under what is asked: the L4 pods on nodes stay, Pending ones
+    # only in the room left (4 x 2 H100 GPUs, Pending included, + 2 L4 on nodes: no room for more).
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=1, starting=1, unschedulable=4,
+                                                                                         waiting_since=T0 + 80)})
+    assert rollout(SPEC, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 2}
+    assert rollout(WIDE, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 6}  # room for all
+    # Behind a Service a weak L4 pod beside the H100 ones lowers what every pod carries: not held.
+    wide_service = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "routing": "Service"})
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 2}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2)})
+    assert rollout(wide_service, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 0}
+    assert rollout(WIDE, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 2}
+    # No room left for the spill shape (maxGPUs lowered to what the H100 pods hold): nothing is
+    # started; its pods on nodes that are not Ready go, a step at a time; the Ready ones serve while
+    # the target's Ready pods fall short, like any old shape's (make before break).
+    tight = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 8, "prices": {
+        "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2, starting=4)})
+    assert rollout(tight, w, H, 4, CAP, spill=replace(spill, hold=False)).replicas_by_variant == {"h100x2": 4, "l4x1": 5}
+
+
+def test_a_spill_shape_whose_pods_were_ready_before_is_not_failed_by_a_blip_and_paused_fails_nothing() -> None:
+    """Review (third round): a pod that drops out of Ready counts as starting since it was scheduled
+    (hours ago): every spill pod blipping at once failed the shape and cut them all."""
+    w = wl("h100x2", {"h100x2": 4, "l4x1": 8}, {"h100x2": waiting(), "l4x1": PodCounts(starting=8, starting_since=T0)})
+    spill = Spill(T0 + 4000, 60.0, "l4x1", ("l4x1", "h100x2"), startup_timeout_s=1800.0)
+    failed = rollout(WIDE, w, H, 4, CAP, spill=spill)
+    assert failed.spill_failed is not None and Code.VARIANT_SWITCH_FAILED in {r.code for r in failed.reasons}
+    assert rollout(WIDE, w, H, 4, CAP, spill=replace(spill, started=True)).spill_failed is None
+    paused = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "scaling": {"mode": "Paused"}})
+    scene = _spill_scene(PodCounts(starting=8, starting_since=T0), spill="l4x1")
+    d = decide(paused, scene, _busy(T0 + 4000), History(), T0 + 4000)
+    assert d.failed_variant is None and d.replicas_by_variant.get("l4x1") == 8, d

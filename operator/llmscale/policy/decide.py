@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from llmscale.api.models import LLMDeploymentSpec
+from llmscale.api.models import LLMDeploymentSpec, ScalingMode
 from llmscale.api.units import parse_duration
 
 from .availability import availability
-from .capacity import capacity
+from .capacity import capacity, has_started
 from .ceilings import ceilings, within_bounds
 from .feedback import breach_ratio, feedback
 from .forecast import forecast
@@ -38,7 +38,10 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
         moved = rollout(spec, workload, running, gate.final.replicas, {},
                         spill=Spill(now, None, history.spill_shape or workload.spill, hold=True,
-                                    startup_timeout_s=parse_duration(spec.serving.startup_timeout)))
+                                    # Paused decides nothing but manualReplicas: no spill pod fails then.
+                                    startup_timeout_s=None if spec.scaling.mode == ScalingMode.PAUSED
+                                    else parse_duration(spec.serving.startup_timeout),
+                                    started=_started(spec, workload, history, history.spill_shape or workload.spill)))
         if moved.spill != history.spill_shape:
             history = history.with_(spill_shape=moved.spill)  # what is applied is marked on the Deployments as it is
         return mode(spec, workload, running, running, gate.final, gate.apply, history,
@@ -79,7 +82,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     # status); none once a switch starts: its pods are then an old shape like any other.
     in_use = None if shape.variant.name != running.name else shape.history.spill_shape or workload.spill
     spill = Spill(now, spec.scaling.variant_switch.spill_after_s, in_use, spill_candidates(spec, workload, shape.history, now),
-                  hold=bool(gate.unknown_critical), startup_timeout_s=parse_duration(spec.serving.startup_timeout))
+                  hold=bool(gate.unknown_critical), startup_timeout_s=parse_duration(spec.serving.startup_timeout),
+                  started=_started(spec, workload, shape.history, in_use))
     moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec),
                     spill)
     if moved.spill != shape.history.spill_shape:
@@ -98,3 +102,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         conditions["VariantSwitchFailed"] = switch_failed(spec, workload, failed, now)
     return mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
                 moved, failed)
+
+
+def _started(spec: LLMDeploymentSpec, workload: Workload, history: History, shape: str | None) -> bool:
+    """Have pods of this shape been Ready, now or before (vLLM starts there)?"""
+    return shape is not None and has_started(spec, workload, history, shape)

@@ -48,6 +48,7 @@ class Spill:
     candidates: tuple[str, ...] = ()
     hold: bool = False  # the metrics are unknown or scaling is paused: the spill pods stay as they are
     startup_timeout_s: float | None = None  # serving.startupTimeout: spill pods not Ready by then fail their shape
+    started: bool = False  # pods of the spill shape in use have been Ready (vLLM starts there): no startup failure
 
 
 def held(desired: int, pods: PodCounts) -> int:
@@ -260,10 +261,8 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
             return None
         on_nodes = cur_pods.ready + cur_pods.starting
         n = min(n, workload.desired.get(current, 0), cur_pods.live)
-        stuck_too = (cur_pods.waiting_since is not None and ctx.after_s is not None
-                     and ctx.now - cur_pods.waiting_since >= ctx.after_s)  # its own GPUs ran out too: those serve nothing
         if n > on_nodes:
-            n = on_nodes if stuck_too else max(on_nodes, min(n, room_of(current)))
+            n = max(on_nodes, min(n, room_of(current)))
         kept = out.get(current, 0)
         if (n > kept and not spec.routing.pools and per_replica.get(t, 0.0) > 0 and current in per_replica
                 and carried(spec, {t: mine.ready, current: min(n, cur_pods.ready)}, per_replica)
@@ -275,15 +274,16 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     def hold() -> str | None:
         return keep(cur_pods.live)
 
-    if (current is not None and cur_pods.starting and not cur_pods.ready and cur_pods.starting_since is not None
-            and ctx.startup_timeout_s is not None and ctx.now - cur_pods.starting_since > ctx.startup_timeout_s):
-        # No pod of the spill shape became Ready in time (one that did would prove the shape starts:
-        # a pod's own trouble is no reason to fail it). Cutting pods that serve nothing gives up no
-        # capacity, so this goes even while the metrics are unknown.
+    if (current is not None and cur_pods.starting and not cur_pods.ready and not ctx.started
+            and cur_pods.starting_since is not None and ctx.startup_timeout_s is not None
+            and ctx.now - cur_pods.starting_since > ctx.startup_timeout_s):
+        # No pod of the spill shape has ever been Ready (one that was proves the shape starts: a pod
+        # that drops out of Ready later is its own trouble, no reason to fail the shape). Cutting
+        # pods that never served gives up no capacity, so this goes even while the metrics are unknown.
         out[current] = 0
         failure = f"NotReady: {cur_pods.starting} x {current} (spill-over) not Ready within serving.startupTimeout " \
                   f"({spec.serving.startup_timeout})"
-        return (current if has_pods(current) else None), None, (current, failure)
+        return (current if has_pods(current) else None), Reason(Code.VARIANT_SWITCH_FAILED, failure), (current, failure)
     if ctx.hold:  # the metrics are unknown or scaling is paused: unknown means hold
         return hold(), None, None
     switching = any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
@@ -294,6 +294,11 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     still = current if current is not None and has_pods(current) else None
     if not mine.unschedulable or ctx.after_s is None:
         return still, None, None  # nothing waits (or spill-over turned off): spill pods are an old shape to the rule above
+    if t in per_replica and cap_t <= 0:
+        # The running shape is known to carry nothing at the SLO: its waiting pods have no share to
+        # stand in for; the spill pods go a step at a time.
+        return keep(max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step)
+                    if current is not None else 0), None, None
     if mine.waiting_since is None or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0:
         return hold(), None, None  # target pods still wait but their share cannot be judged now (a pod re-created, capacity unknown)
     # The share of the target's pods that wait, as far as the forecast needs it (a count held up by
@@ -339,7 +344,10 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         if best is None or key < best[0]:
             best = (key, v, k, c)
     if best is None:
-        return keep(step_down), None, None  # no room left, or no shape that helps: a step at a time
+        # No room left (a ceiling lowered), or the spill shape's own pods wait for GPUs too: those on
+        # nodes keep serving within the ceilings; the rest go a step at a time.
+        on_nodes = min(cur_pods.ready + cur_pods.starting, max(0, room_of(current))) if current is not None else 0
+        return keep(max(step_down, on_nodes)), None, None
     _, v, k, c = best
     out[v] = max(out.get(v, 0), k)
     if v == current:
