@@ -417,14 +417,14 @@ def test_killed_right_after_a_spill_over_the_restarted_operator_keeps_it_a_spill
     the restarted operator reads the spill from the L4 Deployment's mark (llmscale.io/spill-for):
     with the H100 pods Pending past unschedulableTimeout the L4 pods are still spill-over, not a
     switch's old shape to roll back to, and the H100 shape is not marked failed."""
-    from .test_variants import SPILL_LOAD, _spill_doc, take_all_h100s_but_one
+    from .test_variants import SPILL_LOAD, _spill_doc, take_h100s
 
     def status() -> dict[str, Any]:
         return _status(bed, solo)
 
     op = _operator(bed, solo)
     try:
-        take_all_h100s_but_one(bed, solo)
+        take_h100s(bed, solo, 31, 1)  # every H100 GPU but one
         bed.kubectl("apply", "-f", "-", input=_spill_doc(solo))
         bed.traffic(solo, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
         wait_for("one H100 pod serving", lambda: status().get("shape") == "h100x1" and status().get("readyReplicas"), 90)

@@ -80,27 +80,28 @@ def test_load_outgrows_l4_so_h100_takes_over_before_l4_stops_and_l4_comes_back_a
     assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
 
 
-def _fill_h100s(bed: Bed, ns: str) -> None:
+def take_h100s(bed: Bed, ns: str, pods: int, gpus_each: int) -> None:
+    """Take H100 GPUs with other pods (the bed has four nodes of eight): `pods` pods of `gpus_each`."""
     labels = {"app": "h100-hog"}
     hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h100-hog", "labels": labels},
-           "spec": {"replicas": 4, "selector": {"matchLabels": labels},
+           "spec": {"replicas": pods, "selector": {"matchLabels": labels},
                     "template": {"metadata": {"labels": labels},
                                  "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                                           "containers": [{"name": "hog", "image": "busybox",
-                                                          "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}}}
+                                                          "resources": {"limits": {"nvidia.com/gpu": str(gpus_each)}}}]}}}}
     bed.apps.create_namespaced_deployment(ns, hog)
 
     def scheduled() -> bool:
-        pods = bed.core.list_namespaced_pod(ns, label_selector="app=h100-hog").items
-        return len(pods) == 4 and all(p.spec.node_name for p in pods)
+        got = bed.core.list_namespaced_pod(ns, label_selector="app=h100-hog").items
+        return len(got) == pods and all(p.spec.node_name for p in got)
 
-    wait_for("every H100 taken by other pods", scheduled, 60)
+    wait_for(f"{pods * gpus_each} H100 GPUs taken by other pods", scheduled, 90)
 
 
 def test_no_free_h100_rolls_the_switch_back_with_a_condition_and_keeps_l4_serving(
         bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
-    _fill_h100s(bed, namespace)
+    take_h100s(bed, namespace, 4, 8)  # every one
     _on_l4(bed, namespace)
     bed.traffic(namespace, "chat", rate=LOAD, meanInput=200, meanOutput=100)
     wait_for("the switch to h100x1 started", lambda: _replicas(bed, namespace, "h100x1"), 120)
@@ -140,24 +141,9 @@ def _spill_doc(namespace: str) -> str:
                            "metadata": {"name": "chat", "namespace": namespace}, "spec": spec})
 
 
-def take_all_h100s_but_one(bed: Bed, ns: str) -> None:
-    """Every H100 GPU but one taken by other pods (four nodes of eight), one GPU a pod."""
-    labels = {"app": "h100-hog"}
-    hog = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h100-hog", "labels": labels},
-           "spec": {"replicas": 31, "selector": {"matchLabels": labels},
-                    "template": {"metadata": {"labels": labels},
-                                 "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                                          "containers": [{"name": "hog", "image": "busybox",
-                                                          "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
-    bed.apps.create_namespaced_deployment(ns, hog)
-    wait_for("31 H100 GPUs taken", lambda: sum(1 for p in bed.core.list_namespaced_pod(ns, label_selector="app=h100-hog").items
-                                               if p.spec.node_name) == 31, 90)
-
-
 def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_free_up(
         bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
-    take_all_h100s_but_one(bed, namespace)
+    take_h100s(bed, namespace, 31, 1)  # every one but one
     bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
     bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
     wait_for("one H100 pod serving", lambda: _status(bed, namespace).get("shape") == "h100x1"
