@@ -294,11 +294,13 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     still = current if current is not None and has_pods(current) else None
     if not mine.unschedulable or ctx.after_s is None:
         return still, None, None  # nothing waits (or spill-over turned off): spill pods are an old shape to the rule above
+    # While target pods wait, spill pods go at most scaleDown.maxStep a decision.
+    step_down = max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step) \
+        if current is not None else 0
     if t in per_replica and cap_t <= 0:
         # The running shape is known to carry nothing at the SLO: its waiting pods have no share to
         # stand in for; the spill pods go a step at a time.
-        return keep(max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step)
-                    if current is not None else 0), None, None
+        return keep(step_down), None, None
     if mine.waiting_since is None or ctx.now - mine.waiting_since < ctx.after_s or cap_t <= 0:
         return hold(), None, None  # target pods still wait but their share cannot be judged now (a pod re-created, capacity unknown)
     # The share of the target's pods that wait, as far as the forecast needs it (a count held up by
@@ -309,8 +311,6 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
     if demand is not None and demand > 0:
         need = min(need, demand)
     alone = carried(spec, {t: soon}, per_replica)
-    step_down = max(0, min(workload.desired.get(current, 0), cur_pods.live) - spec.scaling.scale_down.max_step) \
-        if current is not None else 0
     if need <= alone + 1e-9:
         return keep(step_down), None, None  # nothing to spill: the spill pods go a step at a time
     # One spill shape at a time: the one in use while it has pods (never one failed lately: its
