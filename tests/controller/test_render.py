@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmscale.api import parse_spec
+from llmscale.controller.handlers import shown_spill
 from llmscale.controller.render import (
     engine_arg_conflicts,
     host_paths_not_allowed,
@@ -158,6 +159,21 @@ def test_status_shows_spill_pods_beside_the_target_not_as_a_switch() -> None:
                      {"name": "l4x1", "replicas": 3, "readyReplicas": 1, "gpus": 3, "role": "Spill"}],
         "switch": None,
     }
+
+
+@pytest.mark.parametrize(("applied", "decided", "remembered", "marked", "shown"), [
+    ("applied", "l4x1", None, None, "l4x1"),          # a spill just started
+    ("applied", None, "l4x1", "l4x1", None),          # a spill just ended: its pods retire
+    # Nothing applied: the spill the policy read. After a restart that lost status (CI, stop 41:
+    # "l4x1->h100x1" shown as a switch while status.history said spillShape l4x1), the mark.
+    ("unapplied", "l4x1", None, "l4x1", "l4x1"),
+    ("unapplied", "l4x1", "l4x1", None, "l4x1"),
+    ("unapplied", "l4x1", None, None, None),          # recommend-only: what it would do is not what runs
+    ("unapplied", None, None, None, None),
+])
+def test_status_shows_the_spill_that_runs(applied: str, decided: str | None, remembered: str | None,
+                                          marked: str | None, shown: str | None) -> None:
+    assert shown_spill(applied == "applied", decided, remembered, marked) == shown
 
 
 def test_conditions_keep_transition_time_until_status_flips() -> None:

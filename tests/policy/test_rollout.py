@@ -94,9 +94,10 @@ SERVICE_CASES = [
     ("one Ready H100 carries a demand of 2 alone: the L4 pods go either way",
      wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=1, starting=1)}), H, 2, 2.0,
      {"l4x1": 0, "h100x2": 2}, {"l4x1": 0, "h100x2": 2}),
-    ("down to L4 with half of them Ready: an H100 takes an L4's share, both stay (one when pooled)",
+    ("down to L4 with half of them Ready: an H100 takes an L4's share, both stay (one when pooled); 8 + 4 GPUs are over"
+     " maxGPUs 10 (lowered), so two starting L4 pods go",
      wl("l4x1", {"l4x1": 8, "h100x2": 2}, {"l4x1": PodCounts(ready=4, starting=4), "h100x2": PodCounts(ready=2)}), L, 8, 8.0,
-     {"l4x1": 8, "h100x2": 2}, {"l4x1": 8, "h100x2": 1}),
+     {"l4x1": 6, "h100x2": 2}, {"l4x1": 8, "h100x2": 1}),
     ("review: no number of L4 pods reaches the need beside three Ready H100s, and any L4 lowers what all carry: none kept",
      wl("h100x2", {"l4x1": 2, "h100x2": 4}, {"l4x1": PodCounts(ready=2), "h100x2": PodCounts(ready=3, starting=1)}), H, 4, None,
      {"l4x1": 0, "h100x2": 4}, {"l4x1": 2, "h100x2": 4}),
@@ -282,6 +283,18 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
         gpus, cost = gpus_held(sp, w, out)
         assert gpus <= sp.cost.max_gpus  # type: ignore[operator]
         assert cost <= float(sp.cost.max_hourly_cost) + 1e-6  # type: ignore[arg-type]
+    # Once the pods let go have drained, what is kept fits under the ceilings, however far over
+    # them the fleet started (a user lowered them); and pods are let go for a ceiling only then.
+    max_cost = float(sp.cost.max_hourly_cost)  # type: ignore[arg-type]
+    kept = [(n * sp.variant(v).gpus_per_replica, n * sp.variant(v).gpus_per_replica * float(sp.cost.price(sp.variant(v).accelerator)))
+            for v, n in out.items()]
+    assert sum(g for g, _ in kept) <= sp.cost.max_gpus and sum(c for _, c in kept) <= max_cost + 1e-6, (out, moved.reasons)  # type: ignore[operator]
+    lowered = any(r.code in (Code.BUDGET_GPUS, Code.BUDGET_COST) for r in moved.reasons)
+    held_before = gpus_held(sp, w, w.desired)
+    fits_before = (held_before[0] <= sp.cost.max_gpus and held_before[1] <= max_cost + 1e-6  # type: ignore[operator]
+                   and replicas * target.gpus_per_replica <= sp.cost.max_gpus  # type: ignore[operator]
+                   and replicas * target.gpus_per_replica * float(sp.cost.price(target.accelerator)) <= max_cost + 1e-6)  # type: ignore[arg-type]
+    assert not (lowered and fits_before), (out, moved.reasons, w)
     mine = w.pods.get(target.name, PodCounts())
     for v, n in out.items():
         if v == moved.spill and spill is not None:
@@ -298,7 +311,7 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
                 # None on a node goes on unknown metrics (Pending ones only where the ceilings leave no
                 # room), unless behind a Service a weaker pod at an equal share lowers what all carry.
                 weaker = sp.routing == "Service" and caps.get(v, 0.0) < caps.get(target.name, 0.0)
-                assert n >= min(w.desired.get(v, 0), pods.ready + pods.starting) or weaker
+                assert n >= min(w.desired.get(v, 0), pods.ready + pods.starting) or weaker or lowered
         elif v != target.name:
             assert n <= w.pods.get(v, PodCounts()).ready  # a retiring shape keeps Ready pods only
 
@@ -316,7 +329,7 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
         after = carries({v: min(n, w.pods.get(v, PodCounts()).ready) for v, n in out.items()})
         floor = max(1, sp.replicas.min) * caps[target.name]
         need = replicas * caps[target.name] if demand is None or demand <= 0 else min(replicas * caps[target.name], max(demand, floor))
-        if after < min(before, need) - 1e-6:
+        if after < min(before, need) - 1e-6 and not lowered:  # the ceiling is the user's word: it wins
             # Break before make only in a small step, with no new-shape pod on its way, giving up less
             # capacity than one new pod brings: never below the load when what serves carries it with
             # headroom (only the headroom goes), never more than the tolerance of the load when it
@@ -447,12 +460,16 @@ def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_
     for name, n in start.items():
         cluster.desired[name] = n
         cluster.pods += [Pod(name, -200.0, -100.0) for _ in range(n)]
-    # The start may be over the ceilings (a user lowered them): then only what the operator creates is judged.
+    # The start may be over the ceilings (a user lowered them): then back under them within the
+    # drain time plus one interval (the first decision at 15 s, a 45 s drain), and never over again.
     history, now = History(), 0.0
     for load in loads:
         for _ in range(8):  # two minutes per load level
             now += 15.0
             cluster.step(now)
+            if now > 15.0 + 45.0 + 15.0:
+                gpus, cost = cluster.held()
+                assert gpus <= max_gpus and cost <= float(spec.cost.max_hourly_cost) + 1e-6, (now, cluster.desired, start)  # type: ignore[arg-type]
             w = cluster.workload(now)
             d = decide(spec, w, _signals(spec, w, load, now), history, now)
             history = d.history
@@ -858,6 +875,23 @@ def test_with_the_request_rate_unknown_no_spill_pod_goes() -> None:
     assert known.replicas_by_variant == {"h100x2": 4, "l4x1": 0}, known.replicas_by_variant  # two H100 pods carry 12 req/s
 
 
+def test_a_decision_reports_the_gpus_and_cost_of_every_pod_holding_gpus_each_at_its_own_price() -> None:
+    """The llmscale_hourly_cost gauge priced the target's replicas alone (4 x h100x2: 8 GPUs,
+    32.00/h) while eight L4 spill pods also held GPUs; and a pod let go holds its GPU until it drains."""
+    now = T0 + 90
+    scene = _spill_scene(PodCounts(ready=3, starting=5), h100=PodCounts(ready=2, starting=2, starting_since=T0 + 80))
+    d = decide(WIDE, scene, _busy(now), History(spill_shape="l4x1"), now)
+    assert d.replicas_by_variant == {"h100x2": 4, "l4x1": 0}, d.replicas_by_variant
+    assert (d.gpus, d.hourly_cost) == (16, 38.4)  # 4 x 2 x 4.00 + 8 x 0.80: the L4 pods drain
+    drained = replace(scene, pods={"h100x2": scene.pods["h100x2"]}, desired={"h100x2": 4})
+    d = decide(WIDE, drained, _busy(now), History(), now)
+    assert (d.replicas_by_variant, d.gpus, d.hourly_cost) == ({"h100x2": 4}, 8, 32.0)
+    unpriced = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True),
+                           "cost": {"maxGPUs": 20, "prices": {"nvidia-h100": "4.00"}}})
+    d = decide(unpriced, scene, _busy(now, rate=None), History(spill_shape="l4x1"), now)
+    assert (d.gpus, d.hourly_cost) == (16, None)  # no price for L4: no cost, not a partial one
+
+
 def test_paused_the_spill_is_held_and_still_named_so_its_mark_stays() -> None:
     """Review: on the Paused path the decision's history did not name the spill shape, so the apply
     of a manualReplicas change dropped its Deployment's mark (llmscale.io/spill-for)."""
@@ -883,12 +917,16 @@ def test_spill_holds_keep_what_is_on_nodes_within_the_ceilings() -> None:
     assert rollout(wide_service, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 0}
     assert rollout(WIDE, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 2}
     # No room left for the spill shape (maxGPUs lowered to what the H100 pods hold): nothing is
-    # started; its pods on nodes that are not Ready go, a step at a time; the Ready ones serve while
-    # the target's Ready pods fall short, like any old shape's (make before break).
+    # started, and what is kept fits under the lowered ceiling once the pods let go drain: first the
+    # two H100 pods that wait (they serve nothing, and take GPUs once scheduled), then a starting L4
+    # pod; the Ready ones of both shapes serve on.
     tight = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 8, "prices": {
         "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
     w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2, starting=4)})
-    assert rollout(tight, w, H, 4, CAP, spill=replace(spill, hold=False)).replicas_by_variant == {"h100x2": 4, "l4x1": 5}
+    moved = rollout(tight, w, H, 4, CAP, spill=replace(spill, hold=False))
+    assert moved.replicas_by_variant == {"h100x2": 2, "l4x1": 4}
+    assert Reason(Code.BUDGET_GPUS, "13 GPUs over maxGPUs 8 (lowered under what runs): 1 x l4x1, 2 x h100x2 let go, to be "
+                                    "under it once they drain") in moved.reasons
 
 
 def test_a_spill_shape_whose_pods_were_ready_before_is_not_failed_by_a_blip_and_paused_fails_nothing() -> None:

@@ -1087,7 +1087,7 @@ def test_mode_recommend_reports_and_does_not_apply() -> None:
              rollout(sp, W2, V, 4, {}))
     assert d == Decision(Action.SCALE_UP, 2, 4, "h100x1",
                          (Reason(Code.CAPACITY_PLAN, "x"), Reason(Code.RECOMMEND_ONLY, "would ScaleUp 2 -> 4; not applied")),
-                         History(), Estimate(), {}, False, 4, 16.0, {"h100x1": 4})
+                         History(), Estimate(), {}, False, 2, 8.0, {"h100x1": 4})  # GPUs and cost as they are: nothing applied
 
 
 def test_mode_auto_applies_and_remembers_when() -> None:

@@ -418,6 +418,14 @@ def _reconcile(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     m.RECONCILE.labels("apply").observe(time.monotonic() - started)
 
 
+def shown_spill(applied: bool, decided: str | None, remembered: str | None, marked: str | None) -> str | None:
+    """The spill shape status shows: the decision's when it was applied (a spill just started or
+    ended); otherwise the one the policy read, from status or, after a restart that lost it, from
+    the Deployment's llmscale.io/spill-for mark (an unapplied decision changed nothing on the
+    cluster, so what it would have decided is not what runs)."""
+    return decided if applied else remembered or marked
+
+
 def _spill_shape(st: Mapping[str, Any]) -> str | None:
     """The spill shape in status (history.spillShape), when it is a name."""
     hist = st.get("history")
@@ -701,7 +709,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             kube.delete_deployment(namespace, dep.name, name)
     shown = d.replicas_by_variant if applied else dict(workload.desired)
     patch.status.update(shape_status(spec, workload, shown, d.variant if applied else None,
-                                     d.history.spill_shape if applied else history.spill_shape))
+                                     shown_spill(applied, d.history.spill_shape, history.spill_shape, workload.spill)))
     m.CURRENT.labels(namespace, name).set(sum(shown.values()))
     m.READY.labels(namespace, name).set(sum(p.ready for p in workload.pods.values()))
     if d.failed_variant is not None and applied:

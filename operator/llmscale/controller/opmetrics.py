@@ -12,7 +12,8 @@ DESIRED = Gauge("llmscale_desired_replicas", "Replicas the policy wants.", ["nam
 CURRENT = Gauge("llmscale_current_replicas", "Replicas of the owned Deployment.", ["namespace", "llmdeployment"])
 READY = Gauge("llmscale_ready_replicas", "Ready replicas.", ["namespace", "llmdeployment"])
 BUDGET_LIMITED = Gauge("llmscale_budget_limited", "1 when a cost or GPU ceiling caps the replicas.", ["namespace", "llmdeployment"])
-HOURLY_COST = Gauge("llmscale_hourly_cost", "Hourly cost of the current replicas, in the price table's currency.",
+HOURLY_COST = Gauge("llmscale_hourly_cost", "Hourly cost of every pod holding GPUs (starting, Ready, terminating; "
+                    "every shape at its own price), in the price table's currency.",
                     ["namespace", "llmdeployment"])
 RECONCILE = Histogram("llmscale_reconcile_duration_seconds", "Time to reconcile one LLMDeployment.", ["kind"],
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
 
@@ -12,13 +11,6 @@ from .types import Condition, Proposal
 
 # Which rule binds -> the reason code that says so (the one place this mapping lives).
 CEILING_CODES = {"replicas.max": Code.AT_MAX, "cost.maxGPUs": Code.BUDGET_GPUS, "cost.maxHourlyCost": Code.BUDGET_COST}
-
-
-def hourly_cost(spec: LLMDeploymentSpec, variant: Variant, replicas: int) -> Decimal | None:
-    price = spec.cost.price(variant.accelerator)
-    if price is None:
-        return None
-    return price * variant.gpus_per_replica * replicas
 
 
 def ceiling_replicas(spec: LLMDeploymentSpec, variant: Variant) -> tuple[int, str]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from llmscale.api.models import LLMDeploymentSpec, ScalingMode, Variant
 
-from .ceilings import hourly_cost
 from .reasons import Code, Reason
-from .rollout import Rollout
+from .rollout import Rollout, gpus_held
 from .types import Action, Condition, Decision, Estimate, History, Proposal, Workload
 
 
@@ -40,7 +39,10 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
         apply = False
     if scaling and apply:
         history = history.with_(last_scale_at=now)
-    cost = hourly_cost(spec, target, proposal.replicas)
+    # What the pods cost once this decision is applied (or, unapplied, as they are): every pod that
+    # holds GPUs, of every shape (a switch's old pods, spill pods, terminating ones), at its own price.
+    gpus, cost = gpus_held(spec, workload, moved.replicas_by_variant if apply else workload.desired)
+    priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
     return Decision(
         action=act,
         from_replicas=current,
@@ -51,8 +53,8 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
         estimate=estimate,
         conditions=conditions,
         apply=apply,
-        gpus=proposal.replicas * target.gpus_per_replica,
-        hourly_cost=float(cost) if cost is not None else None,
+        gpus=gpus,
+        hourly_cost=round(cost, 6) if priced else None,
         replicas_by_variant=dict(moved.replicas_by_variant),
         failed_variant=failed,
     )

@@ -190,6 +190,14 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
     if spill_why is not None:
         reasons.append(spill_why)
+    lowered = _back_under(spec, workload, t, out, per_replica)
+    if lowered is not None:
+        reasons.append(lowered)
+        for o in list(retiring):
+            if out.get(o, 0) < retiring[o]:
+                retiring[o] = out.get(o, 0)
+                if not retiring[o]:
+                    del retiring[o]
     if spilled is not None:
         retiring.pop(spilled, None)  # spill pods are no switch's old shape
         if spill_why is None and out.get(spilled, 0):
@@ -208,6 +216,58 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
                                                      f"{mine.terminating} x {t} draining){why_unpriced}"))
     return Rollout(out, tuple(reasons), replicas - want, retiring, spilled, spill_failed)
+
+
+def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[str, int],
+                per_replica: Mapping[str, float]) -> Reason | None:
+    """A ceiling lowered below what the counts kept hold (a user's edit mid-switch or mid-spill,
+    where make-before-break keeps old or spill pods beside the target's): the counts applied now
+    fit under it once the pods let go have drained, one interval and a drain later. The ceiling is
+    the user's word and wins over keeping capacity. Let go first what serves nothing: Pending pods,
+    then starting pods of other shapes, then the target's own; then Ready pods of other shapes,
+    those that carry least per GPU first; the target's Ready pods last (the ceilings step already
+    held the target alone under the ceilings). A price that is unknown counts nothing here (it
+    cannot show a cost over the ceiling; creating beside it is what `room_for` refuses)."""
+    max_gpus, max_cost = spec.cost.max_gpus, spec.cost.hourly_ceiling
+    if max_gpus is None and max_cost is None:
+        return None
+    shapes = {v: shape_of(spec, workload, v) for v in out}
+
+    def over() -> tuple[int, float, bool, bool]:
+        gpus = sum(n * shapes[v][0] for v, n in out.items())
+        cost = sum(n * shapes[v][1] for v, n in out.items())
+        return (gpus, cost, max_gpus is not None and gpus > max_gpus,
+                max_cost is not None and cost > float(max_cost) + 1e-9)
+
+    gpus, cost, by_gpus, by_cost = over()
+    if not by_gpus and not by_cost:
+        return None
+    before = dict(out)
+
+    def pods(v: str) -> PodCounts:
+        return workload.pods.get(v, PodCounts())
+
+    def weakest_first(v: str) -> tuple[float, int]:
+        return per_replica.get(v, 0.0) / max(1, shapes[v][0]), -shapes[v][0]
+
+    others = sorted((v for v in out if v != t), key=weakest_first)
+    mine = [t] if t in out else []
+    stages = [(others + mine, lambda v: pods(v).ready + pods(v).starting),  # Pending pods and pods not created yet
+              (others, lambda v: pods(v).ready),  # starting pods of other shapes
+              (mine, lambda v: pods(v).ready),  # the target's starting pods
+              (others, lambda v: 0),  # Ready pods of other shapes
+              (mine, lambda v: 0)]
+    for names, floor in stages:
+        for v in names:
+            while out[v] > floor(v) and any(over()[2:]):
+                out[v] -= 1
+        if not any(over()[2:]):
+            break
+    let_go = ", ".join(f"{before[v] - n} x {v}" for v, n in out.items() if n < before[v])
+    which = (f"{gpus} GPUs over maxGPUs {max_gpus}" if by_gpus
+             else f"{cost:.2f}/h over maxHourlyCost {spec.cost.max_hourly_cost}")
+    return Reason(Code.BUDGET_GPUS if by_gpus else Code.BUDGET_COST,
+                  f"{which} (lowered under what runs): {let_go} let go, to be under it once they drain")
 
 
 def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
