@@ -93,7 +93,12 @@ def test_unreachable_prometheus_holds(raw: dict, w: Workload) -> None:
     spec = parse_spec(raw)
     d = decide(spec, w, Signals.unreachable("down"), History(), 1000.0)
     if spec.scaling.mode.value != "Paused":
-        assert d.to_replicas == w.replicas and not d.apply
+        limit, _ = ceiling_replicas(spec, spec.variants[0])
+        if w.replicas > limit:  # a ceiling lowered under what runs is known without metrics: enforced
+            assert d.to_replicas == limit and d.replicas_by_variant == {"v": limit}
+            assert d.apply == (spec.scaling.mode.value == "Auto")  # Recommend only says so
+        else:
+            assert d.to_replicas == w.replicas and not d.apply
 
 
 @SETTINGS

@@ -94,10 +94,10 @@ SERVICE_CASES = [
     ("one Ready H100 carries a demand of 2 alone: the L4 pods go either way",
      wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=1, starting=1)}), H, 2, 2.0,
      {"l4x1": 0, "h100x2": 2}, {"l4x1": 0, "h100x2": 2}),
-    ("down to L4 with half of them Ready: an H100 takes an L4's share, both stay (one when pooled); 8 + 4 GPUs are over"
-     " maxGPUs 10 (lowered), so two starting L4 pods go",
+    ("down to L4 with half of them Ready: an H100 takes an L4's share, both would stay (one when pooled); but 8 + 4 GPUs"
+     " are over maxGPUs 10 (lowered), so an H100 pod goes (the old shape's pods before the target's)",
      wl("l4x1", {"l4x1": 8, "h100x2": 2}, {"l4x1": PodCounts(ready=4, starting=4), "h100x2": PodCounts(ready=2)}), L, 8, 8.0,
-     {"l4x1": 6, "h100x2": 2}, {"l4x1": 8, "h100x2": 1}),
+     {"l4x1": 8, "h100x2": 1}, {"l4x1": 8, "h100x2": 1}),
     ("review: no number of L4 pods reaches the need beside three Ready H100s, and any L4 lowers what all carry: none kept",
      wl("h100x2", {"l4x1": 2, "h100x2": 4}, {"l4x1": PodCounts(ready=2), "h100x2": PodCounts(ready=3, starting=1)}), H, 4, None,
      {"l4x1": 0, "h100x2": 4}, {"l4x1": 2, "h100x2": 4}),
@@ -295,6 +295,9 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
                    and replicas * target.gpus_per_replica <= sp.cost.max_gpus  # type: ignore[operator]
                    and replicas * target.gpus_per_replica * float(sp.cost.price(target.accelerator)) <= max_cost + 1e-6)  # type: ignore[arg-type]
     assert not (lowered and fits_before), (out, moved.reasons, w)
+    if lowered and any(n for v, n in out.items() if v != target.name):
+        # Other shapes' pods go before the target's (what the rollout converges to).
+        assert out[target.name] >= min(w.pods.get(target.name, PodCounts()).live, replicas), (out, moved.reasons, w)
     mine = w.pods.get(target.name, PodCounts())
     for v, n in out.items():
         if v == moved.spill and spill is not None:
@@ -467,7 +470,7 @@ def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_
         for _ in range(8):  # two minutes per load level
             now += 15.0
             cluster.step(now)
-            if now > 15.0 + 45.0 + 15.0:
+            if now >= 15.0 + 45.0:  # the first decision, then its pods' drain
                 gpus, cost = cluster.held()
                 assert gpus <= max_gpus and cost <= float(spec.cost.max_hourly_cost) + 1e-6, (now, cluster.desired, start)  # type: ignore[arg-type]
             w = cluster.workload(now)
@@ -502,6 +505,71 @@ def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_
     # shape waits for room while the old pods still carry part of the load).
     left = {v for v, n in cluster.desired.items() if n}
     assert len(left) <= 1 or Code.WAITING_FOR_ROOM in d.codes, (cluster.desired, d.reasons)
+
+
+def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str, desired: dict[str, int],
+                   spill: str | None = None) -> tuple[Any, Cluster, list[tuple[float, dict[str, int], tuple[str, ...]]], list[Pod]]:
+    """maxGPUs lowered under what runs, then 12 decisions at a load the pods there carry: the pods
+    kept, each decision's counts, and every pod ever created."""
+    spec = parse_spec(spec_dict(
+        variants=[L4, H100], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],
+        slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms", "percentile": 95}},
+        cost={"maxGPUs": max_gpus, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"interval": "15s", "scaleDown": {"stabilizationWindow": "60s", "maxStep": 2},
+                 "variantSwitch": {"dwell": "1h", "unschedulableTimeout": "5m", "spillAfter": "45s"}}, routing="LoadAware"))
+    cluster = Cluster(spec, {"nvidia-l4": 64, "nvidia-h100": h100_pool})
+    cluster.target, cluster.since, cluster.desired = target, -300.0, dict(desired)
+    cluster.pods = list(start)
+    created = list(start)
+    history, now = History(spill_shape=spill), 0.0
+    seen: list[tuple[float, dict[str, int], tuple[str, ...]]] = []
+
+    def signals(w: Workload, load: float) -> Signals:
+        # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
+        ok = load <= 30.0 * w.pods.get("h100x2", PodCounts()).ready + 6.0 * w.pods.get("l4x1", PodCounts()).ready
+        ready = sum(p.ready for p in w.pods.values())
+        return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
+                       prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
+                       requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
+                       ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
+                       gpu_utilization=0.5, sampled_at=now)
+    for _ in range(12):
+        now += 15.0
+        cluster.step(now)
+        if now >= 60.0:
+            assert cluster.held()[0] <= max_gpus, (now, cluster.desired, seen)
+        w = cluster.workload(now)
+        d = decide(spec, w, signals(w, 100.0), history, now)  # four h100x2 pods at 85 %
+        history = d.history
+        if d.apply:
+            cluster.apply(d.replicas_by_variant, d.variant, d.failed_variant, now)
+            created += [p for p in cluster.pods if p not in created]
+        seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons)))
+    return spec, cluster, seen, created
+
+
+def test_a_ceiling_lowered_mid_switch_lets_the_old_pods_go_and_the_switch_goes_on_without_churn() -> None:
+    """Review: letting the new shape's starting pods go had the next decision release more old pods
+    to make room for new ones (two cold starts lost). The old shape's pods go; the starting H100
+    pods stay and become Ready; nothing let go is created again."""
+    start = [Pod("l4x1", -300.0, -200.0) for _ in range(8)] + [Pod("h100x2", -30.0, 30.0) for _ in range(4)]
+    _, cluster, seen, created = _lowered_scene(10, 64, start, "h100x2", {"l4x1": 8, "h100x2": 4})
+    assert seen[0][1] == {"l4x1": 2, "h100x2": 4} and "BudgetLimitedGPUs" in seen[0][2], seen[0]
+    assert not [p for p in start if p.variant == "h100x2" and p.gone_at is not None]  # no new-shape pod let go
+    assert len(created) == len(start), [p for p in created if p not in start]  # and none created again
+    assert cluster.desired["h100x2"] == 4 and all(p.ready_at is not None for p in cluster.pods if p.variant == "h100x2")
+
+
+def test_a_ceiling_lowered_mid_spill_lets_spill_pods_go_and_keeps_the_waiting_pods_clock() -> None:
+    """Review: letting the Pending H100 pods go restarted the spill's clock and the next decision
+    made room for them again. The spill pods go, to what fits beside the H100 pods the target asks
+    for; nothing is created over the ceiling again."""
+    start = ([Pod("h100x2", -300.0, -200.0) for _ in range(2)] + [Pod("h100x2", -100.0, None) for _ in range(2)]
+             + [Pod("l4x1", -90.0, -30.0) for _ in range(8)])
+    _, cluster, seen, created = _lowered_scene(10, 4, start, "h100x2", {"h100x2": 4, "l4x1": 8}, spill="l4x1")
+    assert seen[0][1] == {"h100x2": 4, "l4x1": 2} and "BudgetLimitedGPUs" in seen[0][2], seen[0]
+    assert not [p for p in start if p.variant == "h100x2" and p.gone_at is not None]  # the waiting pods keep their place
+    assert len(created) == len(start), [p for p in created if p not in start]
 
 
 def test_a_ceiling_held_plan_never_takes_the_switch_below_the_load() -> None:
@@ -886,10 +954,22 @@ def test_a_decision_reports_the_gpus_and_cost_of_every_pod_holding_gpus_each_at_
     drained = replace(scene, pods={"h100x2": scene.pods["h100x2"]}, desired={"h100x2": 4})
     d = decide(WIDE, drained, _busy(now), History(), now)
     assert (d.replicas_by_variant, d.gpus, d.hourly_cost) == ({"h100x2": 4}, 8, 32.0)
+    # Pending pods hold no GPU: two H100 pods on nodes and eight L4 ones are what is paid for.
+    d = decide(WIDE, _spill_scene(PodCounts(ready=8)), _busy(now), History(spill_shape="l4x1"), now)
+    assert (d.gpus, d.hourly_cost) == (12, 22.4)
     unpriced = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True),
                            "cost": {"maxGPUs": 20, "prices": {"nvidia-h100": "4.00"}}})
     d = decide(unpriced, scene, _busy(now, rate=None), History(spill_shape="l4x1"), now)
     assert (d.gpus, d.hourly_cost) == (16, None)  # no price for L4: no cost, not a partial one
+    # A shape gone from the spec with its price, whose pods still serve: no cost either.
+    gone = replace(drained, pods={**drained.pods, "a100x4": PodCounts(ready=1)}, shapes={"a100x4": ("nvidia-a100", 4)})
+    d = decide(WIDE, gone, _busy(now), History(), now)
+    assert (d.gpus, d.hourly_cost) == (12, None)
+    # A shape of the spec with no price but no pods does not hide the cost of those that run.
+    spare = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "variants": [L4, H100, {
+        "name": "a100x1", "accelerator": "nvidia-a100", "gpusPerReplica": 1}]})
+    d = decide(spare, drained, _busy(now), History(), now)
+    assert (d.gpus, d.hourly_cost) == (8, 32.0)
 
 
 def test_paused_the_spill_is_held_and_still_named_so_its_mark_stays() -> None:
@@ -916,17 +996,19 @@ def test_spill_holds_keep_what_is_on_nodes_within_the_ceilings() -> None:
     w = wl("h100x2", {"h100x2": 4, "l4x1": 2}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2)})
     assert rollout(wide_service, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 0}
     assert rollout(WIDE, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 2}
-    # No room left for the spill shape (maxGPUs lowered to what the H100 pods hold): nothing is
-    # started, and what is kept fits under the lowered ceiling once the pods let go drain: first the
-    # two H100 pods that wait (they serve nothing, and take GPUs once scheduled), then a starting L4
-    # pod; the Ready ones of both shapes serve on.
+    # No room left for the spill shape (maxGPUs lowered to what the H100 pods ask for, the Pending
+    # ones included: they take GPUs once scheduled): nothing is started, and what is kept fits under
+    # the lowered ceiling once the pods let go drain. The spill pods go (the target's pods are what
+    # the rollout converges to: letting its Pending pods go would restart the spill's clock and have
+    # the next decision make room for them again).
     tight = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 8, "prices": {
         "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
     w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2, starting=4)})
     moved = rollout(tight, w, H, 4, CAP, spill=replace(spill, hold=False))
-    assert moved.replicas_by_variant == {"h100x2": 2, "l4x1": 4}
-    assert Reason(Code.BUDGET_GPUS, "13 GPUs over maxGPUs 8 (lowered under what runs): 1 x l4x1, 2 x h100x2 let go, to be "
-                                    "under it once they drain") in moved.reasons
+    assert moved.replicas_by_variant == {"h100x2": 4, "l4x1": 0}
+    assert moved.lowered == Reason(Code.BUDGET_GPUS, "13 GPUs over maxGPUs 8 (lowered under what runs): 5 x l4x1 let go, to "
+                                                     "be under it once they drain")
+    assert moved.lowered in moved.reasons
 
 
 def test_a_spill_shape_whose_pods_were_ready_before_is_not_failed_by_a_blip_and_paused_fails_nothing() -> None:

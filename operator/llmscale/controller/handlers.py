@@ -786,6 +786,9 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
             m.forget_condition(namespace, name, c["type"])
     if d.hourly_cost is not None:
         m.HOURLY_COST.labels(namespace, name).set(d.hourly_cost)
+    else:  # a shape on nodes has no price: no figure, rather than a stale or partial one
+        with contextlib.suppress(KeyError):
+            m.HOURLY_COST.remove(namespace, name)
     _write_or_keep(patch, memo, own, st, d.history, (namespace, name),
                    "reread" if memo.get("own_status") is not None else "first")
     m.RECONCILE.labels("decide").observe(time.monotonic() - started)

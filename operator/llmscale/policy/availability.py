@@ -38,8 +38,15 @@ def availability(spec: LLMDeploymentSpec, variant: Variant, workload: Workload, 
         return Availability(Proposal(target, (*capped, Reason(Code.PAUSED, f"scaling.mode is Paused; manualReplicas {target}"))),
                             True, None)
     if signals.unavailable is not None:
+        unavailable = Condition("False", Code.METRICS_UNAVAILABLE.value, signals.unavailable)
+        limit, why = ceiling_replicas(spec, variant)
+        if current > limit:
+            # A ceiling lowered under what runs is the user's word and known without metrics.
+            return Availability(Proposal(limit, (Reason(CEILING_CODES[why], f"{current} replicas over {why}: {limit}"),
+                                                 Reason(Code.METRICS_UNAVAILABLE, f"holding at {limit} replicas: {signals.unavailable}"))),
+                                True, unavailable)
         return Availability(Proposal(current, (Reason(Code.METRICS_UNAVAILABLE, f"holding at {current} replicas: {signals.unavailable}"),)),
-                            False, Condition("False", Code.METRICS_UNAVAILABLE.value, signals.unavailable))
+                            False, unavailable)
     critical = tuple(sorted(k for k in signals.unknown if k in CRITICAL_SIGNALS))
     if signals.unknown:
         metrics = Condition("False" if critical else "True", Code.METRICS_UNKNOWN.value,

@@ -44,7 +44,12 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
                                     started=_started(spec, workload, history, history.spill_shape or workload.spill)))
         if moved.spill != history.spill_shape:
             history = history.with_(spill_shape=moved.spill)  # what is applied is marked on the Deployments as it is
-        return mode(spec, workload, running, running, gate.final, gate.apply, history,
+        # A ceiling lowered under what runs is the user's word, known without metrics: enforced
+        # while Prometheus is unreachable too (not while Paused: nothing is touched then).
+        lowered = moved.lowered is not None and spec.scaling.mode != ScalingMode.PAUSED
+        if moved.lowered is not None:
+            conditions["BudgetLimited"] = Condition("True", moved.lowered.code.value, moved.lowered.message)
+        return mode(spec, workload, running, running, gate.final, gate.apply or lowered, history,
                     Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
@@ -94,7 +99,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
                         cap.history.planned_speed, cap.speed_note)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
-    if moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring or moved.spill is not None):
+    if moved.lowered is not None:
+        conditions["BudgetLimited"] = Condition("True", moved.lowered.code.value, moved.lowered.message)
+    elif moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring or moved.spill is not None):
         waiting = next(r for r in reversed(moved.reasons) if r.code == Code.WAITING_FOR_ROOM)
         conditions["BudgetLimited"] = Condition("True", "WaitingForRoom", waiting.message)
     failed = shape.failed or moved.spill_failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from llmscale.api.models import LLMDeploymentSpec, ScalingMode, Variant
 
 from .reasons import Code, Reason
-from .rollout import Rollout, gpus_held
+from .rollout import Rollout, on_nodes
 from .types import Action, Condition, Decision, Estimate, History, Proposal, Workload
 
 
@@ -26,6 +26,11 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
     reasons = proposal.reasons + tuple(r for r in moved.reasons if r not in proposal.reasons)
     reasons = reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
     scaling = act != Action.NO_CHANGE
+    to = proposal.replicas
+    if moved.lowered is not None and target.name == running.name:
+        # Pods let go for a ceiling lowered under what runs: a scale-down, whatever else moves.
+        to = min(to, moved.replicas_by_variant.get(target.name, to))
+        act, moving, scaling = Action.SCALE_DOWN, False, True
     if moving:
         spilled = [v for v, n in moved.replicas_by_variant.items() if workload.desired.get(v, 0) != n]
         if moved.spill is not None and spilled == [moved.spill]:
@@ -35,18 +40,17 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
         else:
             act = Action.SWITCH_VARIANT
     if spec.scaling.mode == ScalingMode.RECOMMEND and act != Action.NO_CHANGE:
-        reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {proposal.replicas}; not applied"),)
+        reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {to}; not applied"),)
         apply = False
     if scaling and apply:
         history = history.with_(last_scale_at=now)
-    # What the pods cost once this decision is applied (or, unapplied, as they are): every pod that
-    # holds GPUs, of every shape (a switch's old pods, spill pods, terminating ones), at its own price.
-    gpus, cost = gpus_held(spec, workload, moved.replicas_by_variant if apply else workload.desired)
-    priced = all(spec.cost.price(v.accelerator) is not None for v in spec.variants)
+    # What is being paid: every pod on a node, of every shape (a switch's old pods, spill pods,
+    # draining ones), at its own price.
+    gpus, cost = on_nodes(spec, workload)
     return Decision(
         action=act,
         from_replicas=current,
-        to_replicas=proposal.replicas,
+        to_replicas=to,
         variant=target.name,
         reasons=reasons,
         history=history,
@@ -54,7 +58,7 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
         conditions=conditions,
         apply=apply,
         gpus=gpus,
-        hourly_cost=round(cost, 6) if priced else None,
+        hourly_cost=cost,
         replicas_by_variant=dict(moved.replicas_by_variant),
         failed_variant=failed,
     )

@@ -17,7 +17,7 @@ arithmetic stays simple:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
@@ -34,6 +34,7 @@ class Rollout:
     retiring: dict[str, int]  # old-shape replicas kept serving until the target's are Ready
     spill: str | None = None  # the shape carrying the share of target pods that wait for GPUs, while it has pods
     spill_failed: tuple[str, str] | None = None  # (spill shape, why) when its pods did not become Ready in time
+    lowered: Reason | None = None  # pods let go because a ceiling was lowered under what runs (see _back_under)
 
 
 @dataclass(frozen=True)
@@ -215,54 +216,58 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         reasons.append(Reason(Code.WAITING_FOR_ROOM, f"{replicas - want} x {t} wait for room under the ceilings "
                                                      f"(pods still holding GPUs: {others_gpus} of other shapes, "
                                                      f"{mine.terminating} x {t} draining){why_unpriced}"))
-    return Rollout(out, tuple(reasons), replicas - want, retiring, spilled, spill_failed)
+    waiting = replicas - want if lowered is None else max(0, replicas - out[t])
+    return Rollout(out, tuple(reasons), waiting, retiring, spilled, spill_failed, lowered)
 
 
 def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[str, int],
                 per_replica: Mapping[str, float]) -> Reason | None:
-    """A ceiling lowered below what the counts kept hold (a user's edit mid-switch or mid-spill,
-    where make-before-break keeps old or spill pods beside the target's): the counts applied now
-    fit under it once the pods let go have drained, one interval and a drain later. The ceiling is
-    the user's word and wins over keeping capacity. Let go first what serves nothing: Pending pods,
-    then starting pods of other shapes, then the target's own; then Ready pods of other shapes,
-    those that carry least per GPU first; the target's Ready pods last (the ceilings step already
-    held the target alone under the ceilings). A price that is unknown counts nothing here (it
-    cannot show a cost over the ceiling; creating beside it is what `room_for` refuses)."""
+    """A ceiling lowered below what the counts kept ask for (a user's edit mid-switch or mid-spill,
+    where make-before-break keeps old or spill pods beside the target's, or old pods scaled up by
+    hand): the counts applied now fit under it once the pods let go have drained, one interval and
+    a drain later. The ceiling is the user's word and wins over keeping capacity.
+
+    Other shapes' pods go first, those not serving yet, then Ready ones that carry least per GPU;
+    the target's pods last, Pending before starting before Ready. The target's are what the rest
+    of the rollout converges to: letting its Pending or starting pods go would have the next
+    decision release more old pods to make room for new ones (`_make_room`) and restart the
+    timers that judge a switch stuck or a spill due. (The ceilings step holds the target alone
+    under the ceilings, so its pods go only when a caller asks for more.) A price that is unknown
+    counts nothing here: it cannot show a cost over the ceiling (creating beside it is what
+    `room_for` refuses)."""
     max_gpus, max_cost = spec.cost.max_gpus, spec.cost.hourly_ceiling
     if max_gpus is None and max_cost is None:
         return None
     shapes = {v: shape_of(spec, workload, v) for v in out}
 
-    def over() -> tuple[int, float, bool, bool]:
-        gpus = sum(n * shapes[v][0] for v, n in out.items())
-        cost = sum(n * shapes[v][1] for v, n in out.items())
-        return (gpus, cost, max_gpus is not None and gpus > max_gpus,
-                max_cost is not None and cost > float(max_cost) + 1e-9)
+    def asked() -> tuple[int, float]:
+        return sum(n * shapes[v][0] for v, n in out.items()), sum(n * shapes[v][1] for v, n in out.items())
 
-    gpus, cost, by_gpus, by_cost = over()
-    if not by_gpus and not by_cost:
+    def over() -> bool:
+        gpus, cost = asked()
+        return (max_gpus is not None and gpus > max_gpus) or (max_cost is not None and cost > float(max_cost) + 1e-9)
+
+    if not over():
         return None
+    gpus, cost = asked()
+    by_gpus = max_gpus is not None and gpus > max_gpus
     before = dict(out)
 
     def pods(v: str) -> PodCounts:
         return workload.pods.get(v, PodCounts())
 
-    def weakest_first(v: str) -> tuple[float, int]:
-        return per_replica.get(v, 0.0) / max(1, shapes[v][0]), -shapes[v][0]
-
-    others = sorted((v for v in out if v != t), key=weakest_first)
+    others = sorted((v for v in out if v != t), key=lambda v: (per_replica.get(v, 0.0) / max(1, shapes[v][0]), v))
     mine = [t] if t in out else []
-    stages = [(others + mine, lambda v: pods(v).ready + pods(v).starting),  # Pending pods and pods not created yet
-              (others, lambda v: pods(v).ready),  # starting pods of other shapes
-              (mine, lambda v: pods(v).ready),  # the target's starting pods
-              (others, lambda v: 0),  # Ready pods of other shapes
-              (mine, lambda v: 0)]
+    stages: list[tuple[list[str], Callable[[str], int]]] = [
+        (others, lambda v: pods(v).ready),  # other shapes' pods not serving yet (Pending, starting, not created)
+        (others, lambda v: 0),  # their Ready pods, weakest per GPU first
+        (mine, lambda v: pods(v).ready + pods(v).starting),  # the target's Pending pods
+        (mine, lambda v: pods(v).ready),  # its starting pods
+        (mine, lambda v: 0)]
     for names, floor in stages:
         for v in names:
-            while out[v] > floor(v) and any(over()[2:]):
+            while out[v] > floor(v) and over():
                 out[v] -= 1
-        if not any(over()[2:]):
-            break
     let_go = ", ".join(f"{before[v] - n} x {v}" for v, n in out.items() if n < before[v])
     which = (f"{gpus} GPUs over maxGPUs {max_gpus}" if by_gpus
              else f"{cost:.2f}/h over maxHourlyCost {spec.cost.max_hourly_cost}")
@@ -504,6 +509,20 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
     what = ", ".join(f"{n} x {o}" for o, n in freed.items())
     return Reason(Code.VARIANT_SWITCH, f"{what} released to make room for one {t} pod: the pods serving carry "
                                        f"{serving:.1f} of the {demand:.1f} req/s needed and the ceilings leave no other room")
+
+
+def on_nodes(spec: LLMDeploymentSpec, workload: Workload) -> tuple[int, float | None]:
+    """GPUs and hourly cost of the pods on nodes now (starting, Ready, draining), every shape at its
+    own price: what is being paid. Cost None while a shape with pods there has no price."""
+    gpus, cost, priced = 0, 0.0, True
+    for v, pods in workload.pods.items():
+        if pods.holding_gpus:
+            g, p = shape_of(spec, workload, v)
+            gpus += pods.holding_gpus * g
+            cost += pods.holding_gpus * p
+            accelerator = spec.variant(v).accelerator if any(x.name == v for x in spec.variants) else workload.shapes.get(v, ("", 1))[0]
+            priced = priced and bool(accelerator) and spec.cost.price(accelerator) is not None
+    return gpus, (round(cost, 6) if priced else None)
 
 
 def gpus_held(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int]) -> tuple[int, float]:
