@@ -176,3 +176,37 @@ def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_
     reasons = {e.reason for e in bed.core.list_namespaced_event(namespace).items}
     assert "VariantSwitchFailed" not in reasons, reasons
     assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
+
+
+def _held_gpus(bed: Bed, ns: str) -> int:
+    """GPUs the LLMDeployment's pods hold on nodes (scheduled, terminating included: one GPU each)."""
+    return sum(1 for p in bed.core.list_namespaced_pod(ns, label_selector="llmscale.io/deployment=chat").items
+               if p.spec.node_name)
+
+
+def test_a_ceiling_lowered_mid_spill_is_held_once_the_spill_pods_drain(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    """Issue 12's goal: after a user lowers a ceiling, back under it within the drain time plus one
+    interval. Mid-spill the L4 pods kept beside the H100 ones go (not the H100 pods the target
+    asks for); no pod is created over the lowered ceiling (the watcher)."""
+    take_h100s(bed, namespace, 31, 1)
+    bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
+    bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
+    wait_for("one H100 pod serving", lambda: _status(bed, namespace).get("shape") == "h100x1"
+             and _status(bed, namespace).get("readyReplicas"), 90)
+    bed.traffic(namespace, "chat", rate=SPILL_LOAD, meanInput=200, meanOutput=100, routing="LoadAware")
+    wait_for("L4 spill pods Ready", lambda: _status(bed, namespace).get("shape", "").endswith("+l4x1") and any(
+        v["name"] == "l4x1" and v["readyReplicas"] >= 2 for v in _status(bed, namespace)["variants"]), 150)
+    h100 = _replicas(bed, namespace, "h100x1") or 0
+    lowered = h100 + 1  # room for one L4 pod beside the H100 pods the target asks for (Pending ones included)
+    bed.kubectl("patch", "llmd", "chat", "-n", namespace, "--type=merge", "-p", f'{{"spec": {{"cost": {{"maxGPUs": {lowered}}}}}}}')
+    # Within one interval (3 s) or two, the Deployments ask for no more than the ceiling; the H100 ones keep their count.
+    wait_for("the Deployments under the lowered ceiling", lambda: (_replicas(bed, namespace, "h100x1") or 0)
+             + (_replicas(bed, namespace, "l4x1") or 0) <= lowered, 20)
+    assert _replicas(bed, namespace, "h100x1") == h100
+    events = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "ScaleDown"]
+    assert any("BudgetLimitedGPUs" in (e.message or "") and "lowered under what runs" in (e.message or "") for e in events), \
+        [e.message for e in events]
+    # The pods let go drain (serving.drainTimeout 120 s at most); then the pods on nodes hold no more.
+    wait_for("the pods on nodes under the lowered ceiling", lambda: _held_gpus(bed, namespace) <= lowered, 150)
+    assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
