@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Reason, Signals, Workload, decide
-from llmscale.policy.rollout import Rollout, Spill, gpus_held, rollout
-from llmscale.policy.types import PodCounts
+from llmscale.policy.rollout import Rollout, Spill, _back_under, gpus_held, rollout
+from llmscale.policy.types import Action, Condition, PodCounts
 from llmscale.policy.variant import stuck
 from tests.conftest import spec_dict
 
@@ -95,9 +95,9 @@ SERVICE_CASES = [
      wl("h100x2", {"l4x1": 4, "h100x2": 2}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(ready=1, starting=1)}), H, 2, 2.0,
      {"l4x1": 0, "h100x2": 2}, {"l4x1": 0, "h100x2": 2}),
     ("down to L4 with half of them Ready: an H100 takes an L4's share, both would stay (one when pooled); but 8 + 4 GPUs"
-     " are over maxGPUs 10 (lowered), so an H100 pod goes (the old shape's pods before the target's)",
+     " are over maxGPUs 10 (lowered), so two starting L4 pods go (what serves now goes last)",
      wl("l4x1", {"l4x1": 8, "h100x2": 2}, {"l4x1": PodCounts(ready=4, starting=4), "h100x2": PodCounts(ready=2)}), L, 8, 8.0,
-     {"l4x1": 8, "h100x2": 1}, {"l4x1": 8, "h100x2": 1}),
+     {"l4x1": 6, "h100x2": 2}, {"l4x1": 8, "h100x2": 1}),
     ("review: no number of L4 pods reaches the need beside three Ready H100s, and any L4 lowers what all carry: none kept",
      wl("h100x2", {"l4x1": 2, "h100x2": 4}, {"l4x1": PodCounts(ready=2), "h100x2": PodCounts(ready=3, starting=1)}), H, 4, None,
      {"l4x1": 0, "h100x2": 4}, {"l4x1": 2, "h100x2": 4}),
@@ -295,9 +295,6 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
                    and replicas * target.gpus_per_replica <= sp.cost.max_gpus  # type: ignore[operator]
                    and replicas * target.gpus_per_replica * float(sp.cost.price(target.accelerator)) <= max_cost + 1e-6)  # type: ignore[arg-type]
     assert not (lowered and fits_before), (out, moved.reasons, w)
-    if lowered and any(n for v, n in out.items() if v != target.name):
-        # Other shapes' pods go before the target's (what the rollout converges to).
-        assert out[target.name] >= min(w.pods.get(target.name, PodCounts()).live, replicas), (out, moved.reasons, w)
     mine = w.pods.get(target.name, PodCounts())
     for v, n in out.items():
         if v == moved.spill and spill is not None:
@@ -344,6 +341,65 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
             load = demand * sp.scaling.target_utilization
             if before >= load and planned >= load:
                 assert after >= load - 1e-6, (out, w, load)  # the old pods and the plan carry the load: only headroom goes
+
+
+@settings(max_examples=500, deadline=None)
+@given(fleets(), st.integers(1, 24), st.floats(1, 40))
+def test_a_lowered_ceiling_lets_go_what_serves_nothing_first_and_no_more_than_it_must(
+        case: tuple[Any, Workload, Any, int, dict[str, float], float | None, Spill | None], max_gpus: int,
+        max_cost: float) -> None:
+    sp, w, target, _, caps, _, _ = case
+    sp = parse_spec({**sp.model_dump(by_alias=True, exclude_none=True),
+                     "cost": {"maxGPUs": max_gpus, "maxHourlyCost": f"{max_cost:.2f}", "prices": PRICES}})
+    t = target.name
+    asked = {v: max(0, n) for v, n in w.desired.items()}  # what the rollout would keep, the target's count included
+    out = dict(asked)
+    why = _back_under(sp, w, t, out, caps)
+
+    def cost(counts: dict[str, int]) -> tuple[int, float]:
+        return (sum(n * sp.variant(v).gpus_per_replica for v, n in counts.items()),
+                sum(n * sp.variant(v).gpus_per_replica * float(PRICES[sp.variant(v).accelerator]) for v, n in counts.items()))
+
+    def fits(counts: dict[str, int]) -> bool:
+        g, c = cost(counts)
+        return g <= max_gpus and c <= float(f"{max_cost:.2f}") + 1e-9
+
+    assert fits(out) and all(out[v] <= asked[v] for v in asked)
+    assert (why is None) == (out == asked) == fits(asked)
+    for v in asked:  # no pod let go that the ceilings would hold
+        if out[v] < asked[v]:
+            assert not fits({**out, v: out[v] + 1}), (v, asked, out)
+
+    def pods(v: str) -> PodCounts:
+        return w.pods.get(v, PodCounts())
+
+    # Less valued pods go first: a pod of a band is let go only once every pod of the bands below
+    # it is (those kept then are put back into room the bigger pod left, and no more of it fits
+    # without them). Bands, least valued first: Pending (or not created), others' starting, the
+    # target's starting, others' Ready (weakest per GPU first), the target's Ready.
+    def band(v: str, k: int) -> int:
+        """The band of the k-th pod (from 1) of shape v that the count keeps."""
+        p = pods(v)
+        if k > p.ready + p.starting:
+            return 0
+        if k > p.ready:
+            return 1 if v != t else 2
+        return 3 if v != t else 10
+
+    others = sorted((v for v in asked if v != t), key=lambda v: (caps.get(v, 0.0) / sp.variant(v).gpus_per_replica, v))
+    rank = {v: 3 + i / (len(others) + 1) for i, v in enumerate(others)}
+
+    def value(v: str, k: int) -> float:
+        b = band(v, k)
+        return rank[v] if b == 3 else b
+
+    for v in asked:
+        for k in range(out[v] + 1, asked[v] + 1):  # a pod let go
+            lost = value(v, k)
+            below = {u: sum(1 for j in range(1, out[u] + 1) if value(u, j) < lost) for u in asked}
+            without = {u: out[u] - below[u] for u in asked}
+            assert not fits({**without, v: without[v] + 1}), (v, k, asked, out, w.pods, caps)
+            break  # the first pod let go of each shape is the most valued of them
 
 
 # ---- the whole core, over time, against pods that start and drain --------------------------------
@@ -508,9 +564,11 @@ def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_
 
 
 def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str, desired: dict[str, int],
-                   spill: str | None = None) -> tuple[Any, Cluster, list[tuple[float, dict[str, int], tuple[str, ...]]], list[Pod]]:
-    """maxGPUs lowered under what runs, then 12 decisions at a load the pods there carry: the pods
-    kept, each decision's counts, and every pod ever created."""
+                   spill: str | None = None, decisions: int = 12
+                   ) -> tuple[Any, Cluster, list[tuple[float, dict[str, int], tuple[str, ...], int]], list[Pod]]:
+    """maxGPUs lowered under what runs, then decisions at 100 req/s: the cluster, each decision's
+    counts, reasons and Ready pods, and every pod ever created. Held under the ceiling from the
+    first decision's drain on, and no pod created over it."""
     spec = parse_spec(spec_dict(
         variants=[L4, H100], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],
         slo={"ttft": {"target": "1s", "percentile": 95}, "interTokenLatency": {"target": "100ms", "percentile": 95}},
@@ -522,7 +580,7 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
     cluster.pods = list(start)
     created = list(start)
     history, now = History(spill_shape=spill), 0.0
-    seen: list[tuple[float, dict[str, int], tuple[str, ...]]] = []
+    seen: list[tuple[float, dict[str, int], tuple[str, ...], int]] = []
 
     def signals(w: Workload, load: float) -> Signals:
         # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
@@ -533,7 +591,7 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
                        requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
                        ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
                        gpu_utilization=0.5, sampled_at=now)
-    for _ in range(12):
+    for _ in range(decisions):
         now += 15.0
         cluster.step(now)
         if now >= 60.0:
@@ -542,34 +600,40 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
         d = decide(spec, w, signals(w, 100.0), history, now)  # four h100x2 pods at 85 %
         history = d.history
         if d.apply:
+            creates = any(d.replicas_by_variant.get(v, 0) > w.pods.get(v, PodCounts()).live for v in d.replicas_by_variant)
             cluster.apply(d.replicas_by_variant, d.variant, d.failed_variant, now)
             created += [p for p in cluster.pods if p not in created]
-        seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons)))
+            if creates:
+                assert cluster.held()[0] <= max_gpus, (now, d.reasons)
+        seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons), sum(p.ready for p in w.pods.values())))
     return spec, cluster, seen, created
 
 
-def test_a_ceiling_lowered_mid_switch_lets_the_old_pods_go_and_the_switch_goes_on_without_churn() -> None:
-    """Review: letting the new shape's starting pods go had the next decision release more old pods
-    to make room for new ones (two cold starts lost). The old shape's pods go; the starting H100
-    pods stay and become Ready; nothing let go is created again."""
-    start = [Pod("l4x1", -300.0, -200.0) for _ in range(8)] + [Pod("h100x2", -30.0, 30.0) for _ in range(4)]
-    _, cluster, seen, created = _lowered_scene(10, 64, start, "h100x2", {"l4x1": 8, "h100x2": 4})
-    assert seen[0][1] == {"l4x1": 2, "h100x2": 4} and "BudgetLimitedGPUs" in seen[0][2], seen[0]
-    assert not [p for p in start if p.variant == "h100x2" and p.gone_at is not None]  # no new-shape pod let go
-    assert len(created) == len(start), [p for p in created if p not in start]  # and none created again
-    assert cluster.desired["h100x2"] == 4 and all(p.ready_at is not None for p in cluster.pods if p.variant == "h100x2")
-
-
-def test_a_ceiling_lowered_mid_spill_lets_spill_pods_go_and_keeps_the_waiting_pods_clock() -> None:
-    """Review: letting the Pending H100 pods go restarted the spill's clock and the next decision
-    made room for them again. The spill pods go, to what fits beside the H100 pods the target asks
-    for; nothing is created over the ceiling again."""
-    start = ([Pod("h100x2", -300.0, -200.0) for _ in range(2)] + [Pod("h100x2", -100.0, None) for _ in range(2)]
-             + [Pod("l4x1", -90.0, -30.0) for _ in range(8)])
-    _, cluster, seen, created = _lowered_scene(10, 4, start, "h100x2", {"h100x2": 4, "l4x1": 8}, spill="l4x1")
-    assert seen[0][1] == {"h100x2": 4, "l4x1": 2} and "BudgetLimitedGPUs" in seen[0][2], seen[0]
-    assert not [p for p in start if p.variant == "h100x2" and p.gone_at is not None]  # the waiting pods keep their place
-    assert len(created) == len(start), [p for p in created if p not in start]
+@pytest.mark.parametrize(("max_gpus", "h100_pool", "where"), [
+    (10, 64, "switch"), (8, 64, "switch"), (4, 0, "switch"),  # H100 GPUs free, or none (the switch rolls back)
+    (10, 4, "spill"), (8, 4, "spill"),  # two H100 pods serve, two wait for GPUs, L4 pods carry their share
+])
+def test_a_ceiling_lowered_mid_switch_or_spill_is_held_once_drained_and_something_always_serves(
+        max_gpus: int, h100_pool: int, where: str) -> None:
+    """Reviews: letting the old shape's Ready pods go before the new shape's starting or Pending
+    ones left nothing serving (for good when the new shape's GPUs never came); letting the new
+    shape's starting pods go cost their cold start. What serves now goes last; back under the
+    ceiling within the drain plus one interval; the switch then finishes (or rolls back) in small
+    steps, and no pod is created over the ceiling."""
+    if where == "switch":  # from eight Ready L4 pods to four h100x2 pods, starting (or Pending without H100s)
+        start = [Pod("l4x1", -300.0, -200.0) for _ in range(8)] + [Pod("h100x2", -30.0, 30.0 if h100_pool else None)
+                                                                     for _ in range(min(4, max(2, h100_pool)))]
+        desired = {"l4x1": 8, "h100x2": len(start) - 8}
+    else:
+        start = ([Pod("h100x2", -300.0, -200.0) for _ in range(2)] + [Pod("h100x2", -100.0, None) for _ in range(2)]
+                 + [Pod("l4x1", -90.0, -30.0) for _ in range(8)])
+        desired = {"h100x2": 4, "l4x1": 8}
+    spec, cluster, seen, _ = _lowered_scene(max_gpus, h100_pool, start, "h100x2", desired,
+                                            spill="l4x1" if where == "spill" else None, decisions=60)
+    assert "BudgetLimitedGPUs" in seen[0][2], seen[0]
+    assert all(ready > 0 for _, _, _, ready in seen), seen
+    if where == "switch" and h100_pool:
+        assert cluster.desired.get("l4x1", 0) == 0 and cluster.desired["h100x2"] >= 1, seen[-1]
 
 
 def test_a_ceiling_held_plan_never_takes_the_switch_below_the_load() -> None:
@@ -972,6 +1036,34 @@ def test_a_decision_reports_the_gpus_and_cost_of_every_pod_holding_gpus_each_at_
     assert (d.gpus, d.hourly_cost) == (8, 32.0)
 
 
+def test_a_lowered_ceiling_is_held_while_prometheus_is_unreachable_and_budget_limited_says_so_until_drained() -> None:
+    """Review: the cut was computed but not applied while Prometheus was unreachable; and the
+    BudgetLimited condition went back to WithinBudget while the pods let go still drained over it."""
+    now = T0 + 90
+    tight = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 8, "prices": {
+        "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
+    scene = _spill_scene(PodCounts(ready=2, starting=4), spill="l4x1")  # 2 Ready + 2 Pending H100 pods, 6 L4 on nodes
+    scene = replace(scene, desired={"h100x2": 4, "l4x1": 6})
+    # Unreachable: every pod held (14 GPUs asked); known metrics: the spill steps down one L4 pod first (13).
+    for signals, asked, l4_let_go in ((Signals.unreachable("connection refused"), 14, 2), (_busy(now), 13, 1)):
+        d = decide(tight, scene, signals, History(spill_shape="l4x1"), now)
+        assert d.apply and d.replicas_by_variant == {"h100x2": 2, "l4x1": 4}, (d.replicas_by_variant, d.reasons)
+        assert d.action == Action.SCALE_DOWN and d.to_replicas == 2
+        assert d.conditions["BudgetLimited"] == Condition(
+            "True", "BudgetLimitedGPUs", f"{asked} GPUs over maxGPUs 8 (lowered under what runs): 2 x h100x2, {l4_let_go} x "
+                                         "l4x1 let go, to be under it once they drain"), d.conditions
+    # Paused without manualReplicas touches nothing, and says nothing of a cut.
+    paused = parse_spec({**tight.model_dump(by_alias=True, exclude_none=True), "scaling": {"mode": "Paused"}})
+    d = decide(paused, scene, _busy(now), History(spill_shape="l4x1"), now)
+    assert not d.apply and "BudgetLimited" not in d.conditions
+    # The next decision: the pods let go drain (two L4 pods, 2 GPUs), 2 x 2 + 4 + 2 = 10 GPUs on nodes over 8.
+    draining = replace(scene, desired={"h100x2": 2, "l4x1": 4}, pods={"h100x2": PodCounts(ready=2),
+                                                                       "l4x1": PodCounts(ready=2, starting=2, terminating=2)})
+    d = decide(tight, draining, _busy(now + 15), History(spill_shape="l4x1"), now + 15)
+    assert d.conditions["BudgetLimited"] == Condition(
+        "True", "BudgetLimitedGPUs", "10 GPUs on nodes over maxGPUs 8: pods let go are draining"), d.conditions
+
+
 def test_paused_the_spill_is_held_and_still_named_so_its_mark_stays() -> None:
     """Review: on the Paused path the decision's history did not name the spill shape, so the apply
     of a manualReplicas change dropped its Deployment's mark (llmscale.io/spill-for)."""
@@ -998,16 +1090,15 @@ def test_spill_holds_keep_what_is_on_nodes_within_the_ceilings() -> None:
     assert rollout(WIDE, w, H, 4, CAP, spill=spill).replicas_by_variant == {"h100x2": 4, "l4x1": 2}
     # No room left for the spill shape (maxGPUs lowered to what the H100 pods ask for, the Pending
     # ones included: they take GPUs once scheduled): nothing is started, and what is kept fits under
-    # the lowered ceiling once the pods let go drain. The spill pods go (the target's pods are what
-    # the rollout converges to: letting its Pending pods go would restart the spill's clock and have
-    # the next decision make room for them again).
+    # the lowered ceiling once the pods let go drain. What serves now goes last: first the two H100
+    # pods that wait (they hold no GPU and serve nothing), then a starting L4 pod.
     tight = parse_spec({**WIDE.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 8, "prices": {
         "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
     w = wl("h100x2", {"h100x2": 4, "l4x1": 6}, {"h100x2": waiting(), "l4x1": PodCounts(ready=2, starting=4)})
     moved = rollout(tight, w, H, 4, CAP, spill=replace(spill, hold=False))
-    assert moved.replicas_by_variant == {"h100x2": 4, "l4x1": 0}
-    assert moved.lowered == Reason(Code.BUDGET_GPUS, "13 GPUs over maxGPUs 8 (lowered under what runs): 5 x l4x1 let go, to "
-                                                     "be under it once they drain")
+    assert moved.replicas_by_variant == {"h100x2": 2, "l4x1": 4}
+    assert moved.lowered == Reason(Code.BUDGET_GPUS, "13 GPUs over maxGPUs 8 (lowered under what runs): 2 x h100x2, 1 x l4x1 "
+                                                     "let go, to be under it once they drain")
     assert moved.lowered in moved.reasons
 
 

@@ -20,7 +20,7 @@ from .idleness import idleness
 from .mode import mode
 from .plan import plan
 from .reasons import Code
-from .rollout import Spill, rollout
+from .rollout import Rollout, Spill, on_nodes, rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
 from .types import Condition, Decision, Estimate, History, Signals, Workload
@@ -45,10 +45,12 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         if moved.spill != history.spill_shape:
             history = history.with_(spill_shape=moved.spill)  # what is applied is marked on the Deployments as it is
         # A ceiling lowered under what runs is the user's word, known without metrics: enforced
-        # while Prometheus is unreachable too (not while Paused: nothing is touched then).
-        lowered = moved.lowered is not None and spec.scaling.mode != ScalingMode.PAUSED
-        if moved.lowered is not None:
-            conditions["BudgetLimited"] = Condition("True", moved.lowered.code.value, moved.lowered.message)
+        # while Prometheus is unreachable too. Paused touches nothing but manualReplicas (whose
+        # apply carries the cut); without them, nothing at all.
+        hands_off = spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is None
+        lowered = moved.lowered is not None and not hands_off
+        if not hands_off:
+            conditions.update(over_ceiling(spec, workload, moved))
         return mode(spec, workload, running, running, gate.final, gate.apply or lowered, history,
                     Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
@@ -99,8 +101,8 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
                         cap.history.planned_speed, cap.speed_note)
     conditions = {"MetricsAvailable": gate.metrics, "SLOFeasible": cap.feasible, "SLOMet": fb.slo_met,
                   "BudgetLimited": bounded.budget_limited} if gate.metrics else {}
-    if moved.lowered is not None:
-        conditions["BudgetLimited"] = Condition("True", moved.lowered.code.value, moved.lowered.message)
+    if over := over_ceiling(spec, workload, moved):
+        conditions.update(over)
     elif moved.waiting_for_room and (shape.variant.name != running.name or moved.retiring or moved.spill is not None):
         waiting = next(r for r in reversed(moved.reasons) if r.code == Code.WAITING_FOR_ROOM)
         conditions["BudgetLimited"] = Condition("True", "WaitingForRoom", waiting.message)
@@ -109,6 +111,22 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
         conditions["VariantSwitchFailed"] = switch_failed(spec, workload, failed, now)
     return mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
                 moved, failed)
+
+
+def over_ceiling(spec: LLMDeploymentSpec, workload: Workload, moved: Rollout) -> dict[str, Condition]:
+    """BudgetLimited while a ceiling lowered under what runs is not held yet: at the decision that
+    lets pods go, and after it while the pods on nodes are still over it (they drain)."""
+    if moved.lowered is not None:
+        return {"BudgetLimited": Condition("True", moved.lowered.code.value, moved.lowered.message)}
+    gpus, cost = on_nodes(spec, workload)
+    if spec.cost.max_gpus is not None and gpus > spec.cost.max_gpus:
+        return {"BudgetLimited": Condition("True", Code.BUDGET_GPUS.value, f"{gpus} GPUs on nodes over maxGPUs "
+                                                                          f"{spec.cost.max_gpus}: pods let go are draining")}
+    ceiling = spec.cost.hourly_ceiling
+    if ceiling is not None and cost is not None and cost > float(ceiling) + 1e-9:
+        return {"BudgetLimited": Condition("True", Code.BUDGET_COST.value, f"{cost:.2f}/h on nodes over maxHourlyCost "
+                                                                           f"{spec.cost.max_hourly_cost}: pods let go are draining")}
+    return {}
 
 
 def _started(spec: LLMDeploymentSpec, workload: Workload, history: History, shape: str | None) -> bool:

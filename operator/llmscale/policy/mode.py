@@ -27,11 +27,14 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
     reasons = reasons or (Reason(Code.NO_CHANGE, f"{current} replicas are what the policy wants"),)
     scaling = act != Action.NO_CHANGE
     to = proposal.replicas
-    if moved.lowered is not None and target.name == running.name:
-        # Pods let go for a ceiling lowered under what runs: a scale-down, whatever else moves.
+    lowered = moved.lowered is not None and target.name == running.name
+    if lowered:
+        # Pods let go for a ceiling lowered under what runs (no pod is created beside them): a
+        # scale-down, though the target's count may stay; a change of shape is no new scaling
+        # decision for the windows.
         to = min(to, moved.replicas_by_variant.get(target.name, to))
-        act, moving, scaling = Action.SCALE_DOWN, False, True
-    if moving:
+        act = Action.SCALE_DOWN
+    elif moving:
         spilled = [v for v, n in moved.replicas_by_variant.items() if workload.desired.get(v, 0) != n]
         if moved.spill is not None and spilled == [moved.spill]:
             # Only the spill pods change: more or fewer pods, no change of shape.
@@ -40,7 +43,8 @@ def mode(spec: LLMDeploymentSpec, workload: Workload, running: Variant, target: 
         else:
             act = Action.SWITCH_VARIANT
     if spec.scaling.mode == ScalingMode.RECOMMEND and act != Action.NO_CHANGE:
-        reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {current} -> {to}; not applied"),)
+        what = f"{current} -> {to}" if not lowered else "the pods let go above"
+        reasons += (Reason(Code.RECOMMEND_ONLY, f"would {act.value} {what}; not applied"),)
         apply = False
     if scaling and apply:
         history = history.with_(last_scale_at=now)

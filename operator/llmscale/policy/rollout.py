@@ -225,16 +225,15 @@ def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[s
     """A ceiling lowered below what the counts kept ask for (a user's edit mid-switch or mid-spill,
     where make-before-break keeps old or spill pods beside the target's, or old pods scaled up by
     hand): the counts applied now fit under it once the pods let go have drained, one interval and
-    a drain later. The ceiling is the user's word and wins over keeping capacity.
-
-    Other shapes' pods go first, those not serving yet, then Ready ones that carry least per GPU;
-    the target's pods last, Pending before starting before Ready. The target's are what the rest
-    of the rollout converges to: letting its Pending or starting pods go would have the next
-    decision release more old pods to make room for new ones (`_make_room`) and restart the
-    timers that judge a switch stuck or a spill due. (The ceilings step holds the target alone
-    under the ceilings, so its pods go only when a caller asks for more.) A price that is unknown
-    counts nothing here: it cannot show a cost over the ceiling (creating beside it is what
-    `room_for` refuses)."""
+    a drain later. The ceiling is the user's word and wins over keeping capacity; what serves now
+    goes last. First the pods not serving: Pending ones (they hold no GPU yet; other shapes'
+    before the target's), then starting ones (other shapes' before the target's); then Ready pods
+    of other shapes, those that carry least per GPU first; the target's Ready pods last (the
+    ceilings step holds the target alone under the ceilings, so those go only when a caller asks
+    for more). Serving goes to zero only where not one serving pod fits. The switch then goes on
+    in the smaller steps `_make_room` takes under a tight ceiling. A price that is unknown counts
+    nothing here: it cannot show a cost over the ceiling (creating beside it is what `room_for`
+    refuses)."""
     max_gpus, max_cost = spec.cost.max_gpus, spec.cost.hourly_ceiling
     if max_gpus is None and max_cost is None:
         return None
@@ -258,17 +257,38 @@ def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[s
 
     others = sorted((v for v in out if v != t), key=lambda v: (per_replica.get(v, 0.0) / max(1, shapes[v][0]), v))
     mine = [t] if t in out else []
-    stages: list[tuple[list[str], Callable[[str], int]]] = [
-        (others, lambda v: pods(v).ready),  # other shapes' pods not serving yet (Pending, starting, not created)
-        (others, lambda v: 0),  # their Ready pods, weakest per GPU first
-        (mine, lambda v: pods(v).ready + pods(v).starting),  # the target's Pending pods
-        (mine, lambda v: pods(v).ready),  # its starting pods
-        (mine, lambda v: 0)]
-    for names, floor in stages:
+
+    def on_node(v: str) -> int:
+        return pods(v).ready + pods(v).starting
+
+    def serving(v: str) -> int:
+        return pods(v).ready
+
+    def none(v: str) -> int:
+        return 0
+
+    def every(v: str) -> int:
+        return before[v]
+
+    # Bands of pods, least valued first: (shapes, down to, up from).
+    stages: list[tuple[list[str], Callable[[str], int], Callable[[str], int]]] = [
+        (others + mine, on_node, every),  # Pending pods and pods not created yet
+        (others, serving, on_node), (mine, serving, on_node),  # starting pods
+        (others, none, serving),  # Ready pods of other shapes, weakest per GPU first
+        (mine, none, serving)]
+    for names, low, _ in stages:
         for v in names:
-            while out[v] > floor(v) and over():
+            while out[v] > low(v) and over():
                 out[v] -= 1
-    let_go = ", ".join(f"{before[v] - n} x {v}" for v, n in out.items() if n < before[v])
+    # A big pod let go may leave room for smaller ones let go before it: back, most valued first.
+    for names, _, high in reversed(stages):
+        for v in reversed(names):
+            while out[v] < min(before[v], high(v)):
+                out[v] += 1
+                if over():
+                    out[v] -= 1
+                    break
+    let_go = ", ".join(f"{before[v] - n} x {v}" for v, n in sorted(out.items()) if n < before[v])
     which = (f"{gpus} GPUs over maxGPUs {max_gpus}" if by_gpus
              else f"{cost:.2f}/h over maxHourlyCost {spec.cost.max_hourly_cost}")
     return Reason(Code.BUDGET_GPUS if by_gpus else Code.BUDGET_COST,

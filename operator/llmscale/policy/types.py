@@ -540,8 +540,8 @@ class Decision:
     estimate: Estimate
     conditions: dict[str, Condition]
     apply: bool  # False in Recommend/Paused (apart from manual replicas) and on hold
-    # GPUs and hourly cost of every pod that holds GPUs once the decision is applied (unapplied:
-    # as they are), each shape at its own price; cost None while a shape has no price.
+    # GPUs and hourly cost of the pods on nodes (starting, Ready, draining; Pending ones hold none),
+    # every shape at its own price: what is paid now. Cost None while a shape there has no price.
     gpus: int = 0
     hourly_cost: float | None = None
     # Desired replicas of every variant's Deployment now: the target's, and during a
