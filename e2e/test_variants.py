@@ -187,8 +187,9 @@ def _held_gpus(bed: Bed, ns: str) -> int:
 def test_a_ceiling_lowered_mid_spill_is_held_once_the_spill_pods_drain(
         bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
     """Issue 12's goal: after a user lowers a ceiling, back under it within the drain time plus one
-    interval. Mid-spill the L4 pods kept beside the H100 ones go (not the H100 pods the target
-    asks for); no pod is created over the lowered ceiling (the watcher)."""
+    interval. What serves goes last: the H100 pods waiting for GPUs first (they serve nothing),
+    then L4 spill pods, down to what fits beside the H100 pod that serves; no pod is created over
+    the lowered ceiling (the watcher)."""
     take_h100s(bed, namespace, 31, 1)
     bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
     bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
@@ -197,13 +198,14 @@ def test_a_ceiling_lowered_mid_spill_is_held_once_the_spill_pods_drain(
     bed.traffic(namespace, "chat", rate=SPILL_LOAD, meanInput=200, meanOutput=100, routing="LoadAware")
     wait_for("L4 spill pods Ready", lambda: _status(bed, namespace).get("shape", "").endswith("+l4x1") and any(
         v["name"] == "l4x1" and v["readyReplicas"] >= 2 for v in _status(bed, namespace)["variants"]), 150)
-    h100 = _replicas(bed, namespace, "h100x1") or 0
-    lowered = h100 + 1  # room for one L4 pod beside the H100 pods the target asks for (Pending ones included)
+    assert (_replicas(bed, namespace, "h100x1") or 0) >= 2  # one H100 pod serves, the others wait for GPUs
+    lowered = 3  # the serving H100 pod and two L4 pods
     bed.kubectl("patch", "llmd", "chat", "-n", namespace, "--type=merge", "-p", f'{{"spec": {{"cost": {{"maxGPUs": {lowered}}}}}}}')
-    # Within one interval (3 s) or two, the Deployments ask for no more than the ceiling; the H100 ones keep their count.
+    # Within one interval (3 s) or two, the Deployments ask for no more than the ceiling: the
+    # waiting H100 pods go, and L4 pods down to two.
     wait_for("the Deployments under the lowered ceiling", lambda: (_replicas(bed, namespace, "h100x1") or 0)
              + (_replicas(bed, namespace, "l4x1") or 0) <= lowered, 20)
-    assert _replicas(bed, namespace, "h100x1") == h100
+    assert (_replicas(bed, namespace, "h100x1"), _replicas(bed, namespace, "l4x1")) == (1, 2)
     events = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "ScaleDown"]
     assert any("BudgetLimitedGPUs" in (e.message or "") and "lowered under what runs" in (e.message or "") for e in events), \
         [e.message for e in events]
