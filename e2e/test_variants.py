@@ -202,10 +202,13 @@ def test_a_ceiling_lowered_mid_spill_is_held_once_the_spill_pods_drain(
     lowered = 3  # the serving H100 pod and two L4 pods
     bed.kubectl("patch", "llmd", "chat", "-n", namespace, "--type=merge", "-p", f'{{"spec": {{"cost": {{"maxGPUs": {lowered}}}}}}}')
     # Within one interval (3 s) or two, the Deployments ask for no more than the ceiling: the
-    # waiting H100 pods go, and L4 pods down to two.
-    wait_for("the Deployments under the lowered ceiling", lambda: (_replicas(bed, namespace, "h100x1") or 0)
-             + (_replicas(bed, namespace, "l4x1") or 0) <= lowered, 20)
-    assert (_replicas(bed, namespace, "h100x1"), _replicas(bed, namespace, "l4x1")) == (1, 2)
+    # waiting H100 pods go, and L4 pods down to what fits.
+    def counts() -> tuple[int, int] | None:
+        got = (_replicas(bed, namespace, "h100x1") or 0, _replicas(bed, namespace, "l4x1") or 0)
+        return got if sum(got) <= lowered else None
+
+    got = wait_for("the Deployments under the lowered ceiling", counts, 20)
+    assert got[1] >= 1, got  # L4 pods still serve beside the H100 one (the next decisions may trade one for an H100 pod)
     events = [e for e in bed.core.list_namespaced_event(namespace).items if e.reason == "ScaleDown"]
     assert any("BudgetLimitedGPUs" in (e.message or "") and "lowered under what runs" in (e.message or "") for e in events), \
         [e.message for e in events]

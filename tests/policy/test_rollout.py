@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Reason, Signals, Workload, decide
-from llmscale.policy.rollout import Rollout, Spill, _back_under, gpus_held, rollout
+from llmscale.policy.rollout import Rollout, Spill, back_under, gpus_held, rollout
 from llmscale.policy.types import Action, Condition, PodCounts
 from llmscale.policy.variant import stuck
 from tests.conftest import spec_dict
@@ -343,8 +343,24 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
                 assert after >= load - 1e-6, (out, w, load)  # the old pods and the plan carry the load: only headroom goes
 
 
+_LOWERED_SPEC = parse_spec(spec_dict(variants=SHAPES[:3], replicas={"min": 1, "max": 16}, cost={"maxGPUs": 10, "prices": PRICES},
+                                     routing="LoadAware"))
+_LOWERED_CAPS = {"l4x1": 1.0, "h100x2": 4.0, "a100x4": 2.0}
+
+
 @settings(max_examples=500, deadline=None)
 @given(fleets(), st.integers(1, 24), st.floats(1, 40))
+# Review (third round): drawn fleets seldom hold these, where putting back the least valued pods
+# first, or other shapes' starting pods in the Ready band, went unseen.
+@example(case=(_LOWERED_SPEC, wl("h100x2", {"l4x1": 1, "h100x2": 2, "a100x4": 1}, {
+    "l4x1": PodCounts(unschedulable=1), "h100x2": PodCounts(ready=1, starting=1), "a100x4": PodCounts(ready=1)}),
+    _LOWERED_SPEC.variant("h100x2"), 0, _LOWERED_CAPS, None, None), max_gpus=4, max_cost=100.0)
+@example(case=(_LOWERED_SPEC, wl("h100x2", {"l4x1": 2, "h100x2": 1, "a100x4": 1}, {
+    "l4x1": PodCounts(starting=2), "h100x2": PodCounts(starting=1), "a100x4": PodCounts(ready=1)}),
+    _LOWERED_SPEC.variant("h100x2"), 0, _LOWERED_CAPS, None, None), max_gpus=2, max_cost=100.0)
+@example(case=(_LOWERED_SPEC, wl("l4x1", {"l4x1": 2, "h100x2": 2}, {
+    "l4x1": PodCounts(ready=1, unschedulable=1), "h100x2": PodCounts(ready=1, starting=1)}),
+    _LOWERED_SPEC.variant("l4x1"), 0, _LOWERED_CAPS, None, None), max_gpus=5, max_cost=100.0)
 def test_a_lowered_ceiling_lets_go_what_serves_nothing_first_and_no_more_than_it_must(
         case: tuple[Any, Workload, Any, int, dict[str, float], float | None, Spill | None], max_gpus: int,
         max_cost: float) -> None:
@@ -354,7 +370,7 @@ def test_a_lowered_ceiling_lets_go_what_serves_nothing_first_and_no_more_than_it
     t = target.name
     asked = {v: max(0, n) for v, n in w.desired.items()}  # what the rollout would keep, the target's count included
     out = dict(asked)
-    why = _back_under(sp, w, t, out, caps)
+    why = back_under(sp, w, t, out, caps)
 
     def cost(counts: dict[str, int]) -> tuple[int, float]:
         return (sum(n * sp.variant(v).gpus_per_replica for v, n in counts.items()),
@@ -366,12 +382,16 @@ def test_a_lowered_ceiling_lets_go_what_serves_nothing_first_and_no_more_than_it
 
     assert fits(out) and all(out[v] <= asked[v] for v in asked)
     assert (why is None) == (out == asked) == fits(asked)
-    for v in asked:  # no pod let go that the ceilings would hold
-        if out[v] < asked[v]:
-            assert not fits({**out, v: out[v] + 1}), (v, asked, out)
 
     def pods(v: str) -> PodCounts:
         return w.pods.get(v, PodCounts())
+
+    for v in asked:  # no pod let go that the ceilings would hold (a Pending one: beside what drains too)
+        if out[v] < asked[v]:
+            held_g, held_c = gpus_held(sp, w, {**out, v: out[v] + 1})
+            pending = out[v] + 1 > pods(v).ready + pods(v).starting
+            assert not fits({**out, v: out[v] + 1}) or (
+                pending and (held_g > max_gpus or held_c > float(f"{max_cost:.2f}") + 1e-9)), (v, asked, out)
 
     # Less valued pods go first: a pod of a band is let go only once every pod of the bands below
     # it is (those kept then are put back into room the bigger pod left, and no more of it fits
@@ -396,6 +416,12 @@ def test_a_lowered_ceiling_lets_go_what_serves_nothing_first_and_no_more_than_it
     for v in asked:
         for k in range(out[v] + 1, asked[v] + 1):  # a pod let go
             lost = value(v, k)
+            if lost == 0:
+                # A Pending pod is put back only where it fits beside what holds GPUs until the
+                # pods let go have drained (it may be scheduled before they are gone).
+                g, c = gpus_held(sp, w, {**out, v: out[v] + 1})
+                if g > max_gpus or c > float(f"{max_cost:.2f}") + 1e-9:
+                    break
             below = {u: sum(1 for j in range(1, out[u] + 1) if value(u, j) < lost) for u in asked}
             without = {u: out[u] - below[u] for u in asked}
             assert not fits({**without, v: without[v] + 1}), (v, k, asked, out, w.pods, caps)
@@ -565,7 +591,7 @@ def test_the_core_never_takes_a_gpu_over_a_ceiling_through_switches(k: int, max_
 
 def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str, desired: dict[str, int],
                    spill: str | None = None, decisions: int = 12
-                   ) -> tuple[Any, Cluster, list[tuple[float, dict[str, int], tuple[str, ...], int]], list[Pod]]:
+                   ) -> tuple[Any, Cluster, list[tuple[float, dict[str, int], tuple[str, ...], int, tuple[str, ...]]], list[Pod]]:
     """maxGPUs lowered under what runs, then decisions at 100 req/s: the cluster, each decision's
     counts, reasons and Ready pods, and every pod ever created. Held under the ceiling from the
     first decision's drain on, and no pod created over it."""
@@ -580,7 +606,7 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
     cluster.pods = list(start)
     created = list(start)
     history, now = History(spill_shape=spill), 0.0
-    seen: list[tuple[float, dict[str, int], tuple[str, ...], int]] = []
+    seen: list[tuple[float, dict[str, int], tuple[str, ...], int, tuple[str, ...]]] = []
 
     def signals(w: Workload, load: float) -> Signals:
         # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
@@ -605,7 +631,8 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
             created += [p for p in cluster.pods if p not in created]
             if creates:
                 assert cluster.held()[0] <= max_gpus, (now, d.reasons)
-        seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons), sum(p.ready for p in w.pods.values())))
+        seen.append((now, dict(cluster.desired), tuple(r.code.value for r in d.reasons), sum(p.ready for p in w.pods.values()),
+                     tuple(r.message for r in d.reasons)))
     return spec, cluster, seen, created
 
 
@@ -630,8 +657,8 @@ def test_a_ceiling_lowered_mid_switch_or_spill_is_held_once_drained_and_somethin
         desired = {"h100x2": 4, "l4x1": 8}
     spec, cluster, seen, _ = _lowered_scene(max_gpus, h100_pool, start, "h100x2", desired,
                                             spill="l4x1" if where == "spill" else None, decisions=60)
-    assert "BudgetLimitedGPUs" in seen[0][2], seen[0]
-    assert all(ready > 0 for _, _, _, ready in seen), seen
+    assert any("lowered under what runs" in r for r in seen[0][4]), seen[0]
+    assert all(ready > 0 for _, _, _, ready, _ in seen), seen
     if where == "switch" and h100_pool:
         assert cluster.desired.get("l4x1", 0) == 0 and cluster.desired["h100x2"] >= 1, seen[-1]
 
@@ -1056,6 +1083,22 @@ def test_a_lowered_ceiling_is_held_while_prometheus_is_unreachable_and_budget_li
     paused = parse_spec({**tight.model_dump(by_alias=True, exclude_none=True), "scaling": {"mode": "Paused"}})
     d = decide(paused, scene, _busy(now), History(spill_shape="l4x1"), now)
     assert not d.apply and "BudgetLimited" not in d.conditions
+    assert (d.action, d.to_replicas, d.replicas_by_variant) == (Action.NO_CHANGE, 4, {"h100x2": 4, "l4x1": 6}), d.reasons
+    assert not any("lowered" in r.message for r in d.reasons)
+    # Review (third round): unreachable, the rollout's own counts fit (old starting pods dropped) while
+    # the Deployments still ask for 8 GPUs over maxGPUs 5: the cut is of what they ask for, and
+    # nothing else moves.
+    mid_switch = Workload(variant="h100x2", replicas=2, ready=2, desired={"h100x2": 2, "l4x1": 4},
+                          pods={"h100x2": PodCounts(ready=2), "l4x1": PodCounts(ready=2, starting=2)}, target_since=T0)
+    five = parse_spec({**tight.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 5, "prices": {
+        "nvidia-h100": "4.00", "nvidia-l4": "0.80"}}})
+    d = decide(five, mid_switch, Signals.unreachable("connection refused"), History(), now)
+    assert d.apply and d.replicas_by_variant == {"h100x2": 2, "l4x1": 1}, (d.replicas_by_variant, d.reasons)
+    assert d.conditions["BudgetLimited"].status == "True"
+    # Under the ceilings while unreachable: BudgetLimited is not left True from an earlier cut.
+    d = decide(WIDE, mid_switch, Signals.unreachable("connection refused"), History(), now)
+    assert not d.apply and d.conditions["BudgetLimited"] == Condition(
+        "False", "WithinBudget", "the pods on nodes are within the ceilings")
     # The next decision: the pods let go drain (two L4 pods, 2 GPUs), 2 x 2 + 4 + 2 = 10 GPUs on nodes over 8.
     draining = replace(scene, desired={"h100x2": 2, "l4x1": 4}, pods={"h100x2": PodCounts(ready=2),
                                                                        "l4x1": PodCounts(ready=2, starting=2, terminating=2)})

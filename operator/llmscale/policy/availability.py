@@ -1,7 +1,8 @@
 """Step 1: the mode and whether the metrics can be trusted at all.
 
 Paused decides nothing (apart from manualReplicas, held inside the ceilings); an unreachable
-Prometheus means hold. Either is the final answer: no later step runs."""
+Prometheus means hold, bar a ceiling lowered under what runs (known without metrics: cut to it).
+Either is the final answer: no later step runs."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from .idleness import idleness
 from .mode import mode
 from .plan import plan
 from .reasons import Code
-from .rollout import Rollout, Spill, on_nodes, rollout
+from .rollout import Rollout, Spill, back_under, on_nodes, rollout
 from .stabilization import stabilization
 from .tolerance import tolerance
 from .types import Condition, Decision, Estimate, History, Signals, Workload
@@ -36,22 +36,29 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     gate = availability(spec, running, workload, signals)
     if gate.final is not None:
         conditions = {"MetricsAvailable": gate.metrics} if gate.metrics else {}
+        # A ceiling lowered under what runs is the user's word, known without metrics: while
+        # Prometheus is unreachable, what the Deployments ask for is cut to it and nothing else
+        # moves. Paused touches nothing but manualReplicas (whose rollout holds the ceilings).
+        paused = spec.scaling.mode == ScalingMode.PAUSED
         moved = rollout(spec, workload, running, gate.final.replicas, {},
                         spill=Spill(now, None, history.spill_shape or workload.spill, hold=True,
                                     # Paused decides nothing but manualReplicas: no spill pod fails then.
-                                    startup_timeout_s=None if spec.scaling.mode == ScalingMode.PAUSED
-                                    else parse_duration(spec.serving.startup_timeout),
-                                    started=_started(spec, workload, history, history.spill_shape or workload.spill)))
+                                    startup_timeout_s=None if paused else parse_duration(spec.serving.startup_timeout),
+                                    started=_started(spec, workload, history, history.spill_shape or workload.spill)),
+                        enforce=gate.apply)
         if moved.spill != history.spill_shape:
             history = history.with_(spill_shape=moved.spill)  # what is applied is marked on the Deployments as it is
-        # A ceiling lowered under what runs is the user's word, known without metrics: enforced
-        # while Prometheus is unreachable too. Paused touches nothing but manualReplicas (whose
-        # apply carries the cut); without them, nothing at all.
-        hands_off = spec.scaling.mode == ScalingMode.PAUSED and spec.scaling.manual_replicas is None
-        lowered = moved.lowered is not None and not hands_off
-        if not hands_off:
-            conditions.update(over_ceiling(spec, workload, moved))
-        return mode(spec, workload, running, running, gate.final, gate.apply or lowered, history,
+        if not paused and not gate.apply:
+            asked = {**workload.desired, running.name: gate.final.replicas}
+            cut = back_under(spec, workload, running.name, asked, {})
+            if cut is not None:
+                moved = replace(moved, replicas_by_variant=asked, lowered=cut, reasons=(*moved.reasons, cut))
+        if not paused or gate.apply:
+            over = over_ceiling(spec, workload, moved)
+            if not over and not gate.apply:  # a cut's condition is not left standing once the pods are under
+                over = {"BudgetLimited": Condition("False", "WithinBudget", "the pods on nodes are within the ceilings")}
+            conditions.update(over)
+        return mode(spec, workload, running, running, gate.final, gate.apply or moved.lowered is not None, history,
                     Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
@@ -118,7 +125,7 @@ def over_ceiling(spec: LLMDeploymentSpec, workload: Workload, moved: Rollout) ->
     lets pods go, and after it while the pods on nodes are still over it (they drain)."""
     if moved.lowered is not None:
         return {"BudgetLimited": Condition("True", moved.lowered.code.value, moved.lowered.message)}
-    gpus, cost = on_nodes(spec, workload)
+    gpus, cost = on_nodes(spec, workload, priced_part=True)  # the priced pods alone may be over
     if spec.cost.max_gpus is not None and gpus > spec.cost.max_gpus:
         return {"BudgetLimited": Condition("True", Code.BUDGET_GPUS.value, f"{gpus} GPUs on nodes over maxGPUs "
                                                                           f"{spec.cost.max_gpus}: pods let go are draining")}

@@ -34,7 +34,7 @@ class Rollout:
     retiring: dict[str, int]  # old-shape replicas kept serving until the target's are Ready
     spill: str | None = None  # the shape carrying the share of target pods that wait for GPUs, while it has pods
     spill_failed: tuple[str, str] | None = None  # (spill shape, why) when its pods did not become Ready in time
-    lowered: Reason | None = None  # pods let go because a ceiling was lowered under what runs (see _back_under)
+    lowered: Reason | None = None  # pods let go because a ceiling was lowered under what runs (see back_under)
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,11 @@ def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, other
 
 def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
             per_replica: Mapping[str, float], demand: float | None = None, utilization: float | None = None,
-            spill: Spill | None = None) -> Rollout:
+            spill: Spill | None = None, enforce: bool = True) -> Rollout:
     """Desired replicas per variant now, for `replicas` of `target` in the end.
 
+    `enforce`: let pods go where the counts ask for more than a lowered ceiling allows
+    (`back_under`); off where nothing may be touched (Paused) or only that cut is (see decide).
     `per_replica` is each variant's capacity at the SLO (requests/s per replica), for how many
     old-shape pods one new-shape pod replaces; `demand` the capacity the forecast needs (requests/s
     at the planned `utilization`, targetUtilization when None): old pods beyond it are not needed even
@@ -191,7 +193,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
     if spill_why is not None:
         reasons.append(spill_why)
-    lowered = _back_under(spec, workload, t, out, per_replica)
+    lowered = back_under(spec, workload, t, out, per_replica) if enforce else None
     if lowered is not None:
         reasons.append(lowered)
         for o in list(retiring):
@@ -220,8 +222,8 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     return Rollout(out, tuple(reasons), waiting, retiring, spilled, spill_failed, lowered)
 
 
-def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[str, int],
-                per_replica: Mapping[str, float]) -> Reason | None:
+def back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[str, int],
+               per_replica: Mapping[str, float]) -> Reason | None:
     """A ceiling lowered below what the counts kept ask for (a user's edit mid-switch or mid-spill,
     where make-before-break keeps old or spill pods beside the target's, or old pods scaled up by
     hand): the counts applied now fit under it once the pods let go have drained, one interval and
@@ -280,12 +282,19 @@ def _back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[s
         for v in names:
             while out[v] > low(v) and over():
                 out[v] -= 1
+
+    def over_now() -> bool:
+        """Over a ceiling with what holds GPUs until the pods let go have drained: a Pending pod put
+        back may be scheduled before they are gone."""
+        gpus, cost = gpus_held(spec, workload, out)
+        return (max_gpus is not None and gpus > max_gpus) or (max_cost is not None and cost > float(max_cost) + 1e-9)
+
     # A big pod let go may leave room for smaller ones let go before it: back, most valued first.
     for names, _, high in reversed(stages):
         for v in reversed(names):
             while out[v] < min(before[v], high(v)):
                 out[v] += 1
-                if over():
+                if over() or (high is every and over_now()):
                     out[v] -= 1
                     break
     let_go = ", ".join(f"{before[v] - n} x {v}" for v, n in sorted(out.items()) if n < before[v])
@@ -531,9 +540,10 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
                                        f"{serving:.1f} of the {demand:.1f} req/s needed and the ceilings leave no other room")
 
 
-def on_nodes(spec: LLMDeploymentSpec, workload: Workload) -> tuple[int, float | None]:
+def on_nodes(spec: LLMDeploymentSpec, workload: Workload, priced_part: bool = False) -> tuple[int, float | None]:
     """GPUs and hourly cost of the pods on nodes now (starting, Ready, draining), every shape at its
-    own price: what is being paid. Cost None while a shape with pods there has no price."""
+    own price: what is being paid. Cost None while a shape with pods there has no price (with
+    `priced_part`, the cost of the priced pods: a lower bound)."""
     gpus, cost, priced = 0, 0.0, True
     for v, pods in workload.pods.items():
         if pods.holding_gpus:
@@ -542,7 +552,7 @@ def on_nodes(spec: LLMDeploymentSpec, workload: Workload) -> tuple[int, float | 
             cost += pods.holding_gpus * p
             accelerator = spec.variant(v).accelerator if any(x.name == v for x in spec.variants) else workload.shapes.get(v, ("", 1))[0]
             priced = priced and bool(accelerator) and spec.cost.price(accelerator) is not None
-    return gpus, (round(cost, 6) if priced else None)
+    return gpus, (round(cost, 6) if priced or priced_part else None)
 
 
 def gpus_held(spec: LLMDeploymentSpec, workload: Workload, desired: Mapping[str, int]) -> tuple[int, float]:
