@@ -506,6 +506,17 @@ class Cluster:
         return gpus, cost
 
 
+def _by_shape(w: Workload, load: float, now: float) -> Signals:
+    """Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6)."""
+    ok = load <= 30.0 * w.pods.get("h100x2", PodCounts()).ready + 6.0 * w.pods.get("l4x1", PodCounts()).ready
+    ready = sum(p.ready for p in w.pods.values())
+    return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
+                   prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
+                   requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
+                   ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
+                   gpu_utilization=0.5, sampled_at=now)
+
+
 def _signals(spec: Any, w: Workload, load: float, now: float) -> Signals:
     """Latency over target when the Ready pods cannot carry the load (a crude, monotone stand-in)."""
     ready = sum(p.ready for p in w.pods.values())
@@ -608,22 +619,13 @@ def _lowered_scene(max_gpus: int, h100_pool: int, start: list[Pod], target: str,
     history, now = History(spill_shape=spill), 0.0
     seen: list[tuple[float, dict[str, int], tuple[str, ...], int, tuple[str, ...]]] = []
 
-    def signals(w: Workload, load: float) -> Signals:
-        # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
-        ok = load <= 30.0 * w.pods.get("h100x2", PodCounts()).ready + 6.0 * w.pods.get("l4x1", PodCounts()).ready
-        ready = sum(p.ready for p in w.pods.values())
-        return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
-                       prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
-                       requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
-                       ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
-                       gpu_utilization=0.5, sampled_at=now)
     for _ in range(decisions):
         now += 15.0
         cluster.step(now)
         if now >= 60.0:
             assert cluster.held()[0] <= max_gpus, (now, cluster.desired, seen)
         w = cluster.workload(now)
-        d = decide(spec, w, signals(w, 100.0), history, now)  # four h100x2 pods at 85 %
+        d = decide(spec, w, _by_shape(w, 100.0, now), history, now)  # four h100x2 pods at 85 %
         history = d.history
         if d.apply:
             creates = any(d.replicas_by_variant.get(v, 0) > w.pods.get(v, PodCounts()).live for v in d.replicas_by_variant)
@@ -894,15 +896,6 @@ def test_through_the_core_spill_pods_carry_the_h100_pods_that_wait_and_retire_wh
     cluster.desired["h100x2"] = 1
     cluster.pods.append(Pod("h100x2", -200.0, -100.0))
 
-    def signals(w: Workload, load: float) -> Signals:
-        # Within the SLO while the Ready pods carry the load (an h100x2 pod some 30 req/s, an L4 pod 6).
-        ok = load <= 30.0 * w.pods.get("h100x2", PodCounts()).ready + 6.0 * w.pods.get("l4x1", PodCounts()).ready
-        ready = sum(p.ready for p in w.pods.values())
-        return Signals(ttft_quantile=0.2 if ok else 3.0, itl_quantile=0.03 if ok else 0.3, request_rate=load,
-                       prompt_tokens_rate=load * 1000, generation_tokens_rate=load * 200,
-                       requests_waiting=0.0 if ok else load * 5, requests_running=min(load, 8.0 * ready),
-                       ttft_attainment=0.99 if ok else 0.5, itl_attainment=0.99 if ok else 0.5, kv_cache_usage=0.3,
-                       gpu_utilization=0.5, sampled_at=now)
     history, now = History(), 0.0
     seen: list[tuple[float, dict[str, int], tuple[str, ...]]] = []
 
@@ -912,7 +905,7 @@ def test_through_the_core_spill_pods_carry_the_h100_pods_that_wait_and_retire_wh
             now += 15.0
             cluster.step(now)
             w = cluster.workload(now)
-            d = decide(spec, w, signals(w, load), history, now)
+            d = decide(spec, w, _by_shape(w, load, now), history, now)
             history = d.history
             if d.apply:
                 creates = any(d.replicas_by_variant.get(v, 0) > w.pods.get(v, PodCounts()).live for v in d.replicas_by_variant)
