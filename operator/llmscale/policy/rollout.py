@@ -57,17 +57,20 @@ def held(desired: int, pods: PodCounts) -> int:
     return max(desired, pods.live) + pods.terminating
 
 
+def _rendered(spec: LLMDeploymentSpec, workload: Workload, name: str) -> tuple[str, int]:
+    """(accelerator, GPUs per pod) of a variant: the spec's, or for one gone from the spec the
+    shape its Deployment was rendered with ("" when unknown)."""
+    v = next((x for x in spec.variants if x.name == name), None)
+    return (v.accelerator, v.gpus_per_replica) if v is not None else workload.shapes.get(name, ("", 1))
+
+
 def shape_of(spec: LLMDeploymentSpec, workload: Workload, name: str, room: bool = False) -> tuple[int, float]:
     """(GPUs per pod, hourly price per pod) of a variant; a variant gone from the spec keeps the
     shape its Deployment was rendered with. With `room` (the arithmetic of what fits under the
     ceilings), a pod whose price is unknown (its shape and its price removed from the spec while
     its pods still serve) counts as costing all of maxHourlyCost: nothing is started beside it
     that the ceiling might not allow."""
-    v = next((x for x in spec.variants if x.name == name), None)
-    if v is not None:
-        accelerator, gpus = v.accelerator, v.gpus_per_replica
-    else:
-        accelerator, gpus = workload.shapes.get(name, ("", 1))
+    accelerator, gpus = _rendered(spec, workload, name)
     price = spec.cost.price(accelerator) if accelerator else None
     if price is None and room and spec.cost.hourly_ceiling is not None:
         return gpus, float(spec.cost.hourly_ceiling)
@@ -550,7 +553,7 @@ def on_nodes(spec: LLMDeploymentSpec, workload: Workload, priced_part: bool = Fa
             g, p = shape_of(spec, workload, v)
             gpus += pods.holding_gpus * g
             cost += pods.holding_gpus * p
-            accelerator = spec.variant(v).accelerator if any(x.name == v for x in spec.variants) else workload.shapes.get(v, ("", 1))[0]
+            accelerator = _rendered(spec, workload, v)[0]
             priced = priced and bool(accelerator) and spec.cost.price(accelerator) is not None
     return gpus, (round(cost, 6) if priced or priced_part else None)
 
