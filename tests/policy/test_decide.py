@@ -160,7 +160,8 @@ def test_history_round_trips_through_status() -> None:
                 panic_until=9.0, capacity_correction=0.9, variant_candidate="l4", variant_candidate_since=2.0,
                 observing_since=1.0, backlog_at=4.0, mean_input=900.0, mix_requests=240.0, queue_scrapes=((3.0, 10.0, 20.0), (5.0, 12.0, 30.0)),
                 started_shapes=("l4x1@0123456789",), burst_growth=(0.8, 1.05), burst_from=40.0, burst_since=2.0,
-                held_level=41.5, rise_since=3.0, load_record=((0.0, 45.5, 44.25, 30000.0), (3600.0, 20.0, 18.5, 21000.0)))
+                held_level=41.5, rise_since=3.0, spill_shape="l4x1", gpus_short="h100x2", gpus_short_since=-30.0,
+                load_record=((0.0, 45.5, 44.25, 30000.0), (3600.0, 20.0, 18.5, 21000.0)))
     assert History.from_dict(h.to_dict()) == h
     # A long-memory record that does not parse (out of order, negative, the wrong shape) is dropped alone.
     for bad in ([[3600.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]], [[0.0, -1.0, 1.0, 1.0]], [[0.0, 1.0, 1.0]], "x",

@@ -14,7 +14,7 @@ from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Reason, Signals, Workload, decide
 from llmscale.policy.rollout import Rollout, Spill, back_under, gpus_held, rollout
 from llmscale.policy.types import Action, Condition, PodCounts
-from llmscale.policy.variant import stuck
+from llmscale.policy.variant import gpus_short_since, remember_gpus_short, stuck
 from tests.conftest import spec_dict
 
 L4 = {"name": "l4x1", "accelerator": "nvidia-l4", "gpusPerReplica": 1, "coldStart": "60s"}
@@ -224,6 +224,59 @@ def test_stuck_names_the_cause_only_after_the_timeout_and_only_mid_switch() -> N
     assert stuck(SPEC, alone, 1000.0 + 301) is None  # nothing to go back to: pods wait for GPUs (GPUsUnavailable)
     slow = wl("h100x2", {"l4x1": 4, "h100x2": 1}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=0.0)})
     assert stuck(SPEC, slow, 1801.0) == "NotReady: 1 x h100x2 not Ready within serving.startupTimeout (30m)"
+    # Earlier Pending pods let go under a lowered ceiling (History.gpus_short): the wait runs from
+    # the first of them, not from the pod created after.
+    young = wl("h100x2", {"l4x1": 4, "h100x2": 1}, {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(unschedulable=1, waiting_since=1200.0)})
+    assert stuck(SPEC, young, 1000.0 + 301) is None
+    assert stuck(SPEC, young, 1000.0 + 301, short_since=1000.0) == \
+        "Unschedulable: 1 x h100x2 Pending for lack of free nvidia-h100 GPUs for over 5m"
+    assert stuck(SPEC, young, 1000.0 + 301, short_since=1250.0) is None  # the older of the two counts
+
+
+def _short(pods: dict[str, PodCounts], target: str = "h100x2") -> Workload:
+    return wl(target, {v: p.live for v, p in pods.items()}, pods)
+
+
+PENDING = PodCounts(unschedulable=2, waiting_since=970.0)
+# (why, workload, counts applied, applied, a cut, history before, now, (gpus_short, gpus_short_since) after)
+GPUS_SHORT: list[tuple[str, Workload, dict[str, int], bool, bool, History, float, tuple[str | None, float | None]]] = [
+    ("a cut lets the target's Pending pods go: remembered from the oldest one's creation",
+     _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 0}, True, True, History(), 1000.0,
+     ("h100x2", 970.0)),
+    ("a cut that keeps them all: nothing learnt",
+     _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 2}, True, True, History(), 1000.0,
+     (None, None)),
+    ("not applied (Recommend): no pod went, the Pending ones still say it",
+     _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 0}, False, True, History(), 1000.0,
+     (None, None)),
+    ("fewer target pods without a cut (a scale-down): no shortage learnt",
+     _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 1}, True, False, History(), 1000.0,
+     (None, None)),
+    ("a second cut of younger Pending pods keeps the older start",
+     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(unschedulable=1, waiting_since=1100.0)}), {"l4x1": 4, "h100x2": 0},
+     True, True, History(gpus_short="h100x2", gpus_short_since=970.0), 1200.0, ("h100x2", 970.0)),
+    ("kept while the target changes (a stalled switch went back): no pod of it was scheduled",
+     _short({"l4x1": PodCounts(ready=4)}, target="l4x1"), {"l4x1": 4}, True, False,
+     History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, ("h100x2", 970.0)),
+    ("a pod of that shape scheduled after the wait began: GPUs came, forgotten",
+     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=1250.0)}), {"l4x1": 4, "h100x2": 1},
+     True, False, History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, (None, None)),
+    ("one starting since before the wait proves nothing",
+     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=900.0)}), {"l4x1": 4, "h100x2": 1},
+     True, False, History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, ("h100x2", 970.0)),
+    ("expired: unschedulableTimeout (5m) and the dwell (15m) after it began",
+     _short({"l4x1": PodCounts(ready=4)}, target="l4x1"), {"l4x1": 4}, True, False,
+     History(gpus_short="h100x2", gpus_short_since=970.0), 970.0 + 1201.0, (None, None)),
+]
+
+
+@pytest.mark.parametrize(("why", "w", "counts", "applied", "cut", "before", "now", "after"), GPUS_SHORT, ids=[c[0] for c in GPUS_SHORT])
+def test_the_memory_of_a_shape_short_of_gpus(why: str, w: Workload, counts: dict[str, int], applied: bool, cut: bool,
+                                             before: History, now: float, after: tuple[str | None, float | None]) -> None:
+    got = remember_gpus_short(SPEC, w, w.variant or "", counts, applied, cut, before, now)
+    assert (got.gpus_short, got.gpus_short_since) == after
+    assert got.with_(gpus_short=None, gpus_short_since=None) == before.with_(gpus_short=None, gpus_short_since=None)
+    assert gpus_short_since(SPEC, got, "h100x2", now) == after[1]
 
 
 # ---- properties ---------------------------------------------------------------------------------------
@@ -663,6 +716,20 @@ def test_a_ceiling_lowered_mid_switch_or_spill_is_held_once_drained_and_somethin
     assert all(ready > 0 for _, _, _, ready, _ in seen), seen
     if where == "switch" and h100_pool:
         assert cluster.desired.get("l4x1", 0) == 0 and cluster.desired["h100x2"] >= 1, seen[-1]
+
+
+def test_pending_pods_let_go_under_a_lowered_ceiling_are_not_made_room_for_again() -> None:
+    """Review: a switch to H100 pods Pending for lack of H100 GPUs, maxGPUs lowered to 4: the cut
+    let the Pending pods go and kept four L4 pods, then the next decision released two of those to
+    make room for an H100 pod that went Pending as the others had, and two L4 pods served until the
+    rollback six minutes later. The shortage is remembered: what the cut kept keeps serving, and no
+    pod of the short shape is created while it lasts."""
+    start = [Pod("l4x1", -300.0, -200.0) for _ in range(8)] + [Pod("h100x2", -30.0, None) for _ in range(2)]
+    _, cluster, seen, created = _lowered_scene(4, 0, start, "h100x2", {"l4x1": 8, "h100x2": 2}, decisions=40)
+    assert seen[0][1] == {"l4x1": 4, "h100x2": 0}, seen[0]
+    assert all(ready >= 4 for _, _, _, ready, _ in seen), [(t, ready) for t, _, _, ready, _ in seen]
+    assert [p for p in created if p.variant == "h100x2" and p not in start] == []
+    assert cluster.desired == {"l4x1": 4, "h100x2": 0}
 
 
 def test_a_ceiling_held_plan_never_takes_the_switch_below_the_load() -> None:

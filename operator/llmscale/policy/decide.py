@@ -25,7 +25,7 @@ from .stabilization import stabilization
 from .tolerance import tolerance
 from .types import Condition, Decision, Estimate, History, Signals, Workload
 from .unknowns import unknowns
-from .variant import spill_candidates, switch_failed
+from .variant import gpus_short_since, remember_gpus_short, spill_candidates, switch_failed
 from .variant import variant as choose_variant
 
 
@@ -58,8 +58,9 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
             if not over and not gate.apply:  # a cut's condition is not left standing once the pods are under
                 over = {"BudgetLimited": Condition("False", "WithinBudget", "the pods on nodes are within the ceilings")}
             conditions.update(over)
-        return mode(spec, workload, running, running, gate.final, gate.apply or moved.lowered is not None, history,
-                    Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
+        d = mode(spec, workload, running, running, gate.final, gate.apply or moved.lowered is not None, history,
+                 Estimate(step_time_factor=history.planned_speed), conditions, now, moved, moved.spill_failed)
+        return _short_of_gpus(spec, workload, d, moved, now)
     # 2. Capacity per replica at the SLO, learnt from each rate window once.
     cap = capacity(spec, running, workload, signals, history, now, breach_ratio(spec, signals))
     # 3. The load to plan for over the cold start (trend, burst memory, queue).
@@ -99,7 +100,7 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
                   hold=bool(gate.unknown_critical), startup_timeout_s=parse_duration(spec.serving.startup_timeout),
                   started=_started(spec, workload, shape.history, in_use))
     moved = rollout(spec, workload, shape.variant, shape.proposal.replicas, shape.per_replica, demand, fc.plan_utilization(spec),
-                    spill)
+                    spill, gpus_short=gpus_short_since(spec, shape.history, shape.variant.name, now) is not None)
     if moved.spill != shape.history.spill_shape:
         shape = replace(shape, history=shape.history.with_(spill_shape=moved.spill))
     # 13. Recommend reports; Auto applies.
@@ -116,8 +117,16 @@ def decide(spec: LLMDeploymentSpec, workload: Workload, signals: Signals, histor
     failed = shape.failed or moved.spill_failed
     if len(spec.variants) > 1 or len(workload.desired) > 1:
         conditions["VariantSwitchFailed"] = switch_failed(spec, workload, failed, now)
-    return mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
-                moved, failed)
+    d = mode(spec, workload, running, shape.variant, shape.proposal, True, shape.history, estimate, conditions, now,
+             moved, failed)
+    return _short_of_gpus(spec, workload, d, moved, now)
+
+
+def _short_of_gpus(spec: LLMDeploymentSpec, workload: Workload, d: Decision, moved: Rollout, now: float) -> Decision:
+    """The decision with History.gpus_short kept up to date for its target (see variant.remember_gpus_short)."""
+    kept = remember_gpus_short(spec, workload, d.variant, moved.replicas_by_variant, d.apply, moved.lowered is not None,
+                               d.history, now)
+    return d if kept is d.history else replace(d, history=kept)
 
 
 def over_ceiling(spec: LLMDeploymentSpec, workload: Workload, moved: Rollout) -> dict[str, Condition]:

@@ -125,7 +125,7 @@ def room_for(spec: LLMDeploymentSpec, workload: Workload, target: Variant, other
 
 def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
             per_replica: Mapping[str, float], demand: float | None = None, utilization: float | None = None,
-            spill: Spill | None = None, enforce: bool = True) -> Rollout:
+            spill: Spill | None = None, enforce: bool = True, gpus_short: bool = False) -> Rollout:
     """Desired replicas per variant now, for `replicas` of `target` in the end.
 
     `enforce`: let pods go where the counts ask for more than a lowered ceiling allows
@@ -134,7 +134,10 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     old-shape pods one new-shape pod replaces; `demand` the capacity the forecast needs (requests/s
     at the planned `utilization`, targetUtilization when None): old pods beyond it are not needed even
     while the target is short. With `spill`, target pods Pending for lack of GPUs for longer than
-    spillAfter have their share carried by pods of another shape (see `_spill_over`).
+    spillAfter have their share carried by pods of another shape (see `_spill_over`). `gpus_short`:
+    the target's Pending pods were let go under a lowered ceiling (History.gpus_short), so no old
+    pod is released to make room for one: it would wait for GPUs as they did while the old pod
+    served.
     """
     t = target.name
     mine = workload.pods.get(t, PodCounts())
@@ -190,7 +193,8 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         want = max(live, min(replicas, room_for(spec, workload, target, others_gpus, others_cost)))
     out[t] = want
     reasons: list[Reason] = []
-    released = _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring, utilization)
+    released = None if gpus_short else _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring,
+                                                   utilization)
     if released:
         reasons.append(released)
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)

@@ -318,6 +318,11 @@ class History:
     # The shape whose pods carry the share of the target's pods that wait for GPUs (spill-over, see
     # policy.rollout): its pods are not a switch's old shape, so no rollback goes to it.
     spill_shape: str | None = None
+    # The target shape whose Pending pods (no free GPUs of its type) were let go under a lowered
+    # ceiling, and when the first of them was created: no pod shows it any more, so a pod made room
+    # for would wait as they did (policy.rollout), and the switch's wait counts from there.
+    gpus_short: str | None = None
+    gpus_short_since: float | None = None
 
     def with_(self, **changes: Any) -> History:
         """A copy with `changes` (History has no __post_init__: a field-by-field copy is what
@@ -491,6 +496,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "speed_shape": _opt_str,
     "ready_changed_at": _opt_float,
     "spill_shape": _opt_str,
+    "gpus_short": _opt_str,
+    "gpus_short_since": _opt_float,
 }
 assert set(_PARSERS) == set(_KEYS), "every History field has a parser"
 

@@ -5,6 +5,7 @@ current shape cannot meet the SLO at all."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from llmscale.api.models import LLMDeploymentSpec, Variant
@@ -74,16 +75,56 @@ class Shape:
     options: tuple[ShapeOption, ...] = ()  # every shape as weighed (for explain and status)
 
 
-def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float, spill: str | None = None) -> str | None:
+def gpus_short_since(spec: LLMDeploymentSpec, history: History, target: str, now: float) -> float | None:
+    """Since when `target`'s pods have waited for GPUs, as remembered after its Pending pods were
+    let go under a lowered ceiling (History.gpus_short); None when not. Remembered as long as a
+    switch whose pods stayed Pending is kept from the shape: unschedulableTimeout, then the dwell
+    before a shape that failed is tried again."""
+    since = history.gpus_short_since
+    if history.gpus_short != target or since is None:
+        return None
+    switch = spec.scaling.variant_switch
+    return since if now - since <= parse_duration(switch.unschedulable_timeout) + parse_duration(switch.dwell) else None
+
+
+def remember_gpus_short(spec: LLMDeploymentSpec, workload: Workload, target: str, by_variant: Mapping[str, int],
+                        applied: bool, cut: bool, history: History, now: float) -> History:
+    """History.gpus_short after a decision: set when it lets the target's Pending pods go (a lowered
+    ceiling's cut, `cut`, applied), from the oldest one's creation; kept, whatever the target
+    becomes, until it expires (gpus_short_since) or a pod of that shape has been scheduled since."""
+    name = history.gpus_short
+    since = gpus_short_since(spec, history, name, now) if name is not None else None
+    if name is not None and since is not None:
+        pods = workload.pods.get(name, PodCounts())
+        if pods.starting and pods.starting_since is not None and pods.starting_since >= since:
+            since = None  # a pod of that shape found GPUs after the wait began
+    mine = workload.pods.get(target, PodCounts())
+    if applied and cut and mine.unschedulable and by_variant.get(target, mine.live) < mine.live:
+        first = mine.waiting_since if mine.waiting_since is not None else now
+        since = min(since, first) if name == target and since is not None else first
+        name = target
+    if since is None:
+        name = None
+    if (name, since) == (history.gpus_short, history.gpus_short_since):
+        return history
+    return history.with_(gpus_short=name, gpus_short_since=since)
+
+
+def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float, spill: str | None = None,
+          short_since: float | None = None) -> str | None:
     """Why the target shape's new pods cannot start, once they have waited too long; None otherwise.
     Only during a switch: with no other shape serving there is nothing to go back to (and spill pods,
-    `spill`, carry the share of pods that wait, beside the target's own: no switch to undo)."""
+    `spill`, carry the share of pods that wait, beside the target's own: no switch to undo). The
+    wait runs from `short_since` when earlier Pending pods were let go under a lowered ceiling (their
+    successors are younger, the shortage is not)."""
     name = workload.variant
     if name is None or not any(n for v, n in workload.desired.items() if v not in (name, spill)):
         return None
     pods = workload.pods.get(name, PodCounts())
-    if pods.unschedulable and pods.waiting_since is not None and \
-            now - pods.waiting_since > parse_duration(spec.scaling.variant_switch.unschedulable_timeout):
+    waiting = pods.waiting_since if short_since is None or pods.waiting_since is None else min(pods.waiting_since,
+                                                                                             short_since)
+    if pods.unschedulable and waiting is not None and \
+            now - waiting > parse_duration(spec.scaling.variant_switch.unschedulable_timeout):
         v = spec.variant(name)
         return f"Unschedulable: {pods.unschedulable} x {name} Pending for lack of free {v.accelerator} GPUs " \
                f"for over {spec.scaling.variant_switch.unschedulable_timeout}"
@@ -215,7 +256,7 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
                 plans.append(p)
     # Rollback: the new shape cannot start. Go back to the shape still serving most.
     spill = history.spill_shape or workload.spill  # spill pods are no switch's old shape: no rollback to them
-    why = stuck(spec, workload, now, spill)
+    why = stuck(spec, workload, now, spill, gpus_short_since(spec, history, current.name, now))
     if why is not None:
         failed_lately = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
         back = max((v for v in workload.desired if v not in (current.name, spill) and v not in failed_lately
@@ -245,6 +286,8 @@ def _variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, sign
     if not plans:
         return Shape(current, proposal, history, per_replica)
     recently_failed = {v for v, (at, _) in workload.failed.items() if now - at < dwell}
+    if history.gpus_short is not None and gpus_short_since(spec, history, history.gpus_short, now) is not None:
+        recently_failed.add(history.gpus_short)  # its Pending pods were let go: its GPUs are short, as if it failed
     candidates = [p for p in plans if p.capacity.variant.name not in recently_failed or p.capacity.variant.name == current.name]
     best = best_variant(candidates)
     cur = next((p for p in plans if p.capacity.variant.name == current.name), None)
