@@ -335,7 +335,8 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
 
     The cold start is measured once per pod, from creation to its first Ready: only a pod never
     seen Ready before whose Ready condition turned True since the last look, within the startup
-    timeout, is measured. A readiness blip of a pod seen Ready before is not a start.
+    timeout, is measured. A readiness blip of a pod seen Ready before is not a start: it counts as
+    starting (no Ready, GPUs held) but starts no startup clock.
     """
     if not deps:
         return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing), []
@@ -386,6 +387,11 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             continue
         slot = 1 if p.unschedulable else 0
         counts[3 if slot else 0] += 1
+        if slot == 0 and p.name in seen:
+            # Seen Ready before: a readiness blip or a restarted container, not a start that
+            # serving.startupTimeout judges (a switch is not rolled back over a blip of a pod that
+            # served). It holds its GPUs and does not serve, as a starting pod.
+            continue
         # serving.startupTimeout counts from the pod's binding to a node: a pod that waited for a
         # free GPU first (up to unschedulableTimeout, which judges that wait) is not rolled back
         # for loading within its own startup time. (The kubelet's startup probe counts from the
