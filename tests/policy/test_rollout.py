@@ -240,9 +240,12 @@ def _short(pods: dict[str, PodCounts], target: str = "h100x2") -> Workload:
 PENDING = PodCounts(unschedulable=2, waiting_since=970.0)
 # (why, workload, counts applied, applied, a cut, history before, now, (gpus_short, gpus_short_since) after)
 GPUS_SHORT: list[tuple[str, Workload, dict[str, int], bool, bool, History, float, tuple[str | None, float | None]]] = [
-    ("a cut lets the target's Pending pods go: remembered from the oldest one's creation",
+    ("a cut lets the target's Pending pods go: remembered from then",
      _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 0}, True, True, History(), 1000.0,
-     ("h100x2", 970.0)),
+     ("h100x2", 1000.0)),
+    ("review: pods of the shape scheduled before the cut (while others waited) prove nothing",
+     _short({"l4x1": PodCounts(ready=6), "h100x2": PodCounts(starting=2, starting_since=985.0)}), {"l4x1": 6, "h100x2": 2},
+     True, False, History(gpus_short="h100x2", gpus_short_since=1000.0), 1015.0, ("h100x2", 1000.0)),
     ("a cut that keeps them all: nothing learnt",
      _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 2}, True, True, History(), 1000.0,
      (None, None)),
@@ -730,6 +733,57 @@ def test_pending_pods_let_go_under_a_lowered_ceiling_are_not_made_room_for_again
     assert all(ready >= 4 for _, _, _, ready, _ in seen), [(t, ready) for t, _, _, ready, _ in seen]
     assert [p for p in created if p.variant == "h100x2" and p not in start] == []
     assert cluster.desired == {"l4x1": 4, "h100x2": 0}
+    # The stalled switch went back to the L4 pods once, and the short shape is not switched to
+    # again while it is remembered (review: without that, the target flipped at every decision).
+    assert cluster.target == "l4x1"
+    switches = [m for _, _, _, _, msgs in seen for m in msgs if m.startswith(("l4x1 -> h100x2", "h100x2 -> l4x1"))]
+    assert len(switches) == 1 and switches[0].startswith("h100x2 -> l4x1: the switch to h100x2 stalled"), switches
+
+
+def test_a_switch_to_a_shape_remembered_short_of_gpus_rolls_back_on_the_wait_since_the_cut() -> None:
+    """Review: the Pending pods let go under a lowered ceiling were waiting already; a pod created
+    after them in the room left is as short of GPUs, and the switch's wait counts from the cut."""
+    spec = parse_spec(spec_dict(
+        variants=[L4, H100], replicas={"min": 1, "max": 16}, engineArgs=["--max-model-len=8192"],
+        cost={"maxGPUs": 6, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"variantSwitch": {"dwell": "1h", "unschedulableTimeout": "5m"}}, routing="LoadAware"))
+    now = 5000.0
+    pods = {"l4x1": PodCounts(ready=4), "h100x2": PodCounts(unschedulable=1, waiting_since=now - 60.0)}
+    w = Workload(variant="h100x2", replicas=1, ready=0, pending_unschedulable=1, pods=pods, desired={"l4x1": 4, "h100x2": 1},
+                 target_since=now - 400.0)
+    remembered = History(gpus_short="h100x2", gpus_short_since=now - 301.0)
+    d = decide(spec, w, _by_shape(w, 20.0, now), remembered, now)
+    assert d.failed_variant == ("h100x2", "Unschedulable: 1 x h100x2 Pending for lack of free nvidia-h100 GPUs for over 5m")
+    assert d.variant == "l4x1"
+    fresh = decide(spec, w, _by_shape(w, 20.0, now), History(), now)  # its own pod waited a minute only
+    assert fresh.failed_variant is None and fresh.variant == "h100x2"
+
+
+def test_make_room_never_releases_spill_pods() -> None:
+    """Review: at a tight maxGPUs, two L4 spill pods were released to make room for one more H100
+    pod, which waited for H100 GPUs as the pods the spill stands in for do."""
+    w = wl("h100x2", {"h100x2": 2, "l4x1": 6}, {"h100x2": PodCounts(ready=2), "l4x1": PodCounts(ready=6)})
+    got = rollout(SPEC, w, H, 4, CAP, demand=20.0, spill=Spill(1000.0, 45.0, "l4x1", ("l4x1",)))
+    assert got.replicas_by_variant == {"l4x1": 6, "h100x2": 2}
+    assert [r.message for r in got.reasons] == [
+        "6 x l4x1 keep serving until h100x2's pods carry the load (2/4 Ready)",
+        "2 x h100x2 wait for room under the ceilings (pods still holding GPUs: 6 of other shapes, 0 x h100x2 draining)"]
+    # The same pods as a switch's old shape (no spill): one H100 pod is made room for.
+    assert rollout(SPEC, w, H, 4, CAP, demand=20.0).replicas_by_variant == {"l4x1": 4, "h100x2": 2}
+
+
+def test_spill_pods_are_never_released_to_make_room_for_a_pod_of_the_shape_short_of_gpus() -> None:
+    """Review: two H100 pods Ready, two Pending for lack of H100 GPUs and carried by eight L4 spill
+    pods, maxGPUs lowered to 10: the cut lets the Pending pods go and two L4 pods; then spill pods
+    were released to make room for an H100 pod that waited for good (the spill has no switch to roll
+    back), leaving two L4 pods fewer serving for the rest of the run. What the cut kept serves."""
+    start = ([Pod("h100x2", -300.0, -200.0) for _ in range(2)] + [Pod("h100x2", -100.0, None) for _ in range(2)]
+             + [Pod("l4x1", -90.0, -30.0) for _ in range(8)])
+    _, cluster, seen, created = _lowered_scene(10, 4, start, "h100x2", {"h100x2": 4, "l4x1": 8}, spill="l4x1",
+                                               decisions=120)
+    assert seen[0][1] == {"h100x2": 2, "l4x1": 6}, seen[0]
+    assert all(ready >= 8 for t, _, _, ready, _ in seen if t >= 60.0), [(t, ready) for t, _, _, ready, _ in seen]
+    assert [p for p in created if p.variant == "h100x2" and p not in start] == []
 
 
 def test_a_ceiling_held_plan_never_takes_the_switch_below_the_load() -> None:

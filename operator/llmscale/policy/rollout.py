@@ -194,7 +194,7 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     out[t] = want
     reasons: list[Reason] = []
     released = None if gpus_short else _make_room(spec, workload, target, replicas, per_replica, demand, out, retiring,
-                                                   utilization)
+                                                   utilization, spill.shape if spill is not None else None)
     if released:
         reasons.append(released)
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
@@ -461,13 +461,15 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
 
 def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
                per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
-               retiring: dict[str, int], utilization: float | None = None) -> Reason | None:
+               retiring: dict[str, int], utilization: float | None = None, spilled: str | None = None) -> Reason | None:
     """Smaller steps: when no new-shape pod fits under the ceilings and nothing that drains will
     make room for one, release the fewest old pods that make room for one new pod (they drain
     first: the new pod starts at a later decision), for a pod that carries more than is given up.
     What stays serving meanwhile: the load, when the old pods carry it with headroom (only the
     headroom is given up); the load less the tolerance, when they carry it without; nothing
-    promised when they cannot carry it anyway. Otherwise the switch waits."""
+    promised when they cannot carry it anyway. Otherwise the switch waits. Never the spill pods
+    (`spilled`): they serve because the target's GPUs are short, and a target pod made room for
+    would wait for GPUs as the pods they stand in for did."""
     t = target.name
     mine = workload.pods.get(t, PodCounts())
     cap_t = per_replica.get(t, 0.0)
@@ -526,6 +528,8 @@ def _make_room(spec: LLMDeploymentSpec, workload: Workload, target: Variant, rep
         return carried(spec, {t: mine.ready, **left_after(o)}, per_replica)
 
     for o in sorted(retiring, key=lambda v: per_replica[v] / max(1, shape_of(spec, workload, v)[0])):
+        if o == spilled:
+            continue
         g, p = shape_of(spec, workload, o, room=True)
         while (out[o] - freed.get(o, 0) > 0 and (need_g > 0 or need_c > 1e-9) and pays(o)
                and still_serving(o) >= keep_serving):

@@ -319,8 +319,8 @@ class History:
     # policy.rollout): its pods are not a switch's old shape, so no rollback goes to it.
     spill_shape: str | None = None
     # The target shape whose Pending pods (no free GPUs of its type) were let go under a lowered
-    # ceiling, and when the first of them was created: no pod shows it any more, so a pod made room
-    # for would wait as they did (policy.rollout), and the switch's wait counts from there.
+    # ceiling, and when: no pod shows it any more, so a pod made room for would wait as they did
+    # (policy.rollout), and the switch's wait for GPUs counts from there (policy.variant).
     gpus_short: str | None = None
     gpus_short_since: float | None = None
 

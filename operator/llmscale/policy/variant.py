@@ -76,10 +76,10 @@ class Shape:
 
 
 def gpus_short_since(spec: LLMDeploymentSpec, history: History, target: str, now: float) -> float | None:
-    """Since when `target`'s pods have waited for GPUs, as remembered after its Pending pods were
-    let go under a lowered ceiling (History.gpus_short); None when not. Remembered as long as a
-    switch whose pods stayed Pending is kept from the shape: unschedulableTimeout, then the dwell
-    before a shape that failed is tried again."""
+    """When `target`'s Pending pods were let go under a lowered ceiling for lack of GPUs of its type
+    (History.gpus_short); None when not. Remembered as long as a switch whose pods stayed Pending
+    is kept from the shape: unschedulableTimeout, then the dwell before a shape that failed is
+    tried again."""
     since = history.gpus_short_since
     if history.gpus_short != target or since is None:
         return None
@@ -90,18 +90,18 @@ def gpus_short_since(spec: LLMDeploymentSpec, history: History, target: str, now
 def remember_gpus_short(spec: LLMDeploymentSpec, workload: Workload, target: str, by_variant: Mapping[str, int],
                         applied: bool, cut: bool, history: History, now: float) -> History:
     """History.gpus_short after a decision: set when it lets the target's Pending pods go (a lowered
-    ceiling's cut, `cut`, applied), from the oldest one's creation; kept, whatever the target
-    becomes, until it expires (gpus_short_since) or a pod of that shape has been scheduled since."""
+    ceiling's cut, `cut`, applied), at that time (a later cut keeps the first); kept, whatever the
+    target becomes, until it expires (gpus_short_since) or a pod of that shape is scheduled after
+    it (pods scheduled before the cut, while others waited, prove nothing)."""
     name = history.gpus_short
     since = gpus_short_since(spec, history, name, now) if name is not None else None
     if name is not None and since is not None:
         pods = workload.pods.get(name, PodCounts())
         if pods.starting and pods.starting_since is not None and pods.starting_since >= since:
-            since = None  # a pod of that shape found GPUs after the wait began
+            since = None  # a pod of that shape found GPUs after the cut
     mine = workload.pods.get(target, PodCounts())
     if applied and cut and mine.unschedulable and by_variant.get(target, mine.live) < mine.live:
-        first = mine.waiting_since if mine.waiting_since is not None else now
-        since = min(since, first) if name == target and since is not None else first
+        since = since if name == target and since is not None else now
         name = target
     if since is None:
         name = None
@@ -135,10 +135,12 @@ def stuck(spec: LLMDeploymentSpec, workload: Workload, now: float, spill: str | 
 
 def spill_candidates(spec: LLMDeploymentSpec, workload: Workload, history: History, now: float) -> tuple[str, ...]:
     """Shapes that may carry the share of target pods waiting for GPUs (spill-over), in order of
-    preference: vLLM starts on them and none failed to start within the dwell time."""
+    preference: vLLM starts on them, none failed to start within the dwell time, and none is
+    remembered short of GPUs (History.gpus_short)."""
     dwell = parse_duration(spec.scaling.variant_switch.dwell)
     return tuple(v.name for v in spec.variants
                  if not (v.name in workload.failed and now - workload.failed[v.name][0] < dwell)
+                 and gpus_short_since(spec, history, v.name, now) is None  # its GPUs are short too
                  and (refused_start(spec, v) is None or has_started(spec, workload, history, v.name)))
 
 
@@ -219,6 +221,10 @@ def variant(spec: LLMDeploymentSpec, workload: Workload, current: Variant, signa
         note = ("chosen" if v.name == shape.variant.name else "running" if v.name == current.name else "")
         if at is not None and now - at[0] < dwell:
             note = (note + "; " if note else "") + f"failed to start {now - at[0]:.0f}s ago: {at[1]}"
+        short = gpus_short_since(spec, history, v.name, now)
+        if short is not None:
+            note = (note + "; " if note else "") + (f"short of {v.accelerator} GPUs: its Pending pods were let go under a "
+                                                    f"lowered ceiling {now - short:.0f}s ago")
         if p is not None and not p.fits_ceiling:
             note = (note + "; " if note else "") + "over the ceilings"
         options.append(ShapeOption(v.name, p.replicas if p else None, round(p.cost, 4) if p else None,
