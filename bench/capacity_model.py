@@ -2,7 +2,8 @@
 with (`llmscale.perf.queueing`) is from what a simulated fleet sustains in steady state, and from
 the short fleet simulation the policy used before (`llmscale.perf.capacity.simulated_capacity`).
 
-    python -m bench.capacity_model [--quick] [--profile MODEL,ACCELERATOR,GPUS ...]
+    python -m bench.capacity_model [--quick] [--profile MODEL,ACCELERATOR,GPUS ...] [--fleets 1,4,16]
+    python -m bench.capacity_model --trace mooncake [--fleets 1,4]     # on one bench case's own token mix
 
 The reference (`llmscale.perf.capacity.steady_state_meets`) runs the engine simulator long enough
 for the running batch and the KV cache to settle (thousands of requests per replica, the first
@@ -18,8 +19,11 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench.decision_quality import case_and_trace, cases
+from llmscale.api.units import parse_duration
 from llmscale.perf import capacity as simulation
 from llmscale.perf import queueing
 from llmscale.perf.capacity import DEFAULT_SIGMA_IN, DEFAULT_SIGMA_OUT, steady_state_meets
@@ -45,19 +49,21 @@ QUICK_MIXES = ((1000, 250), (2000, 30), (4000, 100))
 
 
 def meets_in_steady_state(profile: ServerProfile, mean_in: float, mean_out: float, lam: float, replicas: int,
-                          slo: Slo) -> bool:
-    return steady_state_meets(profile, mean_in, mean_out, lam, replicas, slo.itl_s, slo.itl_pct, slo.ttft_s, slo.ttft_pct)
+                          slo: Slo, lengths: Sequence[tuple[int, int]] | None = None) -> bool:
+    return steady_state_meets(profile, mean_in, mean_out, lam, replicas, slo.itl_s, slo.itl_pct, slo.ttft_s, slo.ttft_pct,
+                              lengths=lengths)
 
 
 def steady_capacity(profile: ServerProfile, mean_in: float, mean_out: float, replicas: int, slo: Slo,
-                    start: float) -> float:
-    """Largest rate per replica (to 2 %) that meets the SLO in a long simulated run."""
+                    start: float, lengths: Sequence[tuple[int, int]] | None = None) -> float:
+    """Largest rate per replica (to 2 %) that meets the SLO in a long simulated run (token lengths
+    drawn from `lengths` when given, else lognormal with these means)."""
     lo, hi = 0.0, max(start, 0.05)
-    while meets_in_steady_state(profile, mean_in, mean_out, hi, replicas, slo):
+    while meets_in_steady_state(profile, mean_in, mean_out, hi, replicas, slo, lengths):
         lo, hi = hi, hi * 1.5
     while hi - lo > 0.02 * hi:
         mid = (lo + hi) / 2 if lo > 0 else hi / 3
-        if meets_in_steady_state(profile, mean_in, mean_out, mid, replicas, slo):
+        if meets_in_steady_state(profile, mean_in, mean_out, mid, replicas, slo, lengths):
             lo = mid
         else:
             hi = mid
@@ -79,7 +85,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="three mixes, one SLO (about a minute)")
     ap.add_argument("--profile", action="append", metavar="MODEL,ACCELERATOR,GPUS",
                     help="server profile(s); default Llama-3.1-8B on one H100")
+    ap.add_argument("--trace", metavar="CASE",
+                    help="instead: the model against the steady state on one bench case's own token mix "
+                         "(bench.decision_quality's cases: its SLO, its trace's prompt and output lengths)")
+    ap.add_argument("--fleets", default=None, metavar="N,N", help="fleet sizes (default 1,4,16; 1,4 with --trace)")
     args = ap.parse_args()
+    try:
+        fleets = tuple(int(x) for x in args.fleets.split(",")) if args.fleets else None
+    except ValueError:
+        raise SystemExit(f"capacity_model: --fleets {args.fleets!r}: give sizes like 1,4") from None
+    if fleets is not None and (not fleets or min(fleets) < 1):
+        raise SystemExit(f"capacity_model: --fleets {args.fleets!r}: sizes are at least 1")
+    if args.trace:
+        trace_mix(args.trace, args.profile, fleets or (1, 4))
+        return
+    fleet_sizes = fleets or FLEETS
     profiles = []
     for text in args.profile or ["meta-llama/Llama-3.1-8B-Instruct,nvidia-h100,1"]:
         parts = text.split(",")
@@ -106,7 +126,7 @@ def main() -> None:
                 c2 = time.process_time()
                 cost["short simulation"] += c1 - c0
                 cost["model"] += c2 - c1
-                for n in FLEETS:
+                for n in fleet_sizes:
                     m = simulation.at_fleet_size(model, n).requests_per_s
                     s = simulation.at_fleet_size(short, n).requests_per_s
                     ref = steady_capacity(profile, a, b, n, slo, max(m, s, 0.05))
@@ -133,6 +153,47 @@ def main() -> None:
     if cost["model"] > 0:
         print(f"model CPU / short simulation CPU: 1/{cost['short simulation'] / cost['model']:.0f}")
     sys.stdout.flush()
+
+
+def trace_mix(name: str, profile_texts: list[str] | None, fleets: tuple[int, ...]) -> None:
+    """The model, and the steady state on the lognormal mix it assumes, against the steady state
+    on the trace's own token lengths (a heavy-tailed mix the lognormal misses), at the case's SLO."""
+    names = [c.name for c in cases()]
+    if name not in names:
+        raise SystemExit(f"capacity_model: --trace {name!r}: not a case (one of {', '.join(names[:4])}, ...)")
+    case, trace = case_and_trace(name)
+    lengths = [(a.input_tokens, a.output_tokens) for a in trace.arrivals]
+    mean_in = sum(a for a, _ in lengths) / len(lengths)
+    mean_out = sum(b for _, b in lengths) / len(lengths)
+    slo_spec = case.spec["slo"]
+    slo = Slo(parse_duration(slo_spec["interTokenLatency"]["target"]), float(slo_spec["interTokenLatency"].get("percentile", 95)),
+              parse_duration(slo_spec["ttft"]["target"]), float(slo_spec["ttft"]["percentile"]))
+    for text in profile_texts or ["meta-llama/Llama-3.1-8B-Instruct,nvidia-h100,1"]:
+        model_name, acc, gpus = text.split(",")
+        profile = server_profile(model_name, acc, int(gpus))
+        print(f"\n{name}: {len(lengths)} requests, mean {mean_in:.0f} prompt / {mean_out:.0f} output tokens; "
+              f"{profile.model.name} on {profile.tp}x {profile.gpu.name}, {slo}")
+        curve = queueing.modelled_curve(profile, mean_in, mean_out, slo.itl_s, slo.ttft_s, slo.itl_pct, slo.ttft_pct)
+        print(f"{'fleet':>5} | {'model':>7} {'limit':>8} | {'steady, lognormal':>17} | {'steady, trace mix':>17} "
+              f"{'limit':>6} | {'model / trace mix':>17}")
+        for n in fleets:
+            cap = simulation.at_fleet_size(curve, n)
+            logn = steady_capacity(profile, mean_in, mean_out, n, slo, max(cap.requests_per_s, 0.05))
+            own = steady_capacity(profile, mean_in, mean_out, n, slo, max(cap.requests_per_s, 0.05), lengths)
+            why = "" if own <= 0 else _first_miss(profile, mean_in, mean_out, own * 1.04, n, slo, lengths)
+            ratio = f"{cap.requests_per_s / own:17.2f}" if own > 0 else f"{'-':>17}"
+            print(f"{n:5d} | {cap.requests_per_s:7.2f} {cap.limited_by:>8} | {logn:17.2f} | {own:17.2f} {why:>6} | {ratio}",
+                  flush=True)
+
+
+def _first_miss(profile: ServerProfile, mean_in: float, mean_out: float, lam: float, replicas: int, slo: Slo,
+                lengths: Sequence[tuple[int, int]]) -> str:
+    """Which target the trace-mix fleet misses first just above its capacity ("ttft", "itl")."""
+    for only in ("ttft", "itl"):
+        if not steady_state_meets(profile, mean_in, mean_out, lam, replicas, slo.itl_s if only == "itl" else None, slo.itl_pct,
+                                  slo.ttft_s if only == "ttft" else None, slo.ttft_pct, lengths=lengths):
+            return only
+    return "-"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import random  # seeded below: every result is deterministic
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import buckets
@@ -297,13 +298,15 @@ def _simulated(profile: ServerProfile, closed: Capacity, mean_in: float, mean_ou
 
 def steady_state_meets(profile: ServerProfile, mean_in: float, mean_out: float, lam: float, replicas: int,
                        itl_target_s: float | None, itl_pct: float, ttft_target_s: float | None, ttft_pct: float,
-                       seed: int = 7) -> bool:
+                       seed: int = 7, lengths: Sequence[tuple[int, int]] | None = None) -> bool:
     """Does a fleet of `replicas` behind a least-outstanding-requests router meet the targets at a
     Poisson rate of `lam` per replica, in steady state? The reference the capacity model is checked
     against: thousands of requests per replica (the first quarter discarded), long enough for the
     running batch and the KV cache to fill, where the short runs of `simulated_capacity` stop
     while long outputs are still arriving (they overstate what a pooled replica sustains by up to
-    40 %). Seconds per call: a benchmark and test tool, never on the decision path."""
+    40 %). Seconds per call: a benchmark and test tool, never on the decision path. `lengths`:
+    (prompt, output) tokens to draw each request from (a trace's own mix) instead of the lognormal
+    mix with these means."""
     rng = random.Random(seed)
     n = 4000 + 1500 * replicas
     mu_in = math.log(mean_in) - DEFAULT_SIGMA_IN**2 / 2
@@ -313,8 +316,12 @@ def steady_state_meets(profile: ServerProfile, mean_in: float, mean_out: float, 
     t = 0.0
     for i in range(n):
         t += rng.expovariate(lam * replicas)
-        a = min(cap_in, max(1, int(rng.lognormvariate(mu_in, DEFAULT_SIGMA_IN))))
-        b = max(1, int(rng.lognormvariate(mu_out, DEFAULT_SIGMA_OUT)))
+        if lengths:
+            a, b = lengths[rng.randrange(len(lengths))]
+            a, b = min(cap_in, max(1, a)), max(1, b)
+        else:
+            a = min(cap_in, max(1, int(rng.lognormvariate(mu_in, DEFAULT_SIGMA_IN))))
+            b = max(1, int(rng.lognormvariate(mu_out, DEFAULT_SIGMA_OUT)))
         for e in fleet:
             e.advance(t)
         min(fleet, key=lambda e: e.outstanding).submit(Request(i, t, a, b))
