@@ -759,6 +759,43 @@ def test_a_switch_to_a_shape_remembered_short_of_gpus_rolls_back_on_the_wait_sin
     assert fresh.failed_variant is None and fresh.variant == "h100x2"
 
 
+def test_a_new_deployment_whose_gpu_type_is_taken_is_served_by_spill_pods_before_any_metric() -> None:
+    """Review: a new LLMDeployment whose first shape's GPUs are all taken had no pod to read metrics
+    or a token mix from, so unknown meant hold and spill-over never started: nothing served, for
+    good. The floor (replicas.min) is known without metrics: a spill pod stands in for the floor's
+    pod that waits, one for one, and once it serves, the metrics it gives plan as ever."""
+    spec = parse_spec(spec_dict(
+        variants=[H100, L4], replicas={"min": 1, "max": 8}, engineArgs=["--max-model-len=8192"],
+        cost={"maxGPUs": 8, "prices": {"nvidia-h100": "4.00", "nvidia-l4": "0.80"}},
+        scaling={"variantSwitch": {"dwell": "1h", "unschedulableTimeout": "5m", "spillAfter": "45s"}}, routing="LoadAware"))
+    cluster = Cluster(spec, {"nvidia-l4": 8, "nvidia-h100": 0})
+    cluster.target, cluster.since, cluster.desired = "h100x2", 0.0, {"h100x2": 1}
+    cluster.pods = [Pod("h100x2", 0.0, None)]
+    created = list(cluster.pods)
+    history, now, served_at = History(), 0.0, None
+    for _ in range(40):
+        now += 15.0
+        cluster.step(now)
+        w = cluster.workload(now)
+        ready = sum(p.ready for p in w.pods.values())
+        if ready and served_at is None:
+            served_at = now
+        # No pod has run: no series at all. Then a light load (an L4 pod carries 6 req/s).
+        sig = (_by_shape(w, 2.0, now) if ready else
+               Signals(unknown={"request_rate": "no series", "ttft": "no series"}, sampled_at=now))
+        d = decide(spec, w, sig, history, now)
+        history = d.history
+        if d.apply:
+            cluster.apply(d.replicas_by_variant, d.variant, d.failed_variant, now)
+            created += [p for p in cluster.pods if p not in created]
+        if now == 45.0:  # the H100 pod has waited spillAfter: one L4 pod for the floor
+            assert d.replicas_by_variant == {"h100x2": 1, "l4x1": 1}, d.reasons
+            assert "1 x l4x1 serve replicas.min (1) meanwhile" in d.reasons[-1].message, d.reasons
+    assert served_at is not None and served_at <= 45.0 + 60.0 + 15.0, served_at  # spill, the L4 cold start, a decision
+    assert [p.variant for p in created] == ["h100x2", "l4x1"]  # one spill pod, kept: no flapping
+    assert cluster.desired == {"h100x2": 1, "l4x1": 1} and cluster.target == "h100x2"
+
+
 def test_make_room_never_releases_spill_pods() -> None:
     """Review: at a tight maxGPUs, two L4 spill pods were released to make room for one more H100
     pod, which waited for H100 GPUs as the pods the spill stands in for do."""

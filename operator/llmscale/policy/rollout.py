@@ -198,6 +198,9 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
     if released:
         reasons.append(released)
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
+    if spill_failed is None:
+        spilled, floor_why = _spill_floor(spec, workload, target, out, spill, spilled)
+        spill_why = spill_why or floor_why
     if spill_why is not None:
         reasons.append(spill_why)
     lowered = back_under(spec, workload, t, out, per_replica) if enforce else None
@@ -311,6 +314,59 @@ def back_under(spec: LLMDeploymentSpec, workload: Workload, t: str, out: dict[st
                   f"{which} (lowered under what runs): {let_go} let go, to be under it once they drain")
 
 
+def _room_of(spec: LLMDeploymentSpec, workload: Workload, out: Mapping[str, int], v: str) -> int:
+    """The most non-terminating pods of `v` the ceilings allow beside everything else held."""
+    g_o, c_o = 0, 0.0
+    for o in set(out) | set(workload.pods):
+        if o != v:
+            g, p = shape_of(spec, workload, o, room=True)
+            n = held(out.get(o, 0), workload.pods.get(o, PodCounts()))
+            g_o, c_o = g_o + n * g, c_o + n * p
+    shape = next((x for x in spec.variants if x.name == v), None)
+    return room_for(spec, workload, shape, g_o, c_o) if shape is not None else 0
+
+
+def _switching(workload: Workload, t: str, spill: str | None) -> bool:
+    """Pods or replicas of a shape other than the target and the spill shape: a switch is under way."""
+    return any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
+               for v in set(workload.desired) | set(workload.pods) if v not in (t, spill))
+
+
+def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, out: dict[str, int], ctx: Spill | None,
+                 current: str | None) -> tuple[str | None, Reason | None]:
+    """replicas.min while the target's pods wait for GPUs: spill pods stand in for the floor's pods
+    that wait past spillAfter, one for one, whatever the metrics say. The floor is the user's word,
+    known without metrics or a token mix, and a new deployment whose GPU type is taken has no pod to
+    read them from: without this it never served. The spill shape in use, else the first candidate
+    (in order of preference) with room under the ceilings whose own pods do not wait for GPUs.
+    Returns the spill shape (`current` when nothing changes) and why pods were added."""
+    t = target.name
+    mine = workload.pods.get(t, PodCounts())
+    if (ctx is None or ctx.after_s is None or not mine.unschedulable or mine.waiting_since is None
+            or ctx.now - mine.waiting_since < ctx.after_s or _switching(workload, t, current)):
+        return current, None
+    missing = min(spec.replicas.min, mine.live) - (mine.ready + mine.starting)
+    if missing <= 0:
+        return current, None
+    options = [current] if current is not None else [
+        v for v in ctx.candidates
+        if v != t and (x := next((s for s in spec.variants if s.name == v), None)) is not None
+        and x.accelerator != target.accelerator and not workload.pods.get(v, PodCounts()).unschedulable]
+    for v in options:
+        have = out.get(v, 0)
+        n = min(missing, max(have, _room_of(spec, workload, out, v)))
+        if n <= have:
+            if v == current:
+                return current, None  # as many as the floor asks, or no room for more
+            continue
+        out[v] = n
+        return v, Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs "
+                                          f"for {ctx.now - mine.waiting_since:.0f}s (spillAfter "
+                                          f"{spec.scaling.variant_switch.spill_after}): {n} x {v} serve replicas.min "
+                                          f"({spec.replicas.min}) meanwhile")
+    return current, None
+
+
 def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
                 per_replica: Mapping[str, float], demand: float | None, out: dict[str, int],
                 ctx: Spill | None) -> tuple[str | None, Reason | None, tuple[str, str] | None]:
@@ -344,15 +400,7 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         return out.get(v, 0) > 0 or workload.pods.get(v, PodCounts()).holding_gpus > 0
 
     def room_of(v: str) -> int:
-        """The most non-terminating pods of `v` the ceilings allow beside everything else held."""
-        g_o, c_o = 0, 0.0
-        for o in set(out) | set(workload.pods):
-            if o != v:
-                g, p = shape_of(spec, workload, o, room=True)
-                n = held(out.get(o, 0), workload.pods.get(o, PodCounts()))
-                g_o, c_o = g_o + n * g, c_o + n * p
-        shape = next((x for x in spec.variants if x.name == v), None)
-        return room_for(spec, workload, shape, g_o, c_o) if shape is not None else 0
+        return _room_of(spec, workload, out, v)
 
     def keep(n: int) -> str | None:
         """Keep `n` of the spill pods there (none asked for anew): those on nodes (they hold their
@@ -387,8 +435,7 @@ def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, re
         return (current if has_pods(current) else None), Reason(Code.VARIANT_SWITCH_FAILED, failure), (current, failure)
     if ctx.hold:  # the metrics are unknown or scaling is paused: unknown means hold
         return hold(), None, None
-    switching = any(workload.desired.get(v, 0) or workload.pods.get(v, PodCounts()).live
-                    for v in set(workload.desired) | set(workload.pods) if v not in (t, current))
+    switching = _switching(workload, t, current)
     cap_t = per_replica.get(t, 0.0)
     if switching:
         return (current if current is not None and has_pods(current) else None), None, None
