@@ -28,6 +28,7 @@ from llmscale.perf import capacity as simulation
 from llmscale.perf import queueing
 from llmscale.perf.capacity import DEFAULT_SIGMA_IN, DEFAULT_SIGMA_OUT, steady_state_meets
 from llmscale.perf.hardware import ServerProfile, server_profile
+from llmscale.sim.traffic import TraceError
 
 FLEETS = (1, 4, 16)
 
@@ -96,16 +97,21 @@ def main() -> None:
         raise SystemExit(f"capacity_model: --fleets {args.fleets!r}: give sizes like 1,4") from None
     if fleets is not None and (not fleets or min(fleets) < 1):
         raise SystemExit(f"capacity_model: --fleets {args.fleets!r}: sizes are at least 1")
-    if args.trace:
-        trace_mix(args.trace, args.profile, fleets or (1, 4))
-        return
-    fleet_sizes = fleets or FLEETS
     profiles = []
     for text in args.profile or ["meta-llama/Llama-3.1-8B-Instruct,nvidia-h100,1"]:
         parts = text.split(",")
-        if len(parts) != 3 or not parts[2].isdigit():
+        if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
             raise SystemExit(f"capacity_model: --profile {text!r}: give MODEL,ACCELERATOR,GPUS")
-        profiles.append(server_profile(parts[0], parts[1], int(parts[2])))
+        try:
+            profiles.append(server_profile(parts[0], parts[1], int(parts[2])))
+        except (KeyError, ValueError) as e:
+            raise SystemExit(f"capacity_model: --profile {text!r}: {e}") from None
+    if args.trace is not None:
+        if args.quick:
+            raise SystemExit("capacity_model: --quick is for the grid of mixes, not --trace")
+        trace_mix(args.trace, profiles, fleets or (1, 4))
+        return
+    fleet_sizes = fleets or FLEETS
     mixes = QUICK_MIXES if args.quick else MIXES
     slos = SLOS[:1] if args.quick else SLOS
     errors: dict[str, list[float]] = {"model": [], "short simulation": []}
@@ -155,22 +161,23 @@ def main() -> None:
     sys.stdout.flush()
 
 
-def trace_mix(name: str, profile_texts: list[str] | None, fleets: tuple[int, ...]) -> None:
+def trace_mix(name: str, profiles: list[ServerProfile], fleets: tuple[int, ...]) -> None:
     """The model, and the steady state on the lognormal mix it assumes, against the steady state
     on the trace's own token lengths (a heavy-tailed mix the lognormal misses), at the case's SLO."""
     names = [c.name for c in cases()]
     if name not in names:
         raise SystemExit(f"capacity_model: --trace {name!r}: not a case (one of {', '.join(names[:4])}, ...)")
-    case, trace = case_and_trace(name)
+    try:
+        case, trace = case_and_trace(name)
+    except TraceError as e:
+        raise SystemExit(f"capacity_model: --trace {name}: {e}") from None
     lengths = [(a.input_tokens, a.output_tokens) for a in trace.arrivals]
     mean_in = sum(a for a, _ in lengths) / len(lengths)
     mean_out = sum(b for _, b in lengths) / len(lengths)
     slo_spec = case.spec["slo"]
     slo = Slo(parse_duration(slo_spec["interTokenLatency"]["target"]), float(slo_spec["interTokenLatency"].get("percentile", 95)),
               parse_duration(slo_spec["ttft"]["target"]), float(slo_spec["ttft"]["percentile"]))
-    for text in profile_texts or ["meta-llama/Llama-3.1-8B-Instruct,nvidia-h100,1"]:
-        model_name, acc, gpus = text.split(",")
-        profile = server_profile(model_name, acc, int(gpus))
+    for profile in profiles:
         print(f"\n{name}: {len(lengths)} requests, mean {mean_in:.0f} prompt / {mean_out:.0f} output tokens; "
               f"{profile.model.name} on {profile.tp}x {profile.gpu.name}, {slo}")
         curve = queueing.modelled_curve(profile, mean_in, mean_out, slo.itl_s, slo.ttft_s, slo.itl_pct, slo.ttft_pct)

@@ -178,6 +178,28 @@ def test_h100s_run_out_so_l4_pods_carry_the_pending_share_and_retire_once_h100s_
     assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
 
 
+def test_a_new_deployment_with_every_h100_taken_is_served_by_an_l4_pod_before_any_traffic(
+        bed: Bed, operator: object, namespace: str, ceilings: CeilingWatcher) -> None:
+    """Review: with no pod ever Ready there are no metrics and no token mix, unknown meant hold, and
+    the spill never started: a new deployment whose GPU type was taken never served. The floor
+    (replicas.min) is known without them: one L4 pod stands in for the H100 pod that waits."""
+    take_h100s(bed, namespace, 4, 8)  # every one
+    bed.kubectl("apply", "-f", "-", input=_spill_doc(namespace))
+    wait_for("an L4 pod Ready in the H100 pod's stead", lambda: any(
+        v["name"] == "l4x1" and v["readyReplicas"] >= 1 for v in _status(bed, namespace).get("variants", [])), 120)
+    st = _status(bed, namespace)
+    assert st["variant"] == "h100x1" and st["history"].get("spillShape") == "l4x1", st
+    assert any(v["name"] == "l4x1" and v["role"] == "Spill" for v in st["variants"]), st["variants"]
+    assert _replicas(bed, namespace, "h100x1") == 1 and _replicas(bed, namespace, "l4x1") == 1
+    ann = bed.apps.read_namespaced_deployment("chat-l4x1", namespace).metadata.annotations
+    assert ann.get("llmscale.io/spill-for") == "h100x1", ann
+    # It serves: traffic now gets answered by the L4 pod, and the floor is not a flap (one L4 pod).
+    bed.traffic(namespace, "chat", rate=1, meanInput=200, meanOutput=100, routing="LoadAware")
+    wait_for("requests served", lambda: (_status(bed, namespace).get("observed") or {}).get("requestRate") or None, 90)
+    assert _replicas(bed, namespace, "l4x1") == 1 and _cond(bed, namespace, "VariantSwitchFailed").get("status") != "True"
+    assert ceilings.created > 0 and not ceilings.violations, ceilings.violations
+
+
 def _held_gpus(bed: Bed, ns: str) -> int:
     """GPUs the LLMDeployment's pods hold on nodes (scheduled, terminating included: one GPU each)."""
     return sum(1 for p in bed.core.list_namespaced_pod(ns, label_selector="llmscale.io/deployment=chat").items

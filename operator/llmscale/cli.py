@@ -245,8 +245,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     status = obj.get("status") or {}
     deps = kube.deployments(args.namespace, args.name)
     pods = kube.pods(args.namespace, args.name)
+    # The pods the operator has seen Ready (as it reads them back): a readiness blip is no start.
+    seen = [n for n in status.get("readyPods") or [] if isinstance(n, str)] if isinstance(status.get("readyPods"), list) else []
     workload, _ = observe_workload(deps, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
-                                kube.competing_autoscaler(args.namespace, args.name, {d.name for d in deps}))
+                                kube.competing_autoscaler(args.namespace, args.name, {d.name for d in deps}), seen)
     # The same endpoints and allow-list as the operator: explain sends no credential anywhere else.
     settings = OperatorSettings(**({"prometheus_url": args.prometheus_url} if args.prometheus_url else {}))
     try:

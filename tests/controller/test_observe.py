@@ -149,11 +149,20 @@ def test_the_startup_timeout_counts_from_the_pods_start_on_a_node_not_from_its_w
     assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp())
     # Review: a pod that served and lost its Ready condition (a blip, a restarted container) is not a
     # start: with its old scheduling time as the clock, a switch was rolled back at once for NotReady.
-    blip = PodView(name="b", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(seconds=5))
+    # Its clock runs from when it lost Ready: a crash loop that lasts is still a failed start.
+    blip = PodView(name="b", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(seconds=5),
+                   not_ready_since=T0 + dt.timedelta(hours=2))
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), blip], {}, None, seen_ready={"a", "b"})
-    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=None)
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=(T0 + dt.timedelta(hours=2)).timestamp())
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), blip, waited], {}, None, seen_ready={"a", "b"})
     assert w.pods["h100x2"] == PodCounts(starting=2, starting_since=(T0 + dt.timedelta(minutes=4)).timestamp())
+    no_time = PodView(name="b", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(seconds=5))
+    w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), no_time], {}, None, seen_ready={"a", "b"})
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=None)
+    lost = PodView.from_json({"metadata": {"name": "b", "creationTimestamp": "2026-11-28T10:00:00Z"},
+                              "status": {"conditions": [{"type": "Ready", "status": "False",
+                                                         "lastTransitionTime": "2026-11-28T12:00:00Z"}]}})
+    assert lost.not_ready_since == T0 + dt.timedelta(hours=2) and lost.ready_since is None
     scheduled = PodView.from_json({"metadata": {"name": "p", "creationTimestamp": "2026-11-28T10:00:00Z"},
                                    "status": {"conditions": [{"type": "PodScheduled", "status": "True",
                                                               "lastTransitionTime": "2026-11-28T10:04:00Z"}]}})

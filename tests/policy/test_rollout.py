@@ -14,7 +14,7 @@ from llmscale.api import parse_spec
 from llmscale.policy import Code, History, Reason, Signals, Workload, decide
 from llmscale.policy.rollout import Rollout, Spill, back_under, gpus_held, rollout
 from llmscale.policy.types import Action, Condition, PodCounts
-from llmscale.policy.variant import gpus_short_since, remember_gpus_short, stuck
+from llmscale.policy.variant import gpus_short_since, remember_gpus_short, spill_candidates, stuck
 from tests.conftest import spec_dict
 
 L4 = {"name": "l4x1", "accelerator": "nvidia-l4", "gpusPerReplica": 1, "coldStart": "60s"}
@@ -231,6 +231,14 @@ def test_stuck_names_the_cause_only_after_the_timeout_and_only_mid_switch() -> N
     assert stuck(SPEC, young, 1000.0 + 301, short_since=1000.0) == \
         "Unschedulable: 1 x h100x2 Pending for lack of free nvidia-h100 GPUs for over 5m"
     assert stuck(SPEC, young, 1000.0 + 301, short_since=1250.0) is None  # the older of the two counts
+
+
+def test_a_shape_remembered_short_of_gpus_is_no_spill_candidate_while_remembered() -> None:
+    w = wl("h100x2", {"h100x2": 2}, {"h100x2": PodCounts(ready=1, unschedulable=1, waiting_since=900.0)})
+    short = History(gpus_short="l4x1", gpus_short_since=1000.0)
+    assert spill_candidates(SPEC, w, History(), 1100.0) == ("l4x1", "h100x2")
+    assert spill_candidates(SPEC, w, short, 1100.0) == ("h100x2",)
+    assert spill_candidates(SPEC, w, short, 1000.0 + 1201.0) == ("l4x1", "h100x2")  # 5m + 15m later: expired
 
 
 def _short(pods: dict[str, PodCounts], target: str = "h100x2") -> Workload:

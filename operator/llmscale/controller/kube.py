@@ -336,7 +336,7 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
     The cold start is measured once per pod, from creation to its first Ready: only a pod never
     seen Ready before whose Ready condition turned True since the last look, within the startup
     timeout, is measured. A readiness blip of a pod seen Ready before is not a start: it counts as
-    starting (no Ready, GPUs held) but starts no startup clock.
+    starting (no Ready, GPUs held), its startup clock running from when it lost Ready.
     """
     if not deps:
         return Workload(variant=None, replicas=0, ready=0, cold_start_s=cold_start, competing_autoscaler=competing), []
@@ -387,16 +387,16 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             continue
         slot = 1 if p.unschedulable else 0
         counts[3 if slot else 0] += 1
-        if slot == 0 and p.name in seen:
-            # Seen Ready before: a readiness blip or a restarted container, not a start that
-            # serving.startupTimeout judges (a switch is not rolled back over a blip of a pod that
-            # served). It holds its GPUs and does not serve, as a starting pod.
-            continue
         # serving.startupTimeout counts from the pod's binding to a node: a pod that waited for a
         # free GPU first (up to unschedulableTimeout, which judges that wait) is not rolled back
         # for loading within its own startup time. (The kubelet's startup probe counts from the
-        # container's start, after the image pull: this clock starts a little earlier.)
-        clock = p.scheduled if slot == 0 and p.scheduled is not None else created
+        # container's start, after the image pull: this clock starts a little earlier.) A pod seen
+        # Ready before counts from when it lost Ready: a blip is no failed start, a crash loop that
+        # outlasts startupTimeout is (without a Ready=False time it starts no clock).
+        if slot == 0 and p.name in seen:
+            clock = p.not_ready_since
+        else:
+            clock = p.scheduled if slot == 0 and p.scheduled is not None else created
         if clock is not None:
             t = clock.timestamp()
             oldest[slot] = t if oldest[slot] is None else min(oldest[slot], t)  # type: ignore[type-var]

@@ -57,6 +57,7 @@ class PodView:
     ready_since: dt.datetime | None = None  # the Ready condition is True: since its last transition
     unschedulable: bool = False  # PodScheduled False with reason Unschedulable (no free GPUs)
     scheduled: dt.datetime | None = None  # PodScheduled True: since its last transition (bound to a node)
+    not_ready_since: dt.datetime | None = None  # the Ready condition is False: since its last transition
     deletion_cost: str | None = None
     owner: str = ""  # the LLMDeployment, from the llmscale.io/deployment label
     namespace: str = ""
@@ -65,12 +66,14 @@ class PodView:
     def from_json(cls, obj: Mapping[str, Any]) -> PodView:
         md = _dict(obj.get("metadata"))
         labels, annotations = _dict(md.get("labels")), _dict(md.get("annotations"))
-        ready_since = scheduled = None
+        ready_since = scheduled = not_ready_since = None
         unschedulable = False
         for c in _list(_dict(obj.get("status")).get("conditions")):
             c = _dict(c)
             if c.get("type") == "Ready" and c.get("status") == "True":
                 ready_since = parse_time(c.get("lastTransitionTime"))
+            elif c.get("type") == "Ready" and c.get("status") == "False":
+                not_ready_since = parse_time(c.get("lastTransitionTime"))
             elif c.get("type") == "PodScheduled" and c.get("status") == "True":
                 scheduled = parse_time(c.get("lastTransitionTime"))
             elif c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
@@ -78,7 +81,8 @@ class PodView:
         cost = annotations.get(DELETION_COST)
         return cls(name=str(md.get("name") or ""), variant=str(labels.get(LABEL_VARIANT) or ""),
                    created=parse_time(md.get("creationTimestamp")), terminating=md.get("deletionTimestamp") is not None,
-                   ready_since=ready_since, unschedulable=unschedulable, scheduled=scheduled, deletion_cost=str(cost) if cost is not None else None,
+                   ready_since=ready_since, unschedulable=unschedulable, scheduled=scheduled,
+                   not_ready_since=not_ready_since, deletion_cost=str(cost) if cost is not None else None,
                    owner=str(labels.get(LABEL_DEPLOYMENT) or ""), namespace=str(md.get("namespace") or ""))
 
 
