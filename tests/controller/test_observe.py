@@ -39,7 +39,8 @@ def test_mid_switch_the_newest_mark_is_the_target_and_every_shape_is_counted() -
     assert w.shapes == {"l4x1": ("nvidia-l4", 1), "h100x2": ("nvidia-h100", 2)}
     assert w.pods == {"l4x1": PodCounts(ready=2, terminating=1),
                       "h100x2": PodCounts(starting=1, unschedulable=1, starting_since=(T0 + dt.timedelta(seconds=30)).timestamp(),
-                                          waiting_since=(T0 + dt.timedelta(seconds=10)).timestamp())}
+                                          waiting_since=(T0 + dt.timedelta(seconds=10)).timestamp(),
+                                          scheduled_last=(T0 + dt.timedelta(seconds=30)).timestamp())}
     assert w.failed == {}
 
 
@@ -144,18 +145,20 @@ def test_the_startup_timeout_counts_from_the_pods_start_on_a_node_not_from_its_w
     deps = [_dep("l4x1", 3, **{"llmscale.io/target-since": "1000"}), _dep("h100x2", 1, **{"llmscale.io/target-since": "2000"})]
     waited = PodView(name="w", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(minutes=4))
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), waited], {}, None)
-    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=(T0 + dt.timedelta(minutes=4)).timestamp())
+    four = (T0 + dt.timedelta(minutes=4)).timestamp()
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=four, scheduled_last=four)
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), PodView(name="w", variant="h100x2", created=T0)], {}, None)
-    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp())
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp(), scheduled_last=T0.timestamp())
     # Review: a pod that served and lost its Ready condition (a blip, a restarted container) is not a
     # start: with its old scheduling time as the clock, a switch was rolled back at once for NotReady.
     # Its clock runs from when it lost Ready: a crash loop that lasts is still a failed start.
     blip = PodView(name="b", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(seconds=5),
                    not_ready_since=T0 + dt.timedelta(hours=2))
+    # (It is no new evidence of free GPUs: `scheduled_last` is for pods never seen Ready.)
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), blip], {}, None, seen_ready={"a", "b"})
     assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=(T0 + dt.timedelta(hours=2)).timestamp())
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), blip, waited], {}, None, seen_ready={"a", "b"})
-    assert w.pods["h100x2"] == PodCounts(starting=2, starting_since=(T0 + dt.timedelta(minutes=4)).timestamp())
+    assert w.pods["h100x2"] == PodCounts(starting=2, starting_since=four, scheduled_last=four)
     no_time = PodView(name="b", variant="h100x2", created=T0, scheduled=T0 + dt.timedelta(seconds=5))
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), no_time], {}, None, seen_ready={"a", "b"})
     assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=None)

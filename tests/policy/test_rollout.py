@@ -252,7 +252,8 @@ GPUS_SHORT: list[tuple[str, Workload, dict[str, int], bool, bool, History, float
      _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 0}, True, True, History(), 1000.0,
      ("h100x2", 1000.0)),
     ("review: pods of the shape scheduled before the cut (while others waited) prove nothing",
-     _short({"l4x1": PodCounts(ready=6), "h100x2": PodCounts(starting=2, starting_since=985.0)}), {"l4x1": 6, "h100x2": 2},
+     _short({"l4x1": PodCounts(ready=6), "h100x2": PodCounts(starting=2, starting_since=980.0, scheduled_last=985.0)}),
+     {"l4x1": 6, "h100x2": 2},
      True, False, History(gpus_short="h100x2", gpus_short_since=1000.0), 1015.0, ("h100x2", 1000.0)),
     ("a cut that keeps them all: nothing learnt",
      _short({"l4x1": PodCounts(ready=8), "h100x2": PENDING}), {"l4x1": 4, "h100x2": 2}, True, True, History(), 1000.0,
@@ -269,11 +270,13 @@ GPUS_SHORT: list[tuple[str, Workload, dict[str, int], bool, bool, History, float
     ("kept while the target changes (a stalled switch went back): no pod of it was scheduled",
      _short({"l4x1": PodCounts(ready=4)}, target="l4x1"), {"l4x1": 4}, True, False,
      History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, ("h100x2", 970.0)),
-    ("a pod of that shape scheduled after the wait began: GPUs came, forgotten",
-     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=1250.0)}), {"l4x1": 4, "h100x2": 1},
+    ("a pod of that shape scheduled after the cut: GPUs came, forgotten (review: the newest one, not the oldest)",
+     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=2, starting_since=900.0, scheduled_last=1250.0)}),
+     {"l4x1": 4, "h100x2": 2},
      True, False, History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, (None, None)),
-    ("one starting since before the wait proves nothing",
-     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=1, starting_since=900.0)}), {"l4x1": 4, "h100x2": 1},
+    ("one starting since before the cut proves nothing, nor one that lost Ready since (review: a blip)",
+     _short({"l4x1": PodCounts(ready=4), "h100x2": PodCounts(starting=2, starting_since=1250.0, scheduled_last=900.0)}),
+     {"l4x1": 4, "h100x2": 2},
      True, False, History(gpus_short="h100x2", gpus_short_since=970.0), 1300.0, ("h100x2", 970.0)),
     ("expired: unschedulableTimeout (5m) and the dwell (15m) after it began",
      _short({"l4x1": PodCounts(ready=4)}, target="l4x1"), {"l4x1": 4}, True, False,
@@ -365,8 +368,11 @@ def test_no_pod_is_created_over_a_ceiling_and_ready_capacity_is_kept(case: tuple
             pods = w.pods.get(v, PodCounts())
             if n > pods.live:
                 # Spill pods are created only for target pods that wait for GPUs past spillAfter,
-                # on another GPU type, with the metrics known.
-                assert not spill.hold and spill.after_s is not None and mine.unschedulable and mine.waiting_since is not None
+                # on another GPU type, with the metrics known, but for the floor's (replicas.min, at
+                # least one) that wait, which need no metric.
+                floor = min(max(sp.replicas.min, 1 if replicas > 0 else 0), mine.live) - mine.ready - mine.starting
+                assert (not spill.hold or n <= max(floor, pods.live)) and spill.after_s is not None
+                assert mine.unschedulable and mine.waiting_since is not None
                 assert spill.now - mine.waiting_since >= spill.after_s and v in spill.candidates
                 assert sp.variant(v).accelerator != target.accelerator
             elif n > pods.ready:
@@ -539,7 +545,8 @@ class Cluster:
                 starting=len(starting), ready=sum(1 for p in live if p.ready_at is not None and p.ready_at <= now),
                 terminating=len(mine) - len(live), unschedulable=len(waiting),
                 starting_since=min((p.created for p in starting), default=None),
-                waiting_since=min((p.created for p in waiting), default=None))
+                waiting_since=min((p.created for p in waiting), default=None),
+                scheduled_last=max((p.created for p in starting), default=None))
         t = pods.get(self.target, PodCounts())
         return Workload(variant=self.target, replicas=self.desired.get(self.target, 0), ready=t.ready, starting=t.starting,
                         pending_unschedulable=t.unschedulable, pods=pods, desired=dict(self.desired),
@@ -798,10 +805,55 @@ def test_a_new_deployment_whose_gpu_type_is_taken_is_served_by_spill_pods_before
             created += [p for p in cluster.pods if p not in created]
         if now == 45.0:  # the H100 pod has waited spillAfter: one L4 pod for the floor
             assert d.replicas_by_variant == {"h100x2": 1, "l4x1": 1}, d.reasons
-            assert "1 x l4x1 serve replicas.min (1) meanwhile" in d.reasons[-1].message, d.reasons
+            assert "1 x l4x1 serve the floor (1) meanwhile" in d.reasons[-1].message, d.reasons
     assert served_at is not None and served_at <= 45.0 + 60.0 + 15.0, served_at  # spill, the L4 cold start, a decision
     assert [p.variant for p in created] == ["h100x2", "l4x1"]  # one spill pod, kept: no flapping
     assert cluster.desired == {"h100x2": 1, "l4x1": 1} and cluster.target == "h100x2"
+
+
+FLOOR_SPEC = parse_spec(spec_dict(variants=[H100, L4, SHAPES[2]], replicas={"min": 1, "max": 8}, engineArgs=["--max-model-len=8192"],
+                                  cost={"maxGPUs": 16, "prices": PRICES}, routing="LoadAware"))
+FLOOR_T = 1000.0
+WAITS = PodCounts(unschedulable=1, waiting_since=FLOOR_T - 120)
+# (why, spec, workload, target replicas, spill shape in use, candidates, expected counts, expected spill shape)
+FLOOR_CASES: list[tuple[str, Any, Workload, int, str | None, tuple[str, ...], dict[str, int], str | None]] = [
+    ("a new deployment, its H100 pod waiting, no metric: one L4 pod",
+     FLOOR_SPEC, wl("h100x2", {"h100x2": 1}, {"h100x2": WAITS}), 1, None, ("l4x1", "a100x4"),
+     {"h100x2": 1, "l4x1": 1}, "l4x1"),
+    ("review: a spill shape that failed lately is not asked for again by the floor",
+     FLOOR_SPEC, wl("h100x2", {"h100x2": 1, "l4x1": 0}, {"h100x2": WAITS, "l4x1": PodCounts(terminating=1)}), 1, "l4x1",
+     ("a100x4",), {"h100x2": 1, "l4x1": 0}, "l4x1"),
+    ("review: the spill shape's own pod waits for GPUs too: the next candidate instead",
+     FLOOR_SPEC, wl("h100x2", {"h100x2": 1, "l4x1": 1}, {"h100x2": WAITS, "l4x1": PodCounts(unschedulable=1, waiting_since=FLOOR_T - 90)}),
+     1, "l4x1", ("l4x1", "a100x4"), {"h100x2": 1, "l4x1": 0, "a100x4": 1}, "a100x4"),
+    ("review: replicas.min 0 without scale-to-zero still serves one",
+     parse_spec({**FLOOR_SPEC.model_dump(by_alias=True, exclude_none=True), "replicas": {"min": 0, "max": 8}}),
+     wl("h100x2", {"h100x2": 1}, {"h100x2": WAITS}), 1, None, ("l4x1",), {"h100x2": 1, "l4x1": 1}, "l4x1"),
+    ("review: behind a Service, with an H100 pod Ready, no weaker pod at an equal share",
+     parse_spec({**FLOOR_SPEC.model_dump(by_alias=True, exclude_none=True), "replicas": {"min": 2, "max": 8}, "routing": "Service"}),
+     wl("h100x2", {"h100x2": 2}, {"h100x2": PodCounts(ready=1, unschedulable=1, waiting_since=FLOOR_T - 120)}), 2, None, ("l4x1",),
+     {"h100x2": 2}, None),
+    ("behind a Service with nothing on a node, any pod serves more than none",
+     parse_spec({**FLOOR_SPEC.model_dump(by_alias=True, exclude_none=True), "routing": "Service"}),
+     wl("h100x2", {"h100x2": 1}, {"h100x2": WAITS}), 1, None, ("l4x1",), {"h100x2": 1, "l4x1": 1}, "l4x1"),
+    ("within the ceilings: no room beside the waiting pod (it counts from creation), no floor pod",
+     parse_spec({**FLOOR_SPEC.model_dump(by_alias=True, exclude_none=True), "cost": {"maxGPUs": 2, "prices": PRICES}}),
+     wl("h100x2", {"h100x2": 1}, {"h100x2": WAITS}), 1, None, ("l4x1",), {"h100x2": 1}, None),
+    ("not before spillAfter (60s)",
+     FLOOR_SPEC, wl("h100x2", {"h100x2": 1}, {"h100x2": PodCounts(unschedulable=1, waiting_since=FLOOR_T - 30)}), 1, None, ("l4x1",),
+     {"h100x2": 1}, None),
+]
+
+
+@pytest.mark.parametrize(("why", "sp", "w", "replicas", "shape", "candidates", "counts", "spilled"), FLOOR_CASES,
+                         ids=[c[0] for c in FLOOR_CASES])
+def test_the_floor_while_the_target_waits_for_gpus(why: str, sp: Any, w: Workload, replicas: int, shape: str | None,
+                                                   candidates: tuple[str, ...], counts: dict[str, int], spilled: str | None) -> None:
+    """The metrics unknown (hold) and no capacity known: only the floor can add spill pods."""
+    got = rollout(sp, w, sp.variant(w.variant), replicas, {},
+                  spill=Spill(FLOOR_T, 60.0, shape, candidates, hold=True))
+    assert {v: n for v, n in got.replicas_by_variant.items() if n or v in w.desired} == counts, got.reasons
+    assert got.spill == spilled, got.reasons
 
 
 def test_make_room_never_releases_spill_pods() -> None:

@@ -504,7 +504,7 @@ class VariantSwitch(_Model):
         "60s",
         description="How long pods of the running shape may stay Pending for lack of GPUs of their type before pods of "
                     "another shape (the cheapest that vLLM starts on, of another GPU type, within the ceilings) are added "
-                    "to carry their share of the load (at least replicas.min pods serving, before any metric); they "
+                    "to carry their share of the load (and, whatever the metrics, one for each replicas.min pod that waits); they "
                     "retire as the running shape's pods become Ready. Not during a switch (there unschedulableTimeout "
                     "rolls back). 'never' turns it off.",
     )

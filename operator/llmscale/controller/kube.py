@@ -363,14 +363,15 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
     spill = next((d.variant for d in deps if d.variant != target and d.annotations.get(ANNOTATION_SPILL_FOR) == target), None)
     measured = dict(cold_start)
     by_variant: dict[str, list[int]] = {}  # variant -> [starting, ready, terminating, unschedulable]
-    # variant -> [since when the oldest starting pod is on a node, when the oldest unschedulable one was created]
+    # variant -> [since when the oldest starting pod is on a node, when the oldest unschedulable one was
+    # created, when the newest starting pod never seen Ready went on a node]
     first: dict[str, list[float | None]] = {}
     live = {p.name for p in pods if not p.terminating}
     seen = {n for n in seen_ready if n in live}
     for p in pods:
         variant = p.variant
         counts = by_variant.setdefault(variant, [0, 0, 0, 0])
-        oldest = first.setdefault(variant, [None, None])
+        oldest = first.setdefault(variant, [None, None, None])
         created = p.created
         if p.terminating:
             counts[2] += 1
@@ -397,10 +398,14 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             clock = p.not_ready_since
         else:
             clock = p.scheduled if slot == 0 and p.scheduled is not None else created
+            if slot == 0 and clock is not None:
+                t_on = clock.timestamp()
+                oldest[2] = t_on if oldest[2] is None else max(oldest[2], t_on)  # type: ignore[type-var]
         if clock is not None:
             t = clock.timestamp()
             oldest[slot] = t if oldest[slot] is None else min(oldest[slot], t)  # type: ignore[type-var]
-    pods_by_variant = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=first[v][0], waiting_since=first[v][1]) for v, c in by_variant.items()}
+    pods_by_variant = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=first[v][0], waiting_since=first[v][1],
+                                    scheduled_last=first[v][2]) for v, c in by_variant.items()}
     mine = pods_by_variant.get(target, PodCounts())
     return Workload(
         variant=target,

@@ -47,7 +47,7 @@ class Spill:
     after_s: float | None  # None: never spill
     shape: str | None = None
     candidates: tuple[str, ...] = ()
-    hold: bool = False  # the metrics are unknown or scaling is paused: the spill pods stay as they are
+    hold: bool = False  # the metrics are unknown or scaling is paused: the spill pods stay as they are (the floor aside)
     startup_timeout_s: float | None = None  # serving.startupTimeout: spill pods not Ready by then fail their shape
     started: bool = False  # pods of the spill shape in use have been Ready (vLLM starts there): no startup failure
 
@@ -199,8 +199,8 @@ def rollout(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replic
         reasons.append(released)
     spilled, spill_why, spill_failed = _spill_over(spec, workload, target, replicas, per_replica, demand, out, spill)
     if spill_failed is None:
-        spilled, floor_why = _spill_floor(spec, workload, target, out, spill, spilled)
-        spill_why = spill_why or floor_why
+        spilled, floor_why = _spill_floor(spec, workload, target, replicas, out, spill, spilled)
+        spill_why = floor_why or spill_why  # the floor's count is the one applied
     if spill_why is not None:
         reasons.append(spill_why)
     lowered = back_under(spec, workload, t, out, per_replica) if enforce else None
@@ -332,26 +332,47 @@ def _switching(workload: Workload, t: str, spill: str | None) -> bool:
                for v in set(workload.desired) | set(workload.pods) if v not in (t, spill))
 
 
-def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, out: dict[str, int], ctx: Spill | None,
-                 current: str | None) -> tuple[str | None, Reason | None]:
-    """replicas.min while the target's pods wait for GPUs: spill pods stand in for the floor's pods
-    that wait past spillAfter, one for one, whatever the metrics say. The floor is the user's word,
-    known without metrics or a token mix, and a new deployment whose GPU type is taken has no pod to
-    read them from: without this it never served. The spill shape in use, else the first candidate
-    (in order of preference) with room under the ceilings whose own pods do not wait for GPUs.
+def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int, out: dict[str, int],
+                 ctx: Spill | None, current: str | None) -> tuple[str | None, Reason | None]:
+    """The floor while the target's pods wait for GPUs: spill pods stand in for the pods of
+    replicas.min (at least one while the target asks for any) that wait past spillAfter, one for
+    one, whatever the metrics say. The floor is the user's word, known without metrics or a token
+    mix, and a new deployment whose GPU type is taken has no pod to read them from: without this it
+    never served. The spill shape in use while it is a candidate; if its own pods all wait for GPUs
+    past spillAfter, they go and the next candidate takes its place; else the first candidate (in
+    order of preference) of another GPU type with room under the ceilings. Behind a Service only
+    while no target pod is on a node: at an equal share a weaker pod lowers what every pod carries.
     Returns the spill shape (`current` when nothing changes) and why pods were added."""
     t = target.name
     mine = workload.pods.get(t, PodCounts())
+    on_nodes = mine.ready + mine.starting
     if (ctx is None or ctx.after_s is None or not mine.unschedulable or mine.waiting_since is None
-            or ctx.now - mine.waiting_since < ctx.after_s or _switching(workload, t, current)):
+            or ctx.now - mine.waiting_since < ctx.after_s or _switching(workload, t, current)
+            or (not spec.routing.pools and on_nodes)):
         return current, None
-    missing = min(spec.replicas.min, mine.live) - (mine.ready + mine.starting)
+    floor = max(spec.replicas.min, 1 if replicas > 0 else 0)
+    missing = min(floor, mine.live) - on_nodes
     if missing <= 0:
         return current, None
-    options = [current] if current is not None else [
-        v for v in ctx.candidates
-        if v != t and (x := next((s for s in spec.variants if s.name == v), None)) is not None
-        and x.accelerator != target.accelerator and not workload.pods.get(v, PodCounts()).unschedulable]
+
+    def waits(v: str) -> bool:
+        """Its own pods wait for GPUs past spillAfter, none on a node."""
+        p = workload.pods.get(v, PodCounts())
+        return (bool(p.unschedulable) and not (p.ready + p.starting) and p.waiting_since is not None
+                and ctx is not None and ctx.after_s is not None and ctx.now - p.waiting_since >= ctx.after_s)
+
+    dropped = None
+    if current is not None:
+        if current not in ctx.candidates:
+            return current, None  # failed lately: its Ready pods go a step at a time, no other is started
+        if not waits(current):
+            options = [current]
+        else:
+            out[current], dropped, options = 0, current, []
+    if current is None or dropped is not None:
+        options = [v for v in ctx.candidates
+                   if v not in (t, dropped) and (x := next((s for s in spec.variants if s.name == v), None)) is not None
+                   and x.accelerator != target.accelerator and not workload.pods.get(v, PodCounts()).unschedulable]
     for v in options:
         have = out.get(v, 0)
         n = min(missing, max(have, _room_of(spec, workload, out, v)))
@@ -360,11 +381,12 @@ def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, o
                 return current, None  # as many as the floor asks, or no room for more
             continue
         out[v] = n
+        instead = f"; {dropped}'s own pods wait for GPUs too" if dropped else ""
         return v, Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs "
                                           f"for {ctx.now - mine.waiting_since:.0f}s (spillAfter "
-                                          f"{spec.scaling.variant_switch.spill_after}): {n} x {v} serve replicas.min "
-                                          f"({spec.replicas.min}) meanwhile")
-    return current, None
+                                          f"{spec.scaling.variant_switch.spill_after}): {n} x {v} serve the floor "
+                                          f"({floor}) meanwhile{instead}")
+    return (None if dropped is not None else current), None
 
 
 def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,

@@ -98,6 +98,9 @@ class PodCounts:
     unschedulable: int = 0  # Pending for lack of free GPUs: holds none until scheduled
     starting_since: float | None = None  # when the oldest starting pod was scheduled on a node (else created)
     waiting_since: float | None = None  # creation time of the oldest unschedulable pod
+    # When the newest starting pod that was never Ready was bound to a node (else created): GPUs of
+    # its type were free then (a pod that lost Ready is not new evidence of that).
+    scheduled_last: float | None = None
 
     @property
     def holding_gpus(self) -> int:

@@ -97,7 +97,7 @@ def remember_gpus_short(spec: LLMDeploymentSpec, workload: Workload, target: str
     since = gpus_short_since(spec, history, name, now) if name is not None else None
     if name is not None and since is not None:
         pods = workload.pods.get(name, PodCounts())
-        if pods.starting and pods.starting_since is not None and pods.starting_since >= since:
+        if pods.starting and pods.scheduled_last is not None and pods.scheduled_last >= since:
             since = None  # a pod of that shape found GPUs after the cut
     mine = workload.pods.get(target, PodCounts())
     if applied and cut and mine.unschedulable and by_variant.get(target, mine.live) < mine.live:

@@ -353,7 +353,7 @@ class Twin:
         since: dict[str, list[float | None]] = {}
         for p in self.pods:
             c = counts.setdefault(p.variant.name, [0, 0, 0, 0])
-            first = since.setdefault(p.variant.name, [None, None])
+            first = since.setdefault(p.variant.name, [None, None, None])
             if p.draining:
                 c[2] += 1
             elif p.ready:
@@ -362,10 +362,12 @@ class Twin:
                 c[0] += 1
                 on_node = p.ready_at - self.cold[p.variant.name]  # scheduled: startupTimeout counts from here
                 first[0] = on_node if first[0] is None else min(first[0], on_node)
+                first[2] = on_node if first[2] is None else max(first[2], on_node)
             else:
                 c[3] += 1
                 first[1] = p.created if first[1] is None else min(first[1], p.created)
-        pods = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=since[v][0], waiting_since=since[v][1]) for v, c in counts.items()}
+        pods = {v: PodCounts(c[0], c[1], c[2], c[3], starting_since=since[v][0], waiting_since=since[v][1],
+                             scheduled_last=since[v][2]) for v, c in counts.items()}
         current = self.target.variant
         mine = pods.get(current, PodCounts())
         desired = {v: n for v, n in self.desired.items() if n or v in pods}
