@@ -39,8 +39,7 @@ def test_mid_switch_the_newest_mark_is_the_target_and_every_shape_is_counted() -
     assert w.shapes == {"l4x1": ("nvidia-l4", 1), "h100x2": ("nvidia-h100", 2)}
     assert w.pods == {"l4x1": PodCounts(ready=2, terminating=1),
                       "h100x2": PodCounts(starting=1, unschedulable=1, starting_since=(T0 + dt.timedelta(seconds=30)).timestamp(),
-                                          waiting_since=(T0 + dt.timedelta(seconds=10)).timestamp(),
-                                          scheduled_last=(T0 + dt.timedelta(seconds=30)).timestamp())}
+                                          waiting_since=(T0 + dt.timedelta(seconds=10)).timestamp())}
     assert w.failed == {}
 
 
@@ -148,7 +147,8 @@ def test_the_startup_timeout_counts_from_the_pods_start_on_a_node_not_from_its_w
     four = (T0 + dt.timedelta(minutes=4)).timestamp()
     assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=four, scheduled_last=four)
     w, _ = observe_workload(deps, [_pod("a", "l4x1", T0, "ready"), PodView(name="w", variant="h100x2", created=T0)], {}, None)
-    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp(), scheduled_last=T0.timestamp())
+    # Not bound yet (no PodScheduled: unseen by the scheduler, or gated): no evidence of free GPUs.
+    assert w.pods["h100x2"] == PodCounts(starting=1, starting_since=T0.timestamp(), scheduled_last=None)
     # Review: a pod that served and lost its Ready condition (a blip, a restarted container) is not a
     # start: with its old scheduling time as the clock, a switch was rolled back at once for NotReady.
     # Its clock runs from when it lost Ready: a crash loop that lasts is still a failed start.

@@ -398,8 +398,8 @@ def observe_workload(deps: list[DeploymentView], pods: list[PodView], cold_start
             clock = p.not_ready_since
         else:
             clock = p.scheduled if slot == 0 and p.scheduled is not None else created
-            if slot == 0 and clock is not None:
-                t_on = clock.timestamp()
+            if slot == 0 and p.scheduled is not None:  # bound to a node: GPUs were free (not a gated or unseen pod)
+                t_on = p.scheduled.timestamp()
                 oldest[2] = t_on if oldest[2] is None else max(oldest[2], t_on)  # type: ignore[type-var]
         if clock is not None:
             t = clock.timestamp()

@@ -338,9 +338,9 @@ def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, r
     replicas.min (at least one while the target asks for any) that wait past spillAfter, one for
     one, whatever the metrics say. The floor is the user's word, known without metrics or a token
     mix, and a new deployment whose GPU type is taken has no pod to read them from: without this it
-    never served. The spill shape in use while it is a candidate; if its own pods all wait for GPUs
-    past spillAfter, they go and the next candidate takes its place; else the first candidate (in
-    order of preference) of another GPU type with room under the ceilings. Behind a Service only
+    never served. The spill shape in use while it is a candidate (even while its own pods wait for
+    GPUs: a new shape each time would restart the wait), else the first candidate (in order of
+    preference) of another GPU type with room under the ceilings. Behind a Service only
     while no target pod is on a node: at an equal share a weaker pod lowers what every pod carries.
     Returns the spill shape (`current` when nothing changes) and why pods were added."""
     t = target.name
@@ -355,23 +355,15 @@ def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, r
     if missing <= 0:
         return current, None
 
-    def waits(v: str) -> bool:
-        """Its own pods wait for GPUs past spillAfter, none on a node."""
-        p = workload.pods.get(v, PodCounts())
-        return (bool(p.unschedulable) and not (p.ready + p.starting) and p.waiting_since is not None
-                and ctx is not None and ctx.after_s is not None and ctx.now - p.waiting_since >= ctx.after_s)
-
-    dropped = None
     if current is not None:
         if current not in ctx.candidates:
             return current, None  # failed lately: its Ready pods go a step at a time, no other is started
-        if not waits(current):
-            options = [current]
-        else:
-            out[current], dropped, options = 0, current, []
-    if current is None or dropped is not None:
+        # The spill shape in use, even while its own pods wait for GPUs: dropping it for the next
+        # candidate made a fresh wait each time (and flapped between two shapes whose GPUs are taken).
+        options = [current]
+    else:
         options = [v for v in ctx.candidates
-                   if v not in (t, dropped) and (x := next((s for s in spec.variants if s.name == v), None)) is not None
+                   if v != t and (x := next((s for s in spec.variants if s.name == v), None)) is not None
                    and x.accelerator != target.accelerator and not workload.pods.get(v, PodCounts()).unschedulable]
     for v in options:
         have = out.get(v, 0)
@@ -381,12 +373,11 @@ def _spill_floor(spec: LLMDeploymentSpec, workload: Workload, target: Variant, r
                 return current, None  # as many as the floor asks, or no room for more
             continue
         out[v] = n
-        instead = f"; {dropped}'s own pods wait for GPUs too" if dropped else ""
         return v, Reason(Code.SPILL_OVER, f"{mine.unschedulable} x {t} Pending for lack of free {target.accelerator} GPUs "
                                           f"for {ctx.now - mine.waiting_since:.0f}s (spillAfter "
                                           f"{spec.scaling.variant_switch.spill_after}): {n} x {v} serve the floor "
-                                          f"({floor}) meanwhile{instead}")
-    return (None if dropped is not None else current), None
+                                          f"({floor}) meanwhile")
+    return current, None
 
 
 def _spill_over(spec: LLMDeploymentSpec, workload: Workload, target: Variant, replicas: int,
