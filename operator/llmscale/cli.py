@@ -218,6 +218,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .api.models import explain_errors, parse_spec
     from .api.units import parse_duration
     from .controller.kube import Kube, observe_workload
+    from .controller.status import ready_pods_seen
     from .metrics.endpoints import EndpointError
     from .metrics.prometheus import PrometheusReader
     from .policy import History, decide
@@ -245,10 +246,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     status = obj.get("status") or {}
     deps = kube.deployments(args.namespace, args.name)
     pods = kube.pods(args.namespace, args.name)
-    # The pods the operator has seen Ready (as it reads them back): a readiness blip is no start.
-    seen = [n for n in status.get("readyPods") or [] if isinstance(n, str)] if isinstance(status.get("readyPods"), list) else []
+    # The pods the operator has seen Ready, as it reads them back: a readiness blip is no start.
     workload, _ = observe_workload(deps, pods, {k: float(v) for k, v in (status.get("coldStartSeconds") or {}).items()},
-                                kube.competing_autoscaler(args.namespace, args.name, {d.name for d in deps}), seen)
+                                kube.competing_autoscaler(args.namespace, args.name, {d.name for d in deps}),
+                                ready_pods_seen(status))
     # The same endpoints and allow-list as the operator: explain sends no credential anywhere else.
     settings = OperatorSettings(**({"prometheus_url": args.prometheus_url} if args.prometheus_url else {}))
     try:

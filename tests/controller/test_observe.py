@@ -10,6 +10,7 @@ import pytest
 
 from llmscale.controller.kube import observe_workload
 from llmscale.controller.objects import DeploymentView, PodView, replicas_set_outside
+from llmscale.controller.status import ready_pods_seen
 from llmscale.policy.types import PodCounts, Workload
 
 T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -170,3 +171,9 @@ def test_the_startup_timeout_counts_from_the_pods_start_on_a_node_not_from_its_w
                                    "status": {"conditions": [{"type": "PodScheduled", "status": "True",
                                                               "lastTransitionTime": "2026-11-28T10:04:00Z"}]}})
     assert scheduled.scheduled == T0 + dt.timedelta(minutes=4) and scheduled.ready_since is None
+
+
+def test_the_pods_seen_ready_are_read_back_from_status_and_nothing_else_counts() -> None:
+    assert ready_pods_seen({"readyPods": ["a", "b"]}) == ["a", "b"]
+    assert ready_pods_seen({"readyPods": ["a", 3, None]}) == ["a"]  # a hand edit: the names alone
+    assert ready_pods_seen({"readyPods": "a"}) == [] and ready_pods_seen({}) == []

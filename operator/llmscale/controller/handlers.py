@@ -56,7 +56,15 @@ from .render import (
     render_disruption_budget,
     render_service,
 )
-from .status import decision_status, iso, merge_conditions, needs_write, shape_status, user_view
+from .status import (
+    decision_status,
+    iso,
+    merge_conditions,
+    needs_write,
+    ready_pods_seen,
+    shape_status,
+    user_view,
+)
 
 log = logging.getLogger("llmscale.controller")
 
@@ -658,8 +666,7 @@ def _autoscale(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, name: st
     pods = kube.pods(namespace, name)
     cold = {k: float(v) for k, v in (st.get("coldStartSeconds") or {}).items()}
     competing = kube.competing_autoscaler(namespace, name, {x.name for x in deps})
-    seen = [n for n in st.get("readyPods") or [] if isinstance(n, str)] if isinstance(st.get("readyPods"), list) else []
-    workload, ready_pods = observe_workload(deps, pods, cold, competing, seen, _epoch(last),
+    workload, ready_pods = observe_workload(deps, pods, cold, competing, ready_pods_seen(st), _epoch(last),
                                             parse_duration(spec.serving.startup_timeout))
     patch.status.update({
         "startingReplicas": workload.starting,

@@ -218,3 +218,10 @@ def needs_write(written_view: Mapping[str, Any] | None, view: Mapping[str, Any])
     if written_view is None:
         return "first"
     return "changed" if _differs(view, written_view) else None
+
+
+def ready_pods_seen(status: Mapping[str, Any]) -> list[str]:
+    """The pods the operator has seen Ready, as it wrote them in status (`readyPods`): a pod among
+    them that is not Ready now had a blip or a crash, not a start. Anything else there reads as none."""
+    seen = status.get("readyPods")
+    return [n for n in seen if isinstance(n, str)] if isinstance(seen, list) else []
